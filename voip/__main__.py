@@ -1,0 +1,74 @@
+"""Command line: `python -m voip run` starts a node; `python -m voip token USER` mints a
+development token."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from voip.settings import Settings, SettingsError, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"voip: invalid setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from voip import logs
+    from voip.app import create_app
+    from voip.redis_server import PrivateRedis
+
+    settings = _settings()
+    logs.configure(settings.log_level)
+    private_redis = None
+    if not settings.redis_url:
+        private_redis = PrivateRedis().start()
+        settings.redis_url = private_redis.url
+        print(f"voip: REDIS_URL not set; started a private Redis at {private_redis.url}", file=sys.stderr)
+    try:
+        config = uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            ws="websockets-sansio",
+            ws_max_size=settings.ws_max_frame_bytes,
+            ws_ping_interval=20,
+            ws_ping_timeout=20,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+        uvicorn.Server(config).run()
+    finally:
+        if private_redis:
+            private_redis.stop()
+
+
+def token(args: argparse.Namespace) -> None:
+    from voip.auth import Authenticator
+
+    settings = _settings()
+    print(Authenticator(settings.jwt_secret).mint(args.user, args.role, ttl=args.ttl))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m voip")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run a node (HTTP + WebSocket)").set_defaults(func=run)
+    minting = commands.add_parser("token", help="mint a bearer token for development")
+    minting.add_argument("user")
+    minting.add_argument("--role", choices=["device", "operator"], default="device")
+    minting.add_argument("--ttl", type=float, default=86400, help="seconds (default a day)")
+    minting.set_defaults(func=token)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

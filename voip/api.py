@@ -1,0 +1,193 @@
+"""The HTTP API: devices, and the call-status endpoint that a woken app calls first."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from voip import metrics
+from voip.auth import AuthError, Principal
+from voip.calls import CallState, EndReason, verdict
+from voip.node import Node
+
+DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+MAX_BODY = 16 * 1024
+
+HexToken = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2}){32,100}$")]
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ApiError(HTTPException):
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(status, message)
+        self.body = {"error": error, "message": message, **extra}
+
+
+class DeviceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    voip_token: HexToken | None = None
+    apns_environment: Literal["sandbox", "production"] = "production"
+    bundle_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,155}$")] | None = None
+    alert_token: HexToken | None = None
+
+
+def node_of(request: Request) -> Node:
+    return request.app.state.node  # type: ignore[no-any-return]
+
+
+def authenticate(request: Request, role: str) -> Principal:
+    try:
+        principal = node_of(request).auth.bearer(request.headers.get("authorization"))
+    except AuthError as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
+    if principal.role != role:
+        raise ApiError(403, "forbidden", f"{role} role required")
+    return principal
+
+
+def device_id_of(request: Request) -> str:
+    device_id = request.path_params["device_id"]
+    if not DEVICE_ID.match(device_id):
+        raise ApiError(422, "validation_error", "device_id: 1-64 of A-Z a-z 0-9 . _ : -")
+    return device_id
+
+
+async def json_body(request: Request, model: type[BaseModel]) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        detail = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        raise ApiError(422, "validation_error", "the request body is invalid", detail=detail) from None
+
+
+async def put_device(request: Request) -> Response:
+    """Register or update one of the caller's devices.
+    ---
+    summary: Register or update a device
+    """
+    principal = authenticate(request, "device")
+    device_id = device_id_of(request)
+    body: DeviceIn = await json_body(request, DeviceIn)
+    node = node_of(request)
+    now = int(time.time() * 1000)
+    previous = await node.store.get_device(principal.user_id, device_id)
+    token_changed = previous is None or previous.get("voip_token") != body.voip_token
+    record = {
+        **body.model_dump(),
+        "voip_token": body.voip_token.lower() if body.voip_token else None,
+        "registered_at": previous["registered_at"] if previous else now,
+        "updated_at": now,
+        # When this token value was first given to us: a 410 from APNs only removes a
+        # token registered before APNs's timestamp.
+        "token_registered_at": now if token_changed else previous["token_registered_at"],  # type: ignore[index]
+    }
+    dropped = await node.store.put_device(
+        principal.user_id, device_id, record, node.settings.max_devices_per_user
+    )
+    return JSONResponse(
+        {"device_id": device_id, **record, "dropped_devices": dropped},
+        status_code=201 if previous is None else 200,
+    )
+
+
+async def delete_device(request: Request) -> Response:
+    principal = authenticate(request, "device")
+    device_id = device_id_of(request)
+    if not await node_of(request).store.delete_device(principal.user_id, device_id):
+        raise ApiError(404, "unknown_device", "no such device")
+    return Response(status_code=204)
+
+
+async def list_devices(request: Request) -> Response:
+    principal = authenticate(request, "device")
+    devices = await node_of(request).store.list_devices(principal.user_id)
+    return JSONResponse({"devices": [{"device_id": k, **v} for k, v in sorted(devices.items())]})
+
+
+def _unknown_call(call_id: str, now: int) -> Response:
+    return JSONResponse(
+        {"call_id": call_id, "end_call": True, "reason": EndReason.UNKNOWN_CALL.value, "server_time": now},
+        status_code=404,
+    )
+
+
+async def call_status(request: Request) -> Response:
+    """What a woken app should do with the call a VoIP push announced.
+
+    Authorised by a device's bearer token (a participant of the call) or by the
+    per-call, per-device capability (`cap`) that the VoIP push carries.
+    """
+    node = node_of(request)
+    now = int(time.time() * 1000)
+    raw_id = request.path_params["call_id"]
+    params = request.query_params
+    device_id = params.get("device_id") or ""
+    if device_id and not DEVICE_ID.match(device_id):
+        raise ApiError(422, "validation_error", "device_id: 1-64 of A-Z a-z 0-9 . _ : -")
+    if capability := params.get("cap"):
+        if not device_id or not node.auth.check_capability(capability, raw_id.lower(), device_id):
+            raise ApiError(401, "unauthorized", "invalid or expired capability")
+        user, via = "", "capability"
+    else:
+        user, via = authenticate(request, "device").user_id, "bearer"
+    try:
+        call_id = str(uuid.UUID(raw_id))
+    except ValueError:
+        return _unknown_call(raw_id[:64], now)
+    started = time.perf_counter()
+    fields = await node.store.status_check(
+        call_id, user=user, device=device_id, node=node.node_id, via=via, at=now
+    )
+    metrics.REDIS_LATENCY.observe(time.perf_counter() - started)
+    if fields is None:
+        return _unknown_call(call_id, now)
+    state_raw, _, _, caller_device, answered_by, ring_deadline, ended_at = fields
+    state = CallState(state_raw.decode())  # type: ignore[union-attr]
+    answered_by_device = answered_by.decode() if answered_by else None
+    result = verdict(
+        state,
+        device_id=device_id or None,
+        caller_device=caller_device.decode(),  # type: ignore[union-attr]
+        answered_by_device=answered_by_device,
+        ring_deadline_ms=int(ring_deadline),  # type: ignore[arg-type]
+        now_ms=now,
+    )
+    metrics.STATUS_CHECKS.labels(result.state.value, str(result.end_call).lower()).inc()
+    body: dict[str, Any] = {
+        "call_id": call_id,
+        "state": result.state.value,
+        "end_call": result.end_call,
+        "reason": result.reason.value if result.reason else None,
+        "server_time": now,
+    }
+    if answered_by_device:
+        body["answered_by_device"] = answered_by_device
+    if ended_at:
+        body["ended_at"] = int(ended_at)
+    elif result.state is CallState.MISSED:
+        body["ended_at"] = int(ring_deadline)  # type: ignore[arg-type]
+    return JSONResponse(body)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})

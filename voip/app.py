@@ -1,0 +1,59 @@
+"""The app factory: every route and every component of a node, wired in one place."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from voip import api, metrics_route
+from voip.node import Node
+from voip.settings import Settings
+from voip.ws import device_socket
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    body = getattr(exc, "body", None) or {"error": _ERROR_NAMES.get(exc.status_code, "error"), "message": exc.detail}
+    return api.JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return api.JSONResponse({"error": "internal_error", "message": "the request failed"}, status_code=500)
+
+
+_ERROR_NAMES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+def create_app(settings: Settings) -> Starlette:
+    node = Node(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    routes = [
+        Route("/v1/devices", api.list_devices, methods=["GET"]),
+        Route("/v1/devices/{device_id}", api.put_device, methods=["PUT"]),
+        Route("/v1/devices/{device_id}", api.delete_device, methods=["DELETE"]),
+        Route("/v1/calls/{call_id}/status", api.call_status, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/metrics", metrics_route.metrics, methods=["GET"]),
+        WebSocketRoute("/v1/ws", device_socket),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.node = node
+    return app

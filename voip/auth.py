@@ -1,0 +1,81 @@
+"""Who is asking: bearer JWTs for devices and operators, and per-call status capabilities."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import jwt
+
+Role = Literal["device", "operator"]
+ROLES: tuple[Role, ...] = ("device", "operator")
+ALGORITHM = "HS256"
+
+
+class AuthError(Exception):
+    """The credentials are missing, malformed, forged or expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    role: Role
+
+
+class Authenticator:
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+        # A separate key for capabilities, so that a capability can never pass as a JWT
+        # signature or the other way round.
+        self._capability_key = hmac.new(secret.encode(), b"voip/status-capability", hashlib.sha256).digest()
+
+    def mint(self, user_id: str, role: Role = "device", ttl: float = 3600) -> str:
+        now = int(time.time())
+        claims = {"sub": user_id, "role": role, "iat": now, "exp": now + int(ttl)}
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["sub", "exp", "role"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthError(str(exc)) from None
+        user_id, role = claims["sub"], claims["role"]
+        if not isinstance(user_id, str) or not user_id or len(user_id) > 128:
+            raise AuthError("bad sub claim")
+        if role not in ROLES:
+            raise AuthError("bad role claim")
+        return Principal(user_id=user_id, role=role)
+
+    def bearer(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise AuthError("missing bearer token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("expected 'Authorization: Bearer <token>'")
+        return self.verify(token.strip())
+
+    # A capability lets one device of one call ask for that call's status, and nothing
+    # else. It rides in the VoIP push, so an app woken in the background can ask at once.
+    def capability(self, call_id: str, device_id: str, expires_at: int) -> str:
+        mac = self._capability_mac(call_id, device_id, expires_at)
+        return f"{expires_at}.{mac}"
+
+    def check_capability(self, token: str, call_id: str, device_id: str) -> bool:
+        expires, _, mac = token.partition(".")
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(mac, self._capability_mac(call_id, device_id, int(expires)))
+
+    def _capability_mac(self, call_id: str, device_id: str, expires_at: int) -> str:
+        message = f"{call_id}\x00{device_id}\x00{expires_at}".encode()
+        digest = hmac.new(self._capability_key, message, hashlib.sha256).digest()[:18]
+        return base64.urlsafe_b64encode(digest).decode()

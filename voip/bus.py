@@ -1,0 +1,125 @@
+"""Cross-node delivery: a frame for a user's devices reaches them on whichever node they
+are connected, over Redis pub/sub with one channel per user.
+
+Pub/sub is fire-and-forget on purpose: a device that is not connected anywhere learns of
+the call by VoIP push and from the call-status endpoint, never from a queue that would
+replay stale calls to it later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+
+log = structlog.get_logger(__name__)
+
+Deliver = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Bus:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._pubsub = redis.pubsub()
+        # user id -> device id -> deliver callables (a device may briefly hold two sockets)
+        self._local: dict[str, dict[str, list[Deliver]]] = {}
+        self._confirmed: dict[bytes, asyncio.Event] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    def channel(self, user_id: str) -> str:
+        return f"{self._prefix}user:{user_id}"
+
+    async def start(self) -> None:
+        # Subscribed to something from the start, so the reader always has a connection.
+        await self._pubsub.subscribe(f"{self._prefix}bus")
+        self._reader = asyncio.create_task(self._read(), name="bus-reader")
+
+    async def stop(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()
+
+    async def publish(
+        self,
+        user_id: str,
+        frame: dict[str, Any],
+        *,
+        only: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> None:
+        envelope = {"frame": frame, "only": list(only) if only is not None else None, "exclude": list(exclude)}
+        await self._redis.publish(self.channel(user_id), orjson.dumps(envelope))
+
+    async def attach(self, user_id: str, device_id: str, deliver: Deliver) -> None:
+        """Route the user's frames for `device_id` to `deliver`; returns once Redis has
+        confirmed the subscription, so nothing published after it is missed."""
+        devices = self._local.setdefault(user_id, {})
+        first = not devices
+        devices.setdefault(device_id, []).append(deliver)
+        if first:
+            channel = self.channel(user_id).encode()
+            confirmed = self._confirmed[channel] = asyncio.Event()
+            await self._pubsub.subscribe(channel)
+            await asyncio.wait_for(confirmed.wait(), timeout=5)
+
+    async def detach(self, user_id: str, device_id: str, deliver: Deliver) -> None:
+        devices = self._local.get(user_id, {})
+        handlers = devices.get(device_id, [])
+        if deliver in handlers:
+            handlers.remove(deliver)
+        if not handlers:
+            devices.pop(device_id, None)
+        if not devices and user_id in self._local:
+            del self._local[user_id]
+            await self._pubsub.unsubscribe(self.channel(user_id))
+
+    def local_devices(self) -> int:
+        return sum(len(devices) for devices in self._local.values())
+
+    async def _read(self) -> None:
+        prefix = f"{self._prefix}user:".encode()
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a dropped connection: redis-py resubscribes on the next read
+                log.warning("bus.read_failed", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None:
+                continue
+            channel: bytes = message["channel"]
+            if message["type"] == "subscribe":
+                if event := self._confirmed.pop(channel, None):
+                    event.set()
+                continue
+            if message["type"] != "message" or not channel.startswith(prefix):
+                continue
+            await self._dispatch(channel[len(prefix) :].decode(), message["data"])
+
+    async def _dispatch(self, user_id: str, data: bytes) -> None:
+        devices = self._local.get(user_id)
+        if not devices:
+            return
+        envelope = orjson.loads(data)
+        only, exclude = envelope["only"], set(envelope["exclude"])
+        targets = [
+            deliver
+            for device_id, handlers in devices.items()
+            if (only is None or device_id in only) and device_id not in exclude
+            for deliver in handlers
+        ]
+        for deliver in targets:
+            try:
+                await deliver(envelope["frame"])
+            except Exception:  # one broken socket must not starve the others
+                log.warning("bus.deliver_failed", user=user_id, exc_info=True)

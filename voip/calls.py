@@ -1,0 +1,130 @@
+"""The call state machine, pure: states, who may move a call where, and the status verdict.
+
+Redis applies these transitions atomically (see store.py); this module decides what a
+transition *is*, so the rules live in one place and are tested without Redis.
+
+    ringing ──answer──▶ answered ──hangup──▶ ended
+       │
+       ├─hangup (caller)──▶ cancelled
+       ├─decline / hangup (callee)──▶ declined
+       ├─timeout, no reachable device──▶ missed
+       └─fail──▶ failed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class CallState(StrEnum):
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    ENDED = "ended"
+    CANCELLED = "cancelled"
+    DECLINED = "declined"
+    MISSED = "missed"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (CallState.RINGING, CallState.ANSWERED)
+
+
+class Party(StrEnum):
+    CALLER = "caller"
+    CALLEE = "callee"
+    SYSTEM = "system"  # the ring timeout, a failed leg: no device acted
+
+
+class Action(StrEnum):
+    ANSWER = "answer"
+    DECLINE = "decline"
+    HANGUP = "hangup"
+    TIMEOUT = "timeout"
+    FAIL = "fail"
+
+
+# (action, party) -> {state it may leave: state it enters}. Anything not here is refused.
+TRANSITIONS: dict[tuple[Action, Party], dict[CallState, CallState]] = {
+    (Action.ANSWER, Party.CALLEE): {CallState.RINGING: CallState.ANSWERED},
+    (Action.DECLINE, Party.CALLEE): {CallState.RINGING: CallState.DECLINED},
+    (Action.HANGUP, Party.CALLEE): {
+        CallState.RINGING: CallState.DECLINED,
+        CallState.ANSWERED: CallState.ENDED,
+    },
+    (Action.HANGUP, Party.CALLER): {
+        CallState.RINGING: CallState.CANCELLED,
+        CallState.ANSWERED: CallState.ENDED,
+    },
+    (Action.TIMEOUT, Party.SYSTEM): {CallState.RINGING: CallState.MISSED},
+    (Action.FAIL, Party.SYSTEM): {
+        CallState.RINGING: CallState.FAILED,
+        CallState.ANSWERED: CallState.ENDED,
+    },
+}
+
+
+def transitions_for(action: Action, party: Party) -> dict[CallState, CallState]:
+    return TRANSITIONS.get((action, party), {})
+
+
+class EndReason(StrEnum):
+    """Why an app should end its CallKit call; one-to-one with CXCallEndedReason."""
+
+    REMOTE_ENDED = "remote_ended"  # CXCallEndedReason.remoteEnded
+    UNANSWERED = "unanswered"  # .unanswered
+    ANSWERED_ELSEWHERE = "answered_elsewhere"  # .answeredElsewhere
+    DECLINED_ELSEWHERE = "declined_elsewhere"  # .declinedElsewhere
+    FAILED = "failed"  # .failed
+    UNKNOWN_CALL = "unknown_call"  # .failed: unknown, or past retention
+
+
+FINAL_REASON: dict[CallState, EndReason] = {
+    CallState.ENDED: EndReason.REMOTE_ENDED,
+    CallState.CANCELLED: EndReason.REMOTE_ENDED,
+    CallState.DECLINED: EndReason.DECLINED_ELSEWHERE,
+    CallState.MISSED: EndReason.UNANSWERED,
+    CallState.FAILED: EndReason.FAILED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    state: CallState
+    end_call: bool
+    reason: EndReason | None
+
+
+def verdict(
+    state: CallState,
+    *,
+    device_id: str | None,
+    caller_device: str,
+    answered_by_device: str | None,
+    ring_deadline_ms: int,
+    now_ms: int,
+) -> Verdict:
+    """What a device that was just woken should do with its CallKit call."""
+    if state is CallState.RINGING:
+        if now_ms >= ring_deadline_ms:
+            # The timeout is due but no node has fired it yet: never let a device ring past it.
+            return Verdict(CallState.MISSED, True, EndReason.UNANSWERED)
+        return Verdict(state, False, None)
+    if state is CallState.ANSWERED:
+        if device_id is not None and device_id in (answered_by_device, caller_device):
+            return Verdict(state, False, None)
+        return Verdict(state, True, EndReason.ANSWERED_ELSEWHERE)
+    return Verdict(state, True, FINAL_REASON[state])
+
+
+# What each party's devices are told when a call enters a state.
+# (frame type for the caller, frame type for callee devices that did not act)
+NOTICES: dict[CallState, tuple[str, str]] = {
+    CallState.ANSWERED: ("call.answered", "call.answered_elsewhere"),
+    CallState.DECLINED: ("call.declined", "call.declined"),
+    CallState.CANCELLED: ("call.cancelled", "call.cancelled"),
+    CallState.MISSED: ("call.missed", "call.missed"),
+    CallState.FAILED: ("call.failed", "call.failed"),
+    CallState.ENDED: ("call.ended", "call.ended"),
+}

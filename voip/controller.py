@@ -1,0 +1,211 @@
+"""The call controller: what happens when a device starts, answers, declines or ends a
+call, or a ring timeout fires. It applies the change in Redis (store.py) and tells every
+device concerned, on whatever node it is connected (bus.py).
+
+It holds no call state of its own: any node can pick up any call at any step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from voip.bus import Bus
+from voip.calls import NOTICES, Action, CallState, FINAL_REASON
+from voip.store import CallError, CallRecord, Store, Transition, now_ms
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    user_id: str
+    device_id: str
+
+
+class CallController:
+    def __init__(self, store: Store, bus: Bus, *, node: str, ring_timeout: float) -> None:
+        self.store = store
+        self.bus = bus
+        self.node = node
+        self.ring_timeout_ms = int(ring_timeout * 1000)
+
+    async def start_call(self, caller: Caller, callee: str, call_id: str | None = None) -> CallRecord:
+        if callee == caller.user_id:
+            raise CallError("invalid_callee")
+        call_id = call_id or str(uuid.uuid4())
+        devices, online = await self.store.reachable_devices(callee)
+        targets = sorted(set(devices) | online)
+        created_at = now_ms()
+        created = await self.store.create_call(
+            call_id,
+            caller_user=caller.user_id,
+            caller_device=caller.device_id,
+            callee_user=callee,
+            ring_deadline=created_at + self.ring_timeout_ms,
+            node=self.node,
+            targets=targets,
+            created_at=created_at,
+        )
+        if not created:
+            raise CallError("call_exists")
+        call = CallRecord(
+            call_id=call_id,
+            state=CallState.RINGING,
+            caller_user=caller.user_id,
+            caller_device=caller.device_id,
+            callee_user=callee,
+            created_at=created_at,
+            ring_deadline=created_at + self.ring_timeout_ms,
+            origin_node=self.node,
+        )
+        log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
+        if not targets:
+            # Nobody to ring: the call is missed now rather than after a silent ring timeout.
+            transition = await self.store.transition(
+                call_id, Action.TIMEOUT, node=self.node, note={"why": "no reachable device"}
+            )
+            await self.announce(transition)
+            return transition.call
+        await self.bus.publish(
+            callee,
+            {
+                "type": "call.incoming",
+                "call_id": call_id,
+                "caller": caller.user_id,
+                "ring_deadline": call.ring_deadline,
+                "server_time": created_at,
+            },
+        )
+        return call
+
+    async def ringing(self, user_id: str, device_id: str, call_id: str) -> CallRecord:
+        call, first = await self.store.call_event(
+            call_id,
+            user=user_id,
+            device=device_id,
+            entry={"event": "ringing", "device": device_id, "node": self.node},
+            require_state=CallState.RINGING,
+            require_callee=True,
+            once_field="first_ringing_at",
+        )
+        if first:  # the caller hears ringback once, however many devices ring
+            await self.bus.publish(
+                call.caller_user,
+                {"type": "call.ringing", "call_id": call_id, "device_id": device_id},
+                only=[call.caller_device],
+            )
+        return call
+
+    async def act(
+        self, action: Action, user_id: str, device_id: str, call_id: str, *, sdp: str | None = None
+    ) -> Transition:
+        transition = await self.store.transition(
+            call_id, action, user=user_id, device=device_id, node=self.node
+        )
+        log.info(
+            "call.transition",
+            call_id=call_id,
+            state=transition.call.state.value,
+            previous=transition.previous.value,
+            device=device_id,
+        )
+        await self.announce(transition, actor=Caller(user_id, device_id), sdp=sdp)
+        return transition
+
+    async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
+        call, _ = await self.store.call_event(call_id, user=user_id, device=device_id)
+        frame = {"type": "call.signal", "call_id": call_id, "from_device": device_id, "payload": payload}
+        if user_id == call.caller_user:
+            # Before an answer the caller's candidates go to every ringing device.
+            only = [call.answered_by_device] if call.answered_by_device else None
+            await self.bus.publish(call.callee_user, frame, only=only)
+        else:
+            await self.bus.publish(call.caller_user, frame, only=[call.caller_device])
+
+    async def fire_timeout(self, call_id: str) -> Transition | None:
+        try:
+            transition = await self.store.transition(call_id, Action.TIMEOUT, node=self.node)
+        except CallError:
+            # Answered, cancelled or gone before its deadline: nothing to fire.
+            await self.store.forget_timeout(call_id)
+            return None
+        log.info("call.timeout", call_id=call_id)
+        await self.announce(transition)
+        return transition
+
+    async def announce(
+        self, transition: Transition, *, actor: Caller | None = None, sdp: str | None = None
+    ) -> None:
+        """Tell the devices of both parties what the transition means for each of them.
+        The acting device is not told: it has its `ack`."""
+        call = transition.call
+        to_caller, to_callee = NOTICES[call.state]
+        base: dict[str, Any] = {"call_id": call.call_id, "state": call.state.value}
+        if call.state.is_final:
+            base["reason"] = FINAL_REASON[call.state].value
+            base["ended_at"] = call.ended_at
+        if call.state is CallState.ANSWERED:
+            answered = {**base, "type": "call.answered", "device_id": call.answered_by_device}
+            if sdp is not None:
+                answered["sdp"] = sdp
+            await asyncio.gather(
+                self.bus.publish(call.caller_user, answered, only=[call.caller_device]),
+                self.bus.publish(call.callee_user, answered, only=[call.answered_by_device or ""]),
+                self.bus.publish(
+                    call.callee_user,
+                    {**base, "type": to_callee, "device_id": call.answered_by_device},
+                    exclude=[call.answered_by_device or ""],
+                ),
+            )
+            return
+        publishes = []
+        if actor is None or actor.user_id != call.caller_user:
+            publishes.append(
+                self.bus.publish(call.caller_user, {**base, "type": to_caller}, only=[call.caller_device])
+            )
+        # After an answer only the device in the call is told; the others heard
+        # "answered elsewhere" already.
+        callee_only = [call.answered_by_device or ""] if transition.previous is CallState.ANSWERED else None
+        exclude = [actor.device_id] if actor is not None and actor.user_id == call.callee_user else []
+        publishes.append(
+            self.bus.publish(call.callee_user, {**base, "type": to_callee}, only=callee_only, exclude=exclude)
+        )
+        await asyncio.gather(*publishes)
+
+
+class RingTimeouts:
+    """Fires due ring timeouts, on every node, from the deadline set in Redis. A node that
+    dies takes no timeouts with it: its leases run out and another node fires them."""
+
+    def __init__(self, controller: CallController, *, interval: float = 0.2, lease_ms: int = 5000) -> None:
+        self._controller = controller
+        self._interval = interval
+        self._lease_ms = lease_ms
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ring-timeouts")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        store = self._controller.store
+        while True:
+            try:
+                for call_id in await store.claim_due_timeouts(now_ms(), self._lease_ms):
+                    await self._controller.fire_timeout(call_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away for a moment: the deadlines wait in Redis
+                log.warning("timeouts.poll_failed", exc_info=True)
+            await asyncio.sleep(self._interval)

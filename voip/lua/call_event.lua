@@ -1,0 +1,39 @@
+-- Record something a participant's device did that does not move the call (it rang,
+-- it relayed a signal), after checking that it is theirs. KEYS: call hash, timeline.
+-- ARGV: user, device, timeline entry (JSON, "" for none), required state ("" for any live
+--       state), field to set once ("" for none), now_ms, "1" if only the callee may.
+-- Returns {"ok", call JSON, 1 if the once-field was set now else 0} or {"err", code}.
+local raw = redis.call('HGETALL', KEYS[1])
+if #raw == 0 then
+  return {'err', 'unknown_call'}
+end
+local call = {}
+for i = 1, #raw, 2 do
+  call[raw[i]] = raw[i + 1]
+end
+local user, device = ARGV[1], ARGV[2]
+if user == call.caller_user then
+  if ARGV[7] == '1' then return {'err', 'not_in_call'} end
+  if device ~= call.caller_device then return {'err', 'not_in_call'} end
+elseif user == call.callee_user then
+  if call.state == 'answered' and device ~= call.answered_by_device then
+    return {'err', 'not_in_call'}
+  end
+else
+  return {'err', 'unknown_call'}
+end
+local required = ARGV[4]
+if required ~= '' and call.state ~= required then
+  return {'err', 'invalid_state'}
+end
+if required == '' and call.state ~= 'ringing' and call.state ~= 'answered' then
+  return {'err', 'invalid_state'}
+end
+local first = 0
+if ARGV[5] ~= '' then
+  first = redis.call('HSETNX', KEYS[1], ARGV[5], ARGV[6])
+end
+if ARGV[3] ~= '' then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+end
+return {'ok', cjson.encode(call), first}

@@ -1,0 +1,18 @@
+-- The call-status endpoint's one round trip: read what the verdict needs and put the
+-- check on the timeline. KEYS: call hash, timeline.
+-- ARGV: user ("" when a capability already proved the device), device, now_ms, node, via.
+-- Returns nil for an unknown call and for a stranger alike: neither learns more.
+local f = redis.call('HMGET', KEYS[1], 'state', 'caller_user', 'callee_user',
+  'caller_device', 'answered_by_device', 'ring_deadline', 'ended_at')
+if not f[1] then
+  return nil
+end
+local user = ARGV[1]
+if user ~= '' and user ~= f[2] and user ~= f[3] then
+  return nil
+end
+local entry = {at = tonumber(ARGV[3]), event = 'status_check', state = f[1],
+  node = ARGV[4], via = ARGV[5]}
+if ARGV[2] ~= '' then entry.device = ARGV[2] end
+redis.call('RPUSH', KEYS[2], cjson.encode(entry))
+return f

@@ -1,0 +1,65 @@
+-- Move a call to its next state, atomically, if the actor may. KEYS: call hash, timeline.
+-- ARGV: moves (JSON {party: {from: to}}), user, device, now_ms, node, action,
+--       retention seconds, note (JSON object or "").
+-- The party is found here, from the call itself, so that a check and its move are one step.
+-- Returns {"ok", previous state, call JSON} or {"err", code, call JSON or ""}.
+local raw = redis.call('HGETALL', KEYS[1])
+if #raw == 0 then
+  return {'err', 'unknown_call', ''}
+end
+local call = {}
+for i = 1, #raw, 2 do
+  call[raw[i]] = raw[i + 1]
+end
+local user, device = ARGV[2], ARGV[3]
+local party = 'system'
+if user ~= '' then
+  if user == call.caller_user then
+    party = 'caller'
+    if device ~= call.caller_device then
+      return {'err', 'not_in_call', cjson.encode(call)}
+    end
+  elseif user == call.callee_user then
+    party = 'callee'
+    if call.state == 'answered' and device ~= call.answered_by_device then
+      return {'err', 'not_in_call', cjson.encode(call)}
+    end
+  else
+    return {'err', 'unknown_call', ''}
+  end
+end
+local moves = cjson.decode(ARGV[1])[party] or {}
+local target = moves[call.state]
+if not target then
+  return {'err', 'invalid_state', cjson.encode(call)}
+end
+local now, previous = ARGV[4], call.state
+local changes = {'state', target}
+if target == 'answered' then
+  changes[#changes + 1] = 'answered_by_device'
+  changes[#changes + 1] = device
+  changes[#changes + 1] = 'answered_at'
+  changes[#changes + 1] = now
+  call.answered_by_device, call.answered_at = device, now
+else
+  changes[#changes + 1] = 'ended_at'
+  changes[#changes + 1] = now
+  changes[#changes + 1] = 'ended_by'
+  changes[#changes + 1] = party
+  call.ended_at, call.ended_by = now, party
+end
+call.state = target
+redis.call('HSET', KEYS[1], unpack(changes))
+local entry = {
+  at = tonumber(now), event = 'state', from = previous, to = target,
+  action = ARGV[6], party = party, node = ARGV[5],
+}
+if device ~= '' then entry.device = device end
+if ARGV[8] ~= '' then entry.note = cjson.decode(ARGV[8]) end
+redis.call('RPUSH', KEYS[2], cjson.encode(entry))
+if target ~= 'answered' then
+  -- Final: the call stays queryable for the retention period, then goes.
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+  redis.call('EXPIRE', KEYS[2], ARGV[7])
+end
+return {'ok', previous, cjson.encode(call)}

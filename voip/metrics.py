@@ -1,0 +1,16 @@
+"""Prometheus metrics. Names follow Prometheus conventions; labels stay low-cardinality
+(no user, device or call ids)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CALLS = Counter("voip_calls_total", "Calls that reached a state", ["state"])
+STATUS_CHECKS = Counter(
+    "voip_status_checks_total", "Call-status requests by verdict", ["state", "end_call"]
+)
+WS_CONNECTIONS = Gauge("voip_ws_connections", "Device WebSocket connections open on this node")
+WS_ERRORS = Counter("voip_ws_errors_total", "Error frames sent to devices", ["code"])
+REDIS_LATENCY = Histogram(
+    "voip_redis_seconds",
+    "Redis round trip of the call-status endpoint",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
+)

@@ -1,0 +1,105 @@
+"""The WebSocket protocol: what a device may send, checked field by field.
+Every message is documented in docs/protocol.md."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
+
+# User and device ids travel in Redis keys and channel names: keep them to a safe alphabet.
+ID_PATTERN = r"^[A-Za-z0-9._@+:-]{1,128}$"
+UserId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+RequestId = Annotated[str, StringConstraints(max_length=64)] | Annotated[int, Field(ge=0, lt=2**53)]
+
+
+def canonical_call_id(value: str) -> str:
+    """CallKit hands out upper-case UUIDs; we store the canonical lower-case form."""
+    return str(uuid.UUID(value))
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: RequestId | None = None
+
+
+class _CallMessage(_Message):
+    call_id: str
+
+    @field_validator("call_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        if len(value) > 64:
+            raise ValueError("call_id must be a UUID")
+        try:
+            return canonical_call_id(value)
+        except ValueError:
+            raise ValueError("call_id must be a UUID") from None
+
+
+class CallStart(_Message):
+    type: Literal["call.start"]
+    callee: UserId
+    call_id: str | None = None
+
+    @field_validator("call_id")
+    @classmethod
+    def _uuid(cls, value: str | None) -> str | None:
+        return None if value is None else _CallMessage._uuid(value)
+
+
+class CallRinging(_CallMessage):
+    type: Literal["call.ringing"]
+
+
+class CallAnswer(_CallMessage):
+    type: Literal["call.answer"]
+    sdp: Annotated[str, StringConstraints(max_length=32768)] | None = None
+
+
+class CallDecline(_CallMessage):
+    type: Literal["call.decline"]
+
+
+class CallHangup(_CallMessage):
+    type: Literal["call.hangup"]
+
+
+class CallSignal(_CallMessage):
+    type: Literal["call.signal"]
+    payload: Any
+
+
+class Ping(_Message):
+    type: Literal["ping"]
+
+
+ClientMessage = Annotated[
+    CallStart | CallRinging | CallAnswer | CallDecline | CallHangup | CallSignal | Ping,
+    Field(discriminator="type"),
+]
+client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+MESSAGE_TYPES = frozenset(
+    ("call.start", "call.ringing", "call.answer", "call.decline", "call.hangup", "call.signal", "ping")
+)
+
+
+def error_frame(code: str, message: str, request_id: Any = None, call_id: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if request_id is not None:
+        frame["id"] = request_id
+    if call_id is not None:
+        frame["call_id"] = call_id
+    return frame
+
+
+# Why a request about a call was refused; the same words go to the device.
+CALL_ERRORS = {
+    "unknown_call": "no such call for this device",
+    "not_in_call": "this device is not in that call",
+    "invalid_state": "the call is not in a state that allows this",
+    "call_exists": "a call with this call_id exists already",
+    "invalid_callee": "you cannot call yourself",
+}

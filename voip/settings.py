@@ -1,0 +1,131 @@
+"""Settings: config/default.toml, then the file named by VOIP_CONFIG, then the environment."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+DEFAULT_FILE = CONFIG_DIR / "default.toml"
+DEV_SECRET_FILE = Path(".voip") / "dev-secret"
+
+
+def _env(*names: str) -> AliasChoices:
+    # The TOML key (the field name) and the documented environment variable both work.
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", populate_by_name=True)
+
+    environment: Literal["development", "production"] = Field(
+        "development", validation_alias=_env("environment", "VOIP_ENV")
+    )
+    host: str = Field("127.0.0.1", validation_alias=_env("host", "HOST"))
+    port: int = Field(8080, ge=0, le=65535, validation_alias=_env("port", "PORT"))
+    node_id: str = Field("", max_length=64, validation_alias=_env("node_id", "VOIP_NODE_ID"))
+    redis_url: str = Field("", validation_alias=_env("redis_url", "REDIS_URL"))
+    redis_prefix: str = Field(
+        "voip:", min_length=1, max_length=64, validation_alias=_env("redis_prefix", "VOIP_REDIS_PREFIX")
+    )
+    jwt_secret: str = Field("", validation_alias=_env("jwt_secret", "VOIP_JWT_SECRET"), repr=False)
+    ring_timeout: float = Field(
+        45, gt=0, le=600, validation_alias=_env("ring_timeout", "VOIP_RING_TIMEOUT")
+    )
+    call_retention: int = Field(
+        86400, ge=60, validation_alias=_env("call_retention", "VOIP_CALL_RETENTION")
+    )
+    max_devices_per_user: int = Field(
+        10, ge=1, le=1000, validation_alias=_env("max_devices_per_user", "VOIP_MAX_DEVICES_PER_USER")
+    )
+    ws_max_frame_bytes: int = Field(
+        65536, ge=1024, validation_alias=_env("ws_max_frame_bytes", "VOIP_WS_MAX_FRAME_BYTES")
+    )
+    ws_rate: float = Field(20.0, gt=0, validation_alias=_env("ws_rate", "VOIP_WS_RATE"))
+    ws_burst: int = Field(40, ge=1, validation_alias=_env("ws_burst", "VOIP_WS_BURST"))
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")
+    )
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> "Settings":
+        if self.environment == "production":
+            if len(self.jwt_secret.encode()) < 32:
+                raise ValueError("VOIP_JWT_SECRET: production needs a secret of 32 bytes or more")
+            if not self.redis_url:
+                raise ValueError("REDIS_URL: production needs a shared Redis")
+        elif self.jwt_secret and len(self.jwt_secret.encode()) < 16:
+            raise ValueError("VOIP_JWT_SECRET: a secret of 16 bytes or more is needed")
+        if not self.node_id:
+            self.node_id = f"{socket.gethostname()}-{os.getpid()}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files: list[Path] = [DEFAULT_FILE]
+        if extra := os.environ.get("VOIP_CONFIG"):
+            files.append(Path(extra))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files))
+
+
+class SettingsError(Exception):
+    """One line that names the setting at fault."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    extra = os.environ.get("VOIP_CONFIG")
+    if extra and not Path(extra).is_file():
+        raise SettingsError(f"VOIP_CONFIG: no such file: {extra}")
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None
+    except ValueError as exc:  # a TOML file that does not parse
+        raise SettingsError(f"config: {exc}") from None
+    if not settings.jwt_secret:
+        settings.jwt_secret = development_secret()
+    return settings
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a model-level rule: its message names the setting already
+        return message
+    name = str(error["loc"][0])
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return f"{name}: unknown setting"
+    env_name = field.validation_alias.choices[-1]  # type: ignore[union-attr]
+    shown = "" if not field.repr else f" (got {error.get('input')!r})"  # secrets are never echoed
+    return f"{env_name} ({name}): {message}{shown}"
+
+
+def development_secret() -> str:
+    """A per-checkout secret, so `python -m voip token` and `run` agree without configuration."""
+    if DEV_SECRET_FILE.is_file():
+        return DEV_SECRET_FILE.read_text().strip()
+    DEV_SECRET_FILE.parent.mkdir(exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(DEV_SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret

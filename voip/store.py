@@ -1,0 +1,311 @@
+"""Call and device state in Redis, shared by every node.
+
+Key layout (every key starts with the configured prefix; the part in braces is the
+Redis Cluster hash tag, so each script touches one slot):
+
+    {c:<call_id>}:call       hash   the call (see NewCall and the scripts in lua/)
+    {c:<call_id>}:timeline   list   JSON entries: transitions, deliveries, status checks
+    {u:<user_id>}:devices    hash   device_id -> JSON device record
+    {u:<user_id>}:presence   hash   device_id -> "<node>|<expires_ms>" (WebSocket connections)
+    ring_deadlines           zset   call_id scored by ring deadline (ms)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from voip.calls import Action, CallState, Party, transitions_for
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _script(name: str) -> str:
+    return resources.files("voip").joinpath("lua", f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_id: str
+    state: CallState
+    caller_user: str
+    caller_device: str
+    callee_user: str
+    created_at: int
+    ring_deadline: int
+    answered_by_device: str | None = None
+    ended_at: int | None = None
+    ended_by: str | None = None
+    origin_node: str = ""
+
+    @classmethod
+    def from_hash(cls, call_id: str, fields: dict[str, Any]) -> "CallRecord":
+        def optional_int(name: str) -> int | None:
+            value = fields.get(name)
+            return int(value) if value not in (None, "") else None
+
+        return cls(
+            call_id=call_id,
+            state=CallState(fields["state"]),
+            caller_user=fields["caller_user"],
+            caller_device=fields["caller_device"],
+            callee_user=fields["callee_user"],
+            created_at=int(fields["created_at"]),
+            ring_deadline=int(fields["ring_deadline"]),
+            answered_by_device=fields.get("answered_by_device") or None,
+            ended_at=optional_int("ended_at"),
+            ended_by=fields.get("ended_by") or None,
+            origin_node=fields.get("origin_node", ""),
+        )
+
+
+class CallError(Exception):
+    """A request about a call that the call's state or its parties refuse."""
+
+    def __init__(self, code: str, call: CallRecord | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.call = call
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    previous: CallState
+    call: CallRecord
+
+
+class Store:
+    def __init__(self, redis: Redis, prefix: str, retention: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.retention = retention
+        self._create = redis.register_script(_script("create_call"))
+        self._transition = redis.register_script(_script("transition"))
+        self._call_event = redis.register_script(_script("call_event"))
+        self._status = redis.register_script(_script("status_check"))
+        self._claim = redis.register_script(_script("claim_timeouts"))
+        self.deadlines_key = f"{prefix}ring_deadlines"
+
+    # Keys -----------------------------------------------------------------------------
+
+    def call_keys(self, call_id: str) -> list[str]:
+        tag = f"{self.prefix}{{c:{call_id}}}"
+        return [f"{tag}:call", f"{tag}:timeline"]
+
+    def devices_key(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:devices"
+
+    def presence_key(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:presence"
+
+    def user_channel(self, user_id: str) -> str:
+        return f"{self.prefix}user:{user_id}"
+
+    # Calls ----------------------------------------------------------------------------
+
+    async def create_call(
+        self,
+        call_id: str,
+        *,
+        caller_user: str,
+        caller_device: str,
+        callee_user: str,
+        ring_deadline: int,
+        node: str,
+        targets: list[str],
+        created_at: int,
+    ) -> bool:
+        fields = {
+            "state": CallState.RINGING.value,
+            "caller_user": caller_user,
+            "caller_device": caller_device,
+            "callee_user": callee_user,
+            "created_at": created_at,
+            "ring_deadline": ring_deadline,
+            "origin_node": node,
+        }
+        entry = {
+            "at": created_at,
+            "event": "created",
+            "node": node,
+            "device": caller_device,
+            "caller": caller_user,
+            "callee": callee_user,
+            "targets": targets,
+        }
+        # A ringing call lives until well past its deadline even if no timeout ever fires.
+        ttl = int((ring_deadline - created_at) / 1000) + self.retention
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._create(
+                keys=self.call_keys(call_id),
+                args=[orjson.dumps(fields), orjson.dumps(entry), ttl],
+                client=pipe,
+            )
+            # NX: if the id is taken, the existing call's deadline must stay as it is.
+            pipe.zadd(self.deadlines_key, {call_id: ring_deadline}, nx=True)
+            created, _ = await pipe.execute()
+        return bool(created)
+
+    async def transition(
+        self,
+        call_id: str,
+        action: Action,
+        *,
+        user: str = "",
+        device: str = "",
+        node: str,
+        note: dict[str, Any] | None = None,
+    ) -> Transition:
+        """Apply `action` atomically; raises CallError when the call or its state refuses."""
+        if user:
+            moves = {
+                party.value: {k.value: v.value for k, v in transitions_for(action, party).items()}
+                for party in (Party.CALLER, Party.CALLEE)
+            }
+        else:
+            moves = {
+                Party.SYSTEM.value: {
+                    k.value: v.value for k, v in transitions_for(action, Party.SYSTEM).items()
+                }
+            }
+        status, detail, raw = await self._transition(
+            keys=self.call_keys(call_id),
+            args=[
+                orjson.dumps(moves),
+                user,
+                device,
+                now_ms(),
+                node,
+                action.value,
+                self.retention,
+                orjson.dumps(note) if note else "",
+            ],
+        )
+        call = CallRecord.from_hash(call_id, orjson.loads(raw)) if raw else None
+        if status != b"ok":
+            raise CallError(detail.decode(), call)
+        assert call is not None
+        if call.state.is_final:
+            await self.redis.zrem(self.deadlines_key, call_id)
+        return Transition(previous=CallState(detail.decode()), call=call)
+
+    async def call_event(
+        self,
+        call_id: str,
+        *,
+        user: str,
+        device: str,
+        entry: dict[str, Any] | None = None,
+        require_state: CallState | None = None,
+        require_callee: bool = False,
+        once_field: str = "",
+    ) -> tuple[CallRecord, bool]:
+        """Check the device is in the call, record `entry`; returns the call and whether
+        `once_field` was set by this event (so "the first device that rang" is decided once)."""
+        at = now_ms()
+        result = await self._call_event(
+            keys=self.call_keys(call_id),
+            args=[
+                user,
+                device,
+                orjson.dumps({"at": at, **entry}) if entry else "",
+                require_state.value if require_state else "",
+                once_field,
+                at,
+                "1" if require_callee else "",
+            ],
+        )
+        if result[0] != b"ok":
+            raise CallError(result[1].decode())
+        return CallRecord.from_hash(call_id, orjson.loads(result[1])), bool(result[2])
+
+    async def status_check(
+        self, call_id: str, *, user: str, device: str, node: str, via: str, at: int
+    ) -> list[bytes | None] | None:
+        """Fields: state, caller_user, callee_user, caller_device, answered_by_device,
+        ring_deadline, ended_at; None when the call is unknown to this asker."""
+        return await self._status(
+            keys=self.call_keys(call_id), args=[user, device, at, node, via]
+        )
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        fields = await self.redis.hgetall(self.call_keys(call_id)[0])
+        if not fields:
+            return None
+        return CallRecord.from_hash(call_id, {k.decode(): v.decode() for k, v in fields.items()})
+
+    async def timeline(self, call_id: str) -> list[dict[str, Any]]:
+        return [orjson.loads(e) for e in await self.redis.lrange(self.call_keys(call_id)[1], 0, -1)]
+
+    async def append_timeline(self, call_id: str, entries: list[dict[str, Any]]) -> None:
+        if entries:
+            await self.redis.rpush(self.call_keys(call_id)[1], *(orjson.dumps(e) for e in entries))
+
+    async def claim_due_timeouts(self, now: int, lease_ms: int, limit: int = 100) -> list[str]:
+        due = await self._claim(keys=[self.deadlines_key], args=[now, lease_ms, limit])
+        return [call_id.decode() for call_id in due]
+
+    async def forget_timeout(self, call_id: str) -> None:
+        await self.redis.zrem(self.deadlines_key, call_id)
+
+    # Devices --------------------------------------------------------------------------
+
+    async def put_device(self, user_id: str, device_id: str, record: dict[str, Any], cap: int) -> list[str]:
+        """Store a device; drop the least recently registered beyond `cap`. Returns the dropped."""
+        key = self.devices_key(user_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, device_id, orjson.dumps(record))
+            pipe.hgetall(key)
+            _, everything = await pipe.execute()
+        if len(everything) <= cap:
+            return []
+        records = sorted(
+            ((k.decode(), orjson.loads(v)) for k, v in everything.items()),
+            key=lambda item: item[1]["updated_at"],
+        )
+        dropped = [device for device, _ in records[: len(records) - cap] if device != device_id]
+        if dropped:
+            await self.redis.hdel(key, *dropped)
+        return dropped
+
+    async def get_device(self, user_id: str, device_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self.devices_key(user_id), device_id)
+        return orjson.loads(raw) if raw else None
+
+    async def list_devices(self, user_id: str) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.devices_key(user_id))
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def delete_device(self, user_id: str, device_id: str) -> bool:
+        return bool(await self.redis.hdel(self.devices_key(user_id), device_id))
+
+    async def set_presence(self, user_id: str, device_id: str, node: str, ttl_ms: int) -> None:
+        await self.redis.hset(self.presence_key(user_id), device_id, f"{node}|{now_ms() + ttl_ms}")
+
+    async def clear_presence(self, user_id: str, device_id: str, node: str) -> None:
+        key = self.presence_key(user_id)
+        current = await self.redis.hget(key, device_id)
+        # Only our own entry: the device may have reconnected to another node meanwhile.
+        if current and current.decode().split("|")[0] == node:
+            await self.redis.hdel(key, device_id)
+
+    async def reachable_devices(self, user_id: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """The user's registered devices and the ids of devices connected right now."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.devices_key(user_id))
+            pipe.hgetall(self.presence_key(user_id))
+            devices, presence = await pipe.execute()
+        now = now_ms()
+        online = {
+            device.decode()
+            for device, value in presence.items()
+            if int(value.decode().rsplit("|", 1)[1]) > now
+        }
+        return {k.decode(): orjson.loads(v) for k, v in devices.items()}, online

@@ -1,0 +1,255 @@
+"""`GET /v1/ws`: a device's WebSocket. Frames in are checked, then handed to the call
+controller; frames out come from the bus, through a queue, so one slow socket never
+holds up delivery to the others."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from typing import Any
+
+import orjson
+import structlog
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from voip import metrics
+from voip.auth import AuthError, Principal
+from voip.calls import Action
+from voip.controller import Caller, CallController
+from voip.node import Node
+from voip.protocol import (
+    CALL_ERRORS,
+    MESSAGE_TYPES,
+    CallAnswer,
+    CallDecline,
+    CallHangup,
+    CallRinging,
+    CallSignal,
+    CallStart,
+    ClientMessage,
+    Ping,
+    client_message,
+    error_frame,
+)
+from voip.store import CallError
+
+log = structlog.get_logger(__name__)
+
+DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+PRESENCE_TTL_MS = 90_000
+PRESENCE_REFRESH = 30.0
+OUTBOX_LIMIT = 256
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def _authenticate(websocket: WebSocket, node: Node) -> Principal:
+    header = websocket.headers.get("authorization")
+    if header:
+        return node.auth.bearer(header)
+    token = websocket.query_params.get("access_token")
+    if not token:
+        raise AuthError("missing bearer token")
+    return node.auth.verify(token)
+
+
+async def _refuse(websocket: WebSocket, status: int, message: str) -> None:
+    """Refuse before accepting: an HTTP response where the server can send one."""
+    from starlette.responses import JSONResponse
+
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse({"error": message}, status_code=status))
+    else:
+        await websocket.close(code=CLOSE_POLICY, reason=message)
+
+
+async def device_socket(websocket: WebSocket) -> None:
+    node: Node = websocket.app.state.node
+    try:
+        principal = _authenticate(websocket, node)
+    except AuthError as exc:
+        await _refuse(websocket, 401, f"unauthorized: {exc}")
+        return
+    if principal.role != "device":
+        await _refuse(websocket, 403, "forbidden: device role required")
+        return
+    device_id = websocket.query_params.get("device_id", "")
+    if not DEVICE_ID.match(device_id):
+        await _refuse(websocket, 400, "device_id query parameter missing or malformed")
+        return
+    await websocket.accept()
+    await DeviceConnection(websocket, node, principal.user_id, device_id).serve()
+
+
+class DeviceConnection:
+    def __init__(self, websocket: WebSocket, node: Node, user_id: str, device_id: str) -> None:
+        self.websocket = websocket
+        self.node = node
+        self.controller: CallController = node.controller
+        self.user_id = user_id
+        self.device_id = device_id
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self.bucket = TokenBucket(node.settings.ws_rate, node.settings.ws_burst)
+        self.refused_in_a_row = 0
+
+    async def deliver(self, frame: dict[str, Any]) -> None:
+        try:
+            self.outbox.put_nowait(frame)
+        except asyncio.QueueFull:  # a socket this far behind is dead; let it reconnect
+            log.warning("ws.outbox_full", user=self.user_id, device=self.device_id)
+            while not self.outbox.empty():
+                self.outbox.get_nowait()
+            self.outbox.put_nowait(None)
+
+    async def serve(self) -> None:
+        store = self.node.store
+        await self.node.bus.attach(self.user_id, self.device_id, self.deliver)
+        await store.set_presence(self.user_id, self.device_id, self.node.node_id, PRESENCE_TTL_MS)
+        metrics.WS_CONNECTIONS.inc()
+        writer = asyncio.create_task(self._write())
+        presence = asyncio.create_task(self._keep_presence())
+        try:
+            await self.outbox.put({"type": "hello", "node": self.node.node_id, "device_id": self.device_id})
+            await self._read()
+        finally:
+            metrics.WS_CONNECTIONS.dec()
+            presence.cancel()
+            writer.cancel()
+            await self.node.bus.detach(self.user_id, self.device_id, self.deliver)
+            with contextlib.suppress(Exception):
+                await store.clear_presence(self.user_id, self.device_id, self.node.node_id)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        # Every frame goes through the outbox: one task writes to the socket.
+        await self.outbox.put(frame)
+
+    async def _write(self) -> None:
+        while True:
+            frame = await self.outbox.get()
+            if frame is None:
+                await self.websocket.close(code=CLOSE_POLICY, reason="too slow")
+                return
+            try:
+                await self.websocket.send_text(orjson.dumps(frame).decode())
+            except Exception:
+                return
+            if "call_id" in frame and frame["type"] not in ("ack", "error", "call.signal"):
+                await self.node.store.append_timeline(
+                    frame["call_id"],
+                    [{"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
+                      "device": self.device_id, "node": self.node.node_id}],
+                )
+
+    async def _keep_presence(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_REFRESH)
+            with contextlib.suppress(Exception):
+                await self.node.store.set_presence(
+                    self.user_id, self.device_id, self.node.node_id, PRESENCE_TTL_MS
+                )
+
+    async def _read(self) -> None:
+        limit = self.node.settings.ws_max_frame_bytes
+        while True:
+            try:
+                event = await self.websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if event["type"] == "websocket.disconnect":
+                return
+            data = event.get("text")
+            if data is None:
+                if event.get("bytes") is not None:
+                    if len(event["bytes"]) > limit:
+                        await self.websocket.close(code=CLOSE_TOO_BIG, reason="frame too large")
+                        return
+                    await self.send(error_frame("bad_frame", "binary frames are not accepted"))
+                continue
+            if len(data) > limit:  # the server's own cap normally closes first
+                await self.websocket.close(code=CLOSE_TOO_BIG, reason="frame too large")
+                return
+            if not self.bucket.take():
+                self.refused_in_a_row += 1
+                if self.refused_in_a_row > self.node.settings.ws_burst:
+                    await self.websocket.close(code=CLOSE_POLICY, reason="too many frames")
+                    return
+                await self.send(error_frame("rate_limited", "too many frames; slow down"))
+                continue
+            self.refused_in_a_row = 0
+            reply = await self._handle(data)
+            if reply is not None:
+                await self.send(reply)
+            if self.websocket.client_state is WebSocketState.DISCONNECTED:
+                return
+
+    async def _handle(self, data: str) -> dict[str, Any] | None:
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return error_frame("bad_json", "frame is not valid JSON")
+        if not isinstance(raw, dict):
+            return error_frame("bad_message", "a frame must be a JSON object")
+        request_id = raw.get("id") if isinstance(raw.get("id"), (str, int)) else None
+        if raw.get("type") not in MESSAGE_TYPES:
+            return error_frame("unknown_type", f"unknown message type {str(raw.get('type'))[:64]!r}", request_id)
+        try:
+            message = client_message.validate_python(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
+            return error_frame("invalid_message", f"{where}: {first['msg']}", request_id)
+        try:
+            return await self._dispatch(message)
+        except CallError as exc:
+            call_id = getattr(message, "call_id", None)
+            return error_frame(exc.code, CALL_ERRORS.get(exc.code, exc.code), message.id, call_id)
+        except Exception:
+            log.exception("ws.handler_failed", user=self.user_id, device=self.device_id)
+            return error_frame("internal_error", "the request failed; try again", message.id)
+
+    async def _dispatch(self, message: ClientMessage) -> dict[str, Any]:
+        me = Caller(self.user_id, self.device_id)
+        ack = {"type": "ack", "id": message.id}
+        match message:
+            case CallStart(callee=callee, call_id=call_id):
+                call = await self.controller.start_call(me, callee, call_id)
+                return {
+                    "type": "call.started",
+                    "id": message.id,
+                    "call_id": call.call_id,
+                    "state": call.state.value,
+                    "ring_deadline": call.ring_deadline,
+                }
+            case CallRinging(call_id=call_id):
+                await self.controller.ringing(self.user_id, self.device_id, call_id)
+            case CallAnswer(call_id=call_id, sdp=sdp):
+                await self.controller.act(Action.ANSWER, self.user_id, self.device_id, call_id, sdp=sdp)
+            case CallDecline(call_id=call_id):
+                await self.controller.act(Action.DECLINE, self.user_id, self.device_id, call_id)
+            case CallHangup(call_id=call_id):
+                transition = await self.controller.act(Action.HANGUP, self.user_id, self.device_id, call_id)
+                ack["state"] = transition.call.state.value
+            case CallSignal(call_id=call_id, payload=payload):
+                await self.controller.signal(self.user_id, self.device_id, call_id, payload)
+            case Ping():
+                return {"type": "pong", "id": message.id, "server_time": int(time.time() * 1000)}
+        ack["call_id"] = message.call_id  # type: ignore[union-attr]
+        return ack
