@@ -216,7 +216,9 @@ class APNsConnection(asyncio.Protocol):
             return
         if last_stream_id is None:
             last_stream_id = max(self._answered, default=0)
-        additional_data = json.dumps({"reason": reason}).encode() if reason else b""
+        additional_data = (
+            json.dumps({"reason": reason}, separators=(",", ":")).encode() if reason else b""
+        )
         try:
             self._h2.close_connection(error_code=error_code, additional_data=additional_data,
                                       last_stream_id=last_stream_id)

@@ -104,7 +104,7 @@ class Dispatcher:
             error: dict[str, object] = {"reason": answer.reason}
             if answer.timestamp_ms is not None:
                 error["timestamp"] = answer.timestamp_ms
-            body = json.dumps(error).encode()
+            body = json.dumps(error, separators=(",", ":")).encode()
             headers.append(("content-type", "application/json"))
         if connection.respond(stream_id, answer.status, headers, body):
             self._sim.log.answered(record, answer.status, answer.reason, answer.timestamp_ms,
