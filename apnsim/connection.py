@@ -7,7 +7,7 @@ import json
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -67,7 +67,7 @@ class IncomingStream:
         return [(k, v) for k, v in self.headers if not k.startswith(":")]
 
 
-StreamHandler = Callable[["APNsConnection", IncomingStream], Awaitable[None]]
+StreamHandler = Callable[["APNsConnection", IncomingStream], Coroutine[Any, Any, None]]
 
 
 def _text(value: bytes | str) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from apnsim.clock import Clock
 from apnsim.reasons import Reason
@@ -165,7 +165,7 @@ class DeviceRegistry:
     def __contains__(self, token: str) -> bool:
         return token.lower() in self._devices
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Device]:
         return iter(list(self._devices.values()))
 
     def get(self, token: str) -> Device | None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 from aioapns import APNs
@@ -55,7 +55,7 @@ async def make_client(sim: APNsSimulator) -> AsyncIterator[MakeClient]:
     clients: list[APNs] = []
 
     def make(key: SigningKey, topic: str = VOIP_TOPIC, *, use_sandbox: bool = True,
-             target: APNsSimulator | None = None, **options: object) -> APNs:
+             target: APNsSimulator | None = None, **options: Any) -> APNs:
         target = target or sim
         client = APNs(key=key.private_pem, key_id=key.key_id, team_id=key.team_id, topic=topic,
                       use_sandbox=use_sandbox, ssl_context=client_ssl_context(target.ca_file),

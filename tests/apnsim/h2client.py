@@ -142,7 +142,7 @@ class RawH2Client:
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, ResponseReceived):
-            self._streams[event.stream_id].headers = dict(event.headers)
+            self._streams[event.stream_id].headers = {str(k): str(v) for k, v in event.headers}
         elif isinstance(event, DataReceived):
             self._streams[event.stream_id].body.extend(event.data)
             self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)

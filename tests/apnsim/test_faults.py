@@ -131,7 +131,7 @@ async def test_goaway_frame_as_a_raw_client_sees_it(raw: RawH2Client,
     await asyncio.wait_for(raw.closed.wait(), 5)
 
     assert raw.goaway is not None
-    assert json.loads(raw.goaway.additional_data) == {"reason": "IdleTimeout"}
+    assert json.loads(raw.goaway.additional_data or b"") == {"reason": "IdleTimeout"}
     assert raw.goaway.last_stream_id == max(stream_id - 2, 0)
     assert raw.goaway.error_code == 0
 
