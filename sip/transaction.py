@@ -197,6 +197,8 @@ class Transaction:
         self.timers: dict[str, float] = {}
         self.dirty: set[str] = set()
         self.last_response: Response | None = None
+        # Current retransmission interval of Timer A, E or G.
+        self.interval = config.t1
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key.method} {self.state.value}>"
@@ -231,7 +233,7 @@ class InviteClientTransaction(Transaction):
         self.state = State.CALLING
         t1 = self.config.t1
         if not self.reliable:
-            self.a_interval = t1
+            self.interval = t1
             self._set_timer("A", now + t1)
         self._set_timer("B", now + 64 * t1)
         self.ack: Request | None = None
@@ -240,8 +242,8 @@ class InviteClientTransaction(Transaction):
     def on_timer(self, name: str, deadline: float) -> list[Event]:
         if name == "A" and self.state is State.CALLING:
             # Timer A doubles without the T2 cap (§17.1.1.2).
-            self.a_interval *= 2
-            self._set_timer("A", deadline + self.a_interval)
+            self.interval *= 2
+            self._set_timer("A", deadline + self.interval)
             return [self._send(self.request)]
         if name == "B" and self.state is State.CALLING:
             self._terminate()
@@ -303,7 +305,7 @@ class NonInviteClientTransaction(Transaction):
     def start(self, now: float) -> list[Event]:
         self.state = State.TRYING
         if not self.reliable:
-            self.e_interval = self.config.t1
+            self.interval = self.config.t1
             self._set_timer("E", now + self.config.t1)
         self._set_timer("F", now + 64 * self.config.t1)
         return [self._send(self.request)]
@@ -311,10 +313,10 @@ class NonInviteClientTransaction(Transaction):
     def on_timer(self, name: str, deadline: float) -> list[Event]:
         if name == "E" and self.state in (State.TRYING, State.PROCEEDING):
             if self.state is State.TRYING:
-                self.e_interval = min(2 * self.e_interval, self.config.t2)
+                self.interval = min(2 * self.interval, self.config.t2)
             else:
-                self.e_interval = self.config.t2
-            self._set_timer("E", deadline + self.e_interval)
+                self.interval = self.config.t2
+            self._set_timer("E", deadline + self.interval)
             return [self._send(self.request)]
         if name == "F" and self.state in (State.TRYING, State.PROCEEDING):
             self._terminate()
@@ -364,8 +366,8 @@ class InviteServerTransaction(Transaction):
         if name == "Trying" and self.state is State.PROCEEDING and self.last_provisional is None:
             return self._send_trying()
         if name == "G" and self.state is State.COMPLETED and self.last_response is not None:
-            self.g_interval = min(2 * self.g_interval, self.config.t2)
-            self._set_timer("G", deadline + self.g_interval)
+            self.interval = min(2 * self.interval, self.config.t2)
+            self._set_timer("G", deadline + self.interval)
             return [self._send(self.last_response)]
         if name == "H" and self.state is State.COMPLETED:
             self._terminate()
@@ -421,7 +423,7 @@ class InviteServerTransaction(Transaction):
             return [self._send(response)]
         self.state = State.COMPLETED
         if not self.reliable:
-            self.g_interval = self.config.t1
+            self.interval = self.config.t1
             self._set_timer("G", now + self.config.t1)
         self._set_timer("H", now + 64 * self.config.t1)
         return [self._send(response)]
@@ -581,16 +583,16 @@ class TransactionLayer:
             key = self._server_key(request, "INVITE")
             tx = self.servers.get(key)
             if isinstance(tx, InviteServerTransaction) and _ack_matches(tx, request):
-                events = tx.on_ack(request, source, now)
+                acked = tx.on_ack(request, source, now)
                 self._after(tx)
-                return events
+                return acked
             return [RequestReceived(request, source, transport, None)]
         key = self._server_key(request, method)
         existing = self.servers.get(key)
         if existing is not None:
-            events = existing.on_retransmission(now)
+            replay = existing.on_retransmission(now)
             self._after(existing)
-            return events
+            return replay
         cancels = None
         if method == "CANCEL":
             target = replace(key, method="INVITE")
