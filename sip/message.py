@@ -66,11 +66,6 @@ class ParseError(ValueError):
 
 # --- Character classes (RFC 3261 §25.1) -------------------------------------
 
-_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-TOKEN_CHARS = _ALNUM | frozenset("-.!%*_+`'~")
-_WORD_CHARS = TOKEN_CHARS | frozenset('()<>:\\"/[]?{}')
-_HOST_CHARS = _ALNUM | frozenset("-._")
-_IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
 _WS = " \t"
 
 
