@@ -1,0 +1,228 @@
+"""Shared fixtures: a real Redis (REDIS_URL, else a private redis-server), and real nodes
+served by uvicorn on loopback, each test under a key prefix of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis.asyncio as aioredis
+import uvicorn
+import websockets
+
+from voip.app import create_app
+from voip.auth import Authenticator
+from voip.node import Node
+from voip.redis_server import PrivateRedis
+from voip.settings import Settings, load_settings
+
+SECRET = "test-secret-" + "x" * 32
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    with PrivateRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+async def redis(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    async for key in client.scan_iter(match=f"{prefix}*", count=500):
+        await client.delete(key)
+    await client.aclose()
+
+
+@pytest.fixture
+def auth() -> Authenticator:
+    return Authenticator(SECRET)
+
+
+def make_settings(redis_url: str, prefix: str, **overrides: Any) -> Settings:
+    return load_settings(
+        redis_url=redis_url,
+        redis_prefix=prefix,
+        jwt_secret=SECRET,
+        node_id=overrides.pop("node_id", f"node-{uuid.uuid4().hex[:6]}"),
+        **overrides,
+    )
+
+
+@dataclass
+class RunningNode:
+    node: Node
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    base_url: str
+    auth: Authenticator
+    clients: list[Any] = field(default_factory=list)
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://") + "/v1/ws"
+
+    def http(self) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(base_url=self.base_url, timeout=10)
+        self.clients.append(client)
+        return client
+
+    async def device(self, user: str, device: str, **connect: Any) -> "DeviceClient":
+        token = self.auth.mint(user, "device")
+        socket = await websockets.connect(
+            f"{self.ws_url}?device_id={device}",
+            additional_headers={"Authorization": f"Bearer {token}"},
+            **connect,
+        )
+        client = DeviceClient(user, device, socket)
+        self.clients.append(client)
+        hello = await client.next()
+        assert hello["type"] == "hello"
+        return client
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self.server.should_exit = True
+        await self.task
+
+
+@dataclass
+class DeviceClient:
+    """A test device: frames that arrive while it waits for another stay in `backlog`,
+    so no assertion depends on the order of frames that the protocol does not order."""
+
+    user: str
+    device: str
+    socket: Any
+    backlog: list[dict[str, Any]] = field(default_factory=list)
+    _seq: int = 0
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.socket.send(orjson.dumps(frame).decode())
+
+    async def next(self, timeout: float = 5) -> dict[str, Any]:
+        if self.backlog:
+            return self.backlog.pop(0)
+        return await self._receive(timeout)
+
+    async def _receive(self, timeout: float) -> dict[str, Any]:
+        return orjson.loads(await asyncio.wait_for(self.socket.recv(), timeout))
+
+    async def expect(self, type_: str, timeout: float = 5, **fields: Any) -> dict[str, Any]:
+        """The first frame of `type_` with `fields`, received or still to come."""
+
+        def matches(frame: dict[str, Any]) -> bool:
+            return frame["type"] == type_ and all(frame.get(k) == v for k, v in fields.items())
+
+        for frame in self.backlog:
+            if matches(frame):
+                self.backlog.remove(frame)
+                return frame
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                frame = await self._receive(max(0.01, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise AssertionError(
+                    f"{self.device}: no {type_} {fields} within {timeout}s; backlog {self.backlog}"
+                ) from None
+            if matches(frame):
+                return frame
+            self.backlog.append(frame)
+
+    async def request(self, frame: dict[str, Any], timeout: float = 5) -> dict[str, Any]:
+        """Send a frame with a fresh id and return the reply with that id."""
+        self._seq += 1
+        request_id = f"r{self._seq}"
+        await self.send({**frame, "id": request_id})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            reply = await self._receive(max(0.01, deadline - loop.time()))
+            if reply.get("id") == request_id:
+                return reply
+            self.backlog.append(reply)
+
+    async def silent(self, seconds: float = 0.3) -> None:
+        """Assert that nothing more arrives for a while."""
+        assert not self.backlog, f"{self.device} has unexpected frames: {self.backlog}"
+        try:
+            frame = await self._receive(seconds)
+        except asyncio.TimeoutError:
+            return
+        raise AssertionError(f"{self.device} got an unexpected frame: {frame}")
+
+    async def aclose(self) -> None:
+        await self.socket.close()
+
+
+async def start_node(settings: Settings) -> RunningNode:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_frame_bytes,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return RunningNode(app.state.node, server, task, f"http://127.0.0.1:{port}", Authenticator(settings.jwt_secret))
+
+
+@pytest.fixture
+async def node_factory(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Any]:
+    nodes: list[RunningNode] = []
+
+    async def factory(**overrides: Any) -> RunningNode:
+        running = await start_node(make_settings(redis_url, prefix, **overrides))
+        nodes.append(running)
+        return running
+
+    yield factory
+    for running in nodes:
+        if not running.task.done():
+            await running.stop()
+
+
+@pytest.fixture
+async def node(node_factory: Any) -> RunningNode:
+    return await node_factory()
+
+
+async def register(node: RunningNode, user: str, device: str, **body: Any) -> dict[str, Any]:
+    client = node.http()
+    response = await client.put(
+        f"/v1/devices/{device}",
+        json={"voip_token": uuid.uuid4().hex * 2, "apns_environment": "sandbox", **body},
+        headers={"Authorization": f"Bearer {node.auth.mint(user, 'device')}"},
+    )
+    assert response.status_code in (200, 201), response.text
+    return response.json()

@@ -1,0 +1,140 @@
+"""Whole calls between app users over WebSocket, on real nodes and a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.conftest import RunningNode
+
+
+async def test_answered_call_from_start_to_hangup(node: RunningNode) -> None:
+    caller = await node.device("alice", "a-phone")
+    phone = await node.device("bob", "b-phone")
+    ipad = await node.device("bob", "b-ipad")
+
+    started = await caller.request({"type": "call.start", "callee": "bob"})
+    assert started["type"] == "call.started"
+    call_id = started["call_id"]
+    assert str(uuid.UUID(call_id)) == call_id
+    assert started["state"] == "ringing"
+
+    incoming = await phone.expect("call.incoming", call_id=call_id)
+    assert incoming["caller"] == "alice"
+    assert incoming["ring_deadline"] == started["ring_deadline"]
+    await ipad.expect("call.incoming", call_id=call_id)
+
+    assert (await phone.request({"type": "call.ringing", "call_id": call_id}))["type"] == "ack"
+    assert (await ipad.request({"type": "call.ringing", "call_id": call_id}))["type"] == "ack"
+    ringing = await caller.expect("call.ringing", call_id=call_id)
+    assert ringing["device_id"] in ("b-phone", "b-ipad")
+
+    ack = await phone.request({"type": "call.answer", "call_id": call_id, "sdp": "v=0 answer"})
+    assert ack == {"type": "ack", "id": ack["id"], "call_id": call_id}
+    answered = await caller.expect("call.answered", call_id=call_id)
+    assert answered["device_id"] == "b-phone"
+    assert answered["sdp"] == "v=0 answer"
+    await phone.expect("call.answered", call_id=call_id, device_id="b-phone")
+    elsewhere = await ipad.expect("call.answered_elsewhere", call_id=call_id)
+    assert elsewhere["device_id"] == "b-phone"
+
+    await caller.request({"type": "call.signal", "call_id": call_id, "payload": {"ice": "cand-1"}})
+    relayed = await phone.expect("call.signal", call_id=call_id)
+    assert relayed["payload"] == {"ice": "cand-1"} and relayed["from_device"] == "a-phone"
+    await phone.request({"type": "call.signal", "call_id": call_id, "payload": {"ice": "cand-2"}})
+    assert (await caller.expect("call.signal", call_id=call_id))["payload"] == {"ice": "cand-2"}
+
+    # The iPad is out of the call: it can neither hang it up nor signal into it.
+    refused = await ipad.request({"type": "call.hangup", "call_id": call_id})
+    assert refused["type"] == "error" and refused["code"] == "not_in_call"
+
+    hangup = await phone.request({"type": "call.hangup", "call_id": call_id})
+    assert hangup["type"] == "ack" and hangup["state"] == "ended"
+    ended = await caller.expect("call.ended", call_id=call_id)
+    assert ended["reason"] == "remote_ended"
+    await ipad.silent()
+
+    timeline = await node.node.store.timeline(call_id)
+    events = [(e["event"], e.get("to")) for e in timeline]
+    assert events[0] == ("created", None)
+    assert ("state", "answered") in events and ("state", "ended") in events
+    assert any(e["event"] == "delivered" and e["device"] == "b-ipad" for e in timeline)
+    assert all(e["node"] == node.node.node_id for e in timeline)
+
+
+async def test_caller_cancels_every_device_is_told(node: RunningNode) -> None:
+    caller = await node.device("alice", "a1")
+    phone = await node.device("bob", "b1")
+    ipad = await node.device("bob", "b2")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
+    await ipad.expect("call.incoming", call_id=call_id)
+
+    reply = await caller.request({"type": "call.hangup", "call_id": call_id})
+    assert reply["state"] == "cancelled"
+    for device in (phone, ipad):
+        cancelled = await device.expect("call.cancelled", call_id=call_id)
+        assert cancelled["reason"] == "remote_ended"
+    late = await phone.request({"type": "call.answer", "call_id": call_id})
+    assert late["code"] == "invalid_state"
+
+
+async def test_decline_on_one_device_ends_the_call_everywhere(node: RunningNode) -> None:
+    caller = await node.device("alice", "a1")
+    phone = await node.device("bob", "b1")
+    ipad = await node.device("bob", "b2")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await ipad.expect("call.incoming", call_id=call_id)
+    assert (await phone.request({"type": "call.decline", "call_id": call_id}))["type"] == "ack"
+    assert (await caller.expect("call.declined", call_id=call_id))["reason"] == "declined_elsewhere"
+    await ipad.expect("call.declined", call_id=call_id)
+
+
+async def test_ring_timeout_makes_a_missed_call(node_factory) -> None:
+    node = await node_factory(ring_timeout=0.5)
+    caller = await node.device("alice", "a1")
+    phone = await node.device("bob", "b1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
+    assert (await phone.expect("call.missed", call_id=call_id, timeout=3))["reason"] == "unanswered"
+    assert (await caller.expect("call.missed", call_id=call_id))["state"] == "missed"
+    call = await node.node.store.get_call(call_id)
+    assert call is not None and call.state == "missed"
+    assert await node.node.redis.zscore(node.node.store.deadlines_key, call_id) is None
+
+
+async def test_call_to_a_user_with_no_device_is_missed_at_once(node: RunningNode) -> None:
+    caller = await node.device("alice", "a1")
+    started = await caller.request({"type": "call.start", "callee": "nobody"})
+    assert started["state"] == "missed"
+    timeline = await node.node.store.timeline(started["call_id"])
+    missed = [e for e in timeline if e["event"] == "state"]
+    assert missed == [missed[0]] and missed[0]["to"] == "missed"
+    assert missed[0]["note"] == {"why": "no reachable device"}
+    assert (await caller.expect("call.missed", call_id=started["call_id"]))["reason"] == "unanswered"
+
+
+async def test_registered_but_offline_device_keeps_the_call_ringing(node: RunningNode) -> None:
+    from tests.conftest import register
+
+    await register(node, "bob", "b-offline")
+    caller = await node.device("alice", "a1")
+    started = await caller.request({"type": "call.start", "callee": "bob"})
+    assert started["state"] == "ringing"
+    timeline = await node.node.store.timeline(started["call_id"])
+    assert timeline[0]["targets"] == ["b-offline"]
+
+
+async def test_client_chosen_call_id_is_kept_and_cannot_be_reused(node: RunningNode) -> None:
+    caller = await node.device("alice", "a1")
+    await node.device("bob", "b1")
+    call_id = str(uuid.uuid4()).upper()  # as CallKit hands it out
+    started = await caller.request({"type": "call.start", "callee": "bob", "call_id": call_id})
+    assert started["call_id"] == call_id.lower()
+    again = await caller.request({"type": "call.start", "callee": "bob", "call_id": call_id})
+    assert again["type"] == "error" and again["code"] == "call_exists"
+
+
+async def test_calling_yourself_is_refused(node: RunningNode) -> None:
+    caller = await node.device("alice", "a1")
+    reply = await caller.request({"type": "call.start", "callee": "alice"})
+    assert reply["code"] == "invalid_callee"
