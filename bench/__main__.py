@@ -1,0 +1,107 @@
+"""`python -m bench [--quick] [--profile]`: every figure printed next to its baseline
+from the same run (see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from bench import setup_latency, status
+from bench.http_load import run_wrk, wrk_binary
+from bench.procs import Cluster, cpu_plan
+from bench.profile import profile_during
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    seconds: float
+    warmup: float
+    connections: int
+    rates: tuple[tuple[float, int], ...]  # (calls per second, calls)
+
+
+FULL = Plan(rounds=3, seconds=6, warmup=2, connections=32, rates=((20, 200), (100, 1000)))
+QUICK = Plan(rounds=1, seconds=3, warmup=1, connections=32, rates=((20, 40), (100, 200)))
+STATUS_CALLS = 4
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop  # the nodes run on uvloop too, when it is installed
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="about 30 s instead of about 3 min")
+    parser.add_argument("--profile", action="store_true", help="py-spy the node under status load")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    wrk_binary()  # fail before starting anything
+    server_cpu, load_cpu = cpu_plan()
+    if load_cpu >= 0:
+        # Redis, wrk and the WebSocket clients inherit this CPU; the nodes take the other.
+        os.sched_setaffinity(0, {load_cpu})
+    began = time.monotonic()
+    print(f"# voip bench: {machine()}; nodes on CPU {server_cpu}, load and Redis on CPU {load_cpu}")
+    with Cluster(server_cpu) as cluster:
+        node_a = cluster.start_node("a")
+        call_ids = _run(status.make_calls(cluster, node_a, STATUS_CALLS))
+        loads = status.workloads(cluster, call_ids)
+        results = status.measure(
+            node_a, loads, rounds=plan.rounds, seconds=plan.seconds, warmup=plan.warmup, connections=plan.connections
+        )
+        print("\n".join(status.report(results, plan.connections, plan.seconds)), flush=True)
+        if args.profile:
+            bearer = loads[1]
+            print("\n".join(profile_during(
+                node_a.process.pid, plan.seconds,
+                lambda: run_wrk(node_a.base_url, bearer.paths, connections=plan.connections,
+                                seconds=plan.seconds, headers=bearer.headers),
+            )), flush=True)
+        node_b = cluster.start_node("b")
+        rows, floors = _run(_latencies(cluster, node_a.ws_url, node_b.ws_url, plan))
+        print("\n".join(setup_latency.report(rows, floors)))
+    print(f"# done in {time.monotonic() - began:.0f}s")
+
+
+async def _latencies(
+    cluster: Cluster, ws_a: str, ws_b: str, plan: Plan
+) -> tuple[list[setup_latency.Latencies], dict[float, setup_latency.Latencies]]:
+    rows: list[setup_latency.Latencies] = []
+    floors: dict[float, setup_latency.Latencies] = {}
+    for rate, count in plan.rates:
+        floors[rate] = await setup_latency.pubsub_floor(cluster.redis_url, cluster.prefix, rate=rate, count=count)
+        rows.append(floors[rate])
+        for name, callee_ws in (("same-node", ws_a), ("cross-node", ws_b)):
+            incoming, started = await setup_latency.call_setup(
+                name, ws_a, callee_ws, cluster.auth, rate=rate, count=count
+            )
+            rows += [incoming, started]
+    return rows, floors
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Where a node's CPU goes under status load: py-spy samples, summed by function."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+TOP = 15
+
+
+def py_spy() -> str | None:
+    beside_python = Path(sys.executable).parent / "py-spy"
+    return str(beside_python) if beside_python.exists() else shutil.which("py-spy")
+
+
+def profile_during(pid: int, seconds: float, load: Callable[[], object]) -> list[str]:
+    binary = py_spy()
+    if binary is None:
+        return ["(py-spy not installed: `.venv/bin/pip install py-spy` for a profile)"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "stacks.txt"
+        spy = subprocess.Popen(
+            [binary, "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", "250",
+             "--nolineno", "--format", "raw", "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        load()
+        _, err = spy.communicate(timeout=seconds + 30)
+        if spy.returncode != 0 or not out.exists():
+            return [f"(py-spy failed: {err.decode().strip()[-300:]})"]
+        return summarise(out.read_text())
+
+
+def _short(frame: str) -> str:
+    # "name (/long/path/site-packages/pkg/mod.py)" -> "name (pkg/mod.py)"
+    match = re.fullmatch(r"(.*) \((.*)\)", frame)
+    if not match:
+        return frame
+    path = re.sub(r".*/(site-packages|lib/python3\.\d+)/", "", match[2])
+    path = re.sub(r".*/work/main/", "", path)
+    return f"{match[1]} ({path})"
+
+
+def summarise(raw: str) -> list[str]:
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_short(f) for f in stack.split(";")]
+        n = int(count)
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    if not total:
+        return ["(no samples)"]
+    lines = [f"### py-spy: {total} busy samples of the server process"]
+    lines.append("inclusive (function and what it calls):")
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(TOP + 10)]
+    lines.append("self (leaf frames):")
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(TOP)]
+    return lines

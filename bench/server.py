@@ -1,0 +1,69 @@
+"""One bench node in its own process: the real app, plus a bare route as the baseline.
+
+    python -m bench.server --cpu 1      (settings from BENCH_* environment variables)
+
+Prints `PORT <n>` on stdout once it listens, then serves until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from voip import api, logs
+from voip.app import create_app
+from voip.settings import load_settings
+
+BARE_PATH = "/bench/bare"
+
+
+async def bare(request: Request) -> Response:
+    # Same response class as the status endpoint, so the baseline differs only by the work.
+    return api.JSONResponse({"status": "ok", "server_time": 0})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cpu", type=int, default=-1, help="pin to this CPU (-1: no pinning)")
+    args = parser.parse_args()
+    if args.cpu >= 0:
+        os.sched_setaffinity(0, {args.cpu})
+    settings = load_settings(
+        redis_url=os.environ["BENCH_REDIS_URL"],
+        redis_prefix=os.environ["BENCH_PREFIX"],
+        jwt_secret=os.environ["BENCH_SECRET"],
+        node_id=os.environ["BENCH_NODE_ID"],
+        # Bench calls ring unanswered; no ring timeout may fire in the middle of a run.
+        ring_timeout=600,
+    )
+    logs.configure(settings.log_level)  # as `python -m voip run` does
+    app = create_app(settings)
+    app.router.routes.append(Route(BARE_PATH, bare, methods=["GET"]))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    # The same uvicorn options as `python -m voip run` (uvloop and httptools when installed).
+    config = uvicorn.Config(
+        app,
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_frame_bytes,
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
