@@ -1,0 +1,283 @@
+"""The APNs notifier: one aioapns client per environment, our retry policy around it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import structlog
+from aioapns import APNs
+from aioapns.exceptions import ConnectionError as ConnectFailure
+
+from voip.push import payloads
+from voip.push.apns_connection import (
+    APNsConnection,
+    AttemptFailure,
+    NotSent,
+    Response,
+)
+from voip.push.apns_errors import RETIRE_CONNECTION_REASONS, judge, likely_cause
+from voip.push.apns_token import DEFAULT_REFRESH_AFTER, ProviderTokens
+from voip.push.interface import Environment, Outcome, PushRequest, PushResult
+
+log = structlog.get_logger(__name__)
+
+APPLE_HOSTS: dict[Environment, str] = {
+    Environment.SANDBOX: "api.sandbox.push.apple.com",
+    Environment.PRODUCTION: "api.push.apple.com",
+}
+APPLE_PORT = 443
+
+
+@dataclass(frozen=True, kw_only=True)
+class APNsConfig:
+    """Settings APNS_KEY_FILE, APNS_KEY_ID, APNS_TEAM_ID, APNS_BUNDLE_ID, APNS_ENDPOINT and
+    APNS_CA_FILE map onto the fields of the same name."""
+
+    bundle_id: str
+    key_id: str | None = None
+    team_id: str | None = None
+    key_file: str | None = None
+    key_pem: str | None = field(default=None, repr=False)
+    cert_file: str | None = None
+    """Certificate auth instead of a key: a PEM holding the certificate and its private key."""
+    endpoint: str | None = None
+    """`host:port` that serves both environments (a simulator); `None`: Apple's hosts."""
+    ca_file: str | None = None
+    """CA to trust instead of the system store (a simulator's)."""
+    max_connections: int = 4
+    """Per environment. One authenticated connection carries up to 1000 streams."""
+    response_timeout: float = 3.0
+    """An attempt left unanswered this long is abandoned, with its connection."""
+    max_attempts: int = 8
+    backoff_base: float = 0.05
+    backoff_max: float = 2.0
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
+    token_refresh_after: float = DEFAULT_REFRESH_AFTER
+    clock: Callable[[], float] = field(default=time.time, repr=False)
+    """Wall clock for provider-token `iat` (tests pass the simulator's)."""
+
+    def private_key(self) -> str | None:
+        if self.key_pem is not None:
+            return self.key_pem
+        if self.key_file is not None:
+            return Path(self.key_file).read_text()
+        return None
+
+    def address(self, environment: Environment) -> tuple[str, int]:
+        if self.endpoint:
+            host, port = self.endpoint.rsplit(":", 1)
+            return host.strip("[]"), int(port)
+        return APPLE_HOSTS[environment], APPLE_PORT
+
+
+class APNsSender:
+    """One aioapns client, hence one connection pool, for one APNs environment."""
+
+    def __init__(self, config: APNsConfig, environment: Environment, key_pem: str | None) -> None:
+        self.environment = environment
+        self.host, self.port = config.address(environment)
+        context = ssl.create_default_context(cafile=config.ca_file)
+        context.set_alpn_protocols(["h2"])
+        sandbox = environment == Environment.SANDBOX
+        if config.cert_file:
+            client = APNs(client_cert=config.cert_file, topic=config.bundle_id,
+                          max_connections=config.max_connections, use_sandbox=sandbox,
+                          ssl_context=context)
+        else:
+            # aioapns wants the key to build its own per-connection JWTs; our
+            # connections never ask for them (see apns_token).
+            client = APNs(key=key_pem, key_id=config.key_id, team_id=config.team_id,
+                          topic=config.bundle_id, max_connections=config.max_connections,
+                          use_sandbox=sandbox, ssl_context=context)
+        self.protocol_class: type[APNsConnection] = type(
+            f"APNs{environment.title()}Connection", (APNsConnection,),
+            {"APNS_SERVER": self.host, "APNS_PORT": self.port,
+             "ping_interval": config.ping_interval, "ping_timeout": config.ping_timeout},
+        )
+        client.pool.protocol_class = self.protocol_class
+        self.client = client
+        self.pool = client.pool
+        self._authority = self.host if self.port == APPLE_PORT else f"{self.host}:{self.port}"
+
+    @property
+    def connections(self) -> list[APNsConnection]:
+        return [c for c in self.pool.connections if isinstance(c, APNsConnection)]
+
+    async def connect(self) -> None:
+        """Open a connection ahead of the first push."""
+        await self.pool.acquire()
+
+    def headers(self, request: PushRequest) -> list[tuple[str, str]]:
+        headers = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", self._authority),
+            (":path", f"/3/device/{request.device_token}"),
+            ("apns-id", request.apns_id),
+            ("apns-topic", request.topic),
+            ("apns-push-type", request.push_type.value),
+            ("apns-priority", str(request.priority)),
+        ]
+        if request.expiration is not None:
+            headers.append(("apns-expiration", str(request.expiration)))
+        if request.collapse_id is not None:
+            headers.append(("apns-collapse-id", request.collapse_id))
+        return headers
+
+    async def attempt(self, headers: list[tuple[str, str]], body: bytes, end: float,
+                      response_timeout: float) -> tuple[Response | AttemptFailure | None,
+                                                        APNsConnection | None]:
+        """Write the request once and wait for its answer. `None`: the deadline came first
+        and nothing was written."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(end):
+                connection = await self.pool.acquire()
+                if not isinstance(connection, APNsConnection):
+                    raise NotSent("foreign connection")
+                future = await connection.open_stream(headers, body, not_after=end)
+        except TimeoutError:
+            return None, None
+        except ConnectFailure:
+            return ConnectFailed("could not connect"), None
+        except NotSent as failure:
+            return (None if failure.reason == "DeadlinePassed" else failure), None
+        try:
+            async with asyncio.timeout_at(min(end, loop.time() + response_timeout)):
+                return await future, connection
+        except TimeoutError:
+            connection.abandon()
+            return NoResponse(), connection
+        except AttemptFailure as failure:
+            return failure, connection
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class ConnectFailed(AttemptFailure):
+    reason = "ConnectFailed"
+    unsent = True
+
+
+class NoResponse(AttemptFailure):
+    reason = "NoResponse"
+
+
+class APNsNotifier:
+    """Sends VoIP and alert pushes to APNs; construct it inside a running event loop."""
+
+    def __init__(self, config: APNsConfig, *, rng: random.Random | None = None) -> None:
+        asyncio.get_running_loop()  # aioapns's pool binds to the loop it is built in
+        self.config = config
+        key_pem = None if config.cert_file else config.private_key()
+        if not config.cert_file:
+            if not (key_pem and config.key_id and config.team_id):
+                raise ValueError("APNs needs a key (key_file or key_pem, key_id, team_id) "
+                                 "or a cert_file")
+        self.tokens = (ProviderTokens(key_pem, config.key_id or "", config.team_id or "",
+                                      clock=config.clock, refresh_after=config.token_refresh_after)
+                       if key_pem else None)
+        self._senders = {env: APNsSender(config, env, key_pem) for env in Environment}
+        self._rng = rng or random.Random()
+
+    @property
+    def bundle_id(self) -> str:
+        return self.config.bundle_id
+
+    def sender(self, environment: Environment | str) -> APNsSender:
+        return self._senders[Environment(environment)]
+
+    async def connect(self, *environments: Environment | str) -> None:
+        """Warm connections up (all environments if none named) so a first call pays no
+        TLS handshake."""
+        for env in environments or tuple(Environment):
+            await self.sender(env).connect()
+
+    async def aclose(self) -> None:
+        for sender in self._senders.values():
+            sender.close()
+
+    async def send(self, request: PushRequest) -> PushResult:
+        started = time.perf_counter()
+        attempts = 0
+        status: int | None = None
+        reason: str | None = None
+        timestamp: int | None = None
+
+        def finish(outcome: Outcome, cause: str | None = None) -> PushResult:
+            result = PushResult(
+                apns_id=request.apns_id, device_token=request.device_token,
+                environment=request.environment, push_type=request.push_type,
+                outcome=outcome, status=status, reason=reason, timestamp=timestamp,
+                latency_ms=(time.perf_counter() - started) * 1000, attempts=attempts,
+                likely_cause=cause,
+            )
+            if outcome != Outcome.DELIVERED:
+                log.info("apns push not delivered", apns_id=request.apns_id,
+                         environment=str(request.environment), push_type=str(request.push_type),
+                         outcome=str(outcome), status=status, reason=reason, attempts=attempts,
+                         token_tail=request.device_token[-8:])
+            return result
+
+        refused = payloads.check(request)
+        if refused is not None:
+            reason = refused[0]
+            return finish(Outcome.REJECTED, refused[1])
+
+        sender = self._senders[request.environment]
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (request.deadline - time.time())
+        base_headers = sender.headers(request)
+        cause: str | None = None
+        backoffs = 0
+        for _ in range(self.config.max_attempts * 2):
+            if loop.time() >= end:
+                return finish(Outcome.EXPIRED, "the deadline passed before APNs accepted the push")
+            if attempts >= self.config.max_attempts:
+                break
+            authorization = self.tokens.header() if self.tokens else None
+            headers = (base_headers + [("authorization", authorization)]
+                       if authorization else base_headers)
+            answer, connection = await sender.attempt(headers, request.payload, end,
+                                                      self.config.response_timeout)
+            if answer is None:
+                return finish(Outcome.EXPIRED, "the deadline passed before APNs accepted the push")
+            if isinstance(answer, AttemptFailure):
+                if not isinstance(answer, NotSent) and not isinstance(answer, ConnectFailed):
+                    attempts += 1
+                reason, status = answer.reason, None
+                cause = "no answer from APNs (connection lost, reset or unresponsive)"
+                if answer.unsent and not isinstance(answer, ConnectFailed):
+                    continue  # APNs never saw it: go again at once, on another connection
+            else:
+                attempts += 1
+                status = answer.status
+                reason, timestamp = answer.error()
+                if (reason == "ExpiredProviderToken" and self.tokens is not None
+                        and authorization is not None):
+                    if connection is not None:
+                        connection.retire()  # a new token on the old connection may be refused
+                    if self.tokens.expired(authorization):
+                        continue
+                    return finish(Outcome.FAILED, likely_cause(request, status, reason))
+                if reason in RETIRE_CONNECTION_REASONS and connection is not None:
+                    connection.retire()
+                verdict = judge(request, status, reason)
+                if verdict.outcome is not None:
+                    return finish(verdict.outcome, verdict.likely_cause)
+                cause = verdict.likely_cause
+            delay = self._rng.uniform(0, min(self.config.backoff_max,
+                                             self.config.backoff_base * 2 ** backoffs))
+            backoffs += 1
+            if loop.time() + delay >= end:
+                return finish(Outcome.EXPIRED, f"the deadline came before the next retry; {cause}")
+            await asyncio.sleep(delay)
+        return finish(Outcome.FAILED, f"gave up after {attempts} attempts; {cause}")
