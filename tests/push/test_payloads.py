@@ -1,0 +1,151 @@
+"""What goes on the wire: headers and every payload field, as apnsim records them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from apnsim import APNsSimulator
+from tests.push.conftest import ALICE, BUNDLE_ID, VOIP_TOPIC, invite, requests_for
+from voip.push import (
+    APNsNotifier,
+    Caller,
+    Outcome,
+    PushType,
+    call_cancellation,
+    missed_call_alert,
+    voip_invite,
+)
+
+
+async def test_invite_headers_and_payload(notifier: APNsNotifier, sim: APNsSimulator) -> None:
+    device = sim.add_device(VOIP_TOPIC)
+    now = time.time()
+    ring_deadline = now + 30.5
+    request = voip_invite(bundle_id=BUNDLE_ID, device_token=device.token, environment="sandbox",
+                          call_id="call-123", caller=ALICE, ring_deadline=ring_deadline,
+                          status_url="https://voip.example.com/v1/calls/call-123/status?cap=abc",
+                          now=now)
+
+    result = await notifier.send(request)
+
+    assert result.outcome == Outcome.DELIVERED and result.status == 200
+    assert result.apns_id == request.apns_id and uuid.UUID(result.apns_id)
+    assert result.attempts == 1 and result.latency_ms > 0
+    [record] = requests_for(sim, request.apns_id)
+    assert record.method == "POST" and record.path == f"/3/device/{device.token}"
+    assert record.header("apns-push-type") == "voip"
+    assert record.header("apns-topic") == VOIP_TOPIC
+    assert record.header("apns-priority") == "10"
+    assert record.header("apns-expiration") == str(int(ring_deadline))
+    assert record.header("apns-collapse-id") == "call-123"
+    assert record.header("apns-id") == request.apns_id
+    assert record.payload == {
+        "type": "call.incoming",
+        "call_id": "call-123",
+        "caller": {"id": "u-alice", "display_name": "Alice"},
+        "sent_at": int(now * 1000),
+        "expires_at": int(ring_deadline * 1000),
+        "status_url": "https://voip.example.com/v1/calls/call-123/status?cap=abc",
+    }
+    [delivery] = device.inbox
+    assert delivery.push.apns_id == request.apns_id
+
+
+async def test_cancellation_replaces_a_stored_invite(notifier: APNsNotifier,
+                                                     sim: APNsSimulator) -> None:
+    device = sim.add_device(VOIP_TOPIC, online=False)
+    ring_deadline = time.time() + 30
+    offer = invite(device, call_id="call-7", ttl=30)
+    cancel = call_cancellation(bundle_id=BUNDLE_ID, device_token=device.token,
+                               environment="sandbox", call_id="call-7", reason="caller_hangup",
+                               ring_deadline=ring_deadline, now=1_700_000_000.25)
+
+    assert (await notifier.send(offer)).outcome == Outcome.DELIVERED
+    assert (await notifier.send(cancel)).outcome == Outcome.DELIVERED
+
+    [record] = requests_for(sim, cancel.apns_id)
+    assert record.header("apns-push-type") == "voip"
+    assert record.header("apns-topic") == VOIP_TOPIC
+    assert record.header("apns-collapse-id") == "call-7"
+    assert record.header("apns-expiration") == str(int(ring_deadline))
+    assert record.payload == {"type": "call.cancelled", "call_id": "call-7",
+                              "reason": "caller_hangup", "sent_at": 1_700_000_000_250}
+    delivery = device.go_online()
+    assert delivery is not None and delivery.push.apns_id == cancel.apns_id
+    assert [d.cause for d in device.dropped] == ["displaced"]
+
+
+async def test_missed_call_alert(notifier: APNsNotifier, sim: APNsSimulator) -> None:
+    device = sim.add_device(BUNDLE_ID)
+    now = time.time()
+    request = missed_call_alert(bundle_id=BUNDLE_ID, device_token=device.token,
+                                environment="sandbox", call_id="call-9",
+                                caller=Caller("u-bob", "Bob"), now=now)
+
+    result = await notifier.send(request)
+
+    assert result.outcome == Outcome.DELIVERED and result.push_type == PushType.ALERT
+    [record] = requests_for(sim, request.apns_id)
+    assert record.header("apns-push-type") == "alert"
+    assert record.header("apns-topic") == BUNDLE_ID
+    assert record.header("apns-collapse-id") == "call-9"
+    assert record.header("apns-expiration") == str(int(now) + 24 * 3600)
+    assert record.payload == {
+        "aps": {"alert": "Missed call from Bob", "sound": "default"},
+        "type": "call.missed", "call_id": "call-9",
+        "caller": {"id": "u-bob", "display_name": "Bob"}, "sent_at": int(now * 1000),
+    }
+
+
+async def test_oversized_invite_is_refused_without_sending(notifier: APNsNotifier,
+                                                           sim: APNsSimulator) -> None:
+    device = sim.add_device(VOIP_TOPIC)
+    fits = invite(device, call_id="c-fits")
+    padding = 5120 - len(fits.payload)
+    at_limit = voip_invite(bundle_id=BUNDLE_ID, device_token=device.token,
+                           environment="sandbox", call_id="c-fits",
+                           caller=Caller("u-alice", "Alice" + "x" * padding),
+                           ring_deadline=time.time() + 2, status_url=_status_url(fits))
+    over = voip_invite(bundle_id=BUNDLE_ID, device_token=device.token, environment="sandbox",
+                       call_id="c-fits", caller=Caller("u-alice", "Alice" + "x" * (padding + 1)),
+                       ring_deadline=time.time() + 2, status_url=_status_url(fits))
+    assert len(at_limit.payload) == 5120 and len(over.payload) == 5121
+
+    refused = await notifier.send(over)
+    accepted = await notifier.send(at_limit)
+
+    assert refused.outcome == Outcome.REJECTED and refused.reason == "PayloadTooLarge"
+    assert refused.status is None and refused.attempts == 0
+    assert refused.likely_cause and "5121" in refused.likely_cause and "5120" in refused.likely_cause
+    assert requests_for(sim, over.apns_id) == []
+    assert accepted.outcome == Outcome.DELIVERED
+
+
+async def test_alert_limit_is_4096(notifier: APNsNotifier, sim: APNsSimulator) -> None:
+    device = sim.add_device(BUNDLE_ID)
+    request = missed_call_alert(bundle_id=BUNDLE_ID, device_token=device.token,
+                                environment="sandbox", call_id="c",
+                                caller=Caller("u", "B" * 2100))
+
+    result = await notifier.send(request)
+
+    assert len(request.payload) > 4096 and len(request.payload) < 5120
+    assert (result.outcome, result.reason, result.attempts) == (Outcome.REJECTED,
+                                                                "PayloadTooLarge", 0)
+    assert sim.requests == []
+
+
+async def test_collapse_id_over_64_bytes_is_refused_without_sending(
+        notifier: APNsNotifier, sim: APNsSimulator) -> None:
+    result = await notifier.send(invite(sim.add_device(VOIP_TOPIC), call_id="c" * 65))
+
+    assert (result.outcome, result.reason, result.attempts) == (Outcome.REJECTED,
+                                                                "BadCollapseId", 0)
+    assert sim.requests == []
+
+
+def _status_url(request: object) -> str:
+    import json
+
+    return str(json.loads(request.payload)["status_url"])  # type: ignore[attr-defined]
