@@ -62,6 +62,9 @@ class ParseError(ValueError):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+        # The header section of the offending message when known, so the
+        # edge can still address a 400 to its sender.
+        self.head: str | None = None
 
 
 # --- Character classes (RFC 3261 §25.1) -------------------------------------
@@ -1037,9 +1040,10 @@ class StreamParser:
         while (msg := self.next_message()) is not None:
             yield msg
 
-    def _fatal(self, reason: str, status: int = 400) -> ParseError:
+    def _fatal(self, reason: str, status: int = 400, head: str | None = None) -> ParseError:
         err = ParseError(reason, status)
         err.fatal = True  # type: ignore[attr-defined]
+        err.head = head
         self._broken = err
         return err
 
@@ -1068,8 +1072,9 @@ class StreamParser:
             except ParseError as err:
                 length = _salvage_content_length(head)
                 if length is None:
-                    raise self._fatal(err.reason, err.status) from None
+                    raise self._fatal(err.reason, err.status, head) from None
                 err.fatal = False  # type: ignore[attr-defined]
+                err.head = head
                 self._pending = (err, end + 4, length)
             else:
                 if length is None:
@@ -1077,7 +1082,7 @@ class StreamParser:
                     # missing one is read as an empty body, as most stacks do.
                     length = 0
                 if length > self._max_body:
-                    raise self._fatal("body too large", 513)
+                    raise self._fatal("body too large", 513, head)
                 self._pending = (msg, end + 4, length)
         item, body_start, length = self._pending
         if len(buf) < body_start + length:

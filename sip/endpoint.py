@@ -1,0 +1,812 @@
+"""The asyncio edge of the SIP stack: sockets, the clock and the TU callbacks.
+
+:class:`SipEndpoint` owns UDP and TCP (and optionally TLS) sockets on one
+host:port, feeds what arrives to :func:`parse_datagram` / :class:`StreamParser`
+and the :class:`TransactionLayer`, keeps a single loop timer at
+``next_deadline()``, and turns :class:`SendMessage` events into writes.
+Everything with SIP semantics lives in the pure modules; this file only moves
+bytes and calls the application (the transaction user, TU).
+
+UAS side: the TU implements ``async def on_request(event)`` and answers with
+:meth:`SipEndpoint.send_response` / :meth:`SipEndpoint.reply`, whenever it
+likes.  The endpoint retransmits a 2xx to INVITE until its ACK arrives and,
+unless ``auto_cancel=False``, answers CANCEL itself (200, then 487 for the
+INVITE) and tells the TU through ``on_cancel``.
+
+UAC side: :meth:`SipEndpoint.send_request` returns a
+:class:`ClientTransaction`; awaiting it gives the final response (a
+synthesised 408 on timeout, 503 on transport failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import ssl
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from typing import Any, Protocol
+
+from .dialog import AckTimeout, Invite2xxRetransmitter
+from .message import (
+    MAX_DATAGRAM_SIZE,
+    URI,
+    HeaderValue,
+    NameAddr,
+    ParseError,
+    Request,
+    Response,
+    StreamParser,
+    Via,
+    build_response,
+    generate_branch,
+    generate_tag,
+    parse_datagram,
+    reason_phrase,
+)
+from .ratelimit import TokenBucketLimiter
+from .transaction import (
+    DEFAULT_PORT,
+    DEFAULT_TLS_PORT,
+    Addr,
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    SendMessage,
+    State,
+    TimerConfig,
+    TransactionKey,
+    TransactionLayer,
+    TransactionTimeout,
+    TransportError,
+    build_cancel,
+)
+
+__all__ = ["ClientTransaction", "SipEndpoint", "TransactionUser"]
+
+log = logging.getLogger("sip.endpoint")
+
+STREAM_TRANSPORTS = ("TCP", "TLS")
+DEFAULT_ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
+
+
+class TransactionUser(Protocol):
+    """What the application provides.
+
+    Only ``on_request`` is required.  The endpoint also calls these when the
+    TU defines them:
+
+    * ``on_cancel(event: RequestReceived, invite: Request) -> None`` - a
+      CANCEL was answered 200 and the INVITE 487 (``auto_cancel``).
+    * ``on_stray_response(event: ResponseReceived) -> None`` - a response
+      no client transaction waits for (e.g. a 2xx from another fork).
+    * ``on_ack_timeout(response: Response) -> None`` - no ACK for our 2xx
+      within 64*T1; the TU should send a BYE (§13.3.1.4).
+    * ``on_server_timeout(event: TransactionTimeout) -> None`` - Timer H:
+      no ACK for our 3xx-6xx to INVITE.
+    """
+
+    async def on_request(self, event: RequestReceived) -> None: ...
+
+
+class ClientTransaction:
+    """One request we sent; awaiting it gives the final :class:`Response`.
+
+    ``provisionals`` collects 1xx responses as they arrive, and
+    ``on_provisional`` (if given) is called for each.  A timeout comes back
+    as a synthesised 408 and a transport failure as a 503, both with
+    ``synthetic`` set, so the TU only ever handles responses.
+    """
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        request: Request,
+        on_provisional: Callable[[Response], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.request = request
+        self.on_provisional = on_provisional
+        self.key: TransactionKey | None = None
+        self.destination: Addr | None = None
+        self.transport: str | None = None
+        self.provisionals: list[Response] = []
+        self.response: Response | None = None
+        self.synthetic = False
+        self.cancel_transaction: ClientTransaction | None = None
+        self._cancel_requested = False
+        self._final: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"<ClientTransaction {self.request.method} {self.key}>"
+
+    def __await__(self) -> Generator[Any, None, Response]:
+        return asyncio.shield(self._final).__await__()
+
+    @property
+    def done(self) -> bool:
+        return self._final.done()
+
+    async def final(self) -> Response:
+        return await asyncio.shield(self._final)
+
+    def cancel(self) -> None:
+        """CANCEL a pending INVITE (§9.1).  Sent once a provisional response
+        has arrived, as §9.1 asks; nothing happens after a final response.
+        The INVITE then normally ends with a 487; if a 2xx wins the race the
+        TU must ACK it and send a BYE."""
+        if self.request.method != "INVITE":
+            raise ValueError("only an INVITE can be cancelled")
+        if self.done or self._cancel_requested:
+            return
+        self._cancel_requested = True
+        if self.provisionals:
+            self._send_cancel()
+
+    def _send_cancel(self) -> None:
+        if self.destination is None or self.transport is None:
+            return
+        self.cancel_transaction = self.endpoint.send_request(
+            build_cancel(self.request), self.destination, self.transport
+        )
+
+    def _receive(self, response: Response) -> None:
+        if self.done:
+            return
+        if response.status < 200:
+            self.provisionals.append(response)
+            if self._cancel_requested and self.cancel_transaction is None:
+                self._send_cancel()
+            if self.on_provisional is not None:
+                self.on_provisional(response)
+            return
+        self.response = response
+        self._final.set_result(response)
+
+    def _fail(self, status: int) -> None:
+        if self.done:
+            return
+        response = build_response(self.request, status)
+        self.response = response
+        self.synthetic = True
+        self._final.set_result(response)
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection, accepted or opened by us."""
+
+    def __init__(self, endpoint: SipEndpoint, transport_name: str) -> None:
+        self.endpoint = endpoint
+        self.name = transport_name
+        self.parser = StreamParser()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Addr = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        self.endpoint._conns[(self.name, self.peer)] = self
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.endpoint._conns.get((self.name, self.peer)) is self:
+            del self.endpoint._conns[(self.name, self.peer)]
+        self.transport = None
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        while self.transport is not None:
+            try:
+                message = self.parser.next_message()
+            except ParseError as err:
+                self.endpoint._unparseable(err, err.head, self.peer, self.name, self)
+                if getattr(err, "fatal", True):
+                    self.transport.close()
+                    return
+                continue
+            if message is None:
+                return
+            self.endpoint._arrived(message, self.peer, self.name)
+
+
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: SipEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.endpoint._datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable and the like: the transaction's timers take care.
+        self.endpoint.stats["udp_errors"] += 1
+
+
+class SipEndpoint:
+    """UDP + TCP (+ TLS) SIP node on ``host:port`` driving a :class:`TransactionLayer`.
+
+    ``port=0`` picks a free port shared by UDP and TCP.  ``public_host`` is
+    what goes into Via and Contact (default: ``host``).  ``rate_limiter``
+    is applied per source IP to every message before parsing; what it
+    refuses is dropped and counted in ``stats["dropped_rate_limited"]``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        transports: Iterable[str] = ("UDP", "TCP"),
+        public_host: str | None = None,
+        timers: TimerConfig | None = None,
+        rate_limiter: TokenBucketLimiter | None = None,
+        tls_server_context: ssl.SSLContext | None = None,
+        tls_client_context: ssl.SSLContext | None = None,
+        tls_port: int | None = None,
+        max_datagram_size: int = MAX_DATAGRAM_SIZE,
+        auto_cancel: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._requested_port = port
+        self.transports = tuple(t.upper() for t in transports)
+        self.public_host = public_host or host
+        self.timers = timers or TimerConfig()
+        self.layer = TransactionLayer(self.timers)
+        self.rate_limiter = rate_limiter
+        self.tls_server_context = tls_server_context
+        self.tls_client_context = tls_client_context
+        self.tls_port = tls_port
+        self.max_datagram_size = max_datagram_size
+        self.auto_cancel = auto_cancel
+        self.stats: Counter[str] = Counter()
+        self.tu: TransactionUser | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._servers: list[asyncio.Server] = []
+        self._conns: dict[tuple[str, Addr], _StreamConnection] = {}
+        self._connecting: dict[tuple[str, Addr], list[tuple[bytes, TransactionKey | None]]] = {}
+        self._clients: dict[TransactionKey, ClientTransaction] = {}
+        self._retransmitters: dict[tuple[str, int, str], Invite2xxRetransmitter] = {}
+        # ACKs we sent for 2xx, to repeat on each 2xx retransmission
+        # (§13.2.2.4); None until the TU has sent it.  Ordered by expiry.
+        self._acks: OrderedDict[tuple[str, int, str], tuple[float, SendMessage | None]] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    # -- lifecycle
+
+    async def start(self, tu: TransactionUser) -> None:
+        self.tu = tu
+        self._loop = asyncio.get_running_loop()
+        for attempt in range(20):
+            try:
+                await self._bind()
+                return
+            except OSError as err:
+                await self._close_sockets()
+                # With port 0 the free UDP port may be taken on TCP: try another.
+                if self._requested_port == 0 and err.errno == errno.EADDRINUSE and attempt < 19:
+                    self.port = 0
+                    continue
+                raise
+
+    async def _bind(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        if "UDP" in self.transports:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _DatagramProtocol(self), local_addr=(self.host, self.port)
+            )
+            self._udp = transport  # type: ignore[assignment]
+            self.port = transport.get_extra_info("sockname")[1]
+        if "TCP" in self.transports:
+            server = await loop.create_server(
+                lambda: _StreamConnection(self, "TCP"), self.host, self.port, reuse_address=True
+            )
+            self._servers.append(server)
+            self.port = server.sockets[0].getsockname()[1]
+        if self.tls_server_context is not None:
+            server = await loop.create_server(
+                lambda: _StreamConnection(self, "TLS"), self.host,
+                self.tls_port if self.tls_port is not None else DEFAULT_TLS_PORT,
+                ssl=self.tls_server_context, reuse_address=True,
+            )
+            self._servers.append(server)
+            self.tls_port = server.sockets[0].getsockname()[1]
+
+    async def _close_sockets(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        self._servers.clear()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._tasks):
+            task.cancel()
+        for conn in list(self._conns.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        await self._close_sockets()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> SipEndpoint:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- helpers for the TU
+
+    def now(self) -> float:
+        assert self._loop is not None, "endpoint not started"
+        return self._loop.time()
+
+    def contact(self, transport: str = "UDP", user: str | None = None) -> NameAddr:
+        """A Contact for this node on ``transport``."""
+        t = transport.upper()
+        port = self.tls_port if t == "TLS" else self.port
+        params: dict[str, str | None] = {} if t == "UDP" else {"transport": t.lower()}
+        return NameAddr(URI("sip", user=user, host=self.public_host, port=port, params=params))
+
+    def server_pending(self, transaction: TransactionKey | None) -> bool:
+        """Can the server transaction still take a final response?"""
+        tx = self.layer.servers.get(transaction) if transaction is not None else None
+        return tx is not None and tx.state in (State.TRYING, State.PROCEEDING)
+
+    # -- UAS side
+
+    def send_response(self, response: Response, transaction: TransactionKey | None = None) -> None:
+        """Send ``response`` through its server transaction.
+
+        A 2xx to INVITE is then retransmitted until the ACK arrives
+        (§13.3.1.4).  Raises ``LookupError`` when the transaction is gone and
+        ``InvalidTransactionState`` when it already has a final response
+        (e.g. after a CANCEL was answered with 487).
+        """
+        events = self.layer.send_response(response, self.now(), transaction)
+        if 200 <= response.status < 300 and response.cseq.method == "INVITE":
+            sent = next((e for e in events if isinstance(e, SendMessage)), None)
+            if sent is not None:
+                key = (response.call_id, response.cseq.seq, response.to.tag or "")
+                self._retransmitters[key] = Invite2xxRetransmitter(
+                    response, sent.destination, sent.transport, self.now(), self.timers
+                )
+        self._process(events)
+        self._reschedule()
+
+    def reply(
+        self,
+        event: RequestReceived,
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        headers: Iterable[tuple[str, HeaderValue]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> Response:
+        """Build a response to ``event.request`` (§8.2.6), send it, return it."""
+        if event.transaction is None:
+            raise ValueError("an ACK is never answered")
+        response = build_response(event.request, status, reason, to_tag=to_tag)
+        for name, value in headers:
+            response.headers.add(name, value)
+        if content_type is not None:
+            response.headers.add("Content-Type", content_type)
+        response.body = body
+        self.send_response(response, event.transaction)
+        return response
+
+    def not_implemented(self, event: RequestReceived, allow: Iterable[str] = DEFAULT_ALLOW) -> Response:
+        """501 with Allow, for a method this TU does not know (§8.2.1)."""
+        return self.reply(event, 501, to_tag=generate_tag(), headers=[("Allow", ", ".join(allow))])
+
+    # -- UAC side
+
+    def send_request(
+        self,
+        request: Request,
+        destination: Addr | None = None,
+        transport: str | None = None,
+        *,
+        on_provisional: Callable[[Response], None] | None = None,
+    ) -> ClientTransaction:
+        """Start a client transaction; await the result for the final response.
+
+        Without ``destination`` the next hop is the first Route (if loose)
+        or the Request-URI, resolved with ``getaddrinfo`` (no RFC 3263
+        NAPTR/SRV).  A missing Via gets ours with a new branch and rport.
+        """
+        if request.method == "ACK":
+            raise ValueError("send an ACK with send_ack()")
+        handle = ClientTransaction(self, request, on_provisional)
+        self._route(request, destination, transport, lambda d, t: self._start_client(handle, d, t),
+                    lambda: handle._fail(503))
+        return handle
+
+    def send_ack(self, ack: Request, destination: Addr | None = None, transport: str | None = None) -> None:
+        """Send the ACK for a 2xx (no transaction) and repeat it for every
+        retransmission of that 2xx."""
+        def go(dest: Addr, t: str) -> None:
+            self._prepare(ack, t)
+            (event,) = self.layer.send_stateless(ack, dest, t)
+            assert isinstance(event, SendMessage)
+            key = (ack.call_id, ack.cseq.seq, ack.to.tag or "")
+            self._remember_ack(key, event)
+            self._transmit(event)
+
+        self._route(ack, destination, transport, go, lambda: None)
+
+    def _route(
+        self,
+        request: Request,
+        destination: Addr | None,
+        transport: str | None,
+        then: Callable[[Addr, str], None],
+        failed: Callable[[], None],
+    ) -> None:
+        host, port, t = next_hop(request, transport)
+        if destination is not None:
+            then(destination, t)
+            return
+        if _is_ip(host):
+            then((host, port), t)
+            return
+
+        async def resolve() -> None:
+            try:
+                infos = await self._loop_or_raise().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            except OSError:
+                failed()
+                return
+            address = infos[0][4]
+            then((str(address[0]), int(address[1])), t)
+
+        self._spawn(resolve())
+
+    def _start_client(self, handle: ClientTransaction, destination: Addr, transport: str) -> None:
+        self._prepare(handle.request, transport)
+        key, events = self.layer.send_request(handle.request, destination, transport, self.now())
+        handle.key, handle.destination, handle.transport = key, destination, transport
+        self._clients[key] = handle
+        self._process(events)
+        self._reschedule()
+
+    def _prepare(self, request: Request, transport: str) -> None:
+        if "Via" not in request.headers:
+            t = transport.upper()
+            port = self.tls_port if t == "TLS" else self.port
+            request.headers.insert_first(
+                "Via", Via(t, self.public_host, port, {"branch": generate_branch(), "rport": None})
+            )
+        elif not request.top_via.is_rfc3261_branch:
+            request.top_via.params["branch"] = generate_branch()
+        if "Max-Forwards" not in request.headers:
+            request.headers.add("Max-Forwards", "70")
+
+    def _remember_ack(self, key: tuple[str, int, str], event: SendMessage | None) -> None:
+        now = self.now()
+        while self._acks:
+            oldest = next(iter(self._acks))
+            if self._acks[oldest][0] > now:
+                break
+            del self._acks[oldest]
+        self._acks[key] = (now + 64 * self.timers.t1, event)
+        self._acks.move_to_end(key)
+
+    # -- receiving
+
+    def _datagram(self, data: bytes, source: Addr) -> None:
+        if not self._allowed(source):
+            return
+        if not data.strip(b"\r\n"):
+            self.stats["keepalives"] += 1
+            return
+        try:
+            message = parse_datagram(data, self.max_datagram_size)
+        except ParseError as err:
+            end = data.find(b"\r\n\r\n", 0, MAX_DATAGRAM_SIZE)
+            head = data[: end if end >= 0 else 8192].decode("utf-8", "replace")
+            self._unparseable(err, head, source, "UDP", None)
+            return
+        self._receive(message, source, "UDP")
+
+    def _arrived(self, message: Request | Response, source: Addr, transport: str) -> None:
+        if self._allowed(source):
+            self._receive(message, source, transport)
+
+    def _allowed(self, source: Addr) -> bool:
+        self.stats["received"] += 1
+        if self.rate_limiter is not None and not self.rate_limiter.allow(source[0], self.now()):
+            self.stats["dropped_rate_limited"] += 1
+            return False
+        return True
+
+    def _receive(self, message: Request | Response, source: Addr, transport: str) -> None:
+        self._process(self.layer.receive(message, source, transport, self.now()))
+        self._reschedule()
+
+    def _unparseable(
+        self, err: ParseError, head: str | None, source: Addr, transport: str,
+        conn: _StreamConnection | None,
+    ) -> None:
+        data = error_response(head, err.status, err.reason) if head else None
+        if data is None:
+            self.stats["dropped_unparseable"] += 1
+            return
+        self.stats["rejected_unparseable"] += 1
+        # The source, not the Via: an unparsed Via must not steer our reply.
+        if conn is not None:
+            conn.write(data)
+        elif self._udp is not None:
+            self._udp.sendto(data, source)
+
+    # -- events
+
+    def _process(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, SendMessage):
+                self._transmit(event)
+            elif isinstance(event, RequestReceived):
+                self._request_event(event)
+            elif isinstance(event, ResponseReceived):
+                self._response_event(event)
+            elif isinstance(event, TransactionTimeout):
+                handle = self._clients.pop(event.transaction, None)
+                if handle is not None:
+                    handle._fail(408)
+                else:
+                    self._hook("on_server_timeout", event)
+            elif isinstance(event, TransportError):
+                handle = self._clients.pop(event.transaction, None)
+                if handle is not None:
+                    handle._fail(503)
+
+    def _request_event(self, event: RequestReceived) -> None:
+        request = event.request
+        method = request.method
+        if method == "ACK":
+            key = (request.call_id, request.cseq.seq, request.to.tag or "")
+            retransmitter = self._retransmitters.pop(key, None)
+            if retransmitter is not None:
+                retransmitter.ack_received(request)
+        elif method == "BYE":
+            # A BYE proves the peer has the 2xx even when its ACK was lost.
+            for key in [k for k in self._retransmitters if k[0] == request.call_id
+                        and k[2] == request.to.tag]:
+                del self._retransmitters[key]
+        if method == "CANCEL" and self.auto_cancel and event.transaction is not None:
+            self._cancel(event)
+            return
+        self._spawn(self._run_tu(event))
+
+    async def _run_tu(self, event: RequestReceived) -> None:
+        assert self.tu is not None
+        try:
+            await self.tu.on_request(event)
+        except Exception:
+            log.exception("TU failed on %s", event.request.method)
+            if self.server_pending(event.transaction):
+                self.reply(event, 500, to_tag=generate_tag())
+
+    def _cancel(self, event: RequestReceived) -> None:
+        """§9.2: 200 to the CANCEL, 487 to the INVITE if still unanswered."""
+        invite_key = event.cancels
+        invite_tx = self.layer.servers.get(invite_key) if invite_key is not None else None
+        if invite_tx is None:
+            self.reply(event, 481, to_tag=generate_tag())
+            return
+        provisional = getattr(invite_tx, "last_provisional", None)
+        tag = provisional.to.tag if provisional is not None and provisional.to.tag else generate_tag()
+        self.reply(event, 200, to_tag=tag)
+        if self.server_pending(invite_key):
+            self.send_response(build_response(invite_tx.request, 487, to_tag=tag), invite_key)
+            self._hook("on_cancel", event, invite_tx.request)
+
+    def _response_event(self, event: ResponseReceived) -> None:
+        response = event.response
+        handle = self._clients.get(event.transaction) if event.transaction is not None else None
+        if handle is not None and not handle.done:
+            if response.status >= 200:
+                del self._clients[event.transaction]  # type: ignore[arg-type]
+                if response.status < 300 and response.cseq.method == "INVITE":
+                    self._remember_ack(_ack_key(response), None)
+            handle._receive(response)
+            return
+        if 200 <= response.status < 300 and response.cseq.method == "INVITE":
+            known = self._acks.get(_ack_key(response))
+            if known is not None:
+                if known[1] is not None:
+                    self._transmit(known[1])
+                return  # the TU has not ACKed yet; it will
+        self._hook("on_stray_response", event)
+
+    def _hook(self, name: str, *args: Any) -> None:
+        hook = getattr(self.tu, name, None)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("TU hook %s failed", name)
+
+    # -- sending
+
+    def _transmit(self, event: SendMessage) -> None:
+        data = event.data
+        transport = event.transport.upper()
+        self.stats["sent"] += 1
+        if transport == "UDP":
+            if self._udp is None:
+                self._send_failed(event.transaction)
+                return
+            self._udp.sendto(data, event.destination)
+            return
+        destination = event.destination
+        conn = self._conns.get((transport, destination))
+        if conn is None and isinstance(event.message, Response):
+            # §18.2.2: the request's connection is gone; open one to the
+            # received address and the sent-by port.
+            via = event.message.top_via
+            default = DEFAULT_TLS_PORT if transport == "TLS" else DEFAULT_PORT
+            destination = (via.received or via.host, via.port or default)
+            conn = self._conns.get((transport, destination))
+        if conn is not None and conn.open:
+            conn.write(data)
+            return
+        self._connect_and_send(transport, destination, data, event.transaction)
+
+    def _connect_and_send(
+        self, transport: str, destination: Addr, data: bytes, transaction: TransactionKey | None
+    ) -> None:
+        key = (transport, destination)
+        queue = self._connecting.get(key)
+        if queue is not None:
+            queue.append((data, transaction))
+            return
+        self._connecting[key] = [(data, transaction)]
+
+        async def connect() -> None:
+            loop = self._loop_or_raise()
+            tls = None
+            if transport == "TLS":
+                tls = self.tls_client_context or ssl.create_default_context()
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: _StreamConnection(self, transport), destination[0], destination[1], ssl=tls
+                )
+            except OSError:
+                for _, tx in self._connecting.pop(key, []):
+                    self._send_failed(tx)
+                return
+            # Also reachable under the address we dialled (the peer may be named).
+            self._conns[key] = conn
+            for payload, _ in self._connecting.pop(key, []):
+                conn.write(payload)
+
+        self._spawn(connect())
+
+    def _send_failed(self, transaction: TransactionKey | None) -> None:
+        self.stats["send_errors"] += 1
+        if transaction is not None:
+            self._process(self.layer.transport_error(transaction, self.now()))
+            self._reschedule()
+
+    # -- the single timer
+
+    def _reschedule(self) -> None:
+        if self._loop is None:
+            return
+        deadlines = [d for d in (r.next_deadline() for r in self._retransmitters.values()) if d is not None]
+        layer_deadline = self.layer.next_deadline()
+        if layer_deadline is not None:
+            deadlines.append(layer_deadline)
+        when = min(deadlines, default=None)
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = None if when is None else self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        due = self._timer_at
+        self._timer = self._timer_at = None
+        # call_at may fire up to one clock resolution early.
+        now = max(self.now(), due or 0.0)
+        self._process(self.layer.timers_due(now))
+        for key, retransmitter in list(self._retransmitters.items()):
+            for event in retransmitter.timers_due(now):
+                if isinstance(event, SendMessage):
+                    self._transmit(event)
+                elif isinstance(event, AckTimeout):
+                    self._hook("on_ack_timeout", event.response)
+            if retransmitter.done:
+                self._retransmitters.pop(key, None)
+        self._reschedule()
+
+    # -- tasks
+
+    def _loop_or_raise(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("endpoint not started")
+        return self._loop
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop_or_raise().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _ack_key(response: Response) -> tuple[str, int, str]:
+    return response.call_id, response.cseq.seq, response.to.tag or ""
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def next_hop(request: Request, transport: str | None = None) -> tuple[str, int, str]:
+    """Host, port and transport of the next hop (§8.1.2, RFC 3263 §4 without DNS)."""
+    routes = request.routes
+    uri = routes[0].uri if routes and "lr" in routes[0].uri.params else request.uri
+    param = uri.params.get("transport")
+    chosen = (transport or param or ("TLS" if uri.scheme == "sips" else "UDP")).upper()
+    host = uri.params.get("maddr") or uri.host
+    port = uri.port or (DEFAULT_TLS_PORT if chosen == "TLS" else DEFAULT_PORT)
+    return host.strip("[]"), port, chosen
+
+
+_ERROR_HEADERS = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
+                  "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
+
+
+def error_response(head: str, status: int, reason: str = "") -> bytes | None:
+    """A stateless 4xx/5xx for a request we could not parse, copying its raw
+    Via, From, To, Call-ID and CSeq (§8.2.6.2), or None when it cannot be
+    addressed: a response, an ACK, or a request missing one of those."""
+    lines = head.replace("\r\n", "\n").split("\n")
+    start = lines[0].strip()
+    if not start or start.upper().startswith("SIP/") or start.split(" ", 1)[0] == "ACK":
+        return None
+    found: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        canon = _ERROR_HEADERS.get(name.strip().lower())
+        if colon and canon is not None and value.strip():
+            found.setdefault(canon, []).append(value.strip())
+    if any(n not in found for n in ("Via", "From", "To", "Call-ID", "CSeq")):
+        return None
+    phrase = reason_phrase(status) or "Bad Request"
+    out = [f"SIP/2.0 {status} {phrase}"]
+    out += [f"Via: {v}" for v in found["Via"]]
+    out += [f"{n}: {found[n][0]}" for n in ("From", "To", "Call-ID", "CSeq")]
+    if reason:
+        # The parser's reason, for whoever debugs the sending device.
+        out.append("Warning: 399 - " + '"' + reason.replace('"', "'")[:200] + '"')
+    out += ["Content-Length: 0", "", ""]
+    return "\r\n".join(out).encode("utf-8", "replace")
