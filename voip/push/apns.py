@@ -54,7 +54,8 @@ class APNsConfig:
     """Per environment. One authenticated connection carries up to 1000 streams."""
     response_timeout: float = 3.0
     """An attempt left unanswered this long is abandoned, with its connection."""
-    max_attempts: int = 8
+    max_attempts: int = 12
+    """Requests written per push at most; the deadline is usually the tighter bound."""
     backoff_base: float = 0.05
     backoff_max: float = 2.0
     ping_interval: float = 30.0

@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from aioapns.connection import APNsTLSClientProtocol
+from aioapns.connection import APNsTLSClientProtocol, ChannelPool
 from aioapns.exceptions import ConnectionClosed
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -96,6 +96,32 @@ class Response:
                 int(timestamp) if isinstance(timestamp, (int, float)) else None)
 
 
+class StreamSlots(ChannelPool):
+    """aioapns's stream-slot semaphore with a bound that follows MAX_CONCURRENT_STREAMS.
+
+    aioapns's setter adds the raised bound back one `release()` at a time, and each
+    release is clamped to the old bound: a connection that got APNs's initial limit
+    of 1 while a request was in flight stays at one or two concurrent streams for good,
+    and the pool opens more connections instead. Lowering the bound below the streams
+    in use makes the counter negative, which `Semaphore.locked()` reads as free.
+    """
+
+    @property
+    def bound(self) -> int:
+        return self._bound_value
+
+    @bound.setter
+    def bound(self, new_bound: int) -> None:
+        in_use = self._bound_value - self._value
+        self._bound_value = new_bound
+        self._value = new_bound - in_use
+        while self._value > 0 and any(not w.done() for w in self._waiters or ()):
+            self._wake_up_next()
+
+    def locked(self) -> bool:
+        return self._value <= 0 or any(not w.cancelled() for w in self._waiters or ())
+
+
 @dataclass(slots=True)
 class _Stream:
     future: asyncio.Future[Response]
@@ -112,6 +138,7 @@ class APNsConnection(APNsTLSClientProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.free_channels = StreamSlots(1000)
         self.closing = False
         self.goaway_reason: str | None = None
         self.pings_acked = 0
