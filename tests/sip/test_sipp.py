@@ -1,0 +1,159 @@
+"""Interop with real sipp (apt-get install -y sip-tester) on loopback.
+
+Our endpoint with the demo TU is the UAS for sipp's built-in ``uac``
+scenario and for the OPTIONS and REGISTER-with-digest scenarios in
+``scenarios/``; then sipp's built-in ``uas`` is called by our endpoint as
+UAC.  sipp's exit status is 0 only when no call failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sip.dialog import Dialog, DialogState
+from sip.endpoint import SipEndpoint
+from sip.message import URI, NameAddr
+from sip.transaction import TimerConfig
+from tests.sip.demo_tu import DemoTU, invite_request
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def sipp_binary() -> str:
+    path = shutil.which("sipp")
+    if path is None:
+        pytest.fail("sipp is not installed: run `apt-get install -y sip-tester` (CI installs it)")
+    return path
+
+
+async def run_sipp(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sipp_binary(), *args, "-i", "127.0.0.1", "-nostdin", "-timeout", str(int(timeout)),
+        "-timeout_error", "-trace_err",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=cwd,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), timeout + 15)
+    text = out.decode(errors="replace")
+    for log in cwd.glob("*_errors.log"):
+        text += f"\n--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+    assert process.returncode is not None
+    return process.returncode, text
+
+
+def summary(output: str) -> str:
+    lines = [line for line in output.splitlines() if "Successful call" in line or "Failed call" in line]
+    return "\n".join(lines[-2:]) or output[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        return int(udp.getsockname()[1])
+
+
+@pytest.fixture
+async def uas() -> AsyncIterator[tuple[SipEndpoint, DemoTU]]:
+    endpoint = SipEndpoint("127.0.0.1", 0)
+    tu = DemoTU(endpoint)
+    await endpoint.start(tu)
+    yield endpoint, tu
+    await endpoint.close()
+
+
+@pytest.mark.parametrize(("transport", "extra"), [
+    ("UDP", []),
+    ("TCP", ["-t", "t1"]),
+    ("UDP-lossy", ["-lost", "10"]),
+])
+async def test_sipp_uac_calls_our_uas(uas, tmp_path: Path, transport: str, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
+    endpoint, tu = uas
+    calls = 30
+    rc, output = await run_sipp(
+        [f"127.0.0.1:{endpoint.port}", "-sn", "uac", "-p", "0", "-m", str(calls), "-r", "50", *extra],
+        tmp_path,
+    )
+    assert rc == 0, summary(output)
+    assert "Failed call            |        0" in output
+    assert tu.byes == calls and len(tu.dialogs) == 0
+    if transport == "UDP-lossy":
+        # 6 messages a call without loss; each lost one costs a retransmission.
+        assert endpoint.stats["sent"] + endpoint.stats["received"] > 6 * calls
+    await asyncio.sleep(0.1)
+    assert not endpoint._retransmitters
+
+
+@pytest.mark.parametrize("extra", [[], ["-t", "t1"]])
+async def test_sipp_options(uas, tmp_path: Path, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
+    endpoint, tu = uas
+    rc, output = await run_sipp(
+        [f"127.0.0.1:{endpoint.port}", "-sf", str(SCENARIOS / "options.xml"), "-p", "0",
+         "-m", "20", "-r", "100", *extra],
+        tmp_path,
+    )
+    assert rc == 0, summary(output)
+    assert tu.requests.count("OPTIONS") == 20
+
+
+@pytest.mark.parametrize("extra", [[], ["-t", "t1"]])
+async def test_sipp_register_with_digest(uas, tmp_path: Path, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
+    endpoint, tu = uas
+    rc, output = await run_sipp(
+        [f"127.0.0.1:{endpoint.port}", "-sf", str(SCENARIOS / "register_digest.xml"), "-p", "0",
+         "-au", "alice", "-ap", "wonderland", "-m", "10", "-r", "50", *extra],
+        tmp_path,
+    )
+    assert rc == 0, summary(output)
+    assert tu.requests.count("REGISTER") == 20 and "alice" in tu.registered
+
+
+class NoRequests:
+    async def on_request(self, event: object) -> None:
+        raise AssertionError(f"unexpected request {event}")
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+async def test_our_uac_calls_sipp_uas(tmp_path: Path, transport: str) -> None:
+    port = free_port()
+    args = ["-sn", "uas", "-p", str(port), "-m", "1"] + (["-t", "t1"] if transport == "TCP" else [])
+    sipp = asyncio.create_task(run_sipp(args, tmp_path, timeout=30))
+    endpoint = SipEndpoint("127.0.0.1", 0, timers=TimerConfig(t1=0.1))
+    await endpoint.start(NoRequests())
+    try:
+        if transport == "TCP":
+            await wait_listening(port, sipp)
+        target = NameAddr(URI("sip", user="service", host="127.0.0.1", port=port,
+                              params={"transport": transport.lower()}))
+        invite = invite_request(target, endpoint.contact(transport), f"to-sipp-{transport}")
+        response = await endpoint.send_request(invite)
+        assert response.status == 200
+        dialog = Dialog.uac(invite, response)
+        assert dialog.state is DialogState.CONFIRMED
+        endpoint.send_ack(dialog.create_ack(invite))
+        bye = dialog.create_request("BYE")
+        done = await endpoint.send_request(bye)
+        dialog.receive_response(bye, done)
+        assert done.status == 200 and dialog.state is DialogState.TERMINATED
+        rc, output = await sipp
+        assert rc == 0, summary(output)
+    finally:
+        if not sipp.done():
+            sipp.cancel()
+        await endpoint.close()
+
+
+async def wait_listening(port: int, sipp: asyncio.Task[tuple[int, str]]) -> None:
+    for _ in range(100):
+        if sipp.done():
+            rc, output = sipp.result()
+            pytest.fail(f"sipp exited early ({rc}): {output[-2000:]}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        await asyncio.sleep(0.05)
+    pytest.fail("sipp did not listen on TCP")
