@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from bench import setup_latency, status
 from bench.http_load import run_wrk, wrk_binary
+from bench.noise import Noise
 from bench.procs import Cluster, cpu_plan
 from bench.profile import profile_during
 
@@ -64,7 +65,7 @@ def main() -> None:
     if load_cpu >= 0:
         # Redis, wrk and the WebSocket clients inherit this CPU; the nodes take the other.
         os.sched_setaffinity(0, {load_cpu})
-    began = time.monotonic()
+    began, noise = time.monotonic(), Noise()
     print(f"# voip bench: {machine()}; nodes on CPU {server_cpu}, load and Redis on CPU {load_cpu}")
     with Cluster(server_cpu) as cluster:
         node_a = cluster.start_node("a")
@@ -84,6 +85,7 @@ def main() -> None:
         node_b = cluster.start_node("b")
         rows, floors = _run(_latencies(cluster, node_a.ws_url, node_b.ws_url, plan))
         print("\n".join(setup_latency.report(rows, floors)))
+    print(noise.report())
     print(f"# done in {time.monotonic() - began:.0f}s")
 
 

@@ -47,9 +47,10 @@ def _short(frame: str) -> str:
     return f"{match[1]} ({path})"
 
 
-def summarise(raw: str) -> list[str]:
+def summarise(raw: str, focus: str = "call_status") -> list[str]:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    under_focus: Counter[str] = Counter()  # what `focus` spends its time in, one level down
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -61,11 +62,20 @@ def summarise(raw: str) -> list[str]:
         own[frames[-1]] += n
         for frame in set(frames):
             inclusive[frame] += n
+        at = next((i for i, f in enumerate(frames) if f.startswith(f"{focus} (")), None)
+        if at is not None:
+            under_focus[frames[at + 1] if at + 1 < len(frames) else "(self)"] += n
     if not total:
         return ["(no samples)"]
-    lines = [f"### py-spy: {total} busy samples of the server process"]
-    lines.append("inclusive (function and what it calls):")
-    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(TOP + 10)]
-    lines.append("self (leaf frames):")
-    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(TOP)]
-    return lines
+
+    def rows(counts: Counter[str], top: int) -> list[str]:
+        # Frames in every sample (the runner, the event loop) say nothing.
+        shown = [(f, n) for f, n in counts.most_common() if n < 0.99 * total][:top]
+        return [f"  {100 * n / total:5.1f}%  {f}" for f, n in shown]
+
+    return [
+        f"### py-spy: {total} busy samples of the node (% of them)",
+        "inclusive (a function and all it calls):", *rows(inclusive, TOP),
+        f"inside {focus}, one level down:", *rows(under_focus, 10),
+        "self (leaf frames):", *rows(own, 10),
+    ]

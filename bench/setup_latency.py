@@ -142,7 +142,7 @@ async def pubsub_floor(redis_url: str, prefix: str, *, rate: float, count: int) 
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
     return Latencies("redis publish->subscriber", rate, count, samples)
 
