@@ -80,12 +80,18 @@ async def test_sipp_uac_calls_our_uas(uas, tmp_path: Path, transport: str, extra
     )
     assert rc == 0, summary(output)
     assert "Failed call            |        0" in output
-    assert tu.byes == calls and len(tu.dialogs) == 0
-    if transport == "UDP-lossy":
-        # 6 messages a call without loss; each lost one costs a retransmission.
-        assert endpoint.stats["sent"] + endpoint.stats["received"] > 6 * calls
+    assert tu.requests.count("INVITE") == calls
     await asyncio.sleep(0.1)
-    assert not endpoint._retransmitters
+    if transport == "UDP-lossy":
+        # sipp's built-in uac matches "200" on the status alone: when its ACK
+        # and then its BYE are lost, our 2xx retransmission passes for the
+        # BYE's 200 and sipp ends the call without re-sending the BYE.  That
+        # dialog stays, and its 2xx is retransmitted until the ACK timeout.
+        assert tu.byes + len(tu.dialogs) == calls
+        assert len(endpoint._retransmitters) <= len(tu.dialogs)
+    else:
+        assert tu.byes == calls and len(tu.dialogs) == 0
+        assert not endpoint._retransmitters
 
 
 @pytest.mark.parametrize("extra", [[], ["-t", "t1"]])
