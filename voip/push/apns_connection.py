@@ -38,8 +38,9 @@ from h2.events import (
     ResponseReceived,
     StreamEnded,
     StreamReset,
+    WindowUpdated,
 )
-from h2.exceptions import NoAvailableStreamIDError, ProtocolError
+from h2.exceptions import NoAvailableStreamIDError, ProtocolError, TooManyStreamsError
 
 
 class AttemptFailure(Exception):
@@ -146,6 +147,7 @@ class APNsConnection(APNsTLSClientProtocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_deadline: asyncio.TimerHandle | None = None
         self._pings_sent = 0
+        self._window_opened = asyncio.Event()
 
     # keepalive instead of aioapns's idle close
 
@@ -191,27 +193,39 @@ class APNsConnection(APNsTLSClientProtocol):
                           not_after: float | None = None) -> asyncio.Future[Response]:
         """Write one request, unless the loop's clock is past `not_after`; the future
         resolves with its response or an AttemptFailure."""
-        try:
-            stream_id = await self.free_channels.acquire()
-        except NoAvailableStreamIDError:
-            self.retire()
-            raise NotSent("stream ids exhausted") from None
-        except ConnectionClosed:  # aioapns fails waiters for a slot when the connection dies
-            raise NotSent("connection closed") from None
-        # No await from here to the write: aioapns hands out stream ids in order and
-        # h2 refuses an id lower than one already opened.
-        if self.closing or self.transport is None or self.transport.is_closing():
-            self.free_channels.release()
-            raise NotSent("connection closing")
-        if not_after is not None and self.loop.time() >= not_after:
-            self.free_channels.release()
-            raise DeadlinePassed("deadline")
-        try:
-            self.conn.send_headers(stream_id, headers)
-        except ProtocolError as exc:
-            self.free_channels.release()
-            self.retire()
-            raise NotSent(type(exc).__name__) from None
+        while True:
+            try:
+                stream_id = await self.free_channels.acquire()
+            except NoAvailableStreamIDError:
+                self.retire()
+                raise NotSent("stream ids exhausted") from None
+            except ConnectionClosed:  # aioapns fails waiters for a slot when the connection dies
+                raise NotSent("connection closed") from None
+            # No await from here to the write: aioapns hands out stream ids in order and
+            # h2 refuses an id lower than one already opened.
+            if self.closing or self.transport is None or self.transport.is_closing():
+                self.free_channels.release()
+                raise NotSent("connection closing")
+            if not_after is not None and self.loop.time() >= not_after:
+                self.free_channels.release()
+                raise DeadlinePassed("deadline")
+            if len(body) > self.conn.outbound_flow_control_window:
+                # A burst has used APNs's connection window; its WINDOW_UPDATE is on the way.
+                self.free_channels.release()
+                self._window_opened.clear()
+                await self._window_opened.wait()
+                continue
+            try:
+                self.conn.send_headers(stream_id, headers)
+                break
+            except TooManyStreamsError:
+                # The slot was taken before APNs's SETTINGS lowered the limit to 1 on
+                # a new connection: give it back and queue for a real one.
+                self.free_channels.release()
+            except ProtocolError as exc:
+                self.free_channels.release()
+                self.retire()
+                raise NotSent(type(exc).__name__) from None
         try:
             self.conn.send_data(stream_id, body, end_stream=True)
         except ProtocolError as exc:
@@ -248,8 +262,11 @@ class APNsConnection(APNsTLSClientProtocol):
                 self._on_end(event.stream_id)
             elif isinstance(event, StreamReset):
                 self._on_reset(event)
+            elif isinstance(event, WindowUpdated):
+                self._window_opened.set()
             elif isinstance(event, RemoteSettingsChanged):
                 self.on_remote_settings_changed(event.changed_settings)
+                self._window_opened.set()
             elif isinstance(event, ConnectionTerminated):
                 self._on_goaway(event)
             elif isinstance(event, PingAckReceived):
@@ -317,27 +334,32 @@ class APNsConnection(APNsTLSClientProtocol):
         self._close_if_drained()
 
     def abandon(self) -> None:
-        """Close now. Used when a stream went unanswered: the connection is suspect, and
-        closing it is our best way to make sure the abandoned request cannot land later."""
+        """Drop the connection now (no TLS goodbye: the path may be dead). Used when a
+        stream or a PING went unanswered: the connection is suspect, and dropping it is
+        our best way to make sure an abandoned request cannot land later."""
         self.closing = True
-        self.close()
+        self._cancel_timers()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _close_if_drained(self) -> None:
         if self.closing and not self._streams:
             self.close()
 
-    def close(self) -> None:
-        self.closing = True
+    def _cancel_timers(self) -> None:
         for timer in (self._ping_timer, self._ping_deadline):
             if timer is not None:
                 timer.cancel()
+
+    def close(self) -> None:
+        self.closing = True
+        self._cancel_timers()
         super().close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        for timer in (self._ping_timer, self._ping_deadline):
-            if timer is not None:
-                timer.cancel()
+        self._cancel_timers()
+        self._window_opened.set()
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             if not stream.future.done():
