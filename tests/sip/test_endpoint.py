@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -384,3 +386,47 @@ def test_error_response_and_next_hop() -> None:
     assert next_hop(request) == ("proxy.example.com", 5061, "TLS")
     request.headers.set("Route", NameAddr(URI("sip", host="[::1]", port=5080, params={"lr": None, "transport": "tcp"})))
     assert next_hop(request) == ("::1", 5080, "TCP")
+
+
+def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+async def test_call_over_tls(tmp_path: Path) -> None:
+    server_ctx, client_ctx = self_signed(tmp_path)
+    uas = SipEndpoint("127.0.0.1", 0, timers=FAST, tls_server_context=server_ctx, tls_port=0)
+    await uas.start(DemoTU(uas))
+    uac = SipEndpoint("127.0.0.1", 0, timers=FAST, tls_client_context=client_ctx)
+    await uac.start(Recorder(uac))
+    try:
+        assert uas.contact("TLS").uri.params == {"transport": "tls"} and uas.tls_port
+        await place_call(uac, uas, "TLS", "call-tls")
+        assert ("TLS", ("127.0.0.1", uas.tls_port)) in uac._conns
+    finally:
+        await uac.close()
+        await uas.close()
