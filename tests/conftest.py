@@ -101,7 +101,12 @@ class RunningNode:
             with contextlib.suppress(Exception):
                 await client.aclose()
         self.server.should_exit = True
-        await self.task
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), 8)
+        except asyncio.TimeoutError:
+            for t in asyncio.all_tasks():
+                t.print_stack()
+            raise
 
 
 @dataclass

@@ -9,13 +9,14 @@ replay stale calls to it later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 import structlog
 from redis.asyncio import Redis
+
+from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -41,10 +42,7 @@ class Bus:
         self._reader = asyncio.create_task(self._read(), name="bus-reader")
 
     async def stop(self) -> None:
-        if self._reader:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        await stop_task(self._reader)
         await self._pubsub.aclose()
 
     async def publish(

@@ -8,7 +8,6 @@ It holds no call state of its own: any node can pick up any call at any step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import structlog
 
 from voip.bus import Bus
 from voip.calls import NOTICES, Action, CallState, FINAL_REASON
+from voip.tasks import stop_task
 from voip.store import CallError, CallRecord, Store, Transition, now_ms
 
 log = structlog.get_logger(__name__)
@@ -193,10 +193,7 @@ class RingTimeouts:
         self._task = asyncio.create_task(self._run(), name="ring-timeouts")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         store = self._controller.store

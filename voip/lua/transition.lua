@@ -16,14 +16,8 @@ local party = 'system'
 if user ~= '' then
   if user == call.caller_user then
     party = 'caller'
-    if device ~= call.caller_device then
-      return {'err', 'not_in_call', cjson.encode(call)}
-    end
   elseif user == call.callee_user then
     party = 'callee'
-    if call.state == 'answered' and device ~= call.answered_by_device then
-      return {'err', 'not_in_call', cjson.encode(call)}
-    end
   else
     return {'err', 'unknown_call', ''}
   end
@@ -32,6 +26,12 @@ local moves = cjson.decode(ARGV[1])[party] or {}
 local target = moves[call.state]
 if not target then
   return {'err', 'invalid_state', cjson.encode(call)}
+end
+-- Only the device that placed the call, and once answered only the device that
+-- answered, may move it; the user's other devices are bystanders.
+if (party == 'caller' and device ~= call.caller_device)
+    or (party == 'callee' and call.state == 'answered' and device ~= call.answered_by_device) then
+  return {'err', 'not_in_call', cjson.encode(call)}
 end
 local now, previous = ARGV[4], call.state
 local changes = {'state', target}

@@ -265,7 +265,7 @@ class APNsConnection(APNsTLSClientProtocol):
             elif isinstance(event, WindowUpdated):
                 self._window_opened.set()
             elif isinstance(event, RemoteSettingsChanged):
-                self.on_remote_settings_changed(event.changed_settings)
+                self.on_remote_settings_changed(event.changed_settings)  # type: ignore[arg-type]
                 self._window_opened.set()
             elif isinstance(event, ConnectionTerminated):
                 self._on_goaway(event)

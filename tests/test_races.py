@@ -1,0 +1,104 @@
+"""Races that Redis must settle to exactly one outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from redis.asyncio import Redis
+
+from voip.calls import Action
+from voip.store import CallError, Store
+
+TRIALS = 200
+DEVICES = 5
+
+
+async def _ringing_call(store: Store, callee_devices: int = DEVICES) -> str:
+    call_id = str(uuid.uuid4())
+    created = await store.create_call(
+        call_id,
+        caller_user="alice",
+        caller_device="a1",
+        callee_user="bob",
+        ring_deadline=2**41,
+        node="n",
+        targets=[f"b{i}" for i in range(callee_devices)],
+        created_at=1,
+    )
+    assert created
+    return call_id
+
+
+async def _attempt(store: Store, call_id: str, action: Action, user: str, device: str) -> str | None:
+    try:
+        transition = await store.transition(call_id, action, user=user, device=device, node="n")
+    except CallError as exc:
+        assert exc.code == "invalid_state", exc.code
+        return None
+    return transition.call.state.value
+
+
+async def test_many_devices_answering_at_once_make_exactly_one_winner(redis: Redis, redis_url: str, prefix: str) -> None:
+    # Separate connections, so the answers really arrive at Redis interleaved.
+    stores = [Store(Redis.from_url(redis_url), prefix, 600) for _ in range(DEVICES)]
+    try:
+        for _ in range(TRIALS):
+            call_id = await _ringing_call(stores[0])
+            outcomes = await asyncio.gather(
+                *(_attempt(stores[i], call_id, Action.ANSWER, "bob", f"b{i}") for i in range(DEVICES))
+            )
+            winners = [i for i, outcome in enumerate(outcomes) if outcome == "answered"]
+            assert len(winners) == 1, outcomes
+            call = await stores[0].get_call(call_id)
+            assert call is not None and call.answered_by_device == f"b{winners[0]}"
+            states = [e for e in await stores[0].timeline(call_id) if e["event"] == "state"]
+            assert len(states) == 1
+    finally:
+        for store in stores:
+            await store.redis.aclose()
+
+
+async def test_answer_crossing_a_cancel_ends_in_one_outcome(redis: Redis, redis_url: str, prefix: str) -> None:
+    stores = [Store(Redis.from_url(redis_url), prefix, 600) for _ in range(2)]
+    try:
+        for _ in range(TRIALS):
+            call_id = await _ringing_call(stores[0], 1)
+            answer, cancel = await asyncio.gather(
+                _attempt(stores[0], call_id, Action.ANSWER, "bob", "b0"),
+                _attempt(stores[1], call_id, Action.HANGUP, "alice", "a1"),
+            )
+            final = await stores[0].get_call(call_id)
+            assert final is not None
+            # Either the cancel came first and the answer was refused, or the answer
+            # came first and the caller's hangup ended the answered call: never both
+            # "answered" and "cancelled".
+            assert (answer, cancel, final.state) in (
+                (None, "cancelled", "cancelled"),
+                ("answered", "ended", "ended"),
+            ), (answer, cancel, final.state)
+    finally:
+        for store in stores:
+            await store.redis.aclose()
+
+
+async def test_timeout_crossing_an_answer_fires_at_most_once(redis: Redis, redis_url: str, prefix: str) -> None:
+    stores = [Store(Redis.from_url(redis_url), prefix, 600) for _ in range(3)]
+    try:
+        for _ in range(50):
+            call_id = await _ringing_call(stores[0], 1)
+
+            async def timeout(store: Store) -> str | None:
+                try:
+                    return (await store.transition(call_id, Action.TIMEOUT, node="n")).call.state.value
+                except CallError:
+                    return None
+
+            results = await asyncio.gather(
+                timeout(stores[0]), timeout(stores[1]), _attempt(stores[2], call_id, Action.ANSWER, "bob", "b0")
+            )
+            assert sum(r is not None for r in results) == 1, results
+    finally:
+        for store in stores:
+            await store.redis.aclose()
+
