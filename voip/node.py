@@ -19,7 +19,9 @@ class Node:
         self.auth = Authenticator(settings.jwt_secret)
         # One pool per node, made once: no request builds a client.
         self.redis = Redis.from_url(settings.redis_url, max_connections=256)
-        self.store = Store(self.redis, settings.redis_prefix, settings.call_retention)
+        self.store = Store(
+            self.redis, settings.redis_prefix, settings.call_retention, ops_feed=settings.ops_feed
+        )
         self.bus = Bus(self.redis, settings.redis_prefix)
         self.controller = CallController(
             self.store, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout

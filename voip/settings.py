@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     )
     ws_rate: float = Field(20.0, gt=0, validation_alias=_env("ws_rate", "VOIP_WS_RATE"))
     ws_burst: int = Field(40, ge=1, validation_alias=_env("ws_burst", "VOIP_WS_BURST"))
+    ops_feed: bool = Field(True, validation_alias=_env("ops_feed", "VOIP_OPS_FEED"))
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")
     )

@@ -1,7 +1,8 @@
 -- Record something a participant's device did that does not move the call (it rang,
 -- it relayed a signal), after checking that it is theirs. KEYS: call hash, timeline.
 -- ARGV: user, device, timeline entry (JSON, "" for none), required state ("" for any live
---       state), field to set once ("" for none), now_ms, "1" if only the callee may.
+--       state), field to set once ("" for none), now_ms, "1" if only the callee may,
+--       operators' channel ("" for none), call id.
 -- Returns {"ok", call JSON, 1 if the once-field was set now else 0} or {"err", code}.
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then
@@ -35,5 +36,8 @@ if ARGV[5] ~= '' then
 end
 if ARGV[3] ~= '' then
   redis.call('RPUSH', KEYS[2], ARGV[3])
+  if ARGV[8] ~= '' then
+    redis.call('PUBLISH', ARGV[8], '{"call_id":"' .. ARGV[9] .. '","entry":' .. ARGV[3] .. '}')
+  end
 end
 return {'ok', cjson.encode(call), first}

@@ -1,6 +1,7 @@
 -- The call-status endpoint's one round trip: read what the verdict needs and put the
 -- check on the timeline. KEYS: call hash, timeline.
--- ARGV: user ("" when a capability already proved the device), device, now_ms, node, via.
+-- ARGV: user ("" when a capability already proved the device), device, now_ms, node, via,
+--       operators' channel ("" for none), call id.
 -- Returns nil for an unknown call and for a stranger alike: neither learns more.
 local f = redis.call('HMGET', KEYS[1], 'state', 'caller_user', 'callee_user',
   'caller_device', 'answered_by_device', 'ring_deadline', 'ended_at')
@@ -14,5 +15,9 @@ end
 local entry = {at = tonumber(ARGV[3]), event = 'status_check', state = f[1],
   node = ARGV[4], via = ARGV[5]}
 if ARGV[2] ~= '' then entry.device = ARGV[2] end
-redis.call('RPUSH', KEYS[2], cjson.encode(entry))
+local encoded = cjson.encode(entry)
+redis.call('RPUSH', KEYS[2], encoded)
+if ARGV[6] ~= '' then
+  redis.call('PUBLISH', ARGV[6], '{"call_id":"' .. ARGV[7] .. '","entry":' .. encoded .. '}')
+end
 return f

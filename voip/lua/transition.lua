@@ -1,6 +1,7 @@
 -- Move a call to its next state, atomically, if the actor may. KEYS: call hash, timeline.
 -- ARGV: moves (JSON {party: {from: to}}), user, device, now_ms, node, action,
---       retention seconds, note (JSON object or "").
+--       retention seconds, note (JSON object or ""), operators' channel ("" for none),
+--       call id.
 -- The party is found here, from the call itself, so that a check and its move are one step.
 -- Returns {"ok", previous state, call JSON} or {"err", code, call JSON or ""}.
 local raw = redis.call('HGETALL', KEYS[1])
@@ -56,7 +57,11 @@ local entry = {
 }
 if device ~= '' then entry.device = device end
 if ARGV[8] ~= '' then entry.note = cjson.decode(ARGV[8]) end
-redis.call('RPUSH', KEYS[2], cjson.encode(entry))
+local encoded = cjson.encode(entry)
+redis.call('RPUSH', KEYS[2], encoded)
+if ARGV[9] ~= '' then
+  redis.call('PUBLISH', ARGV[9], '{"call_id":"' .. ARGV[10] .. '","entry":' .. encoded .. '}')
+end
 if target ~= 'answered' then
   -- Final: the call stays queryable for the retention period, then goes.
   redis.call('EXPIRE', KEYS[1], ARGV[7])
