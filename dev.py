@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Set-up and entry points on a fresh clone, with nothing but python3:
+
+    python3 dev.py run     # a node on embedded defaults (its own Redis, the APNs simulator)
+    python3 dev.py test    # the whole test suite, installing and starting what it needs
+
+Extra arguments go to the command: `python3 dev.py test -k status -x`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / "bin" / "python"
+STAMP = VENV / ".installed"
+# Debian packages the interop and browser tests drive: sipp, baresip, Chromium.
+SYSTEM_TOOLS = {"sipp": "sip-tester", "baresip": "baresip", "chromium": "chromium"}
+
+
+def say(message: str) -> None:
+    print(f"dev.py: {message}", file=sys.stderr, flush=True)
+
+
+def ensure_venv(extras: str) -> None:
+    if not PYTHON.exists():
+        say("creating .venv")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    say(f"installing the project and its {extras or 'runtime'} dependencies")
+    target = f"{ROOT}[{extras}]" if extras else str(ROOT)
+    subprocess.run(
+        [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", target],
+        check=True,
+    )
+    STAMP.write_text(wanted)
+
+
+def ensure_system_tools() -> None:
+    missing = [package for tool, package in SYSTEM_TOOLS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise SystemExit(
+            f"dev.py: the tests need {', '.join(missing)}; install them (Debian: apt-get install {' '.join(missing)})"
+        )
+    say(f"installing {', '.join(missing)} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test"):
+        raise SystemExit(__doc__)
+    command, rest = sys.argv[1], sys.argv[2:]
+    os.chdir(ROOT)
+    if command == "run":
+        ensure_venv("")
+        os.execv(PYTHON, [str(PYTHON), "-m", "voip", "run", *rest])
+    ensure_venv("test")
+    ensure_system_tools()
+    os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])
+
+
+if __name__ == "__main__":
+    main()
