@@ -111,7 +111,7 @@ async def test_gap2_every_push_is_bounded_by_its_deadline(make_notifier: MakeNot
 
     result = await asyncio.wait_for(notifier.send(request), 1.0)
 
-    assert result.outcome == Outcome.EXPIRED and 350 < result.latency_ms < 600
+    assert result.outcome == Outcome.EXPIRED and 350 < result.latency_ms < 900
 
 
 # (3) pushes in flight on a dead connection are written again by aioapns

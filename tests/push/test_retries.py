@@ -33,7 +33,7 @@ async def test_retries_stop_at_the_deadline(make_notifier: MakeNotifier,
     records = requests_for(sim, request.apns_id)
     assert result.attempts == len(records) >= 2
     assert all(r.received_at < request.deadline for r in records)
-    assert time.time() < request.deadline + 0.1
+    assert time.time() < request.deadline + 0.25
     await _quiet_after(sim, request.apns_id)
     assert device.inbox == []
 
@@ -48,7 +48,7 @@ async def test_unanswered_push_expires_at_its_deadline(make_notifier: MakeNotifi
     result = await notifier.send(request)
 
     assert (result.outcome, result.status, result.attempts) == (Outcome.EXPIRED, None, 1)
-    assert request.deadline <= time.time() < request.deadline + 0.1
+    assert request.deadline <= time.time() < request.deadline + 0.25
     await _quiet_after(sim, request.apns_id)
 
 
@@ -66,7 +66,7 @@ async def test_backoff_is_jittered_and_keeps_the_apns_id(make_notifier: MakeNoti
     assert len(records) == 6 and {r.header("apns-id") for r in records} == {request.apns_id}
     gaps = [b.received_at - a.received_at for a, b in zip(records, records[1:])]
     assert len({round(g, 4) for g in gaps}) > 1
-    assert all(g < 0.08 + 0.05 for g in gaps)
+    assert all(g < 0.08 + 0.1 for g in gaps)
     assert len(device.inbox) == 1
 
 
