@@ -59,7 +59,7 @@ async def test_gap1_connections_stay_warm_with_pings(make_notifier: MakeNotifier
                                                      sim: APNsSimulator) -> None:
     notifier = make_notifier(ping_interval=0.1)
     sender = notifier.sender("sandbox")
-    sender.protocol_class.INACTIVITY_TIME = IDLE  # what aioapns would close on; ignored
+    sender.protocol_class.INACTIVITY_TIME = IDLE  # type: ignore[assignment]  # ignored by design
     device = sim.add_device(VOIP_TOPIC)
 
     await notifier.send(invite(device))
