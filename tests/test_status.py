@@ -1,0 +1,157 @@
+"""The call-status endpoint: a verdict for every state, for every kind of asker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.conftest import DeviceClient, RunningNode
+
+
+def bearer(node: RunningNode, user: str, role: str = "device") -> dict[str, str]:
+    return {"Authorization": f"Bearer {node.auth.mint(user, role)}"}  # type: ignore[arg-type]
+
+
+async def status(node: RunningNode, call_id: str, user: str = "bob", **params: str) -> tuple[int, dict[str, Any]]:
+    response = await node.http().get(f"/v1/calls/{call_id}/status", params=params, headers=bearer(node, user))
+    return response.status_code, response.json()
+
+
+async def ringing_call(node: RunningNode) -> tuple[str, DeviceClient, DeviceClient, DeviceClient]:
+    caller = await node.device("alice", "a1")
+    phone = await node.device("bob", "b1")
+    ipad = await node.device("bob", "b2")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
+    return call_id, caller, phone, ipad
+
+
+async def test_ringing_says_keep_ringing(node: RunningNode) -> None:
+    call_id, *_ = await ringing_call(node)
+    code, body = await status(node, call_id, device_id="b1")
+    assert code == 200
+    assert body["state"] == "ringing" and body["end_call"] is False and body["reason"] is None
+    assert abs(body["server_time"] - time.time() * 1000) < 5000
+    assert "ended_at" not in body
+
+
+async def test_answered_keeps_the_answering_device_and_ends_the_others(node: RunningNode) -> None:
+    call_id, caller, phone, _ = await ringing_call(node)
+    await phone.request({"type": "call.answer", "call_id": call_id})
+    _, on_phone = await status(node, call_id, device_id="b1")
+    assert on_phone["end_call"] is False and on_phone["answered_by_device"] == "b1"
+    _, on_ipad = await status(node, call_id, device_id="b2")
+    assert on_ipad["end_call"] is True and on_ipad["reason"] == "answered_elsewhere"
+    _, on_caller = await status(node, call_id, user="alice", device_id="a1")
+    assert on_caller["end_call"] is False
+
+
+@pytest.mark.parametrize(
+    ("who", "action", "state", "reason"),
+    [
+        ("caller", "call.hangup", "cancelled", "remote_ended"),
+        ("phone", "call.decline", "declined", "declined_elsewhere"),
+    ],
+)
+async def test_final_states_end_the_call(node: RunningNode, who: str, action: str, state: str, reason: str) -> None:
+    call_id, caller, phone, _ = await ringing_call(node)
+    actor = caller if who == "caller" else phone
+    await actor.request({"type": action, "call_id": call_id})
+    code, body = await status(node, call_id, device_id="b2")
+    assert code == 200
+    assert (body["state"], body["end_call"], body["reason"]) == (state, True, reason)
+    assert body["ended_at"] <= body["server_time"]
+
+
+async def test_ended_after_answer_is_remote_ended(node: RunningNode) -> None:
+    call_id, caller, phone, _ = await ringing_call(node)
+    await phone.request({"type": "call.answer", "call_id": call_id})
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    _, body = await status(node, call_id, device_id="b1")
+    assert (body["state"], body["end_call"], body["reason"]) == ("ended", True, "remote_ended")
+
+
+async def test_missed_and_failed(node_factory: Any) -> None:
+    node = await node_factory(ring_timeout=0.3)
+    call_id, _, phone, _ = await ringing_call(node)
+    await phone.expect("call.missed", call_id=call_id, timeout=3)
+    _, body = await status(node, call_id, device_id="b1")
+    assert (body["state"], body["end_call"], body["reason"]) == ("missed", True, "unanswered")
+
+    from voip.calls import Action
+
+    failing = (await (await node.device("carol", "c1")).request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await node.node.store.transition(failing, Action.FAIL, node="test")
+    _, body = await status(node, failing, device_id="b1")
+    assert (body["state"], body["end_call"], body["reason"]) == ("failed", True, "failed")
+
+
+async def test_a_due_timeout_not_yet_fired_already_says_missed(node_factory: Any) -> None:
+    # Every node's timeout poller is slow here; the endpoint must not wait for it.
+    node = await node_factory(ring_timeout=0.2)
+    await node.node.timeouts.stop()
+    call_id, *_ = await ringing_call(node)
+    await asyncio.sleep(0.3)
+    _, body = await status(node, call_id, device_id="b1")
+    assert (body["state"], body["end_call"], body["reason"]) == ("missed", True, "unanswered")
+    call = await node.node.store.get_call(call_id)
+    assert call is not None and call.state == "ringing"
+
+
+async def test_strangers_learn_nothing(node: RunningNode) -> None:
+    call_id, *_ = await ringing_call(node)
+    stranger = await status(node, call_id, user="mallory")
+    unknown = await status(node, str(uuid.uuid4()), user="mallory")
+    assert stranger[0] == unknown[0] == 404
+    for body in (stranger[1], unknown[1]):
+        assert body["end_call"] is True and body["reason"] == "unknown_call"
+        assert set(body) == {"call_id", "end_call", "reason", "server_time"}
+    # And the stranger's question left no trace on the call.
+    assert not [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+
+
+async def test_unknown_and_malformed_ids_are_unknown_calls(node: RunningNode) -> None:
+    code, body = await status(node, "not-a-uuid")
+    assert code == 404 and body["reason"] == "unknown_call"
+
+
+async def test_authentication_is_required(node: RunningNode) -> None:
+    call_id, *_ = await ringing_call(node)
+    client = node.http()
+    assert (await client.get(f"/v1/calls/{call_id}/status")).status_code == 401
+    bad = await client.get(f"/v1/calls/{call_id}/status", headers={"Authorization": "Bearer nonsense"})
+    assert bad.status_code == 401 and bad.json()["error"] == "unauthorized"
+    expired = node.auth.mint("bob", "device", ttl=-10)
+    response = await client.get(f"/v1/calls/{call_id}/status", headers={"Authorization": f"Bearer {expired}"})
+    assert response.status_code == 401
+    operator = await client.get(f"/v1/calls/{call_id}/status", headers=bearer(node, "bob", "operator"))
+    assert operator.status_code == 403
+
+
+async def test_capability_opens_one_call_for_one_device(node: RunningNode) -> None:
+    call_id, *_ = await ringing_call(node)
+    other_call, *_ = await ringing_call(node)
+    expires = int(time.time()) + 600
+    cap = node.auth.capability(call_id, "b1", expires)
+    client = node.http()
+    ok = await client.get(f"/v1/calls/{call_id}/status", params={"cap": cap, "device_id": "b1"})
+    assert ok.status_code == 200 and ok.json()["state"] == "ringing"
+    # Upper-case, as CallKit prints it: still the same call.
+    upper = await client.get(f"/v1/calls/{call_id.upper()}/status", params={"cap": cap, "device_id": "b1"})
+    assert upper.status_code == 200
+    for params, path_call in (
+        ({"cap": cap, "device_id": "b2"}, call_id),  # another device
+        ({"cap": cap, "device_id": "b1"}, other_call),  # another call
+        ({"cap": cap[:-2] + "AA", "device_id": "b1"}, call_id),  # forged
+        ({"cap": node.auth.capability(call_id, "b1", int(time.time()) - 1), "device_id": "b1"}, call_id),
+        ({"cap": cap}, call_id),  # no device
+    ):
+        response = await client.get(f"/v1/calls/{path_call}/status", params=params)
+        assert response.status_code == 401, params
+    checks = [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+    assert [c["via"] for c in checks] == ["capability", "capability"]
+    assert checks[0]["device"] == "b1" and checks[0]["state"] == "ringing"
