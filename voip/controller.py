@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -28,19 +28,39 @@ class Caller:
     device_id: str
 
 
+class OutboundCallees(Protocol):
+    """Reaches callees that are not app users, e.g. `sip:` URIs (the SIP gateway)."""
+
+    def leg_for(self, callee: str) -> str | None:
+        """The device id of the leg that will ring `callee`, or None if it is an app user."""
+        ...
+
+    async def place(self, call: CallRecord, leg_device: str, sdp: str | None) -> None:
+        """Start ringing the callee; the leg then acts on the call as the callee's device."""
+        ...
+
+
 class CallController:
     def __init__(self, store: Store, bus: Bus, *, node: str, ring_timeout: float) -> None:
         self.store = store
         self.bus = bus
         self.node = node
         self.ring_timeout_ms = int(ring_timeout * 1000)
+        self.outbound: OutboundCallees | None = None
 
-    async def start_call(self, caller: Caller, callee: str, call_id: str | None = None) -> CallRecord:
+    async def start_call(
+        self, caller: Caller, callee: str, call_id: str | None = None, *, sdp: str | None = None
+    ) -> CallRecord:
+        """`sdp` is the caller's offer, passed to the callee's devices in `call.incoming`."""
         if callee == caller.user_id:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
-        devices, online = await self.store.reachable_devices(callee)
-        targets = sorted(set(devices) | online)
+        leg = self.outbound.leg_for(callee) if self.outbound is not None else None
+        if leg is not None:
+            targets = [leg]
+        else:
+            devices, online = await self.store.reachable_devices(callee)
+            targets = sorted(set(devices) | online)
         created_at = now_ms()
         created = await self.store.create_call(
             call_id,
@@ -65,6 +85,9 @@ class CallController:
             origin_node=self.node,
         )
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
+        if leg is not None and self.outbound is not None:
+            await self.outbound.place(call, leg, sdp)
+            return call
         if not targets:
             # Nobody to ring: the call is missed now rather than after a silent ring timeout.
             transition = await self.store.transition(
@@ -72,16 +95,16 @@ class CallController:
             )
             await self.announce(transition)
             return transition.call
-        await self.bus.publish(
-            callee,
-            {
-                "type": "call.incoming",
-                "call_id": call_id,
-                "caller": caller.user_id,
-                "ring_deadline": call.ring_deadline,
-                "server_time": created_at,
-            },
-        )
+        incoming: dict[str, Any] = {
+            "type": "call.incoming",
+            "call_id": call_id,
+            "caller": caller.user_id,
+            "ring_deadline": call.ring_deadline,
+            "server_time": created_at,
+        }
+        if sdp is not None:
+            incoming["sdp"] = sdp
+        await self.bus.publish(callee, incoming)
         return call
 
     async def ringing(self, user_id: str, device_id: str, call_id: str) -> CallRecord:
