@@ -199,6 +199,9 @@ async def start_node(settings: Settings) -> RunningNode:
             task.result()
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
+    node: Node = app.state.node
+    if not settings.public_url and node.controller.pushes is not None:
+        node.controller.pushes.public_url = f"http://127.0.0.1:{port}"
     return RunningNode(app.state.node, server, task, f"http://127.0.0.1:{port}", Authenticator(settings.jwt_secret))
 
 

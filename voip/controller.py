@@ -17,6 +17,7 @@ import structlog
 from voip.bus import Bus
 from voip.calls import NOTICES, Action, CallState, FINAL_REASON
 from voip.tasks import stop_task
+from voip.call_pushes import CallPushes
 from voip.store import CallError, CallRecord, Store, Transition, now_ms
 
 log = structlog.get_logger(__name__)
@@ -47,20 +48,38 @@ class CallController:
         self.node = node
         self.ring_timeout_ms = int(ring_timeout * 1000)
         self.outbound: OutboundCallees | None = None
+        self.pushes: CallPushes | None = None  # None: this node sends no pushes
 
     async def start_call(
-        self, caller: Caller, callee: str, call_id: str | None = None, *, sdp: str | None = None
+        self,
+        caller: Caller,
+        callee: str,
+        call_id: str | None = None,
+        *,
+        sdp: str | None = None,
+        caller_name: str | None = None,
     ) -> CallRecord:
         """`sdp` is the caller's offer, passed to the callee's devices in `call.incoming`."""
         if callee == caller.user_id:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
         leg = self.outbound.leg_for(callee) if self.outbound is not None else None
+        pushes: dict[str, dict[str, Any]] = {}
         if leg is not None:
             targets = [leg]
         else:
             devices, online = await self.store.reachable_devices(callee)
             targets = sorted(set(devices) | online)
+            if self.pushes is not None:
+                pushes = {
+                    device_id: {
+                        "token": record["voip_token"],
+                        "environment": record["apns_environment"],
+                        "apns_id": str(uuid.uuid4()),
+                    }
+                    for device_id, record in devices.items()
+                    if record.get("voip_token")
+                }
         created_at = now_ms()
         created = await self.store.create_call(
             call_id,
@@ -71,6 +90,8 @@ class CallController:
             node=self.node,
             targets=targets,
             created_at=created_at,
+            pushes=pushes,
+            caller_name=caller_name or caller.user_id,
         )
         if not created:
             raise CallError("call_exists")
@@ -83,11 +104,16 @@ class CallController:
             created_at=created_at,
             ring_deadline=created_at + self.ring_timeout_ms,
             origin_node=self.node,
+            caller_name=caller_name or caller.user_id,
         )
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
         if leg is not None and self.outbound is not None:
             await self.outbound.place(call, leg, sdp)
             return call
+        if pushes and self.pushes is not None:
+            # The pushes leave now, before any WebSocket delivery: a phone asleep is the
+            # common case, and every millisecond here is ring time lost.
+            self.pushes.invite(call, pushes, call.caller_name)
         if not targets:
             # Nobody to ring: the call is missed now rather than after a silent ring timeout.
             transition = await self.store.transition(
@@ -168,6 +194,8 @@ class CallController:
         """Tell the devices of both parties what the transition means for each of them.
         The acting device is not told: it has its `ack`."""
         call = transition.call
+        if transition.previous is CallState.RINGING and self.pushes is not None:
+            await self._push_ending(call, actor)
         to_caller, to_callee = NOTICES[call.state]
         base: dict[str, Any] = {"call_id": call.call_id, "state": call.state.value}
         if call.state.is_final:
@@ -200,6 +228,19 @@ class CallController:
             self.bus.publish(call.callee_user, {**base, "type": to_callee}, only=callee_only, exclude=exclude)
         )
         await asyncio.gather(*publishes)
+
+
+    async def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
+        assert self.pushes is not None
+        pushes, online, devices = await self.store.ending_context(call)
+        # Connected devices hear the outcome over their WebSocket; the device that acted
+        # knows it already. Every other device that got an invite gets a cancellation.
+        knowing = set(online)
+        if actor is not None and actor.user_id == call.callee_user:
+            knowing.add(actor.device_id)
+        self.pushes.end(call, pushes, knowing)
+        if call.state is CallState.MISSED:
+            self.pushes.missed(call, devices, call.caller_name)
 
 
 class RingTimeouts:

@@ -14,3 +14,12 @@ REDIS_LATENCY = Histogram(
     "Redis round trip of the call-status endpoint",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
 )
+PUSHES = Counter(
+    "voip_pushes_total", "Pushes sent to APNs by kind, outcome and APNs reason", ["kind", "outcome", "reason"]
+)
+PUSH_LATENCY = Histogram(
+    "voip_push_seconds",
+    "From handing a push to the sender to APNs's final answer",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

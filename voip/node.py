@@ -3,13 +3,23 @@ share nothing but Redis."""
 
 from __future__ import annotations
 
+import structlog
 from redis.asyncio import Redis
 
+from apnsim import APNsSimulator
 from voip.auth import Authenticator
 from voip.bus import Bus
+from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
+from voip.push import APNsConfig, APNsNotifier
 from voip.settings import Settings
 from voip.store import Store
+
+log = structlog.get_logger(__name__)
+
+# The embedded APNs simulator's provider key: it exists only inside this process.
+SIMULATOR_TEAM_ID = "SIMTEAM001"
+SIMULATOR_KEY_ID = "SIMKEY0001"
 
 
 class Node:
@@ -27,13 +37,60 @@ class Node:
             self.store, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout
         )
         self.timeouts = RingTimeouts(self.controller)
+        self.apns_simulator: APNsSimulator | None = None
+        self.notifier: APNsNotifier | None = None
+
+    @property
+    def public_url(self) -> str:
+        return self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
 
     async def start(self) -> None:
         await self.redis.ping()
         await self.bus.start()
+        self.notifier = APNsNotifier(await self._apns_config())
+        self.controller.pushes = CallPushes(
+            self.notifier,
+            self.store,
+            self.bus,
+            self.auth,
+            bundle_id=self.settings.apns_bundle_id,
+            public_url=self.public_url,
+            node=self.node_id,
+        )
         self.timeouts.start()
+
+    async def _apns_config(self) -> APNsConfig:
+        settings = self.settings
+        if settings.apns_key_file:
+            return APNsConfig(
+                bundle_id=settings.apns_bundle_id,
+                key_id=settings.apns_key_id,
+                team_id=settings.apns_team_id,
+                key_file=settings.apns_key_file,
+                endpoint=settings.apns_endpoint or None,
+                ca_file=settings.apns_ca_file or None,
+            )
+        # No credentials: push to the bundled simulator, so a development node shows
+        # the whole flow, pushes included, with no Apple account.
+        self.apns_simulator = APNsSimulator()
+        await self.apns_simulator.start()
+        key = self.apns_simulator.create_key(SIMULATOR_TEAM_ID, SIMULATOR_KEY_ID)
+        log.warning("apns.simulator", endpoint=self.apns_simulator.endpoint,
+                    note="no APNS_KEY_FILE: VoIP pushes go to the bundled APNs simulator")
+        return APNsConfig(
+            bundle_id=settings.apns_bundle_id,
+            key_id=key.key_id,
+            team_id=key.team_id,
+            key_pem=key.private_pem,
+            endpoint=self.apns_simulator.endpoint,
+            ca_file=str(self.apns_simulator.ca_file),
+        )
 
     async def stop(self) -> None:
         await self.timeouts.stop()
+        if self.notifier is not None:
+            await self.notifier.aclose()
+        if self.apns_simulator is not None:
+            await self.apns_simulator.stop()
         await self.bus.stop()
         await self.redis.aclose()

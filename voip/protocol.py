@@ -43,6 +43,7 @@ class CallStart(_Message):
     type: Literal["call.start"]
     callee: UserId
     call_id: str | None = None
+    caller_name: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
     @field_validator("call_id")
     @classmethod

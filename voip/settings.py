@@ -54,6 +54,19 @@ class Settings(BaseSettings):
     )
     ws_rate: float = Field(20.0, gt=0, validation_alias=_env("ws_rate", "VOIP_WS_RATE"))
     ws_burst: int = Field(40, ge=1, validation_alias=_env("ws_burst", "VOIP_WS_BURST"))
+    public_url: str = Field("", validation_alias=_env("public_url", "VOIP_PUBLIC_URL"))
+    apns_key_file: str = Field("", validation_alias=_env("apns_key_file", "APNS_KEY_FILE"))
+    apns_key_id: str = Field("", validation_alias=_env("apns_key_id", "APNS_KEY_ID"))
+    apns_team_id: str = Field("", validation_alias=_env("apns_team_id", "APNS_TEAM_ID"))
+    apns_bundle_id: str = Field(
+        "com.example.caller",
+        pattern=r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
+        validation_alias=_env("apns_bundle_id", "APNS_BUNDLE_ID"),
+    )
+    apns_endpoint: str = Field(
+        "", pattern=r"^$|^[^:\s]+:\d{1,5}$", validation_alias=_env("apns_endpoint", "APNS_ENDPOINT")
+    )
+    apns_ca_file: str = Field("", validation_alias=_env("apns_ca_file", "APNS_CA_FILE"))
     ops_feed: bool = Field(True, validation_alias=_env("ops_feed", "VOIP_OPS_FEED"))
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")
@@ -61,13 +74,25 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> "Settings":
+        if self.apns_key_file:
+            if not Path(self.apns_key_file).is_file():
+                raise ValueError(f"APNS_KEY_FILE: no such file: {self.apns_key_file}")
+            if not (self.apns_key_id and self.apns_team_id):
+                raise ValueError("APNS_KEY_ID, APNS_TEAM_ID: both are needed with APNS_KEY_FILE")
+        if self.apns_ca_file and not Path(self.apns_ca_file).is_file():
+            raise ValueError(f"APNS_CA_FILE: no such file: {self.apns_ca_file}")
         if self.environment == "production":
+            if not self.apns_key_file:
+                raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8)")
+            if not self.public_url:
+                raise ValueError("VOIP_PUBLIC_URL: production needs the URL apps reach this service at")
             if len(self.jwt_secret.encode()) < 32:
                 raise ValueError("VOIP_JWT_SECRET: production needs a secret of 32 bytes or more")
             if not self.redis_url:
                 raise ValueError("REDIS_URL: production needs a shared Redis")
         elif self.jwt_secret and len(self.jwt_secret.encode()) < 16:
             raise ValueError("VOIP_JWT_SECRET: a secret of 16 bytes or more is needed")
+        self.public_url = self.public_url.rstrip("/")
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
         return self

@@ -44,6 +44,7 @@ class CallRecord:
     ended_at: int | None = None
     ended_by: str | None = None
     origin_node: str = ""
+    caller_name: str = ""
 
     @classmethod
     def from_hash(cls, call_id: str, fields: dict[str, Any]) -> "CallRecord":
@@ -63,6 +64,7 @@ class CallRecord:
             ended_at=optional_int("ended_at"),
             ended_by=fields.get("ended_by") or None,
             origin_node=fields.get("origin_node", ""),
+            caller_name=fields.get("caller_name") or fields["caller_user"],
         )
 
 
@@ -94,6 +96,7 @@ class Store:
         self._call_event = redis.register_script(_script("call_event"))
         self._status = redis.register_script(_script("status_check"))
         self._claim = redis.register_script(_script("claim_timeouts"))
+        self._drop_token = redis.register_script(_script("drop_voip_token"))
         self.deadlines_key = f"{prefix}ring_deadlines"
 
     # Keys -----------------------------------------------------------------------------
@@ -101,6 +104,9 @@ class Store:
     def call_keys(self, call_id: str) -> list[str]:
         tag = f"{self.prefix}{{c:{call_id}}}"
         return [f"{tag}:call", f"{tag}:timeline"]
+
+    def pushes_key(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:pushes"
 
     def devices_key(self, user_id: str) -> str:
         return f"{self.prefix}{{u:{user_id}}}:devices"
@@ -124,6 +130,8 @@ class Store:
         node: str,
         targets: list[str],
         created_at: int,
+        pushes: dict[str, dict[str, Any]] | None = None,
+        caller_name: str = "",
     ) -> bool:
         fields = {
             "state": CallState.RINGING.value,
@@ -133,6 +141,7 @@ class Store:
             "created_at": created_at,
             "ring_deadline": ring_deadline,
             "origin_node": node,
+            "caller_name": caller_name or caller_user,
         }
         entry = {
             "at": created_at,
@@ -146,9 +155,11 @@ class Store:
         # A ringing call lives until well past its deadline even if no timeout ever fires.
         ttl = int((ring_deadline - created_at) / 1000) + self.retention
         async with self.redis.pipeline(transaction=False) as pipe:
+            pushes_json = {device: orjson.dumps(target).decode() for device, target in (pushes or {}).items()}
             await self._create(
-                keys=self.call_keys(call_id),
-                args=[orjson.dumps(fields), orjson.dumps(entry), ttl, self.ops_channel, call_id],
+                keys=[*self.call_keys(call_id), self.pushes_key(call_id)],
+                args=[orjson.dumps(fields), orjson.dumps(entry), ttl, self.ops_channel, call_id,
+                      orjson.dumps(pushes_json)],
                 client=pipe,
             )
             # NX: if the id is taken, the existing call's deadline must stay as it is.
@@ -269,6 +280,29 @@ class Store:
     async def forget_timeout(self, call_id: str) -> None:
         await self.redis.zrem(self.deadlines_key, call_id)
 
+    async def ending_context(
+        self, call: CallRecord
+    ) -> tuple[dict[str, dict[str, Any]], set[str], dict[str, dict[str, Any]]]:
+        """What ending a call needs, in one round trip: the invite pushes it sent, the
+        callee's devices connected now, and the callee's device records."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.pushes_key(call.call_id))
+            pipe.hgetall(self.presence_key(call.callee_user))
+            pipe.hgetall(self.devices_key(call.callee_user))
+            pushes, presence, devices = await pipe.execute()
+        return (
+            {k.decode(): orjson.loads(v) for k, v in pushes.items()},
+            _online(presence),
+            {k.decode(): orjson.loads(v) for k, v in devices.items()},
+        )
+
+    async def drop_voip_token(self, user_id: str, device_id: str, token: str, before_ms: int | None) -> bool:
+        dropped = await self._drop_token(
+            keys=[self.devices_key(user_id)],
+            args=[device_id, token, "" if before_ms is None else before_ms, now_ms()],
+        )
+        return bool(dropped)
+
     # Devices --------------------------------------------------------------------------
 
     async def put_device(self, user_id: str, device_id: str, record: dict[str, Any], cap: int) -> list[str]:
@@ -316,10 +350,9 @@ class Store:
             pipe.hgetall(self.devices_key(user_id))
             pipe.hgetall(self.presence_key(user_id))
             devices, presence = await pipe.execute()
-        now = now_ms()
-        online = {
-            device.decode()
-            for device, value in presence.items()
-            if int(value.decode().rsplit("|", 1)[1]) > now
-        }
-        return {k.decode(): orjson.loads(v) for k, v in devices.items()}, online
+        return {k.decode(): orjson.loads(v) for k, v in devices.items()}, _online(presence)
+
+
+def _online(presence: dict[bytes, bytes]) -> set[str]:
+    now = now_ms()
+    return {device.decode() for device, value in presence.items() if int(value.decode().rsplit("|", 1)[1]) > now}

@@ -229,8 +229,8 @@ class DeviceConnection:
         me = Caller(self.user_id, self.device_id)
         ack = {"type": "ack", "id": message.id}
         match message:
-            case CallStart(callee=callee, call_id=call_id):
-                call = await self.controller.start_call(me, callee, call_id)
+            case CallStart(callee=callee, call_id=call_id, caller_name=caller_name):
+                call = await self.controller.start_call(me, callee, call_id, caller_name=caller_name)
                 return {
                     "type": "call.started",
                     "id": message.id,

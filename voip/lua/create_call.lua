@@ -1,6 +1,6 @@
--- Create a call if its id is free. KEYS: call hash, timeline.
+-- Create a call if its id is free. KEYS: call hash, timeline, pushes hash.
 -- ARGV: fields (JSON object), first timeline entry (JSON), ttl seconds,
---       operators' channel ("" for none), call id.
+--       operators' channel ("" for none), call id, pushes (JSON {device: JSON}).
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -14,6 +14,17 @@ redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+-- Which devices get an invite push, so that whichever node ends the call can cancel them.
+local pushes = cjson.decode(ARGV[6])
+local flat_pushes = {}
+for device, target in pairs(pushes) do
+  flat_pushes[#flat_pushes + 1] = device
+  flat_pushes[#flat_pushes + 1] = target
+end
+if #flat_pushes > 0 then
+  redis.call('HSET', KEYS[3], unpack(flat_pushes))
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[4], '{"call_id":"' .. ARGV[5] .. '","entry":' .. ARGV[2] .. '}')
 end

@@ -1,0 +1,219 @@
+"""Calls and their pushes, end to end: a real node, real Redis, aioapns to the APNs simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from apnsim import APNsSimulator, Device, Fault
+from tests.conftest import RunningNode, register
+
+BUNDLE = "com.example.caller"
+VOIP_TOPIC = f"{BUNDLE}.voip"
+
+
+@pytest.fixture
+async def apns(tmp_path: Path) -> AsyncIterator[tuple[APNsSimulator, dict[str, str]]]:
+    async with APNsSimulator(tmp_path / "apns") as sim:
+        key = sim.create_key("TEAM000001", "KEY0000001")
+        key_file = tmp_path / "AuthKey.p8"
+        key_file.write_text(key.private_pem)
+        yield sim, {
+            "apns_key_file": str(key_file),
+            "apns_key_id": key.key_id,
+            "apns_team_id": key.team_id,
+            "apns_bundle_id": BUNDLE,
+            "apns_endpoint": sim.endpoint,
+            "apns_ca_file": str(sim.ca_file),
+        }
+
+
+@pytest.fixture
+async def pushing(node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]) -> tuple[RunningNode, APNsSimulator]:
+    sim, settings = apns
+    return await node_factory(**settings), sim
+
+
+def phone(sim: APNsSimulator, online: bool = False) -> Device:
+    return sim.add_device(VOIP_TOPIC, online=online)
+
+
+async def invites_for(sim: APNsSimulator, call_id: str, kind: str = "call.incoming", count: int = 1) -> list[Any]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = [
+            r for r in sim.requests
+            if r.status == 200 and r.body and orjson.loads(r.body).get("call_id") == call_id
+            and orjson.loads(r.body).get("type") == kind
+        ]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {count} {kind} push(es) for {call_id}: {[(r.status, r.reason, r.body) for r in sim.requests]}")
+
+
+async def pushes_on_timeline(node: RunningNode, call_id: str, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        entries = [e for e in await node.node.store.timeline(call_id) if e["event"] == "push"]
+        if len(entries) >= count:
+            return entries
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} push entries on {call_id}")
+
+
+async def test_invite_push_carries_the_call_and_its_deadline(pushing: tuple[RunningNode, APNsSimulator]) -> None:
+    node, sim = pushing
+    device = phone(sim)
+    await register(node, "bob", "b-phone", voip_token=device.token)
+    caller = await node.device("alice", "a1")
+    started = await caller.request({"type": "call.start", "callee": "bob", "caller_name": "Alice A."})
+    call_id = started["call_id"]
+
+    [request] = await invites_for(sim, call_id)
+    assert request.header("apns-push-type") == "voip"
+    assert request.header("apns-topic") == VOIP_TOPIC
+    assert request.header("apns-priority") == "10"
+    assert request.header("apns-expiration") == str(started["ring_deadline"] // 1000)
+    assert request.header("apns-collapse-id") == call_id
+    payload = orjson.loads(request.body)
+    assert payload["type"] == "call.incoming" and payload["call_id"] == call_id
+    assert payload["caller"] == {"id": "alice", "display_name": "Alice A."}
+    assert payload["expires_at"] == started["ring_deadline"]
+    assert payload["sent_at"] <= payload["expires_at"]
+
+    # The woken app asks status_url without any session of its own.
+    response = await node.http().get(payload["status_url"])
+    assert response.status_code == 200
+    assert response.json()["state"] == "ringing" and response.json()["end_call"] is False
+
+    [entry] = await pushes_on_timeline(node, call_id, 1)
+    assert entry["apns_id"] == request.apns_id and entry["outcome"] == "delivered"
+    assert entry["kind"] == "invite" and entry["device"] == "b-phone" and entry["status"] == 200
+
+
+async def test_offline_phone_wakes_to_the_cancellation_not_the_invite(pushing: tuple[RunningNode, APNsSimulator]) -> None:
+    node, sim = pushing
+    device = phone(sim, online=False)
+    await register(node, "bob", "b-phone", voip_token=device.token)
+    caller = await node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await invites_for(sim, call_id)
+    assert device.pending is not None  # APNs holds the invite for the sleeping phone
+
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    [cancel] = await invites_for(sim, call_id, "call.cancelled")
+    payload = orjson.loads(cancel.body)
+    assert payload["reason"] == "remote_ended" and cancel.header("apns-collapse-id") == call_id
+    assert cancel.header("apns-push-type") == "voip"
+
+    device.go_online()
+    assert [d.push.payload["type"] for d in device.inbox] == ["call.cancelled"]
+
+
+async def test_no_cancellation_for_a_device_that_knows(pushing: tuple[RunningNode, APNsSimulator]) -> None:
+    node, sim = pushing
+    online_phone, offline_ipad = phone(sim, online=True), phone(sim)
+    await register(node, "bob", "b-phone", voip_token=online_phone.token)
+    await register(node, "bob", "b-ipad", voip_token=offline_ipad.token)
+    caller = await node.device("alice", "a1")
+    connected = await node.device("bob", "b-phone")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await invites_for(sim, call_id, count=2)
+
+    await connected.request({"type": "call.answer", "call_id": call_id})
+    [cancel] = await invites_for(sim, call_id, "call.cancelled")
+    assert cancel.token == offline_ipad.token
+    assert orjson.loads(cancel.body)["reason"] == "answered_elsewhere"
+    await asyncio.sleep(0.3)
+    assert len([r for r in sim.requests if r.token == online_phone.token]) == 1  # the invite only
+
+
+async def test_missed_call_cancels_and_alerts(node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]) -> None:
+    sim, settings = apns
+    node = await node_factory(ring_timeout=0.5, **settings)
+    device = phone(sim)
+    alerts = sim.add_device(BUNDLE, online=True)
+    await register(node, "bob", "b-phone", voip_token=device.token, alert_token=alerts.token)
+    caller = await node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    [cancel] = await invites_for(sim, call_id, "call.cancelled")
+    assert orjson.loads(cancel.body)["reason"] == "unanswered"
+    [alert] = await invites_for(sim, call_id, "call.missed")
+    assert alert.header("apns-push-type") == "alert" and alert.header("apns-topic") == BUNDLE
+    assert alert.header("apns-collapse-id") == call_id
+    assert orjson.loads(alert.body)["aps"]["alert"] == "Missed call from alice"
+
+
+async def test_late_invite_gets_end_call_from_its_status_url(pushing: tuple[RunningNode, APNsSimulator]) -> None:
+    node, sim = pushing
+    device = phone(sim)
+    await register(node, "bob", "b-phone", voip_token=device.token)
+    caller = await node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    [invite] = await invites_for(sim, call_id)
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    # The invite reaches the phone hours late (as APNs has been seen to do): its own
+    # status_url tells the app to end the CallKit call at once.
+    response = await node.http().get(orjson.loads(invite.body)["status_url"])
+    body = response.json()
+    assert (body["state"], body["end_call"], body["reason"]) == ("cancelled", True, "remote_ended")
+
+
+async def test_410_drops_a_token_registered_before_it_and_tells_the_device(
+    pushing: tuple[RunningNode, APNsSimulator],
+) -> None:
+    node, sim = pushing
+    device = phone(sim, online=True)
+    await register(node, "bob", "b-phone", voip_token=device.token)
+    connected = await node.device("bob", "b-phone")
+    sim.inject(Fault.unregistered(timestamp_ms=int(time.time() * 1000) + 1000), token=device.token)
+    caller = await node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    reregister = await connected.expect("device.reregister")
+    assert reregister["reason"] == "Unregistered"
+    record = await node.node.store.get_device("bob", "b-phone")
+    assert record is not None and record["voip_token"] is None
+    timeline = await node.node.store.timeline(call_id)
+    assert any(e["event"] == "token" and e["dropped"] for e in timeline)
+
+
+async def test_410_keeps_a_token_registered_again_after_it(pushing: tuple[RunningNode, APNsSimulator]) -> None:
+    node, sim = pushing
+    device = phone(sim, online=True)
+    sim.inject(Fault.unregistered(timestamp_ms=int(time.time() * 1000) - 60_000), token=device.token)
+    await register(node, "bob", "b-phone", voip_token=device.token)  # after APNs's timestamp
+    caller = await node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    [entry] = await pushes_on_timeline(node, call_id, 1)
+    assert entry["outcome"] == "token_invalid" and entry["status"] == 410
+    for _ in range(50):
+        if any(e["event"] == "token" for e in await node.node.store.timeline(call_id)):
+            break
+        await asyncio.sleep(0.02)
+    record = await node.node.store.get_device("bob", "b-phone")
+    assert record is not None and record["voip_token"] == device.token
+
+
+async def test_bad_device_token_is_dropped_with_its_likely_cause(pushing: tuple[RunningNode, APNsSimulator]) -> None:
+    node, sim = pushing
+    await register(node, "bob", "b-phone", voip_token=uuid.uuid4().hex * 2)
+    sim.inject(Fault.bad_device_token(), token=None)
+    caller = await node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    [entry] = await pushes_on_timeline(node, call_id, 1)
+    assert entry["reason"] == "BadDeviceToken" and entry["attempts"] == 1
+    assert "sandbox/production mismatch" in entry["likely_cause"]
+    for _ in range(50):
+        record = await node.node.store.get_device("bob", "b-phone")
+        if record and record["voip_token"] is None:
+            break
+        await asyncio.sleep(0.02)
+    assert record is not None and record["voip_token"] is None
