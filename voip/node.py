@@ -13,6 +13,7 @@ from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
 from voip.push import APNsConfig, APNsNotifier
 from voip.settings import Settings
+from voip.sipcalls import SipConfig, SipGateway
 from voip.store import Store
 
 log = structlog.get_logger(__name__)
@@ -39,6 +40,14 @@ class Node:
         self.timeouts = RingTimeouts(self.controller)
         self.apns_simulator: APNsSimulator | None = None
         self.notifier: APNsNotifier | None = None
+        # SIP calls are served by the same process as HTTP and WebSocket.
+        self.sip: SipGateway | None = None
+        if settings.sip_enabled:
+            self.sip = SipGateway(
+                SipConfig.from_settings(settings), store=self.store, bus=self.bus,
+                controller=self.controller, node_id=self.node_id,
+                max_devices=settings.max_devices_per_user,
+            )
 
     @property
     def public_url(self) -> str:
@@ -57,6 +66,8 @@ class Node:
             public_url=self.public_url,
             node=self.node_id,
         )
+        if self.sip is not None:
+            await self.sip.start()
         self.timeouts.start()
 
     async def _apns_config(self) -> APNsConfig:
@@ -88,6 +99,8 @@ class Node:
 
     async def stop(self) -> None:
         await self.timeouts.stop()
+        if self.sip is not None:
+            await self.sip.stop()
         if self.notifier is not None:
             await self.notifier.aclose()
         if self.apns_simulator is not None:

@@ -67,6 +67,36 @@ class Settings(BaseSettings):
         "", pattern=r"^$|^[^:\s]+:\d{1,5}$", validation_alias=_env("apns_endpoint", "APNS_ENDPOINT")
     )
     apns_ca_file: str = Field("", validation_alias=_env("apns_ca_file", "APNS_CA_FILE"))
+    # SIP gateway (voip/sipcalls, docs/sip-gateway.md)
+    sip_enabled: bool = Field(False, validation_alias=_env("sip_enabled", "SIP_ENABLED"))
+    sip_host: str = Field("127.0.0.1", validation_alias=_env("sip_host", "SIP_HOST"))
+    sip_port: int = Field(5060, ge=0, le=65535, validation_alias=_env("sip_port", "SIP_PORT"))
+    sip_public_host: str = Field("", validation_alias=_env("sip_public_host", "SIP_PUBLIC_HOST"))
+    sip_domain: str = Field("", validation_alias=_env("sip_domain", "SIP_DOMAIN"))
+    sip_transports: list[Literal["UDP", "TCP", "udp", "tcp"]] = Field(
+        ["UDP", "TCP"], min_length=1, validation_alias=_env("sip_transports", "SIP_TRANSPORTS")
+    )
+    sip_accounts: dict[str, str] = Field(
+        {}, validation_alias=_env("sip_accounts", "SIP_ACCOUNTS"), repr=False
+    )
+    sip_trusted_networks: list[str] = Field(
+        ["127.0.0.0/8", "::1/128"], validation_alias=_env("sip_trusted_networks", "SIP_TRUSTED_NETWORKS")
+    )
+    sip_rate: float = Field(50.0, gt=0, validation_alias=_env("sip_rate", "SIP_RATE"))
+    sip_burst: int = Field(100, ge=1, validation_alias=_env("sip_burst", "SIP_BURST"))
+    sip_max_expires: int = Field(
+        3600, ge=60, validation_alias=_env("sip_max_expires", "SIP_MAX_EXPIRES")
+    )
+    sip_trunk_host: str = Field("", validation_alias=_env("sip_trunk_host", "SIP_TRUNK_HOST"))
+    sip_trunk_pattern: str = Field(
+        r"^\+?[0-9]{3,15}$", validation_alias=_env("sip_trunk_pattern", "SIP_TRUNK_PATTERN")
+    )
+    sip_trunk_username: str = Field(
+        "", validation_alias=_env("sip_trunk_username", "SIP_TRUNK_USERNAME")
+    )
+    sip_trunk_password: str = Field(
+        "", validation_alias=_env("sip_trunk_password", "SIP_TRUNK_PASSWORD"), repr=False
+    )
     ops_feed: bool = Field(True, validation_alias=_env("ops_feed", "VOIP_OPS_FEED"))
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")

@@ -1,0 +1,101 @@
+"""What the SIP gateway needs from the settings, and where a callee that is not an app
+user is dialled."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sip.message import URI, ParseError, parse_uri
+from sip.transaction import TimerConfig
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    host: str = "127.0.0.1"
+    port: int = 5060
+    public_host: str = ""
+    domain: str = ""
+    transports: tuple[str, ...] = ("UDP", "TCP")
+    # user -> password; HA1s stored in Redis (registrar.store_password) work as well.
+    accounts: dict[str, str] = field(default_factory=dict)
+    # INVITEs from elsewhere must authenticate as one of the accounts.
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    rate: float = 50.0
+    burst: int = 100
+    min_expires: int = 60
+    max_expires: int = 3600
+    trunk_host: str = ""
+    trunk_pattern: str = r"^\+?[0-9]{3,15}$"
+    trunk_username: str = ""
+    trunk_password: str = ""
+    digest_secret: bytes = b""
+    timers: TimerConfig | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> SipConfig:
+        values: dict[str, Any] = {
+            "host": settings.sip_host,
+            "port": settings.sip_port,
+            "public_host": settings.sip_public_host,
+            "domain": settings.sip_domain,
+            "transports": tuple(t.upper() for t in settings.sip_transports),
+            "accounts": dict(settings.sip_accounts),
+            "trusted_networks": tuple(settings.sip_trusted_networks),
+            "rate": settings.sip_rate,
+            "burst": settings.sip_burst,
+            "max_expires": settings.sip_max_expires,
+            "trunk_host": settings.sip_trunk_host,
+            "trunk_pattern": settings.sip_trunk_pattern,
+            "trunk_username": settings.sip_trunk_username,
+            "trunk_password": settings.sip_trunk_password,
+            # Every node shares the JWT secret, so a digest nonce issued by one node is
+            # accepted by the node that gets the retry.
+            "digest_secret": hmac.new(
+                settings.jwt_secret.encode(), b"sip-digest-nonces", hashlib.sha256
+            ).digest(),
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def advertised_host(self) -> str:
+        return self.public_host or self.host
+
+    @property
+    def realm(self) -> str:
+        return self.domain or self.advertised_host
+
+    def is_local_domain(self, uri: URI) -> bool:
+        return uri.host.lower().strip("[]") in {
+            h.lower() for h in (self.domain, self.public_host, self.host) if h
+        }
+
+    def is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.trusted_networks)
+
+    def target_uri(self, callee: str) -> URI | None:
+        """The URI to INVITE for `callee`: a `sip:`/`sips:` URI as given, or a number that
+        matches the trunk pattern, sent to the trunk. None: an app user."""
+        if callee.startswith(("sip:", "sips:")):
+            try:
+                uri = parse_uri(callee)
+            except ParseError:
+                return None
+            return uri if uri.host else None
+        if self.trunk_host and re.fullmatch(self.trunk_pattern, callee):
+            return parse_uri(f"sip:{callee}@{self.trunk_host}")
+        return None
+
+    def is_sip_callee(self, callee: str) -> bool:
+        return callee.startswith(("sip:", "sips:")) or (
+            bool(self.trunk_host) and re.fullmatch(self.trunk_pattern, callee) is not None
+        )

@@ -1,0 +1,227 @@
+"""The SIP gateway: this node's transaction user. It turns SIP peers and registered SIP
+phones into call participants through the same controller and bus as WebSocket devices.
+See docs/sip-gateway.md."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+from typing import Any
+
+import structlog
+
+from sip.dialog import DialogTable
+from sip.endpoint import SipEndpoint
+from sip.message import Request, Response, generate_tag, parse_uri
+from sip.ratelimit import TokenBucketLimiter
+from sip.transaction import RequestReceived, ResponseReceived
+from voip.bus import Bus
+from voip.calls import Action
+from voip.controller import CallController
+from voip.sipcalls.config import SipConfig
+from voip.sipcalls.legs import ALLOW, InboundLeg, Leg, OutboundLeg, caller_id
+from voip.sipcalls.registrar import Registrar
+from voip.store import CallRecord, Store
+
+log = structlog.get_logger(__name__)
+
+
+class SipGateway:
+    def __init__(
+        self,
+        config: SipConfig,
+        *,
+        store: Store,
+        bus: Bus,
+        controller: CallController,
+        node_id: str,
+        max_devices: int = 10,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.controller = controller
+        self.node_id = node_id
+        self.endpoint = SipEndpoint(
+            config.host,
+            config.port,
+            transports=config.transports,
+            public_host=config.advertised_host,
+            timers=config.timers,
+            rate_limiter=TokenBucketLimiter(config.rate, config.burst),
+        )
+        self.dialogs = DialogTable()
+        self.legs: dict[str, Leg] = {}  # SIP Call-ID -> leg
+        self.forks: dict[tuple[str, str], OutboundLeg] = {}  # (call id, device) -> leg
+        self.registrar = Registrar(
+            config, self.endpoint, store, bus,
+            node_id=node_id, max_devices=max_devices, on_frame=self._phone_frame,
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    async def start(self) -> None:
+        await self.endpoint.start(self)
+        self.controller.outbound = self
+        log.info("sip.started", host=self.config.host, port=self.endpoint.port, domain=self.config.realm)
+
+    async def stop(self) -> None:
+        if self.controller.outbound is self:
+            self.controller.outbound = None
+        await self.registrar.close()
+        for leg in list(self.legs.values()):
+            await leg.detach()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.endpoint.close()
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sip.task_failed", exc_info=task.exception())
+
+    def forget(self, leg: Leg) -> None:
+        if self.legs.get(leg.sip_call_id) is leg:
+            del self.legs[leg.sip_call_id]
+        if isinstance(leg, OutboundLeg) and leg.fork:
+            self.forks.pop((leg.call_id, leg.device), None)
+
+    # The transaction user ---------------------------------------------------------------
+
+    async def on_request(self, event: RequestReceived) -> None:
+        request = event.request
+        dialog, rejection = self.dialogs.match(request)
+        if rejection is not None:
+            if request.method != "ACK":
+                self.endpoint.send_response(rejection, event.transaction)
+            return
+        leg = self.legs.get(request.call_id)
+        if request.method == "ACK":
+            if dialog is not None and leg is not None:
+                leg.on_ack()
+            return
+        if dialog is not None:
+            if leg is None:
+                self.endpoint.reply(event, 481)
+            else:
+                await leg.in_dialog(event, dialog)
+            return
+        match request.method:
+            case "INVITE":
+                await self._incoming(event)
+            case "REGISTER":
+                await self.registrar.handle(event)
+            case "OPTIONS":
+                self.endpoint.reply(event, 200, to_tag=generate_tag(),
+                                    headers=[("Allow", ALLOW + ", REGISTER"), ("Accept", "application/sdp")])
+            case "BYE":
+                self.endpoint.reply(event, 481, to_tag=generate_tag())
+            case _:
+                self.endpoint.not_implemented(event, (ALLOW + ", REGISTER").split(", "))
+
+    def on_cancel(self, event: RequestReceived, invite: Request) -> None:
+        leg = self.legs.get(invite.call_id)
+        if isinstance(leg, InboundLeg):
+            self.spawn(leg.cancelled())
+
+    def on_ack_timeout(self, response: Response) -> None:
+        leg = self.legs.get(response.call_id)
+        if isinstance(leg, InboundLeg):
+            self.spawn(leg.ack_timeout())
+
+    def on_stray_response(self, event: ResponseReceived) -> None:
+        # A 2xx from a second fork beyond a proxy: we are in a call already, so ACK and BYE.
+        response = event.response
+        if 200 <= response.status < 300 and response.cseq.method == "INVITE":
+            leg = self.legs.get(response.call_id)
+            if isinstance(leg, OutboundLeg) and leg.dialog is not None and leg.dialog.remote_tag != response.to.tag:
+                self.spawn(self._refuse_second_fork(leg.invite, response))
+
+    async def _refuse_second_fork(self, invite: Request, response: Response) -> None:
+        from sip.dialog import Dialog
+
+        dialog = Dialog.uac(invite, response)
+        self.endpoint.send_ack(dialog.create_ack(invite))
+        bye = dialog.create_request("BYE")
+        await self.endpoint.send_request(bye)
+
+    # SIP peer -> app user ---------------------------------------------------------------
+
+    async def _incoming(self, event: RequestReceived) -> None:
+        request = event.request
+        if request.call_id in self.legs:
+            self.endpoint.reply(event, 482, to_tag=generate_tag())
+            return
+        # Trying at once: ringing an app can take a push and seconds.
+        self.endpoint.reply(event, 100)
+        uri = request.uri
+        if not uri.is_sip or not uri.user or not self.config.is_local_domain(uri):
+            self.endpoint.reply(event, 404, to_tag=generate_tag())
+            return
+        caller = caller_id(request.from_.uri)
+        if not self.config.is_trusted(event.source[0]):
+            result = await self.registrar.authenticate(request, proxy=True)
+            if not result.ok:
+                self.registrar.challenge(event, result, proxy=True)
+                return
+            caller = f"sip:{result.username}@{self.config.realm}"
+        callee = uri.user
+        devices, online = await self.store.reachable_devices(callee)
+        if not devices and not online:
+            self.endpoint.reply(event, 404, to_tag=generate_tag())
+            return
+        leg = InboundLeg(self, event, caller=caller, callee=callee)
+        self.legs[request.call_id] = leg
+        await leg.start()
+
+    # App user -> SIP callee (the controller's OutboundCallees) ----------------------------
+
+    def leg_for(self, callee: str) -> str | None:
+        return f"sip-leg-{uuid.uuid4().hex[:12]}" if self.config.is_sip_callee(callee) else None
+
+    async def place(self, call: CallRecord, leg_device: str, sdp: str | None) -> None:
+        target = self.config.target_uri(call.callee_user)
+        if target is None:
+            transition = await self.store.transition(
+                call.call_id, Action.FAIL, node=self.node_id, note={"why": "not a SIP URI"}
+            )
+            await self.controller.announce(transition)
+            return
+        leg = OutboundLeg(
+            self, call_id=call.call_id, callee=call.callee_user, device=leg_device,
+            target=target, caller=call.caller_user, sdp=sdp,
+        )
+        self.legs[leg.sip_call_id] = leg
+        await leg.attach()
+        self.spawn(leg.run())
+
+    # A registered phone, one of the callee's devices -------------------------------------
+
+    async def _phone_frame(self, user: str, device: str, frame: dict[str, Any]) -> None:
+        call_id = frame.get("call_id", "")
+        if frame["type"] != "call.incoming":
+            fork = self.forks.get((call_id, device))
+            if fork is not None:
+                await fork.deliver(frame)
+            return
+        binding = await self.registrar.binding(user, device)
+        if binding is None or binding.node != self.node_id or (call_id, device) in self.forks:
+            return  # lapsed, or refreshed through another node, which forks instead
+        leg = OutboundLeg(
+            self, call_id=call_id, callee=user, device=device, target=parse_uri(binding.contact),
+            caller=frame.get("caller", ""), sdp=frame.get("sdp"), fork=True,
+        )
+        self.legs[leg.sip_call_id] = leg
+        self.forks[(call_id, device)] = leg
+        self.spawn(leg.run())

@@ -1,0 +1,425 @@
+"""A SIP leg is a participant device of a call, held by the node that holds its dialog.
+
+`InboundLeg`: a SIP peer calls an app user. The leg is the caller's device; call frames
+for it become SIP responses, and the peer's CANCEL and BYE become hang-ups.
+
+`OutboundLeg`: we INVITE a SIP callee, either because an app user called a `sip:` URI or
+a trunk number (the leg is the callee's only device), or to fork a call to a registered
+SIP phone (`fork=True`: one of the callee's devices; first answer wins). SIP responses
+become controller actions, and call frames become CANCEL or BYE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import structlog
+
+from sip.dialog import Dialog, DialogState
+from sip.digest import DigestError, authorize
+from sip.endpoint import ClientTransaction
+from sip.message import URI, CSeq, Headers, NameAddr, ParseError, Request, Response, build_response, generate_tag, parse_uri
+from sip.transaction import RequestReceived
+from voip.calls import Action
+from voip.controller import Caller
+from voip.store import CallError, now_ms
+
+if TYPE_CHECKING:
+    from voip.sipcalls.gateway import SipGateway
+
+log = structlog.get_logger(__name__)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+SDP = "application/sdp"
+# A callee device's SIP refusal that declines the whole call; anything else only fails
+# the leg (or, for a fork, only drops that phone).
+DECLINES = (486, 600, 603)
+FORK_DECLINES = (600, 603)
+
+
+def leg_device_for(sip_call_id: str) -> str:
+    return "sip-" + hashlib.sha256(sip_call_id.encode()).hexdigest()[:12]
+
+
+def caller_id(uri: URI) -> str:
+    """An app-side user id for a SIP caller, e.g. 'sip:+15551234@pbx.example'."""
+    if uri.scheme == "tel":
+        raw = f"tel:{uri.user or ''}"
+    else:
+        raw = f"{uri.scheme}:{uri.user + '@' if uri.user else ''}{uri.host}"
+    # Ids travel in Redis keys, channel names and app frames: keep the app's alphabet.
+    return "".join(c if c.isalnum() or c in "._@+:-" else "_" for c in raw)[:128]
+
+
+class Leg:
+    """What both directions share: the SIP Call-ID, the app call, bus frames, teardown."""
+
+    direction = ""
+
+    def __init__(self, gateway: SipGateway, *, sip_call_id: str, call_id: str, user: str, device: str) -> None:
+        self.gw = gateway
+        self.sip_call_id = sip_call_id
+        self.call_id = call_id
+        self.user = user
+        self.device = device
+        self.dialog: Dialog | None = None
+        self.finished = False
+
+    @property
+    def controller(self) -> Any:
+        return self.gw.controller
+
+    async def note(self, **entry: Any) -> None:
+        """Keep SIP facts on the call's timeline, next to the app's."""
+        await self.gw.store.append_timeline(self.call_id, [{
+            "at": now_ms(), "event": "sip", "call_id_sip": self.sip_call_id, "leg": self.device,
+            "direction": self.direction, "node": self.gw.node_id, **entry,
+        }])
+
+    async def act(self, action: Action, *, sdp: str | None = None) -> bool:
+        try:
+            await self.controller.act(action, self.user, self.device, self.call_id, sdp=sdp)
+        except CallError as exc:
+            log.info("sip.leg_action_refused", call_id=self.call_id, action=action.value, code=exc.code)
+            return False
+        return True
+
+    async def send_bye(self) -> None:
+        dialog = self.dialog
+        if dialog is None or dialog.state is not DialogState.CONFIRMED:
+            return
+        bye = dialog.create_request("BYE")
+        response = await self.gw.endpoint.send_request(bye)
+        dialog.receive_response(bye, response)
+        dialog.terminate()
+        self.gw.dialogs.remove(dialog)
+        await self.note(sent="BYE", status=response.status)
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        self.gw.spawn(coro)
+
+    async def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.dialog is not None and self.dialog.state is not DialogState.CONFIRMED:
+            self.gw.dialogs.remove(self.dialog)
+        await self.detach()
+        self.gw.forget(self)
+
+    async def detach(self) -> None:
+        await self.gw.bus.detach(self.user, self.device, self.deliver)
+
+    async def deliver(self, frame: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def in_dialog(self, event: RequestReceived, dialog: Dialog) -> None:
+        method = event.request.method
+        endpoint = self.gw.endpoint
+        if method == "BYE":
+            endpoint.reply(event, 200)
+            await self.note(received="BYE")
+            await self.act(Action.HANGUP)
+            await self.finish()
+        elif method == "INVITE":
+            # A session refresh (RFC 4028) or hold: the media is the app's business, so
+            # the session description stays the one agreed.
+            ok = endpoint.reply(event, 200, headers=[("Contact", self.local_contact(event))],
+                                body=self.session_sdp(), content_type=SDP)
+            dialog.response_sent(event.request, ok)
+        elif method in ("OPTIONS", "UPDATE", "INFO"):
+            endpoint.reply(event, 200)
+        else:
+            endpoint.not_implemented(event, ALLOW.split(", "))
+
+    def local_contact(self, event: RequestReceived) -> NameAddr:
+        return self.gw.endpoint.contact(event.transport)
+
+    def session_sdp(self) -> bytes:
+        return b""
+
+    def on_ack(self) -> None:
+        pass
+
+
+class InboundLeg(Leg):
+    direction = "inbound"
+
+    def __init__(self, gateway: SipGateway, event: RequestReceived, *, caller: str, callee: str) -> None:
+        super().__init__(
+            gateway, sip_call_id=event.request.call_id, call_id=str(uuid.uuid4()),
+            user=caller, device=leg_device_for(event.request.call_id),
+        )
+        self.event = event
+        self.invite = event.request
+        self.callee = callee
+        self.to_tag = generate_tag()
+        self.contact = gateway.endpoint.contact(event.transport)
+        self.answer_sdp = b""
+        self.rang = False
+        self.started = asyncio.Event()
+        self.acked = asyncio.Event()
+
+    def session_sdp(self) -> bytes:
+        return self.answer_sdp
+
+    def pending(self) -> bool:
+        return self.gw.endpoint.server_pending(self.event.transaction)
+
+    async def start(self) -> None:
+        offer = self.invite.body.decode("utf-8", "replace") if self.invite.body else None
+        await self.gw.bus.attach(self.user, self.device, self.deliver)
+        try:
+            await self.controller.start_call(Caller(self.user, self.device), self.callee, self.call_id, sdp=offer)
+        except CallError as exc:
+            self.reject(403 if exc.code == "invalid_callee" else 500)
+            await self.finish()
+            return
+        finally:
+            self.started.set()
+        src = self.event.source
+        await self.note(received="INVITE", sip_from=str(self.invite.from_.uri), source=f"{src[0]}:{src[1]}")
+
+    async def deliver(self, frame: dict[str, Any]) -> None:
+        if frame.get("call_id") != self.call_id or self.finished:
+            return
+        kind = frame["type"]
+        if kind == "call.ringing":
+            self.ring()
+        elif kind == "call.answered":
+            await self.answer(frame.get("sdp"))
+        elif kind == "call.declined":
+            self.end_with(603)
+        elif kind == "call.missed":
+            self.end_with(480)
+        elif kind == "call.failed":
+            # Before any device rang nobody could be reached; after, something broke.
+            self.end_with(500 if self.rang else 480)
+        elif kind == "call.ended":
+            self.spawn(self.hang_up_peer())
+
+    def ring(self) -> None:
+        if not self.pending() or self.rang:
+            return
+        self.rang = True
+        ringing = build_response(self.invite, 180, to_tag=self.to_tag)
+        ringing.headers.add("Contact", self.contact)
+        if self.dialog is None:
+            self.dialog = Dialog.uas(self.invite, ringing, self.contact)
+            self.gw.dialogs.add(self.dialog)
+        self.gw.endpoint.send_response(ringing, self.event.transaction)
+
+    async def answer(self, sdp: str | None) -> None:
+        if not self.pending():
+            # The peer's CANCEL crossed the app's answer: it has its 487, so end the call.
+            self.spawn(self._end_after_cancel())
+            return
+        ok = build_response(self.invite, 200, to_tag=self.to_tag)
+        ok.headers.add("Contact", self.contact)
+        ok.headers.add("Allow", ALLOW)
+        if sdp:
+            self.answer_sdp = sdp.encode()
+            ok.headers.add("Content-Type", SDP)
+            ok.body = self.answer_sdp
+        if self.dialog is None:
+            self.dialog = Dialog.uas(self.invite, ok, self.contact)
+            self.gw.dialogs.add(self.dialog)
+        else:
+            self.dialog.response_sent(self.invite, ok)
+        self.gw.endpoint.send_response(ok, self.event.transaction)
+        self.spawn(self.note(sent=200))
+
+    async def _end_after_cancel(self) -> None:
+        await self.act(Action.HANGUP)
+        await self.finish()
+
+    def reject(self, status: int) -> None:
+        if not self.pending():
+            return
+        response = build_response(self.invite, status, to_tag=self.to_tag)
+        if self.dialog is not None:
+            self.dialog.response_sent(self.invite, response)
+        self.gw.endpoint.send_response(response, self.event.transaction)
+
+    def end_with(self, status: int) -> None:
+        self.reject(status)
+        self.spawn(self._noted_finish(sent=status))
+
+    async def _noted_finish(self, **entry: Any) -> None:
+        await self.note(**entry)
+        await self.finish()
+
+    def on_ack(self) -> None:
+        self.acked.set()
+
+    async def hang_up_peer(self) -> None:
+        # §15: the callee may not send BYE before the ACK, or before the 2xx gave up on it.
+        try:
+            await asyncio.wait_for(self.acked.wait(), 64 * self.gw.endpoint.timers.t1)
+        except asyncio.TimeoutError:
+            pass
+        await self.send_bye()
+        await self.finish()
+
+    async def cancelled(self) -> None:
+        """The peer's CANCEL: the endpoint has answered 200 and 487 already."""
+        await self.started.wait()
+        await self.note(received="CANCEL")
+        await self.act(Action.HANGUP)
+        await self.finish()
+
+    async def ack_timeout(self) -> None:
+        await self.send_bye()
+        await self.act(Action.HANGUP)
+        await self.finish()
+
+
+class OutboundLeg(Leg):
+    direction = "outbound"
+
+    def __init__(
+        self,
+        gateway: SipGateway,
+        *,
+        call_id: str,
+        callee: str,
+        device: str,
+        target: URI,
+        caller: str,
+        sdp: str | None,
+        fork: bool = False,
+    ) -> None:
+        super().__init__(
+            gateway, sip_call_id=f"{uuid.uuid4().hex}@{gateway.config.realm}",
+            call_id=call_id, user=callee, device=device,
+        )
+        self.fork = fork
+        if fork:
+            self.direction = "fork"
+        self.target = target
+        self.offer = sdp.encode() if sdp else b""
+        self.invite = self._build_invite(caller)
+        self.tx: ClientTransaction | None = None
+        self.rang = False
+        self.giving_up = False
+
+    def session_sdp(self) -> bytes:
+        return self.offer
+
+    def _build_invite(self, caller: str) -> Request:
+        transport = (self.target.params.get("transport") or "udp").upper()
+        headers = Headers()
+        headers.add("From", NameAddr(self._from_uri(caller), params={"tag": generate_tag()}))
+        headers.add("To", NameAddr(self.target))
+        headers.add("Call-ID", self.sip_call_id)
+        headers.add("CSeq", CSeq(1, "INVITE"))
+        headers.add("Contact", self.gw.endpoint.contact(transport))
+        headers.add("Allow", ALLOW)
+        if self.offer:
+            headers.add("Content-Type", SDP)
+        return Request("INVITE", self.target, headers, self.offer)
+
+    def _from_uri(self, caller: str) -> URI:
+        if caller.startswith(("sip:", "sips:", "tel:")):
+            try:
+                return parse_uri(caller)
+            except ParseError:
+                pass
+        # RFC 3261 user part: unreserved and user-unreserved characters, the rest escaped.
+        return URI("sip", user=quote(caller, safe="-_.!~*'()&=+$,;?/"), host=self.gw.config.realm)
+
+    async def attach(self) -> None:
+        # A fork hears its frames through the registrar's attachment for the phone.
+        if not self.fork:
+            await self.gw.bus.attach(self.user, self.device, self.deliver)
+
+    async def detach(self) -> None:
+        if not self.fork:
+            await super().detach()
+
+    async def run(self) -> None:
+        await self.note(sent="INVITE", target=str(self.target))
+        invite = self.invite
+        config = self.gw.config
+        challenged = False
+        while True:
+            self.tx = self.gw.endpoint.send_request(invite, on_provisional=self._provisional)
+            if self.giving_up:
+                self.tx.cancel()
+            response = await self.tx
+            if (response.status in (401, 407) and not challenged and not self.giving_up
+                    and config.trunk_username):
+                try:
+                    invite = authorize(invite, response, config.trunk_username, config.trunk_password)
+                except DigestError:
+                    break
+                self.invite, challenged = invite, True
+                continue
+            break
+        await self._final(response)
+
+    def _provisional(self, response: Response) -> None:
+        if response.status in (180, 183) and not self.rang:
+            self.rang = True
+            self.spawn(self._ringing())
+
+    async def _ringing(self) -> None:
+        try:
+            await self.controller.ringing(self.user, self.device, self.call_id)
+        except CallError:
+            pass
+
+    async def _final(self, response: Response) -> None:
+        status = response.status
+        await self.note(received=status, synthetic=bool(self.tx and self.tx.synthetic))
+        if 200 <= status < 300:
+            self.dialog = Dialog.uac(self.invite, response)
+            self.gw.dialogs.add(self.dialog)
+            self.gw.endpoint.send_ack(self.dialog.create_ack(self.invite))
+            sdp = response.body.decode("utf-8", "replace") if response.body else None
+            if self.giving_up or not await self.act(Action.ANSWER, sdp=sdp):
+                # Cancelled, or another device answered first, while this 2xx was on its way.
+                await self.send_bye()
+                await self.finish()
+            return
+        if self.giving_up:
+            pass
+        elif status in (FORK_DECLINES if self.fork else DECLINES):
+            await self.act(Action.DECLINE)
+        elif not self.fork:
+            await self._fail(status, response.reason)
+        await self.finish()
+
+    async def _fail(self, status: int, reason: str) -> None:
+        try:
+            transition = await self.gw.store.transition(
+                self.call_id, Action.FAIL, node=self.gw.node_id,
+                note={"sip_status": status, "sip_reason": reason},
+            )
+        except CallError:
+            return
+        await self.controller.announce(transition)
+
+    async def deliver(self, frame: dict[str, Any]) -> None:
+        if frame.get("call_id") != self.call_id or self.finished:
+            return
+        kind = frame["type"]
+        if kind == "call.ended":
+            self.spawn(self._hang_up())
+        elif kind in ("call.cancelled", "call.missed", "call.declined", "call.failed",
+                      "call.answered_elsewhere", "call.declined_elsewhere"):
+            self.give_up()
+
+    def give_up(self) -> None:
+        self.giving_up = True
+        if self.tx is not None and not self.tx.done:
+            self.tx.cancel()
+
+    async def _hang_up(self) -> None:
+        await self.send_bye()
+        await self.finish()

@@ -1,0 +1,309 @@
+"""REGISTER (RFC 3261 §10) with digest, bindings in Redis, and RFC 8599 push parameters.
+
+A binding makes the SIP phone a device of its user: it is present (store presence, for
+as long as the binding lasts) so it counts as a call target, and the node that took the
+REGISTER listens on the bus as that device, so a `call.incoming` for the user forks an
+INVITE to the phone's Contact. A Contact with `pn-provider=apns|apns.dev`, `pn-prid` and
+`pn-param=<team>.<bundle>.voip` also becomes a device record with a VoIP token, so the
+push notifier can wake the app after the binding has lapsed.
+
+    {u:<user>}:sip_bindings   hash   device_id -> JSON Binding
+    {u:<user>}:sip_ha1        hash   "<realm>|<algorithm>" -> HA1 (passwords never stored)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from sip.digest import AuthResult, DigestServer, compute_ha1
+from sip.endpoint import SipEndpoint
+from sip.message import NameAddr, Request, generate_tag
+from sip.transaction import RequestReceived
+from voip.bus import Bus
+from voip.sipcalls.config import SipConfig
+from voip.store import Store, now_ms
+
+log = structlog.get_logger(__name__)
+
+ALGORITHMS = ("SHA-256", "MD5")
+HEX_TOKEN = re.compile(r"^(?:[0-9a-fA-F]{2}){32,100}$")
+FrameHandler = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    device_id: str
+    contact: str
+    expires_at: int  # ms
+    node: str
+    transport: str
+    source: str
+    call_id: str
+    cseq: int
+
+    @property
+    def live(self) -> bool:
+        return self.expires_at > now_ms()
+
+
+@dataclass(frozen=True, slots=True)
+class PushTarget:
+    """RFC 8599 Contact parameters for APNs."""
+
+    voip_token: str
+    apns_environment: str
+    bundle_id: str
+    team_id: str
+
+
+def push_target(contact: NameAddr) -> PushTarget | None:
+    params = contact.uri.params
+    provider = (params.get("pn-provider") or "").lower()
+    prid, param = params.get("pn-prid") or "", params.get("pn-param") or ""
+    if provider not in ("apns", "apns.dev") or not prid or not param:
+        return None
+    # Linphone-style "<token>:voip&<token>:remote": keep the VoIP token.
+    tokens = [t.split(":", 1) for t in prid.split("&")]
+    token = next((t[0] for t in tokens if len(t) == 2 and t[1] == "voip"), tokens[0][0])
+    parts = param.split(".")
+    if not HEX_TOKEN.match(token) or len(parts) < 3:
+        return None
+    team, bundle = parts[0], ".".join(parts[1:-1] if parts[-1] in ("voip", "apns") else parts[1:])
+    return PushTarget(token.lower(), "sandbox" if provider == "apns.dev" else "production", bundle, team)
+
+
+def binding_device_id(user: str, contact: NameAddr) -> str:
+    """Stable per phone: the RFC 5626 instance id when it sends one, else the Contact URI
+    without its parameters (they change with every push token)."""
+    instance = contact.params.get("+sip.instance")
+    uri = contact.uri
+    key = instance or f"{uri.scheme}:{uri.user or ''}@{uri.host}:{uri.port or ''}"
+    return "sip-reg-" + hashlib.sha256(f"{user}\0{key}".encode()).hexdigest()[:12]
+
+
+class Registrar:
+    def __init__(
+        self,
+        config: SipConfig,
+        endpoint: SipEndpoint,
+        store: Store,
+        bus: Bus,
+        *,
+        node_id: str,
+        max_devices: int,
+        on_frame: FrameHandler,
+    ) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.store = store
+        self.bus = bus
+        self.node_id = node_id
+        self.max_devices = max_devices
+        self.on_frame = on_frame
+        self.digest = DigestServer(config.realm, config.digest_secret, algorithms=ALGORITHMS)
+        # (user, device) -> (deliver, expiry timer) for bindings held on this node
+        self._attached: dict[tuple[str, str], tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.TimerHandle]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # Keys and credentials ---------------------------------------------------------------
+
+    def bindings_key(self, user: str) -> str:
+        return f"{self.store.prefix}{{u:{user}}}:sip_bindings"
+
+    def ha1_key(self, user: str) -> str:
+        return f"{self.store.prefix}{{u:{user}}}:sip_ha1"
+
+    async def store_password(self, user: str, password: str) -> None:
+        """Keep only the HA1 of each algorithm we offer, for this realm."""
+        realm = self.config.realm
+        await self.store.redis.hset(
+            self.ha1_key(user),
+            mapping={f"{realm}|{a}": compute_ha1(user, realm, password, a) for a in ALGORITHMS},
+        )
+
+    async def _ha1(self, user: str, realm: str, algorithm: str) -> str | None:
+        if (password := self.config.accounts.get(user)) is not None:
+            return compute_ha1(user, realm, password, algorithm)
+        raw = await self.store.redis.hget(self.ha1_key(user), f"{realm}|{algorithm}")
+        return raw.decode() if raw else None
+
+    async def authenticate(self, request: Request, *, proxy: bool = False) -> AuthResult:
+        credentials = self.digest.credentials(request, proxy=proxy)
+        if credentials is None:
+            return AuthResult(False, reason="no credentials")
+        algorithm = credentials.algorithm.upper().removesuffix("-SESS")
+        ha1 = await self._ha1(credentials.username, credentials.realm, algorithm)
+        if ha1 is None:
+            return AuthResult(False, credentials.username, reason="unknown user")
+        return self.digest.verify(request, credentials, ha1, time.time())
+
+    def challenge(self, event: RequestReceived, result: AuthResult, *, proxy: bool = False) -> None:
+        response = self.digest.challenge(
+            event.request, time.time(), stale=result.stale, proxy=proxy, to_tag=generate_tag()
+        )
+        self.endpoint.send_response(response, event.transaction)
+
+    # Bindings ---------------------------------------------------------------------------
+
+    async def bindings(self, user: str) -> dict[str, Binding]:
+        raw = await self.store.redis.hgetall(self.bindings_key(user))
+        found = {k.decode(): Binding(**orjson.loads(v)) for k, v in raw.items()}
+        return {device: b for device, b in found.items() if b.live}
+
+    async def binding(self, user: str, device_id: str) -> Binding | None:
+        raw = await self.store.redis.hget(self.bindings_key(user), device_id)
+        found = Binding(**orjson.loads(raw)) if raw else None
+        return found if found is not None and found.live else None
+
+    async def handle(self, event: RequestReceived) -> None:
+        request = event.request
+        aor = request.to.uri
+        if not aor.user or not self.config.is_local_domain(aor):
+            self.endpoint.reply(event, 404, "Not Our Domain", to_tag=generate_tag())
+            return
+        result = await self.authenticate(request)
+        if not result.ok:
+            log.info("sip.register_challenged", user=aor.user, reason=result.reason)
+            self.challenge(event, result)
+            return
+        if result.username != aor.user:
+            self.endpoint.reply(event, 403, "Wrong User For AOR", to_tag=generate_tag())
+            return
+        user = aor.user
+        contacts = request.contacts
+        default = _int(request.headers.get("Expires"), self.config.max_expires)
+        if any(c.wildcard for c in contacts):
+            if default != 0 or len(contacts) != 1:
+                self.endpoint.reply(event, 400, "Wildcard Needs Expires 0", to_tag=generate_tag())
+                return
+            for device_id in await self.bindings(user):
+                await self._remove(user, device_id)
+            contacts = []
+        for contact in contacts:
+            expires = min(_int(contact.params.get("expires"), default), self.config.max_expires)
+            if 0 < expires < self.config.min_expires:
+                self.endpoint.reply(event, 423, to_tag=generate_tag(),
+                                    headers=[("Min-Expires", str(self.config.min_expires))])
+                return
+        for contact in contacts:
+            expires = min(_int(contact.params.get("expires"), default), self.config.max_expires)
+            device_id = binding_device_id(user, contact)
+            if expires == 0:
+                await self._remove(user, device_id)
+            else:
+                await self._bind(user, device_id, contact, expires, event)
+        current = await self.bindings(user)
+        now = now_ms()
+        self.endpoint.reply(event, 200, to_tag=generate_tag(), headers=[
+            ("Contact", f"<{b.contact}>;expires={max(0, (b.expires_at - now) // 1000)}")
+            for b in current.values()
+        ])
+
+    async def _bind(
+        self, user: str, device_id: str, contact: NameAddr, expires: int, event: RequestReceived
+    ) -> None:
+        request = event.request
+        binding = Binding(
+            device_id=device_id,
+            contact=str(contact.uri),
+            expires_at=now_ms() + expires * 1000,
+            node=self.node_id,
+            transport=event.transport,
+            source=f"{event.source[0]}:{event.source[1]}",
+            call_id=request.call_id,
+            cseq=request.cseq.seq,
+        )
+        key = self.bindings_key(user)
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, device_id, orjson.dumps(asdict(binding)))
+            # No binding outlives max_expires, so neither does the hash once unrefreshed.
+            pipe.expire(key, self.config.max_expires + 60)
+            await pipe.execute()
+        await self.store.set_presence(user, device_id, self.node_id, expires * 1000)
+        if (push := push_target(contact)) is not None:
+            await self._put_push_device(user, device_id, push, binding)
+        await self._attach(user, device_id, expires)
+        log.info("sip.registered", user=user, device=device_id, expires=expires, push=push is not None)
+
+    async def _put_push_device(self, user: str, device_id: str, push: PushTarget, binding: Binding) -> None:
+        previous = await self.store.get_device(user, device_id)
+        now = now_ms()
+        token_changed = previous is None or previous.get("voip_token") != push.voip_token
+        record = {
+            "voip_token": push.voip_token,
+            "apns_environment": push.apns_environment,
+            "bundle_id": push.bundle_id,
+            "alert_token": None,
+            "registered_at": previous["registered_at"] if previous else now,
+            "updated_at": now,
+            "token_registered_at": now if token_changed else previous["token_registered_at"],  # type: ignore[index]
+            "sip": {"contact": binding.contact, "expires_at": binding.expires_at, "team_id": push.team_id},
+        }
+        await self.store.put_device(user, device_id, record, self.max_devices)
+
+    async def _remove(self, user: str, device_id: str) -> None:
+        await self.store.redis.hdel(self.bindings_key(user), device_id)
+        await self.store.clear_presence(user, device_id, self.node_id)
+        device = await self.store.get_device(user, device_id)
+        if device is not None and "sip" in device:
+            # Unregistering is how a SIP client logs out: no more pushes either.
+            await self.store.delete_device(user, device_id)
+        await self._detach(user, device_id)
+        log.info("sip.unregistered", user=user, device=device_id)
+
+    # This node listens for the phone while its binding lasts -----------------------------
+
+    async def _attach(self, user: str, device_id: str, expires: int) -> None:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(expires, lambda: self._spawn(self._expire(user, device_id)))
+        held = self._attached.get((user, device_id))
+        if held is not None:
+            held[1].cancel()
+            self._attached[(user, device_id)] = (held[0], timer)
+            return
+
+        async def deliver(frame: dict[str, Any]) -> None:
+            await self.on_frame(user, device_id, frame)
+
+        self._attached[(user, device_id)] = (deliver, timer)
+        await self.bus.attach(user, device_id, deliver)
+
+    async def _detach(self, user: str, device_id: str) -> None:
+        held = self._attached.pop((user, device_id), None)
+        if held is not None:
+            held[1].cancel()
+            await self.bus.detach(user, device_id, held[0])
+
+    async def _expire(self, user: str, device_id: str) -> None:
+        binding = await self.binding(user, device_id)
+        if binding is None:
+            await self.store.redis.hdel(self.bindings_key(user), device_id)
+        # The device record of a push-capable phone stays: a push may wake it to re-register.
+        await self._detach(user, device_id)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for user, device_id in list(self._attached):
+            await self._detach(user, device_id)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _int(value: object, default: int) -> int:
+    try:
+        return max(0, int(str(value))) if value is not None else default
+    except ValueError:
+        return default
