@@ -1,0 +1,108 @@
+"""SIP gateway fixtures: a real node with SIP enabled (UDP+TCP on a free port), real
+Redis, and real sipp processes on loopback. sipp missing is a failure, not a skip."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import shutil
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningNode
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+DOMAIN = "voip.test"
+ACCOUNTS = {"alice": "wonderland", "carol": "looking-glass"}
+APP_SDP = (
+    "v=0\r\no=app 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+
+SipNodeFactory = Callable[..., Awaitable[RunningNode]]
+
+
+@pytest.fixture
+def sip_node(node_factory: Any) -> SipNodeFactory:
+    async def start(**overrides: Any) -> RunningNode:
+        settings = {
+            "sip_enabled": True, "sip_port": 0, "sip_domain": DOMAIN, "sip_accounts": ACCOUNTS,
+            **overrides,
+        }
+        return await node_factory(**settings)
+
+    return start
+
+
+def sip_port(node: RunningNode) -> int:
+    assert node.node.sip is not None
+    return node.node.sip.port
+
+
+def sipp_binary() -> str:
+    path = shutil.which("sipp")
+    if path is None:
+        pytest.fail("sipp is not installed: run `apt-get install -y sip-tester`")
+    return path
+
+
+async def run_sipp(args: list[str], cwd: Path, timeout: float = 30) -> tuple[int, str]:
+    """sipp's exit status is 0 only when every call of the scenario succeeded."""
+    process = await asyncio.create_subprocess_exec(
+        sipp_binary(), *args, "-i", "127.0.0.1", "-nostdin", "-timeout", str(int(timeout)),
+        "-timeout_error", "-trace_err", "-trace_msg",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=cwd,
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout + 15)
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    text = out.decode(errors="replace")
+    for log in sorted(cwd.glob("*_errors.log")) + sorted(cwd.glob("*_messages.log")):
+        text += f"\n--- {log.name}\n{log.read_text(errors='replace')[-6000:]}"
+    assert process.returncode is not None
+    return process.returncode, text
+
+
+def start_sipp(args: list[str], cwd: Path, timeout: float = 30) -> asyncio.Task[tuple[int, str]]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return asyncio.create_task(run_sipp(args, cwd, timeout))
+
+
+async def finished(sipp: asyncio.Task[tuple[int, str]], timeout: float = 45) -> str:
+    rc, output = await asyncio.wait_for(sipp, timeout)
+    assert rc == 0, output[-8000:]
+    return output
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        return int(udp.getsockname()[1])
+
+
+async def wait_bound(port: int, sipp: asyncio.Task[tuple[int, str]]) -> None:
+    """Until sipp holds its UDP port, so our first INVITE is not lost to nobody."""
+    for _ in range(200):
+        if sipp.done():
+            rc, output = sipp.result()
+            pytest.fail(f"sipp exited early ({rc}): {output[-3000:]}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return
+                raise
+        await asyncio.sleep(0.05)
+    pytest.fail(f"sipp did not bind UDP port {port}")
+
+
+def scenario(name: str) -> str:
+    return str(SCENARIOS / name)
