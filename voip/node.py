@@ -12,6 +12,7 @@ from voip.bus import Bus
 from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
 from voip.push import APNsConfig, APNsNotifier
+from voip.redis_pipe import RedisPipe
 from voip.settings import Settings
 from voip.sipcalls import SipConfig, SipGateway
 from voip.store import Store
@@ -33,6 +34,7 @@ class Node:
         self.store = Store(
             self.redis, settings.redis_prefix, settings.call_retention, ops_feed=settings.ops_feed
         )
+        self.store.status_pipe = RedisPipe(settings.redis_url)
         self.bus = Bus(self.redis, settings.redis_prefix)
         self.controller = CallController(
             self.store, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout
@@ -106,4 +108,5 @@ class Node:
         if self.apns_simulator is not None:
             await self.apns_simulator.stop()
         await self.bus.stop()
+        self.store.status_pipe.close()  # type: ignore[union-attr]
         await self.redis.aclose()

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from voip.redis_pipe import RedisPipe
 from voip.calls import Action, CallState, Party, transitions_for
 
 
@@ -98,6 +99,8 @@ class Store:
         self._claim = redis.register_script(_script("claim_timeouts"))
         self._drop_token = redis.register_script(_script("drop_voip_token"))
         self.deadlines_key = f"{prefix}ring_deadlines"
+        # The hottest command's own connection (redis_pipe.py); redis-py when None.
+        self.status_pipe: RedisPipe | None = None
 
     # Keys -----------------------------------------------------------------------------
 
@@ -249,9 +252,11 @@ class Store:
     ) -> list[bytes | None] | None:
         """Fields: state, caller_user, callee_user, caller_device, answered_by_device,
         ring_deadline, ended_at; None when the call is unknown to this asker."""
-        return await self._status(
-            keys=self.call_keys(call_id), args=[user, device, at, node, via, self.ops_channel, call_id]
-        )
+        keys = self.call_keys(call_id)
+        args = [user, device, at, node, via, self.ops_channel, call_id]
+        if self.status_pipe is not None:
+            return await self.status_pipe.evalsha(self._status.sha, self._status.script, keys, args)  # type: ignore[no-any-return]
+        return await self._status(keys=keys, args=args)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         fields = await self.redis.hgetall(self.call_keys(call_id)[0])
