@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from voip import api, metrics_route
+from voip import api, metrics_route, openapi, ops
 from voip.node import Node
 from voip.settings import Settings
 from voip.ws import device_socket
@@ -49,6 +49,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", metrics_route.metrics, methods=["GET"]),
         WebSocketRoute("/v1/ws", device_socket),
+        Route("/openapi.json", openapi.openapi, methods=["GET"]),
+        *ops.routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -1,0 +1,150 @@
+"""Operators' HTTP API on a real node and Redis: calls listed (filters, pages), one call
+with its whole timeline, a user's devices, and the counters."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+
+from tests.conftest import RunningNode, register
+from tests.ops.conftest import ops_get, place_call
+from voip.ops.views import last_push_key
+from voip.store import now_ms
+
+
+async def test_listing_newest_first_by_state_user_and_time(node: RunningNode) -> None:
+    alice = await node.device("alice", "a1")
+    bob = await node.device("bob", "b1")
+    carol = await node.device("carol", "c1")
+    ringing = await place_call(alice, "bob")
+    answered = await place_call(carol, "bob")
+    await bob.expect("call.incoming", call_id=answered)
+    assert (await bob.request({"type": "call.answer", "call_id": answered}))["type"] == "ack"
+    missed = await place_call(alice, "nobody")
+
+    everything = (await ops_get(node, "/v1/ops/calls")).json()
+    assert [c["call_id"] for c in everything["calls"]] == [missed, answered, ringing]
+    assert everything["next_cursor"] is None
+    first = everything["calls"][1]
+    assert first["state"] == "answered" and first["answered_by_device"] == "b1"
+    assert first["caller_user"] == "carol" and first["origin_node"] == node.node.node_id
+
+    async def ids(**params: object) -> list[str]:
+        response = await ops_get(node, "/v1/ops/calls", **params)
+        assert response.status_code == 200, response.text
+        return [c["call_id"] for c in response.json()["calls"]]
+
+    assert await ids(state="ringing") == [ringing]
+    assert await ids(state=["ringing", "answered"]) == [answered, ringing]
+    assert await ids(state="missed") == [missed]
+    assert await ids(user="alice") == [missed, ringing]
+    assert await ids(user="bob", state="answered") == [answered]
+    created = {c["call_id"]: c["created_at"] for c in everything["calls"]}
+    assert await ids(since=created[answered]) == [missed, answered]
+    assert await ids(until=created[answered]) == [answered, ringing]
+
+
+async def test_pages_visit_every_call_once_even_within_one_millisecond(node: RunningNode) -> None:
+    store = node.node.store
+    same_ms = now_ms()
+    made = []
+    for n, created_at in enumerate([same_ms - 5, *[same_ms] * 5, same_ms + 5]):
+        call_id = str(uuid.uuid4())
+        made.append((created_at, call_id))
+        assert await store.create_call(
+            call_id, caller_user=f"u{n}", caller_device="d", callee_user="v",
+            ring_deadline=created_at + 60_000, node="n", targets=["t"], created_at=created_at,
+        )
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await ops_get(node, "/v1/ops/calls", **params)).json()
+        assert len(page["calls"]) <= 2
+        seen += [c["call_id"] for c in page["calls"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert seen == [call_id for _, call_id in sorted(made, reverse=True)]
+
+
+async def test_expired_calls_drop_out_of_the_listing_and_the_index(node: RunningNode) -> None:
+    caller = await node.device("alice", "a1")
+    kept, expired = await place_call(caller, "nobody"), await place_call(caller, "nobody")
+    store = node.node.store
+    await node.node.redis.delete(*store.call_keys(expired))  # as its retention would
+    listed = (await ops_get(node, "/v1/ops/calls")).json()["calls"]
+    assert [c["call_id"] for c in listed] == [kept]
+    assert await node.node.redis.zscore(f"{store.prefix}calls", expired) is None
+
+
+async def test_bad_parameters_are_422_naming_the_field(node: RunningNode) -> None:
+    for params, field in [
+        ({"state": "ringing-ish"}, "state"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 201}, "limit"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": 10, "until": 5}, "since"),
+        ({"cursor": "nonsense"}, "cursor"),
+        ({"user": "x" * 129}, "user"),
+    ]:
+        response = await ops_get(node, "/v1/ops/calls", **params)
+        assert response.status_code == 422, (params, response.text)
+        assert response.json()["detail"][0]["field"] == field
+    assert (await ops_get(node, "/v1/ops/calls/not-a-uuid")).status_code == 422
+    assert (await ops_get(node, "/v1/ops/summary", since=9, until=1)).status_code == 422
+
+
+async def test_one_call_with_its_whole_timeline(node: RunningNode) -> None:
+    alice = await node.device("alice", "a1")
+    bob = await node.device("bob", "b1")
+    call_id = await place_call(alice, "bob")
+    await bob.expect("call.incoming", call_id=call_id)
+    await bob.request({"type": "call.ringing", "call_id": call_id})
+    await bob.request({"type": "call.answer", "call_id": call_id})
+    await alice.request({"type": "call.hangup", "call_id": call_id})
+
+    response = await ops_get(node, f"/v1/ops/calls/{call_id.upper()}")
+    assert response.status_code == 200, response.text
+    detail = response.json()
+    assert detail["call"]["state"] == "ended" and detail["call"]["ended_by"] == "caller"
+    assert detail["timeline"] == await node.node.store.timeline(call_id)
+    kinds = [(e["event"], e.get("to")) for e in detail["timeline"]]
+    assert kinds[0] == ("created", None)
+    assert ("ringing", None) in kinds and ("state", "answered") in kinds and kinds.count(("state", "ended")) == 1
+
+    unknown = await ops_get(node, f"/v1/ops/calls/{uuid.uuid4()}")
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_call"
+
+
+async def test_a_users_devices_with_token_age_presence_and_last_push(node: RunningNode) -> None:
+    await register(node, "bob", "b-phone", bundle_id="com.example.app")
+    await register(node, "bob", "b-ipad")
+    await node.device("bob", "b-phone")
+    push = {"at": now_ms(), "status": 410, "reason": "Unregistered", "apns_id": "A-1", "call_id": "c"}
+    await node.node.redis.hset(last_push_key(node.node.store.prefix, "bob"), "b-ipad", orjson.dumps(push))
+
+    body = (await ops_get(node, "/v1/ops/devices/bob")).json()
+    assert body["user"] == "bob"
+    phone, ipad = body["devices"][1], body["devices"][0]
+    assert (phone["device_id"], ipad["device_id"]) == ("b-phone", "b-ipad")
+    assert phone["online"] is True and phone["connected_node"] == node.node.node_id
+    assert ipad["online"] is False and ipad["connected_node"] is None
+    assert phone["bundle_id"] == "com.example.app" and len(phone["voip_token_prefix"]) == 8
+    assert 0 <= phone["token_age_ms"] < 10_000
+    assert "voip_token" not in phone
+    assert ipad["last_push"] == push and phone["last_push"] is None
+    assert (await ops_get(node, "/v1/ops/devices/nobody")).json() == {"user": "nobody", "devices": []}
+
+
+async def test_summary_counts_outcomes_of_the_window(node: RunningNode) -> None:
+    alice = await node.device("alice", "a1")
+    await node.device("bob", "b1")
+    await place_call(alice, "bob")
+    await place_call(alice, "nobody")
+    summary = (await ops_get(node, "/v1/ops/summary")).json()
+    assert summary["calls"] == 2 and summary["truncated"] is False
+    assert summary["outcomes"] == {"missed": 1, "ringing": 1}
+    assert summary["push_results"] == {}
+    assert summary["late_pushes_caught"] == {"status_checks": 0, "calls": 0}
+    assert summary["until"] - summary["since"] == 3_600_000

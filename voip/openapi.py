@@ -1,0 +1,302 @@
+"""`GET /openapi.json`: the HTTP API's contract. Bodies come from the pydantic models
+(the API's own `DeviceIn`, the response models below and in voip/ops/models.py); paths,
+parameters, status codes and security are written out here, next to each other, so that
+a change to a route has one obvious place to be described. tests/ops checks the running
+service against it with schemathesis."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import Response
+
+from voip.api import DeviceIn, JSONResponse
+from voip.calls import CallState, EndReason
+from voip.ops import models as ops
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+REF = "#/components/schemas/{model}"
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Error(BaseModel):
+    error: str = Field(description="A stable code: unauthorized, forbidden, validation_error, ...")
+    message: str
+    detail: list[FieldError] | None = None
+
+
+class Device(BaseModel):
+    device_id: str
+    voip_token: str | None
+    apns_environment: Literal["sandbox", "production"]
+    bundle_id: str | None
+    alert_token: str | None
+    registered_at: int
+    updated_at: int
+    token_registered_at: int
+
+
+class DeviceSaved(Device):
+    dropped_devices: list[str] = Field(
+        description="Devices removed to stay within the per-user limit (oldest first)"
+    )
+
+
+class DeviceList(BaseModel):
+    devices: list[Device]
+
+
+class CallStatus(BaseModel):
+    call_id: str
+    state: CallState
+    end_call: bool = Field(description="End the CallKit call now (reportCall(with:endedAt:reason:))")
+    reason: EndReason | None
+    server_time: int
+    answered_by_device: str | None = None
+    ended_at: int | None = None
+
+
+class UnknownCall(BaseModel):
+    call_id: str
+    end_call: Literal[True]
+    reason: Literal["unknown_call"]
+    server_time: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str] = Field(description="Each check: 'ok', or why it failed")
+
+
+MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+    (DeviceIn, "validation"),
+    *((model, "serialization") for model in (
+        Error, Device, DeviceSaved, DeviceList, CallStatus, UnknownCall, Health, Readiness,
+        ops.OpsCallPage, ops.OpsCallDetail, ops.OpsDevices, ops.OpsSummary,
+    )),
+]
+
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]  # the role each operation wants is in its 403
+
+
+def _json(model: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json("Error", description)
+
+
+UNAUTHORIZED = _error("No bearer token, or one that is malformed, forged or expired")
+FORBIDDEN_DEVICE = _error("A valid token without the device role")
+FORBIDDEN_OPERATOR = _error("A valid token without the operator role")
+INVALID = _error("A parameter or the body is invalid; `detail` names the fields")
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path",
+            "description": description, "schema": schema, **extra}
+
+
+DEVICE_ID = _param("device_id", "path", {"type": "string", "pattern": DEVICE_ID_PATTERN},
+                   "The app's own id for this install (e.g. identifierForVendor)")
+CALL_ID = _param("call_id", "path", {"type": "string", "maxLength": 64},
+                 "A call id (UUID, any case)")
+TIME = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
+WINDOW = [
+    _param("since", "query", TIME, "Calls created at or after this time (ms since the epoch)"),
+    _param("until", "query", TIME, "Calls created at or before this time (ms since the epoch)"),
+]
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/devices": {"get": {
+            "tags": ["devices"], "operationId": "listDevices", "summary": "The caller's devices",
+            "security": BEARER,
+            "responses": {"200": _json("DeviceList", "The devices of the token's user"),
+                          "401": UNAUTHORIZED, "403": FORBIDDEN_DEVICE},
+        }},
+        "/v1/devices/{device_id}": {
+            "parameters": [DEVICE_ID],
+            "put": {
+                "tags": ["devices"], "operationId": "putDevice",
+                "summary": "Register or update a device",
+                "description": "Registers the install's PushKit VoIP token (and optionally its "
+                               "alert token). Registering a new token value resets the token's age.",
+                "security": BEARER,
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": REF.format(model="DeviceIn")}}}},
+                "responses": {
+                    "200": _json("DeviceSaved", "Updated"),
+                    "201": _json("DeviceSaved", "Registered"),
+                    "401": UNAUTHORIZED, "403": FORBIDDEN_DEVICE,
+                    "413": _error("Body over 16 KiB"), "422": INVALID,
+                },
+            },
+            "delete": {
+                "tags": ["devices"], "operationId": "deleteDevice", "summary": "Forget a device",
+                "security": BEARER,
+                "responses": {"204": {"description": "Forgotten"}, "401": UNAUTHORIZED,
+                              "403": FORBIDDEN_DEVICE, "404": _error("The user has no such device"),
+                              "422": INVALID},
+            },
+        },
+        "/v1/calls/{call_id}/status": {"get": {
+            "tags": ["calls"], "operationId": "callStatus",
+            "summary": "What a woken app should do with the call a VoIP push announced",
+            "description": "Ask this first, on every VoIP push: `end_call: true` means report the "
+                           "CallKit call ended at once with `reason`. Authorised either by a "
+                           "participant device's bearer token or by the push's `cap` capability "
+                           "together with `device_id`.",
+            "parameters": [
+                CALL_ID,
+                _param("device_id", "query", {"type": "string", "pattern": DEVICE_ID_PATTERN},
+                       "The asking device; required with `cap`"),
+            ],
+            "security": [{"bearer": []}, {"capability": []}],
+            "responses": {
+                "200": _json("CallStatus", "The call's state and the verdict for this device"),
+                "401": _error("Neither a valid bearer token nor a valid capability"),
+                "403": FORBIDDEN_DEVICE,
+                "404": _json("UnknownCall", "Unknown call, not this user's call, or past retention: end it"),
+                "422": INVALID,
+            },
+        }},
+        "/v1/ops/calls": {"get": {
+            "tags": ["ops"], "operationId": "opsListCalls", "summary": "Calls, newest first",
+            "security": BEARER,
+            "parameters": [
+                _param("state", "query", {"type": "array", "items": {"type": "string",
+                       "enum": [s.value for s in CallState]}},
+                       "Only calls in one of these states (repeat the parameter)",
+                       style="form", explode=True),
+                _param("user", "query", {"type": "string", "minLength": 1, "maxLength": 128},
+                       "Only calls this user placed or received"),
+                *WINDOW,
+                _param("cursor", "query", {"type": "string", "maxLength": 100},
+                       "`next_cursor` of the previous page"),
+                _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                       "Calls per page"),
+            ],
+            "responses": {"200": _json("OpsCallPage", "A page of calls"), "401": UNAUTHORIZED,
+                          "403": FORBIDDEN_OPERATOR, "422": INVALID},
+        }},
+        "/v1/ops/calls/{call_id}": {"get": {
+            "tags": ["ops"], "operationId": "opsGetCall", "summary": "A call and its whole timeline",
+            "security": BEARER,
+            "parameters": [CALL_ID],
+            "responses": {"200": _json("OpsCallDetail", "The call and every entry of its timeline"),
+                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR,
+                          "404": _error("No such call, or past its retention"), "422": INVALID},
+        }},
+        "/v1/ops/devices/{user}": {"get": {
+            "tags": ["ops"], "operationId": "opsUserDevices",
+            "summary": "A user's devices: tokens' age, presence, last push result",
+            "security": BEARER,
+            "parameters": [_param("user", "path", {"type": "string", "minLength": 1, "maxLength": 128},
+                                  "The user id (a token's `sub`)")],
+            "responses": {"200": _json("OpsDevices", "The user's devices (none for an unknown user)"),
+                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR, "422": INVALID},
+        }},
+        "/v1/ops/summary": {"get": {
+            "tags": ["ops"], "operationId": "opsSummary",
+            "summary": "Counters over a time window (default: the last hour)",
+            "security": BEARER,
+            "parameters": WINDOW,
+            "responses": {"200": _json("OpsSummary", "Counters over the newest 500 calls of the window"),
+                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR, "422": INVALID},
+        }},
+        "/metrics": {"get": {
+            "tags": ["health"], "operationId": "metrics", "summary": "Prometheus metrics",
+            "security": BEARER,
+            "responses": {"200": {"description": "Prometheus text exposition",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR},
+        }},
+        "/healthz": {"get": {
+            "tags": ["health"], "operationId": "healthz", "security": [],
+            "summary": "Liveness: the process serves requests (touches no dependency)",
+            "responses": {"200": _json("Health", "Alive")},
+        }},
+        "/readyz": {"get": {
+            "tags": ["health"], "operationId": "readyz", "security": [],
+            "summary": "Readiness: Redis answers, and every registered readiness check passes",
+            "responses": {"200": _json("Readiness", "Ready for traffic"),
+                          "503": _json("Readiness", "Not ready; `checks` says what failed")},
+        }},
+        "/ops": {"get": {
+            "tags": ["ops"], "operationId": "opsPage", "security": [],
+            "summary": "The operators' web page (static; it asks for a token itself)",
+            "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+        "/openapi.json": {"get": {
+            "tags": ["health"], "operationId": "openapi", "security": [],
+            "summary": "This document",
+            "responses": {"200": {"description": "OpenAPI 3.1",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}}},
+        }},
+    }
+
+
+WEBSOCKETS = {
+    "/v1/ws": {
+        "summary": "A device's signalling socket (calls over WebSocket)",
+        "auth": "device bearer token: Authorization header or access_token query; device_id query",
+        "refusals": {"400": "device_id missing or malformed", "401": "no or invalid token",
+                     "403": "not a device token"},
+    },
+    "/v1/ops/live": {
+        "summary": "Every timeline entry of every call, from every node, as it happens",
+        "auth": "operator bearer token: Authorization header or access_token query",
+        "frames": {"hello": {"type": "hello", "node": "node id", "server_time": "ms"},
+                   "entry": {"type": "entry", "call_id": "uuid", "entry": "TimelineEntry"}},
+        "refusals": {"401": "no or invalid token", "403": "not an operator token",
+                     "503": "the feed is off or Redis is unavailable"},
+        "closes": {"1013": "the operator fell behind: reconnect and reload"},
+    },
+}
+
+
+@cache
+def document() -> dict[str, Any]:
+    _, schemas = models_json_schema(MODELS, ref_template=REF)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "VoIP call signalling",
+            "version": "1",
+            "description": "Call signalling for iOS calling apps. Times are ms since the "
+                           "Unix epoch. WebSocket endpoints are described under `x-websockets`.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": schemas["$defs"],
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "HS256 JWT: `sub` the user id, `role` device or "
+                                          "operator, `exp` required"},
+                "capability": {"type": "apiKey", "in": "query", "name": "cap",
+                               "description": "The per-call, per-device capability a VoIP push "
+                                              "carries; pass the device's `device_id` with it"},
+            },
+        },
+        "tags": [{"name": "devices"}, {"name": "calls"}, {"name": "ops"}, {"name": "health"}],
+        "x-websockets": WEBSOCKETS,
+    }
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(document())

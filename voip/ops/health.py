@@ -1,0 +1,63 @@
+"""`GET /readyz`: may a load balancer send this node traffic? Redis must answer; other
+components add their own check (the push work adds APNs reachability):
+
+    from voip.ops.health import add_readiness_check
+    add_readiness_check(app, "apns", notifier.ready)   # async () -> None, raises when not
+
+`/healthz` stays a liveness probe: it never touches a dependency, so a Redis outage does
+not get every node restarted at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
+from voip.api import JSONResponse
+from voip.node import Node
+
+log = structlog.get_logger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[object]]
+CHECK_TIMEOUT = 2.0
+
+
+def readiness_checks(app: Starlette) -> dict[str, ReadinessCheck]:
+    checks: dict[str, ReadinessCheck] | None = getattr(app.state, "readiness_checks", None)
+    if checks is None:
+        node: Node = app.state.node
+        checks = app.state.readiness_checks = {"redis": node.redis.ping}
+    return checks
+
+
+def add_readiness_check(app: Starlette, name: str, check: ReadinessCheck) -> None:
+    readiness_checks(app)[name] = check
+
+
+async def _outcome(check: ReadinessCheck) -> str:
+    try:
+        await asyncio.wait_for(check(), CHECK_TIMEOUT)
+    except asyncio.TimeoutError:
+        return f"timed out after {CHECK_TIMEOUT:g} s"
+    except Exception as exc:
+        # Probes are unauthenticated: the kind of failure only, the details go to the log.
+        log.warning("readyz.check_failed", exc_info=True)
+        return f"failed: {type(exc).__name__}"
+    return "ok"
+
+
+async def readyz(request: Request) -> Response:
+    checks = readiness_checks(request.app)
+    outcomes = await asyncio.gather(*(_outcome(check) for check in checks.values()))
+    results = dict(zip(checks, outcomes))
+    ready = all(outcome == "ok" for outcome in outcomes)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": results},
+        status_code=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )

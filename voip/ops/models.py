@@ -1,0 +1,102 @@
+"""What the operators' API answers, as pydantic models: the OpenAPI schema is generated
+from them, and the contract tests check every response against it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from voip.calls import CallState
+
+
+class OpsCall(BaseModel):
+    call_id: str
+    state: CallState
+    caller_user: str
+    caller_device: str
+    callee_user: str
+    origin_node: str = Field(description="The node the call was placed on")
+    answered_by_device: str | None
+    ended_by: str | None = Field(description="caller, callee or system")
+    created_at: int | None = Field(description="ms since the epoch, like every time here")
+    ring_deadline: int | None
+    answered_at: int | None
+    ended_at: int | None
+    first_ringing_at: int | None
+
+
+class OpsCallPage(BaseModel):
+    calls: list[OpsCall] = Field(description="Newest first")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null when the listing is complete. "
+        "A page can hold fewer than `limit` calls and still have a cursor: a listing reads "
+        "at most 2000 index entries per request."
+    )
+
+
+class TimelineEntry(BaseModel):
+    """One step of a call. Kinds: created, state, ringing, delivered, status_check, push;
+    more may come, so readers must accept kinds they do not know."""
+
+    model_config = ConfigDict(extra="allow")
+    at: int
+    event: str
+    node: str | None = None
+    device: str | None = None
+
+
+class OpsCallDetail(BaseModel):
+    call: OpsCall
+    timeline: list[TimelineEntry]
+
+
+class OpsDevice(BaseModel):
+    device_id: str
+    apns_environment: str | None
+    bundle_id: str | None
+    voip_token_prefix: str | None = Field(description="First 8 hex digits of the VoIP token")
+    has_alert_token: bool
+    registered_at: int | None
+    updated_at: int | None
+    token_registered_at: int | None
+    token_age_ms: int | None
+    online: bool = Field(description="Holds a WebSocket to some node right now")
+    connected_node: str | None
+    last_push: dict[str, Any] | None = Field(description="The last push sent to it, if recorded")
+
+
+class OpsDevices(BaseModel):
+    user: str
+    devices: list[OpsDevice]
+
+
+class DelayBucket(BaseModel):
+    label: str
+    count: int
+
+
+class DelayFigures(BaseModel):
+    count: int
+    p50: int | None
+    p95: int | None
+    max: int | None
+    buckets: list[DelayBucket]
+
+
+class LateCaught(BaseModel):
+    status_checks: int
+    calls: int
+
+
+class OpsSummary(BaseModel):
+    since: int
+    until: int
+    truncated: bool = Field(description="More calls were in the window than were counted")
+    calls: int
+    outcomes: dict[str, int] = Field(description="Calls by state")
+    push_results: dict[str, int] = Field(description="Pushes by APNs reason ('accepted' for a 200)")
+    push_to_status_ms: DelayFigures = Field(description="From a push to the status check it caused")
+    late_pushes_caught: LateCaught = Field(
+        description="Status checks that told a device to end a call that had already ended"
+    )

@@ -1,0 +1,406 @@
+// Operators' page: calls from /v1/ops/calls, kept current by the /v1/ops/live feed.
+// Plain DOM, no library, no build step. Text from the server only ever goes in through
+// textContent: user ids come from tokens and are not ours to trust.
+"use strict";
+
+const TOKEN_KEY = "voip.ops.token";
+const LIVE_STATES = new Set(["ringing", "answered"]);
+const RECENT_SHOWN = 50;
+const SVG = "http://www.w3.org/2000/svg";
+
+const calls = new Map(); // call_id -> call, as /v1/ops/calls returns them
+let selected = null; // {call_id, timeline: [...]}
+let socket = null;
+let retryDelay = 500;
+let summaryTimer = null;
+let renderQueued = false;
+
+const $ = (id) => document.getElementById(id);
+
+// ---- access -------------------------------------------------------------------------
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+class Unauthorised extends Error {}
+
+async function api(path) {
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+  if (response.status === 401 || response.status === 403) {
+    const body = await response.json().catch(() => ({}));
+    throw new Unauthorised(body.message || `refused (${response.status})`);
+  }
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (socket) {
+    socket.onclose = null;
+    socket.close();
+    socket = null;
+  }
+  calls.clear();
+  selected = null;
+  setConnection("offline");
+  $("board").hidden = true;
+  $("sign-out").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("token").focus();
+}
+
+async function openBoard() {
+  $("login").hidden = true;
+  $("board").hidden = false;
+  $("sign-out").hidden = false;
+  try {
+    await api("/v1/ops/summary").then(renderSummary); // checks the token before the socket
+    connect();
+  } catch (error) {
+    if (error instanceof Unauthorised) signOut(error.message);
+    else setConnection("offline", String(error));
+  }
+}
+
+// ---- live feed ----------------------------------------------------------------------
+
+function setConnection(state, detail) {
+  const badge = $("connection");
+  badge.dataset.state = state;
+  badge.textContent = state;
+  badge.title = detail || "";
+}
+
+function connect() {
+  setConnection("connecting");
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const url = `${scheme}://${location.host}/v1/ops/live?access_token=${encodeURIComponent(token())}`;
+  const ws = new WebSocket(url);
+  socket = ws;
+  ws.onmessage = (message) => {
+    const frame = JSON.parse(message.data);
+    if (frame.type === "hello") {
+      // Subscribed: anything from now on arrives here, so the snapshot can be read.
+      retryDelay = 500;
+      setConnection("live");
+      $("node").textContent = `node ${frame.node}`;
+      reload();
+    } else if (frame.type === "entry") {
+      applyEntry(frame.call_id, frame.entry);
+    }
+  };
+  ws.onclose = () => {
+    if (socket !== ws) return;
+    socket = null;
+    setConnection("offline", "reconnecting");
+    // A refused upgrade looks like any failure to the browser: ask the API why.
+    api("/v1/ops/summary")
+      .then(() => setTimeout(connect, retryDelay))
+      .catch((error) => {
+        if (error instanceof Unauthorised) signOut(error.message);
+        else setTimeout(connect, retryDelay);
+      });
+    retryDelay = Math.min(retryDelay * 2, 10000);
+  };
+}
+
+async function reload() {
+  try {
+    const [live, recent] = await Promise.all([
+      api("/v1/ops/calls?state=ringing&state=answered&limit=200"),
+      api(`/v1/ops/calls?limit=${RECENT_SHOWN}`),
+    ]);
+    for (const call of [...live.calls, ...recent.calls]) calls.set(call.call_id, call);
+    queueRender();
+    refreshSummary();
+    if (selected) select(selected.call_id);
+  } catch (error) {
+    if (error instanceof Unauthorised) signOut(error.message);
+  }
+}
+
+function applyEntry(callId, entry) {
+  let call = calls.get(callId);
+  if (entry.event === "created") {
+    call = {
+      call_id: callId, state: "ringing", caller_user: entry.caller, caller_device: entry.device,
+      callee_user: entry.callee, created_at: entry.at, origin_node: entry.node,
+      answered_at: null, ended_at: null, answered_by_device: null, ended_by: null,
+    };
+    calls.set(callId, call);
+  } else if (!call) {
+    // A call from before the page opened, or older than the listing: fetch it whole.
+    api(`/v1/ops/calls/${callId}`).then((detail) => {
+      if (!calls.has(callId)) calls.set(callId, detail.call);
+      queueRender();
+    }).catch(() => {});
+  } else if (entry.event === "state") {
+    call.state = entry.to;
+    if (entry.to === "answered") {
+      call.answered_at = entry.at;
+      call.answered_by_device = entry.device || null;
+    } else {
+      call.ended_at = entry.at;
+      call.ended_by = entry.party;
+    }
+  }
+  if (selected && selected.call_id === callId) {
+    selected.timeline.push(entry);
+    if (call) selected.call = call;
+    renderDetail();
+  }
+  queueRender();
+  if (["state", "push", "status_check"].includes(entry.event)) refreshSummary();
+}
+
+// ---- counters -----------------------------------------------------------------------
+
+function refreshSummary() {
+  // Entries come in bursts (a call start is several): one summary per burst.
+  clearTimeout(summaryTimer);
+  summaryTimer = setTimeout(() => api("/v1/ops/summary").then(renderSummary).catch(() => {}), 400);
+}
+
+function renderSummary(summary) {
+  const outcomes = Object.entries(summary.outcomes).map(([label, value]) => ({ label, value, cls: label }));
+  barChart($("chart-outcomes"), outcomes);
+  const pushes = Object.entries(summary.push_results).map(([label, value]) => ({
+    label, value, cls: label === "accepted" ? "accepted" : "bad",
+  }));
+  barChart($("chart-pushes"), pushes, "no push sent in this window");
+  const delay = summary.push_to_status_ms;
+  barChart($("chart-delay"), delay.buckets.map((b) => ({ label: b.label, value: b.count })),
+    "no push answered by a status check yet", delay.count === 0);
+  $("delay-figures").textContent = delay.count
+    ? `p50 ${seconds(delay.p50)} · p95 ${seconds(delay.p95)}` : "";
+  $("late-checks").textContent = String(summary.late_pushes_caught.status_checks);
+  $("late-calls").textContent = String(summary.late_pushes_caught.calls);
+  $("window").textContent = `last ${Math.round((summary.until - summary.since) / 60000)} min` +
+    (summary.truncated ? ` (newest ${summary.calls})` : "");
+}
+
+function barChart(svg, items, emptyText = "nothing yet", empty = items.length === 0) {
+  svg.replaceChildren();
+  const width = svg.clientWidth || 260;
+  const rowHeight = Math.max(12, Math.min(22, 118 / Math.max(items.length, 1)));
+  svg.setAttribute("viewBox", `0 0 ${width} ${Math.max(items.length * rowHeight, 24)}`);
+  svg.style.height = `${Math.max(items.length * rowHeight, 24)}px`;
+  if (empty) {
+    svg.append(svgText(0, 16, emptyText, "none"));
+    return;
+  }
+  const labelWidth = Math.min(110, width * 0.42);
+  const room = width - labelWidth - 40;
+  const most = Math.max(...items.map((i) => i.value), 1);
+  items.forEach((item, row) => {
+    const y = row * rowHeight;
+    const bar = document.createElementNS(SVG, "rect");
+    bar.setAttribute("x", labelWidth);
+    bar.setAttribute("y", y + 3);
+    bar.setAttribute("height", rowHeight - 6);
+    bar.setAttribute("width", Math.max(item.value ? 2 : 0, (room * item.value) / most));
+    bar.setAttribute("rx", 2);
+    if (item.cls) bar.classList.add(item.cls);
+    const label = svgText(labelWidth - 6, y + rowHeight / 2 + 4, item.label);
+    label.setAttribute("text-anchor", "end");
+    const count = svgText(labelWidth + (room * item.value) / most + 6, y + rowHeight / 2 + 4,
+      String(item.value), "value");
+    svg.append(bar, label, count);
+  });
+}
+
+function svgText(x, y, text, cls) {
+  const node = document.createElementNS(SVG, "text");
+  node.setAttribute("x", x);
+  node.setAttribute("y", y);
+  node.textContent = text;
+  if (cls) node.classList.add(cls);
+  return node;
+}
+
+// ---- calls --------------------------------------------------------------------------
+
+function queueRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    renderCalls();
+  });
+}
+
+function renderCalls() {
+  const all = [...calls.values()].sort((a, b) => b.created_at - a.created_at);
+  const live = all.filter((c) => LIVE_STATES.has(c.state));
+  const recent = all.filter((c) => !LIVE_STATES.has(c.state)).slice(0, RECENT_SHOWN);
+  fillTable($("live-calls"), live, (c) => since(c.created_at));
+  fillTable($("recent-calls"), recent, (c) => (c.ended_at ? seconds(c.ended_at - c.created_at) : ""));
+  $("live-count").textContent = String(live.length);
+  $("live-empty").hidden = live.length > 0;
+  $("recent-empty").hidden = recent.length > 0;
+}
+
+function fillTable(table, rows, lastColumn) {
+  const body = table.tBodies[0];
+  body.replaceChildren(...rows.map((call) => {
+    const row = document.createElement("tr");
+    row.dataset.callId = call.call_id;
+    if (selected && selected.call_id === call.call_id) row.classList.add("selected");
+    const state = document.createElement("span");
+    state.className = `state ${call.state}`;
+    state.textContent = call.state;
+    row.append(
+      cell(call.call_id.slice(0, 8), "id", call.call_id),
+      cell(party(call.caller_user, call.caller_device)),
+      cell(party(call.callee_user, call.answered_by_device)),
+      cell(state, "state-cell"),
+      cell(clock(call.created_at, false)),
+      cell(lastColumn(call), "last"),
+    );
+    row.addEventListener("click", () => select(call.call_id));
+    return row;
+  }));
+  table.hidden = rows.length === 0;
+}
+
+function cell(content, cls, title) {
+  const td = document.createElement("td");
+  if (typeof content === "string") td.textContent = content;
+  else td.append(content);
+  if (cls) td.className = cls;
+  if (title) td.title = title;
+  return td;
+}
+
+function party(user, device) {
+  return device ? `${user} · ${device}` : user;
+}
+
+// ---- one call -----------------------------------------------------------------------
+
+async function select(callId) {
+  try {
+    const detail = await api(`/v1/ops/calls/${callId}`);
+    selected = { call_id: callId, call: detail.call, timeline: detail.timeline };
+    calls.set(callId, detail.call);
+  } catch (error) {
+    if (error instanceof Unauthorised) return signOut(error.message);
+    selected = { call_id: callId, call: calls.get(callId), timeline: [], gone: true };
+  }
+  renderDetail();
+  queueRender();
+}
+
+function renderDetail() {
+  const { call, timeline, gone } = selected;
+  $("detail-hint").textContent = gone ? "This call is past its retention." : "";
+  $("detail-hint").hidden = !gone;
+  const facts = $("detail-call");
+  facts.hidden = !call;
+  if (call) {
+    facts.replaceChildren(...[
+      ["call", call.call_id], ["state", call.state],
+      ["from", party(call.caller_user, call.caller_device)],
+      ["to", party(call.callee_user, call.answered_by_device)],
+      ["placed on", call.origin_node],
+    ].flatMap(([term, value]) => {
+      const dt = document.createElement("dt");
+      const dd = document.createElement("dd");
+      dt.textContent = term;
+      dd.textContent = value || "—";
+      return [dt, dd];
+    }));
+  }
+  const first = timeline.length ? timeline[0].at : 0;
+  $("timeline").replaceChildren(...timeline.map((entry) => {
+    const item = document.createElement("li");
+    item.className = "entry";
+    item.dataset.event = entry.event;
+    if (entry.event === "status_check" && !LIVE_STATES.has(entry.state)) item.classList.add("late");
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = clock(entry.at, true);
+    const offset = document.createElement("span");
+    offset.className = "offset";
+    offset.textContent = `+${seconds(entry.at - first)}`;
+    const what = document.createElement("span");
+    what.className = "what";
+    what.textContent = describe(entry);
+    const where = document.createElement("span");
+    where.className = "where";
+    where.textContent = [entry.node && `node ${entry.node}`, entry.device && `device ${entry.device}`]
+      .filter(Boolean).join(" · ");
+    item.append(when, what, offset, where);
+    return item;
+  }));
+}
+
+// What an entry says, in words. Kinds this page does not know yet are shown whole.
+function describe(e) {
+  switch (e.event) {
+    case "created":
+      return `${e.caller} calls ${e.callee}: ${e.targets.length} device(s) to ring` +
+        (e.targets.length ? ` (${e.targets.join(", ")})` : "");
+    case "state": {
+      const by = e.party === "system" ? "system" : e.party;
+      const note = e.note ? ` — ${Object.values(e.note).join(", ")}` : "";
+      return `${e.from} → ${e.to} (${e.action} by ${by})${note}`;
+    }
+    case "ringing":
+      return `${e.device} is ringing`;
+    case "delivered":
+      return `${e.type} delivered to ${e.device}`;
+    case "status_check": {
+      const verdict = LIVE_STATES.has(e.state) ? "" : " — told to end the call";
+      return `status check via ${e.via}: call was ${e.state}${verdict}`;
+    }
+    case "push": {
+      const answer = e.reason ? `${e.status} ${e.reason}` : String(e.status ?? e.outcome ?? "");
+      const extra = [e.environment, e.latency_ms != null && `${e.latency_ms} ms`, e.outcome]
+        .filter(Boolean).join(", ");
+      return `VoIP push → APNs ${answer}${extra ? ` (${extra})` : ""}`;
+    }
+    default: {
+      const rest = Object.entries(e).filter(([k]) => !["at", "event", "node", "device"].includes(k));
+      return `${e.event}: ${rest.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")}`;
+    }
+  }
+}
+
+// ---- time ---------------------------------------------------------------------------
+
+function clock(ms, precise) {
+  if (!ms) return "";
+  const date = new Date(ms);
+  const text = date.toLocaleTimeString([], { hour12: false });
+  return precise ? `${text}.${String(date.getMilliseconds()).padStart(3, "0")}` : text;
+}
+
+function seconds(ms) {
+  if (ms == null) return "";
+  return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(ms < 10000 ? 2 : 0)} s`;
+}
+
+function since(ms) {
+  return seconds(Math.max(0, Date.now() - ms));
+}
+
+// ---- start --------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    openBoard();
+  });
+  $("sign-out").addEventListener("click", () => signOut());
+  setInterval(() => {
+    if (!$("board").hidden) queueRender(); // ages tick
+  }, 1000);
+  if (token()) openBoard();
+  else signOut();
+});
