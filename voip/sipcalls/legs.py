@@ -175,7 +175,10 @@ class InboundLeg(Leg):
         offer = self.invite.body.decode("utf-8", "replace") if self.invite.body else None
         await self.gw.bus.attach(self.user, self.device, self.deliver)
         try:
-            await self.controller.start_call(Caller(self.user, self.device), self.callee, self.call_id, sdp=offer)
+            await self.controller.start_call(
+                Caller(self.user, self.device), self.callee, self.call_id, sdp=offer,
+                caller_name=(self.invite.from_.display_name or None) and self.invite.from_.display_name[:64],
+            )
         except CallError as exc:
             self.reject(403 if exc.code == "invalid_callee" else 500)
             await self.finish()
