@@ -59,3 +59,16 @@ async def test_a_killed_connection_is_replaced(redis_url: str, redis: Redis) -> 
         assert await pipe.evalsha(SHA, SCRIPT, ["e"], ["5"]) == [b"e", b"5"]
     finally:
         pipe.close()
+
+
+def test_works_on_uvloop_as_served_by_uvicorn(redis_url: str) -> None:
+    import uvloop
+
+    async def main() -> list[bytes]:
+        pipe = RedisPipe(redis_url)
+        try:
+            return await pipe.evalsha(SHA, SCRIPT, ["u"], ["v"])  # type: ignore[no-any-return]
+        finally:
+            pipe.close()
+
+    assert uvloop.run(main()) == [b"u", b"v"]
