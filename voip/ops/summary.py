@@ -41,13 +41,14 @@ def _percentile(ordered: list[int], fraction: float) -> int | None:
 
 
 def push_to_status_delays(timeline: Iterable[dict[str, Any]]) -> list[int]:
-    """For each push, the time until the next status check from the same device (or from
-    any device, when the push entry names none)."""
+    """For each accepted push, the time until the next status check from the same device
+    (or from any device, when the push entry names none)."""
     waiting: dict[str, int] = {}
     delays: list[int] = []
     for entry in timeline:
         event = entry.get("event")
-        if event == "push" and isinstance(entry.get("at"), int):
+        # A push APNs refused never reaches the device: no check will answer it.
+        if event == "push" and isinstance(entry.get("at"), int) and entry.get("status", 200) == 200:
             waiting.setdefault(str(entry.get("device", "")), entry["at"])
         elif event == "status_check" and isinstance(entry.get("at"), int):
             device = str(entry.get("device", ""))

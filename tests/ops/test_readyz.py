@@ -1,0 +1,35 @@
+"""`/readyz`: Redis answers and every registered check passes, or 503 saying which failed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import RunningNode
+from voip.ops import health
+
+
+async def test_ready_when_redis_answers(node: RunningNode) -> None:
+    response = await node.http().get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {"redis": "ok"}}
+    assert (await node.http().get("/healthz")).status_code == 200
+
+
+async def test_a_failing_or_hanging_check_makes_the_node_not_ready(node: RunningNode, monkeypatch) -> None:
+    async def apns_unreachable() -> None:
+        raise ConnectionRefusedError("api.sandbox.push.apple.com:443 refused")
+
+    async def hangs() -> None:
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(health, "CHECK_TIMEOUT", 0.2)
+    app = node.server.config.app
+    health.add_readiness_check(app, "apns", apns_unreachable)
+    health.add_readiness_check(app, "slow", hangs)
+    response = await node.http().get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "not_ready",
+        # The kind of failure only: an unauthenticated probe learns no address.
+        "checks": {"redis": "ok", "apns": "failed: ConnectionRefusedError", "slow": "timed out after 0.2 s"},
+    }
