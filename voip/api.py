@@ -172,7 +172,7 @@ async def call_status(request: Request) -> Response:
         ring_deadline_ms=int(ring_deadline),  # type: ignore[arg-type]
         now_ms=now,
     )
-    metrics.STATUS_CHECKS.labels(result.state.value, str(result.end_call).lower()).inc()
+    metrics.status_check_counter(result.state.value, result.end_call).inc()
     body: dict[str, Any] = {
         "call_id": call_id,
         "state": result.state.value,

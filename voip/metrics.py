@@ -1,12 +1,26 @@
 """Prometheus metrics. Names follow Prometheus conventions; labels stay low-cardinality
 (no user, device or call ids)."""
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CALLS = Counter("voip_calls_total", "Calls that reached a state", ["state"])
 STATUS_CHECKS = Counter(
     "voip_status_checks_total", "Call-status requests by verdict", ["state", "end_call"]
 )
+_STATUS_CHILDREN: dict[tuple[str, bool], Any] = {}
+
+
+def status_check_counter(state: str, end_call: bool) -> Any:
+    """The labelled child, resolved once: `labels()` takes a lock on every call, and this
+    runs on every status request."""
+    child = _STATUS_CHILDREN.get((state, end_call))
+    if child is None:
+        child = _STATUS_CHILDREN[(state, end_call)] = STATUS_CHECKS.labels(state, str(end_call).lower())
+    return child
+
+
 WS_CONNECTIONS = Gauge("voip_ws_connections", "Device WebSocket connections open on this node")
 WS_ERRORS = Counter("voip_ws_errors_total", "Error frames sent to devices", ["code"])
 REDIS_LATENCY = Histogram(
