@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     sip_trusted_networks: list[str] = Field(
         ["127.0.0.0/8", "::1/128"], validation_alias=_env("sip_trusted_networks", "SIP_TRUSTED_NETWORKS")
     )
+    sip_digest_algorithms: list[Literal["SHA-256", "MD5", "SHA-512-256"]] = Field(
+        ["SHA-256", "MD5"], min_length=1,
+        validation_alias=_env("sip_digest_algorithms", "SIP_DIGEST_ALGORITHMS"),
+    )
     sip_rate: float = Field(50.0, gt=0, validation_alias=_env("sip_rate", "SIP_RATE"))
     sip_burst: int = Field(100, ge=1, validation_alias=_env("sip_burst", "SIP_BURST"))
     sip_max_expires: int = Field(

@@ -25,6 +25,7 @@ class SipConfig:
     accounts: dict[str, str] = field(default_factory=dict)
     # INVITEs from elsewhere must authenticate as one of the accounts.
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     rate: float = 50.0
     burst: int = 100
     min_expires: int = 60
@@ -46,6 +47,7 @@ class SipConfig:
             "transports": tuple(t.upper() for t in settings.sip_transports),
             "accounts": dict(settings.sip_accounts),
             "trusted_networks": tuple(settings.sip_trusted_networks),
+            "digest_algorithms": tuple(settings.sip_digest_algorithms),
             "rate": settings.sip_rate,
             "burst": settings.sip_burst,
             "max_expires": settings.sip_max_expires,

@@ -109,7 +109,7 @@ class Registrar:
         self.node_id = node_id
         self.max_devices = max_devices
         self.on_frame = on_frame
-        self.digest = DigestServer(config.realm, config.digest_secret, algorithms=ALGORITHMS)
+        self.digest = DigestServer(config.realm, config.digest_secret, algorithms=config.digest_algorithms)
         # (user, device) -> (deliver, expiry timer) for bindings held on this node
         self._attached: dict[tuple[str, str], tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
