@@ -1,0 +1,222 @@
+"""Settings: one clear line naming the variable at fault, production's requirements,
+no secret in any error, and the order defaults < VOIP_CONFIG file < environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voip.settings import Settings, SettingsError, load_settings
+
+ENV_NAMES = sorted(
+    {str(name) for field in Settings.model_fields.values() for name in field.validation_alias.choices}  # type: ignore[union-attr]
+    | {"VOIP_CONFIG"}
+)
+GOOD_SECRET = "production-secret-" + "s" * 32
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Nothing from the machine running the tests, and no .voip/dev-secret in the checkout.
+    for name in list(os.environ):
+        if name.upper() in {n.upper() for n in ENV_NAMES}:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def failure(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message and message.strip() == message and message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("PORT", "-1"),
+        ("VOIP_ENV", "staging"),
+        ("VOIP_RING_TIMEOUT", "0"),
+        ("VOIP_RING_TIMEOUT", "601"),
+        ("VOIP_CALL_RETENTION", "59"),
+        ("VOIP_MAX_DEVICES_PER_USER", "0"),
+        ("VOIP_MAX_DEVICES_PER_USER", "1001"),
+        ("VOIP_WS_MAX_FRAME_BYTES", "1023"),
+        ("VOIP_WS_RATE", "0"),
+        ("VOIP_WS_BURST", "0"),
+        ("VOIP_REDIS_PREFIX", ""),
+        ("VOIP_NODE_ID", "n" * 65),
+        ("VOIP_LOG_LEVEL", "loud"),
+        ("VOIP_OPS_FEED", "perhaps"),
+        ("APNS_BUNDLE_ID", "nodots"),
+        ("APNS_ENDPOINT", "host-without-port"),
+        ("SIP_ENABLED", "maybe"),
+        ("SIP_PORT", "65536"),
+        ("SIP_TRANSPORTS", '["SCTP"]'),
+        ("SIP_RATE", "0"),
+        ("SIP_MAX_EXPIRES", "10"),
+    ],
+)
+def test_each_invalid_setting_is_one_line_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    message = failure(monkeypatch, **{name: value})
+    assert message.startswith(f"{name} "), message
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"VOIP_CONFIG": "/nonexistent/voip.toml"}, "VOIP_CONFIG"),
+        ({"APNS_KEY_FILE": "/nonexistent/key.p8"}, "APNS_KEY_FILE"),
+        ({"APNS_CA_FILE": "/nonexistent/ca.pem"}, "APNS_CA_FILE"),
+    ],
+)
+def test_missing_files_are_named(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str) -> None:
+    message = failure(monkeypatch, **env)
+    assert message.startswith(named) and "/nonexistent/" in message
+
+
+def test_apns_key_needs_key_id_and_team_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key = tmp_path / "key.p8"
+    key.write_text("not really a key")
+    message = failure(monkeypatch, APNS_KEY_FILE=str(key), APNS_KEY_ID="KEY123")
+    assert "APNS_TEAM_ID" in message
+
+
+@pytest.fixture
+def production(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    key = tmp_path / "AuthKey.p8"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n...\n-----END PRIVATE KEY-----\n")
+    env = {
+        "VOIP_ENV": "production",
+        "VOIP_JWT_SECRET": GOOD_SECRET,
+        "REDIS_URL": "redis://redis.internal:6379/0",
+        "APNS_KEY_FILE": str(key),
+        "APNS_KEY_ID": "ABCDE12345",
+        "APNS_TEAM_ID": "TEAM123456",
+        "VOIP_PUBLIC_URL": "https://voip.example.com/",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def test_production_starts_with_everything_set(production: dict[str, str]) -> None:
+    settings = load_settings()
+    assert settings.environment == "production"
+    assert settings.jwt_secret == GOOD_SECRET
+    assert settings.public_url == "https://voip.example.com"
+    assert not Path(".voip").exists()  # no development secret was made
+
+
+@pytest.mark.parametrize("missing", ["VOIP_JWT_SECRET", "REDIS_URL", "APNS_KEY_FILE", "VOIP_PUBLIC_URL"])
+def test_production_refuses_to_start_without(
+    monkeypatch: pytest.MonkeyPatch, production: dict[str, str], missing: str
+) -> None:
+    monkeypatch.delenv(missing)
+    message = failure(monkeypatch)
+    assert message.startswith(missing), message
+    assert not Path(".voip").exists()
+
+
+def test_production_secret_must_be_32_bytes(monkeypatch: pytest.MonkeyPatch, production: dict[str, str]) -> None:
+    short = "p" * 31
+    message = failure(monkeypatch, VOIP_JWT_SECRET=short)
+    assert message.startswith("VOIP_JWT_SECRET") and "32" in message
+    assert short not in message
+    # Bytes, not characters: 16 two-byte characters are 32 bytes.
+    monkeypatch.setenv("VOIP_JWT_SECRET", "é" * 16)
+    assert load_settings().jwt_secret == "é" * 16
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("VOIP_JWT_SECRET", "tiny-secret-9"),  # under 16 bytes in development
+        ("SIP_ACCOUNTS", '{"alice": 12345678}'),  # wrong type: the password is not echoed
+    ],
+)
+def test_secrets_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    message = failure(monkeypatch, **{name: value})
+    assert name in message
+    for fragment in ("tiny-secret-9", "12345678"):
+        assert fragment not in message
+
+
+def test_secret_of_the_wrong_type_in_a_file_is_not_echoed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "voip.toml"
+    config.write_text("jwt_secret = 98765432109876543210\nsip_trunk_password = 55555555555\n")
+    message = failure(monkeypatch, VOIP_CONFIG=str(config))
+    assert "VOIP_JWT_SECRET" in message or "SIP_TRUNK_PASSWORD" in message
+    assert "98765432109876543210" not in message and "55555555555" not in message
+
+
+def test_secrets_are_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOIP_JWT_SECRET", "repr-secret-" + "r" * 20)
+    monkeypatch.setenv("SIP_TRUNK_PASSWORD", "trunk-password-77")
+    monkeypatch.setenv("SIP_ACCOUNTS", '{"alice": "account-password-88"}')
+    settings = load_settings()
+    assert settings.sip_accounts == {"alice": "account-password-88"}
+    text = repr(settings) + str(settings)
+    for secret in ("repr-secret-", "trunk-password-77", "account-password-88"):
+        assert secret not in text
+
+
+def test_file_overrides_defaults_and_environment_overrides_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "voip.toml"
+    config.write_text('port = 9001\nring_timeout = 30\nredis_prefix = "file:"\n')
+    monkeypatch.setenv("VOIP_CONFIG", str(config))
+    monkeypatch.setenv("PORT", "9002")
+    settings = load_settings()
+    assert settings.port == 9002  # environment over file
+    assert settings.ring_timeout == 30  # file over default (45)
+    assert settings.redis_prefix == "file:"
+    assert settings.ws_burst == 40  # default kept
+    monkeypatch.delenv("PORT")
+    assert load_settings().port == 9001
+
+
+def test_unknown_key_in_the_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "voip.toml"
+    config.write_text("ring_timout = 30\n")
+    assert failure(monkeypatch, VOIP_CONFIG=str(config)) == "ring_timout: unknown setting"
+
+
+def test_invalid_value_in_the_file_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "voip.toml"
+    config.write_text('port = "eighty"\n')
+    assert failure(monkeypatch, VOIP_CONFIG=str(config)).startswith("PORT (port):")
+
+
+def test_development_makes_and_reuses_a_secret(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    first = load_settings().jwt_secret
+    assert len(first.encode()) >= 32
+    assert load_settings().jwt_secret == first
+    secret_file = tmp_path / ".voip" / "dev-secret"
+    assert secret_file.read_text() == first and (secret_file.stat().st_mode & 0o777) == 0o600
+
+
+def test_run_with_a_bad_port_exits_2_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k.upper() not in {n.upper() for n in ENV_NAMES}}
+    env["PORT"] = "not-a-port"
+    result = subprocess.run(
+        [sys.executable, "-m", "voip", "run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "PORT" in lines[0] and "not-a-port" in lines[0]
+    assert result.stdout == ""
