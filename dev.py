@@ -3,6 +3,7 @@
 
     python3 dev.py run     # a node on embedded defaults (its own Redis, the APNs simulator)
     python3 dev.py test    # the whole test suite, installing and starting what it needs
+    python3 dev.py demo    # the ghost-call story, told by a node and simulated iPhones
 
 Extra arguments go to the command: `python3 dev.py test -k status -x`.
 """
@@ -64,13 +65,13 @@ def ensure_system_tools() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test", "demo"):
         raise SystemExit(__doc__)
     command, rest = sys.argv[1], sys.argv[2:]
     os.chdir(ROOT)
-    if command == "run":
+    if command in ("run", "demo"):
         ensure_venv("")
-        os.execv(PYTHON, [str(PYTHON), "-m", "voip", "run", *rest])
+        os.execv(PYTHON, [str(PYTHON), "-m", "voip", command, *rest])
     ensure_venv("test")
     ensure_system_tools()
     os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])
