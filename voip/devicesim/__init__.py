@@ -1,0 +1,27 @@
+"""Simulated iPhones running the calling app, against a real node and the APNs simulator.
+
+A `Phone` registers a PushKit token, receives VoIP pushes from apnsim, reports calls to a
+model of CallKit, checks `status_url`, connects the WebSocket and answers, declines or
+ignores. Everything it sees and does goes into an `EventLog`. The simulator's deliveries
+are objects in memory, so phones run in the process that runs the simulator.
+"""
+
+from voip.devicesim.backend import Backend
+from voip.devicesim.callkit import END_REASONS, CXCallEndedReason, ReportedCall, cx_reason
+from voip.devicesim.events import Event, EventLog
+from voip.devicesim.phone import CallRefused, MustReport, Phone, Policy, always_report
+
+__all__ = [
+    "Backend",
+    "CXCallEndedReason",
+    "CallRefused",
+    "END_REASONS",
+    "Event",
+    "EventLog",
+    "MustReport",
+    "Phone",
+    "Policy",
+    "ReportedCall",
+    "always_report",
+    "cx_reason",
+]
