@@ -1,0 +1,80 @@
+"""baresip, a real softphone, registers as alice's SIP phone and is called by an app user."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.sipcalls.conftest import SipNodeFactory, free_udp_port, sip_port
+
+CONFIG = """\
+poll_method		epoll
+sip_listen		127.0.0.1:{port}
+audio_player		aubridge,nil
+audio_source		ausine,440
+audio_alert		aubridge,nil
+module_path		/usr/lib/baresip/modules
+module			g711.so
+module			ausine.so
+module			aubridge.so
+module_app		account.so
+"""
+ACCOUNT = '<sip:alice@voip.test>;auth_pass=wonderland;outbound="sip:127.0.0.1:{node_port}";regint=300;answermode=auto\n'
+
+
+def baresip_binary() -> str:
+    path = shutil.which("baresip")
+    if path is None:
+        pytest.fail("baresip is not installed: run `apt-get install -y baresip`")
+    return path
+
+
+async def test_baresip_registers_and_answers_an_app_call(sip_node: SipNodeFactory, tmp_path: Path) -> None:
+    node = await sip_node()
+    gateway = node.node.sip
+    assert gateway is not None
+    phone_port = free_udp_port()
+    (tmp_path / "config").write_text(CONFIG.format(port=phone_port))
+    (tmp_path / "accounts").write_text(ACCOUNT.format(node_port=sip_port(node)))
+    process = await asyncio.create_subprocess_exec(
+        baresip_binary(), "-f", str(tmp_path), "-t", "60",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        for _ in range(100):
+            bindings = await gateway.registrar.bindings("alice")
+            if bindings:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("baresip did not register")
+        ((device_id, binding),) = bindings.items()
+        assert f"127.0.0.1:{phone_port}" in binding.contact
+
+        bob = await node.device("bob", "bob-phone")
+        started = await bob.request({"type": "call.start", "callee": "alice"})
+        call_id = started["call_id"]
+        answered = await bob.expect("call.answered", timeout=10, call_id=call_id)
+        assert answered["device_id"] == device_id
+        assert "PCMU/8000" in answered["sdp"]  # baresip's own answer
+        await asyncio.sleep(0.3)
+        assert (await bob.request({"type": "call.hangup", "call_id": call_id}))["state"] == "ended"
+        for _ in range(50):
+            timeline = await node.node.store.timeline(call_id)
+            if any(e.get("sent") == "BYE" for e in timeline):
+                break
+            await asyncio.sleep(0.1)
+        bye = next(e for e in timeline if e.get("sent") == "BYE")
+        assert bye["status"] == 200  # baresip took the BYE
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(process.communicate(), 5)
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
