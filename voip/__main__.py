@@ -1,5 +1,5 @@
 """Command line: `python -m voip run` starts a node; `python -m voip token USER` mints a
-development token."""
+development token; `python -m voip demo` plays the README story with simulated phones."""
 
 from __future__ import annotations
 
@@ -57,6 +57,12 @@ def token(args: argparse.Namespace) -> None:
     print(Authenticator(settings.jwt_secret).mint(args.user, args.role, ttl=args.ttl))
 
 
+def demo(args: argparse.Namespace) -> None:
+    from voip.demo import main as play
+
+    raise SystemExit(play())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m voip")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     minting.add_argument("--role", choices=["device", "operator"], default="device")
     minting.add_argument("--ttl", type=float, default=86400, help="seconds (default a day)")
     minting.set_defaults(func=token)
+    commands.add_parser(
+        "demo", help="simulated phones against a node and the bundled APNs simulator"
+    ).set_defaults(func=demo)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -47,7 +47,7 @@ class EventLog:
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def record(self, device: str, kind: str, call_id: str | None = None, **detail: Any) -> Event:
+    def record(self, device: str, kind: str, call_id: str | None = None, /, **detail: Any) -> Event:
         event = Event(round(self.now(), 4), device, kind, call_id, detail)
         self.events.append(event)
         for listener in self._listeners:

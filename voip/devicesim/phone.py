@@ -300,17 +300,18 @@ class Phone:
         placeholder = call_id if call_id and call_id not in self.calls else str(uuid.uuid4())
         self.calls[placeholder] = ReportedCall(placeholder, "incoming", "", "ringing", self.log.now())
         self._record("callkit.reported", call_id, caller="", source="push", placeholder=True, why=why)
-        self._end(placeholder, reason, shown_as=call_id)
+        self._end(placeholder, reason, shown_as=call_id or placeholder)
 
     def _end(self, call_id: str, reason: CXCallEndedReason, *, shown_as: str | None = None) -> bool:
         """reportCall(with:endedAt:reason:): the call ended without the user."""
         call = self.calls.get(call_id)
         if call is None or not call.active:
             return False
+        was = call.phase
         call.phase, call.ended_at, call.ended_reason = "ended", self.log.now(), reason
         self._cancel_policy(call_id)
-        self._record("callkit.ended", shown_as or call_id, reason=reason.value,
-                     rang_for=round(call.ended_at - call.reported_at, 3))
+        self._record("callkit.ended", shown_as or call_id, reason=reason.value, was=was,
+                     lasted=round(call.ended_at - call.reported_at, 3), placeholder=shown_as is not None)
         return True
 
     def _end_by_user(self, call_id: str) -> None:
@@ -410,7 +411,7 @@ class Phone:
                 self._spawn(self._show(call_id))
         elif kind == "call.ringing":
             if call is not None and call.active:
-                self._record("callkit.ringback", call_id, device=frame.get("device_id"))
+                self._record("callkit.ringback", call_id, ringing=frame.get("device_id"))
         elif kind == "call.answered":
             if call is not None and call.direction == "outgoing":
                 self._connected(call_id)
@@ -429,7 +430,7 @@ class Phone:
 
     # ---- plumbing --------------------------------------------------------------------
 
-    def _record(self, kind: str, call_id: str | None = None, **detail: Any) -> Event:
+    def _record(self, kind: str, call_id: str | None = None, /, **detail: Any) -> Event:
         return self.log.record(self.device_id, kind, call_id, **detail)
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
