@@ -208,7 +208,9 @@ class DeviceConnection:
         if not isinstance(raw, dict):
             return error_frame("bad_message", "a frame must be a JSON object")
         request_id = raw.get("id") if isinstance(raw.get("id"), (str, int)) else None
-        if raw.get("type") not in MESSAGE_TYPES:
+        kind = raw.get("type")
+        # Only a string can be a type: a list or an object is unhashable, and `in` would raise.
+        if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
             return error_frame("unknown_type", f"unknown message type {str(raw.get('type'))[:64]!r}", request_id)
         try:
             message = client_message.validate_python(raw)
