@@ -176,16 +176,13 @@ class DeviceConnection:
             if event["type"] == "websocket.disconnect":
                 return
             data = event.get("text")
-            if data is None:
-                if event.get("bytes") is not None:
-                    if len(event["bytes"]) > limit:
-                        await self.websocket.close(code=CLOSE_TOO_BIG, reason="frame too large")
-                        return
-                    await self.send(error_frame("bad_frame", "binary frames are not accepted"))
+            frame = data if data is not None else event.get("bytes")
+            if frame is None:
                 continue
-            if len(data) > limit:  # the server's own cap normally closes first
+            if len(frame) > limit:  # the server's own cap normally closes first
                 await self.websocket.close(code=CLOSE_TOO_BIG, reason="frame too large")
                 return
+            # Every frame counts against the rate, binary ones too: each costs a reply.
             if not self.bucket.take():
                 self.refused_in_a_row += 1
                 if self.refused_in_a_row > self.node.settings.ws_burst:
@@ -194,6 +191,9 @@ class DeviceConnection:
                 await self.send(error_frame("rate_limited", "too many frames; slow down"))
                 continue
             self.refused_in_a_row = 0
+            if data is None:
+                await self.send(error_frame("bad_frame", "binary frames are not accepted"))
+                continue
             reply = await self._handle(data)
             if reply is not None:
                 await self.send(reply)
