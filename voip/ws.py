@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import re
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -44,6 +44,14 @@ CLOSE_TOO_BIG = 1009
 PRESENCE_TTL_MS = 90_000
 PRESENCE_REFRESH = 30.0
 OUTBOX_LIMIT = 256
+CLOSE_GRACE = 2.0  # seconds the frames queued before a close get to go out
+
+
+class Close(NamedTuple):
+    """In the outbox: close the socket here, after the frames queued before it."""
+
+    code: int
+    reason: str
 
 
 class TokenBucket:
@@ -106,9 +114,10 @@ class DeviceConnection:
         self.controller: CallController = node.controller
         self.user_id = user_id
         self.device_id = device_id
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self.outbox: asyncio.Queue[dict[str, Any] | Close] = asyncio.Queue(OUTBOX_LIMIT)
         self.bucket = TokenBucket(node.settings.ws_rate, node.settings.ws_burst)
         self.refused_in_a_row = 0
+        self.closing: Close | None = None
 
     async def deliver(self, frame: dict[str, Any]) -> None:
         try:
@@ -117,7 +126,18 @@ class DeviceConnection:
             log.warning("ws.outbox_full", user=self.user_id, device=self.device_id)
             while not self.outbox.empty():
                 self.outbox.get_nowait()
-            self.outbox.put_nowait(None)
+            self.outbox.put_nowait(Close(CLOSE_POLICY, "too slow"))
+
+    def _close_after_queued(self, code: int, reason: str) -> None:
+        """Close once the replies already queued are written, so that a device refused
+        for flooding or for an oversize frame hears its last replies before the close."""
+        self.closing = Close(code, reason)
+        try:
+            self.outbox.put_nowait(self.closing)
+        except asyncio.QueueFull:  # too far behind to wait for
+            while not self.outbox.empty():
+                self.outbox.get_nowait()
+            self.outbox.put_nowait(self.closing)
 
     async def serve(self) -> None:
         store = self.node.store
@@ -132,7 +152,13 @@ class DeviceConnection:
         finally:
             metrics.WS_CONNECTIONS.dec()
             presence.cancel()
+            if self.closing is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(writer), CLOSE_GRACE)
             writer.cancel()
+            if self.closing is not None and not writer.done():
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(code=self.closing.code, reason=self.closing.reason)
             await self.node.bus.detach(self.user_id, self.device_id, self.deliver)
             with contextlib.suppress(Exception):
                 await store.clear_presence(self.user_id, self.device_id, self.node.node_id)
@@ -144,8 +170,9 @@ class DeviceConnection:
     async def _write(self) -> None:
         while True:
             frame = await self.outbox.get()
-            if frame is None:
-                await self.websocket.close(code=CLOSE_POLICY, reason="too slow")
+            if isinstance(frame, Close):
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(code=frame.code, reason=frame.reason)
                 return
             try:
                 await self.websocket.send_text(orjson.dumps(frame).decode())
@@ -180,13 +207,13 @@ class DeviceConnection:
             if frame is None:
                 continue
             if len(frame) > limit:  # the server's own cap normally closes first
-                await self.websocket.close(code=CLOSE_TOO_BIG, reason="frame too large")
+                self._close_after_queued(CLOSE_TOO_BIG, "frame too large")
                 return
             # Every frame counts against the rate, binary ones too: each costs a reply.
             if not self.bucket.take():
                 self.refused_in_a_row += 1
                 if self.refused_in_a_row > self.node.settings.ws_burst:
-                    await self.websocket.close(code=CLOSE_POLICY, reason="too many frames")
+                    self._close_after_queued(CLOSE_POLICY, "too many frames")
                     return
                 await self.send(error_frame("rate_limited", "too many frames; slow down"))
                 continue
