@@ -35,7 +35,8 @@ def sip_node(node_factory: Any) -> SipNodeFactory:
             "sip_digest_algorithms": ["MD5"],
             **overrides,
         }
-        return await node_factory(**settings)
+        running: RunningNode = await node_factory(**settings)
+        return running
 
     return start
 

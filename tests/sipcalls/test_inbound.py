@@ -92,3 +92,14 @@ async def test_unknown_user_gets_404(sip_node: SipNodeFactory, tmp_path: Path) -
     sipp = start_sipp(uac(sip_port(node), "peer_calls_unknown_user.xml", callee="nobody"), tmp_path)
     await finished(sipp)
     assert not node.node.sip.legs  # type: ignore[union-attr]
+
+
+async def test_unanswered_call_gets_480(sip_node: SipNodeFactory, tmp_path: Path) -> None:
+    node = await sip_node(ring_timeout=1.0)
+    alice = await node.device("alice", "alice-phone")
+    sipp = start_sipp(uac(sip_port(node), "peer_calls_app_missed.xml"), tmp_path)
+    incoming = await alice.expect("call.incoming", timeout=10)
+    await alice.request({"type": "call.ringing", "call_id": incoming["call_id"]})
+    missed = await alice.expect("call.missed", timeout=10, call_id=incoming["call_id"])
+    assert missed["reason"] == "unanswered"
+    await finished(sipp)

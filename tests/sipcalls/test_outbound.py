@@ -103,3 +103,18 @@ async def test_app_users_are_not_sent_to_the_trunk(sip_node: SipNodeFactory) -> 
     call_id = await place(bob, "carol")
     await carol.expect("call.incoming", call_id=call_id)
     assert not node.node.sip.legs  # type: ignore[union-attr]
+
+
+async def test_sip_callee_hangs_up(sip_node: SipNodeFactory, tmp_path: Path) -> None:
+    node = await sip_node()
+    bob = await node.device("bob", "bob-phone")
+    port = free_udp_port()
+    sipp = start_sipp(["-sf", scenario("uas_answers_then_hangs_up.xml"), "-p", str(port), "-m", "1"], tmp_path)
+    await wait_bound(port, sipp)
+
+    call_id = await place(bob, f"sip:service@127.0.0.1:{port}")
+    answered = await bob.expect("call.answered", timeout=10, call_id=call_id)
+    assert "m=audio 50002" in answered["sdp"]
+    ended = await bob.expect("call.ended", timeout=10, call_id=call_id)
+    assert ended["reason"] == "remote_ended"
+    await finished(sipp)

@@ -14,7 +14,9 @@ from tests.sipcalls.uac import build, register, send, sip_client
 TOKEN = "ab" * 32
 
 
-async def registered_sipp_phone(node_port: int, tmp_path: Path, *extra: str) -> tuple[int, object]:
+async def registered_sipp_phone(
+    node_port: int, tmp_path: Path, *extra: str
+) -> tuple[int, asyncio.Task[tuple[int, str]]]:
     """A sipp UAS waiting for one call, and its Contact registered as alice's phone."""
     phone_port = free_udp_port()
     phone = start_sipp(["-sn", "uas", "-p", str(phone_port), "-m", "1", *extra], tmp_path / "phone")

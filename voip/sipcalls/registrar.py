@@ -134,7 +134,7 @@ class Registrar:
         if (password := self.config.accounts.get(user)) is not None:
             return compute_ha1(user, realm, password, algorithm)
         raw = await self.store.redis.hget(self.ha1_key(user), f"{realm}|{algorithm}")
-        return raw.decode() if raw else None
+        return _text(raw) if raw else None
 
     async def authenticate(self, request: Request, *, proxy: bool = False) -> AuthResult:
         credentials = self.digest.credentials(request, proxy=proxy)
@@ -156,7 +156,7 @@ class Registrar:
 
     async def bindings(self, user: str) -> dict[str, Binding]:
         raw = await self.store.redis.hgetall(self.bindings_key(user))
-        found = {k.decode(): Binding(**orjson.loads(v)) for k, v in raw.items()}
+        found = {_text(k): Binding(**orjson.loads(v)) for k, v in raw.items()}
         return {device: b for device, b in found.items() if b.live}
 
     async def binding(self, user: str, device_id: str) -> Binding | None:
@@ -300,6 +300,10 @@ class Registrar:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _int(value: object, default: int) -> int:
