@@ -79,6 +79,20 @@ def _authenticate(websocket: WebSocket, node: Node) -> Principal:
     return node.auth.verify(token)
 
 
+def _request_id(frame: Any) -> Any:
+    """The id a reply echoes: a frame's `id` if it is a string or an integer. `frame` is
+    a parsed frame or a text frame (None for a binary one)."""
+    if isinstance(frame, str):
+        try:
+            frame = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            return None
+    if not isinstance(frame, dict):
+        return None
+    request_id = frame.get("id")
+    return request_id if isinstance(request_id, (str, int)) else None
+
+
 async def _refuse(websocket: WebSocket, status: int, message: str) -> None:
     """Refuse before accepting: an HTTP response where the server can send one."""
     from starlette.responses import JSONResponse
@@ -215,7 +229,10 @@ class DeviceConnection:
                 if self.refused_in_a_row > self.node.settings.ws_burst:
                     self._close_after_queued(CLOSE_POLICY, "too many frames")
                     return
-                await self.send(error_frame("rate_limited", "too many frames; slow down"))
+                # The id says which request to retry; parsing is bounded by the close above.
+                await self.send(
+                    error_frame("rate_limited", "too many frames; slow down", _request_id(data))
+                )
                 continue
             self.refused_in_a_row = 0
             if data is None:
@@ -234,7 +251,7 @@ class DeviceConnection:
             return error_frame("bad_json", "frame is not valid JSON")
         if not isinstance(raw, dict):
             return error_frame("bad_message", "a frame must be a JSON object")
-        request_id = raw.get("id") if isinstance(raw.get("id"), (str, int)) else None
+        request_id = _request_id(raw)
         kind = raw.get("type")
         # Only a string can be a type: a list or an object is unhashable, and `in` would raise.
         if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
