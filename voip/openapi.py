@@ -113,7 +113,7 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str, requ
 DEVICE_ID = _param("device_id", "path", {"type": "string", "pattern": DEVICE_ID_PATTERN},
                    "The app's own id for this install (e.g. identifierForVendor)")
 CALL_ID = _param("call_id", "path", {"type": "string", "maxLength": 64},
-                 "A call id (UUID, any case)")
+                 "The call id the push carried (a UUID, any case; anything else is an unknown call)")
 TIME = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
 WINDOW = [
     _param("since", "query", TIME, "Calls created at or after this time (ms since the epoch)"),
@@ -137,7 +137,8 @@ def _paths() -> dict[str, Any]:
                 "description": "Registers the install's PushKit VoIP token (and optionally its "
                                "alert token). Registering a new token value resets the token's age.",
                 "security": BEARER,
-                "requestBody": {"required": True, "content": {"application/json": {
+                # An empty body is taken as {} (a device with no token yet).
+                "requestBody": {"required": False, "content": {"application/json": {
                     "schema": {"$ref": REF.format(model="DeviceIn")}}}},
                 "responses": {
                     "200": _json("DeviceSaved", "Updated"),
@@ -186,7 +187,7 @@ def _paths() -> dict[str, Any]:
                 _param("user", "query", {"type": "string", "minLength": 1, "maxLength": 128},
                        "Only calls this user placed or received"),
                 *WINDOW,
-                _param("cursor", "query", {"type": "string", "maxLength": 100},
+                _param("cursor", "query", {"type": "string", "pattern": "^[0-9]{1,16}:.{1,64}$"},
                        "`next_cursor` of the previous page"),
                 _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
                        "Calls per page"),
@@ -197,7 +198,7 @@ def _paths() -> dict[str, Any]:
         "/v1/ops/calls/{call_id}": {"get": {
             "tags": ["ops"], "operationId": "opsGetCall", "summary": "A call and its whole timeline",
             "security": BEARER,
-            "parameters": [CALL_ID],
+            "parameters": [_param("call_id", "path", {"type": "string", "format": "uuid"}, "The call's id")],
             "responses": {"200": _json("OpsCallDetail", "The call and every entry of its timeline"),
                           "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR,
                           "404": _error("No such call, or past its retention"), "422": INVALID},

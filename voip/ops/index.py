@@ -50,7 +50,7 @@ class Position:
     @classmethod
     def decode(cls, cursor: str) -> "Position":
         score, _, call_id = cursor.partition(":")
-        if not score.isdigit() or len(score) > 16 or not call_id or len(call_id) > 64:
+        if not (score.isascii() and score.isdigit()) or len(score) > 16 or not call_id or len(call_id) > 64:
             raise BadCursor("cursor: not one this API returned")
         return cls(int(score), call_id)
 

@@ -69,9 +69,9 @@ async def list_calls(request: Request) -> Response:
     since, until = _window(request)
     limit = _int_param(request, "limit", 1, MAX_LIMIT) or 50
     after = None
-    if cursor := params.get("cursor"):
+    if "cursor" in params:
         try:
-            after = Position.decode(cursor)
+            after = Position.decode(params["cursor"])
         except BadCursor as exc:
             raise _invalid("cursor", str(exc)) from None
     where = CallFilter(states=frozenset(states), user=user, since=since, until=until)
@@ -109,7 +109,7 @@ def _device_view(device_id: str, record: dict[str, Any], presence: bytes | None,
     token = record.get("voip_token")
     since = record.get("token_registered_at")
     node, _, expires = presence.decode().rpartition("|") if presence else ("", "", "0")
-    online = bool(presence) and expires.isdigit() and int(expires) > now
+    online = bool(presence) and expires.isascii() and expires.isdigit() and int(expires) > now
     return {
         "device_id": device_id,
         "apns_environment": record.get("apns_environment"),
