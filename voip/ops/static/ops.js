@@ -153,7 +153,7 @@ function applyEntry(callId, entry) {
     renderDetail();
   }
   queueRender();
-  if (["state", "push", "status_check"].includes(entry.event)) refreshSummary();
+  if (["created", "state", "push", "status_check"].includes(entry.event)) refreshSummary();
 }
 
 // ---- counters -----------------------------------------------------------------------
@@ -177,7 +177,8 @@ function renderSummary(summary) {
   $("delay-figures").textContent = delay.count
     ? `p50 ${seconds(delay.p50)} · p95 ${seconds(delay.p95)}` : "";
   $("late-checks").textContent = String(summary.late_pushes_caught.status_checks);
-  $("late-calls").textContent = String(summary.late_pushes_caught.calls);
+  const lateCalls = summary.late_pushes_caught.calls;
+  $("late-calls").textContent = `${lateCalls} call${lateCalls === 1 ? "" : "s"}`;
   $("window").textContent = `last ${Math.round((summary.until - summary.since) / 60000)} min` +
     (summary.truncated ? ` (newest ${summary.calls})` : "");
 }
