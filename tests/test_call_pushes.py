@@ -217,3 +217,28 @@ async def test_bad_device_token_is_dropped_with_its_likely_cause(pushing: tuple[
             break
         await asyncio.sleep(0.02)
     assert record is not None and record["voip_token"] is None
+
+
+async def test_an_invite_accepted_after_its_cancellation_is_cancelled_again(
+    node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]
+) -> None:
+    # The invite to Bob's sleeping iPad is slow at APNs (retried, say); meanwhile Bob
+    # declines on his phone, on another node, which cancels the iPad at once. APNs then
+    # accepts the late invite, displacing the cancellation: the node that sent the invite
+    # must notice and cancel again, or the iPad wakes to a ghost call.
+    sim, settings = apns
+    node_a = await node_factory(node_id="node-a", **settings)
+    node_b = await node_factory(node_id="node-b", **settings)
+    ipad = phone(sim, online=False)
+    await register(node_a, "bob", "b-ipad", voip_token=ipad.token)
+    bobs_phone = await node_b.device("bob", "b-phone")
+    sim.inject(Fault.slow(0.6), token=ipad.token)
+    caller = await node_a.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await bobs_phone.expect("call.incoming", call_id=call_id)
+    await bobs_phone.request({"type": "call.decline", "call_id": call_id})
+
+    cancels = await invites_for(sim, call_id, "call.cancelled", count=2)
+    assert all(orjson.loads(c.body)["reason"] == "declined_elsewhere" for c in cancels)
+    ipad.go_online()
+    assert [d.push.payload["type"] for d in ipad.inbox] == ["call.cancelled"]

@@ -82,14 +82,17 @@ class CallPushes:
         result = await self._send(call, device_id, "invite", request)
         if result.outcome is not Outcome.DELIVERED:
             return
-        # The call may have ended on another node while APNs was being retried; an
-        # invite accepted after the cancellation would displace it. Cancel again.
-        current = await self.store.get_call(call.call_id)
-        if current is not None and current.state is not CallState.RINGING:
-            reason = _reason_for(current, device_id)
-            if reason is not None:
-                cancellation = self._cancellation(current, request.device_token, request.environment, reason)
-                await self._send(current, device_id, "cancel", cancellation)
+        accepted_at = int(time.time() * 1000)
+        # The call may have ended, on any node, while APNs was being retried. If a
+        # cancellation reached APNs before this invite did, the invite displaced it in
+        # APNs's store: cancel again, or an offline phone wakes to a ghost call.
+        current, cancelled_at = await self.store.call_and_cancellation(call.call_id, device_id)
+        if current is None or cancelled_at is None or cancelled_at > accepted_at:
+            return
+        reason = _reason_for(current, device_id)
+        if reason is not None:
+            cancellation = self._cancellation(current, request.device_token, request.environment, reason)
+            await self._send(current, device_id, "cancel", cancellation)
 
     def end(self, call: CallRecord, pushes: dict[str, dict[str, Any]], knowing: Iterable[str]) -> None:
         """The call left ringing: stop its invites on this node and cancel every device
@@ -166,6 +169,8 @@ class CallPushes:
         if result.timestamp is not None:
             entry["apns_timestamp"] = result.timestamp
         await self.store.append_timeline(call.call_id, [entry])
+        if kind == "cancel" and result.outcome is Outcome.DELIVERED:
+            await self.store.record_cancellation(call.call_id, device_id, entry["at"])
         log.info("push.sent", call_id=call.call_id, device=device_id, kind=kind,
                  outcome=result.outcome.value, status=result.status, reason=result.reason)
         if kind != "missed_alert" and (

@@ -111,6 +111,9 @@ class Store:
     def pushes_key(self, call_id: str) -> str:
         return f"{self.prefix}{{c:{call_id}}}:pushes"
 
+    def cancellations_key(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:cancellations"
+
     def devices_key(self, user_id: str) -> str:
         return f"{self.prefix}{{u:{user_id}}}:devices"
 
@@ -300,6 +303,26 @@ class Store:
             _online(presence),
             {k.decode(): orjson.loads(v) for k, v in devices.items()},
         )
+
+    async def record_cancellation(self, call_id: str, device_id: str, at: int) -> None:
+        """When APNs accepted a cancellation push for this device."""
+        key = self.cancellations_key(call_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, device_id, at)
+            pipe.expire(key, self.retention)
+            await pipe.execute()
+
+    async def call_and_cancellation(self, call_id: str, device_id: str) -> tuple[CallRecord | None, int | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.call_keys(call_id)[0])
+            pipe.hget(self.cancellations_key(call_id), device_id)
+            fields, cancelled_at = await pipe.execute()
+        call = (
+            CallRecord.from_hash(call_id, {k.decode(): v.decode() for k, v in fields.items()})
+            if fields
+            else None
+        )
+        return call, int(cancelled_at) if cancelled_at else None
 
     async def drop_voip_token(self, user_id: str, device_id: str, token: str, before_ms: int | None) -> bool:
         dropped = await self._drop_token(
