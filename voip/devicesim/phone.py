@@ -409,6 +409,8 @@ class Phone:
             if call is None:  # foreground: the frame beat the push; the push will be a duplicate
                 self._report_incoming(call_id, str(frame.get("caller", "?")), source="ws")
                 self._spawn(self._show(call_id))
+            else:
+                self._record("ws.duplicate", call_id)
         elif kind == "call.ringing":
             if call is not None and call.active:
                 self._record("callkit.ringback", call_id, ringing=frame.get("device_id"))

@@ -1,0 +1,242 @@
+"""Simulated iPhones (voip.devicesim) against a real node, real Redis and the APNs
+simulator: what the app sees and does, from its event log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apnsim import APNsSimulator, Fault
+from tests.conftest import RunningNode
+from voip.devicesim import Backend, CXCallEndedReason, EventLog, Phone, Policy
+
+BUNDLE = "com.example.caller"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def apns(tmp_path: Path) -> AsyncIterator[tuple[APNsSimulator, dict[str, str]]]:
+    async with APNsSimulator(tmp_path / "apns") as sim:
+        key = sim.create_key("TEAM000001", "KEY0000001")
+        key_file = tmp_path / "AuthKey.p8"
+        key_file.write_text(key.private_pem)
+        yield sim, {
+            "apns_key_file": str(key_file),
+            "apns_key_id": key.key_id,
+            "apns_team_id": key.team_id,
+            "apns_bundle_id": BUNDLE,
+            "apns_endpoint": sim.endpoint,
+            "apns_ca_file": str(sim.ca_file),
+        }
+
+
+class World:
+    """A node, its APNs, and the phones of one test, sharing one event log."""
+
+    def __init__(self, node: RunningNode, sim: APNsSimulator) -> None:
+        self.node = node
+        self.sim = sim
+        self.backend = Backend(node.base_url, node.auth, sim, BUNDLE)
+        self.log = EventLog()
+        self.phones: list[Phone] = []
+
+    async def phone(self, user: str, device: str, *, online: bool = True, app_open: bool = False,
+                    policy: Policy | None = None) -> Phone:
+        phone = Phone(self.backend, user, device, policy=policy, log=self.log)
+        self.phones.append(phone)
+        await phone.install(online=online)
+        if app_open:
+            await phone.open_app()
+        return phone
+
+    async def close(self) -> None:
+        for phone in self.phones:
+            await phone.aclose()
+        assert not self.log.find("app.error"), self.log.find("app.error")
+
+
+async def make_world(node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]], **settings: Any) -> World:
+    sim, apns_settings = apns
+    return World(await node_factory(**apns_settings, **settings), sim)
+
+
+@pytest.fixture
+async def world(node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]) -> AsyncIterator[World]:
+    made = await make_world(node_factory, apns)
+    yield made
+    await made.close()
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def pending_type(phone: Phone) -> str | None:
+    assert phone.apns_device is not None
+    push = phone.apns_device.pending
+    return None if push is None else str(push.payload["type"])
+
+
+async def test_offline_phone_wakes_to_the_cancellation_and_never_rings(world: World) -> None:
+    alice = await world.phone("alice", "a-phone", app_open=True)
+    bob = await world.phone("bob", "b-phone", online=False)
+    call_id = await alice.call("bob")
+    await until(lambda: pending_type(bob) == "call.incoming")
+    await alice.hang_up(call_id)
+    await until(lambda: pending_type(bob) == "call.cancelled")
+
+    await bob.wake()
+    ended = await bob.wait_for("callkit.ended", call_id=call_id)
+
+    [push] = bob.events("push.received", call_id=call_id)
+    assert push.detail["type"] == "call.cancelled" and push.detail["stored"] is True
+    # Reported (PushKit demands it) and ended in the same instant: nothing rang.
+    [reported] = bob.events("callkit.reported", call_id=call_id)
+    assert reported.detail["placeholder"] is True and ended.detail["lasted"] < 0.01
+    assert bob.log.kinds(device="b-phone", call_id=call_id) == ["push.received", "callkit.reported", "callkit.ended"]
+    assert ended.detail["reason"] == CXCallEndedReason.REMOTE_ENDED
+    assert not bob.events("status.checked") and not bob.events("ws.sent")
+
+
+async def test_late_invite_is_ended_with_remote_ended_after_its_status_check(
+    node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]
+) -> None:
+    world = await make_world(node_factory, apns, ring_timeout=1)
+    try:
+        alice = await world.phone("alice", "a-phone", app_open=True)
+        bob = await world.phone("bob", "b-phone", app_open=True)
+        bob.lose_network()  # the server still counts its half-open socket as connected
+        call_id = await alice.call("bob")
+        await until(lambda: pending_type(bob) == "call.incoming")
+        await alice.hang_up(call_id)
+        await bob.wait_for("net.lost", call_id=call_id, type="call.cancelled")
+        assert pending_type(bob) == "call.incoming"  # no cancellation push displaced it
+
+        assert bob.apns_device is not None and bob.apns_device.pending is not None
+        expiration = bob.apns_device.pending.expiration or 0
+        await until(lambda: time.time() > expiration + 0.05, timeout=3)
+        world.sim.inject(Fault.late_delivery(), token=bob.token)
+        await bob.regain_network()
+        ended = await bob.wait_for("callkit.ended", call_id=call_id)
+
+        [push] = bob.events("push.received", call_id=call_id)
+        assert push.detail == {"type": "call.incoming", "stored": True, "late": True}
+        assert bob.log.kinds(device="b-phone", call_id=call_id)[-4:] == [
+            "push.received", "callkit.reported", "status.checked", "callkit.ended",
+        ]
+        [status] = bob.events("status.checked", call_id=call_id)
+        assert status.detail == {"http": 200, "state": "cancelled", "end_call": True, "reason": "remote_ended"}
+        assert ended.detail["reason"] == "remoteEnded" and ended.detail["was"] == "ringing"
+        assert not bob.events("ws.sent", call_id=call_id)  # it never told anyone it rang
+    finally:
+        await world.close()
+
+
+async def test_woken_phone_rings_reports_ringing_and_auto_answers(world: World) -> None:
+    alice = await world.phone("alice", "a-phone", app_open=True)
+    bob = await world.phone("bob", "b-phone", policy=Policy.answer(after=0.2))
+    call_id = await alice.call("bob", caller_name="Alice A.")
+
+    await bob.wait_for("callkit.connected", call_id=call_id)
+    await alice.wait_for("callkit.connected", call_id=call_id)
+    [reported] = bob.events("callkit.reported", call_id=call_id)
+    assert reported.detail == {"caller": "Alice A.", "source": "push"}
+    [status] = bob.events("status.checked", call_id=call_id)
+    assert status.detail["state"] == "ringing" and status.detail["end_call"] is False
+    sent = [e.detail["type"] for e in bob.events("ws.sent", call_id=call_id)]
+    assert sent == ["call.ringing", "call.answer"]
+    ringback = await alice.wait_for("callkit.ringback", call_id=call_id)
+    assert ringback.detail["ringing"] == "b-phone"
+    assert bob.calls[call_id].phase == "connected"
+
+    await alice.hang_up(call_id)
+    ended = await bob.wait_for("callkit.ended", call_id=call_id)
+    assert ended.detail["reason"] == "remoteEnded" and ended.detail["was"] == "connected"
+
+
+async def test_second_device_ends_with_answered_elsewhere(world: World) -> None:
+    alice = await world.phone("alice", "a-phone", app_open=True)
+    phone = await world.phone("bob", "b-phone", policy=Policy.answer(after=0.3))
+    ipad = await world.phone("bob", "b-ipad")
+    call_id = await alice.call("bob")
+
+    ended = await ipad.wait_for("callkit.ended", call_id=call_id)
+    assert ended.detail["reason"] == "answeredElsewhere"
+    await phone.wait_for("callkit.connected", call_id=call_id)
+    assert ipad.events("ws.sent", call_id=call_id, type="call.ringing")
+
+
+async def test_decline_policy_declines_and_the_caller_hears_it(world: World) -> None:
+    alice = await world.phone("alice", "a-phone", app_open=True)
+    bob = await world.phone("bob", "b-phone", policy=Policy.decline(after=0.1))
+    call_id = await alice.call("bob")
+
+    ended = await alice.wait_for("callkit.ended", call_id=call_id)
+    assert ended.detail["reason"] == "remoteEnded"
+    assert bob.calls[call_id].ended_by_user and bob.calls[call_id].phase == "ended"
+    assert [e.detail["type"] for e in bob.events("ws.sent", call_id=call_id)] == ["call.ringing", "call.decline"]
+
+
+async def test_foreground_app_dedupes_the_frame_and_the_push(world: World) -> None:
+    alice = await world.phone("alice", "a-phone", app_open=True)
+    bob = await world.phone("bob", "b-phone", app_open=True)
+    call_id = await alice.call("bob")
+    await bob.wait_for("push.received", call_id=call_id)
+    await until(lambda: bool(bob.events("ws.received", call_id=call_id, type="call.incoming")))
+    # Whichever came second, the push or the frame, rang nothing new.
+    assert len(bob.events("callkit.reported", call_id=call_id)) == 1
+    assert len(bob.events("callkit.duplicate", call_id=call_id) + bob.events("ws.duplicate", call_id=call_id)) == 1
+    await alice.hang_up(call_id)
+    ended = await bob.wait_for("callkit.ended", call_id=call_id)
+    assert ended.detail["reason"] == "remoteEnded"
+
+
+async def test_ring_timeout_ends_the_call_as_unanswered(
+    node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]
+) -> None:
+    world = await make_world(node_factory, apns, ring_timeout=0.5)
+    try:
+        alice = await world.phone("alice", "a-phone", app_open=True)
+        bob = await world.phone("bob", "b-phone")
+        call_id = await alice.call("bob")
+        ended = await bob.wait_for("callkit.ended", call_id=call_id)
+        assert ended.detail["reason"] == "unanswered"
+        caller_end = await alice.wait_for("callkit.ended", call_id=call_id)
+        assert caller_end.detail["reason"] == "unanswered"
+    finally:
+        await world.close()
+
+
+async def test_demo_runs_the_readme_story() -> None:
+    env = dict(os.environ)  # REDIS_URL, if the tests have one; else the demo starts its own
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voip", "demo",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 40)
+    elapsed = time.monotonic() - started
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert elapsed < 20, f"the demo took {elapsed:.1f}s"
+    for line in (
+        "the cancellation displaced the stored invite",
+        "PushKit: VoIP push call.cancelled",
+        "Bob's phone received the cancellation, not the invite: no ghost call",
+        "LATE: past its apns-expiration",
+        "GET status_url -> 200 state=cancelled end_call=true reason=remote_ended",
+        "reportCall(endedAt:reason: .remoteEnded)",
+        "reportCall(endedAt:reason: .answeredElsewhere)",
+        "done: 3 scenarios, no ghost call",
+    ):
+        assert line in text, f"{line!r} missing from:\n{text}"
