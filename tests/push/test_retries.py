@@ -186,7 +186,9 @@ async def test_concurrent_pushes_on_a_connection_that_is_reset(
     assert len(sim.connections) == 2
     for device, request, result in zip(devices, requests, results):
         records = requests_for(sim, request.apns_id)
-        assert result.attempts == len(records) <= 2
+        # An attempt written just before the reset may die in the socket unread, so
+        # APNs can have seen fewer requests than we wrote, never more.
+        assert len(records) <= result.attempts <= 2
         assert {d.push.apns_id for d in device.inbox} == {request.apns_id}
         answered_first_time = records[0].status is not None
         refused_by_fault = records[0].fault is not None
