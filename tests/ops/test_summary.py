@@ -32,6 +32,8 @@ def test_delay_pairs_each_push_with_the_next_check_of_its_device() -> None:
         check(1600, "answered", "d3"),
         push(2000, "d4", status=400, reason="BadDeviceToken"),  # refused: nothing to wait for
         check(2100, "answered", "d4"),
+        {**push(3000, "d5"), "push_type": "alert", "kind": "missed_alert"},  # wakes no app
+        check(3100, "answered", "d5"),
     ]
     assert push_to_status_delays(timeline) == [250, 800, 600]
 

@@ -41,14 +41,15 @@ def _percentile(ordered: list[int], fraction: float) -> int | None:
 
 
 def push_to_status_delays(timeline: Iterable[dict[str, Any]]) -> list[int]:
-    """For each accepted push, the time until the next status check from the same device
+    """For each accepted VoIP push, the time until the next status check from the same device
     (or from any device, when the push entry names none)."""
     waiting: dict[str, int] = {}
     delays: list[int] = []
     for entry in timeline:
         event = entry.get("event")
-        # A push APNs refused never reaches the device: no check will answer it.
-        if event == "push" and isinstance(entry.get("at"), int) and entry.get("status", 200) == 200:
+        # Only an accepted VoIP push wakes the app to ask; alerts and refused pushes don't.
+        accepted_voip = entry.get("status", 200) == 200 and entry.get("push_type", "voip") == "voip"
+        if event == "push" and isinstance(entry.get("at"), int) and accepted_voip:
             waiting.setdefault(str(entry.get("device", "")), entry["at"])
         elif event == "status_check" and isinstance(entry.get("at"), int):
             device = str(entry.get("device", ""))

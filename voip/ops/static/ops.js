@@ -359,11 +359,15 @@ function describe(e) {
       return `status check via ${e.via}: call was ${e.state}${verdict}`;
     }
     case "push": {
-      const answer = e.reason ? `${e.status} ${e.reason}` : String(e.status ?? e.outcome ?? "");
-      const extra = [e.environment, e.latency_ms != null && `${e.latency_ms} ms`, e.outcome]
-        .filter(Boolean).join(", ");
-      return `VoIP push → APNs ${answer}${extra ? ` (${extra})` : ""}`;
+      const what = `${e.push_type === "alert" ? "alert" : "VoIP"} push${e.kind ? ` (${e.kind})` : ""}`;
+      const answer = e.status != null ? `${e.status}${e.reason ? ` ${e.reason}` : ""}`
+        : e.reason || "no answer";
+      const extra = [e.environment, e.latency_ms != null && `${Math.round(e.latency_ms)} ms`, e.outcome,
+        e.attempts > 1 && `${e.attempts} attempts`].filter(Boolean).join(", ");
+      return `${what} → APNs ${answer}${extra ? ` (${extra})` : ""}`;
     }
+    case "token":
+      return `VoIP token ${e.dropped ? "dropped" : "kept"} after APNs said ${e.reason}`;
     default: {
       const rest = Object.entries(e).filter(([k]) => !["at", "event", "node", "device"].includes(k));
       return `${e.event}: ${rest.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")}`;
