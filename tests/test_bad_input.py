@@ -271,6 +271,8 @@ async def test_websocket_auth_is_checked_before_accept(node: RunningNode) -> Non
         ("?device_id=" + "d" * 65, bearer(good), 400),
         # Authentication comes first: a stranger learns nothing about the device_id rules.
         ("?device_id=bad%20id", None, 401),
+        # The header wins over the query parameter.
+        (f"?device_id=d1&access_token={good}", bearer("not-a-token"), 401),
     ]
     for query, headers, status in cases:
         got, body = await handshake_status(node, query, headers)
@@ -280,6 +282,9 @@ async def test_websocket_auth_is_checked_before_accept(node: RunningNode) -> Non
     # The same device with good credentials gets in, by header or by query parameter.
     await node.device("alice", "d1")
     socket = await websockets.connect(f"{node.ws_url}?device_id=d2&access_token={good}")
+    assert orjson.loads(await socket.recv())["type"] == "hello"
+    await socket.close()
+    socket = await websockets.connect(f"{node.ws_url}?device_id=d3&access_token=garbage", additional_headers=bearer(good))
     assert orjson.loads(await socket.recv())["type"] == "hello"
     await socket.close()
 
