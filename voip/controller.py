@@ -152,10 +152,18 @@ class CallController:
         return call
 
     async def act(
-        self, action: Action, user_id: str, device_id: str, call_id: str, *, sdp: str | None = None
+        self,
+        action: Action,
+        user_id: str,
+        device_id: str,
+        call_id: str,
+        *,
+        sdp: str | None = None,
+        busy: bool = False,
     ) -> Transition:
         transition = await self.store.transition(
-            call_id, action, user=user_id, device=device_id, node=self.node
+            call_id, action, user=user_id, device=device_id, node=self.node,
+            note={"busy": True} if busy else None,
         )
         log.info(
             "call.transition",
@@ -164,7 +172,7 @@ class CallController:
             previous=transition.previous.value,
             device=device_id,
         )
-        await self.announce(transition, actor=Caller(user_id, device_id), sdp=sdp)
+        await self.announce(transition, actor=Caller(user_id, device_id), sdp=sdp, busy=busy)
         return transition
 
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
@@ -189,7 +197,12 @@ class CallController:
         return transition
 
     async def announce(
-        self, transition: Transition, *, actor: Caller | None = None, sdp: str | None = None
+        self,
+        transition: Transition,
+        *,
+        actor: Caller | None = None,
+        sdp: str | None = None,
+        busy: bool = False,
     ) -> None:
         """Tell the devices of both parties what the transition means for each of them.
         The acting device is not told: it has its `ack`."""
@@ -201,6 +214,8 @@ class CallController:
         if call.state.is_final:
             base["reason"] = FINAL_REASON[call.state].value
             base["ended_at"] = call.ended_at
+        if busy:
+            base["busy"] = True
         if call.state is CallState.ANSWERED:
             answered = {**base, "type": "call.answered", "device_id": call.answered_by_device}
             if sdp is not None:

@@ -44,6 +44,7 @@ class CallStart(_Message):
     callee: UserId
     call_id: str | None = None
     caller_name: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    sdp: Annotated[str, StringConstraints(max_length=32768)] | None = None  # the offer, for SIP callees
 
     @field_validator("call_id")
     @classmethod
@@ -62,6 +63,7 @@ class CallAnswer(_CallMessage):
 
 class CallDecline(_CallMessage):
     type: Literal["call.decline"]
+    busy: bool = False  # a SIP caller hears 486 Busy Here instead of 603 Decline
 
 
 class CallHangup(_CallMessage):

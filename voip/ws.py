@@ -275,8 +275,10 @@ class DeviceConnection:
         me = Caller(self.user_id, self.device_id)
         ack = {"type": "ack", "id": message.id}
         match message:
-            case CallStart(callee=callee, call_id=call_id, caller_name=caller_name):
-                call = await self.controller.start_call(me, callee, call_id, caller_name=caller_name)
+            case CallStart(callee=callee, call_id=call_id, caller_name=caller_name, sdp=sdp):
+                call = await self.controller.start_call(
+                    me, callee, call_id, caller_name=caller_name, sdp=sdp
+                )
                 return {
                     "type": "call.started",
                     "id": message.id,
@@ -288,8 +290,10 @@ class DeviceConnection:
                 await self.controller.ringing(self.user_id, self.device_id, call_id)
             case CallAnswer(call_id=call_id, sdp=sdp):
                 await self.controller.act(Action.ANSWER, self.user_id, self.device_id, call_id, sdp=sdp)
-            case CallDecline(call_id=call_id):
-                await self.controller.act(Action.DECLINE, self.user_id, self.device_id, call_id)
+            case CallDecline(call_id=call_id, busy=busy):
+                await self.controller.act(
+                    Action.DECLINE, self.user_id, self.device_id, call_id, busy=busy
+                )
             case CallHangup(call_id=call_id):
                 transition = await self.controller.act(Action.HANGUP, self.user_id, self.device_id, call_id)
                 ack["state"] = transition.call.state.value

@@ -65,3 +65,17 @@ async def test_a_flood_from_one_address_is_dropped(sip_node: SipNodeFactory) -> 
             pass
     assert 1 <= answers <= 6  # the burst, and what one second refills
     assert gateway.endpoint.stats["dropped_rate_limited"] >= 40
+
+
+async def test_a_busy_decline_is_486_and_the_offer_reaches_the_app(sip_node: SipNodeFactory) -> None:
+    node = await sip_node()
+    alice = await node.device("alice", "alice-phone")
+    port = sip_port(node)
+    async with sip_client() as client:
+        invite = build("INVITE", "sip:alice@voip.test", contact=str(client.contact()))
+        tx = client.send_request(invite, ("127.0.0.1", port), "UDP")
+        incoming = await alice.expect("call.incoming")
+        await alice.request({"type": "call.decline", "call_id": incoming["call_id"], "busy": True})
+        assert (await tx).status == 486
+    states = [e for e in await node.node.store.timeline(incoming["call_id"]) if e["event"] == "state"]
+    assert states[-1]["to"] == "declined" and states[-1]["note"] == {"busy": True}

@@ -197,7 +197,7 @@ class InboundLeg(Leg):
         elif kind == "call.answered":
             await self.answer(frame.get("sdp"))
         elif kind == "call.declined":
-            self.end_with(603)
+            self.end_with(486 if frame.get("busy") else 603)
         elif kind == "call.missed":
             self.end_with(480)
         elif kind == "call.failed":
