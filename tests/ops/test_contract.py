@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import schemathesis
@@ -48,3 +49,19 @@ async def test_the_service_keeps_its_contract_for_devices_and_operators(node: Ru
     for code, output in runs:
         assert code == 0, output
         print(output)
+
+
+async def test_unicode_digits_are_not_numbers(node: RunningNode) -> None:
+    """str.isdigit() is true for '²' and '١', which int() refuses: found by the fuzzer."""
+    client = node.http()
+    ops = {"Authorization": f"Bearer {node.auth.mint('ops', 'operator')}"}
+    call_id = uuid.uuid4()
+    for path, params, headers, documented in [
+        (f"/v1/calls/{call_id}/status", {"cap": "²", "device_id": "d"}, {}, {401}),
+        (f"/v1/calls/{call_id}/status", {"cap": "١٢.x", "device_id": "d"}, {}, {401}),
+        ("/v1/ops/calls", {"since": "²"}, ops, {422}),
+        ("/v1/ops/calls", {"limit": "١"}, ops, {422}),
+        ("/v1/ops/calls", {"cursor": "²:x"}, ops, {422}),
+    ]:
+        response = await client.get(path, params=params, headers=headers)
+        assert response.status_code in documented, (path, params, response.text)
