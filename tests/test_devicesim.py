@@ -111,7 +111,9 @@ async def test_offline_phone_wakes_to_the_cancellation_and_never_rings(world: Wo
 async def test_late_invite_is_ended_with_remote_ended_after_its_status_check(
     node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]
 ) -> None:
-    world = await make_world(node_factory, apns, ring_timeout=1)
+    # apns-expiration is the deadline floored to a second: under 2 s an invite could
+    # reach APNs already expired and never be stored.
+    world = await make_world(node_factory, apns, ring_timeout=2)
     try:
         alice = await world.phone("alice", "a-phone", app_open=True)
         bob = await world.phone("bob", "b-phone", app_open=True)
