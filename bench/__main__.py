@@ -58,7 +58,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="about 30 s instead of about 3 min")
     parser.add_argument("--profile", action="store_true", help="py-spy the node under status load")
+    parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
     args = parser.parse_args()
+    if args.push:
+        from bench import push
+
+        return push.main(quick=args.quick, profile=args.profile)
     plan = QUICK if args.quick else FULL
     wrk_binary()  # fail before starting anything
     server_cpu, load_cpu = cpu_plan()
