@@ -156,3 +156,9 @@ def test_capability_and_jwt_do_not_pass_for_each_other(auth: Authenticator) -> N
     expires = int(time.time()) + 600
     sig = jwt.encode({"x": 1}, SECRET, algorithm="HS256").split(".")[2]
     assert not auth.check_capability(f"{expires}.{sig[:24]}", CALL, "b1")
+HOSTILE_CALL = "6f1c1e0c-1e0b-4f60-9d6e-3a2b1c0d9e8f"
+
+
+@pytest.mark.parametrize("token", ["99999999999.é", "99999999999.ＡＡＡＡ", "9" * 5000 + ".AAAA"])
+def test_hostile_capabilities_are_refused_not_raised(token: str) -> None:
+    assert Authenticator("s" * 40).check_capability(token, HOSTILE_CALL, "b1") is False

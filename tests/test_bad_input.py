@@ -405,3 +405,15 @@ async def test_unknown_routes_and_wrong_methods_are_json(node: RunningNode) -> N
         assert response.status_code == 405, (method, path)
         assert response.json()["error"] == "method_not_allowed"
     assert await node.node.redis.exists(node.node.store.devices_key("alice")) == 0
+
+async def test_405_lists_every_allowed_method(node: RunningNode) -> None:
+    response = await node.http().get("/v1/devices/d1")
+    assert response.status_code == 405
+    assert {m.strip() for m in response.headers["allow"].split(",")} == {"PUT", "DELETE"}
+
+
+async def test_a_capability_with_non_ascii_or_huge_expiry_is_401_not_500(node: RunningNode) -> None:
+    call_id = "6f1c1e0c-1e0b-4f60-9d6e-3a2b1c0d9e8f"
+    for cap in ("99999999999.\u00e9", "9" * 5000 + ".AAAA"):
+        response = await node.http().get(f"/v1/calls/{call_id}/status", params={"cap": cap, "device_id": "b1"})
+        assert response.status_code == 401, (cap[:20], response.status_code, response.text)

@@ -161,3 +161,11 @@ async def test_a_device_without_a_voip_token(node: RunningNode) -> None:
     body = response.json()
     assert body["voip_token"] is None and body["apns_environment"] == "production"
     assert [d["device_id"] for d in await api.devices()] == ["fresh"]
+async def test_same_token_in_upper_case_is_the_same_token(node: RunningNode) -> None:
+    client = node.http()
+    headers = {"Authorization": f"Bearer {node.auth.mint('alice', 'device')}"}
+    first = (await client.put("/v1/devices/phone", json={"voip_token": "ab" * 32}, headers=headers)).json()
+    await asyncio.sleep(0.003)
+    again = (await client.put("/v1/devices/phone", json={"voip_token": "AB" * 32}, headers=headers)).json()
+    assert again["voip_token"] == first["voip_token"] == "ab" * 32
+    assert again["token_registered_at"] == first["token_registered_at"]

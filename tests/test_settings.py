@@ -220,3 +220,20 @@ def test_run_with_a_bad_port_exits_2_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "PORT" in lines[0] and "not-a-port" in lines[0]
     assert result.stdout == ""
+
+@pytest.mark.parametrize(("name", "value"), [("SIP_ACCOUNTS", '{"alice": "pw'), ("SIP_TRANSPORTS", "UDP")])
+def test_json_settings_that_do_not_parse_name_their_variable(monkeypatch, tmp_path, name, value):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(name), str(caught.value)
+
+def test_a_config_file_that_does_not_parse_is_named(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "voip.toml"
+    config.write_text('port = \n')
+    monkeypatch.setenv("VOIP_CONFIG", str(config))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "VOIP_CONFIG" in str(caught.value) or str(config) in str(caught.value), str(caught.value)

@@ -91,10 +91,12 @@ async def put_device(request: Request) -> Response:
     node = node_of(request)
     now = int(time.time() * 1000)
     previous = await node.store.get_device(principal.user_id, device_id)
-    token_changed = previous is None or previous.get("voip_token") != body.voip_token
+    voip_token = body.voip_token.lower() if body.voip_token else None
+    token_changed = previous is None or previous.get("voip_token") != voip_token
     record = {
         **body.model_dump(),
-        "voip_token": body.voip_token.lower() if body.voip_token else None,
+        "voip_token": voip_token,
+        "alert_token": body.alert_token.lower() if body.alert_token else None,
         "registered_at": previous["registered_at"] if previous else now,
         "updated_at": now,
         # When this token value was first given to us: a 410 from APNs only removes a
@@ -187,6 +189,13 @@ async def call_status(request: Request) -> Response:
     elif result.state is CallState.MISSED:
         body["ended_at"] = int(ring_deadline)  # type: ignore[arg-type]
     return JSONResponse(body)
+
+
+async def device(request: Request) -> Response:
+    """One path, several methods: so that a 405 lists them all in `Allow`."""
+    if request.method == "PUT":
+        return await put_device(request)
+    return await delete_device(request)
 
 
 async def healthz(request: Request) -> Response:

@@ -43,8 +43,7 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [
         Route("/v1/devices", api.list_devices, methods=["GET"]),
-        Route("/v1/devices/{device_id}", api.put_device, methods=["PUT"]),
-        Route("/v1/devices/{device_id}", api.delete_device, methods=["DELETE"]),
+        Route("/v1/devices/{device_id}", api.device, methods=["PUT", "DELETE"]),
         Route("/v1/calls/{call_id}/status", api.call_status, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", metrics_route.metrics, methods=["GET"]),

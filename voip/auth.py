@@ -88,7 +88,10 @@ class Authenticator:
 
     def check_capability(self, token: str, call_id: str, device_id: str) -> bool:
         expires, _, mac = token.partition(".")
-        if not expires.isdigit() or int(expires) < time.time():
+        # Anything from outside: ASCII digits of a sane length, or no.
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12 and mac.isascii()):
+            return False
+        if int(expires) < time.time():
             return False
         return hmac.compare_digest(mac, self._capability_mac(call_id, device_id, int(expires)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 from pathlib import Path
@@ -158,11 +159,22 @@ def load_settings(**overrides: Any) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
-    except ValueError as exc:  # a TOML file that does not parse
-        raise SettingsError(f"config: {exc}") from None
+    except ValueError as exc:  # a TOML file, or a JSON-valued variable, that does not parse
+        raise SettingsError(_unparsable(exc, extra)) from None
     if not settings.jwt_secret:
         settings.jwt_secret = development_secret()
     return settings
+
+
+def _unparsable(exc: ValueError, config_file: str | None) -> str:
+    message = str(exc)
+    field = re.search(r'field "(\w+)"', message)
+    if field and field.group(1) in Settings.model_fields:
+        alias = Settings.model_fields[field.group(1)].validation_alias
+        env_name = alias.choices[-1] if isinstance(alias, AliasChoices) else field.group(1)
+        return f"{env_name} ({field.group(1)}): not valid JSON"
+    source = f"VOIP_CONFIG ({config_file})" if config_file else str(DEFAULT_FILE)
+    return f"{source}: not valid TOML: {message}"
 
 
 def _one_line(exc: ValidationError) -> str:
