@@ -67,9 +67,17 @@ def device_id_of(request: Request) -> str:
 
 
 async def json_body(request: Request, model: type[BaseModel]) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY:
+    # Refuse an oversize body as it arrives, not after holding all of it in memory.
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
         raise ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         return model.model_validate_json(body or b"{}")
     except ValidationError as exc:
