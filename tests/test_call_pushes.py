@@ -81,7 +81,7 @@ async def test_invite_push_carries_the_call_and_its_deadline(pushing: tuple[Runn
     assert request.header("apns-push-type") == "voip"
     assert request.header("apns-topic") == VOIP_TOPIC
     assert request.header("apns-priority") == "10"
-    assert request.header("apns-expiration") == str(started["ring_deadline"] // 1000)
+    assert request.header("apns-expiration") == str(-(-started["ring_deadline"] // 1000))  # rounded up
     assert request.header("apns-collapse-id") == call_id
     payload = orjson.loads(request.body)
     assert payload["type"] == "call.incoming" and payload["call_id"] == call_id

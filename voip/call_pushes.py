@@ -79,14 +79,13 @@ class CallPushes:
             self._spawn(call.call_id, self._invite(call, device_id, request))
 
     async def _invite(self, call: CallRecord, device_id: str, request: PushRequest) -> None:
-        result = await self._send(call, device_id, "invite", request)
+        result, current, cancelled_at = await self._send(call, device_id, "invite", request)
         if result.outcome is not Outcome.DELIVERED:
             return
         accepted_at = int(time.time() * 1000)
         # The call may have ended, on any node, while APNs was being retried. If a
         # cancellation reached APNs before this invite did, the invite displaced it in
         # APNs's store: cancel again, or an offline phone wakes to a ghost call.
-        current, cancelled_at = await self.store.call_and_cancellation(call.call_id, device_id)
         if current is None or cancelled_at is None or cancelled_at > accepted_at:
             return
         reason = _reason_for(current, device_id)
@@ -145,7 +144,11 @@ class CallPushes:
 
         task.add_done_callback(done)
 
-    async def _send(self, call: CallRecord, device_id: str, kind: str, request: PushRequest) -> PushResult:
+    async def _send(
+        self, call: CallRecord, device_id: str, kind: str, request: PushRequest
+    ) -> tuple[PushResult, CallRecord | None, int | None]:
+        """Send, put the answer on the timeline; for an invite, read back in the same
+        round trip what `_invite` needs to know."""
         result = await self.notifier.send(request)
         metrics.PUSHES.labels(kind, result.outcome.value, result.reason or "").inc()
         metrics.PUSH_LATENCY.labels(kind).observe(result.latency_ms / 1000)
@@ -168,7 +171,9 @@ class CallPushes:
             entry["likely_cause"] = result.likely_cause
         if result.timestamp is not None:
             entry["apns_timestamp"] = result.timestamp
-        await self.store.append_timeline(call.call_id, [entry])
+        current, cancelled_at = await self.store.append_and_read(
+            call.call_id, [entry], cancellation_of=device_id if kind == "invite" else None
+        )
         if kind == "cancel" and result.outcome is Outcome.DELIVERED:
             await self.store.record_cancellation(call.call_id, device_id, entry["at"])
         log.info("push.sent", call_id=call.call_id, device=device_id, kind=kind,
@@ -177,7 +182,7 @@ class CallPushes:
             result.outcome is Outcome.TOKEN_INVALID or result.reason in BAD_TOKEN_REASONS
         ):
             await self._drop_token(call, device_id, request.device_token, result)
-        return result
+        return result, current, cancelled_at
 
     async def _drop_token(self, call: CallRecord, device_id: str, token: str, result: PushResult) -> None:
         # A 410 only condemns a token registered before APNs's timestamp: a phone that

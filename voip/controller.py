@@ -125,6 +125,7 @@ class CallController:
             "type": "call.incoming",
             "call_id": call_id,
             "caller": caller.user_id,
+            "caller_name": call.caller_name,
             "ring_deadline": call.ring_deadline,
             "server_time": created_at,
         }

@@ -271,15 +271,34 @@ class Store:
         return [orjson.loads(e) for e in await self.redis.lrange(self.call_keys(call_id)[1], 0, -1)]
 
     async def append_timeline(self, call_id: str, entries: list[dict[str, Any]]) -> None:
-        if not entries:
-            return
+        await self.append_and_read(call_id, entries)
+
+    async def append_and_read(
+        self, call_id: str, entries: list[dict[str, Any]], *, cancellation_of: str | None = None
+    ) -> tuple[CallRecord | None, int | None]:
+        """Append timeline entries (published to operators too) and, with
+        `cancellation_of`, read back the call and when APNs accepted a cancellation for
+        that device: all in one round trip."""
         encoded = [orjson.dumps(e) for e in entries]
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(self.call_keys(call_id)[1], *encoded)
+            if encoded:
+                pipe.rpush(self.call_keys(call_id)[1], *encoded)
             if self.ops_channel:
                 for entry in encoded:
                     pipe.publish(self.ops_channel, b'{"call_id":"%s","entry":%s}' % (call_id.encode(), entry))
-            await pipe.execute()
+            if cancellation_of is not None:
+                pipe.hgetall(self.call_keys(call_id)[0])
+                pipe.hget(self.cancellations_key(call_id), cancellation_of)
+            replies = await pipe.execute()
+        if cancellation_of is None:
+            return None, None
+        fields, cancelled_at = replies[-2], replies[-1]
+        call = (
+            CallRecord.from_hash(call_id, {k.decode(): v.decode() for k, v in fields.items()})
+            if fields
+            else None
+        )
+        return call, int(cancelled_at) if cancelled_at else None
 
     async def claim_due_timeouts(self, now: int, lease_ms: int, limit: int = 100) -> list[str]:
         due = await self._claim(keys=[self.deadlines_key], args=[now, lease_ms, limit])
@@ -311,18 +330,6 @@ class Store:
             pipe.hset(key, device_id, at)
             pipe.expire(key, self.retention)
             await pipe.execute()
-
-    async def call_and_cancellation(self, call_id: str, device_id: str) -> tuple[CallRecord | None, int | None]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.call_keys(call_id)[0])
-            pipe.hget(self.cancellations_key(call_id), device_id)
-            fields, cancelled_at = await pipe.execute()
-        call = (
-            CallRecord.from_hash(call_id, {k.decode(): v.decode() for k, v in fields.items()})
-            if fields
-            else None
-        )
-        return call, int(cancelled_at) if cancelled_at else None
 
     async def drop_voip_token(self, user_id: str, device_id: str, token: str, before_ms: int | None) -> bool:
         dropped = await self._drop_token(

@@ -98,7 +98,9 @@ async def _refuse(websocket: WebSocket, status: int, message: str) -> None:
     from starlette.responses import JSONResponse
 
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(JSONResponse({"error": message}, status_code=status))
+        error, _, detail = message.partition(": ")
+        body = {"error": error, "message": detail or message}
+        await websocket.send_denial_response(JSONResponse(body, status_code=status))
     else:
         await websocket.close(code=CLOSE_POLICY, reason=message)
 
@@ -115,7 +117,7 @@ async def device_socket(websocket: WebSocket) -> None:
         return
     device_id = websocket.query_params.get("device_id", "")
     if not DEVICE_ID.match(device_id):
-        await _refuse(websocket, 400, "device_id query parameter missing or malformed")
+        await _refuse(websocket, 400, "bad_request: device_id query parameter missing or malformed")
         return
     await websocket.accept()
     await DeviceConnection(websocket, node, principal.user_id, device_id).serve()

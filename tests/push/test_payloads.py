@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 
@@ -37,7 +38,7 @@ async def test_invite_headers_and_payload(notifier: APNsNotifier, sim: APNsSimul
     assert record.header("apns-push-type") == "voip"
     assert record.header("apns-topic") == VOIP_TOPIC
     assert record.header("apns-priority") == "10"
-    assert record.header("apns-expiration") == str(int(ring_deadline))
+    assert record.header("apns-expiration") == str(math.ceil(ring_deadline))  # never before the ring ends
     assert record.header("apns-collapse-id") == "call-123"
     assert record.header("apns-id") == request.apns_id
     assert record.payload == {
@@ -68,7 +69,7 @@ async def test_cancellation_replaces_a_stored_invite(notifier: APNsNotifier,
     assert record.header("apns-push-type") == "voip"
     assert record.header("apns-topic") == VOIP_TOPIC
     assert record.header("apns-collapse-id") == "call-7"
-    assert record.header("apns-expiration") == str(int(ring_deadline))
+    assert record.header("apns-expiration") == str(math.ceil(ring_deadline))  # never before the ring ends
     assert record.payload == {"type": "call.cancelled", "call_id": "call-7",
                               "reason": "caller_hangup", "sent_at": 1_700_000_000_250}
     delivery = device.go_online()

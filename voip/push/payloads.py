@@ -7,6 +7,7 @@ enforces, so an oversized push is refused here instead of costing a round trip.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ def voip_invite(*, bundle_id: str, device_token: str, environment: Environment |
         apns_id=apns_id or str(uuid.uuid4()),
         deadline=ring_deadline,
         priority=10,
-        expiration=int(ring_deadline),
+        # Rounded up: APNs must not drop an invite a fraction of a second before the ring ends.
+        expiration=math.ceil(ring_deadline),
         collapse_id=call_id,
     )
 
@@ -92,7 +94,8 @@ def call_cancellation(*, bundle_id: str, device_token: str, environment: Environ
         apns_id=apns_id or str(uuid.uuid4()),
         deadline=ring_deadline,
         priority=10,
-        expiration=int(ring_deadline),
+        # Rounded up: APNs must not drop an invite a fraction of a second before the ring ends.
+        expiration=math.ceil(ring_deadline),
         collapse_id=call_id,
     )
 
