@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
+
 from tests.conftest import RunningNode
 from voip.ops import health
 
@@ -26,8 +28,13 @@ async def test_a_failing_or_hanging_check_makes_the_node_not_ready(node: Running
     app = node.server.config.app
     health.add_readiness_check(app, "apns", apns_unreachable)
     health.add_readiness_check(app, "slow", hangs)
+    def failures() -> float:
+        return REGISTRY.get_sample_value("voip_readiness_failures_total", {"check": "apns"}) or 0.0
+
+    before = failures()
     response = await node.http().get("/readyz")
     assert response.status_code == 503
+    assert failures() == before + 1
     assert response.json() == {
         "status": "not_ready",
         # The kind of failure only: an unauthenticated probe learns no address.

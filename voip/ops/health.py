@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from voip.api import JSONResponse
 from voip.node import Node
+from voip.ops import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -39,21 +40,24 @@ def add_readiness_check(app: Starlette, name: str, check: ReadinessCheck) -> Non
     readiness_checks(app)[name] = check
 
 
-async def _outcome(check: ReadinessCheck) -> str:
+async def _outcome(name: str, check: ReadinessCheck) -> str:
     try:
         await asyncio.wait_for(check(), CHECK_TIMEOUT)
     except asyncio.TimeoutError:
-        return f"timed out after {CHECK_TIMEOUT:g} s"
+        outcome = f"timed out after {CHECK_TIMEOUT:g} s"
     except Exception as exc:
         # Probes are unauthenticated: the kind of failure only, the details go to the log.
-        log.warning("readyz.check_failed", exc_info=True)
-        return f"failed: {type(exc).__name__}"
-    return "ok"
+        log.warning("readyz.check_failed", check=name, exc_info=True)
+        outcome = f"failed: {type(exc).__name__}"
+    else:
+        return "ok"
+    metrics.READINESS_FAILURES.labels(name).inc()
+    return outcome
 
 
 async def readyz(request: Request) -> Response:
     checks = readiness_checks(request.app)
-    outcomes = await asyncio.gather(*(_outcome(check) for check in checks.values()))
+    outcomes = await asyncio.gather(*(_outcome(name, check) for name, check in checks.items()))
     results = dict(zip(checks, outcomes))
     ready = all(outcome == "ok" for outcome in outcomes)
     return JSONResponse(

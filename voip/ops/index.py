@@ -76,6 +76,7 @@ def call_view(call_id: str, raw: dict[bytes, bytes]) -> dict[str, Any]:
         "state": fields["state"],
         "caller_user": fields.get("caller_user", ""),
         "caller_device": fields.get("caller_device", ""),
+        "caller_name": fields.get("caller_name") or None,
         "callee_user": fields.get("callee_user", ""),
         "origin_node": fields.get("origin_node", ""),
         "answered_by_device": fields.get("answered_by_device") or None,

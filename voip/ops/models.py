@@ -15,6 +15,7 @@ class OpsCall(BaseModel):
     state: CallState
     caller_user: str
     caller_device: str
+    caller_name: str | None = Field(description="As shown on the callee's CallKit screen")
     callee_user: str
     origin_node: str = Field(description="The node the call was placed on")
     answered_by_device: str | None

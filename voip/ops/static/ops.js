@@ -342,9 +342,11 @@ function renderDetail() {
 // What an entry says, in words. Kinds this page does not know yet are shown whole.
 function describe(e) {
   switch (e.event) {
-    case "created":
-      return `${e.caller} calls ${e.callee}: ${e.targets.length} device(s) to ring` +
-        (e.targets.length ? ` (${e.targets.join(", ")})` : "");
+    case "created": {
+      const targets = e.targets || [];
+      return `${e.caller} calls ${e.callee}: ${targets.length} device(s) to ring` +
+        (targets.length ? ` (${targets.join(", ")})` : "");
+    }
     case "state": {
       const by = e.party === "system" ? "system" : e.party;
       const note = e.note ? ` — ${Object.values(e.note).join(", ")}` : "";
