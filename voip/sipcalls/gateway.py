@@ -22,6 +22,8 @@ from voip.controller import CallController
 from voip.sipcalls.config import SipConfig
 from voip.sipcalls.legs import ALLOW, InboundLeg, Leg, OutboundLeg, caller_id
 from voip.sipcalls.registrar import Registrar
+from voip.sipcalls.ringing import RINGING_OVER, RingingCall, RingingIndex
+from voip.calls import CallState
 from voip.store import CallRecord, Store
 
 log = structlog.get_logger(__name__)
@@ -57,7 +59,9 @@ class SipGateway:
         self.registrar = Registrar(
             config, self.endpoint, store, bus,
             node_id=node_id, max_devices=max_devices, on_frame=self._phone_frame,
+            on_bound=self._phone_bound,
         )
+        self.ringing = RingingIndex(store)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -210,18 +214,45 @@ class SipGateway:
 
     async def _phone_frame(self, user: str, device: str, frame: dict[str, Any]) -> None:
         call_id = frame.get("call_id", "")
-        if frame["type"] != "call.incoming":
+        kind = frame["type"]
+        if kind != "call.incoming":
+            if kind in RINGING_OVER:
+                await self.ringing.remove(user, call_id)
             fork = self.forks.get((call_id, device))
             if fork is not None:
                 await fork.deliver(frame)
             return
+        call = RingingCall.from_frame(frame)
         binding = await self.registrar.binding(user, device)
-        if binding is None or binding.node != self.node_id or (call_id, device) in self.forks:
-            return  # lapsed, or refreshed through another node, which forks instead
+        if binding is None and not await self.registrar.push_capable(user, device):
+            await self.registrar.stop_listening(user, device)  # logged out or evicted meanwhile
+            return
+        # Indexed even when this phone rings now: the user's other phones may be asleep.
+        await self.ringing.add(user, call)
+        if binding is None or binding.node != self.node_id:
+            return  # asleep (its push is on its way), or refreshed through another node
+        await self._fork(user, device, binding.contact, call)
+
+    async def _phone_bound(self, user: str, device: str) -> None:
+        """A phone (re-)registered through this node: ring it into the calls still ringing
+        for its user, the ones a push woke it for."""
+        for entry in await self.ringing.calls(user):
+            call = await self.store.get_call(entry.call_id)
+            if call is None or call.state is not CallState.RINGING:
+                await self.ringing.remove(user, entry.call_id)
+                continue
+            binding = await self.registrar.binding(user, device)
+            if binding is None or binding.node != self.node_id:
+                return
+            await self._fork(user, device, binding.contact, entry)
+
+    async def _fork(self, user: str, device: str, contact: str, call: RingingCall) -> None:
+        if (call.call_id, device) in self.forks or not await self.ringing.claim(user, call, device):
+            return  # INVITEd already, here or through another node
         leg = OutboundLeg(
-            self, call_id=call_id, callee=user, device=device, target=parse_uri(binding.contact),
-            caller=frame.get("caller", ""), sdp=frame.get("sdp"), fork=True,
+            self, call_id=call.call_id, callee=user, device=device, target=parse_uri(contact),
+            caller=call.caller, sdp=call.sdp, fork=True,
         )
         self.legs[leg.sip_call_id] = leg
-        self.forks[(call_id, device)] = leg
+        self.forks[(call.call_id, device)] = leg
         self.spawn(leg.run())

@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 ALGORITHMS = ("SHA-256", "MD5")
 HEX_TOKEN = re.compile(r"^(?:[0-9a-fA-F]{2}){32,100}$")
 FrameHandler = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+BoundHandler = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ class Registrar:
         node_id: str,
         max_devices: int,
         on_frame: FrameHandler,
+        on_bound: BoundHandler,
     ) -> None:
         self.config = config
         self.endpoint = endpoint
@@ -109,6 +111,7 @@ class Registrar:
         self.node_id = node_id
         self.max_devices = max_devices
         self.on_frame = on_frame
+        self.on_bound = on_bound
         self.digest = DigestServer(config.realm, config.digest_secret, algorithms=config.digest_algorithms)
         # (user, device) -> (deliver, expiry timer) for bindings held on this node
         self._attached: dict[tuple[str, str], tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.TimerHandle]] = {}
@@ -188,6 +191,7 @@ class Registrar:
             for device_id in await self.bindings(user):
                 await self._remove(user, device_id)
             contacts = []
+        bound: list[str] = []
         for contact in contacts:
             expires = min(_int(contact.params.get("expires"), default), self.config.max_expires)
             if 0 < expires < self.config.min_expires:
@@ -201,12 +205,16 @@ class Registrar:
                 await self._remove(user, device_id)
             else:
                 await self._bind(user, device_id, contact, expires, event)
+                bound.append(device_id)
         current = await self.bindings(user)
         now = now_ms()
         self.endpoint.reply(event, 200, to_tag=generate_tag(), headers=[
             ("Contact", f"<{b.contact}>;expires={max(0, (b.expires_at - now) // 1000)}")
             for b in current.values()
         ])
+        # After the 200: a phone woken by a push hears its REGISTER answered, then the call.
+        for device_id in bound:
+            self._spawn(self.on_bound(user, device_id))
 
     async def _bind(
         self, user: str, device_id: str, contact: NameAddr, expires: int, event: RequestReceived
@@ -285,9 +293,22 @@ class Registrar:
 
     async def _expire(self, user: str, device_id: str) -> None:
         binding = await self.binding(user, device_id)
-        if binding is None:
-            await self.store.redis.hdel(self.bindings_key(user), device_id)
+        if binding is not None:
+            if binding.node != self.node_id:  # refreshed through another node, which listens now
+                await self._detach(user, device_id)
+            return
+        await self.store.redis.hdel(self.bindings_key(user), device_id)
         # The device record of a push-capable phone stays: a push may wake it to re-register.
+        # This node keeps listening for it meanwhile, so the user's ringing calls are indexed
+        # for the REGISTER that follows the push (gateway.py, ringing.py).
+        if not await self.push_capable(user, device_id):
+            await self._detach(user, device_id)
+
+    async def push_capable(self, user: str, device_id: str) -> bool:
+        device = await self.store.get_device(user, device_id)
+        return device is not None and "sip" in device and bool(device.get("voip_token"))
+
+    async def stop_listening(self, user: str, device_id: str) -> None:
         await self._detach(user, device_id)
 
     async def close(self) -> None:
