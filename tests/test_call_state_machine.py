@@ -75,7 +75,8 @@ def expected_verdict(state: CallState, who: str, passed: bool) -> Verdict:
     reason = {
         S.ENDED: EndReason.REMOTE_ENDED,
         S.CANCELLED: EndReason.REMOTE_ENDED,
-        S.DECLINED: EndReason.DECLINED_ELSEWHERE,
+        # The caller's phone was not declined "elsewhere": the other party ended it.
+        S.DECLINED: EndReason.REMOTE_ENDED if who == "caller" else EndReason.DECLINED_ELSEWHERE,
         S.MISSED: EndReason.UNANSWERED,
         S.FAILED: EndReason.FAILED,
     }[state]

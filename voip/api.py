@@ -18,7 +18,8 @@ from voip.auth import AuthError, Principal
 from voip.calls import CallState, EndReason, verdict
 from voip.node import Node
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Not "." or "..": HTTP clients fold those path segments away.
+DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
 MAX_BODY = 16 * 1024
 
 HexToken = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2}){32,100}$")]

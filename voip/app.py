@@ -13,6 +13,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from voip import api, metrics_route, openapi, ops
 from voip.node import Node
+from voip.ops.health import add_readiness_check
 from voip.settings import Settings
 from voip.ws import device_socket
 
@@ -57,4 +58,5 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.state.node = node
+    add_readiness_check(app, "apns", node.apns_ready)
     return app

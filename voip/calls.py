@@ -89,6 +89,14 @@ FINAL_REASON: dict[CallState, EndReason] = {
 }
 
 
+# The caller's side of the same outcomes: "declined elsewhere" means nothing to the
+# phone that placed the call; for it the other party ended the call.
+CALLER_REASON: dict[CallState, EndReason] = {
+    **FINAL_REASON,
+    CallState.DECLINED: EndReason.REMOTE_ENDED,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     state: CallState
@@ -115,7 +123,8 @@ def verdict(
         if device_id is not None and device_id in (answered_by_device, caller_device):
             return Verdict(state, False, None)
         return Verdict(state, True, EndReason.ANSWERED_ELSEWHERE)
-    return Verdict(state, True, FINAL_REASON[state])
+    reasons = CALLER_REASON if device_id is not None and device_id == caller_device else FINAL_REASON
+    return Verdict(state, True, reasons[state])
 
 
 # What each party's devices are told when a call enters a state.

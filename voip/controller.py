@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import structlog
 
 from voip.bus import Bus
-from voip.calls import NOTICES, Action, CallState, FINAL_REASON
+from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.tasks import stop_task
 from voip.call_pushes import CallPushes
 from voip.store import CallError, CallRecord, Store, Transition, now_ms
@@ -233,9 +233,8 @@ class CallController:
             return
         publishes = []
         if actor is None or actor.user_id != call.caller_user:
-            publishes.append(
-                self.bus.publish(call.caller_user, {**base, "type": to_caller}, only=[call.caller_device])
-            )
+            to_caller_frame = {**base, "type": to_caller, "reason": CALLER_REASON[call.state].value}
+            publishes.append(self.bus.publish(call.caller_user, to_caller_frame, only=[call.caller_device]))
         # After an answer only the device in the call is told; the others heard
         # "answered elsewhere" already.
         callee_only = [call.answered_by_device or ""] if transition.previous is CallState.ANSWERED else None

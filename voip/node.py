@@ -72,6 +72,12 @@ class Node:
             await self.sip.start()
         self.timeouts.start()
 
+    async def apns_ready(self) -> None:
+        """Readiness: a warm connection to APNs in each environment, or an exception."""
+        if self.notifier is None:
+            raise RuntimeError("the APNs sender has not started")
+        await self.notifier.connect()
+
     async def _apns_config(self) -> APNsConfig:
         settings = self.settings
         if settings.apns_key_file:

@@ -8,6 +8,8 @@ Redis Cluster hash tag, so each script touches one slot):
     {u:<user_id>}:devices    hash   device_id -> JSON device record
     {u:<user_id>}:presence   hash   device_id -> "<node>|<expires_ms>" (WebSocket connections)
     ring_deadlines           zset   call_id scored by ring deadline (ms)
+    calls                    zset   call_id scored by creation time (ms), for operators
+    {u:<user_id>}:last_push  hash   device_id -> JSON of the device's last push and its answer
 """
 
 from __future__ import annotations
@@ -99,6 +101,11 @@ class Store:
         self._claim = redis.register_script(_script("claim_timeouts"))
         self._drop_token = redis.register_script(_script("drop_voip_token"))
         self.deadlines_key = f"{prefix}ring_deadlines"
+        # Call ids by creation time (ms), for operators' listings (voip/ops/index.py).
+        self.calls_key = f"{prefix}calls"
+        # No call outlives this: unended, ring timeout (<= 600 s) + retention after its
+        # creation; ended, retention after its end.
+        self.calls_horizon_ms = (2 * retention + 600) * 1000
         # The hottest command's own connection (redis_pipe.py); redis-py when None.
         self.status_pipe: RedisPipe | None = None
 
@@ -170,7 +177,10 @@ class Store:
             )
             # NX: if the id is taken, the existing call's deadline must stay as it is.
             pipe.zadd(self.deadlines_key, {call_id: ring_deadline}, nx=True)
-            created, _ = await pipe.execute()
+            # The index is in another slot than the call, so it cannot be in the script.
+            pipe.zadd(self.calls_key, {call_id: created_at}, nx=True)
+            pipe.zremrangebyscore(self.calls_key, "-inf", created_at - self.calls_horizon_ms)
+            created, *_ = await pipe.execute()
         return bool(created)
 
     async def transition(
@@ -367,7 +377,17 @@ class Store:
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
     async def delete_device(self, user_id: str, device_id: str) -> bool:
-        return bool(await self.redis.hdel(self.devices_key(user_id), device_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.devices_key(user_id), device_id)
+            pipe.hdel(self.last_push_key(user_id), device_id)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    def last_push_key(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:last_push"
+
+    async def record_last_push(self, user_id: str, device_id: str, entry: dict[str, Any]) -> None:
+        await self.redis.hset(self.last_push_key(user_id), device_id, orjson.dumps(entry))
 
     async def set_presence(self, user_id: str, device_id: str, node: str, ttl_ms: int) -> None:
         await self.redis.hset(self.presence_key(user_id), device_id, f"{node}|{now_ms() + ttl_ms}")

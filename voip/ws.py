@@ -38,7 +38,8 @@ from voip.store import CallError
 
 log = structlog.get_logger(__name__)
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Not "." or "..": HTTP clients fold those path segments away.
+DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 PRESENCE_TTL_MS = 90_000

@@ -10,10 +10,10 @@ from tests.conftest import RunningNode
 from voip.ops import health
 
 
-async def test_ready_when_redis_answers(node: RunningNode) -> None:
+async def test_ready_when_redis_and_apns_answer(node: RunningNode) -> None:
     response = await node.http().get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"redis": "ok"}}
+    assert response.json() == {"status": "ready", "checks": {"redis": "ok", "apns": "ok"}}
     assert (await node.http().get("/healthz")).status_code == 200
 
 
@@ -40,3 +40,13 @@ async def test_a_failing_or_hanging_check_makes_the_node_not_ready(node: Running
         # The kind of failure only: an unauthenticated probe learns no address.
         "checks": {"redis": "ok", "apns": "failed: ConnectionRefusedError", "slow": "timed out after 0.2 s"},
     }
+
+
+async def test_not_ready_when_apns_is_unreachable(node: RunningNode) -> None:
+    # The node's APNs (here its bundled simulator) goes away: no warm connection can be had.
+    assert node.node.apns_simulator is not None
+    await node.node.notifier.aclose()  # type: ignore[union-attr]
+    await node.node.apns_simulator.stop()
+    response = await node.http().get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["apns"] != "ok"

@@ -57,7 +57,7 @@ async def test_app_cancels_while_the_sip_callee_rings(sip_node: SipNodeFactory, 
 
 
 @pytest.mark.parametrize(("name", "frame", "reason"), [
-    ("uas_busy.xml", "call.declined", "declined_elsewhere"),
+    ("uas_busy.xml", "call.declined", "remote_ended"),
     ("uas_not_found.xml", "call.failed", "failed"),
 ])
 async def test_sip_callee_refuses(

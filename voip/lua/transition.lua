@@ -66,5 +66,10 @@ if target ~= 'answered' then
   -- Final: the call stays queryable for the retention period, then goes.
   redis.call('EXPIRE', KEYS[1], ARGV[7])
   redis.call('EXPIRE', KEYS[2], ARGV[7])
+else
+  -- A call in progress must not expire under its talkers: a week, then retention.
+  local ttl = 7 * 86400 + tonumber(ARGV[7])
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
 end
 return {'ok', previous, cjson.encode(call)}
