@@ -155,3 +155,12 @@ async def test_capability_opens_one_call_for_one_device(node: RunningNode) -> No
     checks = [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
     assert [c["via"] for c in checks] == ["capability", "capability"]
     assert checks[0]["device"] == "b1" and checks[0]["state"] == "ringing"
+
+
+async def test_polling_does_not_grow_the_timeline_without_bound(node: RunningNode) -> None:
+    call_id, *_ = await ringing_call(node)
+    for _ in range(60):
+        assert (await status(node, call_id, device_id="b1"))[0] == 200
+    checks = [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+    assert len(checks) == 50
+    assert await node.node.redis.hget(node.node.store.call_keys(call_id)[0], "status_checks") == b"60"

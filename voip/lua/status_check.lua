@@ -12,6 +12,11 @@ local user = ARGV[1]
 if user ~= '' and user ~= f[2] and user ~= f[3] then
   return nil
 end
+-- Every check is counted; only the first ones go on the timeline, so an app that polls
+-- cannot grow a call's timeline for the whole retention period.
+if redis.call('HINCRBY', KEYS[1], 'status_checks', 1) > 50 then
+  return f
+end
 local entry = {at = tonumber(ARGV[3]), event = 'status_check', state = f[1],
   node = ARGV[4], via = ARGV[5]}
 if ARGV[2] ~= '' then entry.device = ARGV[2] end
