@@ -8,6 +8,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import redis.asyncio as aioredis
 import uvicorn
 import websockets
 
+from apnsim import APNsSimulator
 from voip.app import create_app
 from voip.auth import Authenticator
 from voip.node import Node
@@ -25,6 +27,7 @@ from voip.redis_server import PrivateRedis
 from voip.settings import Settings, load_settings
 
 SECRET = "test-secret-" + "x" * 32
+BUNDLE = "com.example.caller"
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +37,23 @@ def redis_url() -> Iterator[str]:
         return
     with PrivateRedis() as server:
         yield server.url
+
+
+@pytest.fixture
+async def apns(tmp_path: Path) -> AsyncIterator[tuple[APNsSimulator, dict[str, str]]]:
+    """An APNs simulator, and the APNS_* settings that point a node at it."""
+    async with APNsSimulator(tmp_path / "apns") as sim:
+        key = sim.create_key("TEAM000001", "KEY0000001")
+        key_file = tmp_path / "AuthKey.p8"
+        key_file.write_text(key.private_pem)
+        yield sim, {
+            "apns_key_file": str(key_file),
+            "apns_key_id": key.key_id,
+            "apns_team_id": key.team_id,
+            "apns_bundle_id": BUNDLE,
+            "apns_endpoint": sim.endpoint,
+            "apns_ca_file": str(sim.ca_file),
+        }
 
 
 @pytest.fixture

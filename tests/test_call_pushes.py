@@ -13,26 +13,9 @@ import orjson
 import pytest
 
 from apnsim import APNsSimulator, Device, Fault
-from tests.conftest import RunningNode, register
+from tests.conftest import BUNDLE, RunningNode, register
 
-BUNDLE = "com.example.caller"
 VOIP_TOPIC = f"{BUNDLE}.voip"
-
-
-@pytest.fixture
-async def apns(tmp_path: Path) -> AsyncIterator[tuple[APNsSimulator, dict[str, str]]]:
-    async with APNsSimulator(tmp_path / "apns") as sim:
-        key = sim.create_key("TEAM000001", "KEY0000001")
-        key_file = tmp_path / "AuthKey.p8"
-        key_file.write_text(key.private_pem)
-        yield sim, {
-            "apns_key_file": str(key_file),
-            "apns_key_id": key.key_id,
-            "apns_team_id": key.team_id,
-            "apns_bundle_id": BUNDLE,
-            "apns_endpoint": sim.endpoint,
-            "apns_ca_file": str(sim.ca_file),
-        }
 
 
 @pytest.fixture

@@ -14,27 +14,10 @@ from typing import Any
 import pytest
 
 from apnsim import APNsSimulator, Fault
-from tests.conftest import RunningNode
+from tests.conftest import BUNDLE, RunningNode
 from voip.devicesim import Backend, CXCallEndedReason, EventLog, Phone, Policy
 
-BUNDLE = "com.example.caller"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def apns(tmp_path: Path) -> AsyncIterator[tuple[APNsSimulator, dict[str, str]]]:
-    async with APNsSimulator(tmp_path / "apns") as sim:
-        key = sim.create_key("TEAM000001", "KEY0000001")
-        key_file = tmp_path / "AuthKey.p8"
-        key_file.write_text(key.private_pem)
-        yield sim, {
-            "apns_key_file": str(key_file),
-            "apns_key_id": key.key_id,
-            "apns_team_id": key.team_id,
-            "apns_bundle_id": BUNDLE,
-            "apns_endpoint": sim.endpoint,
-            "apns_ca_file": str(sim.ca_file),
-        }
 
 
 class World:

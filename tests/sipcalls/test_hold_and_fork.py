@@ -18,12 +18,12 @@ from tests.conftest import RunningNode
 from tests.sipcalls.conftest import (
     SipNodeFactory, finished, free_udp_port, scenario, sip_port, start_sipp, wait_bound,
 )
-from tests.test_call_pushes import VOIP_TOPIC, apns, invites_for  # noqa: F401  (fixture)
+from tests.test_call_pushes import VOIP_TOPIC, invites_for
 from voip.store import now_ms
 
 
 @pytest.fixture
-async def pushing_sip_node(sip_node: SipNodeFactory, apns: tuple[APNsSimulator, dict[str, str]]) -> AsyncIterator[tuple[RunningNode, APNsSimulator]]:  # noqa: F811
+async def pushing_sip_node(sip_node: SipNodeFactory, apns: tuple[APNsSimulator, dict[str, str]]) -> AsyncIterator[tuple[RunningNode, APNsSimulator]]:
     sim, settings = apns
     yield await sip_node(**settings), sim
 
