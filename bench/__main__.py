@@ -59,7 +59,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="about 30 s instead of about 3 min")
     parser.add_argument("--profile", action="store_true", help="py-spy the node under status load")
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
+    parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
     args = parser.parse_args()
+    if args.ops:
+        from bench import ops
+
+        return ops.main(quick=args.quick)
     if args.push:
         from bench import push
 

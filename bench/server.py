@@ -42,6 +42,8 @@ def main() -> None:
         node_id=os.environ["BENCH_NODE_ID"],
         # Bench calls ring unanswered; no ring timeout may fire in the middle of a run.
         ring_timeout=600,
+        # BENCH_OPS_FEED=0/1 (bench/ops.py compares the two); unset: the settings' own default.
+        **({"ops_feed": os.environ["BENCH_OPS_FEED"] != "0"} if "BENCH_OPS_FEED" in os.environ else {}),
     )
     logs.configure(settings.log_level)  # as `python -m voip run` does
     app = create_app(settings)
