@@ -270,6 +270,9 @@ class SipEndpoint:
         self.tls_port = tls_port
         self.max_datagram_size = max_datagram_size
         self.auto_cancel = auto_cancel
+        # Sees every message that reaches the transaction layer ("in") or leaves ("out"):
+        # the application's metrics or tracing; the stack itself keeps only `stats`.
+        self.on_message: Callable[[str, Request | Response], None] | None = None
         self.stats: Counter[str] = Counter()
         self.tu: TransactionUser | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -543,6 +546,8 @@ class SipEndpoint:
         return True
 
     def _receive(self, message: Request | Response, source: Addr, transport: str) -> None:
+        if self.on_message is not None:
+            self.on_message("in", message)
         self._process(self.layer.receive(message, source, transport, self.now()))
         self._reschedule()
 
@@ -656,6 +661,8 @@ class SipEndpoint:
         data = event.data
         transport = event.transport.upper()
         self.stats["sent"] += 1
+        if self.on_message is not None:
+            self.on_message("out", event.message)
         if transport == "UDP":
             if self._udp is None:
                 self._send_failed(event.transaction)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from voip import metrics
 from voip.bus import Bus
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.tasks import stop_task
@@ -106,6 +107,7 @@ class CallController:
             origin_node=self.node,
             caller_name=caller_name or caller.user_id,
         )
+        metrics.CALLS.labels(CallState.RINGING.value, "").inc()
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
         if leg is not None and self.outbound is not None:
             await self.outbound.place(call, leg, sdp)
@@ -208,6 +210,7 @@ class CallController:
         """Tell the devices of both parties what the transition means for each of them.
         The acting device is not told: it has its `ack`."""
         call = transition.call
+        metrics.CALLS.labels(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
         if transition.previous is CallState.RINGING and self.pushes is not None:
             await self._push_ending(call, actor)
         to_caller, to_callee = NOTICES[call.state]

@@ -5,7 +5,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-CALLS = Counter("voip_calls_total", "Calls that reached a state", ["state"])
+CALLS = Counter("voip_calls_total", "Calls that reached a state, by the reason given to devices", ["state", "reason"])
 STATUS_CHECKS = Counter(
     "voip_status_checks_total", "Call-status requests by verdict", ["state", "end_call"]
 )
@@ -37,3 +37,21 @@ PUSH_LATENCY = Histogram(
     ["kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+SIP_MESSAGES = Counter(
+    "voip_sip_messages_total",
+    "SIP messages by direction, method (a response's from its CSeq) and status (responses only)",
+    ["direction", "method", "status"],
+)
+
+
+def count_sip_message(direction: str, message: Any) -> None:
+    """The SIP endpoint's observer: requests by method, responses by method and status."""
+    status = getattr(message, "status", None)
+    if status is None:
+        SIP_MESSAGES.labels(direction, message.method, "").inc()
+        return
+    try:
+        method = message.cseq.method
+    except Exception:  # a response without a usable CSeq is still counted
+        method = "?"
+    SIP_MESSAGES.labels(direction, method, str(status)).inc()

@@ -182,6 +182,8 @@ class DeviceConnection:
 
     async def send(self, frame: dict[str, Any]) -> None:
         # Every frame goes through the outbox: one task writes to the socket.
+        if frame["type"] == "error":
+            metrics.WS_ERRORS.labels(frame["code"]).inc()
         await self.outbox.put(frame)
 
     async def _write(self) -> None:

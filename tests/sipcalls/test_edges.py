@@ -79,3 +79,18 @@ async def test_a_busy_decline_is_486_and_the_offer_reaches_the_app(sip_node: Sip
         assert (await tx).status == 486
     states = [e for e in await node.node.store.timeline(incoming["call_id"]) if e["event"] == "state"]
     assert states[-1]["to"] == "declined" and states[-1]["note"] == {"busy": True}
+
+
+async def test_sip_messages_are_counted_by_method_and_status(sip_node: SipNodeFactory) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(direction: str, method: str, status: str) -> float:
+        labels = {"direction": direction, "method": method, "status": status}
+        return REGISTRY.get_sample_value("voip_sip_messages_total", labels) or 0.0
+
+    node = await sip_node()
+    before_in, before_out = count("in", "OPTIONS", ""), count("out", "OPTIONS", "200")
+    async with sip_client() as client:
+        assert (await send(client, sip_port(node), build("OPTIONS", "sip:voip.test"))).status == 200
+    assert count("in", "OPTIONS", "") == before_in + 1
+    assert count("out", "OPTIONS", "200") == before_out + 1

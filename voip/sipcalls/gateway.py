@@ -16,6 +16,7 @@ from sip.endpoint import SipEndpoint
 from sip.message import Request, Response, generate_tag, parse_uri
 from sip.ratelimit import TokenBucketLimiter
 from sip.transaction import RequestReceived, ResponseReceived
+from voip import metrics
 from voip.bus import Bus
 from voip.calls import Action
 from voip.controller import CallController
@@ -53,6 +54,7 @@ class SipGateway:
             timers=config.timers,
             rate_limiter=TokenBucketLimiter(config.rate, config.burst),
         )
+        self.endpoint.on_message = metrics.count_sip_message
         self.dialogs = DialogTable()
         self.legs: dict[str, Leg] = {}  # SIP Call-ID -> leg
         self.forks: dict[tuple[str, str], OutboundLeg] = {}  # (call id, device) -> leg
