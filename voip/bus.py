@@ -53,8 +53,14 @@ class Bus:
         only: Iterable[str] | None = None,
         exclude: Iterable[str] = (),
     ) -> None:
-        envelope = {"frame": frame, "only": list(only) if only is not None else None, "exclude": list(exclude)}
-        await self._redis.publish(self.channel(user_id), orjson.dumps(envelope))
+        await self._redis.publish(self.channel(user_id), self.envelope(frame, only=only, exclude=exclude))
+
+    @staticmethod
+    def envelope(
+        frame: dict[str, Any], *, only: Iterable[str] | None = None, exclude: Iterable[str] = ()
+    ) -> bytes:
+        """What goes on a user's channel: the frame, and which of their devices get it."""
+        return orjson.dumps({"frame": frame, "only": list(only) if only is not None else None, "exclude": list(exclude)})
 
     async def attach(self, user_id: str, device_id: str, deliver: Deliver) -> None:
         """Route the user's frames for `device_id` to `deliver`; returns once Redis has

@@ -82,17 +82,33 @@ class CallController:
                     if record.get("voip_token")
                 }
         created_at = now_ms()
+        ring_deadline = created_at + self.ring_timeout_ms
+        name = caller_name or caller.user_id
+        incoming: dict[str, Any] = {
+            "type": "call.incoming",
+            "call_id": call_id,
+            "caller": caller.user_id,
+            "caller_name": name,
+            "ring_deadline": ring_deadline,
+            "server_time": created_at,
+        }
+        if sdp is not None:
+            incoming["sdp"] = sdp
+        # The callee's devices are told from inside the script that creates the call:
+        # no round trip between "the call exists" and "its devices know".
+        announce = (self.bus.channel(callee), self.bus.envelope(incoming)) if targets and leg is None else None
         created = await self.store.create_call(
             call_id,
             caller_user=caller.user_id,
             caller_device=caller.device_id,
             callee_user=callee,
-            ring_deadline=created_at + self.ring_timeout_ms,
+            ring_deadline=ring_deadline,
             node=self.node,
             targets=targets,
             created_at=created_at,
             pushes=pushes,
-            caller_name=caller_name or caller.user_id,
+            caller_name=name,
+            announce=announce,
         )
         if not created:
             raise CallError("call_exists")
@@ -103,9 +119,9 @@ class CallController:
             caller_device=caller.device_id,
             callee_user=callee,
             created_at=created_at,
-            ring_deadline=created_at + self.ring_timeout_ms,
+            ring_deadline=ring_deadline,
             origin_node=self.node,
-            caller_name=caller_name or caller.user_id,
+            caller_name=name,
         )
         metrics.CALLS.labels(CallState.RINGING.value, "").inc()
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
@@ -113,8 +129,8 @@ class CallController:
             await self.outbound.place(call, leg, sdp)
             return call
         if pushes and self.pushes is not None:
-            # The pushes leave now, before any WebSocket delivery: a phone asleep is the
-            # common case, and every millisecond here is ring time lost.
+            # The pushes leave the moment the call exists, in the background: a phone
+            # asleep is the common case, and nothing here waits for APNs.
             self.pushes.invite(call, pushes, call.caller_name)
         if not targets:
             # Nobody to ring: the call is missed now rather than after a silent ring timeout.
@@ -123,17 +139,6 @@ class CallController:
             )
             await self.announce(transition)
             return transition.call
-        incoming: dict[str, Any] = {
-            "type": "call.incoming",
-            "call_id": call_id,
-            "caller": caller.user_id,
-            "caller_name": call.caller_name,
-            "ring_deadline": call.ring_deadline,
-            "server_time": created_at,
-        }
-        if sdp is not None:
-            incoming["sdp"] = sdp
-        await self.bus.publish(callee, incoming)
         return call
 
     async def ringing(self, user_id: str, device_id: str, call_id: str) -> CallRecord:

@@ -145,7 +145,10 @@ class Store:
         created_at: int,
         pushes: dict[str, dict[str, Any]] | None = None,
         caller_name: str = "",
+        announce: tuple[str, bytes] | None = None,
     ) -> bool:
+        """Create the call if its id is free; `announce` is published (channel, message)
+        by the same script once the call exists."""
         fields = {
             "state": CallState.RINGING.value,
             "caller_user": caller_user,
@@ -172,7 +175,7 @@ class Store:
             await self._create(
                 keys=[*self.call_keys(call_id), self.pushes_key(call_id)],
                 args=[orjson.dumps(fields), orjson.dumps(entry), ttl, self.ops_channel, call_id,
-                      orjson.dumps(pushes_json)],
+                      orjson.dumps(pushes_json), *(announce or ("", ""))],
                 client=pipe,
             )
             # NX: if the id is taken, the existing call's deadline must stay as it is.

@@ -1,6 +1,7 @@
 -- Create a call if its id is free. KEYS: call hash, timeline, pushes hash.
 -- ARGV: fields (JSON object), first timeline entry (JSON), ttl seconds,
---       operators' channel ("" for none), call id, pushes (JSON {device: JSON}).
+--       operators' channel ("" for none), call id, pushes (JSON {device: JSON}),
+--       the callee's channel and the call.incoming envelope ("" for none).
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -27,5 +28,8 @@ if #flat_pushes > 0 then
 end
 if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[4], '{"call_id":"' .. ARGV[5] .. '","entry":' .. ARGV[2] .. '}')
+end
+if ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[7], ARGV[8])
 end
 return 1
