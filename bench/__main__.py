@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="about 30 s instead of about 3 min")
     parser.add_argument("--profile", action="store_true", help="py-spy the node under status load")
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
+    parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
     args = parser.parse_args()
     if args.ops:
@@ -69,6 +70,10 @@ def main() -> None:
         from bench import push
 
         return push.main(quick=args.quick, profile=args.profile)
+    if args.sip:
+        from bench import sip
+
+        return sip.main()
     plan = QUICK if args.quick else FULL
     wrk_binary()  # fail before starting anything
     server_cpu, load_cpu = cpu_plan()
