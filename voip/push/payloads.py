@@ -48,6 +48,25 @@ def _body(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(payload)
 
 
+def _voip_push(bundle_id: str, device_token: str, environment: Environment | str, call_id: str,
+               payload: dict[str, Any], deadline: float, apns_id: str | None) -> PushRequest:
+    """A PushKit push about one call: the call id is the collapse id, so a newer push for
+    the call replaces an older one that APNs still holds."""
+    return PushRequest(
+        device_token=device_token,
+        environment=Environment(environment),
+        push_type=PushType.VOIP,
+        topic=voip_topic(bundle_id),
+        payload=_body(payload),
+        apns_id=apns_id or str(uuid.uuid4()),
+        deadline=deadline,
+        priority=10,
+        # Rounded up: APNs must not drop a push a fraction of a second before its deadline.
+        expiration=math.ceil(deadline),
+        collapse_id=call_id,
+    )
+
+
 def voip_invite(*, bundle_id: str, device_token: str, environment: Environment | str,
                 call_id: str, caller: Caller, ring_deadline: float, status_url: str,
                 now: float | None = None, apns_id: str | None = None) -> PushRequest:
@@ -62,19 +81,7 @@ def voip_invite(*, bundle_id: str, device_token: str, environment: Environment |
         "expires_at": _ms(ring_deadline),
         "status_url": status_url,
     }
-    return PushRequest(
-        device_token=device_token,
-        environment=Environment(environment),
-        push_type=PushType.VOIP,
-        topic=voip_topic(bundle_id),
-        payload=_body(payload),
-        apns_id=apns_id or str(uuid.uuid4()),
-        deadline=ring_deadline,
-        priority=10,
-        # Rounded up: APNs must not drop an invite a fraction of a second before the ring ends.
-        expiration=math.ceil(ring_deadline),
-        collapse_id=call_id,
-    )
+    return _voip_push(bundle_id, device_token, environment, call_id, payload, ring_deadline, apns_id)
 
 
 def call_cancellation(*, bundle_id: str, device_token: str, environment: Environment | str,
@@ -85,19 +92,7 @@ def call_cancellation(*, bundle_id: str, device_token: str, environment: Environ
     cancellation replaces the stored invite instead of following it."""
     now = time.time() if now is None else now
     payload = {"type": CANCELLED, "call_id": call_id, "reason": reason, "sent_at": _ms(now)}
-    return PushRequest(
-        device_token=device_token,
-        environment=Environment(environment),
-        push_type=PushType.VOIP,
-        topic=voip_topic(bundle_id),
-        payload=_body(payload),
-        apns_id=apns_id or str(uuid.uuid4()),
-        deadline=ring_deadline,
-        priority=10,
-        # Rounded up: APNs must not drop an invite a fraction of a second before the ring ends.
-        expiration=math.ceil(ring_deadline),
-        collapse_id=call_id,
-    )
+    return _voip_push(bundle_id, device_token, environment, call_id, payload, ring_deadline, apns_id)
 
 
 def missed_call_alert(*, bundle_id: str, device_token: str, environment: Environment | str,
