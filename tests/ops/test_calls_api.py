@@ -9,7 +9,6 @@ import orjson
 
 from tests.conftest import RunningNode, register
 from tests.ops.conftest import ops_get, place_call
-from voip.ops.views import last_push_key
 from voip.store import now_ms
 
 
@@ -122,7 +121,7 @@ async def test_a_users_devices_with_token_age_presence_and_last_push(node: Runni
     await register(node, "bob", "b-ipad")
     await node.device("bob", "b-phone")
     push = {"at": now_ms(), "status": 410, "reason": "Unregistered", "apns_id": "A-1", "call_id": "c"}
-    await node.node.redis.hset(last_push_key(node.node.store.prefix, "bob"), "b-ipad", orjson.dumps(push))
+    await node.node.store.record_last_push("bob", "b-ipad", push)
 
     body = (await ops_get(node, "/v1/ops/devices/bob")).json()
     assert body["user"] == "bob"
@@ -148,3 +147,22 @@ async def test_summary_counts_outcomes_of_the_window(node: RunningNode) -> None:
     assert summary["push_results"] == {}
     assert summary["late_pushes_caught"] == {"status_checks": 0, "calls": 0}
     assert summary["until"] - summary["since"] == 3_600_000
+
+
+async def test_status_checks_show_the_verdict_given_and_how_late(node: RunningNode) -> None:
+    caller = await node.device("alice", "a1")
+    phone = await node.device("bob", "b1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
+    device = {"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"}
+    client = node.http()
+    await client.get(f"/v1/calls/{call_id}/status", params={"device_id": "b1"}, headers=device)
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    await client.get(f"/v1/calls/{call_id}/status", params={"device_id": "b1"}, headers=device)
+
+    operator = {"Authorization": f"Bearer {node.auth.mint('ops', 'operator')}"}
+    timeline = (await client.get(f"/v1/ops/calls/{call_id}", headers=operator)).json()["timeline"]
+    ringing, late = [e for e in timeline if e["event"] == "status_check"]
+    assert (ringing["end_call"], ringing["reason"]) == (False, None) and "late_ms" not in ringing
+    assert (late["end_call"], late["reason"]) == (True, "remote_ended")
+    assert 0 <= late["late_ms"] < 5000

@@ -20,6 +20,7 @@ end
 local entry = {at = tonumber(ARGV[3]), event = 'status_check', state = f[1],
   node = ARGV[4], via = ARGV[5]}
 if ARGV[2] ~= '' then entry.device = ARGV[2] end
+if f[7] then entry.late_ms = tonumber(ARGV[3]) - tonumber(f[7]) end  -- asked after the call ended
 local encoded = cjson.encode(entry)
 redis.call('RPUSH', KEYS[2], encoded)
 if ARGV[6] ~= '' then

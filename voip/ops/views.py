@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from voip.api import ApiError, JSONResponse, authenticate, node_of
-from voip.calls import CallState
+from voip.calls import CallState, verdict
 from voip.node import Node
 from voip.ops.access import OPERATOR
 from voip.ops.index import BadCursor, CallFilter, CallIndex, Position, call_view
@@ -94,14 +94,25 @@ async def get_call(request: Request) -> Response:
         fields, entries = await pipe.execute()
     if not fields:
         raise ApiError(404, "unknown_call", "no such call (or past its retention)")
-    return JSONResponse(
-        {"call": call_view(call_id, fields), "timeline": [orjson.loads(e) for e in entries]}
+    call = call_view(call_id, fields)
+    timeline = [_with_verdict(call, orjson.loads(e)) for e in entries]
+    return JSONResponse({"call": call, "timeline": timeline})
+
+
+def _with_verdict(call: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A status check, with the verdict the device was given: recomputed by the same
+    pure function the endpoint used, from the state the check saw."""
+    if entry.get("event") != "status_check" or entry.get("state") not in CallState._value2member_map_:
+        return entry
+    given = verdict(
+        CallState(entry["state"]),
+        device_id=entry.get("device"),
+        caller_device=call["caller_device"],
+        answered_by_device=call["answered_by_device"],
+        ring_deadline_ms=call["ring_deadline"] or 0,
+        now_ms=entry.get("at", 0),
     )
-
-
-def last_push_key(prefix: str, user_id: str) -> str:
-    """device id -> JSON of the last push sent to it (written by the push work)."""
-    return f"{prefix}{{u:{user_id}}}:last_push"
+    return {**entry, "end_call": given.end_call, "reason": given.reason.value if given.reason else None}
 
 
 def _device_view(device_id: str, record: dict[str, Any], presence: bytes | None,
@@ -134,7 +145,7 @@ async def user_devices(request: Request) -> Response:
     async with store.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(store.devices_key(user))
         pipe.hgetall(store.presence_key(user))
-        pipe.hgetall(last_push_key(store.prefix, user))
+        pipe.hgetall(store.last_push_key(user))
         devices, presence, pushes = await pipe.execute()
     now = int(time.time() * 1000)
     views = [

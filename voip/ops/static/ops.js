@@ -357,8 +357,9 @@ function describe(e) {
     case "delivered":
       return `${e.type} delivered to ${e.device}`;
     case "status_check": {
-      const verdict = LIVE_STATES.has(e.state) ? "" : " — told to end the call";
-      return `status check via ${e.via}: call was ${e.state}${verdict}`;
+      const told = e.end_call ? ` — told to end the call (${e.reason})` : LIVE_STATES.has(e.state) ? "" : " — told to end the call";
+      const late = e.late_ms != null ? `, ${(e.late_ms / 1000).toFixed(1)} s after it ended` : "";
+      return `status check via ${e.via}: call was ${e.state}${told}${late}`;
     }
     case "push": {
       const what = `${e.push_type === "alert" ? "alert" : "VoIP"} push${e.kind ? ` (${e.kind})` : ""}`;
