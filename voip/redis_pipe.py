@@ -98,7 +98,7 @@ class RedisPipe:
         protocol.transport.write(command)
         return await future
 
-    async def evalsha(self, sha: str, script: bytes, keys: list[str], args: list[Any]) -> Any:
+    async def evalsha(self, sha: str, script: bytes | str, keys: list[str], args: list[Any]) -> Any:
         command = _command("EVALSHA", sha, len(keys), *keys, *args)
         try:
             protocol = await self._connection()

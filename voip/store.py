@@ -269,13 +269,15 @@ class Store:
         """Fields: state, caller_user, callee_user, caller_device, answered_by_device,
         ring_deadline, ended_at; None when the call is unknown to this asker."""
         keys = self.call_keys(call_id)
-        args = [user, device, at, node, via, self.ops_channel, call_id]
+        args: list[Any] = [user, device, at, node, via, self.ops_channel, call_id]
         if self.status_pipe is not None:
-            return await self.status_pipe.evalsha(self._status.sha, self._status.script, keys, args)  # type: ignore[no-any-return]
+            script = self._status.script
+            assert isinstance(script, (bytes, str))
+            return await self.status_pipe.evalsha(self._status.sha, script, keys, args)  # type: ignore[no-any-return]
         return await self._status(keys=keys, args=args)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
-        fields = await self.redis.hgetall(self.call_keys(call_id)[0])
+        fields: dict[bytes, bytes] = await self.redis.hgetall(self.call_keys(call_id)[0])  # type: ignore[assignment]
         if not fields:
             return None
         return CallRecord.from_hash(call_id, {k.decode(): v.decode() for k, v in fields.items()})
@@ -376,7 +378,7 @@ class Store:
         return orjson.loads(raw) if raw else None
 
     async def list_devices(self, user_id: str) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self.devices_key(user_id))
+        raw: dict[bytes, bytes] = await self.redis.hgetall(self.devices_key(user_id))  # type: ignore[assignment]
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
     async def delete_device(self, user_id: str, device_id: str) -> bool:
@@ -397,7 +399,7 @@ class Store:
 
     async def clear_presence(self, user_id: str, device_id: str, node: str) -> None:
         key = self.presence_key(user_id)
-        current = await self.redis.hget(key, device_id)
+        current: bytes | None = await self.redis.hget(key, device_id)  # type: ignore[assignment]
         # Only our own entry: the device may have reconnected to another node meanwhile.
         if current and current.decode().split("|")[0] == node:
             await self.redis.hdel(key, device_id)
