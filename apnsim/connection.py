@@ -97,8 +97,9 @@ class APNsConnection(asyncio.Protocol):
     # asyncio side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's transports (uvicorn serves on uvloop) are
+        # asyncio.Transport-alike, not subclasses.
+        self._transport = transport  # type: ignore[assignment]
         ssl_object = transport.get_extra_info("ssl_object")
         self.info.alpn_protocol = ssl_object.selected_alpn_protocol() if ssl_object else None
         self.info.peer = transport.get_extra_info("peername")

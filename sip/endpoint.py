@@ -186,8 +186,9 @@ class _StreamConnection(asyncio.Protocol):
         self.peer: Addr = ("", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports (uvicorn serves on uvloop) are
+        # asyncio.Transport-alike, not subclasses.
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
         self.endpoint._conns[(self.name, self.peer)] = self
