@@ -164,3 +164,21 @@ async def test_polling_does_not_grow_the_timeline_without_bound(node: RunningNod
     checks = [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
     assert len(checks) == 50
     assert await node.node.redis.hget(node.node.store.call_keys(call_id)[0], "status_checks") == b"60"
+
+
+def test_call_ids_are_canonical_in_every_spelling() -> None:
+    from voip.api import canonical_uuid
+
+    call_id = str(uuid.uuid4())
+    for spelling in (call_id, call_id.upper(), call_id.replace("-", ""), "{" + call_id + "}", "urn:uuid:" + call_id):
+        assert canonical_uuid(spelling) == call_id
+    for bad in ("", "not-a-uuid", call_id + "0", call_id[:-1] + "g"):
+        assert canonical_uuid(bad) is None
+
+
+async def test_percent_encoded_parameters_still_work(node: RunningNode) -> None:
+    call_id, *_ = await ringing_call(node)
+    cap = node.auth.capability(call_id, "b:1", int(time.time()) + 600)
+    # "b:1" sent as b%3A1: the general parser takes over.
+    response = await node.http().get(f"/v1/calls/{call_id}/status?device_id=b%3A1&cap={cap}")
+    assert response.status_code == 200 and response.json()["state"] == "ringing"
