@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
+
+from apnsim import APNsSimulator
+from tests.conftest import register
+from tests.test_call_pushes import VOIP_TOPIC, invites_for
 from tests.sipcalls.conftest import (
     APP_SDP, SipNodeFactory, finished, scenario, sip_port, start_sipp,
 )
@@ -103,3 +108,27 @@ async def test_unanswered_call_gets_480(sip_node: SipNodeFactory, tmp_path: Path
     missed = await alice.expect("call.missed", timeout=10, call_id=incoming["call_id"])
     assert missed["reason"] == "unanswered"
     await finished(sipp)
+
+
+async def test_a_sip_call_wakes_a_sleeping_iphone_and_cancels_it(
+    sip_node: SipNodeFactory, apns: tuple[APNsSimulator, dict[str, str]], tmp_path: Path
+) -> None:
+    # The peer calls alice, whose only phone is asleep: it rings through a VoIP push. The
+    # peer gives up; the cancellation push displaces the stored invite on the phone.
+    sim, settings = apns
+    node = await sip_node(**settings)
+    iphone = sim.add_device(VOIP_TOPIC, online=False)
+    await register(node, "alice", "alice-iphone", voip_token=iphone.token)
+    tablet = await node.device("alice", "alice-tablet")  # sipp waits for a 180
+    sipp = start_sipp(uac(sip_port(node), "peer_cancels.xml"), tmp_path)
+
+    incoming = await tablet.expect("call.incoming", timeout=10)
+    [invite] = await invites_for(sim, incoming["call_id"])
+    assert orjson.loads(invite.body)["caller"]["id"] == CALLER
+    await tablet.request({"type": "call.ringing", "call_id": incoming["call_id"]})
+
+    [cancel] = await invites_for(sim, incoming["call_id"], "call.cancelled")
+    assert orjson.loads(cancel.body)["reason"] == "remote_ended" and cancel.token == iphone.token
+    await finished(sipp)
+    iphone.go_online()
+    assert [d.push.payload["type"] for d in iphone.inbox] == ["call.cancelled"]
