@@ -68,7 +68,11 @@ def served(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[tuple[str, i
         process.terminate()
         process.wait(10)
         log.close()
-    assert "Traceback" not in (tmp_path / "node.log").read_text(), (tmp_path / "node.log").read_text()
+    output = (tmp_path / "node.log").read_text()
+    assert "Traceback" not in output, output
+    # Structured logs: every line the process wrote, ours and uvicorn's, is a JSON object.
+    for line in filter(None, output.splitlines()):
+        assert isinstance(orjson.loads(line), dict), line
 
 
 async def test_a_call_rings_a_sleeping_phone_through_the_bundled_simulator(served: tuple[str, int]) -> None:

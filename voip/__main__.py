@@ -18,6 +18,7 @@ def _settings() -> Settings:
 
 
 def run(args: argparse.Namespace) -> None:
+    import structlog
     import uvicorn
 
     from voip import logs
@@ -30,7 +31,9 @@ def run(args: argparse.Namespace) -> None:
     if not settings.redis_url:
         private_redis = PrivateRedis().start()
         settings.redis_url = private_redis.url
-        print(f"voip: REDIS_URL not set; started a private Redis at {private_redis.url}", file=sys.stderr)
+        structlog.get_logger("voip").warning(
+            "redis.private", url=private_redis.url, note="REDIS_URL not set: a private Redis for this node"
+        )
     try:
         config = uvicorn.Config(
             create_app(settings),
