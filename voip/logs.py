@@ -7,12 +7,13 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import Processor
 
 
 def configure(level: str = "info") -> None:
     numeric = logging.getLevelNamesMapping()[level.upper()]
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    render = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    render: list[Processor] = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
