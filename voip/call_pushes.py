@@ -172,10 +172,13 @@ class CallPushes:
         if result.timestamp is not None:
             entry["apns_timestamp"] = result.timestamp
         current, cancelled_at = await self.store.append_and_read(
-            call.call_id, [entry], cancellation_of=device_id if kind == "invite" else None
+            call.call_id,
+            [entry],
+            cancellation_of=device_id if kind == "invite" else None,
+            last_push=(call.callee_user, device_id, {**entry, "call_id": call.call_id})
+            if kind != "missed_alert"
+            else None,
         )
-        if kind != "missed_alert":
-            await self.store.record_last_push(call.callee_user, device_id, {**entry, "call_id": call.call_id})
         if kind == "cancel" and result.outcome is Outcome.DELIVERED:
             await self.store.record_cancellation(call.call_id, device_id, entry["at"])
         log.info("push.sent", call_id=call.call_id, device=device_id, kind=kind,

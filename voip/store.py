@@ -289,9 +289,15 @@ class Store:
         await self.append_and_read(call_id, entries)
 
     async def append_and_read(
-        self, call_id: str, entries: list[dict[str, Any]], *, cancellation_of: str | None = None
+        self,
+        call_id: str,
+        entries: list[dict[str, Any]],
+        *,
+        cancellation_of: str | None = None,
+        last_push: tuple[str, str, dict[str, Any]] | None = None,
     ) -> tuple[CallRecord | None, int | None]:
-        """Append timeline entries (published to operators too) and, with
+        """Append timeline entries (published to operators too); with `last_push`
+        (user, device, entry), keep it as that device's last push; with
         `cancellation_of`, read back the call and when APNs accepted a cancellation for
         that device: all in one round trip."""
         encoded = [orjson.dumps(e) for e in entries]
@@ -301,6 +307,9 @@ class Store:
             if self.ops_channel:
                 for entry in encoded:
                     pipe.publish(self.ops_channel, b'{"call_id":"%s","entry":%s}' % (call_id.encode(), entry))
+            if last_push is not None:
+                user_id, device_id, push = last_push
+                pipe.hset(self.last_push_key(user_id), device_id, orjson.dumps(push))
             if cancellation_of is not None:
                 pipe.hgetall(self.call_keys(call_id)[0])
                 pipe.hget(self.cancellations_key(call_id), cancellation_of)
