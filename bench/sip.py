@@ -39,6 +39,7 @@ from websockets.asyncio.client import ClientConnection
 from bench import devices
 from bench.noise import Noise
 from bench.procs import Cluster, NodeProcess, cpu_plan
+from tests.ports import free_port
 
 RATES = (10, 25, 50, 75, 100, 150)  # calls per second
 SECONDS = 5.0  # of INVITEs per rate
@@ -137,12 +138,6 @@ class AutoAnswer:
                     self.refused += 1
                 elif kind == "call.ended":
                     self.ended += 1
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        return int(udp.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:

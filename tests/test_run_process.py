@@ -20,20 +20,15 @@ import pytest
 import websockets
 
 from tests.conftest import SECRET
+from tests.ports import free_port
 from voip.auth import Authenticator
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def served(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[tuple[str, int]]:
-    port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+    port, sip_port = free_port(), free_port()
     env = {
         **os.environ,
         "REDIS_URL": redis_url,

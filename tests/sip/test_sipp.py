@@ -20,6 +20,7 @@ from sip.dialog import Dialog, DialogState
 from sip.endpoint import SipEndpoint
 from sip.message import URI, NameAddr
 from sip.transaction import TimerConfig
+from tests.ports import free_port
 from tests.sip.demo_tu import DemoTU, invite_request
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -49,12 +50,6 @@ async def run_sipp(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int
 def summary(output: str) -> str:
     lines = [line for line in output.splitlines() if "Successful call" in line or "Failed call" in line]
     return "\n".join(lines[-2:]) or output[-3000:]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        return int(udp.getsockname()[1])
 
 
 @pytest.fixture

@@ -84,12 +84,6 @@ async def finished(sipp: asyncio.Task[tuple[int, str]], timeout: float = 45) -> 
     return output
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        return int(udp.getsockname()[1])
-
-
 async def wait_bound(port: int, sipp: asyncio.Task[tuple[int, str]]) -> None:
     """Until sipp holds its UDP port, so our first INVITE is not lost to nobody."""
     for _ in range(200):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sipcalls.conftest import SipNodeFactory, free_udp_port, sip_port
+from tests.ports import free_port
+from tests.sipcalls.conftest import SipNodeFactory, sip_port
 
 CONFIG = """\
 poll_method		epoll
@@ -37,7 +38,7 @@ async def test_baresip_registers_and_answers_an_app_call(sip_node: SipNodeFactor
     node = await sip_node()
     gateway = node.node.sip
     assert gateway is not None
-    phone_port = free_udp_port()
+    phone_port = free_port()
     (tmp_path / "config").write_text(CONFIG.format(port=phone_port))
     (tmp_path / "accounts").write_text(ACCOUNT.format(node_port=sip_port(node)))
     process = await asyncio.create_subprocess_exec(

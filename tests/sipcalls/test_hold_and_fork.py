@@ -15,8 +15,9 @@ import pytest
 
 from apnsim import APNsSimulator
 from tests.conftest import RunningNode
+from tests.ports import free_port
 from tests.sipcalls.conftest import (
-    SipNodeFactory, finished, free_udp_port, scenario, sip_port, start_sipp, wait_bound,
+    SipNodeFactory, finished, scenario, sip_port, start_sipp, wait_bound,
 )
 from tests.test_call_pushes import VOIP_TOPIC, invites_for
 from voip.store import now_ms
@@ -58,7 +59,7 @@ async def test_phone_woken_by_the_push_is_forked_into_the_ringing_call(
 ) -> None:
     node, sim = pushing_sip_node
     device = sim.add_device(VOIP_TOPIC)
-    phone_port = free_udp_port()
+    phone_port = free_port()
     await register_push_phone(node, phone_port, device.token, tmp_path / "register")
     device_id = await fall_asleep(node, "alice")
 
@@ -88,7 +89,7 @@ async def test_call_ended_before_the_register_forks_nothing(
 ) -> None:
     node, sim = pushing_sip_node
     device = sim.add_device(VOIP_TOPIC)
-    phone_port = free_udp_port()
+    phone_port = free_port()
     await register_push_phone(node, phone_port, device.token, tmp_path / "register")
     await fall_asleep(node, "alice")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DeviceClient
+from tests.ports import free_port
 from tests.sipcalls.conftest import (
-    SipNodeFactory, finished, free_udp_port, scenario, start_sipp, wait_bound,
+    SipNodeFactory, finished, scenario, start_sipp, wait_bound,
 )
 
 
@@ -21,8 +22,8 @@ async def place(bob: DeviceClient, callee: str) -> str:
 async def test_app_calls_a_sip_uri_that_answers(sip_node: SipNodeFactory, tmp_path: Path) -> None:
     node = await sip_node()
     bob = await node.device("bob", "bob-phone")
-    port = free_udp_port()
-    sipp = start_sipp(["-sn", "uas", "-p", str(port), "-m", "1", "-mp", str(free_udp_port())], tmp_path)
+    port = free_port()
+    sipp = start_sipp(["-sn", "uas", "-p", str(port), "-m", "1", "-mp", str(free_port())], tmp_path)
     await wait_bound(port, sipp)
 
     call_id = await place(bob, f"sip:service@127.0.0.1:{port}")
@@ -43,7 +44,7 @@ async def test_app_calls_a_sip_uri_that_answers(sip_node: SipNodeFactory, tmp_pa
 async def test_app_cancels_while_the_sip_callee_rings(sip_node: SipNodeFactory, tmp_path: Path) -> None:
     node = await sip_node()
     bob = await node.device("bob", "bob-phone")
-    port = free_udp_port()
+    port = free_port()
     sipp = start_sipp(["-sf", scenario("uas_rings_until_cancel.xml"), "-p", str(port), "-m", "1"], tmp_path)
     await wait_bound(port, sipp)
 
@@ -65,7 +66,7 @@ async def test_sip_callee_refuses(
 ) -> None:
     node = await sip_node()
     bob = await node.device("bob", "bob-phone")
-    port = free_udp_port()
+    port = free_port()
     sipp = start_sipp(["-sf", scenario(name), "-p", str(port), "-m", "1"], tmp_path)
     await wait_bound(port, sipp)
 
@@ -76,7 +77,7 @@ async def test_sip_callee_refuses(
 
 
 async def test_trunk_number_with_digest(sip_node: SipNodeFactory, tmp_path: Path) -> None:
-    port = free_udp_port()
+    port = free_port()
     node = await sip_node(
         sip_trunk_host=f"127.0.0.1:{port}", sip_trunk_username="trunkuser",
         sip_trunk_password="trunksecret",
@@ -108,7 +109,7 @@ async def test_app_users_are_not_sent_to_the_trunk(sip_node: SipNodeFactory) -> 
 async def test_sip_callee_hangs_up(sip_node: SipNodeFactory, tmp_path: Path) -> None:
     node = await sip_node()
     bob = await node.device("bob", "bob-phone")
-    port = free_udp_port()
+    port = free_port()
     sipp = start_sipp(["-sf", scenario("uas_answers_then_hangs_up.xml"), "-p", str(port), "-m", "1"], tmp_path)
     await wait_bound(port, sipp)
 

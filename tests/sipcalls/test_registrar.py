@@ -6,8 +6,9 @@ import asyncio
 from pathlib import Path
 
 from tests.conftest import register as register_app_device
+from tests.ports import free_port
 from tests.sipcalls.conftest import (
-    SipNodeFactory, finished, free_udp_port, scenario, sip_port, start_sipp, wait_bound,
+    SipNodeFactory, finished, scenario, sip_port, start_sipp, wait_bound,
 )
 from tests.sipcalls.uac import build, register, send, sip_client
 
@@ -18,7 +19,7 @@ async def registered_sipp_phone(
     node_port: int, tmp_path: Path, *extra: str
 ) -> tuple[int, asyncio.Task[tuple[int, str]]]:
     """A sipp UAS waiting for one call, and its Contact registered as alice's phone."""
-    phone_port = free_udp_port()
+    phone_port = free_port()
     phone = start_sipp(["-sn", "uas", "-p", str(phone_port), "-m", "1", *extra], tmp_path / "phone")
     await wait_bound(phone_port, phone)
     registrar = start_sipp(
@@ -75,7 +76,7 @@ async def test_fork_rings_app_devices_and_phone_first_answer_wins(
     sip_node: SipNodeFactory, tmp_path: Path
 ) -> None:
     node = await sip_node()
-    phone_port = free_udp_port()
+    phone_port = free_port()
     phone = start_sipp(["-sf", scenario("uas_rings_until_cancel.xml"), "-p", str(phone_port), "-m", "1"],
                        tmp_path / "phone")
     await wait_bound(phone_port, phone)
