@@ -244,27 +244,46 @@ function renderCalls() {
   $("recent-empty").hidden = recent.length > 0;
 }
 
+// Rows are kept and updated in place, never rebuilt: the table re-renders every second
+// (ages tick), and a row replaced between mousedown and mouseup would swallow the click.
 function fillTable(table, rows, lastColumn) {
   const body = table.tBodies[0];
-  body.replaceChildren(...rows.map((call) => {
-    const row = document.createElement("tr");
-    row.dataset.callId = call.call_id;
-    if (selected && selected.call_id === call.call_id) row.classList.add("selected");
-    const state = document.createElement("span");
+  const existing = new Map([...body.rows].map((row) => [row.dataset.callId, row]));
+  rows.forEach((call, index) => {
+    const row = existing.get(call.call_id) || newRow(call);
+    existing.delete(call.call_id);
+    row.classList.toggle("selected", Boolean(selected && selected.call_id === call.call_id));
+    const state = row.querySelector(".state");
     state.className = `state ${call.state}`;
-    state.textContent = call.state;
-    row.append(
-      cell(call.call_id.slice(0, 8), "id", call.call_id),
-      cell(party(call.caller_user, call.caller_device)),
-      cell(party(call.callee_user, call.answered_by_device)),
-      cell(state, "state-cell"),
-      cell(clock(call.created_at, false)),
-      cell(lastColumn(call), "last"),
-    );
-    row.addEventListener("click", () => select(call.call_id));
-    return row;
-  }));
+    setText(state, call.state);
+    setText(row.cells[1], party(call.caller_user, call.caller_device));
+    setText(row.cells[2], party(call.callee_user, call.answered_by_device));
+    setText(row.cells[5], lastColumn(call));
+    if (body.rows[index] !== row) body.insertBefore(row, body.rows[index] || null);
+  });
+  for (const stale of existing.values()) stale.remove();
   table.hidden = rows.length === 0;
+}
+
+function newRow(call) {
+  const row = document.createElement("tr");
+  row.dataset.callId = call.call_id;
+  const state = document.createElement("span");
+  state.className = "state";
+  row.append(
+    cell(call.call_id.slice(0, 8), "id", call.call_id),
+    cell(""),
+    cell(""),
+    cell(state, "state-cell"),
+    cell(clock(call.created_at, false)),
+    cell("", "last"),
+  );
+  row.addEventListener("click", () => select(call.call_id));
+  return row;
+}
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
 }
 
 function cell(content, cls, title) {
