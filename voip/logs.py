@@ -54,7 +54,26 @@ _RULES: list[_Rule] = [
 ]
 
 
+# Words one of the rules needs. Most strings (ids, names, times) contain none of them and
+# cost a few substring tests instead of a pass per rule (~0.6 µs instead of ~5).
+_MARKERS = (
+    "eyj", "?", "authori", "response", "cnonce", "bearer", "basic", "private key", "passw",
+    "secret", "ha1", "access_token", "ticket",
+)
+_CAPABILITY = re.compile(r"\d{9,12}\.[A-Za-z0-9_-]{24}")
+
+
+def _suspect(text: str) -> bool:
+    lowered = text.lower()
+    for marker in _MARKERS:
+        if marker in lowered:
+            return True
+    return "." in text and _CAPABILITY.search(text) is not None
+
+
 def redact_text(text: str) -> str:
+    if not _suspect(text):
+        return text
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
     return text
