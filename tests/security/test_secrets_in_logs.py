@@ -1,10 +1,10 @@
 """Issue 8, item 4: no secret in any log line. A node runs as deployed (`python -m voip run`,
-its own process, SIP on, logging at info and at debug, where every logger says everything), and is driven
-through every route and socket with credentials minted here: devices, the status endpoint
-by bearer and by capability, WebSockets by header and by `?access_token=` (accepted and
-refused), the operators' API and live feed (ticket, header, query), metrics, a SIP REGISTER
-with digest, pushes through the APNs simulator. Then every line it wrote is searched for
-every one of those secrets."""
+its own process, SIP on), logging at info and at debug (where every library says
+everything), and is driven through every route and socket with credentials minted here:
+devices, the status endpoint by bearer and by capability, WebSockets by header and by
+`?access_token=` (accepted and refused), the operators' API and live feed (ticket, header,
+query), metrics, a SIP REGISTER with digest, pushes through the APNs simulator. Then every
+line it wrote is searched for every one of those secrets."""
 
 from __future__ import annotations
 
