@@ -25,8 +25,10 @@ REDACTED = "[redacted]"
 SECRET_KEYS = frozenset({
     "authorization", "proxy_authorization", "access_token", "token", "jwt", "bearer",
     "cap", "capability", "status_url", "password", "passwd", "secret", "jwt_secret",
-    "ha1", "digest_response", "private_key", "key_pem", "provider_token", "ticket",
+    "ha1", "digest_response", "private_key", "key_pem", "provider_token", "ticket", "sip_accounts",
 })
+
+_SECRET_SUFFIXES = ("_password", "_secret", "_token", "_authorization", "_private_key")
 
 _Rule = tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]
 
@@ -43,13 +45,13 @@ _RULES: list[_Rule] = [
     # ('authorization', 'Bearer x'), b'authorization': b'bearer x', authorization=x.
     (re.compile(r"""(?i)((?:proxy-)?authorization['"]?\s*[:=,]\s*(?:b?['"])?)[^'"\r\n]+"""), rf"\1{REDACTED}"),
     # A SIP digest's parameters can be split from their header by quotes.
-    (re.compile(r"""(?i)\b((?:response|cnonce)\s*=\s*)(?:"[^"\r\n]*"|[^\s,;'"]+)"""), rf"\1{REDACTED}"),
+    (re.compile(r"""(?i)\b((?:response|cnonce)\s*=\s*)(?:"[^"\r\n]*"|'[^'\r\n]*'|[^\s,;'"]+)"""), rf"\1{REDACTED}"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.?[A-Za-z0-9_-]*"), REDACTED),
     (re.compile(r"\?([^\s\"'<>#?]*=[^\s\"'<>#]*)"), _query),
     # A status capability: "<expiry seconds>.<24 base64url characters>".
     (re.compile(r"\b\d{9,12}\.[A-Za-z0-9_-]{24}(?![A-Za-z0-9_-])"), REDACTED),
-    (re.compile(r"""(?i)\b(password|passwd|secret|ha1|access_token|ticket)(['"]?\s*[:=]\s*(?:b?['"])?)[^\s'"&,;}]+"""),
+    (re.compile(r"""(?i)(?<![a-z0-9])((?:\w*_)?(?:password|passwd|secret|ha1|access_token|ticket))(['"]?\s*[:=]\s*(?:b?['"])?)[^\s'"&,;}]+"""),
      rf"\1\2{REDACTED}"),
 ]
 
@@ -94,7 +96,10 @@ def _clean(value: Any) -> Any:
 
 
 def _secret_key(key: object) -> bool:
-    return isinstance(key, str) and key.lower().replace("-", "_") in SECRET_KEYS
+    if not isinstance(key, str):
+        return False
+    name = key.lower().replace("-", "_")
+    return name in SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
 
 
 def redact(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:

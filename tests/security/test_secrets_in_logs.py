@@ -304,3 +304,40 @@ def test_uvicorn_access_log_lines_are_redacted() -> None:
     assert "Authorization: [redacted]" in written[3]["exception"]
     text = stream.getvalue()
     assert token not in text and "hunter2" not in text and "A" * 24 not in text
+
+
+JWT = Authenticator(SECRET).mint("carol", "device")
+DIGEST = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize("line, secret", [
+    (f"< GET /v1/ws?device_id=d&access_token={JWT} HTTP/1.1", JWT),
+    (f"< authorization: Bearer {JWT}", JWT),
+    (f"[(b'authorization', b'bearer {JWT}'), (b':path', b'/3/device/ab')]", JWT),
+    (f"{{'Authorization': 'Bearer {JWT}'}}", JWT),
+    (f"token {JWT} alone", JWT),
+    ("Authorization: Basic Y2Fyb2w6aHVudGVyMg==", "Y2Fyb2w6aHVudGVyMg=="),
+    (f'Authorization: Digest username="carol", realm="voip.test", nonce="n1", uri="sip:voip.test", '
+     f'response="{DIGEST}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c1"', DIGEST),
+    (f'REGISTER sip:voip.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060\r\nProxy-Authorization: Digest '
+     f'username="carol", response={DIGEST}, nonce="n1"\r\nContent-Length: 0\r\n\r\n', DIGEST),
+    (f"Credentials(username='carol', realm='voip.test', nonce='n1', response='{DIGEST}')", DIGEST),
+    (f"GET /v1/calls/c/status?device_id=d&cap=1790000000.{'x' * 24}", "x" * 24),
+    (f"status_url http://h/v1/calls/c/status with cap 1790000000.{'Q' * 24}", "Q" * 24),
+    ("SIP_ACCOUNTS={'carol': 'x'} password='hunter2'", "hunter2"),
+    ('{"sip_trunk_password": "hunter2"}', "hunter2"),
+    ("ha1=5f4dcc3b5aa765d61d8327deb882cf99", "5f4dcc3b5aa765d61d8327deb882cf99"),
+    ("key -----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----",
+     "MIGTAgEAMBMGByqGSM49AgEGCCqGSM49"),
+])
+def test_redaction_catches_each_shape(line: str, secret: str) -> None:
+    assert secret not in logs.redact_text(line)
+    assert logs.REDACTED in logs.redact_text(line)
+
+
+def test_redaction_leaves_ordinary_lines_alone() -> None:
+    for line in ("call.created", "df51d64a-e63d-482d-a537-b1e64a6459fa", "2026-12-02T00:43:53.313197Z",
+                 'Connection <voip.push.apns.APNsSandboxConnection object at 0x7f6f> lost! Error: None',
+                 "SIP/2.0 401 Unauthorized", 'WWW-Authenticate: Digest realm="voip.test", nonce="abc"',
+                 "ring for 45 s", "GET /v1/ops/calls HTTP/1.1"):
+        assert logs.redact_text(line) == line
