@@ -10,6 +10,7 @@ passwords and private keys are replaced before a line is written.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -70,7 +71,7 @@ def _suspect(text: str) -> bool:
     for marker in _MARKERS:
         if marker in lowered:
             return True
-    return "." in text and _CAPABILITY.search(text) is not None
+    return len(text) >= 34 and "." in text and _CAPABILITY.search(text) is not None
 
 
 def redact_text(text: str) -> str:
@@ -95,6 +96,7 @@ def _clean(value: Any) -> Any:
     return redact_text(str(value))  # whatever the renderer would have printed of it
 
 
+@functools.lru_cache(maxsize=4096)
 def _secret_key(key: object) -> bool:
     if not isinstance(key, str):
         return False
@@ -102,9 +104,15 @@ def _secret_key(key: object) -> bool:
     return name in SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
 
 
+# Written by the chains' own processors: nothing from outside.
+_OURS = frozenset({"timestamp", "level", "logger"})
+
+
 def redact(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
     """The last processor before rendering, in both chains."""
-    return {k: REDACTED if _secret_key(k) else _clean(v) for k, v in event.items()}
+    return {
+        k: v if k in _OURS else REDACTED if _secret_key(k) else _clean(v) for k, v in event.items()
+    }
 
 
 def configure(level: str = "info") -> None:
