@@ -327,6 +327,7 @@ DIGEST = "0123456789abcdef0123456789abcdef"
     ("SIP_ACCOUNTS={'carol': 'x'} password='hunter2'", "hunter2"),
     ('{"sip_trunk_password": "hunter2"}', "hunter2"),
     ("ha1=5f4dcc3b5aa765d61d8327deb882cf99", "5f4dcc3b5aa765d61d8327deb882cf99"),
+    ("Error connecting to redis://:s3cr3t-pw@redis.internal:6379/0", "s3cr3t-pw"),
     ("key -----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----",
      "MIGTAgEAMBMGByqGSM49AgEGCCqGSM49"),
 ])
@@ -339,5 +340,6 @@ def test_redaction_leaves_ordinary_lines_alone() -> None:
     for line in ("call.created", "df51d64a-e63d-482d-a537-b1e64a6459fa", "2026-12-02T00:43:53.313197Z",
                  'Connection <voip.push.apns.APNsSandboxConnection object at 0x7f6f> lost! Error: None',
                  "SIP/2.0 401 Unauthorized", 'WWW-Authenticate: Digest realm="voip.test", nonce="abc"',
-                 "ring for 45 s", "GET /v1/ops/calls HTTP/1.1"):
+                 "ring for 45 s", "GET /v1/ops/calls HTTP/1.1", "https://api.push.apple.com:443/3/device",
+                 "redis://127.0.0.1:6379/0"):
         assert logs.redact_text(line) == line
