@@ -71,6 +71,11 @@ class UnknownCall(BaseModel):
     server_time: int
 
 
+class OpsLiveTicket(BaseModel):
+    ticket: str = Field(description="Opens /v1/ops/live once: `?ticket=<ticket>`")
+    expires_in: int = Field(description="Seconds it stays usable (VOIP_OPS_TICKET_TTL)")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -84,7 +89,7 @@ MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (DeviceIn, "validation"),
     *((model, "serialization") for model in (
         Error, Device, DeviceSaved, DeviceList, CallStatus, UnknownCall, Health, Readiness,
-        ops.OpsCallPage, ops.OpsCallDetail, ops.OpsDevices, ops.OpsSummary,
+        ops.OpsCallPage, ops.OpsCallDetail, ops.OpsDevices, ops.OpsSummary, OpsLiveTicket,
     )),
 ]
 
@@ -220,6 +225,16 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json("OpsSummary", "Counters over the newest 500 calls of the window"),
                           "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR, "422": INVALID},
         }},
+        "/v1/ops/live/ticket": {"post": {
+            "tags": ["ops"], "operationId": "opsLiveTicket",
+            "summary": "A one-use, short-lived ticket that opens the live feed (for browsers)",
+            "description": "Browsers cannot set headers on a WebSocket, and a token in a URL ends "
+                           "up in logs. The ticket is bound to the operator, opens "
+                           "`/v1/ops/live?ticket=...` once, and expires after `expires_in` seconds.",
+            "security": BEARER,
+            "responses": {"200": _json("OpsLiveTicket", "The ticket"), "401": UNAUTHORIZED,
+                          "403": FORBIDDEN_OPERATOR},
+        }},
         "/metrics": {"get": {
             "tags": ["health"], "operationId": "metrics", "summary": "Prometheus metrics",
             "security": BEARER,
@@ -261,10 +276,11 @@ WEBSOCKETS = {
     },
     "/v1/ops/live": {
         "summary": "Every timeline entry of every call, from every node, as it happens",
-        "auth": "operator bearer token: Authorization header or access_token query",
+        "auth": "operator bearer token in the Authorization header, or ticket query (one use, "
+                "from POST /v1/ops/live/ticket); access_token query still accepted",
         "frames": {"hello": {"type": "hello", "node": "node id", "server_time": "ms"},
                    "entry": {"type": "entry", "call_id": "uuid", "entry": "TimelineEntry"}},
-        "refusals": {"401": "no or invalid token", "403": "not an operator token",
+        "refusals": {"401": "no or invalid token, or a used or expired ticket", "403": "not an operator token",
                      "503": "the feed is off or Redis is unavailable"},
         "closes": {"1013": "the operator fell behind: reconnect and reload"},
     },

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
         "", validation_alias=_env("sip_trunk_password", "SIP_TRUNK_PASSWORD"), repr=False
     )
     ops_feed: bool = Field(True, validation_alias=_env("ops_feed", "VOIP_OPS_FEED"))
+    # Secrets out of URLs and logs (issue 8, item 4)
+    ops_ticket_ttl: int = Field(
+        30, ge=1, le=600, validation_alias=_env("ops_ticket_ttl", "VOIP_OPS_TICKET_TTL")
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")
     )

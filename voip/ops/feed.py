@@ -125,7 +125,7 @@ def feed_of(app: Starlette) -> OpsFeed:
 async def live(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     try:
-        socket_operator(websocket, node)
+        await socket_operator(websocket, node)
         if not node.store.ops_channel:
             raise Refused(503, "feed_disabled", "the ops feed is off on this node (VOIP_OPS_FEED)")
     except Refused as refused:
