@@ -101,5 +101,10 @@ async def wait_bound(port: int, sipp: asyncio.Task[tuple[int, str]]) -> None:
     pytest.fail(f"sipp did not bind UDP port {port}")
 
 
+def messages_log(cwd: Path) -> str:
+    """What sipp (run with -trace_msg in `cwd`) sent and received."""
+    return "".join(log.read_text(errors="replace") for log in sorted(cwd.glob("*_messages.log")))
+
+
 def scenario(name: str) -> str:
     return str(SCENARIOS / name)

@@ -11,7 +11,7 @@ from apnsim import APNsSimulator
 from tests.conftest import register
 from tests.test_call_pushes import VOIP_TOPIC, invites_for
 from tests.sipcalls.conftest import (
-    APP_SDP, SipNodeFactory, finished, scenario, sip_port, start_sipp,
+    APP_SDP, SipNodeFactory, finished, messages_log, scenario, sip_port, start_sipp,
 )
 
 CALLER = "sip:+15551234@pbx.example"
@@ -36,6 +36,7 @@ async def test_app_answers_and_the_peer_hangs_up(sip_node: SipNodeFactory, tmp_p
     ended = await alice.expect("call.ended", timeout=10, call_id=call_id)
     assert ended["reason"] == "remote_ended"
     await finished(sipp)
+    assert "m=audio 40000 RTP/AVP 0" in messages_log(tmp_path)  # the app's answer reached the peer
 
     call = await node.node.store.get_call(call_id)
     assert call is not None and call.state.value == "ended" and call.caller_user == CALLER
@@ -76,6 +77,7 @@ async def test_app_hangs_up_and_the_peer_gets_a_bye(sip_node: SipNodeFactory, tm
     reply = await alice.request({"type": "call.hangup", "call_id": call_id})
     assert reply["state"] == "ended"
     await finished(sipp)
+    assert "m=audio 40000 RTP/AVP 0" in messages_log(tmp_path)
     timeline = await node.node.store.timeline(call_id)
     assert any(e.get("sent") == "BYE" and e.get("status") == 200 for e in timeline)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.conftest import register as register_app_device
 from tests.ports import free_port
 from tests.sipcalls.conftest import (
-    SipNodeFactory, finished, scenario, sip_port, start_sipp, wait_bound,
+    SipNodeFactory, finished, messages_log, scenario, sip_port, start_sipp, wait_bound,
 )
 from tests.sipcalls.uac import build, register, send, sip_client
 
@@ -54,9 +54,10 @@ async def test_app_call_reaches_the_registered_sipp_phone(sip_node: SipNodeFacto
 
 async def test_sip_peer_call_forks_to_the_registered_phone(sip_node: SipNodeFactory, tmp_path: Path) -> None:
     """SIP to SIP through the app side: sipp peer -> alice -> alice's registered sipp phone,
-    whose answer SDP (port 40000) goes back to the peer; the peer hangs up."""
+    whose answer SDP goes back to the peer; the peer hangs up."""
     node = await sip_node()
-    _, phone = await registered_sipp_phone(sip_port(node), tmp_path, "-mp", "40000")
+    media_port = free_port()
+    _, phone = await registered_sipp_phone(sip_port(node), tmp_path, "-mp", str(media_port))
     peer = start_sipp(
         [f"127.0.0.1:{sip_port(node)}", "-sf", scenario("peer_calls_app_answers.xml"), "-s", "alice",
          "-m", "1", "-p", "0"],
@@ -64,9 +65,8 @@ async def test_sip_peer_call_forks_to_the_registered_phone(sip_node: SipNodeFact
     )
     output = await finished(peer)
     await finished(phone)
-    assert "m=audio 49170" in (tmp_path / "phone").joinpath(
-        next(p.name for p in (tmp_path / "phone").glob("*_messages.log"))
-    ).read_text()  # the peer's offer reached the phone
+    assert "m=audio 49170" in messages_log(tmp_path / "phone")  # the peer's offer reached the phone
+    assert f"m=audio {media_port} RTP/AVP 0" in messages_log(tmp_path / "peer")  # and its answer, the peer
     assert "200 OK" in output
     await asyncio.sleep(0.2)
     assert not node.node.sip.legs  # type: ignore[union-attr]
