@@ -177,7 +177,7 @@ class InboundLeg(Leg):
         try:
             await self.controller.start_call(
                 Caller(self.user, self.device), self.callee, self.call_id, sdp=offer,
-                caller_name=(self.invite.from_.display_name or None) and self.invite.from_.display_name[:64],
+                caller_name=self.invite.from_.display_name,
             )
         except CallError as exc:
             self.reject(403 if exc.code == "invalid_callee" else 500)
