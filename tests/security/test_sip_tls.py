@@ -56,6 +56,15 @@ def baresip_binary() -> str:
     return path
 
 
+def free_port_pair() -> int:
+    """A port p with p + 1 free as well: baresip 1.0 puts its TLS listener one above
+    sip_listen, with no setting of its own."""
+    while True:
+        port = free_port()
+        if free_port() == port + 1:
+            return port
+
+
 @dataclass
 class Phone:
     process: asyncio.subprocess.Process
@@ -97,7 +106,7 @@ async def baresip(
     directory.mkdir(parents=True, exist_ok=True)
     certificate = directory / "cert.pem"  # baresip wants its certificate and key in one file
     certificate.write_bytes(phone_tls.cert_file.read_bytes() + phone_tls.key_file.read_bytes())
-    port = free_port()
+    port = free_port_pair()
     (directory / "config").write_text(
         PHONE_CONFIG.format(port=port, certificate=certificate, ca_file=node_tls.ca_file)
     )
