@@ -173,6 +173,8 @@ def _check_sip_tls(settings: Settings) -> None:
     if any(given.values()) and not all(given.values()):
         missing = ", ".join(env for env, present in given.items() if not present)
         raise ValueError(f"{missing}: SIP over TLS needs SIP_TLS_PORT, SIP_TLS_CERT_FILE and SIP_TLS_KEY_FILE")
+    if settings.sip_tls_port and settings.sip_tls_port == settings.sip_port:
+        raise ValueError(f"SIP_TLS_PORT: {settings.sip_tls_port} is SIP_PORT already (UDP and TCP listen there)")
     files = {"SIP_TLS_CA_FILE": settings.sip_tls_ca_file}
     if all(given.values()):
         files = {"SIP_TLS_CERT_FILE": settings.sip_tls_cert_file,

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -211,6 +212,11 @@ def test_tls_needs_all_three_settings(node_tls: TLSMaterial, left_out: str) -> N
     assert "\n" not in message and message.startswith(left_out.upper() + ":"), message
 
 
+def test_tls_port_is_not_the_sip_port(node_tls: TLSMaterial) -> None:
+    with pytest.raises(SettingsError, match=r"^SIP_TLS_PORT: 5061 is SIP_PORT already"):
+        load_settings(**tls_settings(node_tls, sip_port=5061))
+
+
 def test_tls_files_must_be_readable(node_tls: TLSMaterial, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.pem"
     with pytest.raises(SettingsError, match=r"^SIP_TLS_CERT_FILE: not a readable file: .*nowhere.pem$"):
@@ -345,3 +351,55 @@ async def test_a_tls_peer_calls_an_app_user(
         await asyncio.sleep(0.3)  # baresip's ACK
         await hang_up(tls_node, bob, call_id, phone)  # our BYE goes back over that connection
         assert ("TLS", ("127.0.0.1", tls_listener(phone))) not in node_conns(tls_node)
+
+
+SIPS_INVITE = (
+    "INVITE sips:bob@voip.test SIP/2.0\r\n"
+    "Via: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-sips-1;rport\r\n"
+    "From: \"Carol\" <sips:carol@pbx.example>;tag=c1\r\n"
+    "To: <sips:bob@voip.test>\r\n"
+    "Call-ID: sips-call-1@pbx.example\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Contact: <sips:carol@127.0.0.1:{port}>\r\n"
+    "Max-Forwards: 70\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+async def read_response(reader: asyncio.StreamReader) -> str:
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode()
+    assert "Content-Length: 0" in head or "\r\nContent-Length:" in head
+    length = int(head.split("Content-Length:", 1)[1].split("\r\n", 1)[0])
+    if length:
+        await asyncio.wait_for(reader.readexactly(length), 10)
+    return head
+
+
+async def test_a_sips_invite_is_answered_with_a_sips_contact(tls_node: RunningNode, node_tls: TLSMaterial) -> None:
+    # A peer that verifies our certificate (for 127.0.0.1, from the node's CA) and calls a
+    # sips: URI: the dialog is secure, so our Contact is sips: too (RFC 3261 §8.1.1.8).
+    bob = await tls_node.device("bob", "bob-phone")
+    context = ssl.create_default_context(cafile=str(node_tls.ca_file))
+    reader, writer = await asyncio.open_connection("127.0.0.1", tls_port(tls_node), ssl=context)
+    try:
+        port = writer.get_extra_info("sockname")[1]
+        writer.write(SIPS_INVITE.format(port=port).encode())
+        assert (await read_response(reader)).startswith("SIP/2.0 100 ")
+        incoming = await bob.expect("call.incoming", timeout=10)
+        assert incoming["caller"] == "sips:carol@pbx.example" and incoming["caller_name"] == "Carol"
+        await bob.request({"type": "call.answer", "call_id": incoming["call_id"], "sdp": APP_SDP})
+        ok = await read_response(reader)
+        assert ok.startswith("SIP/2.0 200 ")
+        contact = next(line for line in ok.split("\r\n") if line.startswith("Contact:"))
+        assert contact == f"Contact: <sips:127.0.0.1:{tls_port(tls_node)}>", ok
+        to = next(line for line in ok.split("\r\n") if line.startswith("To:"))
+        for method, seq in (("ACK", 1), ("BYE", 2)):
+            target = f"{method} sips:127.0.0.1:{tls_port(tls_node)}"  # our Contact
+            request = SIPS_INVITE.format(port=port).replace("INVITE sips:bob@voip.test", target)
+            request = request.replace("To: <sips:bob@voip.test>", to)  # with our tag
+            request = request.replace("CSeq: 1 INVITE", f"CSeq: {seq} {method}").replace("sips-1;", f"sips-{method};")
+            writer.write(request.encode())
+        assert (await read_response(reader)).startswith("SIP/2.0 200 ")  # the BYE's
+        await bob.expect("call.ended", timeout=10, call_id=incoming["call_id"])
+    finally:
+        writer.close()
