@@ -372,6 +372,11 @@ class SipEndpoint:
         params: dict[str, str | None] = {} if t == "UDP" else {"transport": t.lower()}
         return NameAddr(URI("sip", user=user, host=self.public_host, port=port, params=params))
 
+    def connected(self, transport: str, peer: Addr) -> bool:
+        """Is a TCP or TLS connection with ``peer`` open, one it opened or we did?"""
+        conn = self._conns.get((transport.upper(), peer))
+        return conn is not None and conn.open
+
     def server_pending(self, transaction: TransactionKey | None) -> bool:
         """Can the server transaction still take a final response?"""
         tx = self.layer.servers.get(transaction) if transaction is not None else None

@@ -150,6 +150,10 @@ LIST_HEADERS = frozenset(
     )
 )
 
+# List headers whose whole value may be empty (RFC 3261 §25.1: `[ element *(COMMA element) ]`);
+# baresip sends `Supported:` with nothing after it.
+EMPTY_LIST_HEADERS = frozenset(("allow", "supported", "accept", "accept-encoding", "accept-language"))
+
 # Headers that may appear at most once (RFC 3261 §20 and torture test multi01).
 SINGLE_HEADERS = frozenset(
     ("to", "from", "call-id", "cseq", "max-forwards", "content-length", "content-type")
@@ -956,6 +960,9 @@ def _parse_head(head: str) -> tuple[Request | Response, int | None]:
                 raise ParseError(f"invalid Call-ID {value!r}")
             items.append((key, canon, value))
         elif key in LIST_HEADERS:
+            if not value.strip() and key in EMPTY_LIST_HEADERS:
+                items.append((key, canon, ""))
+                continue
             for part in split_header_list(value):
                 if not part:
                     raise ParseError(f"empty element in {canon}")

@@ -17,6 +17,7 @@ import structlog
 from voip import metrics
 from voip.bus import Bus
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
+from voip.display_names import display_name
 from voip.tasks import stop_task
 from voip.call_pushes import CallPushes
 from voip.store import CallError, CallRecord, Store, Transition, now_ms
@@ -83,7 +84,7 @@ class CallController:
                 }
         created_at = now_ms()
         ring_deadline = created_at + self.ring_timeout_ms
-        name = caller_name or caller.user_id
+        name = display_name(caller_name, caller.user_id)
         incoming: dict[str, Any] = {
             "type": "call.incoming",
             "call_id": call_id,

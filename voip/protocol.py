@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
+from voip.display_names import MAX_RAW_DISPLAY_NAME
+
 # User and device ids travel in Redis keys and channel names: keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9._@+:-]{1,128}$"
 UserId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -43,7 +45,8 @@ class CallStart(_Message):
     type: Literal["call.start"]
     callee: UserId
     call_id: str | None = None
-    caller_name: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    # Cleaned and cut by the controller (voip/display_names.py), whichever path it came by.
+    caller_name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_RAW_DISPLAY_NAME)] | None = None
     sdp: Annotated[str, StringConstraints(max_length=32768)] | None = None  # the offer, for SIP callees
 
     @field_validator("call_id")

@@ -6,10 +6,11 @@ import os
 import re
 import secrets
 import socket
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -102,6 +103,13 @@ class Settings(BaseSettings):
     sip_trunk_password: str = Field(
         "", validation_alias=_env("sip_trunk_password", "SIP_TRUNK_PASSWORD"), repr=False
     )
+    # SIP over TLS (docs/sip-gateway.md#sip-over-tls): off unless port, cert and key are all set.
+    sip_tls_port: int | None = Field(
+        None, ge=0, le=65535, validation_alias=_env("sip_tls_port", "SIP_TLS_PORT")
+    )
+    sip_tls_cert_file: str = Field("", validation_alias=_env("sip_tls_cert_file", "SIP_TLS_CERT_FILE"))
+    sip_tls_key_file: str = Field("", validation_alias=_env("sip_tls_key_file", "SIP_TLS_KEY_FILE"))
+    sip_tls_ca_file: str = Field("", validation_alias=_env("sip_tls_ca_file", "SIP_TLS_CA_FILE"))
     ops_feed: bool = Field(True, validation_alias=_env("ops_feed", "VOIP_OPS_FEED"))
     # Secrets out of URLs and logs (issue 8, item 4)
     ops_ticket_ttl: int = Field(
@@ -120,6 +128,7 @@ class Settings(BaseSettings):
                 raise ValueError("APNS_KEY_ID, APNS_TEAM_ID: both are needed with APNS_KEY_FILE")
         if self.apns_ca_file and not Path(self.apns_ca_file).is_file():
             raise ValueError(f"APNS_CA_FILE: no such file: {self.apns_ca_file}")
+        _check_sip_tls(self)
         if self.environment == "production":
             if not self.apns_key_file:
                 raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8)")
@@ -136,6 +145,12 @@ class Settings(BaseSettings):
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
         return self
 
+    @field_validator("sip_tls_port", mode="before")
+    @classmethod
+    def _unset_port(cls, value: object) -> object:
+        # SIP_TLS_PORT="" in the environment means unset, like the file settings beside it.
+        return None if value == "" else value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -149,6 +164,48 @@ class Settings(BaseSettings):
         if extra := os.environ.get("VOIP_CONFIG"):
             files.append(Path(extra))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files))
+
+
+SIP_TLS_SETTINGS = {
+    "SIP_TLS_PORT": "sip_tls_port", "SIP_TLS_CERT_FILE": "sip_tls_cert_file", "SIP_TLS_KEY_FILE": "sip_tls_key_file",
+}
+
+
+def _check_sip_tls(settings: Settings) -> None:
+    """All three TLS settings or none, and a certificate and key that load and match."""
+    given = {env: getattr(settings, name) not in (None, "") for env, name in SIP_TLS_SETTINGS.items()}
+    if any(given.values()) and not all(given.values()):
+        missing = ", ".join(env for env, present in given.items() if not present)
+        raise ValueError(f"{missing}: SIP over TLS needs SIP_TLS_PORT, SIP_TLS_CERT_FILE and SIP_TLS_KEY_FILE")
+    if settings.sip_tls_port and settings.sip_tls_port == settings.sip_port:
+        raise ValueError(f"SIP_TLS_PORT: {settings.sip_tls_port} is SIP_PORT already (UDP and TCP listen there)")
+    files = {"SIP_TLS_CA_FILE": settings.sip_tls_ca_file}
+    if all(given.values()):
+        files = {"SIP_TLS_CERT_FILE": settings.sip_tls_cert_file,
+                 "SIP_TLS_KEY_FILE": settings.sip_tls_key_file, **files}
+    for env, path in files.items():
+        if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
+            raise ValueError(f"{env}: not a readable file: {path}")
+    if all(given.values()):
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                settings.sip_tls_cert_file, settings.sip_tls_key_file
+            )
+        except (ssl.SSLError, OSError) as exc:
+            # OpenSSL's reason only ("KEY_VALUES_MISMATCH", "PEM lib"): never the files' bytes.
+            raise ValueError(
+                f"SIP_TLS_CERT_FILE, SIP_TLS_KEY_FILE: not a PEM certificate and its key ({_tls_reason(exc)})"
+            ) from None
+    if settings.sip_tls_ca_file:
+        try:
+            ssl.create_default_context(cafile=settings.sip_tls_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"SIP_TLS_CA_FILE: not PEM certificates ({_tls_reason(exc)})") from None
+
+
+def _tls_reason(exc: OSError) -> str:
+    reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+    return str(reason).removeprefix("[SSL] ").split(" (_ssl.c", 1)[0]
 
 
 class SettingsError(Exception):

@@ -322,3 +322,22 @@ def test_stream_parser_missing_content_length_means_empty_body() -> None:
     p = StreamParser()
     p.feed(raw + _options(2))
     assert [m.call_id for m in p.messages()] == ["c1", "c2"]
+
+
+def test_list_headers_whose_value_may_be_empty() -> None:
+    # RFC 3261 §25.1: Allow, Supported, Accept, Accept-Encoding and Accept-Language are
+    # `[ element *(COMMA element) ]`; baresip sends "Supported:" with nothing after it.
+    from sip.message import parse_datagram as parse
+
+    head = (
+        "INVITE sip:bob@voip.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKe\r\n"
+        "From: <sip:alice@voip.test>;tag=1\r\nTo: <sip:bob@voip.test>\r\nCall-ID: e\r\n"
+        "CSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+    )
+    for name in ("Supported", "Allow", "Accept", "Accept-Encoding", "Accept-Language"):
+        message = parse(f"{head}{name}:\r\nContent-Length: 0\r\n\r\n".encode())
+        assert message.headers.get(name) == ""
+    with pytest.raises(ParseError):
+        parse(f"{head}Require:\r\nContent-Length: 0\r\n\r\n".encode())
+    with pytest.raises(ParseError):
+        parse(f"{head}Supported: timer,,100rel\r\nContent-Length: 0\r\n\r\n".encode())

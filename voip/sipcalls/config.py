@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,12 @@ class SipConfig:
     trunk_password: str = ""
     digest_secret: bytes = b""
     timers: TimerConfig | None = None
+    # SIP over TLS: a listener when tls_port is set (with its certificate and key), and
+    # the CAs that TLS peers we connect to must chain to (empty: the system's).
+    tls_port: int | None = None
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> SipConfig:
@@ -55,6 +62,10 @@ class SipConfig:
             "trunk_pattern": settings.sip_trunk_pattern,
             "trunk_username": settings.sip_trunk_username,
             "trunk_password": settings.sip_trunk_password,
+            "tls_port": settings.sip_tls_port,
+            "tls_cert_file": settings.sip_tls_cert_file,
+            "tls_key_file": settings.sip_tls_key_file,
+            "tls_ca_file": settings.sip_tls_ca_file,
             # Every node shares the JWT secret, so a digest nonce issued by one node is
             # accepted by the node that gets the retry.
             "digest_secret": hmac.new(
@@ -67,6 +78,21 @@ class SipConfig:
     @property
     def advertised_host(self) -> str:
         return self.public_host or self.host
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_port is not None and bool(self.tls_cert_file and self.tls_key_file)
+
+    def tls_server_context(self) -> ssl.SSLContext | None:
+        if not self.tls_enabled:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
+
+    def tls_client_context(self) -> ssl.SSLContext:
+        """Verifies the peer's certificate and name, as for any TLS client (RFC 5922)."""
+        return ssl.create_default_context(cafile=self.tls_ca_file or None)
 
     @property
     def realm(self) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from sip.dialog import DialogTable
-from sip.endpoint import SipEndpoint
+from sip.endpoint import STREAM_TRANSPORTS, SipEndpoint
 from sip.message import Request, Response, generate_tag, parse_uri
 from sip.ratelimit import TokenBucketLimiter
 from sip.transaction import RequestReceived, ResponseReceived
@@ -22,7 +22,7 @@ from voip.calls import Action
 from voip.controller import CallController
 from voip.sipcalls.config import SipConfig
 from voip.sipcalls.legs import ALLOW, InboundLeg, Leg, OutboundLeg, caller_id
-from voip.sipcalls.registrar import Registrar
+from voip.sipcalls.registrar import Binding, Registrar
 from voip.sipcalls.ringing import RINGING_OVER, RingingCall, RingingIndex
 from voip.calls import CallState
 from voip.store import CallRecord, Store
@@ -53,6 +53,9 @@ class SipGateway:
             public_host=config.advertised_host,
             timers=config.timers,
             rate_limiter=TokenBucketLimiter(config.rate, config.burst),
+            tls_server_context=config.tls_server_context(),
+            tls_client_context=config.tls_client_context(),
+            tls_port=config.tls_port if config.tls_enabled else None,
         )
         self.endpoint.on_message = metrics.count_sip_message
         self.dialogs = DialogTable()
@@ -70,10 +73,15 @@ class SipGateway:
     def port(self) -> int:
         return self.endpoint.port
 
+    @property
+    def tls_port(self) -> int | None:
+        return self.endpoint.tls_port if self.config.tls_enabled else None
+
     async def start(self) -> None:
         await self.endpoint.start(self)
         self.controller.outbound = self
-        log.info("sip.started", host=self.config.host, port=self.endpoint.port, domain=self.config.realm)
+        log.info("sip.started", host=self.config.host, port=self.endpoint.port, domain=self.config.realm,
+                 tls_port=self.endpoint.tls_port if self.config.tls_enabled else None)
 
     async def stop(self) -> None:
         if self.controller.outbound is self:
@@ -233,7 +241,7 @@ class SipGateway:
         await self.ringing.add(user, call)
         if binding is None or binding.node != self.node_id:
             return  # asleep (its push is on its way), or refreshed through another node
-        await self._fork(user, device, binding.contact, call)
+        await self._fork(user, device, binding, call)
 
     async def _phone_bound(self, user: str, device: str) -> None:
         """A phone (re-)registered through this node: ring it into the calls still ringing
@@ -246,15 +254,20 @@ class SipGateway:
             binding = await self.registrar.binding(user, device)
             if binding is None or binding.node != self.node_id:
                 return
-            await self._fork(user, device, binding.contact, entry)
+            await self._fork(user, device, binding, entry)
 
-    async def _fork(self, user: str, device: str, contact: str, call: RingingCall) -> None:
+    async def _fork(self, user: str, device: str, binding: Binding, call: RingingCall) -> None:
         if (call.call_id, device) in self.forks or not await self.ringing.claim(user, call, device):
             return  # INVITEd already, here or through another node
         leg = OutboundLeg(
-            self, call_id=call.call_id, callee=user, device=device, target=parse_uri(contact),
+            self, call_id=call.call_id, callee=user, device=device, target=parse_uri(binding.contact),
             caller=call.caller, sdp=call.sdp, fork=True,
         )
+        if binding.transport in STREAM_TRANSPORTS:
+            # The connection the phone registered over (RFC 5626 §5.3's flow, without its
+            # keep-alives): used while it stays open, else the Contact is dialled.
+            host, _, port = binding.source.rpartition(":")
+            leg.flow = ((host, int(port)), binding.transport)
         self.legs[leg.sip_call_id] = leg
         self.forks[(call.call_id, device)] = leg
         self.spawn(leg.run())

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -22,9 +23,9 @@ import structlog
 
 from sip.dialog import Dialog, DialogState
 from sip.digest import DigestError, authorize
-from sip.endpoint import ClientTransaction
+from sip.endpoint import STREAM_TRANSPORTS, ClientTransaction, SipEndpoint
 from sip.message import URI, CSeq, Headers, NameAddr, ParseError, Request, Response, build_response, generate_tag, parse_uri
-from sip.transaction import RequestReceived
+from sip.transaction import Addr, RequestReceived
 from voip.calls import Action
 from voip.controller import Caller
 from voip.store import CallError, now_ms
@@ -56,6 +57,23 @@ def caller_id(uri: URI) -> str:
     return "".join(c if c.isalnum() or c in "._@+:-" else "_" for c in raw)[:128]
 
 
+def uri_transport(uri: URI) -> str:
+    """How `uri` is reached (RFC 3261 §26.2, §19.1.4): a `sips:` URI over TLS, a
+    `;transport=` as given, else UDP."""
+    if uri.scheme == "sips":
+        return "TLS"
+    return (uri.params.get("transport") or "udp").upper()
+
+
+def our_contact(endpoint: SipEndpoint, transport: str, secure: bool) -> NameAddr:
+    """Our Contact on `transport`; a `sips:` one in a dialog that a `sips:` URI asked for
+    (§8.1.1.8), so the peer reaches us over TLS too."""
+    contact = endpoint.contact("TLS" if secure else transport)
+    if secure:
+        contact = NameAddr(replace(contact.uri, scheme="sips", params={}))
+    return contact
+
+
 class Leg:
     """What both directions share: the SIP Call-ID, the app call, bus frames, teardown."""
 
@@ -69,6 +87,10 @@ class Leg:
         self.device = device
         self.dialog: Dialog | None = None
         self.finished = False
+        # The peer's own TCP or TLS connection (its address, transport): requests to the
+        # peer go over it while it is open, as a phone behind NAT, or one whose TLS
+        # certificate we could not verify, can only be reached that way.
+        self.flow: tuple[Addr, str] | None = None
 
     @property
     def controller(self) -> Any:
@@ -89,12 +111,19 @@ class Leg:
             return False
         return True
 
+    def route(self) -> tuple[Addr | None, str | None]:
+        """Where our next request to the peer goes: its open connection, else (None,
+        None), the Contact's address and transport."""
+        if self.flow is not None and self.gw.endpoint.connected(self.flow[1], self.flow[0]):
+            return self.flow
+        return None, None
+
     async def send_bye(self) -> None:
         dialog = self.dialog
         if dialog is None or dialog.state is not DialogState.CONFIRMED:
             return
         bye = dialog.create_request("BYE")
-        response = await self.gw.endpoint.send_request(bye)
+        response = await self.gw.endpoint.send_request(bye, *self.route())
         dialog.receive_response(bye, response)
         dialog.terminate()
         self.gw.dialogs.remove(dialog)
@@ -138,7 +167,8 @@ class Leg:
             endpoint.not_implemented(event, ALLOW.split(", "))
 
     def local_contact(self, event: RequestReceived) -> NameAddr:
-        return self.gw.endpoint.contact(event.transport)
+        secure = self.dialog is not None and self.dialog.secure
+        return our_contact(self.gw.endpoint, event.transport, secure)
 
     def session_sdp(self) -> bytes:
         return b""
@@ -159,11 +189,13 @@ class InboundLeg(Leg):
         self.invite = event.request
         self.callee = callee
         self.to_tag = generate_tag()
-        self.contact = gateway.endpoint.contact(event.transport)
+        self.contact = our_contact(gateway.endpoint, event.transport, event.request.uri.scheme == "sips")
         self.answer_sdp = b""
         self.rang = False
         self.started = asyncio.Event()
         self.acked = asyncio.Event()
+        if event.transport in STREAM_TRANSPORTS:
+            self.flow = (event.source, event.transport)
 
     def session_sdp(self) -> bytes:
         return self.answer_sdp
@@ -177,7 +209,7 @@ class InboundLeg(Leg):
         try:
             await self.controller.start_call(
                 Caller(self.user, self.device), self.callee, self.call_id, sdp=offer,
-                caller_name=(self.invite.from_.display_name or None) and self.invite.from_.display_name[:64],
+                caller_name=self.invite.from_.display_name,
             )
         except CallError as exc:
             self.reject(403 if exc.code == "invalid_callee" else 500)
@@ -315,13 +347,13 @@ class OutboundLeg(Leg):
         return self.offer
 
     def _build_invite(self, caller: str) -> Request:
-        transport = (self.target.params.get("transport") or "udp").upper()
+        transport = uri_transport(self.target)
         headers = Headers()
         headers.add("From", NameAddr(self._from_uri(caller), params={"tag": generate_tag()}))
         headers.add("To", NameAddr(self.target))
         headers.add("Call-ID", self.sip_call_id)
         headers.add("CSeq", CSeq(1, "INVITE"))
-        headers.add("Contact", self.gw.endpoint.contact(transport))
+        headers.add("Contact", our_contact(self.gw.endpoint, transport, self.target.scheme == "sips"))
         headers.add("Allow", ALLOW)
         if self.offer:
             headers.add("Content-Type", SDP)
@@ -351,7 +383,7 @@ class OutboundLeg(Leg):
         config = self.gw.config
         challenged = False
         while True:
-            self.tx = self.gw.endpoint.send_request(invite, on_provisional=self._provisional)
+            self.tx = self.gw.endpoint.send_request(invite, *self.route(), on_provisional=self._provisional)
             if self.giving_up:
                 self.tx.cancel()
             response = await self.tx
@@ -383,7 +415,7 @@ class OutboundLeg(Leg):
         if 200 <= status < 300:
             self.dialog = Dialog.uac(self.invite, response)
             self.gw.dialogs.add(self.dialog)
-            self.gw.endpoint.send_ack(self.dialog.create_ack(self.invite))
+            self.gw.endpoint.send_ack(self.dialog.create_ack(self.invite), *self.route())
             sdp = response.body.decode("utf-8", "replace") if response.body else None
             if self.giving_up or not await self.act(Action.ANSWER, sdp=sdp):
                 # Cancelled, or another device answered first, while this 2xx was on its way.
