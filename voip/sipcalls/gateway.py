@@ -187,6 +187,7 @@ class SipGateway:
             # A stranger hears nothing but this one answer until it authenticates.
             result = await self.registrar.authenticate(request, proxy=True)
             if not result.ok:
+                log.info("sip.invite_challenged", source=event.source[0], reason=result.reason)
                 self.registrar.challenge(event, result, proxy=True)
                 return
             caller = f"sip:{result.username}@{self.config.realm}"

@@ -199,7 +199,7 @@ class Registrar:
             return
         result = await self.authenticate(request)
         if not result.ok:
-            log.info("sip.register_challenged", user=aor.user, reason=result.reason)
+            log.info("sip.register_challenged", user=aor.user, source=event.source[0], reason=result.reason)
             self.challenge(event, result)
             return
         if result.username != aor.user:
