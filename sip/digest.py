@@ -7,6 +7,12 @@ Pure functions and small classes, no I/O:
   plaintext passwords need not be stored.  Nonces carry their timestamp and
   an HMAC, so any node holding the secret can check them without shared
   state, and old ones come back as ``stale=true``.
+* Replays: a verified :class:`AuthResult` names its ``(nonce, nc)`` pair.
+  Accepting each pair once needs memory shared by every node that may see
+  the replay, which is I/O: the caller consumes the pair in its own store,
+  for :attr:`DigestServer.count_ttl` seconds, and re-challenges with
+  ``stale=true`` when it was used already.  ``track_nonce_counts`` does the
+  same in this process's memory, for a single node.
 * :func:`authorize` answers a challenge: it re-issues a request with
   Authorization / Proxy-Authorization, a new CSeq and a new branch.
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import struct
 from collections import OrderedDict
@@ -61,6 +68,9 @@ ALGORITHMS: tuple[str, ...] = tuple(
 )
 # RFC 8760 §2.4: a client facing several challenges takes the strongest.
 _PREFERENCE = ("SHA-512-256", "SHA-256", "MD5")
+# Seconds a nonce is accepted before its timestamp: nodes' clocks differ a little.
+CLOCK_SKEW = 30
+_NC = re.compile(r"[0-9a-fA-F]{8}")
 
 
 class DigestError(ValueError):
@@ -259,13 +269,17 @@ class AuthResult:
 
     ``ok`` with the authenticated ``username``; otherwise re-challenge,
     with ``stale=True`` when only the nonce had expired (the client then
-    retries without asking the user again).
+    retries without asking the user again).  When ``ok``, ``nonce`` and
+    ``nc`` (the nonce count, an integer) are the pair that must not be
+    accepted again.
     """
 
     ok: bool
     username: str | None = None
     stale: bool = False
     reason: str = ""
+    nonce: str | None = None
+    nc: int | None = None
 
 
 # (username, realm, algorithm) -> HA1 hex, or None for an unknown user.  The
@@ -287,7 +301,7 @@ class DigestServer:
     realm: str
     secret: bytes
     algorithms: Sequence[str] = ("SHA-256", "MD5")
-    nonce_ttl: float = 300.0
+    nonce_ttl: float = 30.0
     qop: tuple[str, ...] = ("auth",)
     track_nonce_counts: bool = False
     max_tracked_nonces: int = 100_000
@@ -315,25 +329,37 @@ class DigestServer:
         if len(raw) != 32 or not hmac.compare_digest(raw[16:], self._mac(raw[:16])):
             return "invalid"
         (issued,) = struct.unpack(">Q", raw[:8])
-        if not issued - 30 <= now <= issued + self.nonce_ttl:
+        if not issued - CLOCK_SKEW <= now <= issued + self.nonce_ttl:
             return "stale"
         return "valid"
 
+    @property
+    def count_ttl(self) -> int:
+        """Seconds a used ``(nonce, nc)`` must be remembered: past that, the
+        nonce is stale whichever node issued it."""
+        return int(self.nonce_ttl) + 1 + CLOCK_SKEW
+
     # -- challenge
 
-    def challenges(self, now: float, *, stale: bool = False) -> list[Challenge]:
+    def challenges(
+        self, now: float, *, stale: bool = False, algorithms: Sequence[str] | None = None
+    ) -> list[Challenge]:
         nonce = self.make_nonce(now)
-        return [Challenge(self.realm, nonce, a, self.qop, stale=stale) for a in self.algorithms]
+        return [
+            Challenge(self.realm, nonce, a, self.qop, stale=stale)
+            for a in (self.algorithms if algorithms is None else algorithms)
+        ]
 
     def challenge(
         self, request: Request, now: float, *, stale: bool = False, proxy: bool = False,
-        to_tag: str | None = None,
+        to_tag: str | None = None, algorithms: Sequence[str] | None = None,
     ) -> Response:
         """401 with WWW-Authenticate (407 with Proxy-Authenticate when ``proxy``),
-        one challenge per algorithm, strongest first (RFC 8760 §2.4)."""
+        one challenge per algorithm (``algorithms``, default all offered), in the
+        configured order (RFC 8760 §2.4)."""
         response = build_response(request, 407 if proxy else 401, to_tag=to_tag)
         name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
-        for ch in self.challenges(now, stale=stale):
+        for ch in self.challenges(now, stale=stale, algorithms=algorithms):
             response.headers.add(name, str(ch))
         return response
 
@@ -358,7 +384,8 @@ class DigestServer:
             return AuthResult(False, c.username, reason="algorithm not offered")
         if not _same_uri(c.uri, request):
             return AuthResult(False, c.username, reason="digest uri does not match Request-URI")
-        if c.qop is not None and (c.qop not in self.qop or not c.nc or not c.cnonce):
+        count = _nonce_count(c.nc)
+        if c.qop is not None and (c.qop not in self.qop or count is None or not c.cnonce):
             return AuthResult(False, c.username, reason="bad qop, nc or cnonce")
         if c.qop is None and self.qop:
             return AuthResult(False, c.username, reason="qop required")
@@ -373,9 +400,9 @@ class DigestServer:
             return AuthResult(False, c.username, reason="wrong response")
         if status == "stale":
             return AuthResult(False, c.username, stale=True, reason="nonce expired")
-        if self.track_nonce_counts and c.nc is not None and not self._count(c.nonce, c.nc):
+        if self.track_nonce_counts and count is not None and not self._count(c.nonce, count):
             return AuthResult(False, c.username, stale=True, reason="nonce count replayed")
-        return AuthResult(True, c.username)
+        return AuthResult(True, c.username, nonce=c.nonce, nc=count)
 
     def authenticate(
         self, request: Request, lookup: HA1Lookup, now: float, *, proxy: bool = False
@@ -394,11 +421,7 @@ class DigestServer:
             return AuthResult(False, creds.username, reason="unknown user")
         return self.verify(request, creds, ha1, now)
 
-    def _count(self, nonce: str, nc: str) -> bool:
-        try:
-            value = int(nc, 16)
-        except ValueError:
-            return False
+    def _count(self, nonce: str, value: int) -> bool:
         last = self._counts.get(nonce, 0)
         if value <= last:
             return False
@@ -407,6 +430,14 @@ class DigestServer:
         while len(self._counts) > self.max_tracked_nonces:
             self._counts.popitem(last=False)
         return True
+
+
+def _nonce_count(nc: str | None) -> int | None:
+    """RFC 7616 §3.4: 8 hex digits, counting from 1."""
+    if nc is None or not _NC.fullmatch(nc):
+        return None
+    value = int(nc, 16)
+    return value if value > 0 else None
 
 
 def _same_uri(digest_uri: str, request: Request) -> bool:

@@ -49,6 +49,7 @@ from .message import (
 )
 from .ratelimit import TokenBucketLimiter
 from .transaction import (
+    AMPLIFICATION_LIMIT,
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
     Addr,
@@ -257,6 +258,7 @@ class SipEndpoint:
         tls_port: int | None = None,
         max_datagram_size: int = MAX_DATAGRAM_SIZE,
         auto_cancel: bool = True,
+        trusted: Callable[[str], bool] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -271,6 +273,7 @@ class SipEndpoint:
         self.tls_port = tls_port
         self.max_datagram_size = max_datagram_size
         self.auto_cancel = auto_cancel
+        self.trusted = trusted
         # Sees every message that reaches the transaction layer ("in") or leaves ("out"):
         # the application's metrics or tracing; the stack itself keeps only `stats`.
         self.on_message: Callable[[str, Request | Response], None] | None = None
@@ -426,6 +429,20 @@ class SipEndpoint:
         self.send_response(response, event.transaction)
         return response
 
+    def answer_budget(self, event: RequestReceived) -> int | None:
+        """Bytes the answer to a stranger's datagram may take (None: no limit);
+        a larger response is not sent at all (counted in ``layer.suppressed``)."""
+        if event.transaction is None:
+            return None
+        return self.layer.answer_budget(event.transaction)
+
+    def vouch(self, event: RequestReceived) -> None:
+        """The TU vouches for ``event``'s request (it authenticated): its
+        transaction now retransmits and sends 100 Trying as usual."""
+        if event.transaction is not None:
+            self._process(self.layer.vouch(event.transaction, self.now()))
+            self._reschedule()
+
     def not_implemented(self, event: RequestReceived, allow: Iterable[str] = DEFAULT_ALLOW) -> Response:
         """501 with Allow, for a method this TU does not know (§8.2.1)."""
         return self.reply(event, 501, to_tag=generate_tag(), headers=[("Allow", ", ".join(allow))])
@@ -536,9 +553,9 @@ class SipEndpoint:
         except ParseError as err:
             end = data.find(b"\r\n\r\n", 0, MAX_DATAGRAM_SIZE)
             head = data[: end if end >= 0 else 8192].decode("utf-8", "replace")
-            self._unparseable(err, head, source, "UDP", None)
+            self._unparseable(err, head, source, "UDP", None, len(data))
             return
-        self._receive(message, source, "UDP")
+        self._receive(message, source, "UDP", len(data))
 
     def _arrived(self, message: Request | Response, source: Addr, transport: str) -> None:
         if self._allowed(source):
@@ -551,17 +568,29 @@ class SipEndpoint:
             return False
         return True
 
-    def _receive(self, message: Request | Response, source: Addr, transport: str) -> None:
+    def _receive(
+        self, message: Request | Response, source: Addr, transport: str, size: int | None = None
+    ) -> None:
         if self.on_message is not None:
             self.on_message("in", message)
-        self._process(self.layer.receive(message, source, transport, self.now()))
+        self._process(self.layer.receive(
+            message, source, transport, self.now(), trusted=self._trusts(source), size=size
+        ))
         self._reschedule()
+
+    def _trusts(self, source: Addr) -> bool:
+        return self.trusted is None or self.trusted(source[0])
 
     def _unparseable(
         self, err: ParseError, head: str | None, source: Addr, transport: str,
-        conn: _StreamConnection | None,
+        conn: _StreamConnection | None, size: int | None = None,
     ) -> None:
         data = error_response(head, err.status, err.reason) if head else None
+        if head and data is not None and size is not None and not self._trusts(source):
+            if len(data) > AMPLIFICATION_LIMIT * size:
+                data = error_response(head, err.status)  # without the Warning
+            if data is not None and len(data) > AMPLIFICATION_LIMIT * size:
+                data = None
         if data is None:
             self.stats["dropped_unparseable"] += 1
             return

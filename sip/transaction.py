@@ -49,6 +49,7 @@ __all__ = [
     "TransactionLayer",
     "TransactionTimeout",
     "TransportError",
+    "AMPLIFICATION_LIMIT",
     "build_cancel",
     "is_reliable",
 ]
@@ -56,6 +57,9 @@ __all__ = [
 Addr = tuple[str, int]
 DEFAULT_PORT = 5060
 DEFAULT_TLS_PORT = 5061
+# A stranger's datagram gets at most this many times its own bytes back: answering a
+# spoofed source must not make us an amplifier.
+AMPLIFICATION_LIMIT = 2
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,12 @@ class Transaction:
         self.last_response: Response | None = None
         # Current retransmission interval of Timer A, E or G.
         self.interval = config.t1
+        # A server transaction for a request from an untrusted source, until the TU
+        # vouches for it: no 100 Trying of its own, and a non-2xx final response is
+        # sent once, with no retransmission, and ends the transaction.
+        self.quiet = False
+        # Bytes a quiet transaction may still send (None: no limit, e.g. over TCP).
+        self.budget: int | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key.method} {self.state.value}>"
@@ -350,11 +360,22 @@ class InviteServerTransaction(Transaction):
     def start(self, now: float) -> list[Event]:
         self.state = State.PROCEEDING
         self.last_provisional: Response | None = None
+        return [] if self.quiet else self._arm_trying(now)
+
+    def _arm_trying(self, now: float) -> list[Event]:
         delay = self.config.trying_delay
         if delay == 0:
             return self._send_trying()
         if delay is not None:
             self._set_timer("Trying", now + delay)
+        return []
+
+    def vouch(self, now: float) -> list[Event]:
+        if not self.quiet:
+            return []
+        self.quiet = False
+        if self.state is State.PROCEEDING and self.last_provisional is None:
+            return self._arm_trying(now)
         return []
 
     def _send_trying(self) -> list[Event]:
@@ -414,6 +435,9 @@ class InviteServerTransaction(Transaction):
             return [self._send(response)]
         self.last_response = response
         self._clear_timers()
+        if self.quiet and status >= 300:
+            self._terminate()
+            return [self._send(response)]
         if status < 300:
             if self.accepted_state:
                 self.state = State.ACCEPTED
@@ -459,7 +483,7 @@ class NonInviteServerTransaction(Transaction):
             self.last_provisional = response
             return [self._send(response)]
         self.last_response = response
-        if self.reliable:
+        if self.reliable or (self.quiet and response.status >= 300):
             self._terminate()
         else:
             self.state = State.COMPLETED
@@ -495,6 +519,8 @@ class TransactionLayer:
         self.servers: dict[TransactionKey, ServerTransaction] = {}
         self._heap: list[_TimerEntry] = []
         self._seq = 0
+        # Responses not sent because they would have amplified a stranger's datagram.
+        self.suppressed = 0
 
     # -- lookup
 
@@ -547,7 +573,10 @@ class TransactionLayer:
         tx = self.servers.get(key)
         if tx is None:
             raise LookupError(f"no server transaction {key}")
+        quiet = tx.quiet
         events = tx.send_response(response, now)
+        if quiet:
+            events = self._within_budget(tx, events)
         self._after(tx)
         return events
 
@@ -562,10 +591,51 @@ class TransactionLayer:
 
     # -- network -> TU
 
-    def receive(self, message: Request | Response, source: Addr, transport: str, now: float) -> list[Event]:
+    def receive(
+        self, message: Request | Response, source: Addr, transport: str, now: float,
+        *, trusted: bool = True, size: int | None = None,
+    ) -> list[Event]:
+        """``trusted=False`` for a message from a source outside the trusted
+        networks: responses then go to the packet's source address and port
+        whatever its Via says (no ``maddr``, no other host), and a new server
+        transaction is quiet until :meth:`vouch`: no 100 Trying, a non-2xx
+        final response sent once and no retransmission.  ``size``, the
+        datagram's length, caps what a quiet transaction sends in return at
+        ``AMPLIFICATION_LIMIT`` times as many bytes; a larger response is
+        not sent (counted in ``suppressed``)."""
         if isinstance(message, Response):
             return self._receive_response(message, source, transport, now)
-        return self._receive_request(message, source, transport, now)
+        return self._receive_request(message, source, transport, now, trusted, size)
+
+    def answer_budget(self, transaction: TransactionKey) -> int | None:
+        """Bytes a quiet transaction may still send; None when unlimited."""
+        tx = self.servers.get(transaction)
+        return tx.budget if tx is not None and tx.quiet else None
+
+    def _within_budget(self, tx: Transaction, events: list[Event]) -> list[Event]:
+        if not tx.quiet or tx.budget is None:
+            return events
+        kept: list[Event] = []
+        for event in events:
+            if isinstance(event, SendMessage):
+                cost = len(event.data)
+                if cost > tx.budget:
+                    self.suppressed += 1
+                    continue
+                tx.budget -= cost
+            kept.append(event)
+        return kept
+
+    def vouch(self, transaction: TransactionKey, now: float) -> list[Event]:
+        """The TU trusts this request now (it authenticated): its server
+        transaction behaves as §17.2 says, retransmissions included."""
+        tx = self.servers.get(transaction)
+        if tx is None:
+            return []
+        events = tx.vouch(now) if isinstance(tx, InviteServerTransaction) else []
+        tx.quiet = False
+        self._after(tx)
+        return events
 
     def _receive_response(self, response: Response, source: Addr, transport: str, now: float) -> list[Event]:
         via = response.top_via
@@ -576,7 +646,10 @@ class TransactionLayer:
         self._after(tx)
         return events
 
-    def _receive_request(self, request: Request, source: Addr, transport: str, now: float) -> list[Event]:
+    def _receive_request(
+        self, request: Request, source: Addr, transport: str, now: float,
+        trusted: bool = True, size: int | None = None,
+    ) -> list[Event]:
         _stamp_via(request.top_via, source)
         method = request.method
         if method == "ACK":
@@ -590,7 +663,9 @@ class TransactionLayer:
         key = self._server_key(request, method)
         existing = self.servers.get(key)
         if existing is not None:
-            replay = existing.on_retransmission(now)
+            if existing.quiet and existing.budget is not None and size is not None:
+                existing.budget += AMPLIFICATION_LIMIT * size
+            replay = self._within_budget(existing, existing.on_retransmission(now))
             self._after(existing)
             return replay
         cancels = None
@@ -598,9 +673,13 @@ class TransactionLayer:
             target = replace(key, method="INVITE")
             if isinstance(self.servers.get(target), InviteServerTransaction):
                 cancels = target
-        peer = source if is_reliable(transport) else _response_address(request.top_via, transport)
+        reliable = is_reliable(transport)
+        peer = source if reliable or not trusted else _response_address(request.top_via, transport)
         cls = InviteServerTransaction if method == "INVITE" else NonInviteServerTransaction
         tx = cls(key, request, peer, transport, self.config, self.accepted_state)
+        tx.quiet = not trusted
+        if tx.quiet and size is not None:
+            tx.budget = AMPLIFICATION_LIMIT * size
         self.servers[key] = tx
         events: list[Event] = [RequestReceived(request, source, transport, key, cancels)]
         events.extend(tx.start(now))

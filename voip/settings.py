@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     sip_max_expires: int = Field(
         3600, ge=60, validation_alias=_env("sip_max_expires", "SIP_MAX_EXPIRES")
     )
+    # SIP digest replay protection (issue 8, item 1)
+    sip_nonce_ttl: int = Field(30, ge=5, le=3600, validation_alias=_env("sip_nonce_ttl", "SIP_NONCE_TTL"))
     sip_trunk_host: str = Field("", validation_alias=_env("sip_trunk_host", "SIP_TRUNK_HOST"))
     sip_trunk_pattern: str = Field(
         r"^\+?[0-9]{3,15}$", validation_alias=_env("sip_trunk_pattern", "SIP_TRUNK_PATTERN")

@@ -31,6 +31,7 @@ class SipConfig:
     burst: int = 100
     min_expires: int = 60
     max_expires: int = 3600
+    nonce_ttl: int = 30
     trunk_host: str = ""
     trunk_pattern: str = r"^\+?[0-9]{3,15}$"
     trunk_username: str = ""
@@ -58,6 +59,7 @@ class SipConfig:
             "rate": settings.sip_rate,
             "burst": settings.sip_burst,
             "max_expires": settings.sip_max_expires,
+            "nonce_ttl": settings.sip_nonce_ttl,
             "trunk_host": settings.sip_trunk_host,
             "trunk_pattern": settings.sip_trunk_pattern,
             "trunk_username": settings.sip_trunk_username,

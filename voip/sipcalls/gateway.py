@@ -56,6 +56,9 @@ class SipGateway:
             tls_server_context=config.tls_server_context(),
             tls_client_context=config.tls_client_context(),
             tls_port=config.tls_port if config.tls_enabled else None,
+            # Strangers' requests are answered at their packet's source, once, until they
+            # authenticate: no reflection, no amplification (docs/sip-gateway.md).
+            trusted=config.is_trusted,
         )
         self.endpoint.on_message = metrics.count_sip_message
         self.dialogs = DialogTable()
@@ -129,6 +132,8 @@ class SipGateway:
             if leg is None:
                 self.endpoint.reply(event, 481)
             else:
+                # Inside a dialog that began authenticated (or from a trusted network).
+                self.endpoint.vouch(event)
                 await leg.in_dialog(event, dialog)
             return
         match request.method:
@@ -177,19 +182,25 @@ class SipGateway:
         if request.call_id in self.legs:
             self.endpoint.reply(event, 482, to_tag=generate_tag())
             return
-        # Trying at once: ringing an app can take a push and seconds.
-        self.endpoint.reply(event, 100)
+        trusted = self.config.is_trusted(event.source[0])
+        if trusted:
+            # Trying at once: ringing an app can take a push and seconds.
+            self.endpoint.reply(event, 100)
         uri = request.uri
         if not uri.is_sip or not uri.user or not self.config.is_local_domain(uri):
             self.endpoint.reply(event, 404, to_tag=generate_tag())
             return
         caller = caller_id(request.from_.uri)
-        if not self.config.is_trusted(event.source[0]):
+        if not trusted:
+            # A stranger hears nothing but this one answer until it authenticates.
             result = await self.registrar.authenticate(request, proxy=True)
             if not result.ok:
+                log.info("sip.invite_challenged", source=event.source[0], reason=result.reason)
                 self.registrar.challenge(event, result, proxy=True)
                 return
             caller = f"sip:{result.username}@{self.config.realm}"
+            self.endpoint.vouch(event)
+            self.endpoint.reply(event, 100)
         callee = uri.user
         devices, online = await self.store.reachable_devices(callee)
         if not devices and not online:

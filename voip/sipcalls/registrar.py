@@ -30,6 +30,7 @@ from sip.message import NameAddr, Request, generate_tag
 from sip.transaction import RequestReceived
 from voip.bus import Bus
 from voip.sipcalls.config import SipConfig
+from voip.sipcalls.nonces import NonceCounts
 from voip.store import Store, now_ms
 
 log = structlog.get_logger(__name__)
@@ -112,7 +113,11 @@ class Registrar:
         self.max_devices = max_devices
         self.on_frame = on_frame
         self.on_bound = on_bound
-        self.digest = DigestServer(config.realm, config.digest_secret, algorithms=config.digest_algorithms)
+        self.digest = DigestServer(
+            config.realm, config.digest_secret, algorithms=config.digest_algorithms,
+            nonce_ttl=config.nonce_ttl,
+        )
+        self.nonce_counts = NonceCounts(store.redis, store.prefix)
         # (user, device) -> (deliver, expiry timer) for bindings held on this node
         self._attached: dict[tuple[str, str], tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -140,6 +145,8 @@ class Registrar:
         return _text(raw) if raw else None
 
     async def authenticate(self, request: Request, *, proxy: bool = False) -> AuthResult:
+        """Digest credentials checked, then their `(nonce, nc)` consumed cluster-wide: a
+        replayed header, from any socket and through any node, is re-challenged stale."""
         credentials = self.digest.credentials(request, proxy=proxy)
         if credentials is None:
             return AuthResult(False, reason="no credentials")
@@ -147,12 +154,29 @@ class Registrar:
         ha1 = await self._ha1(credentials.username, credentials.realm, algorithm)
         if ha1 is None:
             return AuthResult(False, credentials.username, reason="unknown user")
-        return self.digest.verify(request, credentials, ha1, time.time())
+        result = self.digest.verify(request, credentials, ha1, time.time())
+        if not result.ok:
+            return result
+        # qop is required (DigestServer.qop): a verified result always names its count.
+        if result.nonce is None or result.nc is None or not await self.nonce_counts.consume(
+            result.nonce, result.nc, self.digest.count_ttl
+        ):
+            return AuthResult(False, result.username, stale=True, reason="nonce count replayed")
+        return result
 
     def challenge(self, event: RequestReceived, result: AuthResult, *, proxy: bool = False) -> None:
+        now = time.time()
         response = self.digest.challenge(
-            event.request, time.time(), stale=result.stale, proxy=proxy, to_tag=generate_tag()
+            event.request, now, stale=result.stale, proxy=proxy, to_tag=generate_tag()
         )
+        budget = self.endpoint.answer_budget(event)
+        if budget is not None and len(response.serialise()) > budget:
+            # A stranger's small datagram: the first algorithm alone, so that the answer
+            # stays within twice the request's size (or is not sent at all).
+            response = self.digest.challenge(
+                event.request, now, stale=result.stale, proxy=proxy, to_tag=response.to.tag,
+                algorithms=self.digest.algorithms[:1],
+            )
         self.endpoint.send_response(response, event.transaction)
 
     # Bindings ---------------------------------------------------------------------------
@@ -175,12 +199,13 @@ class Registrar:
             return
         result = await self.authenticate(request)
         if not result.ok:
-            log.info("sip.register_challenged", user=aor.user, reason=result.reason)
+            log.info("sip.register_challenged", user=aor.user, source=event.source[0], reason=result.reason)
             self.challenge(event, result)
             return
         if result.username != aor.user:
             self.endpoint.reply(event, 403, "Wrong User For AOR", to_tag=generate_tag())
             return
+        self.endpoint.vouch(event)
         user = aor.user
         contacts = request.contacts
         default = _int(request.headers.get("Expires"), self.config.max_expires)
