@@ -43,11 +43,22 @@ class OutboundCallees(Protocol):
 
 
 class CallController:
-    def __init__(self, store: Store, bus: Bus, *, node: str, ring_timeout: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        *,
+        node: str,
+        ring_timeout: float,
+        max_ringing_per_callee: int = 3,
+        calls_per_callee_per_minute: int = 20,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.node = node
         self.ring_timeout_ms = int(ring_timeout * 1000)
+        self.max_ringing_per_callee = max_ringing_per_callee
+        self.calls_per_callee_per_minute = calls_per_callee_per_minute
         self.outbound: OutboundCallees | None = None
         self.pushes: CallPushes | None = None  # None: this node sends no pushes
 
@@ -83,6 +94,12 @@ class CallController:
                 }
         created_at = now_ms()
         ring_deadline = created_at + self.ring_timeout_ms
+        # Before anything rings or any push leaves: a flood of calls to one callee must
+        # not become a flood of pushes to their phone.
+        await self.store.admit_call(
+            call_id, callee, now=created_at, ring_deadline=ring_deadline,
+            max_ringing=self.max_ringing_per_callee, per_minute=self.calls_per_callee_per_minute,
+        )
         name = caller_name or caller.user_id
         incoming: dict[str, Any] = {
             "type": "call.incoming",
@@ -111,6 +128,7 @@ class CallController:
             announce=announce,
         )
         if not created:
+            # The existing call holds its own place in the callee's counts, if any.
             raise CallError("call_exists")
         call = CallRecord(
             call_id=call_id,
