@@ -76,11 +76,19 @@ class CallController:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
         leg = self.outbound.leg_for(callee) if self.outbound is not None else None
+        created_at = now_ms()
+        ring_deadline = created_at + self.ring_timeout_ms
+        # Before anything rings or any push leaves: a flood of calls to one callee must
+        # not become a flood of pushes to their phone. Raises CallRefused.
+        devices, online = await self.store.admit_call(
+            call_id, callee, now=created_at, ring_deadline=ring_deadline,
+            max_ringing=self.max_ringing_per_callee, per_minute=self.calls_per_callee_per_minute,
+            reach=leg is None,
+        )
         pushes: dict[str, dict[str, Any]] = {}
         if leg is not None:
             targets = [leg]
         else:
-            devices, online = await self.store.reachable_devices(callee)
             targets = sorted(set(devices) | online)
             if self.pushes is not None:
                 pushes = {
@@ -92,14 +100,6 @@ class CallController:
                     for device_id, record in devices.items()
                     if record.get("voip_token")
                 }
-        created_at = now_ms()
-        ring_deadline = created_at + self.ring_timeout_ms
-        # Before anything rings or any push leaves: a flood of calls to one callee must
-        # not become a flood of pushes to their phone.
-        await self.store.admit_call(
-            call_id, callee, now=created_at, ring_deadline=ring_deadline,
-            max_ringing=self.max_ringing_per_callee, per_minute=self.calls_per_callee_per_minute,
-        )
         name = caller_name or caller.user_id
         incoming: dict[str, Any] = {
             "type": "call.incoming",

@@ -62,10 +62,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if not self.in_headers and cycle is not None:
-            if cycle.response_started:  # answered without the body, or mid-answer: just close
-                self.transport.close()
-                return
+        if cycle is not None and cycle.response_started and not (self.in_headers and cycle.response_complete):
+            # Mid-answer, or answered without waiting for the body: a 408 would be a second answer.
+            self.transport.close()
+            return
+        if cycle is not None and not cycle.response_complete:
             # The app waits on a body that is not coming: it hears a disconnect.
             cycle.disconnected = True
             cycle.message_event.set()

@@ -153,16 +153,35 @@ class Store:
     # Calls ----------------------------------------------------------------------------
 
     async def admit_call(
-        self, call_id: str, callee_user: str, *, now: int, ring_deadline: int, max_ringing: int, per_minute: int
-    ) -> None:
+        self,
+        call_id: str,
+        callee_user: str,
+        *,
+        now: int,
+        ring_deadline: int,
+        max_ringing: int,
+        per_minute: int,
+        reach: bool = False,
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """Count the call against its callee's limits, in one script on the callee's slot,
-        so that every node sees the same counts; raises CallRefused over a limit."""
-        reason, retry_after = await self._admit(
-            keys=self.callee_limit_keys(callee_user),
-            args=[call_id, now, ring_deadline, max_ringing, per_minute],
-        )
+        so that every node sees the same counts; raises CallRefused over a limit. With
+        `reach`, also returns `reachable_devices(callee_user)`, read in the same round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if reach:
+                pipe.hgetall(self.devices_key(callee_user))
+                pipe.hgetall(self.presence_key(callee_user))
+            await self._admit(
+                keys=self.callee_limit_keys(callee_user),
+                args=[call_id, now, ring_deadline, max_ringing, per_minute],
+                client=pipe,
+            )
+            *read, (reason, retry_after) = await pipe.execute()
         if reason != b"ok":
             raise CallRefused(reason.decode(), int(retry_after))
+        if not reach:
+            return {}, set()
+        devices, presence = read
+        return {k.decode(): orjson.loads(v) for k, v in devices.items()}, _online(presence)
 
     async def release_call(self, call_id: str, callee_user: str, *, uncount: bool = False) -> None:
         """The call no longer rings its callee; `uncount` also takes it off the minute's count

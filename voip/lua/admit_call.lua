@@ -12,7 +12,9 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60000)
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
   local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return {'rate_limited', math.max(1, math.ceil((tonumber(oldest[2]) + 60000 - now) / 1000))}
+  -- Within 1..60: nodes' clocks, and starts stamped just before this one, may run ahead of `now`.
+  local wait = math.ceil((tonumber(oldest[2]) + 60000 - now) / 1000)
+  return {'rate_limited', math.max(1, math.min(60, wait))}
 end
 redis.call('ZADD', KEYS[1], deadline, ARGV[1])
 local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
