@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> None:
 
     from voip import logs
     from voip.app import create_app
+    from voip.http_limits import server_options
     from voip.redis_server import PrivateRedis
 
     settings = _settings()
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> None:
             log_config=None,
             access_log=False,
             lifespan="on",
+            **server_options(settings),
         )
         uvicorn.Server(config).run()
     finally:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from voip import metrics
@@ -73,11 +73,16 @@ async def json_body(request: Request, model: type[BaseModel]) -> Any:
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Gone mid-body, or cut off by the body timeout (voip/http_limits.py), which
+        # has answered 408: nobody hears this one.
+        raise ApiError(400, "incomplete_body", "the connection closed before the body ended") from None
     body = b"".join(chunks)
     try:
         return model.model_validate_json(body or b"{}")

@@ -44,11 +44,22 @@ class OutboundCallees(Protocol):
 
 
 class CallController:
-    def __init__(self, store: Store, bus: Bus, *, node: str, ring_timeout: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        *,
+        node: str,
+        ring_timeout: float,
+        max_ringing_per_callee: int = 3,
+        calls_per_callee_per_minute: int = 20,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.node = node
         self.ring_timeout_ms = int(ring_timeout * 1000)
+        self.max_ringing_per_callee = max_ringing_per_callee
+        self.calls_per_callee_per_minute = calls_per_callee_per_minute
         self.outbound: OutboundCallees | None = None
         self.pushes: CallPushes | None = None  # None: this node sends no pushes
 
@@ -66,11 +77,19 @@ class CallController:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
         leg = self.outbound.leg_for(callee) if self.outbound is not None else None
+        created_at = now_ms()
+        ring_deadline = created_at + self.ring_timeout_ms
+        # Before anything rings or any push leaves: a flood of calls to one callee must
+        # not become a flood of pushes to their phone. Raises CallRefused.
+        devices, online = await self.store.admit_call(
+            call_id, callee, now=created_at, ring_deadline=ring_deadline,
+            max_ringing=self.max_ringing_per_callee, per_minute=self.calls_per_callee_per_minute,
+            reach=leg is None,
+        )
         pushes: dict[str, dict[str, Any]] = {}
         if leg is not None:
             targets = [leg]
         else:
-            devices, online = await self.store.reachable_devices(callee)
             targets = sorted(set(devices) | online)
             if self.pushes is not None:
                 pushes = {
@@ -82,8 +101,6 @@ class CallController:
                     for device_id, record in devices.items()
                     if record.get("voip_token")
                 }
-        created_at = now_ms()
-        ring_deadline = created_at + self.ring_timeout_ms
         name = display_name(caller_name, caller.user_id)
         incoming: dict[str, Any] = {
             "type": "call.incoming",
@@ -112,6 +129,7 @@ class CallController:
             announce=announce,
         )
         if not created:
+            # The existing call holds its own place in the callee's counts, if any.
             raise CallError("call_exists")
         call = CallRecord(
             call_id=call_id,

@@ -37,7 +37,9 @@ class Node:
         self.store.status_pipe = RedisPipe(settings.redis_url)
         self.bus = Bus(self.redis, settings.redis_prefix)
         self.controller = CallController(
-            self.store, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout
+            self.store, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout,
+            max_ringing_per_callee=settings.max_ringing_per_callee,
+            calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
         )
         self.timeouts = RingTimeouts(self.controller)
         self.apns_simulator: APNsSimulator | None = None

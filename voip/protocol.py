@@ -109,3 +109,9 @@ CALL_ERRORS = {
     "call_exists": "a call with this call_id exists already",
     "invalid_callee": "you cannot call yourself",
 }
+
+# Why a new call was refused (`code: "call_refused"`, `reason` one of these).
+CALL_REFUSALS = {
+    "callee_busy": "too many calls are ringing this callee; try again when one ends",
+    "rate_limited": "too many calls to this callee this minute; retry after retry_after seconds",
+}

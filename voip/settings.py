@@ -112,6 +112,32 @@ class Settings(BaseSettings):
     sip_tls_cert_file: str = Field("", validation_alias=_env("sip_tls_cert_file", "SIP_TLS_CERT_FILE"))
     sip_tls_key_file: str = Field("", validation_alias=_env("sip_tls_key_file", "SIP_TLS_KEY_FILE"))
     sip_tls_ca_file: str = Field("", validation_alias=_env("sip_tls_ca_file", "SIP_TLS_CA_FILE"))
+    # Limits on every channel (docs/operators.md#limits)
+    max_ringing_per_callee: int = Field(
+        3, ge=1, le=1000, validation_alias=_env("max_ringing_per_callee", "VOIP_MAX_RINGING_PER_CALLEE")
+    )
+    calls_per_callee_per_minute: int = Field(
+        20, ge=1, le=100000,
+        validation_alias=_env("calls_per_callee_per_minute", "VOIP_CALLS_PER_CALLEE_PER_MINUTE"),
+    )
+    http_max_header_bytes: int = Field(
+        16384, ge=1024, le=1048576, validation_alias=_env("http_max_header_bytes", "VOIP_HTTP_MAX_HEADER_BYTES")
+    )
+    http_max_headers: int = Field(
+        100, ge=8, le=10000, validation_alias=_env("http_max_headers", "VOIP_HTTP_MAX_HEADERS")
+    )
+    http_header_timeout: float = Field(
+        10.0, gt=0, le=300, validation_alias=_env("http_header_timeout", "VOIP_HTTP_HEADER_TIMEOUT")
+    )
+    http_body_timeout: float = Field(
+        30.0, gt=0, le=3600, validation_alias=_env("http_body_timeout", "VOIP_HTTP_BODY_TIMEOUT")
+    )
+    http_keep_alive: int = Field(
+        5, ge=1, le=3600, validation_alias=_env("http_keep_alive", "VOIP_HTTP_KEEP_ALIVE")
+    )
+    http_max_connections: int = Field(
+        4096, ge=2, validation_alias=_env("http_max_connections", "VOIP_HTTP_MAX_CONNECTIONS")
+    )
     ops_feed: bool = Field(True, validation_alias=_env("ops_feed", "VOIP_OPS_FEED"))
     # Secrets out of URLs and logs (issue 8, item 4)
     ops_ticket_ttl: int = Field(

@@ -10,6 +10,9 @@ Redis Cluster hash tag, so each script touches one slot):
     ring_deadlines           zset   call_id scored by ring deadline (ms)
     calls                    zset   call_id scored by creation time (ms), for operators
     {u:<user_id>}:last_push  hash   device_id -> JSON of the device's last push and its answer
+    {u:<user_id>}:sockets    zset   "<device_id>|<socket id>" scored by when it opened (ms): open WebSockets
+    {u:<user_id>}:ringing    zset   call_id scored by ring deadline (ms): calls ringing this callee
+    {u:<user_id>}:call_starts zset  call_id scored by creation time (ms), the last minute's calls to this callee
 """
 
 from __future__ import annotations
@@ -80,6 +83,17 @@ class CallError(Exception):
         self.call = call
 
 
+class CallRefused(CallError):
+    """A new call that the callee's limits refuse: `reason` is "callee_busy" (too many
+    calls ringing it now) or "rate_limited" (too many new calls to it this minute; try
+    again in `retry_after` seconds)."""
+
+    def __init__(self, reason: str, retry_after: int = 0) -> None:
+        super().__init__("call_refused")
+        self.reason = reason
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     previous: CallState
@@ -100,6 +114,8 @@ class Store:
         self._status = redis.register_script(_script("status_check"))
         self._claim = redis.register_script(_script("claim_timeouts"))
         self._drop_token = redis.register_script(_script("drop_voip_token"))
+        self._admit = redis.register_script(_script("admit_call"))
+        self._open_socket = redis.register_script(_script("open_socket"))
         self.deadlines_key = f"{prefix}ring_deadlines"
         # Call ids by creation time (ms), for operators' listings (voip/ops/index.py).
         self.calls_key = f"{prefix}calls"
@@ -127,10 +143,57 @@ class Store:
     def presence_key(self, user_id: str) -> str:
         return f"{self.prefix}{{u:{user_id}}}:presence"
 
+    def callee_limit_keys(self, user_id: str) -> list[str]:
+        tag = f"{self.prefix}{{u:{user_id}}}"
+        return [f"{tag}:ringing", f"{tag}:call_starts"]
+
     def user_channel(self, user_id: str) -> str:
         return f"{self.prefix}user:{user_id}"
 
     # Calls ----------------------------------------------------------------------------
+
+    async def admit_call(
+        self,
+        call_id: str,
+        callee_user: str,
+        *,
+        now: int,
+        ring_deadline: int,
+        max_ringing: int,
+        per_minute: int,
+        reach: bool = False,
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """Count the call against its callee's limits, in one script on the callee's slot,
+        so that every node sees the same counts; raises CallRefused over a limit. With
+        `reach`, also returns `reachable_devices(callee_user)`, read in the same round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if reach:
+                pipe.hgetall(self.devices_key(callee_user))
+                pipe.hgetall(self.presence_key(callee_user))
+            await self._admit(
+                keys=self.callee_limit_keys(callee_user),
+                args=[call_id, now, ring_deadline, max_ringing, per_minute],
+                client=pipe,
+            )
+            *read, (reason, retry_after) = await pipe.execute()
+        if reason != b"ok":
+            raise CallRefused(reason.decode(), int(retry_after))
+        if not reach:
+            return {}, set()
+        devices, presence = read
+        return {k.decode(): orjson.loads(v) for k, v in devices.items()}, _online(presence)
+
+    async def release_call(self, call_id: str, callee_user: str, *, uncount: bool = False) -> None:
+        """The call no longer rings its callee; `uncount` also takes it off the minute's count
+        (a call that was never created)."""
+        ringing, starts = self.callee_limit_keys(callee_user)
+        if uncount:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(ringing, call_id)
+                pipe.zrem(starts, call_id)
+                await pipe.execute()
+        else:
+            await self.redis.zrem(ringing, call_id)
 
     async def create_call(
         self,
@@ -227,9 +290,16 @@ class Store:
         if status != b"ok":
             raise CallError(detail.decode(), call)
         assert call is not None
-        if call.state.is_final:
+        previous = CallState(detail.decode())
+        if previous is CallState.RINGING and call.state is not CallState.RINGING:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if call.state.is_final:
+                    pipe.zrem(self.deadlines_key, call_id)
+                pipe.zrem(self.callee_limit_keys(call.callee_user)[0], call_id)
+                await pipe.execute()
+        elif call.state.is_final:
             await self.redis.zrem(self.deadlines_key, call_id)
-        return Transition(previous=CallState(detail.decode()), call=call)
+        return Transition(previous=previous, call=call)
 
     async def call_event(
         self,
@@ -402,6 +472,21 @@ class Store:
 
     async def record_last_push(self, user_id: str, device_id: str, entry: dict[str, Any]) -> None:
         await self.redis.hset(self.last_push_key(user_id), device_id, orjson.dumps(entry))
+
+    def sockets_key(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:sockets"
+
+    async def open_socket(self, user_id: str, socket: str, cap: int) -> list[str]:
+        """Count an open WebSocket of the user's; returns the oldest ones beyond `cap`,
+        already uncounted, for their nodes to close. A socket left behind by a node that
+        died is the oldest, so it is the first to go."""
+        evicted = await self._open_socket(
+            keys=[self.sockets_key(user_id)], args=[socket, now_ms(), cap, self.retention]
+        )
+        return [s.decode() for s in evicted]
+
+    async def close_socket(self, user_id: str, socket: str) -> None:
+        await self.redis.zrem(self.sockets_key(user_id), socket)
 
     async def set_presence(self, user_id: str, device_id: str, node: str, ttl_ms: int) -> None:
         await self.redis.hset(self.presence_key(user_id), device_id, f"{node}|{now_ms() + ttl_ms}")

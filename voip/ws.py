@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import re
 import time
+import uuid
 from typing import Any, NamedTuple
 
 import orjson
@@ -22,6 +23,7 @@ from voip.controller import Caller, CallController
 from voip.node import Node
 from voip.protocol import (
     CALL_ERRORS,
+    CALL_REFUSALS,
     MESSAGE_TYPES,
     CallAnswer,
     CallDecline,
@@ -34,7 +36,7 @@ from voip.protocol import (
     client_message,
     error_frame,
 )
-from voip.store import CallError
+from voip.store import CallError, CallRefused
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +44,10 @@ log = structlog.get_logger(__name__)
 DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+# The user opened more sockets than VOIP_MAX_DEVICES_PER_USER: this one, the oldest, goes.
+CLOSE_TOO_MANY_SOCKETS = 4008
+# On the user's bus channel only, never sent to a device: "close this socket of yours".
+EVICT = "socket.evict"
 PRESENCE_TTL_MS = 90_000
 PRESENCE_REFRESH = 30.0
 OUTBOX_LIMIT = 256
@@ -135,8 +141,14 @@ class DeviceConnection:
         self.bucket = TokenBucket(node.settings.ws_rate, node.settings.ws_burst)
         self.refused_in_a_row = 0
         self.closing: Close | None = None
+        self.socket_id = f"{device_id}|{uuid.uuid4().hex}"
 
     async def deliver(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == EVICT:
+            if frame.get("socket") == self.socket_id and self.closing is None:
+                log.info("ws.evicted", user=self.user_id, device=self.device_id)
+                self._close_after_queued(CLOSE_TOO_MANY_SOCKETS, "too_many_sockets")
+            return
         try:
             self.outbox.put_nowait(frame)
         except asyncio.QueueFull:  # a socket this far behind is dead; let it reconnect
@@ -160,6 +172,12 @@ class DeviceConnection:
         store = self.node.store
         await self.node.bus.attach(self.user_id, self.device_id, self.deliver)
         await store.set_presence(self.user_id, self.device_id, self.node.node_id, PRESENCE_TTL_MS)
+        cap = self.node.settings.max_devices_per_user
+        for evicted in await store.open_socket(self.user_id, self.socket_id, cap):
+            # Whichever node holds it closes it: the bus reaches the user's sockets everywhere.
+            await self.node.bus.publish(
+                self.user_id, {"type": EVICT, "socket": evicted}, only=[evicted.rsplit("|", 1)[0]]
+            )
         metrics.WS_CONNECTIONS.inc()
         writer = asyncio.create_task(self._write())
         presence = asyncio.create_task(self._keep_presence())
@@ -178,6 +196,7 @@ class DeviceConnection:
                     await self.websocket.close(code=self.closing.code, reason=self.closing.reason)
             await self.node.bus.detach(self.user_id, self.device_id, self.deliver)
             with contextlib.suppress(Exception):
+                await store.close_socket(self.user_id, self.socket_id)
                 await store.clear_presence(self.user_id, self.device_id, self.node.node_id)
 
     async def send(self, frame: dict[str, Any]) -> None:
@@ -269,6 +288,12 @@ class DeviceConnection:
             return error_frame("invalid_message", f"{where}: {first['msg']}", request_id)
         try:
             return await self._dispatch(message)
+        except CallRefused as exc:
+            frame = error_frame(exc.code, CALL_REFUSALS[exc.reason], message.id, getattr(message, "call_id", None))
+            frame["reason"] = exc.reason
+            if exc.retry_after:
+                frame["retry_after"] = exc.retry_after
+            return frame
         except CallError as exc:
             call_id = getattr(message, "call_id", None)
             return error_frame(exc.code, CALL_ERRORS.get(exc.code, exc.code), message.id, call_id)

@@ -28,7 +28,7 @@ from sip.message import URI, CSeq, Headers, NameAddr, ParseError, Request, Respo
 from sip.transaction import Addr, RequestReceived
 from voip.calls import Action
 from voip.controller import Caller
-from voip.store import CallError, now_ms
+from voip.store import CallError, CallRefused, now_ms
 
 if TYPE_CHECKING:
     from voip.sipcalls.gateway import SipGateway
@@ -211,6 +211,13 @@ class InboundLeg(Leg):
                 Caller(self.user, self.device), self.callee, self.call_id, sdp=offer,
                 caller_name=self.invite.from_.display_name,
             )
+        except CallRefused as exc:
+            if exc.reason == "callee_busy":
+                self.reject(486)
+            else:  # RFC 3261 §21.5.4: the callee can take calls again after Retry-After
+                self.reject(503, headers=[("Retry-After", str(exc.retry_after))])
+            await self.finish()
+            return
         except CallError as exc:
             self.reject(403 if exc.code == "invalid_callee" else 500)
             await self.finish()
@@ -273,10 +280,12 @@ class InboundLeg(Leg):
         await self.act(Action.HANGUP)
         await self.finish()
 
-    def reject(self, status: int) -> None:
+    def reject(self, status: int, headers: list[tuple[str, str]] | None = None) -> None:
         if not self.pending():
             return
         response = build_response(self.invite, status, to_tag=self.to_tag)
+        for name, value in headers or []:
+            response.headers.add(name, value)
         if self.dialog is not None:
             self.dialog.response_sent(self.invite, response)
         self.gw.endpoint.send_response(response, self.event.transaction)
