@@ -38,6 +38,25 @@ async def test_retries_stop_at_the_deadline(make_notifier: MakeNotifier,
     assert device.inbox == []
 
 
+async def test_an_attempt_cut_off_by_the_deadline_keeps_the_last_answer(
+        make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
+    """The deadline coming while an attempt is in flight says nothing about APNs: the push
+    is reported with the last answer APNs gave (it was 'NoResponse' whenever a retry was
+    still out when the deadline came, as on a loaded machine)."""
+    notifier = make_notifier(max_attempts=100, response_timeout=5.0, backoff_base=0.001, backoff_max=0.001)
+    device = sim.add_device(VOIP_TOPIC)
+    sim.inject(Fault.service_unavailable(), token=device.token, times=1)
+    request = invite(device, ttl=0.5)
+    sim.inject(Fault.slow(5.0), token=None, times=None)  # the retry: answered after the deadline
+
+    result = await notifier.send(request)
+
+    assert result.outcome == Outcome.EXPIRED
+    assert (result.status, result.reason) == (503, "ServiceUnavailable")
+    assert result.attempts == len(requests_for(sim, request.apns_id)) == 2
+    assert request.deadline <= time.time() < request.deadline + 0.25
+
+
 async def test_unanswered_push_expires_at_its_deadline(make_notifier: MakeNotifier,
                                                        sim: APNsSimulator) -> None:
     notifier = make_notifier(response_timeout=5.0)

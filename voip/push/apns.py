@@ -150,12 +150,13 @@ class APNsSender:
             return ConnectFailed("could not connect"), None
         except NotSent as failure:
             return (None if failure.reason == "DeadlinePassed" else failure), None
+        answer_by = min(end, loop.time() + response_timeout)
         try:
-            async with asyncio.timeout_at(min(end, loop.time() + response_timeout)):
+            async with asyncio.timeout_at(answer_by):
                 return await future, connection
         except TimeoutError:
             connection.abandon()
-            return NoResponse(), connection
+            return (CutByDeadline() if answer_by >= end else NoResponse()), connection
         except AttemptFailure as failure:
             return failure, connection
 
@@ -170,6 +171,11 @@ class ConnectFailed(AttemptFailure):
 
 class NoResponse(AttemptFailure):
     reason = "NoResponse"
+
+
+class CutByDeadline(NoResponse):
+    """Written, but the push's own deadline came before APNs answered: says nothing about
+    APNs, so the last answer it did give stays the push's status and reason."""
 
 
 class APNsNotifier:
@@ -251,6 +257,11 @@ class APNsNotifier:
                                                       self.config.response_timeout)
             if answer is None:
                 return finish(Outcome.EXPIRED, "the deadline passed before APNs accepted the push")
+            if isinstance(answer, CutByDeadline):
+                attempts += 1
+                if status is None:
+                    reason = answer.reason
+                return finish(Outcome.EXPIRED, "the deadline passed before APNs answered the last attempt")
             if isinstance(answer, AttemptFailure):
                 if not isinstance(answer, NotSent) and not isinstance(answer, ConnectFailed):
                     attempts += 1
