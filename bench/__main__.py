@@ -61,7 +61,12 @@ def main() -> None:
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
     parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
+    parser.add_argument("--wait", action="store_true", help="only what WAIT 1 costs call creation (bench/redis_wait.py)")
     args = parser.parse_args()
+    if args.wait:
+        from bench import redis_wait
+
+        return redis_wait.main()
     if args.ops:
         from bench import ops
 

@@ -4,6 +4,10 @@ are connected, over Redis pub/sub with one channel per user.
 Pub/sub is fire-and-forget on purpose: a device that is not connected anywhere learns of
 the call by VoIP push and from the call-status endpoint, never from a queue that would
 replay stale calls to it later.
+
+After a Redis failover the reader reconnects through the node's pool, which asks the
+Sentinels for the new master, and redis-py subscribes again to every channel held.
+Frames published during the gap are lost (docs/deploy.md#redis-sentinel).
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ class Bus:
                 message = await self._pubsub.get_message(timeout=None)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a dropped connection: redis-py resubscribes on the next read
+            except Exception:  # a dropped connection or failover: redis-py resubscribes on the next read
                 log.warning("bus.read_failed", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue

@@ -4,15 +4,13 @@ share nothing but Redis."""
 from __future__ import annotations
 
 import structlog
-from redis.asyncio import Redis
-
 from apnsim import APNsSimulator
 from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
 from voip.push import APNsConfig, APNsNotifier
-from voip.redis_pipe import RedisPipe
+from voip.redis_conn import RedisConnections
 from voip.settings import Settings
 from voip.sipcalls import SipConfig, SipGateway
 from voip.store import Store
@@ -30,11 +28,13 @@ class Node:
         self.node_id = settings.node_id
         self.auth = Authenticator(settings.jwt_secret)
         # One pool per node, made once: no request builds a client.
-        self.redis = Redis.from_url(settings.redis_url, max_connections=256)
+        self.connections = RedisConnections.from_settings(settings)
+        self.redis = self.connections.client
         self.store = Store(
-            self.redis, settings.redis_prefix, settings.call_retention, ops_feed=settings.ops_feed
+            self.redis, settings.redis_prefix, settings.call_retention, ops_feed=settings.ops_feed,
+            wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
-        self.store.status_pipe = RedisPipe(settings.redis_url)
+        self.store.status_pipe = self.connections.status_pipe()
         self.bus = Bus(self.redis, settings.redis_prefix)
         self.controller = CallController(
             self.store, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout,
@@ -117,4 +117,4 @@ class Node:
             await self.apns_simulator.stop()
         await self.bus.stop()
         self.store.status_pipe.close()  # type: ignore[union-attr]
-        await self.redis.aclose()
+        await self.connections.aclose()

@@ -8,16 +8,25 @@ what the status endpoint needs: EVALSHA, with SCRIPT LOAD on NOSCRIPT.
 
 Requests from concurrent handlers share one connection and go out back to back;
 Redis answers in order, so each reply resolves the oldest waiting future.
+
+Behind Sentinel the pipe is given `locate`, which asks the Sentinels for the master on
+every (re)connect, and `master_only`: a fresh connection that finds a replica (ROLE), or
+a reply of READONLY (a master demoted under us), drops the connection and retries once.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import hiredis
 from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+# How to reach Redis: {"host", "port"} or {"path"}, optional "password", "username", "db".
+Address = dict[str, Any]
 
 
 def _command(*parts: bytes | str | int) -> bytes:
@@ -58,8 +67,19 @@ class _Protocol(asyncio.Protocol):
 
 
 class RedisPipe:
-    def __init__(self, url: str) -> None:
-        self._options = parse_url(url)
+    def __init__(
+        self,
+        url: str = "",
+        *,
+        password: str | None = None,
+        locate: Callable[[], Awaitable[Address]] | None = None,
+        master_only: bool = False,
+    ) -> None:
+        self._options: Address = dict(parse_url(url)) if url else {}
+        if password and not self._options.get("password"):
+            self._options["password"] = password
+        self._locate = locate
+        self._master_only = master_only
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
@@ -71,7 +91,10 @@ class RedisPipe:
             if self._protocol is not None and self._protocol.transport is not None:
                 return self._protocol
             loop = asyncio.get_running_loop()
-            options = self._options
+            try:
+                options = await self._locate() if self._locate is not None else self._options
+            except RedisConnectionError as exc:  # no Sentinel knows a master right now
+                raise ConnectionError(f"no Redis master: {exc}") from None
             if "path" in options:
                 _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
             else:
@@ -85,9 +108,18 @@ class RedisPipe:
                 setup.append(_command(*auth))
             if options.get("db"):
                 setup.append(_command("SELECT", options["db"]))
+            try:
+                for command in setup:
+                    await self._send(protocol, command)
+                if self._master_only:
+                    role = await self._send(protocol, _command("ROLE"))
+                    if role[0] != b"master":  # the Sentinels' answer is already stale
+                        raise ConnectionError("Redis at the master's address is a replica")
+            except BaseException:
+                if protocol.transport is not None:
+                    protocol.transport.close()
+                raise
             self._protocol = protocol
-            for command in setup:
-                await self._send(protocol, command)
             return protocol
 
     async def _send(self, protocol: _Protocol, command: bytes) -> Any:
@@ -100,19 +132,26 @@ class RedisPipe:
 
     async def evalsha(self, sha: str, script: bytes | str, keys: list[str], args: list[Any]) -> Any:
         command = _command("EVALSHA", sha, len(keys), *keys, *args)
-        try:
-            protocol = await self._connection()
-            return await self._send(protocol, command)
-        except ConnectionError:
-            # Redis restarted or the socket dropped: one fresh connection, one more try.
-            protocol = await self._connection()
-            return await self._send(protocol, command)
-        except hiredis.ReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        await self._send(protocol, _command("SCRIPT", "LOAD", script))
-        return await self._send(protocol, command)
+        # Each attempt can repair one thing: a lost connection, a demoted master, a cold script cache.
+        for attempts_left in (2, 1, 0):
+            try:
+                protocol = await self._connection()
+                return await self._send(protocol, command)
+            except ConnectionError:
+                if not attempts_left:  # Redis restarted, failed over, or the socket dropped
+                    raise
+            except hiredis.ReplyError as exc:
+                message = str(exc)
+                if not attempts_left or not message.startswith(("NOSCRIPT", "READONLY")):
+                    raise
+                if message.startswith("NOSCRIPT"):
+                    await self._send(protocol, _command("SCRIPT", "LOAD", script))
+                else:  # a master demoted to replica while we held its connection
+                    self.close()
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
+

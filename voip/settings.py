@@ -143,6 +143,18 @@ class Settings(BaseSettings):
     ops_ticket_ttl: int = Field(
         30, ge=1, le=600, validation_alias=_env("ops_ticket_ttl", "VOIP_OPS_TICKET_TTL")
     )
+    # Redis Sentinel (issue 9, item 2; docs/deploy.md#redis-sentinel)
+    redis_sentinels: str = Field("", validation_alias=_env("redis_sentinels", "REDIS_SENTINELS"))
+    redis_sentinel_master: str = Field(
+        "", max_length=128, validation_alias=_env("redis_sentinel_master", "REDIS_SENTINEL_MASTER")
+    )
+    redis_password: str = Field("", validation_alias=_env("redis_password", "REDIS_PASSWORD"), repr=False)
+    redis_wait_replicas: int = Field(
+        0, ge=0, le=16, validation_alias=_env("redis_wait_replicas", "VOIP_REDIS_WAIT_REPLICAS")
+    )
+    redis_wait_timeout_ms: int = Field(
+        100, ge=1, le=10000, validation_alias=_env("redis_wait_timeout_ms", "VOIP_REDIS_WAIT_TIMEOUT_MS")
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")
     )
@@ -157,6 +169,13 @@ class Settings(BaseSettings):
         if self.apns_ca_file and not Path(self.apns_ca_file).is_file():
             raise ValueError(f"APNS_CA_FILE: no such file: {self.apns_ca_file}")
         _check_sip_tls(self)
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError("REDIS_SENTINELS, REDIS_SENTINEL_MASTER: both or neither")
+        if self.redis_sentinels:
+            try:
+                sentinel_addresses(self.redis_sentinels)
+            except ValueError as exc:
+                raise ValueError(f"REDIS_SENTINELS: {exc}") from None
         if self.environment == "production":
             if not self.apns_key_file:
                 raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8)")
@@ -164,8 +183,8 @@ class Settings(BaseSettings):
                 raise ValueError("VOIP_PUBLIC_URL: production needs the URL apps reach this service at")
             if len(self.jwt_secret.encode()) < 32:
                 raise ValueError("VOIP_JWT_SECRET: production needs a secret of 32 bytes or more")
-            if not self.redis_url:
-                raise ValueError("REDIS_URL: production needs a shared Redis")
+            if not (self.redis_url or self.redis_sentinels):
+                raise ValueError("REDIS_URL: production needs a shared Redis (or REDIS_SENTINELS)")
         elif self.jwt_secret and len(self.jwt_secret.encode()) < 16:
             raise ValueError("VOIP_JWT_SECRET: a secret of 16 bytes or more is needed")
         self.public_url = self.public_url.rstrip("/")
@@ -192,6 +211,17 @@ class Settings(BaseSettings):
         if extra := os.environ.get("VOIP_CONFIG"):
             files.append(Path(extra))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files))
+
+
+def sentinel_addresses(value: str) -> list[tuple[str, int]]:
+    """`host:port,host:port,...` -> [(host, port)]; ValueError names the bad entry."""
+    addresses: list[tuple[str, int]] = []
+    for entry in (part.strip() for part in value.split(",")):
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"not host:port: {entry!r}")
+        addresses.append((host.removeprefix("[").removesuffix("]"), int(port)))
+    return addresses
 
 
 SIP_TLS_SETTINGS = {

@@ -101,8 +101,15 @@ class Transition:
 
 
 class Store:
-    def __init__(self, redis: Redis, prefix: str, retention: int, *, ops_feed: bool = True) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, retention: int, *, ops_feed: bool = True,
+        wait_replicas: int = 0, wait_timeout_ms: int = 100,
+    ) -> None:
         self.redis = redis
+        # VOIP_REDIS_WAIT_REPLICAS: a new call is acknowledged by this many replicas
+        # (WAIT, bounded) before the caller hears of it (docs/deploy.md#redis-sentinel).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.prefix = prefix
         self.retention = retention
         # Every timeline entry is also published here, from inside the same script, so
@@ -246,6 +253,10 @@ class Store:
             # The index is in another slot than the call, so it cannot be in the script.
             pipe.zadd(self.calls_key, {call_id: created_at}, nx=True)
             pipe.zremrangebyscore(self.calls_key, "-inf", created_at - self.calls_horizon_ms)
+            if self.wait_replicas:
+                # Same connection as the writes above, so WAIT covers exactly them. Best
+                # effort: past the timeout the call goes ahead, unreplicated.
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             created, *_ = await pipe.execute()
         return bool(created)
 

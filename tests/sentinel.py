@@ -1,0 +1,248 @@
+"""A Sentinel-managed Redis for tests and the chaos run: a master, replicas and three
+Sentinels, all real redis-server processes (`redis-server <conf> --sentinel`, so no
+package beyond redis-server), on loopback ports from tests/ports.py.
+
+`failover()` kills the master with SIGKILL (or asks for `SENTINEL FAILOVER`), waits for
+the Sentinels to name a new master, and brings the old one back as its replica, so the
+set can fail over again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from tests.ports import free_port
+from voip.redis_server import redis_server_binary
+
+MASTER_NAME = "voipmaster"
+
+
+@dataclass
+class _Server:
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class SentinelRedis:
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 3000
+    replicas: int = 1
+    sentinels: int = 3
+    master_name: str = MASTER_NAME
+    data: list[_Server] = field(default_factory=list)
+    watchers: list[_Server] = field(default_factory=list)
+    _dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="voip-sentinel-")))
+
+    # -- what a node is told -------------------------------------------------------
+    @property
+    def sentinel_setting(self) -> str:
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.watchers)
+
+    def settings(self) -> dict[str, str]:
+        """The node settings (field names) that point at this set."""
+        return {"redis_sentinels": self.sentinel_setting, "redis_sentinel_master": self.master_name}
+
+    def env(self) -> dict[str, str]:
+        return {"REDIS_SENTINELS": self.sentinel_setting, "REDIS_SENTINEL_MASTER": self.master_name}
+
+    # -- life ----------------------------------------------------------------------
+    def start(self, timeout: float = 30) -> "SentinelRedis":
+        master = _Server(free_port())
+        self._start_data(master, replica_of=None)
+        self.data.append(master)
+        for _ in range(self.replicas):
+            replica = _Server(free_port())
+            self._start_data(replica, replica_of=master.port)
+            self.data.append(replica)
+        for server in self.data:
+            self._wait_ping(server, timeout)
+        for index in range(self.sentinels):
+            watcher = _Server(free_port())
+            self._start_sentinel(watcher, index, master.port)
+            self.watchers.append(watcher)
+        deadline = time.monotonic() + timeout
+        while not self._settled(master.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Sentinels did not settle: {self.describe()}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        for server in [*self.watchers, *self.data]:
+            if server.alive():
+                assert server.process is not None
+                server.process.kill()
+                server.process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "SentinelRedis":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what the Sentinels say ----------------------------------------------------
+    def master_port(self) -> int | None:
+        """The master port a majority of Sentinels name now (None if none agree)."""
+        votes: dict[int, int] = {}
+        for watcher in self.watchers:
+            try:
+                host, port = watcher.client.execute_command("SENTINEL", "get-master-addr-by-name", self.master_name)
+            except (redis.RedisError, TypeError, ValueError):
+                continue
+            votes[int(port)] = votes.get(int(port), 0) + 1
+        best = max(votes.items(), key=lambda item: item[1], default=None)
+        return best[0] if best and best[1] > len(self.watchers) // 2 else None
+
+    def master(self) -> _Server:
+        port = self.master_port()
+        return next(server for server in self.data if server.port == port)
+
+    def wait_replicated(self, timeout_ms: int = 2000) -> int:
+        """Block until every replica has the master's writes so far; returns how many did."""
+        return int(self.master().client.execute_command("WAIT", self.replicas, timeout_ms))
+
+    def failover(self, *, kill: bool = True, timeout: float = 30) -> float:
+        """Lose the master (SIGKILL) or hand it over (SENTINEL FAILOVER); returns the
+        seconds until the Sentinels named the new master, which then answers as one."""
+        old = self.master()
+        began = time.monotonic()
+        if kill:
+            assert old.process is not None
+            os.kill(old.process.pid, signal.SIGKILL)
+            old.process.wait()
+        else:
+            self.watchers[0].client.execute_command("SENTINEL", "FAILOVER", self.master_name)
+        deadline = began + timeout
+        while True:
+            port = self.master_port()
+            if port is not None and port != old.port and self._is_master(port):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no failover within {timeout}s: {self.describe()}")
+            time.sleep(0.02)
+        elapsed = time.monotonic() - began
+        if kill:
+            # Back empty, as a replica of the new master: the set can fail over again.
+            self._start_data(old, replica_of=port)
+            self._wait_ping(old, timeout)
+        self._wait_replica_link(old, timeout)
+        self._wait_promotable(timeout)
+        return elapsed
+
+    def describe(self) -> str:
+        parts = []
+        for server in self.data:
+            try:
+                role = server.client.execute_command("ROLE")[0]
+            except redis.RedisError as exc:
+                role = repr(exc)
+            parts.append(f"{server.port}={role!r}")
+        return f"data {' '.join(parts)}; sentinels say {self.master_port()}"
+
+    # -- inside --------------------------------------------------------------------
+    def _start_data(self, server: _Server, replica_of: int | None) -> None:
+        args = [
+            redis_server_binary(), "--port", str(server.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self._dir),
+            "--dbfilename", f"dump-{server.port}.rdb",
+            "--logfile", str(self._dir / f"redis-{server.port}.log"),
+            # Replicas sync straight from memory, at once: full syncs take milliseconds here.
+            "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+        ]
+        if replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(replica_of)]
+        server.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True)
+
+    def _start_sentinel(self, watcher: _Server, index: int, master_port: int) -> None:
+        conf = self._dir / f"sentinel-{index}.conf"  # Sentinel rewrites its file: one each
+        conf.write_text(
+            f"port {watcher.port}\nbind 127.0.0.1\ndir {self._dir}\n"
+            f"logfile {self._dir / f'sentinel-{index}.log'}\n"
+            f"sentinel monitor {self.master_name} 127.0.0.1 {master_port} {self.sentinels // 2 + 1}\n"
+            f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {self.master_name} 1\n"
+        )
+        watcher.process = subprocess.Popen(
+            [redis_server_binary(), str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        self._wait_ping(watcher, 10)
+
+    def _settled(self, master_port: int) -> bool:
+        for watcher in self.watchers:
+            try:
+                info = watcher.client.sentinel_master(self.master_name)
+            except redis.RedisError:
+                return False
+            if int(info["port"]) != master_port or int(info["num-slaves"]) < self.replicas:
+                return False
+            if int(info["num-other-sentinels"]) < len(self.watchers) - 1:
+                return False
+        return True
+
+    def _wait_promotable(self, timeout: float) -> None:
+        """Until every Sentinel counts each replica as healthy, so a next failover can pick it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if all(self._healthy_replicas(watcher) >= self.replicas for watcher in self.watchers):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Sentinels do not see healthy replicas: {self.describe()}")
+
+    def _healthy_replicas(self, watcher: _Server) -> int:
+        replicas = watcher.client.sentinel_slaves(self.master_name)
+        return sum(1 for r in replicas if r.get("flags") == "slave" and r.get("master-link-status") == "ok")
+
+    def _is_master(self, port: int) -> bool:
+        try:
+            return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).execute_command("ROLE")[0] == b"master")
+        except redis.RedisError:
+            return False
+
+    def _wait_replica_link(self, server: _Server, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                info = server.client.info("replication")
+                if info.get("role") == "slave" and info.get("master_link_status") == "up":
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{server.port} did not become a replica: {self.describe()}")
+
+    @staticmethod
+    def _wait_ping(server: _Server, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if server.process is not None and server.process.poll() is not None:
+                raise RuntimeError(f"redis-server on {server.port} exited with {server.process.returncode}")
+            try:
+                server.client.ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on {server.port} did not answer")
