@@ -62,7 +62,14 @@ def main() -> None:
     parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
     parser.add_argument("--wait", action="store_true", help="only what WAIT 1 costs call creation (bench/redis_wait.py)")
+    parser.add_argument("--chaos", action="store_true", help="the chaos run (bench/chaos.py); exits 1 if an invariant broke")
+    parser.add_argument("--seconds", type=float, default=180.0, help="--chaos: how long the phones call (default 180)")
+    parser.add_argument("--seed", type=int, default=1, help="--chaos: what to break, in which order")
     args = parser.parse_args()
+    if args.chaos:
+        from bench import chaos
+
+        raise SystemExit(chaos.main(seconds=args.seconds, seed=args.seed))
     if args.wait:
         from bench import redis_wait
 

@@ -37,12 +37,13 @@ def main() -> None:
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})
     settings = load_settings(
-        redis_url=os.environ["BENCH_REDIS_URL"],
+        # Empty with REDIS_SENTINELS in the environment (the chaos run, bench/chaos.py).
+        redis_url=os.environ.get("BENCH_REDIS_URL", ""),
         redis_prefix=os.environ["BENCH_PREFIX"],
         jwt_secret=os.environ["BENCH_SECRET"],
         node_id=os.environ["BENCH_NODE_ID"],
         # Bench calls ring unanswered; no ring timeout may fire in the middle of a run.
-        ring_timeout=600,
+        ring_timeout=float(os.environ.get("BENCH_RING_TIMEOUT", "600")),
         # A load test rings each callee thousands of times: far past a callee's limits,
         # which are what an attack meets (docs/operators.md#limits), not what is measured.
         max_ringing_per_callee=1000,
