@@ -23,6 +23,15 @@ async def stop_task(task: asyncio.Task[None] | None) -> None:
         await asyncio.wait({task}, timeout=0.5)
 
 
+def log_failure(task: asyncio.Task[Any]) -> None:
+    """A done-callback: retrieve the task's exception and log it under the task's name."""
+    if task.cancelled():
+        return
+    failure = task.exception()
+    if failure is not None:
+        log.error("task.failed", task=task.get_name(), exc_info=failure)
+
+
 class BackgroundTasks:
     """Work that nobody awaits: each task has a name, its exception is retrieved and
     logged when it ends (never "Task exception was never retrieved"), and shutdown can
@@ -43,11 +52,7 @@ class BackgroundTasks:
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._running.discard(task)
-        if task.cancelled():
-            return
-        failure = task.exception()
-        if failure is not None:
-            log.error("task.failed", task=task.get_name(), exc_info=failure)
+        log_failure(task)
 
     async def wait(self, timeout: float) -> int:
         """Wait up to `timeout` seconds for every task, those spawned meanwhile too;

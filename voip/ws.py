@@ -240,11 +240,14 @@ class DeviceConnection:
             except Exception:
                 return
             if "call_id" in frame and frame["type"] not in ("ack", "error", "call.signal"):
-                await self.node.store.append_timeline(
-                    frame["call_id"],
-                    [{"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
-                      "device": self.device_id, "node": self.node.node_id}],
-                )
+                try:
+                    await self.node.store.append_timeline(
+                        frame["call_id"],
+                        [{"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
+                          "device": self.device_id, "node": self.node.node_id}],
+                    )
+                except Exception:  # Redis away: the frame went out; only its trace is lost
+                    log.warning("ws.timeline_failed", call_id=frame["call_id"], device=self.device_id, exc_info=True)
 
     async def _keep_presence(self) -> None:
         while True:
