@@ -3,6 +3,10 @@ share nothing but Redis."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 import structlog
 from redis.asyncio import Redis
 
@@ -46,6 +50,10 @@ class Node:
         self.notifier: APNsNotifier | None = None
         # SIP calls are served by the same process as HTTP and WebSocket.
         self.sip: SipGateway | None = None
+        # Draining (SIGTERM): /readyz answers 503 and nothing new is taken on.
+        self.draining = False
+        # Each open device socket's "reconnect elsewhere, now": called at the end of a drain.
+        self.sockets: dict[object, Callable[[], Coroutine[Any, Any, None]]] = {}
         if settings.sip_enabled:
             self.sip = SipGateway(
                 SipConfig.from_settings(settings), store=self.store, bus=self.bus,
@@ -107,8 +115,41 @@ class Node:
             ca_file=str(self.apns_simulator.ca_file),
         )
 
+    async def drain(self) -> None:
+        """Leave the cluster gently (SIGTERM): refuse new sockets and new SIP calls and
+        registrations, hand ring timeouts to the other nodes, wait up to
+        VOIP_DRAIN_SECONDS for pushes and SIP transactions in flight, then tell every
+        device socket to reconnect (to another node) and close it with 1012."""
+        if self.draining:
+            return
+        self.draining = True
+        if self.sip is not None:
+            self.sip.draining = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        log.warning("node.draining", sockets=len(self.sockets), pushes=self._pushes_in_flight(),
+                    sip_transactions=self._sip_in_flight(), drain_seconds=self.settings.drain_seconds)
+        await self.timeouts.stop()
+        deadline = started + self.settings.drain_seconds
+        while (self._pushes_in_flight() or self._sip_in_flight()) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        closing = [asyncio.create_task(close(), name="drain:close-socket") for close in list(self.sockets.values())]
+        if closing:
+            await asyncio.wait(closing)
+        log.warning("node.drained", seconds=round(loop.time() - started, 3), sockets_closed=len(closing),
+                    pushes_left=self._pushes_in_flight(), sip_transactions_left=self._sip_in_flight())
+
+    def _pushes_in_flight(self) -> int:
+        return self.controller.pushes.in_flight if self.controller.pushes is not None else 0
+
+    def _sip_in_flight(self) -> int:
+        return self.sip.endpoint.transactions_in_flight() if self.sip is not None else 0
+
     async def stop(self) -> None:
         await self.timeouts.stop()
+        if self.controller.pushes is not None:
+            # Answers APNs gives now are still recorded: Redis and APNs stay open meanwhile.
+            await self.controller.pushes.wait(self.settings.drain_seconds)
         if self.sip is not None:
             await self.sip.stop()
         if self.notifier is not None:

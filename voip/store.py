@@ -401,6 +401,13 @@ class Store:
     async def forget_timeout(self, call_id: str) -> None:
         await self.redis.zrem(self.deadlines_key, call_id)
 
+    async def release_timeouts(self, call_ids: list[str], now: int) -> None:
+        """Hand back leased ring timeouts, due now: a node that stops firing them
+        does not make other nodes wait for its leases to run out. Only lowers a
+        deadline, and only of a timeout still pending (XX): a fired one is gone."""
+        if call_ids:
+            await self.redis.zadd(self.deadlines_key, dict.fromkeys(call_ids, now), xx=True, lt=True)
+
     async def ending_context(
         self, call: CallRecord
     ) -> tuple[dict[str, dict[str, Any]], set[str], dict[str, dict[str, Any]]]:

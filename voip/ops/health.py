@@ -56,6 +56,12 @@ async def _outcome(name: str, check: ReadinessCheck) -> str:
 
 
 async def readyz(request: Request) -> Response:
+    node: Node = request.app.state.node
+    if node.draining:
+        # At once, without asking anything: a load balancer must stop sending traffic here.
+        return JSONResponse(
+            {"status": "draining", "checks": {}}, status_code=503, headers={"Cache-Control": "no-store"}
+        )
     checks = readiness_checks(request.app)
     outcomes = await asyncio.gather(*(_outcome(name, check) for name, check in checks.items()))
     results = dict(zip(checks, outcomes))
