@@ -11,6 +11,7 @@ from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
+from voip.epoch import EpochWatcher
 from voip.push import APNsConfig, APNsNotifier
 from voip.redis_pipe import RedisPipe
 from voip.settings import Settings
@@ -42,6 +43,10 @@ class Node:
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
         )
         self.timeouts = RingTimeouts(self.controller)
+        # Notices a Redis that came back empty; reads how Redis keeps data (docs/deploy.md).
+        self.epoch = EpochWatcher(
+            self.redis, settings.redis_prefix, node=self.node_id, interval=settings.redis_epoch_interval
+        )
         self.apns_simulator: APNsSimulator | None = None
         self.notifier: APNsNotifier | None = None
         # SIP calls are served by the same process as HTTP and WebSocket.
@@ -59,6 +64,7 @@ class Node:
 
     async def start(self) -> None:
         await self.redis.ping()
+        await self.epoch.start()
         await self.bus.start()
         self.notifier = APNsNotifier(await self._apns_config())
         self.controller.pushes = CallPushes(
@@ -108,6 +114,7 @@ class Node:
         )
 
     async def stop(self) -> None:
+        await self.epoch.stop()
         await self.timeouts.stop()
         if self.sip is not None:
             await self.sip.stop()
