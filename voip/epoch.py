@@ -30,7 +30,8 @@ from voip.tasks import stop_task
 log = structlog.get_logger(__name__)
 
 DATA_LOST = Counter(
-    "voip_redis_data_lost_total", "Times this node found Redis had come back without its data (the epoch key gone or replaced)"
+    "voip_redis_data_lost_total",
+    "Times this node found Redis had come back without its data (the epoch key gone or replaced)",
 )
 # While Redis does not answer, look again this often, so that a restart is noticed soon.
 RETRY_SECONDS = 0.5
@@ -122,9 +123,10 @@ class EpochWatcher:
         self.epoch = found if found is not None else await self._write(loss, now)
         self.losses += 1
         DATA_LOST.inc()
-        log.error("redis.data_lost", note="Redis came back without this deployment's data: calls, devices and "
-                  "SIP bindings written before are gone", lost_between=[self._last_seen, now],
-                  previous_epoch=previous.id, epoch=self.epoch.id, epoch_written_by=self.epoch.created_by)
+        log.error("redis.data_lost", note="Redis came back without this deployment's data: calls, "
+                  "devices and SIP bindings written before are gone", lost_between=[self._last_seen, now],
+                  previous_epoch=previous.id, node=self.node, epoch=self.epoch.id,
+                  epoch_written_by=self.epoch.created_by)
         await self._inspect()
 
     async def _write(self, replaces: dict[str, Any] | None, now: int) -> Epoch:

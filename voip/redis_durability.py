@@ -53,7 +53,9 @@ def durability_warnings(
     found = []
     if appendonly == "no":
         if save == "":
-            found.append("persistence off (appendonly no, no RDB snapshots): a Redis restart loses every call and device")
+            found.append(
+                "persistence off (appendonly no, no RDB snapshots): a Redis restart loses every call and device"
+            )
         elif save != UNKNOWN:
             found.append(f"appendonly no: a Redis restart loses the writes since the last RDB snapshot (save {save!r})")
         else:

@@ -128,8 +128,9 @@ async def test_a_redis_that_comes_back_empty_is_noticed_logged_counted_and_shown
 ) -> None:
     server = redis_process(*NO_PERSISTENCE)
     node: RunningNode = await nodes_on(server.url, prefix, redis_epoch_interval=0.3)
+    other: RunningNode = await nodes_on(server.url, prefix, redis_epoch_interval=0.3)
     first_epoch = node.node.epoch.epoch
-    assert first_epoch is not None
+    assert first_epoch is not None and other.node.epoch.epoch == first_epoch  # written once
 
     ready = await node.http().get("/readyz")
     # A warning, not a failure: the node serves calls all the same.
@@ -143,20 +144,27 @@ async def test_a_redis_that_comes_back_empty_is_noticed_logged_counted_and_shown
     with capture_logs() as logs:
         server.kill()
         server.start()  # empty: nothing was saved
-        await until(lambda: node.node.epoch.losses == 1, "the node notices the empty Redis")
-        await asyncio.sleep(1)  # further checks find the new epoch: one loss, counted once
-    lost = [e for e in logs if e["event"] == "redis.data_lost"]
-    assert len(lost) == 1 and lost[0]["log_level"] == "error"
-    last_seen, noticed = lost[0]["lost_between"]
-    assert 0 < last_seen <= noticed and lost[0]["previous_epoch"] == first_epoch.id
-    assert data_lost_total() == before + 1
-    assert node.node.epoch.losses == 1
+        await until(lambda: node.node.epoch.losses == other.node.epoch.losses == 1,
+                    "both nodes notice the empty Redis")
+        await asyncio.sleep(1)  # further checks find the new epoch: one loss each, counted once
+    # Each node says so once; one of them wrote the new epoch, the other adopted it.
+    lost = {e["node"]: e for e in logs if e["event"] == "redis.data_lost"}
+    assert sorted(lost) == sorted([node.node.node_id, other.node.node_id])
+    assert [e["event"] for e in logs].count("redis.data_lost") == 2
+    mine = lost[node.node.node_id]
+    assert mine["log_level"] == "error" and mine["previous_epoch"] == first_epoch.id
+    last_seen, noticed = mine["lost_between"]
+    assert 0 < last_seen <= noticed
+    assert node.node.epoch.epoch == other.node.epoch.epoch != first_epoch
+    assert data_lost_total() == before + 2  # this process runs both nodes
+    exposed = (await ops_get(node, "/metrics")).text
+    assert f"voip_redis_data_lost_total {before + 2}" in exposed
 
     summary = (await ops_get(node, "/v1/ops/summary")).json()["redis"]
     assert summary["data_lost_noticed_here"] == 1
     assert summary["data_lost"]["previous_epoch"] == first_epoch.id
-    assert summary["data_lost"]["noticed_by"] == node.node.node_id
-    assert summary["data_lost"]["noticed_at"] == noticed
+    writer = summary["data_lost"]["noticed_by"]
+    assert writer in lost and summary["data_lost"]["noticed_at"] == lost[writer]["lost_between"][1]
     assert summary["epoch"]["id"] != first_epoch.id
 
     # The new epoch carries the loss: a node started afterwards shows it too, and counts
