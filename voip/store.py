@@ -13,6 +13,10 @@ Redis Cluster hash tag, so each script touches one slot):
     {u:<user_id>}:sockets    zset   "<device_id>|<socket id>" scored by when it opened (ms): open WebSockets
     {u:<user_id>}:ringing    zset   call_id scored by ring deadline (ms): calls ringing this callee
     {u:<user_id>}:call_starts zset  call_id scored by creation time (ms), the last minute's calls to this callee
+    epoch                    string the deployment epoch, written once (voip/epoch.py)
+
+A call hash carries its own `ring_deadline` (ms) and `retention` (s), set by the node
+that created it: every node applies those, never its own settings.
 """
 
 from __future__ import annotations
