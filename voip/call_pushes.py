@@ -68,7 +68,7 @@ class CallPushes:
     def status_url(self, call: CallRecord, device_id: str) -> str:
         # The capability outlives the ring: a push delivered hours late must still get
         # its verdict, for as long as the call is kept.
-        expires = call.ring_deadline // 1000 + self.store.retention
+        expires = call.ring_deadline // 1000 + (call.retention or self.store.retention)
         capability = self.auth.capability(call.call_id, device_id, expires)
         return f"{self.public_url}/v1/calls/{call.call_id}/status?device_id={device_id}&cap={capability}"
 

@@ -141,6 +141,7 @@ class CallController:
             ring_deadline=ring_deadline,
             origin_node=self.node,
             caller_name=name,
+            retention=self.store.retention,
         )
         metrics.CALLS.labels(CallState.RINGING.value, "").inc()
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))

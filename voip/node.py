@@ -15,6 +15,7 @@ from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
+from voip.epoch import EpochWatcher
 from voip.push import APNsConfig, APNsNotifier
 from voip.redis_pipe import RedisPipe
 from voip.settings import Settings
@@ -46,6 +47,10 @@ class Node:
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
         )
         self.timeouts = RingTimeouts(self.controller)
+        # Notices a Redis that came back empty; reads how Redis keeps data (docs/deploy.md).
+        self.epoch = EpochWatcher(
+            self.redis, settings.redis_prefix, node=self.node_id, interval=settings.redis_epoch_interval
+        )
         self.apns_simulator: APNsSimulator | None = None
         self.notifier: APNsNotifier | None = None
         # SIP calls are served by the same process as HTTP and WebSocket.
@@ -67,6 +72,7 @@ class Node:
 
     async def start(self) -> None:
         await self.redis.ping()
+        await self.epoch.start()
         await self.bus.start()
         self.notifier = APNsNotifier(await self._apns_config())
         self.controller.pushes = CallPushes(
@@ -146,6 +152,7 @@ class Node:
         return self.sip.endpoint.transactions_in_flight() if self.sip is not None else 0
 
     async def stop(self) -> None:
+        await self.epoch.stop()
         await self.timeouts.stop()
         if self.controller.pushes is not None:
             # Answers APNs gives now are still recorded: Redis and APNs stay open meanwhile.

@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     ops_ticket_ttl: int = Field(
         30, ge=1, le=600, validation_alias=_env("ops_ticket_ttl", "VOIP_OPS_TICKET_TTL")
     )
+    # Durable Redis (issue 9, item 1; docs/deploy.md)
+    redis_epoch_interval: float = Field(
+        5.0, gt=0, le=300, validation_alias=_env("redis_epoch_interval", "VOIP_REDIS_EPOCH_INTERVAL")
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")
     )
