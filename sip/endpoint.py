@@ -380,6 +380,13 @@ class SipEndpoint:
         conn = self._conns.get((transport.upper(), peer))
         return conn is not None and conn.open
 
+    def transactions_in_flight(self) -> int:
+        """Transactions still waiting for a final response: server ones the TU has not
+        answered finally, client ones we have not heard the end of. Those in their
+        Completed/Accepted wait (absorbing retransmissions) are not counted."""
+        unanswered = sum(1 for tx in self.layer.servers.values() if tx.state in (State.TRYING, State.PROCEEDING))
+        return unanswered + len(self._clients)
+
     def server_pending(self, transaction: TransactionKey | None) -> bool:
         """Can the server transaction still take a final response?"""
         tx = self.layer.servers.get(transaction) if transaction is not None else None

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> None:
 
     from voip import logs
     from voip.app import create_app
+    from voip.drain import DrainingServer
     from voip.http_limits import server_options
     from voip.redis_server import PrivateRedis
 
@@ -36,8 +37,9 @@ def run(args: argparse.Namespace) -> None:
             "redis.private", url=private_redis.url, note="REDIS_URL not set: a private Redis for this node"
         )
     try:
+        app = create_app(settings)
         config = uvicorn.Config(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             ws="websockets-sansio",
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> None:
             lifespan="on",
             **server_options(settings),
         )
-        uvicorn.Server(config).run()
+        # SIGTERM drains the node, then the process exits 0 through this `finally`.
+        DrainingServer(config, drain=app.state.node.drain).run()
     finally:
         if private_redis:
             private_redis.stop()

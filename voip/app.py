@@ -13,7 +13,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from voip import api, metrics_route, openapi, ops
 from voip.node import Node
-from voip.ops.health import add_readiness_check
+from voip.ops.health import add_readiness_check, add_readiness_detail
 from voip.settings import Settings
 from voip.ws import device_socket
 
@@ -59,4 +59,5 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.node = node
     add_readiness_check(app, "apns", node.apns_ready)
+    add_readiness_detail(app, "redis", node.epoch.readiness_detail)
     return app

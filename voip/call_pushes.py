@@ -19,6 +19,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from voip import metrics
 from voip.auth import Authenticator
@@ -27,11 +30,17 @@ from voip.calls import FINAL_REASON, CallState, EndReason
 from voip.push import Caller, Notifier, Outcome, PushRequest, PushResult
 from voip.push import call_cancellation, missed_call_alert, voip_invite
 from voip.store import CallRecord, Store
+from voip.tasks import BackgroundTasks, retry_bounded
 
 log = structlog.get_logger(__name__)
 
 # APNs reasons that say the token itself is bad, whatever the moment.
 BAD_TOKEN_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
+# Redis errors that pass: a restart, a failover (a replica refusing writes), a timeout.
+TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# Once APNs has answered, the answer is recorded however long Redis takes to come back,
+# up to this many seconds: a push on the phone with no trace in Redis is never cancelled.
+BOOKKEEPING_WINDOW = 30.0
 
 
 class CallPushes:
@@ -54,11 +63,12 @@ class CallPushes:
         self.public_url = public_url
         self.node = node
         self._sending: dict[str, set[asyncio.Task[Any]]] = {}
+        self.tasks = BackgroundTasks("push")
 
     def status_url(self, call: CallRecord, device_id: str) -> str:
         # The capability outlives the ring: a push delivered hours late must still get
         # its verdict, for as long as the call is kept.
-        expires = call.ring_deadline // 1000 + self.store.retention
+        expires = call.ring_deadline // 1000 + (call.retention or self.store.retention)
         capability = self.auth.capability(call.call_id, device_id, expires)
         return f"{self.public_url}/v1/calls/{call.call_id}/status?device_id={device_id}&cap={capability}"
 
@@ -76,7 +86,7 @@ class CallPushes:
                 status_url=self.status_url(call, device_id),
                 apns_id=target["apns_id"],
             )
-            self._spawn(call.call_id, self._invite(call, device_id, request))
+            self._spawn(call.call_id, f"invite:{call.call_id}:{device_id}", self._invite(call, device_id, request))
 
     async def _invite(self, call: CallRecord, device_id: str, request: PushRequest) -> None:
         result, current, cancelled_at = await self._send(call, device_id, "invite", request)
@@ -104,7 +114,7 @@ class CallPushes:
             if device_id in knowing or reason is None:
                 continue
             request = self._cancellation(call, target["token"], target["environment"], reason)
-            self._spawn(call.call_id, self._send(call, device_id, "cancel", request))
+            self._spawn(call.call_id, f"cancel:{call.call_id}:{device_id}", self._send(call, device_id, "cancel", request))
 
     def missed(self, call: CallRecord, devices: dict[str, dict[str, Any]], caller_name: str) -> None:
         caller = Caller(id=call.caller_user, display_name=caller_name)
@@ -118,7 +128,10 @@ class CallPushes:
                 call_id=call.call_id,
                 caller=caller,
             )
-            self._spawn(call.call_id, self._send(call, device_id, "missed_alert", request))
+            self._spawn(
+                call.call_id, f"missed_alert:{call.call_id}:{device_id}",
+                self._send(call, device_id, "missed_alert", request),
+            )
 
     def _cancellation(self, call: CallRecord, token: str, environment: str, reason: str) -> PushRequest:
         # Retried for a little while even after the ring deadline: unlike a late invite,
@@ -132,8 +145,21 @@ class CallPushes:
             ring_deadline=max(call.ring_deadline / 1000, time.time() + 30),
         )
 
-    def _spawn(self, call_id: str, work: Any) -> None:
-        task = asyncio.create_task(work)
+    @property
+    def in_flight(self) -> int:
+        return len(self.tasks)
+
+    async def wait(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for the pushes in flight, their bookkeeping
+        included; cancel what is left and return how many that was."""
+        left = await self.tasks.wait(timeout)
+        if left:
+            log.error("push.abandoned", count=left, note="still in flight at shutdown")
+            await self.tasks.cancel()
+        return left
+
+    def _spawn(self, call_id: str, name: str, work: Any) -> None:
+        task = self.tasks.spawn(work, name)
         tasks = self._sending.setdefault(call_id, set())
         tasks.add(task)
 
@@ -171,16 +197,12 @@ class CallPushes:
             entry["likely_cause"] = result.likely_cause
         if result.timestamp is not None:
             entry["apns_timestamp"] = result.timestamp
-        current, cancelled_at = await self.store.append_and_read(
-            call.call_id,
-            [entry],
-            cancellation_of=device_id if kind == "invite" else None,
-            last_push=(call.callee_user, device_id, {**entry, "call_id": call.call_id})
-            if kind != "missed_alert"
-            else None,
+        # Its own task: a call that ends meanwhile cancels this push's retries towards
+        # APNs, never the record of an answer APNs already gave.
+        record = self.tasks.spawn(
+            self._record(call, device_id, kind, result, entry), f"record:{kind}:{call.call_id}:{device_id}"
         )
-        if kind == "cancel" and result.outcome is Outcome.DELIVERED:
-            await self.store.record_cancellation(call.call_id, device_id, entry["at"])
+        current, cancelled_at = await asyncio.shield(record)
         log.info("push.sent", call_id=call.call_id, device=device_id, kind=kind,
                  outcome=result.outcome.value, status=result.status, reason=result.reason)
         if kind != "missed_alert" and (
@@ -189,15 +211,51 @@ class CallPushes:
             await self._drop_token(call, device_id, request.device_token, result)
         return result, current, cancelled_at
 
+    async def _record(
+        self, call: CallRecord, device_id: str, kind: str, result: PushResult, entry: dict[str, Any]
+    ) -> tuple[CallRecord | None, int | None]:
+        """Put APNs's answer on the timeline, as the device's last push and, for a
+        delivered cancellation, in the call's cancellations: retried while Redis is away."""
+
+        async def append() -> tuple[CallRecord | None, int | None]:
+            return await self.store.append_and_read(
+                call.call_id,
+                [entry],
+                cancellation_of=device_id if kind == "invite" else None,
+                last_push=(call.callee_user, device_id, {**entry, "call_id": call.call_id})
+                if kind != "missed_alert"
+                else None,
+            )
+
+        current, cancelled_at = await self._bookkeep(append, call.call_id, device_id, kind)
+        if kind == "cancel" and result.outcome is Outcome.DELIVERED:
+            await self._bookkeep(
+                lambda: self.store.record_cancellation(call.call_id, device_id, entry["at"]),
+                call.call_id, device_id, kind,
+            )
+        return current, cancelled_at
+
+    async def _bookkeep(self, step: Any, call_id: str, device_id: str, kind: str) -> Any:
+        return await retry_bounded(
+            step, what="push.bookkeeping", retry_on=TRANSIENT_REDIS_ERRORS, within=BOOKKEEPING_WINDOW,
+            call_id=call_id, device=device_id, kind=kind,
+        )
+
     async def _drop_token(self, call: CallRecord, device_id: str, token: str, result: PushResult) -> None:
         # A 410 only condemns a token registered before APNs's timestamp: a phone that
         # registered the same token again afterwards keeps it.
         before = result.timestamp if result.outcome is Outcome.TOKEN_INVALID else None
-        dropped = await self.store.drop_voip_token(call.callee_user, device_id, token, before)
-        await self.store.append_timeline(
-            call.call_id,
-            [{"at": int(time.time() * 1000), "event": "token", "device": device_id, "node": self.node,
-              "dropped": dropped, "reason": result.reason}],
+        dropped = await self._bookkeep(
+            lambda: self.store.drop_voip_token(call.callee_user, device_id, token, before),
+            call.call_id, device_id, "token",
+        )
+        await self._bookkeep(
+            lambda: self.store.append_timeline(
+                call.call_id,
+                [{"at": int(time.time() * 1000), "event": "token", "device": device_id, "node": self.node,
+                  "dropped": dropped, "reason": result.reason}],
+            ),
+            call.call_id, device_id, "token",
         )
         if dropped:
             await self.bus.publish(

@@ -141,6 +141,7 @@ class CallController:
             ring_deadline=ring_deadline,
             origin_node=self.node,
             caller_name=name,
+            retention=self.store.retention,
         )
         metrics.CALLS.labels(CallState.RINGING.value, "").inc()
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
@@ -287,26 +288,38 @@ class CallController:
 
 class RingTimeouts:
     """Fires due ring timeouts, on every node, from the deadline set in Redis. A node that
-    dies takes no timeouts with it: its leases run out and another node fires them."""
+    dies takes no timeouts with it: its leases run out and another node fires them. A
+    node that stops (a drain) hands its leases back, so no timeout waits for them."""
 
     def __init__(self, controller: CallController, *, interval: float = 0.2, lease_ms: int = 5000) -> None:
         self._controller = controller
         self._interval = interval
         self._lease_ms = lease_ms
         self._task: asyncio.Task[None] | None = None
+        self._held: list[str] = []  # leased, not fired yet
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ring-timeouts")
 
     async def stop(self) -> None:
         await stop_task(self._task)
+        self._task = None
+        held, self._held = self._held, []
+        if held:
+            try:
+                await self._controller.store.release_timeouts(held, now_ms())
+                log.info("timeouts.released", count=len(held))
+            except Exception:  # their leases run out instead, lease_ms late
+                log.warning("timeouts.release_failed", count=len(held), exc_info=True)
 
     async def _run(self) -> None:
         store = self._controller.store
         while True:
             try:
-                for call_id in await store.claim_due_timeouts(now_ms(), self._lease_ms):
-                    await self._controller.fire_timeout(call_id)
+                self._held = await store.claim_due_timeouts(now_ms(), self._lease_ms)
+                while self._held:
+                    await self._controller.fire_timeout(self._held[0])
+                    self._held.pop(0)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis away for a moment: the deadlines wait in Redis

@@ -3,12 +3,17 @@ share nothing but Redis."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 import structlog
 from apnsim import APNsSimulator
 from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
+from voip.epoch import EpochWatcher
 from voip.push import APNsConfig, APNsNotifier
 from voip.redis_conn import RedisConnections
 from voip.settings import Settings
@@ -42,10 +47,18 @@ class Node:
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
         )
         self.timeouts = RingTimeouts(self.controller)
+        # Notices a Redis that came back empty; reads how Redis keeps data (docs/deploy.md).
+        self.epoch = EpochWatcher(
+            self.redis, settings.redis_prefix, node=self.node_id, interval=settings.redis_epoch_interval
+        )
         self.apns_simulator: APNsSimulator | None = None
         self.notifier: APNsNotifier | None = None
         # SIP calls are served by the same process as HTTP and WebSocket.
         self.sip: SipGateway | None = None
+        # Draining (SIGTERM): /readyz answers 503 and nothing new is taken on.
+        self.draining = False
+        # Each open device socket's "reconnect elsewhere, now": called at the end of a drain.
+        self.sockets: dict[object, Callable[[], Coroutine[Any, Any, None]]] = {}
         if settings.sip_enabled:
             self.sip = SipGateway(
                 SipConfig.from_settings(settings), store=self.store, bus=self.bus,
@@ -59,6 +72,7 @@ class Node:
 
     async def start(self) -> None:
         await self.redis.ping()
+        await self.epoch.start()
         await self.bus.start()
         self.notifier = APNsNotifier(await self._apns_config())
         self.controller.pushes = CallPushes(
@@ -107,8 +121,42 @@ class Node:
             ca_file=str(self.apns_simulator.ca_file),
         )
 
-    async def stop(self) -> None:
+    async def drain(self) -> None:
+        """Leave the cluster gently (SIGTERM): refuse new sockets and new SIP calls and
+        registrations, hand ring timeouts to the other nodes, wait up to
+        VOIP_DRAIN_SECONDS for pushes and SIP transactions in flight, then tell every
+        device socket to reconnect (to another node) and close it with 1012."""
+        if self.draining:
+            return
+        self.draining = True
+        if self.sip is not None:
+            self.sip.draining = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        log.warning("node.draining", sockets=len(self.sockets), pushes=self._pushes_in_flight(),
+                    sip_transactions=self._sip_in_flight(), drain_seconds=self.settings.drain_seconds)
         await self.timeouts.stop()
+        deadline = started + self.settings.drain_seconds
+        while (self._pushes_in_flight() or self._sip_in_flight()) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        closing = [asyncio.create_task(close(), name="drain:close-socket") for close in list(self.sockets.values())]
+        if closing:
+            await asyncio.wait(closing)
+        log.warning("node.drained", seconds=round(loop.time() - started, 3), sockets_closed=len(closing),
+                    pushes_left=self._pushes_in_flight(), sip_transactions_left=self._sip_in_flight())
+
+    def _pushes_in_flight(self) -> int:
+        return self.controller.pushes.in_flight if self.controller.pushes is not None else 0
+
+    def _sip_in_flight(self) -> int:
+        return self.sip.endpoint.transactions_in_flight() if self.sip is not None else 0
+
+    async def stop(self) -> None:
+        await self.epoch.stop()
+        await self.timeouts.stop()
+        if self.controller.pushes is not None:
+            # Answers APNs gives now are still recorded: Redis and APNs stay open meanwhile.
+            await self.controller.pushes.wait(self.settings.drain_seconds)
         if self.sip is not None:
             await self.sip.stop()
         if self.notifier is not None:

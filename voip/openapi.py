@@ -83,6 +83,12 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, str] = Field(description="Each check: 'ok', or why it failed")
+    details: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Shown, never counted in `status`: `redis` is how Redis keeps data "
+        "(appendonly, appendfsync, save, maxmemory_policy, maxmemory, replicas: 'unknown' when "
+        "Redis will not say) and `warnings`, what could lose calls and devices",
+    )
 
 
 MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [

@@ -138,10 +138,18 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(
         4096, ge=2, validation_alias=_env("http_max_connections", "VOIP_HTTP_MAX_CONNECTIONS")
     )
+    # Graceful drain on SIGTERM (issue 9, item 6; docs/operators.md#draining-a-node)
+    drain_seconds: float = Field(
+        20.0, ge=0, le=600, validation_alias=_env("drain_seconds", "VOIP_DRAIN_SECONDS")
+    )
     ops_feed: bool = Field(True, validation_alias=_env("ops_feed", "VOIP_OPS_FEED"))
     # Secrets out of URLs and logs (issue 8, item 4)
     ops_ticket_ttl: int = Field(
         30, ge=1, le=600, validation_alias=_env("ops_ticket_ttl", "VOIP_OPS_TICKET_TTL")
+    )
+    # Durable Redis (issue 9, item 1; docs/deploy.md)
+    redis_epoch_interval: float = Field(
+        5.0, gt=0, le=300, validation_alias=_env("redis_epoch_interval", "VOIP_REDIS_EPOCH_INTERVAL")
     )
     # Redis Sentinel (issue 9, item 2; docs/deploy.md#redis-sentinel)
     redis_sentinels: str = Field("", validation_alias=_env("redis_sentinels", "REDIS_SENTINELS"))

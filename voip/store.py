@@ -13,6 +13,10 @@ Redis Cluster hash tag, so each script touches one slot):
     {u:<user_id>}:sockets    zset   "<device_id>|<socket id>" scored by when it opened (ms): open WebSockets
     {u:<user_id>}:ringing    zset   call_id scored by ring deadline (ms): calls ringing this callee
     {u:<user_id>}:call_starts zset  call_id scored by creation time (ms), the last minute's calls to this callee
+    epoch                    string the deployment epoch, written once (voip/epoch.py)
+
+A call hash carries its own `ring_deadline` (ms) and `retention` (s), set by the node
+that created it: every node applies those, never its own settings.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class CallRecord:
     ended_by: str | None = None
     origin_node: str = ""
     caller_name: str = ""
+    # Seconds the call stays queryable once final: the creating node's setting, kept with
+    # the call so that every node applies the same (0: a call from before it was stored).
+    retention: int = 0
 
     @classmethod
     def from_hash(cls, call_id: str, fields: dict[str, Any]) -> "CallRecord":
@@ -71,6 +78,7 @@ class CallRecord:
             ended_by=fields.get("ended_by") or None,
             origin_node=fields.get("origin_node", ""),
             caller_name=fields.get("caller_name") or fields["caller_user"],
+            retention=int(fields.get("retention") or 0),
         )
 
 
@@ -123,6 +131,7 @@ class Store:
         self._drop_token = redis.register_script(_script("drop_voip_token"))
         self._admit = redis.register_script(_script("admit_call"))
         self._open_socket = redis.register_script(_script("open_socket"))
+        self._record_cancellation = redis.register_script(_script("record_cancellation"))
         self.deadlines_key = f"{prefix}ring_deadlines"
         # Call ids by creation time (ms), for operators' listings (voip/ops/index.py).
         self.calls_key = f"{prefix}calls"
@@ -228,6 +237,7 @@ class Store:
             "ring_deadline": ring_deadline,
             "origin_node": node,
             "caller_name": caller_name or caller_user,
+            "retention": self.retention,
         }
         entry = {
             "at": created_at,
@@ -291,7 +301,7 @@ class Store:
                 now_ms(),
                 node,
                 action.value,
-                self.retention,
+                self.retention,  # only for a call that does not carry its own
                 orjson.dumps(note) if note else "",
                 self.ops_channel,
                 call_id,
@@ -412,6 +422,13 @@ class Store:
     async def forget_timeout(self, call_id: str) -> None:
         await self.redis.zrem(self.deadlines_key, call_id)
 
+    async def release_timeouts(self, call_ids: list[str], now: int) -> None:
+        """Hand back leased ring timeouts, due now: a node that stops firing them
+        does not make other nodes wait for its leases to run out. Only lowers a
+        deadline, and only of a timeout still pending (XX): a fired one is gone."""
+        if call_ids:
+            await self.redis.zadd(self.deadlines_key, dict.fromkeys(call_ids, now), xx=True, lt=True)
+
     async def ending_context(
         self, call: CallRecord
     ) -> tuple[dict[str, dict[str, Any]], set[str], dict[str, dict[str, Any]]]:
@@ -430,11 +447,11 @@ class Store:
 
     async def record_cancellation(self, call_id: str, device_id: str, at: int) -> None:
         """When APNs accepted a cancellation push for this device."""
-        key = self.cancellations_key(call_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, device_id, at)
-            pipe.expire(key, self.retention)
-            await pipe.execute()
+        # Kept as long as the call itself, whichever node's retention that is.
+        await self._record_cancellation(
+            keys=[self.cancellations_key(call_id), self.call_keys(call_id)[0]],
+            args=[device_id, at, self.retention],
+        )
 
     async def drop_voip_token(self, user_id: str, device_id: str, token: str, before_ms: int | None) -> bool:
         dropped = await self._drop_token(

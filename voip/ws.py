@@ -46,6 +46,8 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 # The user opened more sockets than VOIP_MAX_DEVICES_PER_USER: this one, the oldest, goes.
 CLOSE_TOO_MANY_SOCKETS = 4008
+# The node drains (SIGTERM): a `reconnect` frame, then this close; connect again at once.
+CLOSE_SERVICE_RESTART = 1012
 # On the user's bus channel only, never sent to a device: "close this socket of yours".
 EVICT = "socket.evict"
 PRESENCE_TTL_MS = 90_000
@@ -126,6 +128,9 @@ async def device_socket(websocket: WebSocket) -> None:
     if not DEVICE_ID.match(device_id):
         await _refuse(websocket, 400, "bad_request: device_id query parameter missing or malformed")
         return
+    if node.draining:
+        await _refuse(websocket, 503, "draining: this node is shutting down; connect again")
+        return
     await websocket.accept()
     await DeviceConnection(websocket, node, principal.user_id, device_id).serve()
 
@@ -142,6 +147,7 @@ class DeviceConnection:
         self.refused_in_a_row = 0
         self.closing: Close | None = None
         self.socket_id = f"{device_id}|{uuid.uuid4().hex}"
+        self.ended = asyncio.Event()
 
     async def deliver(self, frame: dict[str, Any]) -> None:
         if frame.get("type") == EVICT:
@@ -181,10 +187,14 @@ class DeviceConnection:
         metrics.WS_CONNECTIONS.inc()
         writer = asyncio.create_task(self._write())
         presence = asyncio.create_task(self._keep_presence())
+        self.node.sockets[self] = self._drained
         try:
             await self.outbox.put({"type": "hello", "node": self.node.node_id, "device_id": self.device_id})
+            if self.node.draining:  # accepted as the drain began: it may have missed this socket
+                self._reconnect_elsewhere()
             await self._read()
         finally:
+            self.node.sockets.pop(self, None)
             metrics.WS_CONNECTIONS.dec()
             presence.cancel()
             if self.closing is not None:
@@ -198,6 +208,19 @@ class DeviceConnection:
             with contextlib.suppress(Exception):
                 await store.close_socket(self.user_id, self.socket_id)
                 await store.clear_presence(self.user_id, self.device_id, self.node.node_id)
+            self.ended.set()
+
+    def _reconnect_elsewhere(self) -> None:
+        if self.closing is None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.outbox.put_nowait({"type": "reconnect", "reason": "draining"})
+            self._close_after_queued(CLOSE_SERVICE_RESTART, "reconnect")
+
+    async def _drained(self) -> None:
+        """The node drains: say so, close with 1012 after what is queued, wait for the end."""
+        self._reconnect_elsewhere()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.ended.wait(), CLOSE_GRACE * 2)
 
     async def send(self, frame: dict[str, Any]) -> None:
         # Every frame goes through the outbox: one task writes to the socket.
@@ -217,11 +240,14 @@ class DeviceConnection:
             except Exception:
                 return
             if "call_id" in frame and frame["type"] not in ("ack", "error", "call.signal"):
-                await self.node.store.append_timeline(
-                    frame["call_id"],
-                    [{"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
-                      "device": self.device_id, "node": self.node.node_id}],
-                )
+                try:
+                    await self.node.store.append_timeline(
+                        frame["call_id"],
+                        [{"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
+                          "device": self.device_id, "node": self.node.node_id}],
+                    )
+                except Exception:  # Redis away: the frame went out; only its trace is lost
+                    log.warning("ws.timeline_failed", call_id=frame["call_id"], device=self.device_id, exc_info=True)
 
     async def _keep_presence(self) -> None:
         while True:

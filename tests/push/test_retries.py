@@ -27,14 +27,21 @@ async def test_retries_stop_at_the_deadline(make_notifier: MakeNotifier,
     request = invite(device, ttl=0.4)
 
     result = await notifier.send(request)
+    returned_at = time.time()
 
     assert result.outcome == Outcome.EXPIRED
     assert (result.status, result.reason) == (503, "ServiceUnavailable")
+    assert returned_at < request.deadline + 0.25
+    # The last attempt may be written just before the deadline and still be on its way
+    # when the result is in: count once the simulator has heard everything.
+    for _ in range(100):
+        if len(requests_for(sim, request.apns_id)) >= result.attempts:
+            break
+        await asyncio.sleep(0.01)
+    await _quiet_after(sim, request.apns_id)
     records = requests_for(sim, request.apns_id)
     assert result.attempts == len(records) >= 2
-    assert all(r.received_at < request.deadline for r in records)
-    assert time.time() < request.deadline + 0.25
-    await _quiet_after(sim, request.apns_id)
+    assert all(r.received_at < request.deadline for r in records[:-1])
     assert device.inbox == []
 
 

@@ -1,7 +1,9 @@
 -- Move a call to its next state, atomically, if the actor may. KEYS: call hash, timeline.
 -- ARGV: moves (JSON {party: {from: to}}), user, device, now_ms, node, action,
---       retention seconds, note (JSON object or ""), operators' channel ("" for none),
---       call id.
+--       retention seconds (for a call that does not carry its own), note (JSON object
+--       or ""), operators' channel ("" for none), call id.
+-- The TTLs follow the call's own retention, set by the node that created it: a node with
+-- other settings must not shorten or stretch another node's call.
 -- The party is found here, from the call itself, so that a check and its move are one step.
 -- Returns {"ok", previous state, call JSON} or {"err", code, call JSON or ""}.
 local raw = redis.call('HGETALL', KEYS[1])
@@ -62,13 +64,14 @@ redis.call('RPUSH', KEYS[2], encoded)
 if ARGV[9] ~= '' then
   redis.call('PUBLISH', ARGV[9], '{"call_id":"' .. ARGV[10] .. '","entry":' .. encoded .. '}')
 end
+local retention = tonumber(call.retention) or tonumber(ARGV[7])
 if target ~= 'answered' then
   -- Final: the call stays queryable for the retention period, then goes.
-  redis.call('EXPIRE', KEYS[1], ARGV[7])
-  redis.call('EXPIRE', KEYS[2], ARGV[7])
+  redis.call('EXPIRE', KEYS[1], retention)
+  redis.call('EXPIRE', KEYS[2], retention)
 else
   -- A call in progress must not expire under its talkers: a week, then retention.
-  local ttl = 7 * 86400 + tonumber(ARGV[7])
+  local ttl = 7 * 86400 + retention
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
 end

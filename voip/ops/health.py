@@ -4,6 +4,10 @@ components add their own check (the push work adds APNs reachability):
     from voip.ops.health import add_readiness_check
     add_readiness_check(app, "apns", notifier.ready)   # async () -> None, raises when not
 
+Details tell operators something without deciding readiness (how Redis keeps data):
+
+    add_readiness_detail(app, "redis", node.epoch.readiness_detail)   # () -> JSON value
+
 `/healthz` stays a liveness probe: it never touches a dependency, so a Redis outage does
 not get every node restarted at once.
 """
@@ -25,6 +29,7 @@ from voip.ops import metrics
 log = structlog.get_logger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[object]]
+ReadinessDetail = Callable[[], object]
 CHECK_TIMEOUT = 2.0
 
 
@@ -38,6 +43,11 @@ def readiness_checks(app: Starlette) -> dict[str, ReadinessCheck]:
 
 def add_readiness_check(app: Starlette, name: str, check: ReadinessCheck) -> None:
     readiness_checks(app)[name] = check
+
+
+def add_readiness_detail(app: Starlette, name: str, detail: ReadinessDetail) -> None:
+    details: dict[str, ReadinessDetail] = getattr(app.state, "readiness_details", {})
+    app.state.readiness_details = {**details, name: detail}
 
 
 async def _outcome(name: str, check: ReadinessCheck) -> str:
@@ -56,12 +66,22 @@ async def _outcome(name: str, check: ReadinessCheck) -> str:
 
 
 async def readyz(request: Request) -> Response:
+    node: Node = request.app.state.node
+    if node.draining:
+        # At once, without asking anything: a load balancer must stop sending traffic here.
+        return JSONResponse(
+            {"status": "draining", "checks": {}}, status_code=503, headers={"Cache-Control": "no-store"}
+        )
     checks = readiness_checks(request.app)
     outcomes = await asyncio.gather(*(_outcome(name, check) for name, check in checks.items()))
     results = dict(zip(checks, outcomes))
     ready = all(outcome == "ok" for outcome in outcomes)
+    body: dict[str, object] = {"status": "ready" if ready else "not_ready", "checks": results}
+    if details := getattr(request.app.state, "readiness_details", None):
+        # Shown, never counted: a Redis without persistence still serves calls.
+        body["details"] = {name: detail() for name, detail in details.items()}
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": results},
+        body,
         status_code=200 if ready else 503,
         headers={"Cache-Control": "no-store"},
     )

@@ -90,6 +90,29 @@ class LateCaught(BaseModel):
     calls: int
 
 
+class RedisEpoch(BaseModel):
+    id: str
+    created_at: int
+
+
+class RedisDataLoss(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    previous_epoch: str
+    previous_created_at: int
+    last_seen_at: int = Field(description="ms: a node last found the data there")
+    noticed_at: int = Field(description="ms: a node found it gone")
+    noticed_by: str
+
+
+class RedisState(BaseModel):
+    epoch: RedisEpoch | None
+    data_lost: RedisDataLoss | None = Field(
+        description="The last time Redis came back without this deployment's data, from any node"
+    )
+    data_lost_noticed_here: int = Field(description="Losses this node noticed since it started")
+    durability_warnings: list[str] = Field(description="What in Redis's settings could lose data")
+
+
 class OpsSummary(BaseModel):
     since: int
     until: int
@@ -101,3 +124,4 @@ class OpsSummary(BaseModel):
     late_pushes_caught: LateCaught = Field(
         description="Status checks that told a device to end a call that had already ended"
     )
+    redis: RedisState = Field(description="Redis durability and the deployment epoch (docs/deploy.md)")

@@ -170,5 +170,6 @@ async def summary(request: Request) -> Response:
             pipe.lrange(node.store.call_keys(call["call_id"])[1], 0, -1)
         timelines = [[orjson.loads(e) for e in raw] for raw in await pipe.execute()]
     return JSONResponse(
-        {"since": since, "until": until, "truncated": more is not None, **summarize(calls, timelines)}
+        {"since": since, "until": until, "truncated": more is not None, **summarize(calls, timelines),
+         "redis": node.epoch.summary()}
     )

@@ -29,6 +29,10 @@ from voip.store import CallRecord, Store
 
 log = structlog.get_logger(__name__)
 
+# Refused while the node drains (503 + Retry-After): the peer retries, on another node.
+DRAIN_REFUSED = frozenset({"INVITE", "REGISTER"})
+DRAIN_RETRY_AFTER = 5
+
 
 class SipGateway:
     def __init__(
@@ -71,6 +75,8 @@ class SipGateway:
         )
         self.ringing = RingingIndex(store)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The node drains: new calls and registrations go to another node; dialogs go on.
+        self.draining = False
 
     @property
     def port(self) -> int:
@@ -135,6 +141,10 @@ class SipGateway:
                 # Inside a dialog that began authenticated (or from a trusted network).
                 self.endpoint.vouch(event)
                 await leg.in_dialog(event, dialog)
+            return
+        if self.draining and request.method in DRAIN_REFUSED:
+            # Out of dialog only: BYEs and re-INVITEs of calls in progress are served above.
+            self.endpoint.reply(event, 503, to_tag=generate_tag(), headers=[("Retry-After", str(DRAIN_RETRY_AFTER))])
             return
         match request.method:
             case "INVITE":

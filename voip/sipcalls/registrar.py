@@ -32,6 +32,7 @@ from voip.bus import Bus
 from voip.sipcalls.config import SipConfig
 from voip.sipcalls.nonces import NonceCounts
 from voip.store import Store, now_ms
+from voip.tasks import log_failure
 
 log = structlog.get_logger(__name__)
 
@@ -344,8 +345,10 @@ class Registrar:
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(f"sip-registrar:{getattr(coro, '__qualname__', 'task')}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(log_failure)
 
 
 def _text(value: bytes | str) -> str:

@@ -13,6 +13,7 @@ let selected = null; // {call_id, timeline: [...]}
 let socket = null;
 let retryDelay = 500;
 let summaryTimer = null;
+let summaryRefresher = null;
 let renderQueued = false;
 
 const $ = (id) => document.getElementById(id);
@@ -59,6 +60,8 @@ async function openBoard() {
   try {
     await api("/v1/ops/summary").then(renderSummary); // checks the token before the socket
     connect();
+    // The header's Redis notice changes without any call entry to trigger a refresh.
+    summaryRefresher ||= setInterval(refreshSummary, 15000);
   } catch (error) {
     if (error instanceof Unauthorised) signOut(error.message);
     else setConnection("offline", String(error));
@@ -186,11 +189,30 @@ function renderSummary(summary) {
     "no push answered by a status check yet", delay.count === 0);
   $("delay-figures").textContent = delay.count
     ? `p50 ${seconds(delay.p50)} · p95 ${seconds(delay.p95)}` : "";
+  renderRedis(summary.redis);
   $("late-checks").textContent = String(summary.late_pushes_caught.status_checks);
   const lateCalls = summary.late_pushes_caught.calls;
   $("late-calls").textContent = `${lateCalls} call${lateCalls === 1 ? "" : "s"}`;
   $("window").textContent = `last ${Math.round((summary.until - summary.since) / 60000)} min` +
     (summary.truncated ? ` (newest ${summary.calls})` : "");
+}
+
+// Redis came back without its data (the deployment epoch was lost): calls, devices and
+// SIP bindings from before are gone. Shown until the next loss replaces it.
+function renderRedis(redis) {
+  const alert = $("redis-alert");
+  const lost = redis && redis.data_lost;
+  const warnings = (redis && redis.durability_warnings) || [];
+  alert.hidden = !lost && warnings.length === 0;
+  alert.dataset.kind = lost ? "lost" : "warning";
+  alert.textContent = lost
+    ? `Redis data lost: noticed ${new Date(lost.noticed_at).toLocaleString([], { hour12: false })}`
+    : `Redis: ${warnings.length} durability warning${warnings.length === 1 ? "" : "s"}`;
+  alert.title = [
+    lost ? `data there at ${new Date(lost.last_seen_at).toLocaleString([], { hour12: false })}, ` +
+      `noticed by ${lost.noticed_by}` : "",
+    ...warnings,
+  ].filter(Boolean).join("\n");
 }
 
 function barChart(svg, items, emptyText = "nothing yet", empty = items.length === 0) {
