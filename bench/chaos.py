@@ -412,12 +412,13 @@ class Chaos:
             offset += cycle
         steps.sort()
         names = ["n1", "n2", "n3"]
+        faults = iter(APNS_FAULTS[i % len(APNS_FAULTS)] for i in range(rng.randrange(len(APNS_FAULTS)), 10**6))
         for at, step in steps:
             await asyncio.sleep(max(0.0, began + at - time.monotonic()))
             if time.monotonic() >= stop_at:
                 break
             if step == "apns":
-                label, fault = rng.choice(APNS_FAULTS)
+                label, fault = next(faults)  # each kind in turn: a 30 s run sees them all
                 sim.inject(fault(), times=2)
                 self.report.actions.append(f"{at:.0f}s APNs {label}")
             elif step == "kill":

@@ -7,12 +7,15 @@ replay stale calls to it later.
 
 After a Redis failover the reader reconnects through the node's pool, which asks the
 Sentinels for the new master, and redis-py subscribes again to every channel held.
-Frames published during the gap are lost (docs/deploy.md#redis-sentinel).
+Frames published during the gap are lost (docs/deploy.md#redis-sentinel); once back,
+the bus hands `on_recovered` the start of the gap, so that the endings of calls its
+devices missed can be told again (CallController.retell_endings).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -25,6 +28,8 @@ from voip.tasks import stop_task
 log = structlog.get_logger(__name__)
 
 Deliver = Callable[[dict[str, Any]], Awaitable[None]]
+# Called once the bus is subscribed again after a gap: (users with devices here, gap start ms).
+Recovered = Callable[[list[str], int], Awaitable[None]]
 
 
 class Bus:
@@ -36,6 +41,9 @@ class Bus:
         self._local: dict[str, dict[str, list[Deliver]]] = {}
         self._confirmed: dict[bytes, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
+        self.on_recovered: Recovered | None = None
+        self._gap_since: int | None = None
+        self._recovering: set[asyncio.Task[None]] = set()
 
     def channel(self, user_id: str) -> str:
         return f"{self._prefix}user:{user_id}"
@@ -47,6 +55,8 @@ class Bus:
 
     async def stop(self) -> None:
         await stop_task(self._reader)
+        for task in list(self._recovering):
+            await stop_task(task)
         await self._pubsub.aclose()
 
     async def publish(
@@ -101,10 +111,15 @@ class Bus:
                 raise
             except Exception:  # a dropped connection or failover: redis-py resubscribes on the next read
                 log.warning("bus.read_failed", exc_info=True)
+                if self._gap_since is None:
+                    self._gap_since = int(time.time() * 1000)
                 await asyncio.sleep(0.5)
                 continue
             if message is None:
                 continue
+            if self._gap_since is not None:  # subscribed again: from here on nothing is missed
+                self._recovered(self._gap_since)
+                self._gap_since = None
             channel: bytes = message["channel"]
             if message["type"] == "subscribe":
                 if event := self._confirmed.pop(channel, None):
@@ -113,6 +128,27 @@ class Bus:
             if message["type"] != "message" or not channel.startswith(prefix):
                 continue
             await self._dispatch(channel[len(prefix) :].decode(), message["data"])
+
+    def _recovered(self, since_ms: int) -> None:
+        log.info("bus.resubscribed", users=len(self._local), gap_since=since_ms)
+        if self.on_recovered is None or not self._local:
+            return
+        task = asyncio.create_task(self._retell(list(self._local), since_ms))
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
+
+    async def _retell(self, users: list[str], since_ms: int) -> None:
+        assert self.on_recovered is not None
+        try:
+            await self.on_recovered(users, since_ms)
+        except Exception:  # Redis gone again: the next recovery tells them
+            log.warning("bus.retell_failed", exc_info=True)
+            if self._gap_since is None:
+                self._gap_since = since_ms
+
+    async def deliver_local(self, user_id: str, frame: dict[str, Any], *, exclude: Iterable[str] = ()) -> None:
+        """Hand a frame to the user's devices on this node only, as if it came over the bus."""
+        await self._dispatch(user_id, self.envelope(frame, exclude=exclude))
 
     async def _dispatch(self, user_id: str, data: bytes) -> None:
         devices = self._local.get(user_id)

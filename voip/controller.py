@@ -273,6 +273,26 @@ class CallController:
         await asyncio.gather(*publishes)
 
 
+    async def retell_endings(self, users: list[str], since_ms: int) -> None:
+        """After a bus gap (a Redis failover): tell this node's devices how the calls to
+        their users ended, or that one was answered elsewhere, if that happened in the
+        gap. The server counted these devices as connected, so no push told them either.
+        A device may hear an ending twice; ending a call twice does nothing."""
+        for user in users:
+            for call_id in await self.store.recent_calls_to(user):
+                call = await self.store.get_call(call_id)
+                if call is None or call.callee_user != user or call.state is CallState.RINGING:
+                    continue
+                if (call.ended_at or call.ring_deadline) < since_ms - 1000 and call.state is not CallState.ANSWERED:
+                    continue
+                frame: dict[str, Any] = {"call_id": call_id, "state": call.state.value,
+                                         "type": NOTICES[call.state][1]}
+                if call.state.is_final:
+                    frame["reason"] = FINAL_REASON[call.state].value
+                    frame["ended_at"] = call.ended_at
+                exclude = [call.answered_by_device or ""] if call.state is CallState.ANSWERED else []
+                await self.bus.deliver_local(user, frame, exclude=exclude)
+
     async def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
         assert self.pushes is not None
         pushes, online, devices = await self.store.ending_context(call)

@@ -46,6 +46,7 @@ class Node:
             max_ringing_per_callee=settings.max_ringing_per_callee,
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
         )
+        self.bus.on_recovered = self.controller.retell_endings
         self.timeouts = RingTimeouts(self.controller)
         # Notices a Redis that came back empty; reads how Redis keeps data (docs/deploy.md).
         self.epoch = EpochWatcher(

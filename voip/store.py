@@ -367,6 +367,11 @@ class Store:
             return await self.status_pipe.evalsha(self._status.sha, script, keys, args)  # type: ignore[no-any-return]
         return await self._status(keys=keys, args=args)
 
+    async def recent_calls_to(self, user_id: str) -> list[str]:
+        """The calls made to this callee in the last minute (the rate limit's record)."""
+        ids: list[bytes] = await self.redis.zrange(self.callee_limit_keys(user_id)[1], 0, -1)  # type: ignore[assignment]
+        return [call_id.decode() for call_id in ids]
+
     async def get_call(self, call_id: str) -> CallRecord | None:
         fields: dict[bytes, bytes] = await self.redis.hgetall(self.call_keys(call_id)[0])  # type: ignore[assignment]
         if not fields:

@@ -285,3 +285,30 @@ async def test_the_status_pipe_refuses_a_replica_named_as_master(two_masters: li
         assert answers == []
     finally:
         pipe.close()
+
+
+async def test_an_ending_published_while_the_bus_was_away_is_told_once_it_is_back(node_factory: Any) -> None:
+    # The gap a failover leaves, made on purpose: node B's subscriptions are gone while
+    # the caller hangs up on node A, so the frame reaches no one on B. Once B's bus is
+    # subscribed again it tells its devices how the calls they were rung for ended.
+    from voip.tasks import stop_task
+
+    node_a = await node_factory(node_id="node-a")
+    node_b = await node_factory(node_id="node-b")
+    caller = await node_a.device("alice", "a1")
+    phone = await node_b.device("bob", "b1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
+
+    bus = node_b.node.bus
+    await stop_task(bus._reader)
+    assert bus._pubsub.connection is not None
+    await bus._pubsub.connection.disconnect()  # as a dead master leaves it
+    gap_began = int(time.time() * 1000)
+    assert (await caller.request({"type": "call.hangup", "call_id": call_id}))["type"] == "ack"
+    await phone.silent(0.3)  # published into the gap: lost
+
+    bus._gap_since = gap_began  # what the reader records when its connection fails
+    bus._reader = asyncio.create_task(bus._read())
+    told = await phone.expect("call.cancelled", call_id=call_id, timeout=5)
+    assert told["reason"] == "remote_ended" and told["state"] == "cancelled"
