@@ -369,10 +369,12 @@ class Chaos:
             await asyncio.sleep(rng.uniform(0.1, 0.4))
 
     async def _callee_naps(self, phone: Phone, rng: random.Random, stop_at: float) -> None:
-        # Apps go to the background: then only a push reaches them.
+        # Apps go to the background: then only a push reaches them. A sleeper's app is
+        # suspended even while its call rings, so the end of the call reaches it by push.
+        sleeper = phone.user == "sleeper"
         while time.monotonic() < stop_at:
-            await asyncio.sleep(rng.uniform(1.5, 4.0))
-            if not any(call.active for call in phone.calls.values()):
+            await asyncio.sleep(rng.uniform(0.3, 1.5) if sleeper else rng.uniform(1.5, 4.0))
+            if sleeper or not any(call.active for call in phone.calls.values()):
                 with contextlib.suppress(Exception):
                     await phone.close_app()
 
