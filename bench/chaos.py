@@ -223,6 +223,7 @@ class Report:
     calls_lost: list[str] = field(default_factory=list)
     calls_lost_in_window: int = 0
     kept: str = ""  # where the events and node logs of a failed run were kept
+    masters: list[str] = field(default_factory=list)  # "<when> :<port>", each master named
 
     INVARIANTS = (
         ("ringing_late", "calls ringing past their deadline + 5 s"),
@@ -252,6 +253,7 @@ class Report:
             f"pushes received {dict(sorted(self.pushes.items()))}; status checks {self.status_checks}, "
             f"failed {dict(self.status_failed)}",
             "failovers: " + ", ".join(f"promoted after {s:.2f} s" for _, s in self.failovers),
+            f"masters named by the Sentinels: {', '.join(self.masters)}",
             f"calls lost inside the {LOSS_WINDOW_S:.0f} s window before a failover (allowed): "
             f"{self.calls_lost_in_window}",
         ]
@@ -322,7 +324,7 @@ class Chaos:
             if fleet is not None:
                 await asyncio.to_thread(fleet.stop_all)
             await balancer.stop()
-            await asyncio.to_thread(redis_set.stop)
+            await asyncio.to_thread(redis_set.stop, None if self.report.ok else tmp / "redis")
         return self.report
 
     # -- traffic --------------------------------------------------------------------
@@ -391,10 +393,23 @@ class Chaos:
             for phone in self.phones if phone not in callers
         ]
         chaos = asyncio.create_task(self._chaos(sim, fleet, redis_set, began, stop_at))
+        watch = asyncio.create_task(self._watch_master(redis_set, began))
         await asyncio.gather(*work)
         await chaos
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
         # Let every call end by itself and every push land: a ring timeout, then margin.
         await asyncio.sleep(self.plan.ring_timeout + LATE_MS / 1000 + 2)
+
+    async def _watch_master(self, redis_set: SentinelRedis, began: float) -> None:
+        """Every master the Sentinels name, and when: a failover nobody asked for shows."""
+        current = None
+        while True:
+            port = await asyncio.to_thread(redis_set.master_port)
+            if port is not None and port != current:
+                self.report.masters.append(f"{time.monotonic() - began:.1f}s :{port}")
+                current = port
+            await asyncio.sleep(0.25)
 
     async def _chaos(self, sim: APNsSimulator, fleet: Fleet, redis_set: SentinelRedis,
                      began: float, stop_at: float) -> None:

@@ -84,12 +84,16 @@ class SentinelRedis:
             time.sleep(0.1)
         return self
 
-    def stop(self) -> None:
+    def stop(self, keep_logs_in: Path | None = None) -> None:
         for server in [*self.watchers, *self.data]:
             if server.alive():
                 assert server.process is not None
                 server.process.kill()
                 server.process.wait()
+        if keep_logs_in is not None:
+            keep_logs_in.mkdir(parents=True, exist_ok=True)
+            for log in self._dir.glob("*.log"):
+                shutil.copy(log, keep_logs_in / log.name)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "SentinelRedis":
