@@ -32,12 +32,10 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-def pool_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for a redis-py connection pool (`BlockingConnectionPool` takes
-    them all; `max_connections` and `timeout` are its own)."""
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for every redis-py connection of a node, in any kind of pool
+    (a Sentinel-managed one included)."""
     return {
-        "max_connections": settings.redis_pool_size,
-        "timeout": settings.redis_pool_timeout,
         "socket_connect_timeout": settings.redis_command_timeout,
         "socket_timeout": settings.redis_command_timeout,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
@@ -45,6 +43,16 @@ def pool_options(settings: Settings) -> dict[str, Any]:
         # since the command may have run.
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2,
                        supported_errors=(redis.exceptions.ConnectionError,)),
+    }
+
+
+def pool_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `BlockingConnectionPool`: the connections' options, its size,
+    and how long a request waits for a free connection."""
+    return {
+        "max_connections": settings.redis_pool_size,
+        "timeout": settings.redis_pool_timeout,
+        **connection_options(settings),
     }
 
 

@@ -193,7 +193,7 @@ async def test_concurrent_websocket_connects_on_a_small_pool_leak_no_subscriptio
     node_factory: Any, redis: aioredis.Redis
 ) -> None:
     node = await node_factory(redis_pool_size=3, redis_pool_timeout=0.05)
-    users = [f"ws-{i}" for i in range(300)]
+    users = [f"ws-{i}" for i in range(600)]
     outcomes = await asyncio.gather(*(connect(node.ws_url, user) for user in users))
 
     codes = Counter(code for _, code in outcomes)
