@@ -4,8 +4,9 @@ A presence entry says "device D is connected to node N until T". T is at most
 `PRESENCE_TTL_MS` ahead, and only N's heartbeat (every `HEARTBEAT` seconds, all of its
 devices in one pipeline) moves it on. So when N dies, even by `kill -9`, its devices count
 as offline within `PRESENCE_TTL_MS`, and a call that ends meanwhile sends them the
-cancellation push they need. An entry that could not be removed when its socket closed
-(Redis busy or away) is removed by a later heartbeat, never left behind.
+cancellation push they need. An entry (or a socket's place in its user's count of open
+sockets) that could not be removed when its socket closed, Redis busy or away, is removed
+by a later heartbeat, never left behind.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Presence:
         # (user, device) -> sockets this node holds for it (a device may briefly hold two)
         self._held: Counter[tuple[str, str]] = Counter()
         self._to_clear: set[tuple[str, str]] = set()
+        # (user, socket id): open-socket counts that Redis could not drop when they closed
+        self._to_uncount: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._beat_failed = RepeatedLog(log, "presence.heartbeat_failed")
 
@@ -48,7 +51,7 @@ class Presence:
         return len(self._held)
 
     def pending_clears(self) -> int:
-        return len(self._to_clear)
+        return len(self._to_clear) + len(self._to_uncount)
 
     async def hold(self, user_id: str, device_id: str) -> None:
         """The device has a socket here. Raises if Redis could not be told; the caller
@@ -71,6 +74,14 @@ class Presence:
         except Exception:
             self._to_clear.add(key)
 
+    async def uncount_socket(self, user_id: str, socket_id: str) -> None:
+        """A socket closed: drop it from the user's open-socket count (`Store.open_socket`).
+        Never raises; retried by the heartbeat."""
+        try:
+            await self._store.close_socket(user_id, socket_id)
+        except Exception:
+            self._to_uncount.add((user_id, socket_id))
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat)
@@ -84,14 +95,21 @@ class Presence:
                 self._beat_failed.ok()
 
     async def _beat(self) -> None:
+        renewing = list(self._held)
         by_user: dict[str, list[str]] = {}
-        for user_id, device_id in list(self._held):
+        for user_id, device_id in renewing:
             by_user.setdefault(user_id, []).append(device_id)
         if by_user:
             await self._store.renew_presence(by_user, self._node, self.ttl_ms)
+        # A socket that closed while the renewal was on its way may have had its entry
+        # cleared before the renewal wrote it again: clear it again.
+        self._to_clear.update(key for key in renewing if key not in self._held)
         for key in list(self._to_clear):
             if key in self._held:  # reconnected meanwhile: the renewal above holds it
                 self._to_clear.discard(key)
                 continue
             await self._store.clear_presence(*key, self._node)
             self._to_clear.discard(key)
+        for user_id, socket_id in list(self._to_uncount):
+            await self._store.close_socket(user_id, socket_id)
+            self._to_uncount.discard((user_id, socket_id))

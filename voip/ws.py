@@ -196,17 +196,13 @@ class DeviceConnection:
         undo.push_async_callback(node.bus.detach, self.user_id, self.device_id, self.deliver)
         undo.push_async_callback(node.presence.release, self.user_id, self.device_id)
         await node.presence.hold(self.user_id, self.device_id)
-        undo.push_async_callback(self._uncount)
+        undo.push_async_callback(node.presence.uncount_socket, self.user_id, self.socket_id)
         cap = node.settings.max_devices_per_user
         for evicted in await store.open_socket(self.user_id, self.socket_id, cap):
             # Whichever node holds it closes it: the bus reaches the user's sockets everywhere.
             await node.bus.publish(
                 self.user_id, {"type": EVICT, "socket": evicted}, only=[evicted.rsplit("|", 1)[0]]
             )
-
-    async def _uncount(self) -> None:
-        with contextlib.suppress(Exception):  # if Redis is away, the key's own expiry or the cap drops it
-            await self.node.store.close_socket(self.user_id, self.socket_id)
 
     async def serve(self) -> None:
         metrics.WS_CONNECTIONS.inc()
