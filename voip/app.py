@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from voip import api, metrics_route, openapi, ops
+from voip import api, metrics, metrics_route, openapi, ops
 from voip.node import Node
 from voip.ops.health import add_readiness_check
 from voip.redis_pool import UNAVAILABLE
@@ -34,6 +34,7 @@ async def _redis_unavailable(request: Request, exc: Exception) -> Response:
     request may work in a moment, so 503 with Retry-After, never a 500."""
     node: Node = request.app.state.node
     node.redis_unavailable.failed(route=request.url.path)
+    metrics.REDIS_UNAVAILABLE.labels("http").inc()
     retry_after = node.settings.redis_retry_after
     return api.JSONResponse(
         {"error": "unavailable", "message": "the service is briefly unavailable; retry later",

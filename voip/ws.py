@@ -135,6 +135,7 @@ async def device_socket(websocket: WebSocket) -> None:
             await connection.open(undo)
         except UNAVAILABLE:
             node.redis_unavailable.failed(route="/v1/ws")
+            metrics.REDIS_UNAVAILABLE.labels("ws").inc()
             await undo.aclose()  # before the client hears it, so that it may come straight back
             await _try_again_later(websocket)
             return
@@ -312,6 +313,7 @@ class DeviceConnection:
             return error_frame(exc.code, CALL_ERRORS.get(exc.code, exc.code), message.id, call_id)
         except UNAVAILABLE:
             self.node.redis_unavailable.failed(route="/v1/ws")
+            metrics.REDIS_UNAVAILABLE.labels("ws").inc()
             frame = error_frame("unavailable", "the service is briefly unavailable; retry later", message.id)
             frame["retry_after"] = self.node.settings.redis_retry_after
             return frame

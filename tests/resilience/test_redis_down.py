@@ -27,6 +27,7 @@ from apnsim import APNsSimulator
 from tests.conftest import SECRET, RunningNode, make_settings, register, start_node
 from tests.ports import free_port
 from tests.test_call_pushes import invites_for, phone
+from voip import metrics
 from voip.auth import Authenticator
 from voip.presence import PRESENCE_TTL_MS
 from voip.redis_server import redis_server_binary
@@ -173,11 +174,13 @@ async def test_600_concurrent_device_puts_on_a_small_pool_get_201_or_503_never_5
     # 50 ms to wait for one: most must be refused, and every refusal is a 503.
     node = await node_factory(redis_pool_size=3, redis_pool_timeout=0.05)
     users = [f"put-{i}" for i in range(600)]
+    refused_before = metrics.REDIS_UNAVAILABLE.labels("http")._value.get()
     responses = await put_devices(node.base_url, users)
 
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) <= {201, 503}, statuses
     assert statuses[201] > 0 and statuses[503] > 0, statuses
+    assert metrics.REDIS_UNAVAILABLE.labels("http")._value.get() - refused_before == statuses[503]
     for response in responses:
         if response.status_code == 503:
             assert_unavailable(response)
