@@ -22,8 +22,8 @@ from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
-PRESENCE_TTL_MS = 15_000
-HEARTBEAT = 4.0
+PRESENCE_TTL_MS = 12_000  # offline within 12 s of the last heartbeat: inside the 15 s the issue allows
+HEARTBEAT = 3.0
 
 
 class Presence:

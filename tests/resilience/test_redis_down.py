@@ -29,7 +29,6 @@ from tests.ports import free_port
 from tests.test_call_pushes import invites_for, phone
 from voip import metrics
 from voip.auth import Authenticator
-from voip.presence import PRESENCE_TTL_MS
 from voip.redis_server import redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -411,7 +410,9 @@ async def test_a_node_killed_9_leaves_its_devices_offline_within_15_s_and_they_g
             assert time.monotonic() - killed_at < 20, "still online 20 s after its node died"
             await asyncio.sleep(0.1)
         offline_after = time.monotonic() - killed_at
-        assert offline_after <= PRESENCE_TTL_MS / 1000 + 0.5, offline_after
+        # The entry lapses 12 s (PRESENCE_TTL_MS) after the last heartbeat at most; the
+        # issue's bound is 15 s.
+        assert offline_after <= 15, offline_after
     finally:
         process.kill()
         process.wait(10)
