@@ -343,8 +343,14 @@ async def test_redis_down_503_with_retry_after_ws_1013_and_one_log_line_per_inte
     try:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             assert (await http.put("/v1/devices/b1", json={}, headers=bearer("bob"))).status_code == 201
+            open_socket, code = await connect(ws_url, "alice")
+            assert code == "hello"
             own_redis.kill()
             down_at = time.monotonic()
+            # A socket already open stays open; a request on it is answered `unavailable`.
+            await open_socket.send(orjson.dumps({"type": "call.start", "callee": "bob", "id": "r1"}).decode())
+            reply = orjson.loads(await asyncio.wait_for(open_socket.recv(), 20))
+            assert (reply["type"], reply["code"], reply["id"], reply["retry_after"]) == ("error", "unavailable", "r1", 2)
             for _ in range(3):
                 assert_unavailable(await http.get(f"/v1/calls/{uuid.uuid4()}/status", headers=bearer("bob")))
                 assert_unavailable(await http.put("/v1/devices/b1", json={}, headers=bearer("bob")))
@@ -364,6 +370,9 @@ async def test_redis_down_503_with_retry_after_ws_1013_and_one_log_line_per_inte
             socket, code = await connect(ws_url, "bob")
             assert code == "hello"
             await socket.close()
+            await open_socket.send(orjson.dumps({"type": "ping", "id": "r2"}).decode())
+            assert orjson.loads(await asyncio.wait_for(open_socket.recv(), 10))["type"] == "pong"
+            await open_socket.close()
             await asyncio.sleep(1)  # a poll of the ring timeouts after the recovery
     finally:
         process.terminate()
