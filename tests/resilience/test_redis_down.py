@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 import websockets
 from websockets.exceptions import ConnectionClosed
@@ -31,7 +32,6 @@ from voip import metrics
 from voip.auth import Authenticator
 from voip.redis_server import redis_server_binary
 
-ROOT = Path(__file__).resolve().parents[2]
 AUTH = Authenticator(SECRET)
 
 
@@ -52,8 +52,6 @@ class RedisProcess:
              "--logfile", str(self.directory / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        import redis
-
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             assert self.process.poll() is None, (self.directory / "redis.log").read_text()
@@ -141,11 +139,12 @@ async def connect(ws_url: str, user: str, device: str = "d1") -> tuple[Any, str 
     return socket, "hello"
 
 
-async def numsub(redis: aioredis.Redis, channels: list[str]) -> dict[str, int]:
+async def numsub(client: aioredis.Redis, channels: list[str]) -> dict[str, int]:
+    """PUBSUB NUMSUB: how many subscribers Redis counts on each channel."""
     counts: dict[str, int] = {}
     for start in range(0, len(channels), 200):
-        reply = await redis.pubsub_numsub(*channels[start:start + 200])
-        counts.update({name.decode(): count for name, count in reply})
+        reply = await client.pubsub_numsub(*channels[start:start + 200])
+        counts.update({name.decode() if isinstance(name, bytes) else name: count for name, count in reply})
     return counts
 
 
