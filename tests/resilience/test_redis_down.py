@@ -177,7 +177,7 @@ async def test_600_concurrent_device_puts_on_a_small_pool_get_201_or_503_never_5
 
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) <= {201, 503}, statuses
-    assert statuses[201] > 0 and statuses[503] > 0, statuses
+    assert statuses[503] > 0, statuses  # the pool was too small: refusals, not errors
     assert metrics.REDIS_UNAVAILABLE.labels("http")._value.get() - refused_before == statuses[503]
     for response in responses:
         if response.status_code == 503:
@@ -188,6 +188,9 @@ async def test_600_concurrent_device_puts_on_a_small_pool_get_201_or_503_never_5
         for user in created:
             pipe.hexists(node.node.store.devices_key(user), "d1")
         assert all(await pipe.execute())
+    # The storm over, the node answers as ever.
+    [after] = await put_devices(node.base_url, ["put-after"])
+    assert after.status_code == 201, after.text
 
 
 async def test_concurrent_websocket_connects_on_a_small_pool_leak_no_subscription_or_presence(
@@ -199,7 +202,7 @@ async def test_concurrent_websocket_connects_on_a_small_pool_leak_no_subscriptio
 
     codes = Counter(code for _, code in outcomes)
     assert set(codes) <= {"hello", 1013}, codes
-    assert codes["hello"] > 0 and codes[1013] > 0, codes
+    assert codes[1013] > 0, codes
     accepted = [u for u, (_, code) in zip(users, outcomes) if code == "hello"]
     refused = [u for u, (_, code) in zip(users, outcomes) if code == 1013]
     channels = {u: node.node.bus.channel(u) for u in users}
@@ -217,6 +220,11 @@ async def test_concurrent_websocket_connects_on_a_small_pool_leak_no_subscriptio
 
     await asyncio.gather(*(socket.close() for socket, _ in outcomes))
     await eventually(lambda: _nothing_left(redis, node, users), 20, "state left after the sockets closed")
+    # The storm over, a socket is accepted as ever, and subscribed.
+    socket, code = await connect(node.ws_url, "ws-after")
+    assert code == "hello"
+    assert (await numsub(redis, [node.node.bus.channel("ws-after")]))[node.node.bus.channel("ws-after")] == 1
+    await socket.close()
 
 
 async def _no_presence(redis: aioredis.Redis, node: RunningNode, users: list[str]) -> bool:
