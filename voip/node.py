@@ -16,8 +16,11 @@ from voip.bus import Bus
 from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
 from voip.epoch import EpochWatcher
+from voip.log_throttle import RepeatedLog
+from voip.presence import Presence
 from voip.push import APNsConfig, APNsNotifier
 from voip.redis_pipe import RedisPipe
+from voip.redis_pool import connect
 from voip.settings import Settings
 from voip.sipcalls import SipConfig, SipGateway
 from voip.store import Store
@@ -35,11 +38,14 @@ class Node:
         self.node_id = settings.node_id
         self.auth = Authenticator(settings.jwt_secret)
         # One pool per node, made once: no request builds a client.
-        self.redis = Redis.from_url(settings.redis_url, max_connections=256)
+        self.redis: Redis = connect(settings)
         self.store = Store(
             self.redis, settings.redis_prefix, settings.call_retention, ops_feed=settings.ops_feed
         )
-        self.store.status_pipe = RedisPipe(settings.redis_url)
+        self.store.status_pipe = RedisPipe(settings.redis_url, timeout=settings.redis_command_timeout)
+        self.presence = Presence(self.store, self.node_id)
+        # Redis unavailable, however a request found out: one line per interval.
+        self.redis_unavailable = RepeatedLog(log, "redis.unavailable")
         self.bus = Bus(self.redis, settings.redis_prefix)
         self.controller = CallController(
             self.store, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout,
@@ -87,6 +93,7 @@ class Node:
         if self.sip is not None:
             await self.sip.start()
         self.timeouts.start()
+        self.presence.start()
 
     async def apns_ready(self) -> None:
         """Readiness: a warm connection to APNs in each environment, or an exception."""
@@ -152,6 +159,7 @@ class Node:
         return self.sip.endpoint.transactions_in_flight() if self.sip is not None else 0
 
     async def stop(self) -> None:
+        await self.presence.stop()
         await self.epoch.stop()
         await self.timeouts.stop()
         if self.controller.pushes is not None:
