@@ -11,9 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from voip import api, metrics_route, openapi, ops
+from voip import api, metrics, metrics_route, openapi, ops
 from voip.node import Node
 from voip.ops.health import add_readiness_check, add_readiness_detail
+from voip.redis_pool import UNAVAILABLE
 from voip.settings import Settings
 from voip.ws import device_socket
 
@@ -26,6 +27,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     return api.JSONResponse({"error": "internal_error", "message": "the request failed"}, status_code=500)
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> Response:
+    """Redis refused, dropped, timed out, or every pooled connection stayed busy: the
+    request may work in a moment, so 503 with Retry-After, never a 500."""
+    node: Node = request.app.state.node
+    node.redis_unavailable.failed(route=request.url.path)
+    metrics.REDIS_UNAVAILABLE.labels("http").inc()
+    retry_after = node.settings.redis_retry_after
+    return api.JSONResponse(
+        {"error": "unavailable", "message": "the service is briefly unavailable; retry later",
+         "retry_after": retry_after},
+        status_code=503,
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 _ERROR_NAMES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
@@ -55,7 +71,11 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            **{error: _redis_unavailable for error in UNAVAILABLE},
+            Exception: _server_error,
+        },
     )
     app.state.node = node
     add_readiness_check(app, "apns", node.apns_ready)

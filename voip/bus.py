@@ -23,9 +23,12 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
+from voip.log_throttle import RepeatedLog
 from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
+
+SUBSCRIBE_TIMEOUT = 5.0
 
 Deliver = Callable[[dict[str, Any]], Awaitable[None]]
 # Called once the bus is subscribed again after a gap: (users with devices here, gap start ms).
@@ -41,6 +44,9 @@ class Bus:
         self._local: dict[str, dict[str, list[Deliver]]] = {}
         self._confirmed: dict[bytes, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._subscribing: dict[str, asyncio.Task[None]] = {}
+        self._read_failed = RepeatedLog(log, "bus.read_failed")
+        self._unsubscribe_failed = RepeatedLog(log, "bus.unsubscribe_failed")
         self.on_recovered: Recovered | None = None
         self._gap_since: int | None = None
         self._recovering: set[asyncio.Task[None]] = set()
@@ -78,17 +84,39 @@ class Bus:
 
     async def attach(self, user_id: str, device_id: str, deliver: Deliver) -> None:
         """Route the user's frames for `device_id` to `deliver`; returns once Redis has
-        confirmed the subscription, so nothing published after it is missed."""
+        confirmed the subscription, so nothing published after it is missed. Raises if it
+        could not be confirmed, with nothing left attached or subscribed."""
         devices = self._local.setdefault(user_id, {})
         first = not devices
         devices.setdefault(device_id, []).append(deliver)
-        if first:
-            channel = self.channel(user_id).encode()
-            confirmed = self._confirmed[channel] = asyncio.Event()
+        try:
+            if first:
+                task = self._subscribing[user_id] = asyncio.create_task(self._subscribe(user_id))
+                # Retrieved here too: every socket waiting on it may have gone.
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            # Every socket of the user's waits for the one subscription, and fails with it.
+            if subscribing := self._subscribing.get(user_id):
+                await asyncio.shield(subscribing)
+        except BaseException:
+            await self.detach(user_id, device_id, deliver)
+            raise
+
+    async def _subscribe(self, user_id: str) -> None:
+        channel = self.channel(user_id).encode()
+        confirmed = self._confirmed[channel] = asyncio.Event()
+        try:
             await self._pubsub.subscribe(channel)
-            await asyncio.wait_for(confirmed.wait(), timeout=5)
+            await asyncio.wait_for(confirmed.wait(), timeout=SUBSCRIBE_TIMEOUT)
+        finally:
+            # A later subscription of the same user's may have taken these places.
+            if self._confirmed.get(channel) is confirmed:
+                del self._confirmed[channel]
+            if self._subscribing.get(user_id) is asyncio.current_task():
+                del self._subscribing[user_id]
 
     async def detach(self, user_id: str, device_id: str, deliver: Deliver) -> None:
+        """Never raises: a subscription Redis could not drop now is forgotten, so that no
+        reconnect subscribes it again."""
         devices = self._local.get(user_id, {})
         handlers = devices.get(device_id, [])
         if deliver in handlers:
@@ -97,7 +125,17 @@ class Bus:
             devices.pop(device_id, None)
         if not devices and user_id in self._local:
             del self._local[user_id]
-            await self._pubsub.unsubscribe(self.channel(user_id))
+            channel = self.channel(user_id)
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except Exception:
+                # redis-py resubscribes what it remembers after a reconnect: forget it.
+                self._pubsub.channels.pop(channel.encode(), None)
+                self._unsubscribe_failed.failed()
+
+    def subscribed_users(self) -> int:
+        """Users with a subscription here, or one on its way."""
+        return len(self._local)
 
     def local_devices(self) -> int:
         return sum(len(devices) for devices in self._local.values())
@@ -110,11 +148,12 @@ class Bus:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a dropped connection or failover: redis-py resubscribes on the next read
-                log.warning("bus.read_failed", exc_info=True)
+                self._read_failed.failed()
                 if self._gap_since is None:
                     self._gap_since = int(time.time() * 1000)
                 await asyncio.sleep(0.5)
                 continue
+            self._read_failed.ok()
             if message is None:
                 continue
             if self._gap_since is not None:  # subscribed again: from here on nothing is missed

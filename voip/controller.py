@@ -18,6 +18,7 @@ from voip import metrics
 from voip.bus import Bus
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.display_names import display_name
+from voip.log_throttle import RepeatedLog
 from voip.tasks import stop_task
 from voip.call_pushes import CallPushes
 from voip.store import CallError, CallRecord, Store, Transition, now_ms
@@ -317,6 +318,7 @@ class RingTimeouts:
         self._lease_ms = lease_ms
         self._task: asyncio.Task[None] | None = None
         self._held: list[str] = []  # leased, not fired yet
+        self._poll_failed = RepeatedLog(log, "timeouts.poll_failed")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ring-timeouts")
@@ -343,5 +345,7 @@ class RingTimeouts:
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis away for a moment: the deadlines wait in Redis
-                log.warning("timeouts.poll_failed", exc_info=True)
+                self._poll_failed.failed()
+            else:
+                self._poll_failed.ok()
             await asyncio.sleep(self._interval)

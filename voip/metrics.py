@@ -23,6 +23,11 @@ def status_check_counter(state: str, end_call: bool) -> Any:
 
 WS_CONNECTIONS = Gauge("voip_ws_connections", "Device WebSocket connections open on this node")
 WS_ERRORS = Counter("voip_ws_errors_total", "Error frames sent to devices", ["code"])
+# Redis unavailable or busy (issue 9): requests answered 503, sockets closed 1013,
+# WebSocket requests answered `unavailable`.
+REDIS_UNAVAILABLE = Counter(
+    "voip_redis_unavailable_total", "Requests refused because Redis was unavailable or busy", ["channel"]
+)
 REDIS_LATENCY = Histogram(
     "voip_redis_seconds",
     "Redis round trip of the call-status endpoint",

@@ -14,6 +14,8 @@ from voip.bus import Bus
 from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
 from voip.epoch import EpochWatcher
+from voip.log_throttle import RepeatedLog
+from voip.presence import Presence
 from voip.push import APNsConfig, APNsNotifier
 from voip.redis_conn import RedisConnections
 from voip.settings import Settings
@@ -40,6 +42,9 @@ class Node:
             wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         self.store.status_pipe = self.connections.status_pipe()
+        self.presence = Presence(self.store, self.node_id)
+        # Redis unavailable, however a request found out: one line per interval.
+        self.redis_unavailable = RepeatedLog(log, "redis.unavailable")
         self.bus = Bus(self.redis, settings.redis_prefix)
         self.controller = CallController(
             self.store, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout,
@@ -88,6 +93,7 @@ class Node:
         if self.sip is not None:
             await self.sip.start()
         self.timeouts.start()
+        self.presence.start()
 
     async def apns_ready(self) -> None:
         """Readiness: a warm connection to APNs in each environment, or an exception."""
@@ -153,6 +159,7 @@ class Node:
         return self.sip.endpoint.transactions_in_flight() if self.sip is not None else 0
 
     async def stop(self) -> None:
+        await self.presence.stop()
         await self.epoch.stop()
         await self.timeouts.stop()
         if self.controller.pushes is not None:

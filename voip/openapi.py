@@ -31,6 +31,7 @@ class Error(BaseModel):
     error: str = Field(description="A stable code: unauthorized, forbidden, validation_error, ...")
     message: str
     detail: list[FieldError] | None = None
+    retry_after: int | None = Field(None, description="With 503 `unavailable`: seconds to wait, as in `Retry-After`")
 
 
 class Device(BaseModel):
@@ -114,6 +115,11 @@ UNAUTHORIZED = _error("No bearer token, or one that is malformed, forged or expi
 FORBIDDEN_DEVICE = _error("A valid token without the device role")
 FORBIDDEN_OPERATOR = _error("A valid token without the operator role")
 INVALID = _error("A parameter or the body is invalid; `detail` names the fields")
+# Every route that reads Redis (docs/operators.md#when-redis-is-busy-or-down).
+UNAVAILABLE = {
+    **_error("`unavailable`: Redis is unavailable or busy; retry after `retry_after` seconds"),
+    "headers": {"Retry-After": {"description": "Seconds", "schema": {"type": "integer"}}},
+}
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False, **extra: Any) -> dict[str, Any]:
@@ -138,7 +144,7 @@ def _paths() -> dict[str, Any]:
             "tags": ["devices"], "operationId": "listDevices", "summary": "The caller's devices",
             "security": BEARER,
             "responses": {"200": _json("DeviceList", "The devices of the token's user"),
-                          "401": UNAUTHORIZED, "403": FORBIDDEN_DEVICE},
+                          "401": UNAUTHORIZED, "403": FORBIDDEN_DEVICE, "503": UNAVAILABLE},
         }},
         "/v1/devices/{device_id}": {
             "parameters": [DEVICE_ID],
@@ -155,7 +161,7 @@ def _paths() -> dict[str, Any]:
                     "200": _json("DeviceSaved", "Updated"),
                     "201": _json("DeviceSaved", "Registered"),
                     "401": UNAUTHORIZED, "403": FORBIDDEN_DEVICE,
-                    "413": _error("Body over 16 KiB"), "422": INVALID,
+                    "413": _error("Body over 16 KiB"), "422": INVALID, "503": UNAVAILABLE,
                 },
             },
             "delete": {
@@ -163,7 +169,7 @@ def _paths() -> dict[str, Any]:
                 "security": BEARER,
                 "responses": {"204": {"description": "Forgotten"}, "401": UNAUTHORIZED,
                               "403": FORBIDDEN_DEVICE, "404": _error("The user has no such device"),
-                              "422": INVALID},
+                              "422": INVALID, "503": UNAVAILABLE},
             },
         },
         "/v1/calls/{call_id}/status": {"get": {
@@ -185,6 +191,7 @@ def _paths() -> dict[str, Any]:
                 "403": FORBIDDEN_DEVICE,
                 "404": _json("UnknownCall", "Unknown call, not this user's call, or past retention: end it"),
                 "422": INVALID,
+                "503": UNAVAILABLE,
             },
         }},
         "/v1/ops/calls": {"get": {
@@ -279,6 +286,7 @@ WEBSOCKETS = {
         "auth": "device bearer token: Authorization header or access_token query; device_id query",
         "refusals": {"400": "device_id missing or malformed", "401": "no or invalid token",
                      "403": "not a device token"},
+        "closes": {"1013": "Redis is unavailable: reconnect with backoff"},
     },
     "/v1/ops/live": {
         "summary": "Every timeline entry of every call, from every node, as it happens",

@@ -9,27 +9,13 @@ for the current master whenever it (re)connects, so all three follow a failover
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialWithJitterBackoff
 
+from voip import redis_pool
 from voip.redis_pipe import Address, RedisPipe
 from voip.settings import Settings, sentinel_addresses
-
-
-def pool_options(settings: Settings) -> dict[str, Any]:
-    """Keyword options of the node's one redis-py pool, whether Sentinel-managed or not.
-    Bounds and health checks of the pool belong here, so both kinds get them."""
-    return {"max_connections": 256}
-
-
-def _reconnect_options() -> dict[str, Any]:
-    # redis-py's default backs off 1, 2, 4 s between reconnects: the bus came back 1.2 s
-    # after a new master was named. Short steps follow a failover within ~0.3 s.
-    return {"retry": Retry(ExponentialWithJitterBackoff(cap=0.25, base=0.05), 3)}
 
 
 @dataclass
@@ -42,8 +28,7 @@ class RedisConnections:
     settings: Settings
 
     @classmethod
-    def from_settings(cls, settings: Settings, **options: Any) -> "RedisConnections":
-        options = {**_reconnect_options(), **pool_options(settings), **options}
+    def from_settings(cls, settings: Settings) -> "RedisConnections":
         password = settings.redis_password or None
         if settings.redis_sentinels:
             # Sentinels are asked without a password: REDIS_PASSWORD is the data nodes'.
@@ -51,11 +36,18 @@ class RedisConnections:
                 sentinel_addresses(settings.redis_sentinels),
                 sentinel_kwargs={"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
             )
-            client = sentinel.master_for(settings.redis_sentinel_master, password=password, **options)
+            # redis-py has no blocking Sentinel pool: its size bounds it, and a request
+            # that finds it full fails at once (MaxConnectionsError: 503, as Redis down).
+            client = sentinel.master_for(
+                settings.redis_sentinel_master, password=password,
+                max_connections=settings.redis_pool_size, **redis_pool.connection_options(settings),
+            )
             return cls(client, sentinel, settings)
+        options = redis_pool.pool_options(settings)
         if password:
             options["password"] = password  # a password in REDIS_URL wins over this one
-        return cls(Redis.from_url(settings.redis_url, **options), None, settings)
+        pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
+        return cls(Redis(connection_pool=pool), None, settings)
 
     async def master_address(self) -> Address:
         """Where the status pipe connects now: the Sentinels' current master, or REDIS_URL."""
@@ -65,8 +57,9 @@ class RedisConnections:
 
     def status_pipe(self) -> RedisPipe:
         if self.sentinel is not None:
-            return RedisPipe(locate=self.master_address, master_only=True)
-        return RedisPipe(self.settings.redis_url, password=self.settings.redis_password or None)
+            return RedisPipe(locate=self.master_address, master_only=True, timeout=self.settings.redis_command_timeout)
+        return RedisPipe(self.settings.redis_url, password=self.settings.redis_password or None,
+                         timeout=self.settings.redis_command_timeout)
 
     async def aclose(self) -> None:
         await self.client.aclose()

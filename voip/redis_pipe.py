@@ -66,6 +66,11 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(ConnectionError("Redis connection lost"))
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no reply from Redis in time"))
+
+
 class RedisPipe:
     def __init__(
         self,
@@ -74,12 +79,15 @@ class RedisPipe:
         password: str | None = None,
         locate: Callable[[], Awaitable[Address]] | None = None,
         master_only: bool = False,
+        timeout: float | None = None,
     ) -> None:
         self._options: Address = dict(parse_url(url)) if url else {}
         if password and not self._options.get("password"):
             self._options["password"] = password
         self._locate = locate
         self._master_only = master_only
+        # Seconds to wait for a reply: a stopped Redis must cost a 503, not a hung request.
+        self._timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
@@ -92,15 +100,18 @@ class RedisPipe:
                 return self._protocol
             loop = asyncio.get_running_loop()
             try:
-                options = await self._locate() if self._locate is not None else self._options
+                async with asyncio.timeout(self._timeout):
+                    options = await self._locate() if self._locate is not None else self._options
+                    if "path" in options:
+                        _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
+                    else:
+                        _, protocol = await loop.create_connection(
+                            _Protocol, options.get("host", "127.0.0.1"), options.get("port", 6379)
+                        )
             except RedisConnectionError as exc:  # no Sentinel knows a master right now
                 raise ConnectionError(f"no Redis master: {exc}") from None
-            if "path" in options:
-                _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
-            else:
-                _, protocol = await loop.create_connection(
-                    _Protocol, options.get("host", "127.0.0.1"), options.get("port", 6379)
-                )
+            except OSError as exc:  # refused, or the socket file gone with its server
+                raise ConnectionError(f"Redis unreachable: {exc.strerror or exc}") from exc
             setup: list[bytes] = []
             if options.get("password"):
                 user = options.get("username")
@@ -128,7 +139,13 @@ class RedisPipe:
             raise ConnectionError("Redis connection lost")
         protocol.waiting.append(future)
         protocol.transport.write(command)
-        return await future
+        if self._timeout is None:
+            return await future
+        expiry = future.get_loop().call_later(self._timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
 
     async def evalsha(self, sha: str, script: bytes | str, keys: list[str], args: list[Any]) -> Any:
         command = _command("EVALSHA", sha, len(keys), *keys, *args)

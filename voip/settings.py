@@ -151,6 +151,19 @@ class Settings(BaseSettings):
     redis_epoch_interval: float = Field(
         5.0, gt=0, le=300, validation_alias=_env("redis_epoch_interval", "VOIP_REDIS_EPOCH_INTERVAL")
     )
+    # Redis unavailable or busy (issue 9, items 3 and 5)
+    redis_pool_size: int = Field(
+        64, ge=2, le=10000, validation_alias=_env("redis_pool_size", "VOIP_REDIS_POOL_SIZE")
+    )
+    redis_pool_timeout: float = Field(
+        2.0, gt=0, le=60, validation_alias=_env("redis_pool_timeout", "VOIP_REDIS_POOL_TIMEOUT")
+    )
+    redis_command_timeout: float = Field(
+        5.0, gt=0, le=120, validation_alias=_env("redis_command_timeout", "VOIP_REDIS_COMMAND_TIMEOUT")
+    )
+    redis_retry_after: int = Field(
+        2, ge=1, le=3600, validation_alias=_env("redis_retry_after", "VOIP_REDIS_RETRY_AFTER")
+    )
     # Redis Sentinel (issue 9, item 2; docs/deploy.md#redis-sentinel)
     redis_sentinels: str = Field("", validation_alias=_env("redis_sentinels", "REDIS_SENTINELS"))
     redis_sentinel_master: str = Field(

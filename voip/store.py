@@ -6,7 +6,8 @@ Redis Cluster hash tag, so each script touches one slot):
     {c:<call_id>}:call       hash   the call (see NewCall and the scripts in lua/)
     {c:<call_id>}:timeline   list   JSON entries: transitions, deliveries, status checks
     {u:<user_id>}:devices    hash   device_id -> JSON device record
-    {u:<user_id>}:presence   hash   device_id -> "<node>|<expires_ms>" (WebSocket connections)
+    {u:<user_id>}:presence   hash   device_id -> "<node>|<expires_ms>" (sockets and SIP bindings;
+                                    renewed by the holding node's heartbeat, see voip/presence.py)
     ring_deadlines           zset   call_id scored by ring deadline (ms)
     calls                    zset   call_id scored by creation time (ms), for operators
     {u:<user_id>}:last_push  hash   device_id -> JSON of the device's last push and its answer
@@ -132,6 +133,8 @@ class Store:
         self._admit = redis.register_script(_script("admit_call"))
         self._open_socket = redis.register_script(_script("open_socket"))
         self._record_cancellation = redis.register_script(_script("record_cancellation"))
+        self._presence_set = redis.register_script(_script("presence_set"))
+        self._presence_clear = redis.register_script(_script("presence_clear"))
         self.deadlines_key = f"{prefix}ring_deadlines"
         # Call ids by creation time (ms), for operators' listings (voip/ops/index.py).
         self.calls_key = f"{prefix}calls"
@@ -522,14 +525,25 @@ class Store:
         await self.redis.zrem(self.sockets_key(user_id), socket)
 
     async def set_presence(self, user_id: str, device_id: str, node: str, ttl_ms: int) -> None:
-        await self.redis.hset(self.presence_key(user_id), device_id, f"{node}|{now_ms() + ttl_ms}")
+        now = now_ms()
+        await self._presence_set(
+            keys=[self.presence_key(user_id)], args=[now, device_id, f"{node}|{now + ttl_ms}"]
+        )
+
+    async def renew_presence(self, held: dict[str, list[str]], node: str, ttl_ms: int) -> None:
+        """One node's heartbeat: every device it holds (user -> device ids), in one pipeline."""
+        now = now_ms()
+        value = f"{node}|{now + ttl_ms}"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, devices in held.items():
+                args: list[Any] = [now]
+                for device_id in devices:
+                    args += [device_id, value]
+                await self._presence_set(keys=[self.presence_key(user_id)], args=args, client=pipe)
+            await pipe.execute()
 
     async def clear_presence(self, user_id: str, device_id: str, node: str) -> None:
-        key = self.presence_key(user_id)
-        current: bytes | None = await self.redis.hget(key, device_id)  # type: ignore[assignment]
-        # Only our own entry: the device may have reconnected to another node meanwhile.
-        if current and current.decode().split("|")[0] == node:
-            await self.redis.hdel(key, device_id)
+        await self._presence_clear(keys=[self.presence_key(user_id)], args=[device_id, node, now_ms()])
 
     async def reachable_devices(self, user_id: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """The user's registered devices and the ids of devices connected right now."""

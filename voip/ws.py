@@ -21,6 +21,7 @@ from voip.auth import AuthError, Principal
 from voip.calls import Action
 from voip.controller import Caller, CallController
 from voip.node import Node
+from voip.redis_pool import UNAVAILABLE
 from voip.protocol import (
     CALL_ERRORS,
     CALL_REFUSALS,
@@ -50,8 +51,8 @@ CLOSE_TOO_MANY_SOCKETS = 4008
 CLOSE_SERVICE_RESTART = 1012
 # On the user's bus channel only, never sent to a device: "close this socket of yours".
 EVICT = "socket.evict"
-PRESENCE_TTL_MS = 90_000
-PRESENCE_REFRESH = 30.0
+# Redis is unavailable: reconnect with backoff (RFC 6455 §7.4.1, "Try Again Later").
+CLOSE_TRY_AGAIN_LATER = 1013
 OUTBOX_LIMIT = 256
 CLOSE_GRACE = 2.0  # seconds the frames queued before a close get to go out
 
@@ -131,8 +132,28 @@ async def device_socket(websocket: WebSocket) -> None:
     if node.draining:
         await _refuse(websocket, 503, "draining: this node is shutting down; connect again")
         return
-    await websocket.accept()
-    await DeviceConnection(websocket, node, principal.user_id, device_id).serve()
+    connection = DeviceConnection(websocket, node, principal.user_id, device_id)
+    # Each setup step registers its undo as it starts: whichever step fails, or however
+    # the socket ends, nothing stays subscribed, present or counted.
+    async with contextlib.AsyncExitStack() as undo:
+        try:
+            await connection.open(undo)
+        except UNAVAILABLE:
+            node.redis_unavailable.failed(route="/v1/ws")
+            metrics.REDIS_UNAVAILABLE.labels("ws").inc()
+            await undo.aclose()  # before the client hears it, so that it may come straight back
+            await _try_again_later(websocket)
+            return
+        await websocket.accept()
+        await connection.serve()
+
+
+async def _try_again_later(websocket: WebSocket) -> None:
+    """Redis is unavailable: the client hears 1013 and reconnects later, rather than being
+    accepted by a node that cannot deliver it a call."""
+    with contextlib.suppress(Exception):
+        await websocket.accept()
+        await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="try again later")
 
 
 class DeviceConnection:
@@ -174,19 +195,25 @@ class DeviceConnection:
                 self.outbox.get_nowait()
             self.outbox.put_nowait(self.closing)
 
-    async def serve(self) -> None:
-        store = self.node.store
-        await self.node.bus.attach(self.user_id, self.device_id, self.deliver)
-        await store.set_presence(self.user_id, self.device_id, self.node.node_id, PRESENCE_TTL_MS)
-        cap = self.node.settings.max_devices_per_user
+    async def open(self, undo: contextlib.AsyncExitStack) -> None:
+        """Subscribe, mark present, count the socket: each undo is pushed before its step
+        can fail half-way, and none of them raises."""
+        node, store = self.node, self.node.store
+        await node.bus.attach(self.user_id, self.device_id, self.deliver)  # undoes itself on failure
+        undo.push_async_callback(node.bus.detach, self.user_id, self.device_id, self.deliver)
+        undo.push_async_callback(node.presence.release, self.user_id, self.device_id)
+        await node.presence.hold(self.user_id, self.device_id)
+        undo.push_async_callback(node.presence.uncount_socket, self.user_id, self.socket_id)
+        cap = node.settings.max_devices_per_user
         for evicted in await store.open_socket(self.user_id, self.socket_id, cap):
             # Whichever node holds it closes it: the bus reaches the user's sockets everywhere.
-            await self.node.bus.publish(
+            await node.bus.publish(
                 self.user_id, {"type": EVICT, "socket": evicted}, only=[evicted.rsplit("|", 1)[0]]
             )
+
+    async def serve(self) -> None:
         metrics.WS_CONNECTIONS.inc()
         writer = asyncio.create_task(self._write())
-        presence = asyncio.create_task(self._keep_presence())
         self.node.sockets[self] = self._drained
         try:
             await self.outbox.put({"type": "hello", "node": self.node.node_id, "device_id": self.device_id})
@@ -196,7 +223,6 @@ class DeviceConnection:
         finally:
             self.node.sockets.pop(self, None)
             metrics.WS_CONNECTIONS.dec()
-            presence.cancel()
             if self.closing is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(writer), CLOSE_GRACE)
@@ -204,10 +230,6 @@ class DeviceConnection:
             if self.closing is not None and not writer.done():
                 with contextlib.suppress(Exception):
                     await self.websocket.close(code=self.closing.code, reason=self.closing.reason)
-            await self.node.bus.detach(self.user_id, self.device_id, self.deliver)
-            with contextlib.suppress(Exception):
-                await store.close_socket(self.user_id, self.socket_id)
-                await store.clear_presence(self.user_id, self.device_id, self.node.node_id)
             self.ended.set()
 
     def _reconnect_elsewhere(self) -> None:
@@ -248,14 +270,6 @@ class DeviceConnection:
                     )
                 except Exception:  # Redis away: the frame went out; only its trace is lost
                     log.warning("ws.timeline_failed", call_id=frame["call_id"], device=self.device_id, exc_info=True)
-
-    async def _keep_presence(self) -> None:
-        while True:
-            await asyncio.sleep(PRESENCE_REFRESH)
-            with contextlib.suppress(Exception):
-                await self.node.store.set_presence(
-                    self.user_id, self.device_id, self.node.node_id, PRESENCE_TTL_MS
-                )
 
     async def _read(self) -> None:
         limit = self.node.settings.ws_max_frame_bytes
@@ -323,6 +337,12 @@ class DeviceConnection:
         except CallError as exc:
             call_id = getattr(message, "call_id", None)
             return error_frame(exc.code, CALL_ERRORS.get(exc.code, exc.code), message.id, call_id)
+        except UNAVAILABLE:
+            self.node.redis_unavailable.failed(route="/v1/ws")
+            metrics.REDIS_UNAVAILABLE.labels("ws").inc()
+            frame = error_frame("unavailable", "the service is briefly unavailable; retry later", message.id)
+            frame["retry_after"] = self.node.settings.redis_retry_after
+            return frame
         except Exception:
             log.exception("ws.handler_failed", user=self.user_id, device=self.device_id)
             return error_frame("internal_error", "the request failed; try again", message.id)

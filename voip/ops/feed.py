@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from voip.log_throttle import RepeatedLog
 from voip.node import Node
 from voip.ops import metrics
 from voip.ops.access import Refused, refuse, socket_operator
@@ -92,6 +93,7 @@ class OpsFeed:
 
     async def _run(self, subscribed: asyncio.Event) -> None:
         pubsub = self._redis.pubsub()
+        read_failed = RepeatedLog(log, "ops_feed.read_failed")
         try:
             await pubsub.subscribe(self._channel)
             while True:
@@ -100,9 +102,10 @@ class OpsFeed:
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # a dropped connection: redis-py resubscribes on the next read
-                    log.warning("ops_feed.read_failed", exc_info=True)
+                    read_failed.failed()
                     await asyncio.sleep(0.5)
                     continue
+                read_failed.ok()
                 if message is None:
                     continue
                 if message["type"] == "subscribe":

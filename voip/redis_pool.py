@@ -1,0 +1,61 @@
+"""The node's Redis pool, and which errors mean "Redis is unavailable right now".
+
+A request that finds every connection busy waits, up to `VOIP_REDIS_POOL_TIMEOUT`, then
+gets 503 with `Retry-After`: never a 500 (`MaxConnectionsError` was). A connection idle
+for a while is pinged before it is handed out, and a command that finds its connection
+dropped (Redis restarted) reconnects and goes once more, so a stale socket left in the
+pool by a restart never reaches a caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.exceptions
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from voip.settings import Settings
+
+# Seconds a pooled connection may sit idle before it is pinged on checkout.
+HEALTH_CHECK_INTERVAL = 5
+
+# Errors that say nothing about the request and everything about Redis: the answer is 503.
+# Builtin ConnectionError and TimeoutError come from the status endpoint's own pipe.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,  # refused, dropped, no pooled connection in time, loading
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,  # a replica, during a failover
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for every redis-py connection of a node, in any kind of pool
+    (a Sentinel-managed one included)."""
+    return {
+        "socket_connect_timeout": settings.redis_command_timeout,
+        "socket_timeout": settings.redis_command_timeout,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        # One reconnect and resend on a dropped connection; a timeout is not retried,
+        # since the command may have run.
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2,
+                       supported_errors=(redis.exceptions.ConnectionError,)),
+    }
+
+
+def pool_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `BlockingConnectionPool`: the connections' options, its size,
+    and how long a request waits for a free connection."""
+    return {
+        "max_connections": settings.redis_pool_size,
+        "timeout": settings.redis_pool_timeout,
+        **connection_options(settings),
+    }
+
+
+def connect(settings: Settings) -> Redis:
+    """The node's client: one bounded, blocking pool, made once."""
+    return Redis(connection_pool=BlockingConnectionPool.from_url(settings.redis_url, **pool_options(settings)))
