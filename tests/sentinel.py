@@ -144,10 +144,13 @@ class SentinelRedis:
             time.sleep(0.02)
         elapsed = time.monotonic() - began
         if kill:
-            # Back empty, as a replica of the new master: the set can fail over again.
-            self._start_data(old, replica_of=port)
+            # Back empty, as a replica of the new master: the set can fail over again. Not
+            # promotable until it holds the data: on a loaded machine a Sentinel has taken
+            # the new master for down (down-after 1 s) and promoted this empty replica.
+            self._start_data(old, replica_of=port, promotable=False)
             self._wait_ping(old, timeout)
         self._wait_replica_link(old, timeout)
+        old.client.config_set("replica-priority", 100)
         self._wait_promotable(timeout)
         return elapsed
 
@@ -162,7 +165,7 @@ class SentinelRedis:
         return f"data {' '.join(parts)}; sentinels say {self.master_port()}"
 
     # -- inside --------------------------------------------------------------------
-    def _start_data(self, server: _Server, replica_of: int | None) -> None:
+    def _start_data(self, server: _Server, replica_of: int | None, *, promotable: bool = True) -> None:
         args = [
             redis_server_binary(), "--port", str(server.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self._dir),
@@ -173,6 +176,8 @@ class SentinelRedis:
         ]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
+        if not promotable:
+            args += ["--replica-priority", "0"]
         server.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           start_new_session=True)
 
