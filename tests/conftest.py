@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ import uvicorn
 import websockets
 
 from apnsim import APNsSimulator
+from tests.redis_process import RedisProcess
 from voip.app import create_app
 from voip.auth import Authenticator
 from voip.node import Node
@@ -254,3 +255,20 @@ async def register(node: RunningNode, user: str, device: str, **body: Any) -> di
     )
     assert response.status_code in (200, 201), response.text
     return response.json()
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
+    """Starts redis-servers of the test's own (options as redis-server arguments);
+    kills them all at the end."""
+    started: list[RedisProcess] = []
+
+    def start(*options: str) -> RedisProcess:
+        server = RedisProcess(tmp_path / f"redis-{len(started)}", *options)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

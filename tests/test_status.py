@@ -84,7 +84,10 @@ async def test_missed_and_failed(node_factory: Any) -> None:
 
     from voip.calls import Action
 
-    failing = (await (await node.device("carol", "c1")).request({"type": "call.start", "callee": "bob"}))["call_id"]
+    # Created where calls ring long (each call keeps its creator's deadline): the failure,
+    # not a 0.3 s timeout on a loaded machine, is what ends it.
+    patient = await node_factory(ring_timeout=30)
+    failing = (await (await patient.device("carol", "c1")).request({"type": "call.start", "callee": "bob"}))["call_id"]
     await node.node.store.transition(failing, Action.FAIL, node="test")
     _, body = await status(node, failing, device_id="b1")
     assert (body["state"], body["end_call"], body["reason"]) == ("failed", True, "failed")

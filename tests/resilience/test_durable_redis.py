@@ -5,16 +5,12 @@ redis-server, killed with SIGKILL and restarted on the same port."""
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
-import redis
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
@@ -22,70 +18,9 @@ from structlog.testing import capture_logs
 from apnsim import APNsSimulator
 from tests.conftest import BUNDLE, RunningNode, make_settings, register, start_node
 from tests.ops.conftest import ops_get
-from tests.ports import free_port
+from tests.redis_process import AOF, NO_PERSISTENCE, RedisProcess
 from tests.test_call_pushes import invites_for
 from voip.redis_durability import Durability, durability_warnings, inspect_durability
-from voip.redis_server import redis_server_binary
-
-NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
-AOF = ("--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
-
-
-class RedisProcess:
-    """A redis-server of the test's own, on a fixed port, so that it can be killed and
-    started again where the node expects it."""
-
-    def __init__(self, directory: Path, *options: str) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.directory = directory
-        self.options = options
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.directory.mkdir(exist_ok=True)
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--logfile", "redis.log", *self.options],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.process.poll() is None, f"redis-server exited: {self.process.returncode}"
-            try:
-                if client.ping():
-                    break
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.kill()
-
-
-@pytest.fixture
-def redis_process(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
-    started: list[RedisProcess] = []
-
-    def start(*options: str) -> RedisProcess:
-        server = RedisProcess(tmp_path / f"redis-{len(started)}", *options)
-        started.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
 
 @pytest.fixture
 async def nodes_on() -> AsyncIterator[Callable[..., Any]]:

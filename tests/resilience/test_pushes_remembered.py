@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -23,64 +19,22 @@ import structlog
 
 from apnsim import APNsSimulator, Fault
 from tests.conftest import BUNDLE, RunningNode, make_settings, register, start_node
-from tests.ports import free_port
-from voip.redis_server import redis_server_binary
+from tests.redis_process import RedisProcess
 from voip.store import Store
 from voip.tasks import BackgroundTasks
 
 VOIP_TOPIC = f"{BUNDLE}.voip"
 
 
-class OwnRedis:
-    """A redis-server that the test kills and restarts on the same port and data."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.dir = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir),
-             "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.dir / "redis.log").read_text()
-            try:
-                redis.Redis(port=self.port).ping()
-                return
-            except redis.exceptions.RedisError:  # connecting, or loading its file
-                time.sleep(0.02)
-        raise AssertionError("redis-server did not start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = OwnRedis(directory)
-    server.start()
-    yield server
-    server.stop()
+def own_redis(redis_process: Callable[..., RedisProcess]) -> RedisProcess:
+    """Every write fsynced: what Redis acknowledged survives its kill -9."""
+    return redis_process("--save", "", "--appendonly", "yes", "--appendfsync", "always")
 
 
 @pytest.fixture
 async def node_on_own_redis(
-    own_redis: OwnRedis, prefix: str, apns: tuple[APNsSimulator, dict[str, str]]
+    own_redis: RedisProcess, prefix: str, apns: tuple[APNsSimulator, dict[str, str]]
 ) -> AsyncIterator[tuple[RunningNode, APNsSimulator]]:
     sim, apns_settings = apns
     running = await start_node(make_settings(own_redis.url, prefix, **apns_settings))
@@ -111,7 +65,7 @@ def _pushes(kind: str, device: str) -> Any:
 
 @pytest.mark.parametrize("kind", ["invite", "cancel"])
 async def test_a_push_answered_while_redis_is_down_is_recorded_once_redis_is_back(
-    node_on_own_redis: tuple[RunningNode, APNsSimulator], own_redis: OwnRedis, prefix: str, kind: str
+    node_on_own_redis: tuple[RunningNode, APNsSimulator], own_redis: RedisProcess, prefix: str, kind: str
 ) -> None:
     node, sim = node_on_own_redis
     phone = sim.add_device(VOIP_TOPIC, online=False)
@@ -146,9 +100,11 @@ async def test_a_push_answered_while_redis_is_down_is_recorded_once_redis_is_bac
         assert entry["outcome"] == "delivered" and entry["apns_id"] == held.apns_id
         last = await store.redis.hget(store.last_push_key("bob"), "b-phone")
         assert last is not None and b'"kind":"%s"' % kind.encode() in last
-        if kind == "cancel":
-            recorded = await store.redis.hget(store.cancellations_key(call_id), "b-phone")
-            assert recorded is not None and int(recorded) == entry["at"]
+        if kind == "cancel":  # recorded right after the timeline entry, by its own script
+            recorded = await _until(
+                lambda: store.redis.hget(store.cancellations_key(call_id), "b-phone"), 10, "cancellation record"
+            )
+            assert int(recorded) == entry["at"]
     finally:
         await store.redis.aclose()
 
@@ -158,7 +114,7 @@ async def _timeline_pushes(store: Store, call_id: str, kind: str) -> list[dict[s
 
 
 async def test_node_stop_waits_for_pushes_in_flight_and_records_them(
-    node_on_own_redis: tuple[RunningNode, APNsSimulator], own_redis: OwnRedis, prefix: str
+    node_on_own_redis: tuple[RunningNode, APNsSimulator], own_redis: RedisProcess, prefix: str
 ) -> None:
     node, sim = node_on_own_redis
     phones = [sim.add_device(VOIP_TOPIC, online=False) for _ in range(3)]

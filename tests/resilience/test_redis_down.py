@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import redis
 import redis.asyncio as aioredis
 import websockets
 from websockets.exceptions import ConnectionClosed
@@ -27,67 +25,17 @@ from websockets.exceptions import ConnectionClosed
 from apnsim import APNsSimulator
 from tests.conftest import SECRET, RunningNode, make_settings, register, start_node
 from tests.ports import free_port
+from tests.redis_process import RedisProcess
 from tests.test_call_pushes import invites_for, phone
 from voip import metrics
 from voip.auth import Authenticator
-from voip.redis_server import redis_server_binary
 
 AUTH = Authenticator(SECRET)
 
 
-class RedisProcess:
-    """A redis-server of the test's own, on a TCP port that survives its restarts."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.directory / "redis.log").read_text()
-            try:
-                redis.Redis(port=self.port, socket_timeout=1).ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise AssertionError("redis-server did not start")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(10)
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
+def own_redis(redis_process: Callable[..., RedisProcess]) -> RedisProcess:
+    return redis_process()
 
 
 @pytest.fixture

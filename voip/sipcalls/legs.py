@@ -129,8 +129,8 @@ class Leg:
         self.gw.dialogs.remove(dialog)
         await self.note(sent="BYE", status=response.status)
 
-    def spawn(self, coro: Awaitable[Any]) -> None:
-        self.gw.spawn(coro)
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        return self.gw.spawn(coro)
 
     async def finish(self) -> None:
         if self.finished:
@@ -350,6 +350,9 @@ class OutboundLeg(Leg):
         self.invite = self._build_invite(caller)
         self.tx: ClientTransaction | None = None
         self.rang = False
+        # The 180's "ringing" goes to Redis in a task of its own; a 200 right behind it
+        # must not overtake it, or the caller never hears call.ringing.
+        self.ringing_reported: asyncio.Future[Any] | None = None
         self.giving_up = False
 
     def session_sdp(self) -> bytes:
@@ -410,7 +413,7 @@ class OutboundLeg(Leg):
     def _provisional(self, response: Response) -> None:
         if response.status in (180, 183) and not self.rang:
             self.rang = True
-            self.spawn(self._ringing())
+            self.ringing_reported = self.spawn(self._ringing())
 
     async def _ringing(self) -> None:
         try:
@@ -420,6 +423,8 @@ class OutboundLeg(Leg):
 
     async def _final(self, response: Response) -> None:
         status = response.status
+        if self.ringing_reported is not None:
+            await asyncio.wait([self.ringing_reported])
         await self.note(received=status, synthetic=bool(self.tx and self.tx.synthetic))
         if 200 <= status < 300:
             self.dialog = Dialog.uac(self.invite, response)
