@@ -91,6 +91,7 @@ class APNsConnection(asyncio.Protocol):
         self._streams: dict[int, IncomingStream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered: set[int] = set()
+        self._goaway_last_stream: int | None = None
         self._closing = False
         self.closed = asyncio.Event()
 
@@ -226,8 +227,14 @@ class APNsConnection(asyncio.Protocol):
         except ProtocolError:
             pass
         self.info.goaway_sent = additional_data
+        self._goaway_last_stream = last_stream_id
         self._flush()
         self._close_transport()
+
+    def will_process(self, stream_id: int) -> bool:
+        """False for a stream above the last one a GOAWAY promised to process: the client
+        retries it elsewhere, so processing it too would deliver the push twice."""
+        return self._goaway_last_stream is None or stream_id <= self._goaway_last_stream
 
     def reset(self) -> None:
         """Drop the TCP connection abruptly: RST instead of FIN, no TLS close_notify."""

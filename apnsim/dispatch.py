@@ -76,6 +76,8 @@ class Dispatcher:
             if fault.kind == FaultKind.DELAY:
                 await asyncio.sleep(fault.delay)
 
+        if not connection.will_process(stream.stream_id):
+            return  # the connection went away meanwhile, promising not to process it
         if fault is not None and fault.kind == FaultKind.REJECT:
             answer = self._answer_fault(fault)
         else:

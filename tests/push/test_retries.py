@@ -194,6 +194,24 @@ async def test_concurrent_pushes_on_a_connection_that_goes_silent(
         assert [d.push.apns_id for d in device.inbox] == [request.apns_id]
 
 
+async def test_concurrent_pushes_on_a_connection_that_goes_away(
+        make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
+    """Streams above GOAWAY's last-stream-id are not processed (the simulator used to
+    deliver those it had read, and the client's retry then delivered them twice)."""
+    notifier = make_notifier(response_timeout=1.0)
+    devices = [sim.add_device(VOIP_TOPIC) for _ in range(30)]
+    await notifier.send(invite(sim.add_device(VOIP_TOPIC)))
+    sim.inject(Fault.goaway("Shutdown", answer_first=True), token=devices[7].token)
+    requests = [invite(d, ttl=3) for d in devices]
+
+    results = await asyncio.gather(*(notifier.send(r) for r in requests))
+
+    assert all(r.outcome == Outcome.DELIVERED for r in results)
+    await asyncio.sleep(0.3)
+    for device, request in zip(devices, requests):
+        assert [d.push.apns_id for d in device.inbox] == [request.apns_id]
+
+
 async def test_concurrent_pushes_on_a_connection_that_is_reset(
         make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     """A reset leaves every stream in flight unanswered, and APNs may have acted on any
