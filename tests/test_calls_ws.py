@@ -140,3 +140,18 @@ async def test_calling_yourself_is_refused(node: RunningNode) -> None:
     caller = await node.device("alice", "a1")
     reply = await caller.request({"type": "call.start", "callee": "alice"})
     assert reply["code"] == "invalid_callee"
+
+
+async def test_the_caller_sending_ringing_is_told_it_is_not_the_callee(node: RunningNode) -> None:
+    caller = await node.device("alice", "a1")
+    other = await node.device("alice", "a2")
+    phone = await node.device("bob", "b1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
+    for device in (caller, other):
+        refused = await device.request({"type": "call.ringing", "call_id": call_id})
+        assert (refused["type"], refused["code"], refused["call_id"]) == ("error", "not_callee", call_id)
+    # not_in_call keeps its one meaning: the caller's other device moving the call.
+    assert (await other.request({"type": "call.hangup", "call_id": call_id}))["code"] == "not_in_call"
+    assert not [e for e in await node.node.store.timeline(call_id) if e["event"] == "ringing"]
+    await caller.silent()
