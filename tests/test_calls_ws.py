@@ -115,6 +115,18 @@ async def test_call_to_a_user_with_no_device_is_missed_at_once(node: RunningNode
     assert (await caller.expect("call.missed", call_id=started["call_id"]))["reason"] == "unanswered"
 
 
+async def test_a_call_nobody_can_take_is_started_before_it_is_missed(node: RunningNode) -> None:
+    # The caller learns the call id from call.started; call.missed must not come first.
+    # Repeated: the two frames used to race (a reply against a pub/sub delivery).
+    caller = await node.device("alice", "a1")
+    for attempt in range(20):
+        await caller.send({"type": "call.start", "id": attempt, "callee": f"nobody-{attempt}"})
+        started, missed = await caller.next(), await caller.next()
+        assert (started["type"], started["id"], started["state"]) == ("call.started", attempt, "missed")
+        assert (missed["type"], missed["call_id"], missed["reason"]) == ("call.missed", started["call_id"], "unanswered")
+    await caller.silent()
+
+
 async def test_registered_but_offline_device_keeps_the_call_ringing(node: RunningNode) -> None:
     from tests.conftest import register
 
