@@ -62,21 +62,31 @@ def test_final_states_are_final() -> None:
 
 NOW = 1_700_000_000_000
 CALLER, ANSWERER, OTHER = "caller-dev", "answer-dev", "other-dev"
-DEVICES = {"answering": ANSWERER, "caller": CALLER, "other": OTHER, "none": None}
+# Who asks: (party, device); a device None is a user asking without naming a device.
+ASKERS = {
+    "caller": (Party.CALLER, CALLER),
+    "answering": (Party.CALLEE, ANSWERER),
+    "other": (Party.CALLEE, OTHER),
+    "caller_user": (Party.CALLER, None),
+    "callee_user": (Party.CALLEE, None),
+}
 
 
 def expected_verdict(state: CallState, who: str, passed: bool) -> Verdict:
     if state is S.RINGING:
         return Verdict(S.MISSED, True, EndReason.UNANSWERED) if passed else Verdict(S.RINGING, False, None)
     if state is S.ANSWERED:
-        if who in ("answering", "caller"):
-            return Verdict(S.ANSWERED, False, None)
-        return Verdict(S.ANSWERED, True, EndReason.ANSWERED_ELSEWHERE)
+        if who == "other":
+            return Verdict(S.ANSWERED, True, EndReason.ANSWERED_ELSEWHERE)
+        # Live for every other asker: its own device holds the call, or it is a user
+        # who named no device (never told to end a call that is live for them).
+        return Verdict(S.ANSWERED, False, None)
+    caller_side = ASKERS[who][0] is Party.CALLER
     reason = {
         S.ENDED: EndReason.REMOTE_ENDED,
         S.CANCELLED: EndReason.REMOTE_ENDED,
         # The caller's phone was not declined "elsewhere": the other party ended it.
-        S.DECLINED: EndReason.REMOTE_ENDED if who == "caller" else EndReason.DECLINED_ELSEWHERE,
+        S.DECLINED: EndReason.REMOTE_ENDED if caller_side else EndReason.DECLINED_ELSEWHERE,
         S.MISSED: EndReason.UNANSWERED,
         S.FAILED: EndReason.FAILED,
     }[state]
@@ -85,16 +95,17 @@ def expected_verdict(state: CallState, who: str, passed: bool) -> Verdict:
 
 @pytest.mark.parametrize(
     ("state", "who", "passed"),
-    list(itertools.product(CallState, DEVICES, (False, True))),
+    list(itertools.product(CallState, ASKERS, (False, True))),
     ids=lambda v: str(v),
 )
 def test_verdict_for_every_state_asker_and_deadline(state: CallState, who: str, passed: bool) -> None:
     answered_by = ANSWERER if state in (S.ANSWERED, S.ENDED) else None
     deadline = NOW - 1 if passed else NOW + 30_000
+    party, device = ASKERS[who]
     got = verdict(
         state,
-        device_id=DEVICES[who],
-        caller_device=CALLER,
+        party=party,
+        device_id=device,
         answered_by_device=answered_by,
         ring_deadline_ms=deadline,
         now_ms=NOW,
@@ -103,17 +114,23 @@ def test_verdict_for_every_state_asker_and_deadline(state: CallState, who: str, 
 
 
 def test_the_deadline_itself_counts_as_passed() -> None:
-    at = verdict(S.RINGING, device_id=OTHER, caller_device=CALLER, answered_by_device=None,
+    at = verdict(S.RINGING, party=Party.CALLEE, device_id=OTHER, answered_by_device=None,
                  ring_deadline_ms=NOW, now_ms=NOW)
-    before = verdict(S.RINGING, device_id=OTHER, caller_device=CALLER, answered_by_device=None,
+    before = verdict(S.RINGING, party=Party.CALLEE, device_id=OTHER, answered_by_device=None,
                      ring_deadline_ms=NOW + 1, now_ms=NOW)
     assert (at.state, at.end_call) == (S.MISSED, True)
     assert (before.state, before.end_call) == (S.RINGING, False)
 
 
-def test_answered_with_no_answering_device_recorded_never_keeps_an_anonymous_asker() -> None:
-    # device None must not match a missing answered_by_device.
-    got = verdict(S.ANSWERED, device_id=None, caller_device=CALLER, answered_by_device=None,
+def test_a_callee_device_never_matches_a_missing_answering_device() -> None:
+    got = verdict(S.ANSWERED, party=Party.CALLEE, device_id=OTHER, answered_by_device=None,
+                  ring_deadline_ms=NOW, now_ms=NOW)
+    assert got == Verdict(S.ANSWERED, True, EndReason.ANSWERED_ELSEWHERE)
+
+
+def test_a_callee_device_named_like_the_callers_is_still_the_callees() -> None:
+    # Device ids are per user: bob's "iphone" is not alice's "iphone".
+    got = verdict(S.ANSWERED, party=Party.CALLEE, device_id="iphone", answered_by_device="ipad",
                   ring_deadline_ms=NOW, now_ms=NOW)
     assert got == Verdict(S.ANSWERED, True, EndReason.ANSWERED_ELSEWHERE)
 

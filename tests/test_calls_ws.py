@@ -115,6 +115,18 @@ async def test_call_to_a_user_with_no_device_is_missed_at_once(node: RunningNode
     assert (await caller.expect("call.missed", call_id=started["call_id"]))["reason"] == "unanswered"
 
 
+async def test_a_call_nobody_can_take_is_started_before_it_is_missed(node: RunningNode) -> None:
+    # The caller learns the call id from call.started; call.missed must not come first.
+    # Repeated: the two frames used to race (a reply against a pub/sub delivery).
+    caller = await node.device("alice", "a1")
+    for attempt in range(20):
+        await caller.send({"type": "call.start", "id": attempt, "callee": f"nobody-{attempt}"})
+        started, missed = await caller.next(), await caller.next()
+        assert (started["type"], started["id"], started["state"]) == ("call.started", attempt, "missed")
+        assert (missed["type"], missed["call_id"], missed["reason"]) == ("call.missed", started["call_id"], "unanswered")
+    await caller.silent()
+
+
 async def test_registered_but_offline_device_keeps_the_call_ringing(node: RunningNode) -> None:
     from tests.conftest import register
 
@@ -140,3 +152,18 @@ async def test_calling_yourself_is_refused(node: RunningNode) -> None:
     caller = await node.device("alice", "a1")
     reply = await caller.request({"type": "call.start", "callee": "alice"})
     assert reply["code"] == "invalid_callee"
+
+
+async def test_the_caller_sending_ringing_is_told_it_is_not_the_callee(node: RunningNode) -> None:
+    caller = await node.device("alice", "a1")
+    other = await node.device("alice", "a2")
+    phone = await node.device("bob", "b1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
+    for device in (caller, other):
+        refused = await device.request({"type": "call.ringing", "call_id": call_id})
+        assert (refused["type"], refused["code"], refused["call_id"]) == ("error", "not_callee", call_id)
+    # not_in_call keeps its one meaning: the caller's other device moving the call.
+    assert (await other.request({"type": "call.hangup", "call_id": call_id}))["code"] == "not_in_call"
+    assert not [e for e in await node.node.store.timeline(call_id) if e["event"] == "ringing"]
+    await caller.silent()

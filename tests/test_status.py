@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DeviceClient, RunningNode
+from tests.conftest import DeviceClient, RunningNode, register
 
 
 def bearer(node: RunningNode, user: str, role: str = "device") -> dict[str, str]:
@@ -115,6 +115,72 @@ async def test_strangers_learn_nothing(node: RunningNode) -> None:
         assert set(body) == {"call_id", "end_call", "reason", "server_time"}
     # And the stranger's question left no trace on the call.
     assert not [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+
+
+async def test_a_bearer_check_without_a_device_never_ends_a_call_live_for_that_user(node: RunningNode) -> None:
+    # A token names a user, not a device: the answer is the user's.
+    call_id, caller, phone, _ = await ringing_call(node)
+    for user in ("alice", "bob"):
+        code, body = await status(node, call_id, user=user)
+        assert code == 200 and (body["state"], body["end_call"], body["reason"]) == ("ringing", False, None)
+    await phone.request({"type": "call.answer", "call_id": call_id})
+    for user in ("alice", "bob"):
+        code, body = await status(node, call_id, user=user)
+        assert code == 200
+        assert (body["state"], body["end_call"], body["reason"]) == ("answered", False, None), user
+        assert body["answered_by_device"] == "b1"
+    # A device of bob's that did not answer is still told: answered elsewhere.
+    _, on_ipad = await status(node, call_id, device_id="b2")
+    assert (on_ipad["end_call"], on_ipad["reason"]) == (True, "answered_elsewhere")
+    # Once over, each side in its own words.
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    for user in ("alice", "bob"):
+        _, body = await status(node, call_id, user=user)
+        assert (body["state"], body["end_call"], body["reason"]) == ("ended", True, "remote_ended")
+    checks = [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+    assert [(c["party"], c.get("device")) for c in checks] == [
+        ("caller", None), ("callee", None), ("caller", None), ("callee", None), ("callee", "b2"),
+        ("caller", None), ("callee", None),
+    ]
+
+
+async def test_a_declined_call_reads_in_each_sides_words_without_a_device(node: RunningNode) -> None:
+    call_id, _, phone, _ = await ringing_call(node)
+    await phone.request({"type": "call.decline", "call_id": call_id})
+    assert (await status(node, call_id, user="alice"))[1]["reason"] == "remote_ended"
+    assert (await status(node, call_id, user="alice", device_id="a1"))[1]["reason"] == "remote_ended"
+    assert (await status(node, call_id, user="bob"))[1]["reason"] == "declined_elsewhere"
+
+
+async def test_a_device_that_is_not_the_askers_in_this_call_is_refused(node: RunningNode) -> None:
+    call_id, caller, phone, _ = await ringing_call(node)
+    await node.device("alice", "a2")  # alice's, but not the device that placed the call
+    await phone.request({"type": "call.answer", "call_id": call_id})
+    await register(node, "bob", "b-later")  # bob's, registered after the call was offered
+    for user, device_id in (("alice", "b1"), ("alice", "a2"), ("bob", "a1"), ("bob", "b-later")):
+        code, body = await status(node, call_id, user=user, device_id=device_id)
+        assert code == 403, (user, device_id)
+        assert body == {"error": "forbidden", "message": "device_id is not one of your devices in this call"}
+    # A stranger naming a device still learns nothing: the same 404 as an unknown call.
+    code, body = await status(node, call_id, user="mallory", device_id="b1")
+    assert code == 404 and body["reason"] == "unknown_call"
+    # None of them was recorded as a device's check.
+    assert not [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+    # The devices that are theirs in this call still get their own verdicts.
+    assert (await status(node, call_id, user="alice", device_id="a1"))[1]["end_call"] is False
+    assert (await status(node, call_id, device_id="b1"))[1]["end_call"] is False
+    assert (await status(node, call_id, device_id="b2"))[1]["reason"] == "answered_elsewhere"
+
+
+async def test_a_registered_device_the_call_was_offered_to_may_ask_by_bearer(node: RunningNode) -> None:
+    await register(node, "bob", "b-asleep")  # no socket: offered the call by push only
+    caller = await node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    code, body = await status(node, call_id, device_id="b-asleep")
+    assert code == 200 and (body["state"], body["end_call"]) == ("ringing", False)
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    code, body = await status(node, call_id, device_id="b-asleep")
+    assert code == 200 and (body["end_call"], body["reason"]) == (True, "remote_ended")
 
 
 async def test_unknown_and_malformed_ids_are_unknown_calls(node: RunningNode) -> None:

@@ -15,8 +15,9 @@ from starlette.responses import Response
 
 from voip import metrics
 from voip.auth import AuthError, Principal
-from voip.calls import CallState, EndReason, verdict
+from voip.calls import CallState, EndReason, Party, verdict
 from voip.node import Node
+from voip.store import CallError
 
 # Not "." or "..": HTTP clients fold those path segments away.
 DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
@@ -178,8 +179,9 @@ def _unknown_call(call_id: str, now: int) -> Response:
 async def call_status(request: Request) -> Response:
     """What a woken app should do with the call a VoIP push announced.
 
-    Authorised by a device's bearer token (a participant of the call) or by the
-    per-call, per-device capability (`cap`) that the VoIP push carries.
+    Authorised by a participant's bearer token, with an optional `device_id` that must
+    be one of that user's devices in the call, or by the per-call, per-device capability
+    (`cap`) that the VoIP push carries.
     """
     node = node_of(request)
     now = int(time.time() * 1000)
@@ -198,19 +200,22 @@ async def call_status(request: Request) -> Response:
     if call_id is None:
         return _unknown_call(raw_id[:64], now)
     started = time.perf_counter()
-    fields = await node.store.status_check(
-        call_id, user=user, device=device_id, node=node.node_id, via=via, at=now
-    )
+    try:
+        fields = await node.store.status_check(
+            call_id, user=user, device=device_id, node=node.node_id, via=via, at=now
+        )
+    except CallError:  # not_your_device; the asker is a participant, so it learns nothing new
+        raise ApiError(403, "forbidden", "device_id is not one of your devices in this call") from None
     metrics.REDIS_LATENCY.observe(time.perf_counter() - started)
     if fields is None:
         return _unknown_call(call_id, now)
-    state_raw, _, _, caller_device, answered_by, ring_deadline, ended_at = fields
+    state_raw, _, _, _, answered_by, ring_deadline, ended_at, party = fields
     state = CallState(state_raw.decode())  # type: ignore[union-attr]
     answered_by_device = answered_by.decode() if answered_by else None
     result = verdict(
         state,
+        party=Party.CALLER if party == b"caller" else Party.CALLEE,
         device_id=device_id or None,
-        caller_device=caller_device.decode(),  # type: ignore[union-attr]
         answered_by_device=answered_by_device,
         ring_deadline_ms=int(ring_deadline),  # type: ignore[arg-type]
         now_ms=now,

@@ -107,23 +107,28 @@ class Verdict:
 def verdict(
     state: CallState,
     *,
+    party: Party,
     device_id: str | None,
-    caller_device: str,
     answered_by_device: str | None,
     ring_deadline_ms: int,
     now_ms: int,
 ) -> Verdict:
-    """What a device that was just woken should do with its CallKit call."""
+    """What a device of `party` that was just woken should do with its CallKit call.
+
+    `device_id` is one of the party's devices in the call (the caller's is the one that
+    placed it), or None for a user who asked without naming a device: then the answer
+    is the user's, and a call that is live for them is never to be ended.
+    """
     if state is CallState.RINGING:
         if now_ms >= ring_deadline_ms:
             # The timeout is due but no node has fired it yet: never let a device ring past it.
             return Verdict(CallState.MISSED, True, EndReason.UNANSWERED)
         return Verdict(state, False, None)
     if state is CallState.ANSWERED:
-        if device_id is not None and device_id in (answered_by_device, caller_device):
+        if device_id is None or party is Party.CALLER or device_id == answered_by_device:
             return Verdict(state, False, None)
         return Verdict(state, True, EndReason.ANSWERED_ELSEWHERE)
-    reasons = CALLER_REASON if device_id is not None and device_id == caller_device else FINAL_REASON
+    reasons = CALLER_REASON if party is Party.CALLER else FINAL_REASON
     return Verdict(state, True, reasons[state])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,8 +73,11 @@ class CallController:
         *,
         sdp: str | None = None,
         caller_name: str | None = None,
+        on_started: Callable[[CallRecord], Awaitable[None]] | None = None,
     ) -> CallRecord:
-        """`sdp` is the caller's offer, passed to the callee's devices in `call.incoming`."""
+        """`sdp` is the caller's offer, passed to the callee's devices in `call.incoming`.
+        `on_started` gets the call once it exists (already missed if nobody can take it)
+        and before any frame about it is published: the caller's reply goes out first."""
         if callee == caller.user_id:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
@@ -146,6 +150,18 @@ class CallController:
         )
         metrics.CALLS.labels(CallState.RINGING.value, "").inc()
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
+        if not targets:
+            # Nobody to ring: the call is missed now rather than after a silent ring timeout.
+            # Told to the caller only after its reply, which names the call.
+            transition = await self.store.transition(
+                call_id, Action.TIMEOUT, node=self.node, note={"why": "no reachable device"}
+            )
+            if on_started is not None:
+                await on_started(transition.call)
+            await self.announce(transition)
+            return transition.call
+        if on_started is not None:
+            await on_started(call)
         if leg is not None and self.outbound is not None:
             await self.outbound.place(call, leg, sdp)
             return call
@@ -153,13 +169,6 @@ class CallController:
             # The pushes leave the moment the call exists, in the background: a phone
             # asleep is the common case, and nothing here waits for APNs.
             self.pushes.invite(call, pushes, call.caller_name)
-        if not targets:
-            # Nobody to ring: the call is missed now rather than after a silent ring timeout.
-            transition = await self.store.transition(
-                call_id, Action.TIMEOUT, node=self.node, note={"why": "no reachable device"}
-            )
-            await self.announce(transition)
-            return transition.call
         return call
 
     async def ringing(self, user_id: str, device_id: str, call_id: str) -> CallRecord:

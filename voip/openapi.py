@@ -182,13 +182,17 @@ def _paths() -> dict[str, Any]:
             "parameters": [
                 CALL_ID,
                 _param("device_id", "query", {"type": "string", "pattern": DEVICE_ID_PATTERN},
-                       "The asking device; required with `cap`"),
+                       "The asking device; required with `cap`. With a bearer token, one of the "
+                       "user's devices in this call (the caller's: the one that placed it); "
+                       "without it the verdict is the user's, and never ends a call that is "
+                       "live for them"),
             ],
             "security": [{"bearer": []}, {"capability": []}],
             "responses": {
                 "200": _json("CallStatus", "The call's state and the verdict for this device"),
                 "401": _error("Neither a valid bearer token nor a valid capability"),
-                "403": FORBIDDEN_DEVICE,
+                "403": _error("A valid token without the device role, or a `device_id` that is "
+                              "not one of the user's devices in this call"),
                 "404": _json("UnknownCall", "Unknown call, not this user's call, or past retention: end it"),
                 "422": INVALID,
                 "503": UNAVAILABLE,

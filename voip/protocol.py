@@ -105,6 +105,7 @@ def error_frame(code: str, message: str, request_id: Any = None, call_id: str | 
 CALL_ERRORS = {
     "unknown_call": "no such call for this device",
     "not_in_call": "this device is not in that call",
+    "not_callee": "only the callee's devices may send this",
     "invalid_state": "the call is not in a state that allows this",
     "call_exists": "a call with this call_id exists already",
     "invalid_callee": "you cannot call yourself",

@@ -361,14 +361,21 @@ class Store:
         self, call_id: str, *, user: str, device: str, node: str, via: str, at: int
     ) -> list[bytes | None] | None:
         """Fields: state, caller_user, callee_user, caller_device, answered_by_device,
-        ring_deadline, ended_at; None when the call is unknown to this asker."""
+        ring_deadline, ended_at, and the asker's party ("caller" or "callee"); None when
+        the call is unknown to this asker. `user` "" means a capability proved `device`;
+        with a user, a `device` that is not theirs in this call raises
+        CallError("not_your_device") and is not recorded."""
         keys = self.call_keys(call_id)
         args: list[Any] = [user, device, at, node, via, self.ops_channel, call_id]
         if self.status_pipe is not None:
             script = self._status.script
             assert isinstance(script, (bytes, str))
-            return await self.status_pipe.evalsha(self._status.sha, script, keys, args)  # type: ignore[no-any-return]
-        return await self._status(keys=keys, args=args)
+            fields = await self.status_pipe.evalsha(self._status.sha, script, keys, args)
+        else:
+            fields = await self._status(keys=keys, args=args)
+        if fields == 0:
+            raise CallError("not_your_device")
+        return fields  # type: ignore[no-any-return]
 
     async def recent_calls_to(self, user_id: str) -> list[str]:
         """The calls made to this callee in the last minute (the rate limit's record)."""

@@ -37,7 +37,7 @@ from voip.protocol import (
     client_message,
     error_frame,
 )
-from voip.store import CallError, CallRefused
+from voip.store import CallError, CallRecord, CallRefused
 
 log = structlog.get_logger(__name__)
 
@@ -347,21 +347,42 @@ class DeviceConnection:
             log.exception("ws.handler_failed", user=self.user_id, device=self.device_id)
             return error_frame("internal_error", "the request failed; try again", message.id)
 
-    async def _dispatch(self, message: ClientMessage) -> dict[str, Any]:
+    async def _start(self, message: CallStart) -> None:
+        """`call.started` is queued before any event of the call can be: the caller
+        learns the call id first (a call nobody can take is missed at once)."""
+        replied = False
+
+        async def reply(call: CallRecord) -> None:
+            nonlocal replied
+            await self.send({
+                "type": "call.started",
+                "id": message.id,
+                "call_id": call.call_id,
+                "state": call.state.value,
+                "ring_deadline": call.ring_deadline,
+            })
+            replied = True
+
+        try:
+            await self.controller.start_call(
+                Caller(self.user_id, self.device_id), message.callee, message.call_id,
+                caller_name=message.caller_name, sdp=message.sdp, on_started=reply,
+            )
+        except Exception:
+            if not replied:
+                raise
+            # One reply per request, and the caller has had it. What failed after it
+            # (telling devices, placing a SIP leg) is logged; the call in Redis, its ring
+            # timeout and the status endpoint still say where it stands.
+            log.exception("ws.after_call_started_failed", user=self.user_id, device=self.device_id)
+
+    async def _dispatch(self, message: ClientMessage) -> dict[str, Any] | None:
         me = Caller(self.user_id, self.device_id)
         ack = {"type": "ack", "id": message.id}
         match message:
-            case CallStart(callee=callee, call_id=call_id, caller_name=caller_name, sdp=sdp):
-                call = await self.controller.start_call(
-                    me, callee, call_id, caller_name=caller_name, sdp=sdp
-                )
-                return {
-                    "type": "call.started",
-                    "id": message.id,
-                    "call_id": call.call_id,
-                    "state": call.state.value,
-                    "ring_deadline": call.ring_deadline,
-                }
+            case CallStart():
+                await self._start(message)
+                return None
             case CallRinging(call_id=call_id):
                 await self.controller.ringing(self.user_id, self.device_id, call_id)
             case CallAnswer(call_id=call_id, sdp=sdp):

@@ -3,7 +3,8 @@
 -- ARGV: user, device, timeline entry (JSON, "" for none), required state ("" for any live
 --       state), field to set once ("" for none), now_ms, "1" if only the callee may,
 --       operators' channel ("" for none), call id.
--- Returns {"ok", call JSON, 1 if the once-field was set now else 0} or {"err", code}.
+-- Returns {"ok", call JSON, 1 if the once-field was set now else 0} or {"err", code}:
+-- not_callee for the caller's devices where only the callee's may.
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then
   return {'err', 'unknown_call'}
@@ -14,7 +15,7 @@ for i = 1, #raw, 2 do
 end
 local user, device = ARGV[1], ARGV[2]
 if user == call.caller_user then
-  if ARGV[7] == '1' then return {'err', 'not_in_call'} end
+  if ARGV[7] == '1' then return {'err', 'not_callee'} end
   if device ~= call.caller_device then return {'err', 'not_in_call'} end
 elseif user == call.callee_user then
   if call.state == 'answered' and device ~= call.answered_by_device then

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from voip.api import ApiError, JSONResponse, authenticate, node_of
-from voip.calls import CallState, verdict
+from voip.calls import CallState, Party, verdict
 from voip.node import Node
 from voip.ops.access import OPERATOR
 from voip.ops.index import BadCursor, CallFilter, CallIndex, Position, call_view
@@ -104,10 +104,13 @@ def _with_verdict(call: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]
     pure function the endpoint used, from the state the check saw."""
     if entry.get("event") != "status_check" or entry.get("state") not in CallState._value2member_map_:
         return entry
+    # Checks recorded before the entry named the party: only the caller's device was the caller.
+    party = entry.get("party") or ("caller" if entry.get("device") == call["caller_device"]
+                                   and entry.get("via") == "bearer" else "callee")
     given = verdict(
         CallState(entry["state"]),
+        party=Party.CALLER if party == "caller" else Party.CALLEE,
         device_id=entry.get("device"),
-        caller_device=call["caller_device"],
         answered_by_device=call["answered_by_device"],
         ring_deadline_ms=call["ring_deadline"] or 0,
         now_ms=entry.get("at", 0),
