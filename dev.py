@@ -4,6 +4,8 @@
     python3 dev.py run     # a node on embedded defaults (its own Redis, the APNs simulator)
     python3 dev.py test    # the whole test suite, installing and starting what it needs
     python3 dev.py demo    # the ghost-call story, told by a node and simulated iPhones
+    python3 dev.py token alice                 # a development bearer token (a day)
+    python3 dev.py token ops --role operator   # one for /ops, /v1/ops/ and /metrics
 
 Extra arguments go to the command: `python3 dev.py test -k status -x`.
 """
@@ -65,11 +67,11 @@ def ensure_system_tools() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test", "demo"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test", "demo", "token"):
         raise SystemExit(__doc__)
     command, rest = sys.argv[1], sys.argv[2:]
     os.chdir(ROOT)
-    if command in ("run", "demo"):
+    if command in ("run", "demo", "token"):
         ensure_venv("")
         os.execv(PYTHON, [str(PYTHON), "-m", "voip", command, *rest])
     ensure_venv("test")
