@@ -371,7 +371,9 @@ function renderDetail() {
     const item = document.createElement("li");
     item.className = "entry";
     item.dataset.event = entry.event;
-    if (entry.event === "status_check" && !LIVE_STATES.has(entry.state)) item.classList.add("late");
+    // Late only when a push caused the check: a bearer check after the end is someone asking.
+    const answersPush = entry.via === "capability" || Boolean(entry.push_id);
+    if (entry.event === "status_check" && !LIVE_STATES.has(entry.state) && answersPush) item.classList.add("late");
     const when = document.createElement("span");
     when.className = "when";
     when.textContent = clock(entry.at, true);
@@ -416,7 +418,9 @@ function describe(e) {
       const what = `${e.push_type === "alert" ? "alert" : "VoIP"} push${e.kind ? ` (${e.kind})` : ""}`;
       const answer = e.status != null ? `${e.status}${e.reason ? ` ${e.reason}` : ""}`
         : e.reason || "no answer";
-      const extra = [e.environment, e.latency_ms != null && `${Math.round(e.latency_ms)} ms`, e.outcome,
+      // "delivered": how an APNs 200 was recorded before it was called what it is.
+      const outcome = e.outcome === "delivered" ? "accepted" : e.outcome;
+      const extra = [e.environment, e.latency_ms != null && `${Math.round(e.latency_ms)} ms`, outcome,
         e.attempts > 1 && `${e.attempts} attempts`].filter(Boolean).join(", ");
       return `${what} → APNs ${answer}${extra ? ` (${extra})` : ""}`;
     }
