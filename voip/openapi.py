@@ -269,6 +269,13 @@ def _paths() -> dict[str, Any]:
                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
                           "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR},
         }},
+        "/": {"get": {
+            "tags": ["health"], "operationId": "index", "security": [],
+            "summary": "An index of the routes, with the credential each wants (links only, no data)",
+            "responses": {"200": {"description": "`service`, `about`, `links` (name -> `href`, `auth`), `tokens`",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "object", "required": ["service", "links"]}}}}},
+        }},
         "/healthz": {"get": {
             "tags": ["health"], "operationId": "healthz", "security": [],
             "summary": "Liveness: the process serves requests (touches no dependency)",
