@@ -97,13 +97,20 @@ async def test_a_call_rings_is_answered_and_ends_on_the_page(node: RunningNode, 
     await expect(invite).to_contain_text("VoIP push (invite) → APNs 200 (sandbox")
     await expect(invite).to_contain_text("accepted")
     await expect(invite).to_contain_text("device b-ipad")
-    await node.node.store.append_timeline(call_id, [{"at": now_ms(), "event": "sip_leg", "leg": "out"}])
+    await node.node.store.append_timeline(call_id, [
+        {"at": now_ms(), "event": "sip_leg", "leg": "out"},
+        # As an APNs 200 was recorded before it was named "accepted".
+        {"at": now_ms(), "event": "push", "kind": "old", "push_type": "voip", "status": 200,
+         "outcome": "delivered", "environment": "sandbox", "device": "b-ipad"},
+    ])
     status = await node.http().get(
         f"/v1/calls/{call_id}/status", params={"device_id": "b-ipad"},
         headers={"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"},
     )
     assert status.json()["end_call"] is True
     await expect(page.locator("#timeline .entry[data-event='sip_leg']")).to_contain_text('sip_leg: leg="out"')
+    old = page.locator("#timeline .entry[data-event='push']", has_text="(old)")
+    await expect(old).to_contain_text("VoIP push (old) → APNs 200 (sandbox, accepted)")
     bearer = page.locator("#timeline .entry[data-event='status_check']", has_text="via bearer")
     await expect(bearer).to_contain_text("status check via bearer: call was ended — told to end the call")
     await expect(bearer).not_to_have_class("late")
