@@ -112,3 +112,27 @@ def test_the_banner_says_where_everything_is(banner_node: tuple[str, Path]) -> N
     assert links["call_status"]["href"] == "/v1/calls/{call_id}/status"
     for link in ("ops_page", "openapi", "health"):
         assert httpx.get(base + links[link]["href"], timeout=5).status_code == 200
+
+
+def test_dev_py_token_mints_a_token_outside_the_venv(tmp_path: Path) -> None:
+    """`python3 dev.py token ops --role operator`, the command the docs and the /ops login
+    hint give, run by a python3 that is not the venv's: dev.py hands it to the venv."""
+    import hashlib
+
+    from voip.auth import Authenticator
+
+    stamp = tmp_path / "installed"
+    stamp.write_text(hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest())
+    # The venv is this test's interpreter; everything else is dev.py as shipped.
+    script = (
+        "import sys, pathlib; sys.argv = ['dev.py', 'token', 'ops', '--role', 'operator']; "
+        f"import importlib.util as u; s = u.spec_from_file_location('dev', {str(ROOT / 'dev.py')!r}); "
+        "m = u.module_from_spec(s); s.loader.exec_module(m); "
+        f"m.PYTHON = pathlib.Path({sys.executable!r}); m.STAMP = pathlib.Path({str(stamp)!r}); m.main()"
+    )
+    env = {**os.environ, "VOIP_JWT_SECRET": SECRET, "PYTHONPATH": str(ROOT)}
+    env.pop("VOIP_CONFIG", None)
+    done = subprocess.run(["/usr/bin/python3", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    principal = Authenticator(SECRET).verify(done.stdout.strip())
+    assert (principal.user_id, principal.role) == ("ops", "operator")
