@@ -4,6 +4,8 @@
     python3 dev.py run     # a node on embedded defaults (its own Redis, the APNs simulator)
     python3 dev.py test    # the whole test suite, installing and starting what it needs
     python3 dev.py demo    # the ghost-call story, told by a node and simulated iPhones
+    python3 dev.py token alice                 # a development bearer token (a day)
+    python3 dev.py token ops --role operator   # one for /ops, /v1/ops/ and /metrics
 
 Extra arguments go to the command: `python3 dev.py test -k status -x`.
 """
@@ -64,14 +66,28 @@ def ensure_system_tools() -> None:
     )
 
 
+def run_environment(environ: dict[str, str]) -> dict[str, str]:
+    """`dev.py run` on embedded defaults (no REDIS_URL, no APNs key, no config file) is a
+    development node: the human banner on, and SIP on (a free port, shown in the banner),
+    since SIP peers are half of the product. Anything set explicitly wins."""
+    env = dict(environ)
+    env.setdefault("VOIP_BANNER", "on")
+    embedded = not any(env.get(name) for name in ("REDIS_URL", "APNS_KEY_FILE", "VOIP_CONFIG"))
+    if embedded and "SIP_ENABLED" not in env:
+        env["SIP_ENABLED"] = "true"
+        env.setdefault("SIP_PORT", "0")
+    return env
+
+
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test", "demo"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test", "demo", "token"):
         raise SystemExit(__doc__)
     command, rest = sys.argv[1], sys.argv[2:]
     os.chdir(ROOT)
-    if command in ("run", "demo"):
+    if command in ("run", "demo", "token"):
         ensure_venv("")
-        os.execv(PYTHON, [str(PYTHON), "-m", "voip", command, *rest])
+        env = run_environment(dict(os.environ)) if command == "run" else dict(os.environ)
+        os.execve(PYTHON, [str(PYTHON), "-m", "voip", command, *rest], env)
     ensure_venv("test")
     ensure_system_tools()
     os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])

@@ -78,7 +78,7 @@ async def test_invite_push_carries_the_call_and_its_deadline(pushing: tuple[Runn
     assert response.json()["state"] == "ringing" and response.json()["end_call"] is False
 
     [entry] = await pushes_on_timeline(node, call_id, 1)
-    assert entry["apns_id"] == request.apns_id and entry["outcome"] == "delivered"
+    assert entry["apns_id"] == request.apns_id and entry["outcome"] == "accepted"
     assert entry["kind"] == "invite" and entry["device"] == "b-phone" and entry["status"] == 200
     last = await node.node.redis.hget(node.node.store.last_push_key("bob"), "b-phone")
     assert last is not None and orjson.loads(last)["apns_id"] == request.apns_id

@@ -52,3 +52,22 @@ async def test_calls_status_checks_and_errors_are_counted(node: RunningNode) -> 
     assert moved("voip_ws_errors_total", code="unknown_type") == 1
     assert moved("voip_status_checks_total", state="cancelled", end_call="true") == 1
     assert value(after, "voip_ws_connections") >= 2
+
+
+async def test_unknown_call_answers_are_counted(node: RunningNode) -> None:
+    before = await scrape(node)
+    headers = {"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"}
+    unknown = "7d0c1c1e-4c4f-4a51-9d3e-2f1f0b7c9a11"
+    response = await node.http().get(f"/v1/calls/{unknown}/status", params={"device_id": "b1"}, headers=headers)
+    assert response.status_code == 404 and response.json()["reason"] == "unknown_call"
+    after = await scrape(node)
+    moved = value(after, "voip_status_checks_total", state="unknown_call", end_call="true") - value(
+        before, "voip_status_checks_total", state="unknown_call", end_call="true"
+    )
+    assert moved == 1
+
+
+async def test_no_created_series(node: RunningNode) -> None:
+    text = await scrape(node)
+    assert "voip_calls_total" in text
+    assert "_created" not in text, [line for line in text.splitlines() if "_created" in line][:3]

@@ -94,7 +94,7 @@ async def test_a_call_rings_a_sleeping_phone_through_the_bundled_simulator(serve
                 if pushes:
                     break
                 await asyncio.sleep(0.05)
-            assert pushes and pushes[0]["outcome"] == "delivered" and pushes[0]["status"] == 200
+            assert pushes and pushes[0]["outcome"] == "accepted" and pushes[0]["status"] == 200
 
     # The same process answers SIP.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> None:
     import structlog
     import uvicorn
 
-    from voip import logs
+    from voip import banner, logs
     from voip.app import create_app
     from voip.drain import DrainingServer
     from voip.http_limits import server_options
@@ -51,8 +51,14 @@ def run(args: argparse.Namespace) -> None:
             lifespan="on",
             **server_options(settings),
         )
+        node = app.state.node
+
+        def ready(port: int) -> None:
+            base_url = node.settings.public_url or f"http://{settings.host}:{port}"
+            banner.show(node, base_url, private_redis=private_redis is not None)
+
         # SIGTERM drains the node, then the process exits 0 through this `finally`.
-        DrainingServer(config, drain=app.state.node.drain).run()
+        DrainingServer(config, drain=node.drain, on_ready=ready).run()
     finally:
         if private_redis:
             private_redis.stop()

@@ -170,6 +170,7 @@ def _query(request: Request) -> dict[str, str]:
 
 
 def _unknown_call(call_id: str, now: int) -> Response:
+    metrics.status_check_counter(metrics.UNKNOWN_CALL_STATE, True).inc()
     return JSONResponse(
         {"call_id": call_id, "end_call": True, "reason": EndReason.UNKNOWN_CALL.value, "server_time": now},
         status_code=404,

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from voip import api, metrics, metrics_route, openapi, ops
+from voip import api, home, metrics, metrics_route, openapi, ops
 from voip.node import Node
 from voip.ops.health import add_readiness_check, add_readiness_detail
 from voip.redis_pool import UNAVAILABLE
@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/devices", api.list_devices, methods=["GET"]),
         Route("/v1/devices/{device_id}", api.device, methods=["PUT", "DELETE"]),
         Route("/v1/calls/{call_id}/status", api.call_status, methods=["GET"]),
+        Route("/", home.index, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", metrics_route.metrics, methods=["GET"]),
         WebSocketRoute("/v1/ws", device_socket),

@@ -90,7 +90,7 @@ class CallPushes:
 
     async def _invite(self, call: CallRecord, device_id: str, request: PushRequest) -> None:
         result, current, cancelled_at = await self._send(call, device_id, "invite", request)
-        if result.outcome is not Outcome.DELIVERED:
+        if result.outcome is not Outcome.ACCEPTED:
             return
         accepted_at = int(time.time() * 1000)
         # The call may have ended, on any node, while APNs was being retried. If a
@@ -228,7 +228,7 @@ class CallPushes:
             )
 
         current, cancelled_at = await self._bookkeep(append, call.call_id, device_id, kind)
-        if kind == "cancel" and result.outcome is Outcome.DELIVERED:
+        if kind == "cancel" and result.outcome is Outcome.ACCEPTED:
             await self._bookkeep(
                 lambda: self.store.record_cancellation(call.call_id, device_id, entry["at"]),
                 call.call_id, device_id, kind,

@@ -3,12 +3,19 @@
 
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# A `voip_calls_created` series reads as "calls created"; it is only the counter's birth time.
+disable_created_metrics()
 
 CALLS = Counter("voip_calls_total", "Calls that reached a state, by the reason given to devices", ["state", "reason"])
 STATUS_CHECKS = Counter(
-    "voip_status_checks_total", "Call-status requests by verdict", ["state", "end_call"]
+    "voip_status_checks_total",
+    "Call-status requests by verdict; state unknown_call: the 404 for a call unknown or past retention",
+    ["state", "end_call"],
 )
+# The 404 answers are the very late pushes: a call already past its retention.
+UNKNOWN_CALL_STATE = "unknown_call"
 _STATUS_CHILDREN: dict[tuple[str, bool], Any] = {}
 
 

@@ -97,6 +97,7 @@ MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     *((model, "serialization") for model in (
         Error, Device, DeviceSaved, DeviceList, CallStatus, UnknownCall, Health, Readiness,
         ops.OpsCallPage, ops.OpsCallDetail, ops.OpsDevices, ops.OpsSummary, OpsLiveTicket,
+        ops.OpsSimulatorPushes,
     )),
 ]
 
@@ -242,6 +243,19 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json("OpsSummary", "Counters over the newest 500 calls of the window"),
                           "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR, "422": INVALID},
         }},
+        "/v1/ops/simulator/pushes": {"get": {
+            "tags": ["ops"], "operationId": "opsSimulatorPushes",
+            "summary": "What the bundled APNs simulator received (a node with no APNs credentials)",
+            "description": "With no APNs credentials the node pushes to its embedded simulator and no "
+                           "real phone receives anything. Each push: its headers, payload (an invite's "
+                           "`status_url` included), the simulator's answer and what became of it. With "
+                           "credentials: `simulator: false` and no pushes.",
+            "security": BEARER,
+            "parameters": [_param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200},
+                                  "Newest pushes to return (default 50)")],
+            "responses": {"200": _json("OpsSimulatorPushes", "The simulator's pushes, newest first"),
+                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR, "422": INVALID},
+        }},
         "/v1/ops/live/ticket": {"post": {
             "tags": ["ops"], "operationId": "opsLiveTicket",
             "summary": "A one-use, short-lived ticket that opens the live feed (for browsers)",
@@ -258,6 +272,13 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": {"description": "Prometheus text exposition",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
                           "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR},
+        }},
+        "/": {"get": {
+            "tags": ["health"], "operationId": "index", "security": [],
+            "summary": "An index of the routes, with the credential each wants (links only, no data)",
+            "responses": {"200": {"description": "`service`, `about`, `links` (name -> `href`, `auth`), `tokens`",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "object", "required": ["service", "links"]}}}}},
         }},
         "/healthz": {"get": {
             "tags": ["health"], "operationId": "healthz", "security": [],

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     ops_ticket_ttl: int = Field(
         30, ge=1, le=600, validation_alias=_env("ops_ticket_ttl", "VOIP_OPS_TICKET_TTL")
     )
+    # Newcomers (issue 10, item 9): a human banner on stderr once the node is ready.
+    # auto: only when stderr is a terminal, so log collectors see JSON lines only.
+    banner: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("banner", "VOIP_BANNER"))
     # Durable Redis (issue 9, item 1; docs/deploy.md)
     redis_epoch_interval: float = Field(
         5.0, gt=0, le=300, validation_alias=_env("redis_epoch_interval", "VOIP_REDIS_EPOCH_INTERVAL")

@@ -17,6 +17,7 @@ OPERATOR_ROUTES = [
     f"/v1/ops/calls/{uuid.uuid4()}",
     "/v1/ops/devices/bob",
     "/v1/ops/summary",
+    "/v1/ops/simulator/pushes",
     "/metrics",
 ]
 

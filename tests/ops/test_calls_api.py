@@ -166,3 +166,23 @@ async def test_status_checks_show_the_verdict_given_and_how_late(node: RunningNo
     assert (ringing["end_call"], ringing["reason"]) == (False, None) and "late_ms" not in ringing
     assert (late["end_call"], late["reason"]) == (True, "remote_ended")
     assert 0 <= late["late_ms"] < 5000
+
+
+async def test_push_entries_written_as_delivered_read_as_accepted(node: RunningNode) -> None:
+    """Before the rename, an APNs 200 was stored as outcome "delivered"; it reads as
+    "accepted" in a call's timeline and in a device's last push."""
+    alice = await node.device("alice", "a-phone")
+    call_id = await place_call(alice, "bob")
+    old = {"at": now_ms(), "event": "push", "kind": "invite", "device": "b-ipad", "status": 200,
+           "outcome": "delivered", "apns_id": "A-1"}
+    await node.node.store.append_timeline(call_id, [old])
+    await node.node.store.record_last_push("bob", "b-ipad", {**old, "call_id": call_id})
+    await register(node, "bob", "b-ipad")
+
+    timeline = (await ops_get(node, f"/v1/ops/calls/{call_id}")).json()["timeline"]
+    [push] = [e for e in timeline if e.get("apns_id") == "A-1"]
+    assert push["outcome"] == "accepted"
+    [ipad] = (await ops_get(node, "/v1/ops/devices/bob")).json()["devices"]
+    assert ipad["last_push"]["outcome"] == "accepted"
+    summary = (await ops_get(node, "/v1/ops/summary")).json()
+    assert "delivered" not in summary["push_results"]

@@ -45,6 +45,16 @@ async def signed_in(context: BrowserContext, node: RunningNode) -> tuple[Page, l
     return page, problems
 
 
+async def invite_status_url(node: RunningNode, call_id: str) -> str:
+    simulator = node.node.apns_simulator
+    assert simulator is not None
+    record = await simulator.log.wait_for(
+        lambda r: isinstance(r.payload, dict) and r.payload.get("call_id") == call_id
+        and r.payload.get("type") == "call.incoming"
+    )
+    return str(record.payload["status_url"])
+
+
 async def test_a_call_rings_is_answered_and_ends_on_the_page(node: RunningNode, browser: BrowserContext) -> None:
     page, problems = await signed_in(browser, node)
     await register(node, "bob", "b-ipad")  # offline: it hears of the call by VoIP push
@@ -81,19 +91,33 @@ async def test_a_call_rings_is_answered_and_ends_on_the_page(node: RunningNode, 
     await expect(page.locator("#chart-outcomes text", has_text="ended")).to_have_count(1)
 
     # The iPad was woken by the invite push (the APNs simulator accepts it); it asks for
-    # the call's status only now, after the call ended: a late push, caught.
+    # the call's status only now, after the call ended, with the push's capability: a late
+    # push, caught. A check with bob's own token is someone asking: not a late push.
     invite = page.locator("#timeline .entry[data-event='push']", has_text="(invite)")
     await expect(invite).to_contain_text("VoIP push (invite) → APNs 200 (sandbox")
+    await expect(invite).to_contain_text("accepted")
     await expect(invite).to_contain_text("device b-ipad")
-    await node.node.store.append_timeline(call_id, [{"at": now_ms(), "event": "sip_leg", "leg": "out"}])
+    await node.node.store.append_timeline(call_id, [
+        {"at": now_ms(), "event": "sip_leg", "leg": "out"},
+        # As an APNs 200 was recorded before it was named "accepted".
+        {"at": now_ms(), "event": "push", "kind": "old", "push_type": "voip", "status": 200,
+         "outcome": "delivered", "environment": "sandbox", "device": "b-ipad"},
+    ])
     status = await node.http().get(
         f"/v1/calls/{call_id}/status", params={"device_id": "b-ipad"},
         headers={"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"},
     )
     assert status.json()["end_call"] is True
     await expect(page.locator("#timeline .entry[data-event='sip_leg']")).to_contain_text('sip_leg: leg="out"')
+    old = page.locator("#timeline .entry[data-event='push']", has_text="(old)")
+    await expect(old).to_contain_text("VoIP push (old) → APNs 200 (sandbox, accepted)")
+    bearer = page.locator("#timeline .entry[data-event='status_check']", has_text="via bearer")
+    await expect(bearer).to_contain_text("status check via bearer: call was ended — told to end the call")
+    await expect(bearer).not_to_have_class("late")
+    status_url = await invite_status_url(node, call_id)
+    assert (await node.http().get(status_url)).json()["end_call"] is True
     late = page.locator("#timeline .entry.late[data-event='status_check']")
-    await expect(late).to_contain_text("status check via bearer: call was ended — told to end the call")
+    await expect(late).to_contain_text("status check via capability: call was ended — told to end the call")
     await expect(page.locator("#late-checks")).to_have_text("1")
     await expect(page.locator("#chart-pushes text", has_text="accepted")).to_have_count(1)
 
@@ -115,3 +139,42 @@ async def test_a_device_token_is_refused_and_asked_again(node: RunningNode, brow
     await expect(page.locator("#login-error")).to_have_text("operator role required")
     await expect(page.locator("#board")).to_be_hidden()
     assert await page.evaluate("sessionStorage.getItem('voip.ops.token')") is None
+
+
+async def test_the_simulator_section_shows_each_push_and_its_status_url(
+    node: RunningNode, browser: BrowserContext
+) -> None:
+    page, problems = await signed_in(browser, node)
+    await expect(page.locator("#simulator")).to_be_visible()
+    await expect(page.locator("#sim-note")).to_contain_text("no real phone receives anything")
+    await register(node, "bob", "b-ipad")
+    alice = await node.device("alice", "a-phone")
+    call_id = await place_call(alice, "bob")
+    status_url = await invite_status_url(node, call_id)
+    row = page.locator("#sim-pushes tbody tr", has_text="call.incoming")
+    await expect(row).to_contain_text("voip call.incoming")
+    await expect(row.locator(".answer")).to_have_text("200")
+    await expect(row.locator(".became")).to_have_text("delivered")
+    await expect(row.locator(".url")).to_have_text(status_url)
+    await alice.request({"type": "call.hangup", "call_id": call_id})
+    await expect(page.locator("#sim-pushes tbody tr", has_text="call.cancelled")).to_have_count(1)
+    await expect(page.locator("#sim-count")).to_have_text("2")
+    assert problems == []
+
+
+async def test_the_login_hint_gives_a_command_that_works_and_does_not_wrap(
+    node: RunningNode, browser: BrowserContext
+) -> None:
+    page = await browser.new_page()
+    await page.set_viewport_size({"width": 420, "height": 800})  # a phone-sized window
+    await page.goto(f"{node.base_url}/ops")
+    command = page.locator("#token-command")
+    await expect(command).to_have_text("python3 dev.py token NAME --role operator")
+    # As tall as the same box holding one character: the command, --role included, never
+    # breaks across lines.
+    height, one_line = await command.evaluate(
+        """e => { const probe = e.cloneNode(); probe.textContent = "x"; e.after(probe);
+                  const heights = [e.getBoundingClientRect().height, probe.getBoundingClientRect().height];
+                  probe.remove(); return heights; }"""
+    )
+    assert height == one_line, (height, one_line)

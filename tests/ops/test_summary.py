@@ -16,8 +16,8 @@ def push(at: int, device: str | None = "d1", status: int = 200, reason: str | No
     return entry
 
 
-def check(at: int, state: str, device: str = "d1") -> dict[str, Any]:
-    return {"at": at, "event": "status_check", "state": state, "device": device, "via": "capability", "node": "n"}
+def check(at: int, state: str, device: str = "d1", via: str = "capability") -> dict[str, Any]:
+    return {"at": at, "event": "status_check", "state": state, "device": device, "via": via, "node": "n"}
 
 
 def test_delay_pairs_each_push_with_the_next_check_of_its_device() -> None:
@@ -60,3 +60,17 @@ def test_summary_of_outcomes_push_reasons_delays_and_late_pushes() -> None:
 def test_an_empty_window() -> None:
     summary = summarize([], [])
     assert summary["push_to_status_ms"]["p50"] is None and summary["outcomes"] == {}
+
+
+def test_only_checks_that_answer_a_push_are_late_pushes_caught() -> None:
+    """Two manual bearer checks after the call ended are not late pushes: nothing pushed
+    them. A capability check is, and so is a bearer check naming the push it answers."""
+    timeline = [
+        push(0),
+        check(90_000, "ended", via="bearer"),
+        check(91_000, "ended", via="bearer"),
+        check(92_000, "ringing"),
+    ]
+    assert summarize([{"state": "ended"}], [timeline])["late_pushes_caught"] == {"status_checks": 0, "calls": 0}
+    timeline += [check(93_000, "ended"), {**check(94_000, "ended", via="bearer"), "push_id": "x"}]
+    assert summarize([{"state": "ended"}], [timeline])["late_pushes_caught"] == {"status_checks": 2, "calls": 1}

@@ -23,7 +23,7 @@ async def test_each_push_goes_to_its_devices_environment(make_notifier: MakeNoti
         mismatch = await notifier.send(invite(debug_build, environment="production"))
         sandbox = await notifier.send(invite(debug_build, environment="sandbox"))
 
-        assert (delivered.outcome, delivered.environment) == (Outcome.DELIVERED, "production")
+        assert (delivered.outcome, delivered.environment) == (Outcome.ACCEPTED, "production")
         assert (mismatch.outcome, mismatch.reason) == (Outcome.REJECTED, "BadDeviceToken")
         # The sandbox sender dialled the same endpoint (APNS_ENDPOINT serves both), on a
         # connection of its own.
@@ -57,7 +57,7 @@ async def test_key_file_and_warm_up(sim: APNsSimulator, key: SigningKey, tmp_pat
 
         result = await notifier.send(invite(sim.add_device(VOIP_TOPIC)))
 
-        assert (result.outcome, result.attempts) == (Outcome.DELIVERED, 1)
+        assert (result.outcome, result.attempts) == (Outcome.ACCEPTED, 1)
         assert len(sim.connections) == 2
     finally:
         await notifier.aclose()

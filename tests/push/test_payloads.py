@@ -30,7 +30,7 @@ async def test_invite_headers_and_payload(notifier: APNsNotifier, sim: APNsSimul
 
     result = await notifier.send(request)
 
-    assert result.outcome == Outcome.DELIVERED and result.status == 200
+    assert result.outcome == Outcome.ACCEPTED and result.status == 200
     assert result.apns_id == request.apns_id and uuid.UUID(result.apns_id)
     assert result.attempts == 1 and result.latency_ms > 0
     [record] = requests_for(sim, request.apns_id)
@@ -62,8 +62,8 @@ async def test_cancellation_replaces_a_stored_invite(notifier: APNsNotifier,
                                environment="sandbox", call_id="call-7", reason="caller_hangup",
                                ring_deadline=ring_deadline, now=1_700_000_000.25)
 
-    assert (await notifier.send(offer)).outcome == Outcome.DELIVERED
-    assert (await notifier.send(cancel)).outcome == Outcome.DELIVERED
+    assert (await notifier.send(offer)).outcome == Outcome.ACCEPTED
+    assert (await notifier.send(cancel)).outcome == Outcome.ACCEPTED
 
     [record] = requests_for(sim, cancel.apns_id)
     assert record.header("apns-push-type") == "voip"
@@ -86,7 +86,7 @@ async def test_missed_call_alert(notifier: APNsNotifier, sim: APNsSimulator) -> 
 
     result = await notifier.send(request)
 
-    assert result.outcome == Outcome.DELIVERED and result.push_type == PushType.ALERT
+    assert result.outcome == Outcome.ACCEPTED and result.push_type == PushType.ALERT
     [record] = requests_for(sim, request.apns_id)
     assert record.header("apns-push-type") == "alert"
     assert record.header("apns-topic") == BUNDLE_ID
@@ -120,7 +120,7 @@ async def test_oversized_invite_is_refused_without_sending(notifier: APNsNotifie
     assert refused.status is None and refused.attempts == 0
     assert refused.likely_cause and "5121" in refused.likely_cause and "5120" in refused.likely_cause
     assert requests_for(sim, over.apns_id) == []
-    assert accepted.outcome == Outcome.DELIVERED
+    assert accepted.outcome == Outcome.ACCEPTED
 
 
 async def test_alert_limit_is_4096(notifier: APNsNotifier, sim: APNsSimulator) -> None:

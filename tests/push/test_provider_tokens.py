@@ -40,7 +40,7 @@ async def test_one_token_serves_every_connection(make_notifier: MakeNotifier,
     device = sim.add_device(VOIP_TOPIC)
     for _ in range(3):
         sim.inject(Fault.goaway("Shutdown"), token=device.token)
-        assert (await notifier.send(invite(device))).outcome == Outcome.DELIVERED
+        assert (await notifier.send(invite(device))).outcome == Outcome.ACCEPTED
         clock.advance(MINUTE)
 
     assert len(sim.connections) == 3
@@ -56,7 +56,7 @@ async def test_token_kept_for_20_minutes_and_replaced_before_60(
     for step in (0, 19, 19, 11, 19, 19):  # minutes: 0, 19, 38, 49, 68, 87
         clock.advance(step * MINUTE)
         result = await notifier.send(invite(device))
-        assert result.outcome == Outcome.DELIVERED, result
+        assert result.outcome == Outcome.ACCEPTED, result
         seen.append(token_of(sim.requests[-1]))
 
     # Re-signed at 50 min of age (at 68), never within 20 minutes, never past 60.
@@ -72,7 +72,7 @@ async def test_expired_provider_token_gets_a_new_token_and_a_retry(
     ours = ManualClock(start=clock())
     notifier = make_notifier(clock=ours)
     device = sim.add_device(VOIP_TOPIC)
-    assert (await notifier.send(invite(device))).outcome == Outcome.DELIVERED
+    assert (await notifier.send(invite(device))).outcome == Outcome.ACCEPTED
     # APNs's clock runs ahead of ours: it calls a 21-minute-old token (ours) 61 minutes old.
     clock.advance(61 * MINUTE)
     ours.advance(21 * MINUTE)
@@ -80,7 +80,7 @@ async def test_expired_provider_token_gets_a_new_token_and_a_retry(
 
     result = await notifier.send(request)
 
-    assert (result.outcome, result.attempts) == (Outcome.DELIVERED, 2)
+    assert (result.outcome, result.attempts) == (Outcome.ACCEPTED, 2)
     first, second = [r for r in sim.requests if r.apns_id == request.apns_id]
     assert first.reason == "ExpiredProviderToken" and second.status == 200
     assert token_of(first) != token_of(second)
@@ -127,7 +127,7 @@ async def test_keys_and_tokens_never_reach_the_logs(make_notifier: MakeNotifier,
     tokens = {token_of(r).removeprefix("bearer ") for r in sim.requests}
     key_body = "".join(key.private_pem.strip().splitlines()[1:-1])
     written = caplog.text + capsys.readouterr().out + repr(notifier.config) + repr(notifier.tokens)
-    assert "apns push not delivered" in written
+    assert "apns push not accepted" in written
     for secret in (*tokens, key_body[:40], key_body[-40:]):
         assert secret not in written.replace("\n", "")
     assert KEY_ID in repr(notifier.tokens) and TEAM_ID in repr(notifier.tokens)

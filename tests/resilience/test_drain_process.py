@@ -172,7 +172,7 @@ async def test_sigterm_drains_the_node_then_it_exits_0(
 
     timeline = await store.timeline(started["call_id"])
     [invite] = [e for e in timeline if e["event"] == "push" and e["kind"] == "invite"]
-    assert invite["outcome"] == "delivered" and invite["apns_id"] == held.apns_id
+    assert invite["outcome"] == "accepted" and invite["apns_id"] == held.apns_id
     node.assert_clean_log()
     # The sockets were closed once the push in flight was answered and recorded.
     events = [line["event"] for line in node.logged()]

@@ -97,7 +97,7 @@ async def test_a_push_answered_while_redis_is_down_is_recorded_once_redis_is_bac
         entries = await _until(lambda: _timeline_pushes(store, call_id, kind), 30, f"{kind} push on the timeline")
         assert len(entries) == 1
         [entry] = entries
-        assert entry["outcome"] == "delivered" and entry["apns_id"] == held.apns_id
+        assert entry["outcome"] == "accepted" and entry["apns_id"] == held.apns_id
         last = await store.redis.hget(store.last_push_key("bob"), "b-phone")
         assert last is not None and b'"kind":"%s"' % kind.encode() in last
         if kind == "cancel":  # recorded right after the timeline entry, by its own script

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from voip.ops import access, feed, health, page, views
+from voip.ops import access, feed, health, page, simulator, views
 
 
 def routes() -> list[BaseRoute]:
@@ -13,6 +13,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/ops/calls/{call_id}", views.get_call, methods=["GET"]),
         Route("/v1/ops/devices/{user}", views.user_devices, methods=["GET"]),
         Route("/v1/ops/summary", views.summary, methods=["GET"]),
+        Route("/v1/ops/simulator/pushes", simulator.simulator_pushes, methods=["GET"]),
         Route("/v1/ops/live/ticket", access.live_ticket, methods=["POST"]),
         WebSocketRoute("/v1/ops/live", feed.live),
         Route("/readyz", health.readyz, methods=["GET"]),

@@ -3,7 +3,7 @@ from them, and the contract tests check every response against it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,6 +122,33 @@ class OpsSummary(BaseModel):
     push_results: dict[str, int] = Field(description="Pushes by APNs reason ('accepted' for a 200)")
     push_to_status_ms: DelayFigures = Field(description="From a push to the status check it caused")
     late_pushes_caught: LateCaught = Field(
-        description="Status checks that told a device to end a call that had already ended"
+        description="Status checks that answered a push (made with its capability) and found its call"
+        " already ended: late pushes whose ghost call the verdict ended. Bearer checks are not counted"
     )
     redis: RedisState = Field(description="Redis durability and the deployment epoch (docs/deploy.md)")
+
+
+class SimulatorPush(BaseModel):
+    index: int = Field(description="Order of arrival at the simulator")
+    received_at: int = Field(description="ms")
+    apns_id: str
+    device_token_prefix: str | None = Field(description="First 8 hex digits of the device token")
+    headers: dict[str, str] = Field(description="apns-topic, -push-type, -priority, -expiration, -collapse-id")
+    payload: Any = Field(description="The push's JSON body: for an invite, call_id, expires_at and status_url")
+    status: int | None = Field(description="The simulator's answer (200: accepted), null before it answered")
+    reason: str | None = Field(description="APNs reason of a refusal")
+    delivery: Literal["delivered", "stored", "dropped", "refused", "unanswered", "unknown"] = Field(
+        description="What became of it: handed to the simulated phone (online), stored for an offline"
+        " one (APNs keeps one per device), dropped (displaced, expired), or refused"
+    )
+    stored: bool | None = Field(None, description="Delivered: handed over when the phone came online")
+    late: bool | None = Field(None, description="Delivered after its apns-expiration (an injected fault)")
+    cause: str | None = Field(None, description="Dropped: displaced, expired or not-stored")
+
+
+class OpsSimulatorPushes(BaseModel):
+    simulator: bool = Field(description="True when pushes go to the bundled simulator (no APNs credentials)")
+    note: str
+    endpoint: str | None = Field(None, description="The simulator's address")
+    received: int = Field(description="Pushes the simulator received since the node started")
+    pushes: list[SimulatorPush] = Field(description="The newest first")

@@ -61,6 +61,18 @@ def push_to_status_delays(timeline: Iterable[dict[str, Any]]) -> list[int]:
     return delays
 
 
+def answers_a_push(entry: dict[str, Any]) -> bool:
+    """A status check a push caused: made with the push's capability, or naming the push.
+    A bearer check without one is the app (or a person) asking on its own."""
+    return entry.get("via") == "capability" or bool(entry.get("push_id"))
+
+
+def caught_late(entry: dict[str, Any]) -> bool:
+    """A push that arrived after its call ended, and would have rung a ghost call, ended
+    by the verdict instead."""
+    return entry.get("event") == "status_check" and entry.get("state") in FINAL_STATES and answers_a_push(entry)
+
+
 def summarize(calls: list[dict[str, Any]], timelines: list[list[dict[str, Any]]]) -> dict[str, Any]:
     outcomes: Counter[str] = Counter(call["state"] for call in calls)
     pushes: Counter[str] = Counter()
@@ -70,11 +82,7 @@ def summarize(calls: list[dict[str, Any]], timelines: list[list[dict[str, Any]]]
     for timeline in timelines:
         pushes.update(push_result(e) for e in timeline if e.get("event") == "push")
         delays += push_to_status_delays(timeline)
-        # The call had already ended when a device asked: a push that arrived late and
-        # would have rung a ghost call, caught by the status check.
-        late = sum(
-            1 for e in timeline if e.get("event") == "status_check" and e.get("state") in FINAL_STATES
-        )
+        late = sum(1 for e in timeline if caught_late(e))
         late_checks += late
         late_calls += bool(late)
     buckets = [0] * (len(DELAY_BOUNDS_MS) + 1)

@@ -95,8 +95,21 @@ async def get_call(request: Request) -> Response:
     if not fields:
         raise ApiError(404, "unknown_call", "no such call (or past its retention)")
     call = call_view(call_id, fields)
-    timeline = [_with_verdict(call, orjson.loads(e)) for e in entries]
+    timeline = [_with_verdict(call, readable_push(orjson.loads(e))) for e in entries]
     return JSONResponse({"call": call, "timeline": timeline})
+
+
+# An APNs 200 was recorded as "delivered" before it was named for what it is: APNs took
+# the push, which a sleeping phone may get hours later or never.
+LEGACY_OUTCOMES = {"delivered": "accepted"}
+
+
+def readable_push(entry: dict[str, Any]) -> dict[str, Any]:
+    """A push entry (or last push) as written today, whenever it was written."""
+    outcome = entry.get("outcome")
+    if isinstance(outcome, str) and outcome in LEGACY_OUTCOMES:
+        return {**entry, "outcome": LEGACY_OUTCOMES[outcome]}
+    return entry
 
 
 def _with_verdict(call: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +150,7 @@ def _device_view(device_id: str, record: dict[str, Any], presence: bytes | None,
         "token_age_ms": now - since if token and isinstance(since, int) else None,
         "online": online,
         "connected_node": node if online else None,
-        "last_push": orjson.loads(last_push) if last_push else None,
+        "last_push": readable_push(orjson.loads(last_push)) if last_push else None,
     }
 
 

@@ -227,8 +227,8 @@ class APNsNotifier:
                 latency_ms=(time.perf_counter() - started) * 1000, attempts=attempts,
                 likely_cause=cause,
             )
-            if outcome != Outcome.DELIVERED:
-                log.info("apns push not delivered", apns_id=request.apns_id,
+            if outcome != Outcome.ACCEPTED:
+                log.info("apns push not accepted", apns_id=request.apns_id,
                          environment=str(request.environment), push_type=str(request.push_type),
                          outcome=str(outcome), status=status, reason=reason, attempts=attempts,
                          token_tail=request.device_token[-8:])

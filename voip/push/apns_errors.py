@@ -74,7 +74,7 @@ def likely_cause(request: PushRequest, status: int, reason: str | None) -> str |
 
 def judge(request: PushRequest, status: int, reason: str | None) -> Verdict:
     if status == 200:
-        return Verdict(Outcome.DELIVERED)
+        return Verdict(Outcome.ACCEPTED)
     cause = likely_cause(request, status, reason)
     if status == 410:
         return Verdict(Outcome.TOKEN_INVALID, cause)

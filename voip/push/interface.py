@@ -24,7 +24,7 @@ class PushType(StrEnum):
 
 
 class Outcome(StrEnum):
-    DELIVERED = "delivered"
+    ACCEPTED = "accepted"
     """APNs accepted the push (200). It delivers it, or stores it until `apns-expiration`."""
     REJECTED = "rejected"
     """APNs refused it (or we did not send it) for a reason retrying cannot fix."""

@@ -195,6 +195,45 @@ function renderSummary(summary) {
   $("late-calls").textContent = `${lateCalls} call${lateCalls === 1 ? "" : "s"}`;
   $("window").textContent = `last ${Math.round((summary.until - summary.since) / 60000)} min` +
     (summary.truncated ? ` (newest ${summary.calls})` : "");
+  refreshSimulator();
+}
+
+// ---- the bundled APNs simulator ----------------------------------------------------
+
+function refreshSimulator() {
+  api("/v1/ops/simulator/pushes").then(renderSimulator).catch(() => {});
+}
+
+function renderSimulator(sim) {
+  // A node with real APNs credentials has no simulator to show.
+  $("simulator").hidden = !sim.simulator;
+  if (!sim.simulator) return;
+  $("sim-note").textContent = sim.note;
+  $("sim-count").textContent = String(sim.received);
+  const body = $("sim-pushes").tBodies[0];
+  body.replaceChildren(...sim.pushes.map(simulatorRow));
+  $("sim-pushes").hidden = sim.pushes.length === 0;
+  $("sim-empty").hidden = sim.pushes.length > 0;
+}
+
+function simulatorRow(push) {
+  const payload = push.payload && typeof push.payload === "object" ? push.payload : {};
+  const answer = push.status == null ? "no answer yet" : `${push.status}${push.reason ? ` ${push.reason}` : ""}`;
+  let became = push.delivery;
+  if (push.delivery === "delivered") became = push.late ? "delivered late" : push.stored ? "delivered when online" : "delivered";
+  if (push.delivery === "dropped" && push.cause) became = `dropped (${push.cause})`;
+  const row = document.createElement("tr");
+  row.dataset.apnsId = push.apns_id;
+  row.append(
+    cell(clock(push.received_at, true)),
+    cell(`${push.headers["apns-push-type"] || "?"} ${payload.type || ""}`.trim(), "type"),
+    cell(payload.call_id ? String(payload.call_id).slice(0, 8) : "", "id", payload.call_id || ""),
+    cell(push.device_token_prefix || "", "id"),
+    cell(answer, "answer"),
+    cell(became, "became"),
+    cell(payload.status_url ? String(payload.status_url) : "", "url", payload.status_url || ""),
+  );
+  return row;
 }
 
 // Redis came back without its data (the deployment epoch was lost): calls, devices and
@@ -371,7 +410,9 @@ function renderDetail() {
     const item = document.createElement("li");
     item.className = "entry";
     item.dataset.event = entry.event;
-    if (entry.event === "status_check" && !LIVE_STATES.has(entry.state)) item.classList.add("late");
+    // Late only when a push caused the check: a bearer check after the end is someone asking.
+    const answersPush = entry.via === "capability" || Boolean(entry.push_id);
+    if (entry.event === "status_check" && !LIVE_STATES.has(entry.state) && answersPush) item.classList.add("late");
     const when = document.createElement("span");
     when.className = "when";
     when.textContent = clock(entry.at, true);
@@ -416,7 +457,9 @@ function describe(e) {
       const what = `${e.push_type === "alert" ? "alert" : "VoIP"} push${e.kind ? ` (${e.kind})` : ""}`;
       const answer = e.status != null ? `${e.status}${e.reason ? ` ${e.reason}` : ""}`
         : e.reason || "no answer";
-      const extra = [e.environment, e.latency_ms != null && `${Math.round(e.latency_ms)} ms`, e.outcome,
+      // "delivered": how an APNs 200 was recorded before it was called what it is.
+      const outcome = e.outcome === "delivered" ? "accepted" : e.outcome;
+      const extra = [e.environment, e.latency_ms != null && `${Math.round(e.latency_ms)} ms`, outcome,
         e.attempts > 1 && `${e.attempts} attempts`].filter(Boolean).join(", ");
       return `${what} → APNs ${answer}${extra ? ` (${extra})` : ""}`;
     }
