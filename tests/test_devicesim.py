@@ -167,6 +167,29 @@ async def test_status_unreachable_the_app_retries_with_backoff_and_ends_the_call
         await world.close()
 
 
+async def test_a_phone_whose_socket_died_mid_call_hears_the_hang_up_by_push(world: World) -> None:
+    alice = await world.phone("alice", "a-phone", app_open=True)
+    bob = await world.phone("bob", "b-phone", policy=Policy.answer(after=0.1))
+    call_id = await alice.call("bob")
+    await bob.wait_for("callkit.connected", call_id=call_id)
+    await alice.wait_for("callkit.connected", call_id=call_id)
+
+    bob.drop_socket()
+    await bob.wait_for("ws.closed")
+    store = world.node.node.store
+    deadline = time.monotonic() + 5
+    while "b-phone" in (await store.reachable_devices("bob"))[1]:  # the node noticed
+        assert time.monotonic() < deadline, "b-phone still present"
+        await asyncio.sleep(0.02)
+    await alice.hang_up(call_id)
+
+    ended = await bob.wait_for("callkit.ended", call_id=call_id)
+    assert ended.detail["reason"] == "remoteEnded" and ended.detail["was"] == "connected"
+    pushes = [e.detail["type"] for e in bob.events("push.received", call_id=call_id)]
+    assert pushes == ["call.incoming", "call.ended"]
+    assert not bob.events("callkit.reported", call_id=call_id, placeholder=True)
+
+
 async def test_woken_phone_rings_reports_ringing_and_auto_answers(world: World) -> None:
     alice = await world.phone("alice", "a-phone", app_open=True)
     bob = await world.phone("bob", "b-phone", policy=Policy.answer(after=0.2))

@@ -183,6 +183,13 @@ class Phone:
         self._deaf = True
         self._record("network.lost", socket="half-open")
 
+    def drop_socket(self) -> None:
+        """The socket dies under the app (a network handover, the system tearing it down)
+        and the server notices; the app, still in its CallKit call, has not reconnected."""
+        assert self._socket is not None, "no socket to drop"
+        self._socket.transport.abort()
+        self._record("ws.dropped")
+
     async def regain_network(self) -> None:
         socket, self._socket = self._socket, None
         if socket is not None:
