@@ -227,3 +227,84 @@ async def test_an_invite_accepted_after_its_cancellation_is_cancelled_again(
     assert all(orjson.loads(c.body)["reason"] == "declined_elsewhere" for c in cancels)
     ipad.go_online()
     assert [d.push.payload["type"] for d in ipad.inbox] == ["call.cancelled"]
+
+
+async def answered_call(node: RunningNode, sim: APNsSimulator) -> tuple[str, Any, Any, Device, Device]:
+    """Alice calls Bob, Bob answers on b-phone; both apps registered VoIP tokens."""
+    alices, bobs = phone(sim, online=True), phone(sim, online=True)
+    await register(node, "alice", "a1", voip_token=alices.token)
+    await register(node, "bob", "b-phone", voip_token=bobs.token)
+    caller = await node.device("alice", "a1")
+    callee = await node.device("bob", "b-phone")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await callee.expect("call.incoming", call_id=call_id)
+    assert (await callee.request({"type": "call.answer", "call_id": call_id}))["type"] == "ack"
+    await caller.expect("call.answered", call_id=call_id)
+    return call_id, caller, callee, alices, bobs
+
+
+async def socket_dies(node: RunningNode, client: Any) -> None:
+    """The phone's socket dies under the call (no close frame); the node notices."""
+    client.socket.transport.abort()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        _, online = await node.node.store.reachable_devices(client.user)
+        if client.device not in online:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{client.device} still present")
+
+
+async def pushes_settled(node: RunningNode) -> None:
+    pushes = node.node.controller.pushes
+    assert pushes is not None and await pushes.tasks.wait(10) == 0
+
+
+def ended_pushes(sim: APNsSimulator, call_id: str) -> list[Any]:
+    """Every call.ended push for the call that reached APNs, whatever APNs answered."""
+    payloads = [(r, orjson.loads(r.body)) for r in sim.requests if r.body]
+    return [r for r, p in payloads if (p.get("type"), p.get("call_id")) == ("call.ended", call_id)]
+
+
+async def test_hang_up_reaches_the_answering_device_whose_socket_died(
+    pushing: tuple[RunningNode, APNsSimulator],
+) -> None:
+    node, sim = pushing
+    call_id, caller, callee, alices, bobs = await answered_call(node, sim)
+    await socket_dies(node, callee)
+
+    assert (await caller.request({"type": "call.hangup", "call_id": call_id}))["type"] == "ack"
+    await pushes_settled(node)
+    [push] = ended_pushes(sim, call_id)
+    assert push.status == 200 and push.token == bobs.token
+    assert push.header("apns-push-type") == "voip" and push.header("apns-topic") == VOIP_TOPIC
+    assert push.header("apns-collapse-id") == call_id and push.header("apns-priority") == "10"
+    assert orjson.loads(push.body)["reason"] == "remote_ended"
+    assert [d.push.payload["type"] for d in bobs.inbox] == ["call.incoming", "call.ended"]
+    assert not [d for d in alices.inbox]  # the caller hung up: she knows
+    [entry] = [e for e in await node.node.store.timeline(call_id) if e["event"] == "push" and e["kind"] == "ended"]
+    assert entry["device"] == "b-phone" and entry["outcome"] == "delivered"
+
+
+async def test_hang_up_reaches_the_caller_whose_socket_died(pushing: tuple[RunningNode, APNsSimulator]) -> None:
+    node, sim = pushing
+    call_id, caller, callee, alices, bobs = await answered_call(node, sim)
+    await socket_dies(node, caller)
+
+    assert (await callee.request({"type": "call.hangup", "call_id": call_id}))["type"] == "ack"
+    await pushes_settled(node)
+    [push] = ended_pushes(sim, call_id)
+    assert push.token == alices.token and orjson.loads(push.body)["reason"] == "remote_ended"
+    last = await node.node.redis.hget(node.node.store.last_push_key("alice"), "a1")
+    assert last is not None and orjson.loads(last)["kind"] == "ended"
+
+
+async def test_no_hang_up_push_to_a_device_whose_socket_is_open(pushing: tuple[RunningNode, APNsSimulator]) -> None:
+    node, sim = pushing
+    call_id, caller, callee, alices, bobs = await answered_call(node, sim)
+
+    assert (await caller.request({"type": "call.hangup", "call_id": call_id}))["type"] == "ack"
+    await callee.expect("call.ended", call_id=call_id, reason="remote_ended")
+    await pushes_settled(node)
+    assert ended_pushes(sim, call_id) == []
+    assert [d.push.payload["type"] for d in bobs.inbox] == ["call.incoming"]

@@ -15,7 +15,8 @@ import pytest
 
 from apnsim import APNsSimulator, Fault
 from tests.conftest import BUNDLE, RunningNode
-from voip.devicesim import Backend, CXCallEndedReason, EventLog, Phone, Policy
+from tests.ports import free_port
+from voip.devicesim import Backend, CXCallEndedReason, EventLog, Phone, Policy, StatusRetry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,6 +126,68 @@ async def test_late_invite_is_ended_with_remote_ended_after_its_status_check(
         assert not bob.events("ws.sent", call_id=call_id)  # it never told anyone it rang
     finally:
         await world.close()
+
+
+async def test_status_unreachable_the_app_retries_with_backoff_and_ends_the_call_at_expires_at(
+    node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]
+) -> None:
+    # Every status_url points at a port where nothing listens: the app never gets a verdict.
+    world = await make_world(node_factory, apns, ring_timeout=3, public_url=f"http://127.0.0.1:{free_port()}")
+    try:
+        bob = Phone(world.backend, "bob", "b-phone", log=world.log, status_retry=StatusRetry(first=0.2, cap=0.8))
+        world.phones.append(bob)
+        await bob.install()
+        caller = await world.node.device("alice", "a1")
+        call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+        await bob.wait_for("push.received", call_id=call_id, type="call.incoming")
+        # APNs holds the ring timeout's cancellation push: only the app's own deadline
+        # can end the call.
+        assert bob.apns_device is not None
+        bob.apns_device.go_offline()
+
+        ended = await bob.wait_for("callkit.ended", call_id=call_id, timeout=10)
+        assert ended.detail["reason"] == "unanswered" and ended.detail["was"] == "ringing"
+        [expired] = bob.events("ring.expired", call_id=call_id)
+        kinds = bob.log.kinds(device="b-phone", call_id=call_id)
+        assert kinds.index("ring.expired") == kinds.index("callkit.ended") - 1
+        # Asked again and again, doubling the wait up to the cap, never a verdict.
+        failed = bob.events("status.failed", call_id=call_id)
+        retries = [e.detail["after"] for e in bob.events("status.retry", call_id=call_id)]
+        assert len(failed) >= 4 and not bob.events("status.checked", call_id=call_id)
+        assert retries[:3] == [0.2, 0.4, 0.8] and all(after <= 0.8 for after in retries)
+        for before, after, pause in zip(failed, failed[1:], retries):
+            assert after.at - before.at >= pause - 0.01
+        # The deadline is the push's expires_at: nothing ended the call before it.
+        [push] = bob.apns_device.inbox
+        expires_in = (push.push.payload["expires_at"] - push.push.payload["sent_at"]) / 1000
+        assert ended.at - bob.events("push.received", call_id=call_id)[0].at >= expires_in - 0.5
+        assert not bob.events("ws.sent", call_id=call_id)  # it never said it rang
+        await until(lambda: pending_type(bob) == "call.cancelled")  # held by APNs, as said
+    finally:
+        await world.close()
+
+
+async def test_a_phone_whose_socket_died_mid_call_hears_the_hang_up_by_push(world: World) -> None:
+    alice = await world.phone("alice", "a-phone", app_open=True)
+    bob = await world.phone("bob", "b-phone", policy=Policy.answer(after=0.1))
+    call_id = await alice.call("bob")
+    await bob.wait_for("callkit.connected", call_id=call_id)
+    await alice.wait_for("callkit.connected", call_id=call_id)
+
+    bob.drop_socket()
+    await bob.wait_for("ws.closed")
+    store = world.node.node.store
+    deadline = time.monotonic() + 5
+    while "b-phone" in (await store.reachable_devices("bob"))[1]:  # the node noticed
+        assert time.monotonic() < deadline, "b-phone still present"
+        await asyncio.sleep(0.02)
+    await alice.hang_up(call_id)
+
+    ended = await bob.wait_for("callkit.ended", call_id=call_id)
+    assert ended.detail["reason"] == "remoteEnded" and ended.detail["was"] == "connected"
+    pushes = [e.detail["type"] for e in bob.events("push.received", call_id=call_id)]
+    assert pushes == ["call.incoming", "call.ended"]
+    assert not bob.events("callkit.reported", call_id=call_id, placeholder=True)
 
 
 async def test_woken_phone_rings_reports_ringing_and_auto_answers(world: World) -> None:

@@ -5,6 +5,9 @@
 - A cancellation to every device that was sent an invite and may not know the call is
   over: APNs keeps one push per device and app, so for a phone that is offline the
   cancellation displaces the invite and the phone never rings for a dead call.
+- A hang-up (`call.ended`) when an answered call ends, to each device in the call that
+  did not end it and whose WebSocket is gone: a user whose phone lost its socket mid-call
+  still hears the other side hang up.
 - A missed-call alert to devices that registered an ordinary APNs token.
 
 Each push and its APNs answer goes on the call's timeline. A token APNs calls invalid is
@@ -28,7 +31,7 @@ from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.calls import FINAL_REASON, CallState, EndReason
 from voip.push import Caller, Notifier, Outcome, PushRequest, PushResult
-from voip.push import call_cancellation, missed_call_alert, voip_invite
+from voip.push import call_cancellation, call_ended, missed_call_alert, voip_invite
 from voip.store import CallRecord, Store
 from voip.tasks import BackgroundTasks, retry_bounded
 
@@ -116,6 +119,29 @@ class CallPushes:
             request = self._cancellation(call, target["token"], target["environment"], reason)
             self._spawn(call.call_id, f"cancel:{call.call_id}:{device_id}", self._send(call, device_id, "cancel", request))
 
+    def hung_up(self, call: CallRecord, parties: list[tuple[str, str, str]]) -> None:
+        """An answered call ended: send `call.ended` to each (user, device, reason) in the
+        call that has a VoIP token and no socket on any node, in the background."""
+        for user_id, device_id, reason in parties:
+            self._spawn(call.call_id, f"ended:{call.call_id}:{device_id}",
+                        self._hang_up(call, user_id, device_id, reason))
+
+    async def _hang_up(self, call: CallRecord, user_id: str, device_id: str, reason: str) -> None:
+        devices, online = await self._bookkeep(
+            lambda: self.store.reachable_devices(user_id), call.call_id, device_id, "ended"
+        )
+        record = devices.get(device_id)
+        if device_id in online or record is None or not record.get("voip_token"):
+            return
+        request = call_ended(
+            bundle_id=record.get("bundle_id") or self.bundle_id,
+            device_token=record["voip_token"],
+            environment=record.get("apns_environment", "production"),
+            call_id=call.call_id,
+            reason=reason,
+        )
+        await self._send(call, device_id, "ended", request, user_id=user_id)
+
     def missed(self, call: CallRecord, devices: dict[str, dict[str, Any]], caller_name: str) -> None:
         caller = Caller(id=call.caller_user, display_name=caller_name)
         for device_id, record in devices.items():
@@ -171,10 +197,12 @@ class CallPushes:
         task.add_done_callback(done)
 
     async def _send(
-        self, call: CallRecord, device_id: str, kind: str, request: PushRequest
+        self, call: CallRecord, device_id: str, kind: str, request: PushRequest, *, user_id: str | None = None
     ) -> tuple[PushResult, CallRecord | None, int | None]:
         """Send, put the answer on the timeline; for an invite, read back in the same
-        round trip what `_invite` needs to know."""
+        round trip what `_invite` needs to know. `user_id`: the device's owner, the
+        callee unless said."""
+        user_id = user_id or call.callee_user
         result = await self.notifier.send(request)
         metrics.PUSHES.labels(kind, result.outcome.value, result.reason or "").inc()
         metrics.PUSH_LATENCY.labels(kind).observe(result.latency_ms / 1000)
@@ -200,7 +228,7 @@ class CallPushes:
         # Its own task: a call that ends meanwhile cancels this push's retries towards
         # APNs, never the record of an answer APNs already gave.
         record = self.tasks.spawn(
-            self._record(call, device_id, kind, result, entry), f"record:{kind}:{call.call_id}:{device_id}"
+            self._record(call, user_id, device_id, kind, result, entry), f"record:{kind}:{call.call_id}:{device_id}"
         )
         current, cancelled_at = await asyncio.shield(record)
         log.info("push.sent", call_id=call.call_id, device=device_id, kind=kind,
@@ -208,11 +236,11 @@ class CallPushes:
         if kind != "missed_alert" and (
             result.outcome is Outcome.TOKEN_INVALID or result.reason in BAD_TOKEN_REASONS
         ):
-            await self._drop_token(call, device_id, request.device_token, result)
+            await self._drop_token(call, user_id, device_id, request.device_token, result)
         return result, current, cancelled_at
 
     async def _record(
-        self, call: CallRecord, device_id: str, kind: str, result: PushResult, entry: dict[str, Any]
+        self, call: CallRecord, user_id: str, device_id: str, kind: str, result: PushResult, entry: dict[str, Any]
     ) -> tuple[CallRecord | None, int | None]:
         """Put APNs's answer on the timeline, as the device's last push and, for a
         delivered cancellation, in the call's cancellations: retried while Redis is away."""
@@ -222,7 +250,7 @@ class CallPushes:
                 call.call_id,
                 [entry],
                 cancellation_of=device_id if kind == "invite" else None,
-                last_push=(call.callee_user, device_id, {**entry, "call_id": call.call_id})
+                last_push=(user_id, device_id, {**entry, "call_id": call.call_id})
                 if kind != "missed_alert"
                 else None,
             )
@@ -241,12 +269,14 @@ class CallPushes:
             call_id=call_id, device=device_id, kind=kind,
         )
 
-    async def _drop_token(self, call: CallRecord, device_id: str, token: str, result: PushResult) -> None:
+    async def _drop_token(
+        self, call: CallRecord, user_id: str, device_id: str, token: str, result: PushResult
+    ) -> None:
         # A 410 only condemns a token registered before APNs's timestamp: a phone that
         # registered the same token again afterwards keeps it.
         before = result.timestamp if result.outcome is Outcome.TOKEN_INVALID else None
         dropped = await self._bookkeep(
-            lambda: self.store.drop_voip_token(call.callee_user, device_id, token, before),
+            lambda: self.store.drop_voip_token(user_id, device_id, token, before),
             call.call_id, device_id, "token",
         )
         await self._bookkeep(
@@ -259,7 +289,7 @@ class CallPushes:
         )
         if dropped:
             await self.bus.publish(
-                call.callee_user,
+                user_id,
                 {"type": "device.reregister", "device_id": device_id, "reason": result.reason},
                 only=[device_id],
             )

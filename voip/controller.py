@@ -248,6 +248,8 @@ class CallController:
         metrics.CALLS.labels(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
         if transition.previous is CallState.RINGING and self.pushes is not None:
             await self._push_ending(call, actor)
+        if transition.previous is CallState.ANSWERED and call.state.is_final and self.pushes is not None:
+            self._push_hang_up(call, actor)
         to_caller, to_callee = NOTICES[call.state]
         base: dict[str, Any] = {"call_id": call.call_id, "state": call.state.value}
         if call.state.is_final:
@@ -314,6 +316,20 @@ class CallController:
         self.pushes.end(call, pushes, knowing)
         if call.state is CallState.MISSED:
             self.pushes.missed(call, devices, call.caller_name)
+
+
+    def _push_hang_up(self, call: CallRecord, actor: Caller | None) -> None:
+        # The devices in the call, less the one that ended it: a device whose socket is
+        # gone would otherwise never hear the hang-up (the pushes check presence).
+        parties = [
+            (call.caller_user, call.caller_device, CALLER_REASON[call.state].value),
+            (call.callee_user, call.answered_by_device or "", FINAL_REASON[call.state].value),
+        ]
+        assert self.pushes is not None
+        self.pushes.hung_up(call, [
+            (user, device, reason) for user, device, reason in parties
+            if device and (actor is None or (actor.user_id, actor.device_id) != (user, device))
+        ])
 
 
 class RingTimeouts:

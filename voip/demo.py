@@ -107,6 +107,12 @@ def describe(event: Event) -> str | None:
         case "status.checked":
             return (f"GET status_url -> {d['http']} state={d['state']} end_call={str(d['end_call']).lower()}"
                     f" reason={d['reason'] or 'null'}")
+        case "status.retry":
+            return f"  no verdict for {call}: asks status_url again in {d['after']}s"
+        case "ring.expired":
+            return f"{call} reached its expires_at still ringing: the app ends it"
+        case "ws.dropped":
+            return "its WebSocket dies under the call (a network handover)"
         case "status.failed" | "push.not_reported" | "app.error":
             return f"{event.kind}: {d}"
         case "ws.sent":

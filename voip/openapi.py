@@ -176,8 +176,12 @@ def _paths() -> dict[str, Any]:
         "/v1/calls/{call_id}/status": {"get": {
             "tags": ["calls"], "operationId": "callStatus",
             "summary": "What a woken app should do with the call a VoIP push announced",
-            "description": "Ask this first, on every VoIP push: `end_call: true` means report the "
-                           "CallKit call ended at once with `reason`. Authorised either by a "
+            "description": "Report the push's call to CallKit first, then ask this: PushKit's handler "
+                           "must report the call before it returns, with nothing (no request) before "
+                           "the report. Then ask on every invite push: `end_call: true` means end that "
+                           "CallKit call at once with `reason`. No answer or a 503 is no verdict: keep "
+                           "the call, ask again with backoff, and end it as unanswered at the push's "
+                           "`expires_at`. Authorised either by a "
                            "participant device's bearer token or by the push's `cap` capability "
                            "together with `device_id`.",
             "parameters": [

@@ -65,3 +65,15 @@ async def test_unicode_digits_are_not_numbers(node: RunningNode) -> None:
     ]:
         response = await client.get(path, params=params, headers=headers)
         assert response.status_code in documented, (path, params, response.text)
+
+
+async def test_the_status_route_says_report_to_callkit_first_then_ask(node: RunningNode) -> None:
+    # The rule that keeps the app alive: PushKit's handler reports the call before it
+    # returns, before any request. The OpenAPI text and the iOS guide say the same.
+    schema = (await node.http().get("/openapi.json")).json()
+    description = schema["paths"]["/v1/calls/{call_id}/status"]["get"]["description"]
+    assert description.startswith("Report the push's call to CallKit first, then ask this")
+    assert "Ask this first" not in description
+    guide = (Path(__file__).parents[2] / "docs" / "ios-client.md").read_text()
+    assert "## 2. The invite push: report first, then ask" in guide
+    assert "Ask this first" not in guide

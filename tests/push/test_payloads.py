@@ -14,6 +14,7 @@ from voip.push import (
     Outcome,
     PushType,
     call_cancellation,
+    call_ended,
     missed_call_alert,
     voip_invite,
 )
@@ -75,6 +76,22 @@ async def test_cancellation_replaces_a_stored_invite(notifier: APNsNotifier,
     delivery = device.go_online()
     assert delivery is not None and delivery.push.apns_id == cancel.apns_id
     assert [d.cause for d in device.dropped] == ["displaced"]
+
+
+async def test_hang_up_push_has_the_cancellation_shape_and_lives_30_s(notifier: APNsNotifier,
+                                                                      sim: APNsSimulator) -> None:
+    device = sim.add_device(VOIP_TOPIC)
+    now = time.time()
+    request = call_ended(bundle_id=BUNDLE_ID, device_token=device.token, environment="sandbox",
+                         call_id="call-9", reason="remote_ended", now=now)
+
+    assert (await notifier.send(request)).outcome == Outcome.DELIVERED
+    [record] = requests_for(sim, request.apns_id)
+    assert record.header("apns-push-type") == "voip" and record.header("apns-topic") == VOIP_TOPIC
+    assert record.header("apns-collapse-id") == "call-9" and record.header("apns-priority") == "10"
+    assert record.header("apns-expiration") == str(math.ceil(now + 30))
+    assert record.payload == {"type": "call.ended", "call_id": "call-9", "reason": "remote_ended",
+                              "sent_at": int(now * 1000)}
 
 
 async def test_missed_call_alert(notifier: APNsNotifier, sim: APNsSimulator) -> None:

@@ -9,7 +9,7 @@ are objects in memory, so phones run in the process that runs the simulator.
 from voip.devicesim.backend import Backend
 from voip.devicesim.callkit import END_REASONS, CXCallEndedReason, ReportedCall, cx_reason
 from voip.devicesim.events import Event, EventLog
-from voip.devicesim.phone import CallRefused, MustReport, Phone, Policy, always_report
+from voip.devicesim.phone import CallRefused, MustReport, Phone, Policy, StatusRetry, always_report
 
 __all__ = [
     "Backend",
@@ -22,6 +22,7 @@ __all__ = [
     "Phone",
     "Policy",
     "ReportedCall",
+    "StatusRetry",
     "always_report",
     "cx_reason",
 ]

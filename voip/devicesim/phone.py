@@ -20,11 +20,20 @@ from apnsim import Delivery, Device
 from voip.devicesim.backend import Backend
 from voip.devicesim.callkit import CXCallEndedReason, ReportedCall, cx_reason
 from voip.devicesim.events import Event, EventLog
-from voip.push.payloads import CANCELLED, INCOMING
+from voip.push.payloads import CANCELLED, ENDED, INCOMING
 
 # Frames that end a call on this device, whatever their reason field says.
 ENDING_FRAMES = frozenset({"call.cancelled", "call.declined", "call.missed", "call.failed", "call.ended"})
 SHOWN_FIELDS = ("id", "state", "reason", "device_id", "code", "message")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRetry:
+    """How the app asks `status_url` again when it got no verdict (no network, a 503):
+    `first` seconds, doubling, at most `cap`; a 503's `retry_after` when longer."""
+
+    first: float = 1.0
+    cap: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,7 @@ class Phone:
         policy: Policy | None = None,
         log: EventLog | None = None,
         must_report: MustReport = always_report,
+        status_retry: StatusRetry | None = None,
     ) -> None:
         self.backend = backend
         self.user = user
@@ -78,6 +88,7 @@ class Phone:
         self.policy = policy or Policy.ignore()
         self.log = log or EventLog()
         self.must_report = must_report
+        self.status_retry = status_retry or StatusRetry()
         self.calls: dict[str, ReportedCall] = {}
         self.apns_device: Device | None = None
         self._http = httpx.AsyncClient(timeout=5)
@@ -172,6 +183,13 @@ class Phone:
         self._deaf = True
         self._record("network.lost", socket="half-open")
 
+    def drop_socket(self) -> None:
+        """The socket dies under the app (a network handover, the system tearing it down)
+        and the server notices; the app, still in its CallKit call, has not reconnected."""
+        assert self._socket is not None, "no socket to drop"
+        self._socket.transport.abort()
+        self._record("ws.dropped")
+
     async def regain_network(self) -> None:
         socket, self._socket = self._socket, None
         if socket is not None:
@@ -224,7 +242,8 @@ class Phone:
         self._record("push.received", call_id, type=kind, stored=delivery.stored, late=delivery.late)
         if kind == INCOMING and isinstance(call_id, str):
             self._on_invite(call_id, payload, delivery)
-        elif kind == CANCELLED and isinstance(call_id, str):
+        elif kind in (CANCELLED, ENDED) and isinstance(call_id, str):
+            # A hang-up push (`call.ended`) has the cancellation's shape and handling.
             self._on_cancellation(call_id, payload, delivery)
         elif self.must_report(delivery):
             self._report_placeholder(call_id, CXCallEndedReason.FAILED, why=f"unreadable push {kind!r}")
@@ -243,6 +262,9 @@ class Phone:
         reported = self.must_report(delivery)
         if reported:
             self._report_incoming(call_id, caller, source="push")
+            expires_at = payload.get("expires_at", 0) / 1000
+            if expires_at > time.time():
+                self._spawn(self._ring_until(call_id, expires_at))
         else:
             self._record("push.not_reported", call_id, why="mustReport is false")
         self._spawn(self._check_status(call_id, caller, payload, reported))
@@ -257,33 +279,57 @@ class Phone:
         else:
             self._record("push.not_reported", call_id, why="mustReport is false")
 
+    async def _ring_until(self, call_id: str, expires_at: float) -> None:
+        """The push's `expires_at` ends a call still ringing here, whatever else failed:
+        no status answer, no socket, no cancellation."""
+        await asyncio.sleep(expires_at - time.time())
+        call = self.calls.get(call_id)
+        if call is not None and call.phase == "ringing":
+            self._record("ring.expired", call_id)
+            self._end(call_id, CXCallEndedReason.UNANSWERED)
+
     async def _check_status(self, call_id: str, caller: str, payload: dict[str, Any], reported: bool) -> None:
-        verdict = await self._status(call_id, payload["status_url"])
+        expires_at = payload.get("expires_at", 0) / 1000
+        wait = self.status_retry.first
+        # Asked at least once, a late push included; asked again, with backoff, until a
+        # verdict or `expires_at`.
+        verdict, retry_after = await self._status(call_id, payload["status_url"])
+        while verdict is None and time.time() < expires_at:
+            call = self.calls.get(call_id)
+            if reported and (call is None or not call.active):
+                return  # ended meanwhile (the deadline, a cancellation push, the user)
+            pause = min(max(wait, retry_after or 0.0), expires_at - time.time())
+            self._record("status.retry", call_id, after=round(pause, 3))
+            await asyncio.sleep(max(pause, 0.0))
+            wait = min(wait * 2, self.status_retry.cap)
+            if time.time() < expires_at:
+                verdict, retry_after = await self._status(call_id, payload["status_url"])
         if verdict is None:
-            # No verdict: the push's own deadline is all the app knows.
-            if payload.get("expires_at", 0) <= time.time() * 1000:
-                self._end(call_id, CXCallEndedReason.UNANSWERED)
-                return
-        elif verdict["end_call"]:
+            # No verdict by the push's own deadline: the call rang its time.
+            self._end(call_id, CXCallEndedReason.UNANSWERED)
+            return
+        if verdict["end_call"]:
             self._end(call_id, cx_reason(verdict.get("reason")))
             return
         if not reported:
             self._report_incoming(call_id, caller, source="push")
         await self._show(call_id)
 
-    async def _status(self, call_id: str, url: str) -> dict[str, Any] | None:
+    async def _status(self, call_id: str, url: str) -> tuple[dict[str, Any] | None, float | None]:
+        """The verdict, or None and the 503's `retry_after` if it gave one."""
         try:
             response = await self._http.get(url)
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             self._record("status.failed", call_id, error=type(exc).__name__)
-            return None
+            return None, None
         if not isinstance(body, dict) or "end_call" not in body:
             self._record("status.failed", call_id, http=response.status_code, error=str(body)[:120])
-            return None
+            retry_after = body.get("retry_after") if isinstance(body, dict) else None
+            return None, float(retry_after) if isinstance(retry_after, int | float) else None
         self._record("status.checked", call_id, http=response.status_code, state=body.get("state"),
                      end_call=body["end_call"], reason=body.get("reason"))
-        return body
+        return body, None
 
     # ---- CallKit ---------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from voip.push.payloads import (
     PAYLOAD_LIMITS,
     Caller,
     call_cancellation,
+    call_ended,
     missed_call_alert,
     voip_invite,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "PushResult",
     "PushType",
     "call_cancellation",
+    "call_ended",
     "missed_call_alert",
     "voip_invite",
 ]

@@ -1,4 +1,4 @@
-"""The pushes a call sends: VoIP invite, VoIP cancellation, missed-call alert.
+"""The pushes a call sends: VoIP invite, VoIP cancellation, VoIP hang-up, missed-call alert.
 
 Builders return a ready `PushRequest` (body already serialised, so its size is
 known and nothing is encoded on the send path). `check()` holds the limits APNs
@@ -22,6 +22,7 @@ COLLAPSE_ID_LIMIT = 64
 
 INCOMING = "call.incoming"
 CANCELLED = "call.cancelled"
+ENDED = "call.ended"
 MISSED = "call.missed"
 
 MISSED_CALL_ALERT_RETRY_WINDOW = 60.0
@@ -93,6 +94,22 @@ def call_cancellation(*, bundle_id: str, device_token: str, environment: Environ
     now = time.time() if now is None else now
     payload = {"type": CANCELLED, "call_id": call_id, "reason": reason, "sent_at": _ms(now)}
     return _voip_push(bundle_id, device_token, environment, call_id, payload, ring_deadline, apns_id)
+
+
+HANG_UP_LIFETIME = 30.0
+"""Seconds a hang-up push is retried and kept by APNs: a phone offline for longer has
+lost the call's audio anyway, and asks the status when it reconnects."""
+
+
+def call_ended(*, bundle_id: str, device_token: str, environment: Environment | str,
+               call_id: str, reason: str, now: float | None = None,
+               apns_id: str | None = None) -> PushRequest:
+    """PushKit hang-up of an answered call, for a device in the call whose WebSocket is
+    gone: the cancellation's shape, `type: "call.ended"`, so an app that handles one
+    handles both. Short-lived: it ends a call that is being talked on now."""
+    now = time.time() if now is None else now
+    payload = {"type": ENDED, "call_id": call_id, "reason": reason, "sent_at": _ms(now)}
+    return _voip_push(bundle_id, device_token, environment, call_id, payload, now + HANG_UP_LIFETIME, apns_id)
 
 
 def missed_call_alert(*, bundle_id: str, device_token: str, environment: Environment | str,
