@@ -283,7 +283,7 @@ async def test_hang_up_reaches_the_answering_device_whose_socket_died(
     assert [d.push.payload["type"] for d in bobs.inbox] == ["call.incoming", "call.ended"]
     assert not [d for d in alices.inbox]  # the caller hung up: she knows
     [entry] = [e for e in await node.node.store.timeline(call_id) if e["event"] == "push" and e["kind"] == "ended"]
-    assert entry["device"] == "b-phone" and entry["outcome"] == "delivered"
+    assert entry["device"] == "b-phone" and entry["outcome"] == "accepted"
 
 
 async def test_hang_up_reaches_the_caller_whose_socket_died(pushing: tuple[RunningNode, APNsSimulator]) -> None:

@@ -85,7 +85,7 @@ async def test_hang_up_push_has_the_cancellation_shape_and_lives_30_s(notifier: 
     request = call_ended(bundle_id=BUNDLE_ID, device_token=device.token, environment="sandbox",
                          call_id="call-9", reason="remote_ended", now=now)
 
-    assert (await notifier.send(request)).outcome == Outcome.DELIVERED
+    assert (await notifier.send(request)).outcome == Outcome.ACCEPTED
     [record] = requests_for(sim, request.apns_id)
     assert record.header("apns-push-type") == "voip" and record.header("apns-topic") == VOIP_TOPIC
     assert record.header("apns-collapse-id") == "call-9" and record.header("apns-priority") == "10"

@@ -206,7 +206,7 @@ async def test_concurrent_pushes_on_a_connection_that_goes_away(
 
     results = await asyncio.gather(*(notifier.send(r) for r in requests))
 
-    assert all(r.outcome == Outcome.DELIVERED for r in results)
+    assert all(r.outcome == Outcome.ACCEPTED for r in results)
     await asyncio.sleep(0.3)
     for device, request in zip(devices, requests):
         assert [d.push.apns_id for d in device.inbox] == [request.apns_id]
