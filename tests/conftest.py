@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import structlog
 import redis.asyncio as aioredis
 import uvicorn
 import websockets
@@ -26,6 +27,20 @@ from voip.auth import Authenticator
 from voip.node import Node
 from voip.redis_server import PrivateRedis
 from voip.settings import Settings, load_settings
+
+# In-process nodes log through structlog's development renderer. Its default, rich's
+# traceback with every frame's locals, takes a second or more of CPU per logged error
+# with a traceback, holding the event loop while the tests measure it: plain tracebacks.
+structlog.configure(
+    processors=[
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.StackInfoRenderer(),
+        structlog.dev.set_exc_info,
+        structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
 
 SECRET = "test-secret-" + "x" * 32
 BUNDLE = "com.example.caller"

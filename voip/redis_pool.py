@@ -40,8 +40,10 @@ def connection_options(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.redis_command_timeout,
         "health_check_interval": HEALTH_CHECK_INTERVAL,
         # One reconnect and resend on a dropped connection; a timeout is not retried,
-        # since the command may have run.
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2,
+        # since the command may have run. One, not more: each try against a Redis that
+        # accepts connections but answers nothing (stopped, swapping) costs a command
+        # timeout, and the request must get its 503 in bounded time.
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1,
                        supported_errors=(redis.exceptions.ConnectionError,)),
     }
 

@@ -238,7 +238,8 @@ async def test_after_a_redis_restart_every_put_succeeds_once_readyz_is_green(
 async def test_a_stopped_redis_costs_a_bounded_503_not_a_hung_request(
     own_redis: RedisProcess, own_node: Any
 ) -> None:
-    node = await own_node(redis_pool_timeout=0.5, redis_command_timeout=1)
+    command_timeout = 1.0
+    node = await own_node(redis_pool_timeout=0.5, redis_command_timeout=command_timeout)
     await register(node, "bob", "b1")
     async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as http:
         own_redis.pause()  # SIGSTOP: connections stay open, nothing answers
@@ -253,8 +254,8 @@ async def test_a_stopped_redis_costs_a_bounded_503_not_a_hung_request(
             own_redis.resume()
         assert_unavailable(put)
         assert_unavailable(status)
-        # One command timeout, one reconnect with its own connect timeout, and backoff.
-        assert elapsed < 5, elapsed
+        # One command timeout; at worst a health-check ping and one reconnect before it.
+        assert elapsed < 3 * command_timeout, elapsed
         again = await http.put("/v1/devices/b1", json={}, headers=bearer("bob"))
         assert again.status_code == 200, again.text
 
