@@ -253,14 +253,12 @@ class CallPushes:
                 last_push=(user_id, device_id, {**entry, "call_id": call.call_id})
                 if kind != "missed_alert"
                 else None,
+                cancelled=(device_id, entry["at"])
+                if kind == "cancel" and result.outcome is Outcome.ACCEPTED
+                else None,
             )
 
         current, cancelled_at = await self._bookkeep(append, call.call_id, device_id, kind)
-        if kind == "cancel" and result.outcome is Outcome.ACCEPTED:
-            await self._bookkeep(
-                lambda: self.store.record_cancellation(call.call_id, device_id, entry["at"]),
-                call.call_id, device_id, kind,
-            )
         return current, cancelled_at
 
     async def _bookkeep(self, step: Any, call_id: str, device_id: str, kind: str) -> Any:

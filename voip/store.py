@@ -401,11 +401,13 @@ class Store:
         *,
         cancellation_of: str | None = None,
         last_push: tuple[str, str, dict[str, Any]] | None = None,
+        cancelled: tuple[str, int] | None = None,
     ) -> tuple[CallRecord | None, int | None]:
         """Append timeline entries (published to operators too); with `last_push`
         (user, device, entry), keep it as that device's last push; with
         `cancellation_of`, read back the call and when APNs accepted a cancellation for
-        that device: all in one round trip."""
+        that device; with `cancelled` (device, at), record that APNs accepted one: all in
+        one round trip."""
         encoded = [orjson.dumps(e) for e in entries]
         async with self.redis.pipeline(transaction=False) as pipe:
             if encoded:
@@ -416,6 +418,11 @@ class Store:
             if last_push is not None:
                 user_id, device_id, push = last_push
                 pipe.hset(self.last_push_key(user_id), device_id, orjson.dumps(push))
+            if cancelled is not None:
+                await self._record_cancellation(
+                    keys=[self.cancellations_key(call_id), self.call_keys(call_id)[0]],
+                    args=[cancelled[0], cancelled[1], self.retention], client=pipe,
+                )
             if cancellation_of is not None:
                 pipe.hgetall(self.call_keys(call_id)[0])
                 pipe.hget(self.cancellations_key(call_id), cancellation_of)
@@ -458,14 +465,6 @@ class Store:
             {k.decode(): orjson.loads(v) for k, v in pushes.items()},
             _online(presence),
             {k.decode(): orjson.loads(v) for k, v in devices.items()},
-        )
-
-    async def record_cancellation(self, call_id: str, device_id: str, at: int) -> None:
-        """When APNs accepted a cancellation push for this device."""
-        # Kept as long as the call itself, whichever node's retention that is.
-        await self._record_cancellation(
-            keys=[self.cancellations_key(call_id), self.call_keys(call_id)[0]],
-            args=[device_id, at, self.retention],
         )
 
     async def drop_voip_token(self, user_id: str, device_id: str, token: str, before_ms: int | None) -> bool:

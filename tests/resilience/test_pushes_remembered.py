@@ -100,7 +100,7 @@ async def test_a_push_answered_while_redis_is_down_is_recorded_once_redis_is_bac
         assert entry["outcome"] == "accepted" and entry["apns_id"] == held.apns_id
         last = await store.redis.hget(store.last_push_key("bob"), "b-phone")
         assert last is not None and b'"kind":"%s"' % kind.encode() in last
-        if kind == "cancel":  # recorded right after the timeline entry, by its own script
+        if kind == "cancel":  # recorded in the same round trip as the timeline entry
             recorded = await _until(
                 lambda: store.redis.hget(store.cancellations_key(call_id), "b-phone"), 10, "cancellation record"
             )
