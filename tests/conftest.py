@@ -56,8 +56,13 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def apns(tmp_path: Path) -> AsyncIterator[tuple[APNsSimulator, dict[str, str]]]:
-    """An APNs simulator, and the APNS_* settings that point a node at it."""
+async def apns(
+    tmp_path: Path, running_nodes: list[RunningNode]
+) -> AsyncIterator[tuple[APNsSimulator, dict[str, str]]]:
+    """An APNs simulator, and the APNS_* settings that point a node at it. The nodes
+    stop before it does, whichever fixture a test named first: a node stopping waits
+    for its pushes in flight (up to VOIP_DRAIN_SECONDS), and a push to a simulator
+    that is gone only retries until its deadline."""
     async with APNsSimulator(tmp_path / "apns") as sim:
         key = sim.create_key("TEAM000001", "KEY0000001")
         key_file = tmp_path / "AuthKey.p8"
@@ -70,6 +75,7 @@ async def apns(tmp_path: Path) -> AsyncIterator[tuple[APNsSimulator, dict[str, s
             "apns_endpoint": sim.endpoint,
             "apns_ca_file": str(sim.ca_file),
         }
+        await stop_nodes(running_nodes)
 
 
 @pytest.fixture
@@ -242,18 +248,28 @@ async def start_node(settings: Settings) -> RunningNode:
 
 
 @pytest.fixture
-async def node_factory(redis_url: str, prefix: str, redis: aioredis.Redis) -> AsyncIterator[Any]:
-    nodes: list[RunningNode] = []
+def running_nodes() -> list[RunningNode]:
+    """The in-process nodes this test started, for every fixture that must outlive them."""
+    return []
 
-    async def factory(**overrides: Any) -> RunningNode:
-        running = await start_node(make_settings(redis_url, prefix, **overrides))
-        nodes.append(running)
-        return running
 
-    yield factory
+async def stop_nodes(nodes: list[RunningNode]) -> None:
     for running in nodes:
         if not running.task.done():
             await running.stop()
+
+
+@pytest.fixture
+async def node_factory(
+    redis_url: str, prefix: str, redis: aioredis.Redis, running_nodes: list[RunningNode]
+) -> AsyncIterator[Any]:
+    async def factory(**overrides: Any) -> RunningNode:
+        running = await start_node(make_settings(redis_url, prefix, **overrides))
+        running_nodes.append(running)
+        return running
+
+    yield factory
+    await stop_nodes(running_nodes)
 
 
 @pytest.fixture
