@@ -45,7 +45,6 @@ class SipGateway:
     ) -> None:
         self.config = config
         self.store = store
-        self.bus = bus
         self.controller = controller
         self.node_id = node_id
         self.endpoint = SipEndpoint(
