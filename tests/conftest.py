@@ -21,6 +21,7 @@ import uvicorn
 import websockets
 
 from apnsim import APNsSimulator
+from tests import interop
 from tests.redis_process import RedisProcess
 from voip.app import create_app
 from voip.auth import Authenticator
@@ -41,6 +42,15 @@ structlog.configure(
         structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
     ]
 )
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    interop.running(item)
+    try:
+        return (yield)
+    finally:
+        interop.running(None)
+
 
 SECRET = "test-secret-" + "x" * 32
 BUNDLE = "com.example.caller"

@@ -266,6 +266,7 @@ async def test_ring_timeout_ends_the_call_as_unanswered(
         await world.close()
 
 
+@pytest.mark.interop
 async def test_demo_runs_the_readme_story() -> None:
     env = dict(os.environ)  # REDIS_URL, if the tests have one; else the demo starts its own
     started = time.monotonic()

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
+from tests import interop
 from tests.conftest import RunningNode, register
 from tests.ops.conftest import place_call
 from voip.store import now_ms
+
+pytestmark = pytest.mark.interop
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -24,6 +27,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    interop.started("chromium")
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, args=ARGS, headless=True,

@@ -27,6 +27,8 @@ from tests.ports import free_port
 from voip.auth import Authenticator
 from voip.store import Store
 
+pytestmark = pytest.mark.interop
+
 VOIP_TOPIC = f"{BUNDLE}.voip"
 DRAIN_SECONDS = 10
 AUTH = Authenticator(SECRET)

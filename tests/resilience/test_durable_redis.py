@@ -22,6 +22,8 @@ from tests.redis_process import AOF, NO_PERSISTENCE, RedisProcess
 from tests.test_call_pushes import invites_for
 from voip.redis_durability import Durability, durability_warnings, inspect_durability
 
+pytestmark = pytest.mark.interop
+
 @pytest.fixture
 async def nodes_on() -> AsyncIterator[Callable[..., Any]]:
     running: list[RunningNode] = []

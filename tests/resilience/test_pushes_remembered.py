@@ -23,6 +23,8 @@ from tests.redis_process import RedisProcess
 from voip.store import Store
 from voip.tasks import BackgroundTasks
 
+pytestmark = pytest.mark.interop
+
 VOIP_TOPIC = f"{BUNDLE}.voip"
 
 

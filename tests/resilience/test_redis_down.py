@@ -30,6 +30,8 @@ from tests.test_call_pushes import invites_for, phone
 from voip import metrics
 from voip.auth import Authenticator
 
+pytestmark = pytest.mark.interop
+
 AUTH = Authenticator(SECRET)
 
 

@@ -21,6 +21,8 @@ from voip import logs
 from voip.redis_pipe import RedisPipe
 from voip.settings import SettingsError, load_settings
 
+pytestmark = pytest.mark.interop
+
 RING_TIMEOUT = 12.0  # long enough to ring through a failover (about 2.3 s here)
 
 

@@ -134,6 +134,7 @@ NASTY_SIP = '"Ev\\\x01il \x7fPBX\x9b \u202eenoh\u2066p ' + "w" * 70 + '"'
 CLEAN_SIP = ("Evil PBX enohp " + "w" * 70)[:64]
 
 
+@pytest.mark.interop
 async def test_sip_display_name_reaches_call_incoming_and_the_push_cleaned(
     sip_node: SipNodeFactory, apns: tuple[APNsSimulator, dict[str, str]], tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from apnsim.tls import TLSMaterial, generate_tls_material
+from tests import interop
 from tests.conftest import DeviceClient, RunningNode
 from tests.ports import free_port
 from voip.settings import SettingsError, load_settings
@@ -25,6 +26,8 @@ from voip.sipcalls.config import SipConfig
 from voip.sipcalls.registrar import Binding
 from tests.sipcalls.conftest import APP_SDP, DOMAIN, SipNodeFactory
 from tests.sipcalls.conftest import sip_node  # noqa: F401  (the fixture, for this module)
+
+pytestmark = pytest.mark.interop
 
 PHONE_CONFIG = """\
 poll_method		epoll
@@ -51,6 +54,7 @@ PHONE_ACCOUNT = (
 
 
 def baresip_binary() -> str:
+    interop.started("baresip")
     path = shutil.which("baresip")
     if path is None:
         pytest.fail("baresip is not installed: run `apt-get install -y baresip`")

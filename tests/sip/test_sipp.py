@@ -20,13 +20,17 @@ from sip.dialog import Dialog, DialogState
 from sip.endpoint import SipEndpoint
 from sip.message import URI, NameAddr
 from sip.transaction import TimerConfig
+from tests import interop
 from tests.ports import free_port
 from tests.sip.demo_tu import DemoTU, invite_request
+
+pytestmark = pytest.mark.interop
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 def sipp_binary() -> str:
+    interop.started("sipp")
     path = shutil.which("sipp")
     if path is None:
         pytest.fail("sipp is not installed: run `apt-get install -y sip-tester` (CI installs it)")

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import interop
 from tests.ports import free_port
 from tests.sipcalls.conftest import SipNodeFactory, sip_port
+
+pytestmark = pytest.mark.interop
 
 CONFIG = """\
 poll_method		epoll
@@ -28,6 +31,7 @@ ACCOUNT = '<sip:alice@voip.test>;auth_pass=wonderland;outbound="sip:127.0.0.1:{n
 
 
 def baresip_binary() -> str:
+    interop.started("baresip")
     path = shutil.which("baresip")
     if path is None:
         pytest.fail("baresip is not installed: run `apt-get install -y baresip`")

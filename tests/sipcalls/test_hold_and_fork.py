@@ -22,6 +22,8 @@ from tests.sipcalls.conftest import (
 from tests.test_call_pushes import VOIP_TOPIC, invites_for
 from voip.store import now_ms
 
+pytestmark = pytest.mark.interop
+
 
 @pytest.fixture
 async def pushing_sip_node(sip_node: SipNodeFactory, apns: tuple[APNsSimulator, dict[str, str]]) -> AsyncIterator[tuple[RunningNode, APNsSimulator]]:

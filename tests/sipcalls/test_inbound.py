@@ -14,6 +14,10 @@ from tests.sipcalls.conftest import (
     APP_SDP, SipNodeFactory, finished, messages_log, scenario, sip_port, start_sipp,
 )
 
+import pytest
+
+pytestmark = pytest.mark.interop
+
 CALLER = "sip:+15551234@pbx.example"
 
 

@@ -12,6 +12,8 @@ from tests.sipcalls.conftest import (
     SipNodeFactory, finished, scenario, start_sipp, wait_bound,
 )
 
+pytestmark = pytest.mark.interop
+
 
 async def place(bob: DeviceClient, callee: str) -> str:
     started = await bob.request({"type": "call.start", "callee": callee})

@@ -12,6 +12,10 @@ from tests.sipcalls.conftest import (
 )
 from tests.sipcalls.uac import build, register, send, sip_client
 
+import pytest
+
+pytestmark = pytest.mark.interop
+
 TOKEN = "ab" * 32
 
 

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import interop
 from tests.conftest import RunningNode
 from tests.sipcalls.conftest import SipNodeFactory, sip_port
 from tests.sipcalls.uac import build, send, sip_client
+
+pytestmark = pytest.mark.interop
 
 NAMES = ["100", "101", "1000", "admin", "alice", "bob", "carol", "operator", "test"]
 PASSWORDS = ["123456", "password", "alice", "wonder", "looking", "secret", "1234"]
@@ -28,6 +31,7 @@ def tool(name: str) -> str:
 
 async def run(name: str, *args: str, home: Path) -> str:
     """The tool's output; sipvicious exits 0 whether it found something or not."""
+    interop.started(name)
     home.mkdir(parents=True, exist_ok=True)
     process = await asyncio.create_subprocess_exec(
         tool(name), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
