@@ -32,7 +32,7 @@ from voip import metrics
 from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.calls import Party, verdict
-from voip.push import Caller, Notifier, Outcome, Push, PushKind, PushResult
+from voip.push import Caller, Notifier, Outcome, Push, PushKind, PushResult, TokenDrop
 from voip.store import CallRecord, Store
 from voip.tasks import BackgroundTasks, retry_bounded
 
@@ -154,7 +154,6 @@ class CallPushes:
             self._spawn(call.call_id, f"missed_alert:{call.call_id}:{device_id}", self._send(call, device_id, push))
 
     def _cancellation(self, call: CallRecord, address: dict[str, Any], reason: str) -> Push:
-        # It shares the invite's deadline, so the platform can let it replace a stored invite.
         deadline = max(call.ring_deadline / 1000, time.time() + CANCELLATION_GRACE)
         return Push(PushKind.CANCEL, call.call_id, address, deadline=deadline, reason=reason)
 
@@ -222,8 +221,8 @@ class CallPushes:
         log.info("push.sent", call_id=call.call_id, device=device_id, kind=kind,
                  outcome=result.outcome.value, status=result.status, reason=result.reason)
         # Devices keep one token that can be dropped: the one VoIP pushes go to.
-        if push.kind is not PushKind.MISSED_ALERT and result.drop_token is not None:
-            await self._drop_token(call, user_id, device_id, result)
+        if push.kind is not PushKind.MISSED_ALERT and (drop := result.drop_token) is not None:
+            await self._drop_token(call, user_id, device_id, result, drop)
         return result, current, cancelled_at
 
     async def _record(
@@ -254,11 +253,11 @@ class CallPushes:
             call_id=call_id, device=device_id, kind=kind,
         )
 
-    async def _drop_token(self, call: CallRecord, user_id: str, device_id: str, result: PushResult) -> None:
-        assert result.drop_token is not None
-        before = result.drop_token.registered_before
+    async def _drop_token(
+        self, call: CallRecord, user_id: str, device_id: str, result: PushResult, drop: TokenDrop
+    ) -> None:
         dropped = await self._bookkeep(
-            lambda: self.store.drop_voip_token(user_id, device_id, result.device_token, before),
+            lambda: self.store.drop_voip_token(user_id, device_id, result.device_token, drop.registered_before),
             call.call_id, device_id, "token",
         )
         await self._bookkeep(
