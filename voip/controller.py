@@ -97,15 +97,7 @@ class CallController:
         else:
             targets = sorted(set(devices) | online)
             if self.pushes is not None:
-                pushes = {
-                    device_id: {
-                        "token": record["voip_token"],
-                        "environment": record["apns_environment"],
-                        "apns_id": str(uuid.uuid4()),
-                    }
-                    for device_id, record in devices.items()
-                    if record.get("voip_token")
-                }
+                pushes = self.pushes.addresses(devices)
         name = display_name(caller_name, caller.user_id)
         incoming: dict[str, Any] = {
             "type": "call.incoming",

@@ -86,7 +86,6 @@ class Node:
             self.store,
             self.bus,
             self.auth,
-            bundle_id=self.settings.apns_bundle_id,
             public_url=self.public_url,
             node=self.node_id,
         )
