@@ -30,6 +30,7 @@ from voip import metrics
 from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.calls import FINAL_REASON, CallState, EndReason
+from voip.protocol import FrameType
 from voip.push import Caller, Notifier, Outcome, PushRequest, PushResult
 from voip.push import call_cancellation, call_ended, missed_call_alert, voip_invite
 from voip.store import CallRecord, Store
@@ -288,7 +289,7 @@ class CallPushes:
         if dropped:
             await self.bus.publish(
                 user_id,
-                {"type": "device.reregister", "device_id": device_id, "reason": result.reason},
+                {"type": FrameType.DEVICE_REREGISTER, "device_id": device_id, "reason": result.reason},
                 only=[device_id],
             )
 
