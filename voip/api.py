@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
@@ -16,6 +16,7 @@ from starlette.responses import Response
 from voip import metrics
 from voip.auth import AuthError, Principal
 from voip.calls import CallState, EndReason, Party, verdict
+from voip.devices import ApnsEnvironment, DeviceRecord, Registration, register
 from voip.node import Node
 from voip.store import CallError
 
@@ -42,7 +43,7 @@ class ApiError(HTTPException):
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     voip_token: HexToken | None = None
-    apns_environment: Literal["sandbox", "production"] = "production"
+    apns_environment: ApnsEnvironment = "production"
     bundle_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,155}$")] | None = None
     alert_token: HexToken | None = None
 
@@ -106,18 +107,11 @@ async def put_device(request: Request) -> Response:
     node = node_of(request)
     now = int(time.time() * 1000)
     previous = await node.store.get_device(principal.user_id, device_id)
-    voip_token = body.voip_token.lower() if body.voip_token else None
-    token_changed = previous is None or previous.get("voip_token") != voip_token
-    record = {
-        **body.model_dump(),
-        "voip_token": voip_token,
-        "alert_token": body.alert_token.lower() if body.alert_token else None,
-        "registered_at": previous["registered_at"] if previous else now,
-        "updated_at": now,
-        # When this token value was first given to us: a 410 from APNs only removes a
-        # token registered before APNs's timestamp.
-        "token_registered_at": now if token_changed else previous["token_registered_at"],  # type: ignore[index]
-    }
+    record = register(
+        DeviceRecord.from_stored(previous) if previous else None,
+        Registration(body.voip_token, body.apns_environment, body.bundle_id, body.alert_token),
+        now,
+    ).stored()
     dropped = await node.store.put_device(
         principal.user_id, device_id, record, node.settings.max_devices_per_user
     )
@@ -138,7 +132,9 @@ async def delete_device(request: Request) -> Response:
 async def list_devices(request: Request) -> Response:
     principal = authenticate(request, "device")
     devices = await node_of(request).store.list_devices(principal.user_id)
-    return JSONResponse({"devices": [{"device_id": k, **v} for k, v in sorted(devices.items())]})
+    return JSONResponse({
+        "devices": [{"device_id": k, **DeviceRecord.from_stored(v).stored()} for k, v in sorted(devices.items())]
+    })
 
 
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
