@@ -15,9 +15,9 @@ from starlette.responses import Response
 
 from voip import metrics
 from voip.auth import AuthError, Principal
-from voip.calls import CallState, EndReason, Party, verdict
 from voip.devices import ApnsEnvironment, DeviceRecord, Registration, register
 from voip.node import Node
+from voip.status import StatusAnswer, StatusRow
 from voip.store import CallError
 
 # Not "." or "..": HTTP clients fold those path segments away.
@@ -167,10 +167,7 @@ def _query(request: Request) -> dict[str, str]:
 
 def _unknown_call(call_id: str, now: int) -> Response:
     metrics.status_check_counter(metrics.UNKNOWN_CALL_STATE, True).inc()
-    return JSONResponse(
-        {"call_id": call_id, "end_call": True, "reason": EndReason.UNKNOWN_CALL.value, "server_time": now},
-        status_code=404,
-    )
+    return JSONResponse(StatusAnswer.unknown_call(call_id, now).body(), status_code=404)
 
 
 async def call_status(request: Request) -> Response:
@@ -206,32 +203,10 @@ async def call_status(request: Request) -> Response:
     metrics.REDIS_LATENCY.observe(time.perf_counter() - started)
     if fields is None:
         return _unknown_call(call_id, now)
-    state_raw, _, _, _, answered_by, ring_deadline, ended_at, party = fields
-    state = CallState(state_raw.decode())  # type: ignore[union-attr]
-    answered_by_device = answered_by.decode() if answered_by else None
-    result = verdict(
-        state,
-        party=Party.CALLER if party == b"caller" else Party.CALLEE,
-        device_id=device_id or None,
-        answered_by_device=answered_by_device,
-        ring_deadline_ms=int(ring_deadline),  # type: ignore[arg-type]
-        now_ms=now,
-    )
-    metrics.status_check_counter(result.state.value, result.end_call).inc()
-    body: dict[str, Any] = {
-        "call_id": call_id,
-        "state": result.state.value,
-        "end_call": result.end_call,
-        "reason": result.reason.value if result.reason else None,
-        "server_time": now,
-    }
-    if answered_by_device:
-        body["answered_by_device"] = answered_by_device
-    if ended_at:
-        body["ended_at"] = int(ended_at)
-    elif result.state is CallState.MISSED:
-        body["ended_at"] = int(ring_deadline)  # type: ignore[arg-type]
-    return JSONResponse(body)
+    answer = StatusAnswer.of(call_id, StatusRow.from_reply(fields), device_id or None, now)
+    assert answer.state is not None
+    metrics.status_check_counter(answer.state.value, answer.end_call).inc()
+    return JSONResponse(answer.body())
 
 
 async def device(request: Request) -> Response:
