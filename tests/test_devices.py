@@ -169,3 +169,38 @@ async def test_same_token_in_upper_case_is_the_same_token(node: RunningNode) -> 
     again = (await client.put("/v1/devices/phone", json={"voip_token": "AB" * 32}, headers=headers)).json()
     assert again["voip_token"] == first["voip_token"] == "ab" * 32
     assert again["token_registered_at"] == first["token_registered_at"]
+
+
+async def test_the_stored_record_and_its_answer_keep_their_keys_and_order(node: RunningNode) -> None:
+    api = Api(node, "alice")
+    response = await api.put("iphone", voip_token=TOKEN_A.upper(), apns_environment="sandbox", bundle_id="com.example.app")
+    body = response.json()
+    stamp = body["registered_at"]
+    assert body["updated_at"] == body["token_registered_at"] == stamp
+    assert response.content == (
+        b'{"device_id":"iphone","voip_token":"' + TOKEN_A.encode() + b'","apns_environment":"sandbox",'
+        b'"bundle_id":"com.example.app","alert_token":null,"registered_at":%d,"updated_at":%d,'
+        b'"token_registered_at":%d,"dropped_devices":[]}' % (stamp, stamp, stamp)
+    )
+    stored = await node.node.store.get_device("alice", "iphone")
+    assert stored is not None and list(stored) == [
+        "voip_token", "apns_environment", "bundle_id", "alert_token", "registered_at", "updated_at",
+        "token_registered_at",
+    ]
+
+
+async def test_a_token_apns_refused_shows_when_it_was_dropped_until_the_device_registers_again(
+    node: RunningNode,
+) -> None:
+    api = Api(node, "alice")
+    first = (await api.put("iphone", voip_token=TOKEN_A)).json()
+    assert await node.node.store.drop_voip_token("alice", "iphone", TOKEN_A, None)
+    [listed] = await api.devices()
+    assert listed["voip_token"] is None
+    assert listed["token_dropped_at"] >= first["registered_at"]
+    await tick()
+    again = (await api.put("iphone", voip_token=TOKEN_A)).json()
+    assert "token_dropped_at" not in again
+    assert again["registered_at"] == first["registered_at"]
+    # The token counts as new: a 410 stamped before this registration must not drop it.
+    assert again["token_registered_at"] == again["updated_at"] > first["token_registered_at"]

@@ -251,3 +251,39 @@ async def test_percent_encoded_parameters_still_work(node: RunningNode) -> None:
     # "b:1" sent as b%3A1: the general parser takes over.
     response = await node.http().get(f"/v1/calls/{call_id}/status?device_id=b%3A1&cap={cap}")
     assert response.status_code == 200 and response.json()["state"] == "ringing"
+
+
+async def test_answers_keep_their_exact_bytes(node: RunningNode) -> None:
+    """The JSON an app parses, key order and omissions included."""
+    call_id, caller, phone, _ = await ringing_call(node)
+
+    async def raw(device_id: str = "b1") -> tuple[int, bytes, int]:
+        response = await node.http().get(
+            f"/v1/calls/{call_id}/status", params={"device_id": device_id}, headers=bearer(node, "bob")
+        )
+        return response.status_code, response.content, response.json()["server_time"]
+
+    code, content, now = await raw()
+    assert code == 200
+    assert content == b'{"call_id":"%s","state":"ringing","end_call":false,"reason":null,"server_time":%d}' % (
+        call_id.encode(), now
+    )
+    await phone.request({"type": "call.answer", "call_id": call_id})
+    _, content, now = await raw("b2")
+    assert content == (
+        b'{"call_id":"%s","state":"answered","end_call":true,"reason":"answered_elsewhere","server_time":%d,'
+        b'"answered_by_device":"b1"}' % (call_id.encode(), now)
+    )
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    ended_at = (await node.node.store.get_call(call_id)).ended_at  # type: ignore[union-attr]
+    _, content, now = await raw()
+    assert content == (
+        b'{"call_id":"%s","state":"ended","end_call":true,"reason":"remote_ended","server_time":%d,'
+        b'"answered_by_device":"b1","ended_at":%d}' % (call_id.encode(), now, ended_at)
+    )
+    unknown = str(uuid.uuid4())
+    response = await node.http().get(f"/v1/calls/{unknown}/status", headers=bearer(node, "bob"))
+    assert response.status_code == 404
+    assert response.content == b'{"call_id":"%s","end_call":true,"reason":"unknown_call","server_time":%d}' % (
+        unknown.encode(), response.json()["server_time"]
+    )

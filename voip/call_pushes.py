@@ -32,6 +32,7 @@ from voip import metrics
 from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.calls import Party, verdict
+from voip.protocol import FrameType
 from voip.push import Caller, Notifier, Outcome, Push, PushKind, PushResult, TokenDrop
 from voip.store import CallRecord, Store
 from voip.tasks import BackgroundTasks, retry_bounded
@@ -271,7 +272,7 @@ class CallPushes:
         if dropped:
             await self.bus.publish(
                 user_id,
-                {"type": "device.reregister", "device_id": device_id, "reason": result.reason},
+                {"type": FrameType.DEVICE_REREGISTER, "device_id": device_id, "reason": result.reason},
                 only=[device_id],
             )
 

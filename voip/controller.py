@@ -20,6 +20,7 @@ from voip.bus import Bus
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.display_names import display_name
 from voip.log_throttle import RepeatedLog
+from voip.protocol import FrameType
 from voip.tasks import stop_task
 from voip.call_pushes import CallPushes
 from voip.store import CallError, CallRecord, Store, Transition, now_ms
@@ -100,7 +101,7 @@ class CallController:
                 pushes = self.pushes.addresses(devices)
         name = display_name(caller_name, caller.user_id)
         incoming: dict[str, Any] = {
-            "type": "call.incoming",
+            "type": FrameType.CALL_INCOMING,
             "call_id": call_id,
             "caller": caller.user_id,
             "caller_name": name,
@@ -176,7 +177,7 @@ class CallController:
         if first:  # the caller hears ringback once, however many devices ring
             await self.bus.publish(
                 call.caller_user,
-                {"type": "call.ringing", "call_id": call_id, "device_id": device_id},
+                {"type": FrameType.CALL_RINGING, "call_id": call_id, "device_id": device_id},
                 only=[call.caller_device],
             )
         return call
@@ -207,7 +208,7 @@ class CallController:
 
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
         call, _ = await self.store.call_event(call_id, user=user_id, device=device_id)
-        frame = {"type": "call.signal", "call_id": call_id, "from_device": device_id, "payload": payload}
+        frame = {"type": FrameType.CALL_SIGNAL, "call_id": call_id, "from_device": device_id, "payload": payload}
         if user_id == call.caller_user:
             # Before an answer the caller's candidates go to every ringing device.
             only = [call.answered_by_device] if call.answered_by_device else None
@@ -250,7 +251,7 @@ class CallController:
         if busy:
             base["busy"] = True
         if call.state is CallState.ANSWERED:
-            answered = {**base, "type": "call.answered", "device_id": call.answered_by_device}
+            answered = {**base, "type": FrameType.CALL_ANSWERED, "device_id": call.answered_by_device}
             if sdp is not None:
                 answered["sdp"] = sdp
             await asyncio.gather(

@@ -33,6 +33,7 @@ from voip.protocol import (
     CallSignal,
     CallStart,
     ClientMessage,
+    FrameType,
     Ping,
     client_message,
     error_frame,
@@ -216,7 +217,7 @@ class DeviceConnection:
         writer = asyncio.create_task(self._write())
         self.node.sockets[self] = self._drained
         try:
-            await self.outbox.put({"type": "hello", "node": self.node.node_id, "device_id": self.device_id})
+            await self.outbox.put({"type": FrameType.HELLO, "node": self.node.node_id, "device_id": self.device_id})
             if self.node.draining:  # accepted as the drain began: it may have missed this socket
                 self._reconnect_elsewhere()
             await self._read()
@@ -235,7 +236,7 @@ class DeviceConnection:
     def _reconnect_elsewhere(self) -> None:
         if self.closing is None:
             with contextlib.suppress(asyncio.QueueFull):
-                self.outbox.put_nowait({"type": "reconnect", "reason": "draining"})
+                self.outbox.put_nowait({"type": FrameType.RECONNECT, "reason": "draining"})
             self._close_after_queued(CLOSE_SERVICE_RESTART, "reconnect")
 
     async def _drained(self) -> None:
@@ -246,7 +247,7 @@ class DeviceConnection:
 
     async def send(self, frame: dict[str, Any]) -> None:
         # Every frame goes through the outbox: one task writes to the socket.
-        if frame["type"] == "error":
+        if frame["type"] == FrameType.ERROR:
             metrics.WS_ERRORS.labels(frame["code"]).inc()
         await self.outbox.put(frame)
 
@@ -261,7 +262,7 @@ class DeviceConnection:
                 await self.websocket.send_text(orjson.dumps(frame).decode())
             except Exception:
                 return
-            if "call_id" in frame and frame["type"] not in ("ack", "error", "call.signal"):
+            if "call_id" in frame and frame["type"] not in (FrameType.ACK, FrameType.ERROR, FrameType.CALL_SIGNAL):
                 try:
                     await self.node.store.append_timeline(
                         frame["call_id"],
@@ -355,7 +356,7 @@ class DeviceConnection:
         async def reply(call: CallRecord) -> None:
             nonlocal replied
             await self.send({
-                "type": "call.started",
+                "type": FrameType.CALL_STARTED,
                 "id": message.id,
                 "call_id": call.call_id,
                 "state": call.state.value,
@@ -378,7 +379,7 @@ class DeviceConnection:
 
     async def _dispatch(self, message: ClientMessage) -> dict[str, Any] | None:
         me = Caller(self.user_id, self.device_id)
-        ack = {"type": "ack", "id": message.id}
+        ack = {"type": FrameType.ACK, "id": message.id}
         match message:
             case CallStart():
                 await self._start(message)
@@ -397,6 +398,6 @@ class DeviceConnection:
             case CallSignal(call_id=call_id, payload=payload):
                 await self.controller.signal(self.user_id, self.device_id, call_id, payload)
             case Ping():
-                return {"type": "pong", "id": message.id, "server_time": int(time.time() * 1000)}
+                return {"type": FrameType.PONG, "id": message.id, "server_time": int(time.time() * 1000)}
         ack["call_id"] = message.call_id  # type: ignore[union-attr]
         return ack

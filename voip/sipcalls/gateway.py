@@ -20,6 +20,7 @@ from voip import metrics
 from voip.bus import Bus
 from voip.calls import Action
 from voip.controller import CallController
+from voip.protocol import FrameType
 from voip.sipcalls.config import SipConfig
 from voip.sipcalls.legs import ALLOW, InboundLeg, Leg, OutboundLeg, caller_id
 from voip.sipcalls.registrar import Binding, Registrar
@@ -247,7 +248,7 @@ class SipGateway:
     async def _phone_frame(self, user: str, device: str, frame: dict[str, Any]) -> None:
         call_id = frame.get("call_id", "")
         kind = frame["type"]
-        if kind != "call.incoming":
+        if kind != FrameType.CALL_INCOMING:
             if kind in RINGING_OVER:
                 await self.ringing.remove(user, call_id)
             fork = self.forks.get((call_id, device))

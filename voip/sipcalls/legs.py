@@ -28,6 +28,7 @@ from sip.message import URI, CSeq, Headers, NameAddr, ParseError, Request, Respo
 from sip.transaction import Addr, RequestReceived
 from voip.calls import Action
 from voip.controller import Caller
+from voip.protocol import FrameType
 from voip.store import CallError, CallRefused, now_ms
 
 if TYPE_CHECKING:
@@ -231,18 +232,18 @@ class InboundLeg(Leg):
         if frame.get("call_id") != self.call_id or self.finished:
             return
         kind = frame["type"]
-        if kind == "call.ringing":
+        if kind == FrameType.CALL_RINGING:
             self.ring()
-        elif kind == "call.answered":
+        elif kind == FrameType.CALL_ANSWERED:
             await self.answer(frame.get("sdp"))
-        elif kind == "call.declined":
+        elif kind == FrameType.CALL_DECLINED:
             self.end_with(486 if frame.get("busy") else 603)
-        elif kind == "call.missed":
+        elif kind == FrameType.CALL_MISSED:
             self.end_with(480)
-        elif kind == "call.failed":
+        elif kind == FrameType.CALL_FAILED:
             # Before any device rang nobody could be reached; after, something broke.
             self.end_with(500 if self.rang else 480)
-        elif kind == "call.ended":
+        elif kind == FrameType.CALL_ENDED:
             self.spawn(self.hang_up_peer())
 
     def ring(self) -> None:

@@ -29,6 +29,7 @@ from sip.endpoint import SipEndpoint
 from sip.message import NameAddr, Request, generate_tag
 from sip.transaction import RequestReceived
 from voip.bus import Bus
+from voip.devices import ApnsEnvironment, DeviceRecord, Registration, SipRegistration, register
 from voip.sipcalls.config import SipConfig
 from voip.sipcalls.nonces import NonceCounts
 from voip.store import Store, now_ms
@@ -63,7 +64,7 @@ class PushTarget:
     """RFC 8599 Contact parameters for APNs."""
 
     voip_token: str
-    apns_environment: str
+    apns_environment: ApnsEnvironment
     bundle_id: str
     team_id: str
 
@@ -270,19 +271,15 @@ class Registrar:
 
     async def _put_push_device(self, user: str, device_id: str, push: PushTarget, binding: Binding) -> None:
         previous = await self.store.get_device(user, device_id)
-        now = now_ms()
-        token_changed = previous is None or previous.get("voip_token") != push.voip_token
-        record = {
-            "voip_token": push.voip_token,
-            "apns_environment": push.apns_environment,
-            "bundle_id": push.bundle_id,
-            "alert_token": None,
-            "registered_at": previous["registered_at"] if previous else now,
-            "updated_at": now,
-            "token_registered_at": now if token_changed else previous["token_registered_at"],  # type: ignore[index]
-            "sip": {"contact": binding.contact, "expires_at": binding.expires_at, "team_id": push.team_id},
-        }
-        await self.store.put_device(user, device_id, record, self.max_devices)
+        record = register(
+            DeviceRecord.from_stored(previous) if previous else None,
+            Registration(
+                push.voip_token, push.apns_environment, push.bundle_id,
+                sip=SipRegistration(binding.contact, binding.expires_at, push.team_id),
+            ),
+            now_ms(),
+        )
+        await self.store.put_device(user, device_id, record.stored(), self.max_devices)
 
     async def _remove(self, user: str, device_id: str) -> None:
         await self.store.redis.hdel(self.bindings_key(user), device_id)
