@@ -66,7 +66,7 @@ async def test_register_then_update(node: RunningNode) -> None:
     assert third["token_registered_at"] > second["token_registered_at"]
     assert third["token_registered_at"] == third["updated_at"]
 
-    stored = await node.node.store.get_device("alice", "phone")
+    stored = await node.node.stores.devices.get("alice", "phone")
     assert stored is not None
     assert {k: v for k, v in third.items() if k not in ("device_id", "dropped_devices")} == stored
 
@@ -104,7 +104,7 @@ async def test_delete(node: RunningNode) -> None:
 async def test_users_cannot_see_or_delete_each_others_devices(node: RunningNode) -> None:
     alice, mallory = Api(node, "alice"), Api(node, "mallory")
     await alice.put("phone", voip_token=TOKEN_A, apns_environment="sandbox")
-    original = await node.node.store.get_device("alice", "phone")
+    original = await node.node.stores.devices.get("alice", "phone")
 
     assert (await mallory.delete("phone")).status_code == 404
     assert await mallory.devices() == []
@@ -112,10 +112,10 @@ async def test_users_cannot_see_or_delete_each_others_devices(node: RunningNode)
     taken = await mallory.put("phone", voip_token=TOKEN_B)
     assert taken.status_code == 201
     assert [d["voip_token"] for d in await mallory.devices()] == [TOKEN_B]
-    assert await node.node.store.get_device("alice", "phone") == original
+    assert await node.node.stores.devices.get("alice", "phone") == original
     assert [d["voip_token"] for d in await alice.devices()] == [TOKEN_A]
     assert (await mallory.delete("phone")).status_code == 204
-    assert await node.node.store.get_device("alice", "phone") == original
+    assert await node.node.stores.devices.get("alice", "phone") == original
 
 
 async def test_per_user_cap_drops_the_least_recently_registered(node_factory: Any) -> None:

@@ -17,7 +17,7 @@ from voip import metrics
 from voip.auth import AuthError, Principal
 from voip.calls import CallState, EndReason, Party, verdict
 from voip.node import Node
-from voip.store import CallError
+from voip.stores import CallError
 
 # Not "." or "..": HTTP clients fold those path segments away.
 DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
@@ -105,7 +105,7 @@ async def put_device(request: Request) -> Response:
     body: DeviceIn = await json_body(request, DeviceIn)
     node = node_of(request)
     now = int(time.time() * 1000)
-    previous = await node.store.get_device(principal.user_id, device_id)
+    previous = await node.stores.devices.get(principal.user_id, device_id)
     voip_token = body.voip_token.lower() if body.voip_token else None
     token_changed = previous is None or previous.get("voip_token") != voip_token
     record = {
@@ -118,7 +118,7 @@ async def put_device(request: Request) -> Response:
         # token registered before APNs's timestamp.
         "token_registered_at": now if token_changed else previous["token_registered_at"],  # type: ignore[index]
     }
-    dropped = await node.store.put_device(
+    dropped = await node.stores.devices.put(
         principal.user_id, device_id, record, node.settings.max_devices_per_user
     )
     return JSONResponse(
@@ -130,14 +130,14 @@ async def put_device(request: Request) -> Response:
 async def delete_device(request: Request) -> Response:
     principal = authenticate(request, "device")
     device_id = device_id_of(request)
-    if not await node_of(request).store.delete_device(principal.user_id, device_id):
+    if not await node_of(request).stores.devices.delete(principal.user_id, device_id):
         raise ApiError(404, "unknown_device", "no such device")
     return Response(status_code=204)
 
 
 async def list_devices(request: Request) -> Response:
     principal = authenticate(request, "device")
-    devices = await node_of(request).store.list_devices(principal.user_id)
+    devices = await node_of(request).stores.devices.registered(principal.user_id)
     return JSONResponse({"devices": [{"device_id": k, **v} for k, v in sorted(devices.items())]})
 
 
@@ -202,7 +202,7 @@ async def call_status(request: Request) -> Response:
         return _unknown_call(raw_id[:64], now)
     started = time.perf_counter()
     try:
-        fields = await node.store.status_check(
+        fields = await node.stores.calls.status_check(
             call_id, user=user, device=device_id, node=node.node_id, via=via, at=now
         )
     except CallError:  # not_your_device; the asker is a participant, so it learns nothing new
