@@ -50,7 +50,7 @@ async def test_call_pushes_drive_another_platform_unchanged(node_factory: Any) -
     phone_token, stale_token = "aa" * 32, "bb" * 32
     pager = Pager(known={phone_token})
     node.node.controller.pushes = CallPushes(
-        pager, node.node.store, node.node.bus, node.node.auth, public_url=node.base_url, node=node.node.node_id,
+        pager, node.node.stores.calls, node.node.stores.devices, node.node.stores.push_log, node.node.bus, node.node.auth, public_url=node.base_url, node=node.node.node_id,
     )
     await register(node, "bob", "b-phone", voip_token=phone_token)
     await register(node, "bob", "b-pager", voip_token=stale_token)
@@ -73,13 +73,13 @@ async def test_call_pushes_drive_another_platform_unchanged(node_factory: Any) -
 
     # The platform called the pager's token no good: dropped, as an APNs BadDeviceToken is.
     for _ in range(250):
-        record = await node.node.store.get_device("bob", "b-pager")
+        record = await node.node.stores.devices.get("bob", "b-pager")
         if record is not None and record["voip_token"] is None:
             break
         await asyncio.sleep(0.02)
     assert record is not None and record["voip_token"] is None
 
-    timeline = await node.node.store.timeline(call_id)
+    timeline = await node.node.stores.calls.timeline(call_id)
     assert any(e["event"] == "token" and e["device"] == "b-pager" and e["dropped"] for e in timeline)
 
     await ipad.request({"type": "call.decline", "call_id": call_id})
@@ -92,6 +92,6 @@ async def test_call_pushes_drive_another_platform_unchanged(node_factory: Any) -
     cancel = cancels[phone_token]
     assert (cancel.kind, cancel.address, cancel.reason) == (PushKind.CANCEL, invite.address, "declined_elsewhere")
     assert await node.node.controller.pushes.wait(5) == 0
-    kinds = [(e["kind"], e["device"], e["outcome"]) for e in await node.node.store.timeline(call_id) if e["event"] == "push"]
+    kinds = [(e["kind"], e["device"], e["outcome"]) for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "push"]
     assert sorted(kinds) == [("cancel", "b-pager", "rejected"), ("cancel", "b-phone", "accepted"),
                              ("invite", "b-pager", "rejected"), ("invite", "b-phone", "accepted")]

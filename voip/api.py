@@ -18,7 +18,7 @@ from voip.auth import AuthError, Principal
 from voip.devices import ApnsEnvironment, DeviceRecord, Registration, register
 from voip.node import Node
 from voip.status import StatusAnswer, StatusRow
-from voip.store import CallError
+from voip.stores import CallError
 
 # Not "." or "..": HTTP clients fold those path segments away.
 DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
@@ -106,13 +106,13 @@ async def put_device(request: Request) -> Response:
     body: DeviceIn = await json_body(request, DeviceIn)
     node = node_of(request)
     now = int(time.time() * 1000)
-    previous = await node.store.get_device(principal.user_id, device_id)
+    previous = await node.stores.devices.get(principal.user_id, device_id)
     record = register(
         DeviceRecord.from_stored(previous) if previous else None,
         Registration(body.voip_token, body.apns_environment, body.bundle_id, body.alert_token),
         now,
     ).stored()
-    dropped = await node.store.put_device(
+    dropped = await node.stores.devices.put(
         principal.user_id, device_id, record, node.settings.max_devices_per_user
     )
     return JSONResponse(
@@ -124,14 +124,14 @@ async def put_device(request: Request) -> Response:
 async def delete_device(request: Request) -> Response:
     principal = authenticate(request, "device")
     device_id = device_id_of(request)
-    if not await node_of(request).store.delete_device(principal.user_id, device_id):
+    if not await node_of(request).stores.devices.delete(principal.user_id, device_id):
         raise ApiError(404, "unknown_device", "no such device")
     return Response(status_code=204)
 
 
 async def list_devices(request: Request) -> Response:
     principal = authenticate(request, "device")
-    devices = await node_of(request).store.list_devices(principal.user_id)
+    devices = await node_of(request).stores.devices.registered(principal.user_id)
     return JSONResponse({
         "devices": [{"device_id": k, **DeviceRecord.from_stored(v).stored()} for k, v in sorted(devices.items())]
     })
@@ -195,7 +195,7 @@ async def call_status(request: Request) -> Response:
         return _unknown_call(raw_id[:64], now)
     started = time.perf_counter()
     try:
-        fields = await node.store.status_check(
+        fields = await node.stores.calls.status_check(
             call_id, user=user, device=device_id, node=node.node_id, via=via, at=now
         )
     except CallError:  # not_your_device; the asker is a participant, so it learns nothing new

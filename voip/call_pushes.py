@@ -34,7 +34,7 @@ from voip.bus import Bus
 from voip.calls import Party, verdict
 from voip.protocol import FrameType
 from voip.push import Caller, Notifier, Outcome, Push, PushKind, PushResult, TokenDrop
-from voip.store import CallRecord, Store
+from voip.stores import CallRecord, CallStore, DeviceStore, PushLog
 from voip.tasks import BackgroundTasks, retry_bounded
 
 log = structlog.get_logger(__name__)
@@ -58,7 +58,9 @@ class CallPushes:
     def __init__(
         self,
         notifier: Notifier,
-        store: Store,
+        calls: CallStore,
+        devices: DeviceStore,
+        push_log: PushLog,
         bus: Bus,
         auth: Authenticator,
         *,
@@ -66,7 +68,9 @@ class CallPushes:
         node: str,
     ) -> None:
         self.notifier = notifier
-        self.store = store
+        self.calls = calls
+        self.devices = devices
+        self.push_log = push_log
         self.bus = bus
         self.auth = auth
         self.public_url = public_url
@@ -77,7 +81,7 @@ class CallPushes:
     def status_url(self, call: CallRecord, device_id: str) -> str:
         # The capability outlives the ring: a push delivered hours late must still get
         # its verdict, for as long as the call is kept.
-        expires = call.ring_deadline // 1000 + (call.retention or self.store.retention)
+        expires = call.ring_deadline // 1000 + (call.retention or self.calls.retention)
         capability = self.auth.capability(call.call_id, device_id, expires)
         return f"{self.public_url}/v1/calls/{call.call_id}/status?device_id={device_id}&cap={capability}"
 
@@ -133,7 +137,7 @@ class CallPushes:
 
     async def _hang_up(self, call: CallRecord, user_id: str, device_id: str, reason: str) -> None:
         devices, online = await self._bookkeep(
-            lambda: self.store.reachable_devices(user_id), call.call_id, device_id, "ended"
+            lambda: self.devices.reachable(user_id), call.call_id, device_id, "ended"
         )
         record = devices.get(device_id)
         address = None if device_id in online or record is None else self.notifier.address(record, PushKind.ENDED)
@@ -233,10 +237,10 @@ class CallPushes:
         delivered cancellation, in the call's cancellations: retried while Redis is away."""
 
         async def append() -> tuple[CallRecord | None, int | None]:
-            return await self.store.append_and_read(
+            return await self.push_log.record_answer(
                 call.call_id,
-                [entry],
-                cancellation_of=device_id if kind == "invite" else None,
+                entry,
+                read_back_for=device_id if kind == "invite" else None,
                 last_push=(user_id, device_id, {**entry, "call_id": call.call_id})
                 if kind != "missed_alert"
                 else None,
@@ -258,11 +262,11 @@ class CallPushes:
         self, call: CallRecord, user_id: str, device_id: str, result: PushResult, drop: TokenDrop
     ) -> None:
         dropped = await self._bookkeep(
-            lambda: self.store.drop_voip_token(user_id, device_id, result.device_token, drop.registered_before),
+            lambda: self.devices.drop_voip_token(user_id, device_id, result.device_token, drop.registered_before),
             call.call_id, device_id, "token",
         )
         await self._bookkeep(
-            lambda: self.store.append_timeline(
+            lambda: self.calls.append_timeline(
                 call.call_id,
                 [{"at": int(time.time() * 1000), "event": "token", "device": device_id, "node": self.node,
                   "dropped": dropped, "reason": result.reason}],

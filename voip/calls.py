@@ -1,6 +1,6 @@
 """The call state machine, pure: states, who may move a call where, and the status verdict.
 
-Redis applies these transitions atomically (see store.py); this module decides what a
+Redis applies these transitions atomically (see voip/stores/calls.py); this module decides what a
 transition *is*, so the rules live in one place and are tested without Redis.
 
     ringing ──answer──▶ answered ──hangup──▶ ended

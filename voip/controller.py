@@ -1,5 +1,5 @@
 """The call controller: what happens when a device starts, answers, declines or ends a
-call, or a ring timeout fires. It applies the change in Redis (store.py) and tells every
+call, or a ring timeout fires. It applies the change in Redis (voip/stores/) and tells every
 device concerned, on whatever node it is connected (bus.py).
 
 It holds no call state of its own: any node can pick up any call at any step.
@@ -23,7 +23,8 @@ from voip.log_throttle import RepeatedLog
 from voip.protocol import FrameType
 from voip.tasks import stop_task
 from voip.call_pushes import CallPushes
-from voip.store import CallError, CallRecord, Store, Transition, now_ms
+from voip.clock import now_ms
+from voip.stores import CalleeLimits, CallError, CallRecord, CallStore, Transition
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +50,8 @@ class OutboundCallees(Protocol):
 class CallController:
     def __init__(
         self,
-        store: Store,
+        calls: CallStore,
+        limits: CalleeLimits,
         bus: Bus,
         *,
         node: str,
@@ -57,7 +59,8 @@ class CallController:
         max_ringing_per_callee: int = 3,
         calls_per_callee_per_minute: int = 20,
     ) -> None:
-        self.store = store
+        self.calls = calls
+        self.limits = limits
         self.bus = bus
         self.node = node
         self.ring_timeout_ms = int(ring_timeout * 1000)
@@ -87,7 +90,7 @@ class CallController:
         ring_deadline = created_at + self.ring_timeout_ms
         # Before anything rings or any push leaves: a flood of calls to one callee must
         # not become a flood of pushes to their phone. Raises CallRefused.
-        devices, online = await self.store.admit_call(
+        devices, online = await self.limits.admit(
             call_id, callee, now=created_at, ring_deadline=ring_deadline,
             max_ringing=self.max_ringing_per_callee, per_minute=self.calls_per_callee_per_minute,
             reach=leg is None,
@@ -113,7 +116,7 @@ class CallController:
         # The callee's devices are told from inside the script that creates the call:
         # no round trip between "the call exists" and "its devices know".
         announce = (self.bus.channel(callee), self.bus.envelope(incoming)) if targets and leg is None else None
-        created = await self.store.create_call(
+        created = await self.calls.create(
             call_id,
             caller_user=caller.user_id,
             caller_device=caller.device_id,
@@ -139,14 +142,14 @@ class CallController:
             ring_deadline=ring_deadline,
             origin_node=self.node,
             caller_name=name,
-            retention=self.store.retention,
+            retention=self.calls.retention,
         )
         metrics.CALLS.labels(CallState.RINGING.value, "").inc()
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
         if not targets:
             # Nobody to ring: the call is missed now rather than after a silent ring timeout.
             # Told to the caller only after its reply, which names the call.
-            transition = await self.store.transition(
+            transition = await self.calls.transition(
                 call_id, Action.TIMEOUT, node=self.node, note={"why": "no reachable device"}
             )
             if on_started is not None:
@@ -165,7 +168,7 @@ class CallController:
         return call
 
     async def ringing(self, user_id: str, device_id: str, call_id: str) -> CallRecord:
-        call, first = await self.store.call_event(
+        call, first = await self.calls.record_event(
             call_id,
             user=user_id,
             device=device_id,
@@ -192,7 +195,7 @@ class CallController:
         sdp: str | None = None,
         busy: bool = False,
     ) -> Transition:
-        transition = await self.store.transition(
+        transition = await self.calls.transition(
             call_id, action, user=user_id, device=device_id, node=self.node,
             note={"busy": True} if busy else None,
         )
@@ -207,7 +210,7 @@ class CallController:
         return transition
 
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
-        call, _ = await self.store.call_event(call_id, user=user_id, device=device_id)
+        call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id)
         frame = {"type": FrameType.CALL_SIGNAL, "call_id": call_id, "from_device": device_id, "payload": payload}
         if user_id == call.caller_user:
             # Before an answer the caller's candidates go to every ringing device.
@@ -218,10 +221,10 @@ class CallController:
 
     async def fire_timeout(self, call_id: str) -> Transition | None:
         try:
-            transition = await self.store.transition(call_id, Action.TIMEOUT, node=self.node)
+            transition = await self.calls.transition(call_id, Action.TIMEOUT, node=self.node)
         except CallError:
             # Answered, cancelled or gone before its deadline: nothing to fire.
-            await self.store.forget_timeout(call_id)
+            await self.calls.forget_timeout(call_id)
             return None
         log.info("call.timeout", call_id=call_id)
         await self.announce(transition)
@@ -284,8 +287,8 @@ class CallController:
         gap. The server counted these devices as connected, so no push told them either.
         A device may hear an ending twice; ending a call twice does nothing."""
         for user in users:
-            for call_id in await self.store.recent_calls_to(user):
-                call = await self.store.get_call(call_id)
+            for call_id in await self.limits.recent_calls_to(user):
+                call = await self.calls.get(call_id)
                 if call is None or call.callee_user != user or call.state is CallState.RINGING:
                     continue
                 if (call.ended_at or call.ring_deadline) < since_ms - 1000 and call.state is not CallState.ANSWERED:
@@ -300,7 +303,7 @@ class CallController:
 
     async def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
         assert self.pushes is not None
-        pushes, online, devices = await self.store.ending_context(call)
+        pushes, online, devices = await self.calls.ending_context(call)
         # Connected devices hear the outcome over their WebSocket; the device that acted
         # knows it already. Every other device that got an invite gets a cancellation.
         knowing = set(online)
@@ -347,16 +350,16 @@ class RingTimeouts:
         held, self._held = self._held, []
         if held:
             try:
-                await self._controller.store.release_timeouts(held, now_ms())
+                await self._controller.calls.release_timeouts(held, now_ms())
                 log.info("timeouts.released", count=len(held))
             except Exception:  # their leases run out instead, lease_ms late
                 log.warning("timeouts.release_failed", count=len(held), exc_info=True)
 
     async def _run(self) -> None:
-        store = self._controller.store
+        calls = self._controller.calls
         while True:
             try:
-                self._held = await store.claim_due_timeouts(now_ms(), self._lease_ms)
+                self._held = await calls.claim_due_timeouts(now_ms(), self._lease_ms)
                 while self._held:
                     await self._controller.fire_timeout(self._held[0])
                     self._held.pop(0)

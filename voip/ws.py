@@ -38,7 +38,7 @@ from voip.protocol import (
     client_message,
     error_frame,
 )
-from voip.store import CallError, CallRecord, CallRefused
+from voip.stores import CallError, CallRecord, CallRefused
 
 log = structlog.get_logger(__name__)
 
@@ -199,14 +199,14 @@ class DeviceConnection:
     async def open(self, undo: contextlib.AsyncExitStack) -> None:
         """Subscribe, mark present, count the socket: each undo is pushed before its step
         can fail half-way, and none of them raises."""
-        node, store = self.node, self.node.store
+        node = self.node
         await node.bus.attach(self.user_id, self.device_id, self.deliver)  # undoes itself on failure
         undo.push_async_callback(node.bus.detach, self.user_id, self.device_id, self.deliver)
         undo.push_async_callback(node.presence.release, self.user_id, self.device_id)
         await node.presence.hold(self.user_id, self.device_id)
         undo.push_async_callback(node.presence.uncount_socket, self.user_id, self.socket_id)
         cap = node.settings.max_devices_per_user
-        for evicted in await store.open_socket(self.user_id, self.socket_id, cap):
+        for evicted in await node.stores.sockets.open(self.user_id, self.socket_id, cap):
             # Whichever node holds it closes it: the bus reaches the user's sockets everywhere.
             await node.bus.publish(
                 self.user_id, {"type": EVICT, "socket": evicted}, only=[evicted.rsplit("|", 1)[0]]
@@ -264,7 +264,7 @@ class DeviceConnection:
                 return
             if "call_id" in frame and frame["type"] not in (FrameType.ACK, FrameType.ERROR, FrameType.CALL_SIGNAL):
                 try:
-                    await self.node.store.append_timeline(
+                    await self.node.stores.calls.append_timeline(
                         frame["call_id"],
                         [{"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
                           "device": self.device_id, "node": self.node.node_id}],

@@ -97,7 +97,7 @@ async def test_websocket_caller_name_reaches_call_incoming_and_the_push_cleaned(
     assert incoming["caller_name"] == CLEAN_WS
     [push] = await invites_for(sim, call_id)
     assert orjson.loads(push.body)["caller"] == {"id": "alice", "display_name": CLEAN_WS}
-    call = await node.node.store.get_call(call_id)
+    call = await node.node.stores.calls.get(call_id)
     assert call is not None and call.caller_name == CLEAN_WS  # what operators see too
 
 

@@ -69,7 +69,7 @@ async def test_baresip_registers_and_answers_an_app_call(sip_node: SipNodeFactor
         await asyncio.sleep(0.3)
         assert (await bob.request({"type": "call.hangup", "call_id": call_id}))["state"] == "ended"
         for _ in range(50):
-            timeline = await node.node.store.timeline(call_id)
+            timeline = await node.node.stores.calls.timeline(call_id)
             if any(e.get("sent") == "BYE" for e in timeline):
                 break
             await asyncio.sleep(0.1)

@@ -47,7 +47,7 @@ async def run(name: str, *args: str, home: Path) -> str:
 
 
 async def keys(node: RunningNode, pattern: str) -> list[bytes]:
-    return [k async for k in node.node.redis.scan_iter(match=f"{node.node.store.prefix}{pattern}")]
+    return [k async for k in node.node.connections.client.scan_iter(match=f"{node.node.stores.keys.prefix}{pattern}")]
 
 
 async def test_sipvicious_scan_finds_nothing_and_changes_nothing(
@@ -85,9 +85,9 @@ async def test_sipvicious_scan_finds_nothing_and_changes_nothing(
         assert "found nothing" in output and "wonderland" not in output, output
 
     assert await keys(node, "*sip_bindings") == []
-    assert (await node.node.store.reachable_devices("alice"))[1] == {"alice-app"}
+    assert (await node.node.stores.devices.reachable("alice"))[1] == {"alice-app"}
     assert await keys(node, "{c:*}:call") == []
-    assert await node.node.redis.zcard(node.node.store.deadlines_key) == 0
+    assert await node.node.connections.client.zcard(node.node.stores.keys.ring_deadlines) == 0
     assert not node.node.sip.legs  # type: ignore[union-attr]
     assert not [f for f in alice.backlog if f["type"] == "call.incoming"]
     async with sip_client() as client:

@@ -26,7 +26,7 @@ from voip.sipcalls.legs import ALLOW, InboundLeg, Leg, OutboundLeg, caller_id
 from voip.sipcalls.registrar import Binding, Registrar
 from voip.sipcalls.ringing import RINGING_OVER, RingingCall, RingingIndex
 from voip.calls import CallState
-from voip.store import CallRecord, Store
+from voip.stores import CallRecord, Stores
 
 log = structlog.get_logger(__name__)
 
@@ -40,14 +40,14 @@ class SipGateway:
         self,
         config: SipConfig,
         *,
-        store: Store,
+        stores: Stores,
         bus: Bus,
         controller: CallController,
         node_id: str,
         max_devices: int = 10,
     ) -> None:
         self.config = config
-        self.store = store
+        self.stores = stores
         self.bus = bus
         self.controller = controller
         self.node_id = node_id
@@ -70,11 +70,11 @@ class SipGateway:
         self.legs: dict[str, Leg] = {}  # SIP Call-ID -> leg
         self.forks: dict[tuple[str, str], OutboundLeg] = {}  # (call id, device) -> leg
         self.registrar = Registrar(
-            config, self.endpoint, store, bus,
+            config, self.endpoint, stores, bus,
             node_id=node_id, max_devices=max_devices, on_frame=self._phone_frame,
             on_bound=self._phone_bound,
         )
-        self.ringing = RingingIndex(store)
+        self.ringing = RingingIndex(stores.sip)
         self._tasks: set[asyncio.Task[Any]] = set()
         # The node drains: new calls and registrations go to another node; dialogs go on.
         self.draining = False
@@ -214,7 +214,7 @@ class SipGateway:
             self.endpoint.vouch(event)
             self.endpoint.reply(event, 100)
         callee = uri.user
-        devices, online = await self.store.reachable_devices(callee)
+        devices, online = await self.stores.devices.reachable(callee)
         if not devices and not online:
             self.endpoint.reply(event, 404, to_tag=generate_tag())
             return
@@ -230,7 +230,7 @@ class SipGateway:
     async def place(self, call: CallRecord, leg_device: str, sdp: str | None) -> None:
         target = self.config.target_uri(call.callee_user)
         if target is None:
-            transition = await self.store.transition(
+            transition = await self.stores.calls.transition(
                 call.call_id, Action.FAIL, node=self.node_id, note={"why": "not a SIP URI"}
             )
             await self.controller.announce(transition)
@@ -270,7 +270,7 @@ class SipGateway:
         """A phone (re-)registered through this node: ring it into the calls still ringing
         for its user, the ones a push woke it for."""
         for entry in await self.ringing.calls(user):
-            call = await self.store.get_call(entry.call_id)
+            call = await self.stores.calls.get(entry.call_id)
             if call is None or call.state is not CallState.RINGING:
                 await self.ringing.remove(user, entry.call_id)
                 continue

@@ -28,8 +28,9 @@ from sip.message import URI, CSeq, Headers, NameAddr, ParseError, Request, Respo
 from sip.transaction import Addr, RequestReceived
 from voip.calls import Action
 from voip.controller import Caller
+from voip.clock import now_ms
 from voip.protocol import FrameType
-from voip.store import CallError, CallRefused, now_ms
+from voip.stores import CallError, CallRefused
 
 if TYPE_CHECKING:
     from voip.sipcalls.gateway import SipGateway
@@ -99,7 +100,7 @@ class Leg:
 
     async def note(self, **entry: Any) -> None:
         """Keep SIP facts on the call's timeline, next to the app's."""
-        await self.gw.store.append_timeline(self.call_id, [{
+        await self.gw.stores.calls.append_timeline(self.call_id, [{
             "at": now_ms(), "event": "sip", "call_id_sip": self.sip_call_id, "leg": self.device,
             "direction": self.direction, "node": self.gw.node_id, **entry,
         }])
@@ -447,7 +448,7 @@ class OutboundLeg(Leg):
 
     async def _fail(self, status: int, reason: str) -> None:
         try:
-            transition = await self.gw.store.transition(
+            transition = await self.gw.stores.calls.transition(
                 self.call_id, Action.FAIL, node=self.gw.node_id,
                 note={"sip_status": status, "sip_reason": reason},
             )
