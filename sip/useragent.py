@@ -180,7 +180,7 @@ class UserAgentCore:
         """Transactions still waiting for a final response: server ones the TU has not
         answered finally, client ones we have not heard the end of. Those in their
         Completed/Accepted wait (absorbing retransmissions) are not counted."""
-        unanswered = sum(1 for tx in self.layer.servers.values() if tx.state in (State.TRYING, State.PROCEEDING))
+        unanswered = sum(1 for key in self.layer.servers if self.server_pending(key))
         return unanswered + len(self._awaiting_final)
 
     @property
@@ -286,7 +286,8 @@ class UserAgentCore:
                 del self._retransmitters[key]
         elif request.method == "BYE":
             # A BYE proves the peer has the 2xx even when its ACK was lost.
-            for key in [k for k in self._retransmitters if k[0] == request.call_id and k[2] == request.to.tag]:
+            dialog = (request.call_id, request.to.tag or "")
+            for key in [k for k in self._retransmitters if (k[0], k[2]) == dialog]:
                 del self._retransmitters[key]
         elif request.method == "CANCEL" and self.auto_cancel and event.transaction is not None:
             return self._cancel(event, now)

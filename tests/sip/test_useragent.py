@@ -49,7 +49,8 @@ def status_of(data: bytes) -> int:
 
 
 def incoming_invite(core: UserAgentCore, transport: str = "UDP") -> RequestReceived:
-    (event,) = for_tu(arrive(core, make_request("INVITE", transport=transport).serialise(), UAC, 0.0, transport))
+    invite = make_request("INVITE", transport=transport)
+    (event,) = for_tu(arrive(core, invite.serialise(), UAC, 0.0, transport))
     assert isinstance(event, RequestReceived) and event.transaction is not None
     return event
 
