@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from sip.dialog import DialogTable
-from sip.endpoint import STREAM_TRANSPORTS, SipEndpoint
+from sip.endpoint import STREAM_TRANSPORTS, SipEndpoint, TransactionUser
 from sip.message import Request, Response, generate_tag, parse_uri
 from sip.ratelimit import TokenBucketLimiter
 from sip.transaction import RequestReceived, ResponseReceived
@@ -35,7 +35,7 @@ DRAIN_REFUSED = frozenset({"INVITE", "REGISTER"})
 DRAIN_RETRY_AFTER = 5
 
 
-class SipGateway:
+class SipGateway(TransactionUser):
     def __init__(
         self,
         config: SipConfig,
