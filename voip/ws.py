@@ -168,6 +168,8 @@ class DeviceConnection:
         self.bucket = TokenBucket(node.settings.ws_rate, node.settings.ws_burst)
         self.refused_in_a_row = 0
         self.closing: Close | None = None
+        self._handling = False  # a client frame is being handled; its reply is not queued yet
+        self._close_after_reply: Close | None = None
         self.socket_id = f"{device_id}|{uuid.uuid4().hex}"
         self.ended = asyncio.Event()
 
@@ -237,7 +239,13 @@ class DeviceConnection:
         if self.closing is None:
             with contextlib.suppress(asyncio.QueueFull):
                 self.outbox.put_nowait({"type": FrameType.RECONNECT, "reason": "draining"})
-            self._close_after_queued(CLOSE_SERVICE_RESTART, "reconnect")
+            if self._handling:
+                # The frame in hand has acted (a decline may be what ended the drain's last
+                # transaction): its reply goes out before the close, or the device retries
+                # an action that was done.
+                self.closing = self._close_after_reply = Close(CLOSE_SERVICE_RESTART, "reconnect")
+            else:
+                self._close_after_queued(CLOSE_SERVICE_RESTART, "reconnect")
 
     async def _drained(self) -> None:
         """The node drains: say so, close with 1012 after what is queued, wait for the end."""
@@ -303,9 +311,16 @@ class DeviceConnection:
             if data is None:
                 await self.send(error_frame("bad_frame", "binary frames are not accepted"))
                 continue
-            reply = await self._handle(data)
+            self._handling = True
+            try:
+                reply = await self._handle(data)
+            finally:
+                self._handling = False
             if reply is not None:
                 await self.send(reply)
+            if (close := self._close_after_reply) is not None:
+                self._close_after_queued(close.code, close.reason)
+                return
             if self.websocket.client_state is WebSocketState.DISCONNECTED:
                 return
 
