@@ -14,7 +14,7 @@ from redis.asyncio.cluster import ClusterNode as ClientNode
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AskError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from tests.redis_cluster import SLOTS, LocalCluster
 
@@ -35,7 +35,7 @@ async def client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
     await cluster.aclose()
 
 
-async def read_all(client: RedisCluster, keys: list[str]) -> list[str | None]:
+async def read_all(client: RedisCluster, keys: list[str]) -> list[object]:
     return [await client.get(key) for key in keys]
 
 
