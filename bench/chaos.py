@@ -40,7 +40,7 @@ from voip.devicesim.phone import ENDING_FRAMES
 from voip.push.payloads import CANCELLED, INCOMING
 from voip.redis_conn import RedisConnections
 from voip.settings import load_settings
-from voip.store import Store
+from voip.stores import Stores
 
 BUNDLE = "com.example.caller"
 LATE_MS = 5000  # a call may ring this long past its deadline, no more
@@ -460,12 +460,12 @@ class Chaos:
         report = self.report
         settings = load_settings(jwt_secret=self._secret, redis_prefix=self._prefix, **redis_set.settings())
         connections = RedisConnections.from_settings(settings)
-        store = Store(connections.client, self._prefix, 86400)
+        stores = Stores.open(connections.client, self._prefix, retention=86400)
         now_ms = time.time() * 1000
         calls: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
         try:
             for call_id, started in self.started.items():
-                call = await store.get_call(call_id)
+                call = await stores.calls.get(call_id)
                 if call is None:
                     if any(kill - LOSS_WINDOW_S <= started.at <= kill + promoted + 1
                            for kill, promoted in report.failovers):
@@ -473,7 +473,7 @@ class Chaos:
                     else:
                         report.calls_lost.append(f"{call_id} (created {started.at:.2f})")
                     continue
-                calls[call_id] = (call, await store.timeline(call_id))
+                calls[call_id] = (call, await stores.calls.timeline(call_id))
         finally:
             await connections.aclose()
         report.calls_started = len(self.started)

@@ -119,7 +119,7 @@ async def _run(node: Node, client: aioredis.Redis, http: httpx.AsyncClient, devi
     # call-starts sets) are not what a day of retention holds.
     for key in [k async for k in client.scan_iter(match="*:call_starts", count=1000)]:
         await client.delete(key)
-    kinds = await census(client, node.store.prefix)
+    kinds = await census(client, node.stores.keys.prefix)
     for kind, (count, total) in sorted(kinds.items()):
         figures[f"keys {kind}"] = f"{count} keys, {total} bytes, {total // max(count, 1)} each"
     call_bytes = sum(kinds.get(kind, (0, 0))[1] for kind in ("call", "timeline", "pushes", "cancellations", "calls"))
@@ -131,7 +131,7 @@ async def _run(node: Node, client: aioredis.Redis, http: httpx.AsyncClient, devi
     figures["per call, used_memory share"] = round(grown * call_bytes / (call_bytes + device_bytes) / (2 * calls))
     figures["per device, used_memory share"] = round(grown * device_bytes / (call_bytes + device_bytes) / devices)
     figures["timeline entries (answered, cancelled)"] = [
-        await client.llen(node.store.call_keys(call_id)[1]) for call_id in last
+        await client.llen(node.stores.keys.timeline(call_id)) for call_id in last
     ]
     return figures
 

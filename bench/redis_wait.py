@@ -1,6 +1,6 @@
 """`python -m bench --wait`: what `WAIT 1` costs call creation (VOIP_REDIS_WAIT_REPLICAS).
 
-The store's own `create_call` (one pipelined round trip: the script, two index writes)
+The stores's own `create_call` (one pipelined round trip: the script, two index writes)
 against a Sentinel-managed master with one replica, on loopback, without and with the
 WAIT that makes the replica acknowledge the call first. Sequential calls: latency, not
 throughput.
@@ -17,17 +17,17 @@ from bench.stats import percentile
 from tests.sentinel import SentinelRedis
 from voip.redis_conn import RedisConnections
 from voip.settings import load_settings
-from voip.store import Store
+from voip.stores import CallStore, Stores
 
 CALLS = 2000
 
 
-async def _measure(store: Store, calls: int) -> list[float]:
+async def _measure(store: CallStore, calls: int) -> list[float]:
     latencies: list[float] = []
     now = int(time.time() * 1000)
     for index in range(calls):
         began = time.perf_counter()
-        await store.create_call(
+        await store.create(
             str(uuid.uuid4()), caller_user="alice", caller_device="a1", callee_user=f"u{index}",
             ring_deadline=now + 45000, node="bench", targets=["d1"], created_at=now,
         )
@@ -42,7 +42,9 @@ async def _run(redis_set: SentinelRedis, calls: int) -> list[str]:
     rows = []
     try:
         for replicas in (0, 1, 0, 1):  # interleaved, so drift shows as a difference between rounds
-            store = Store(connections.client, prefix, 600, ops_feed=False, wait_replicas=replicas, wait_timeout_ms=100)
+            store = Stores.open(
+                connections.client, prefix, retention=600, ops_feed=False, wait_replicas=replicas, wait_timeout_ms=100,
+            ).calls
             await _measure(store, 200)  # warm-up: scripts loaded, pool filled
             latencies = sorted(await _measure(store, calls))
             label = "WAIT 1 100" if replicas else "no WAIT   "

@@ -1,7 +1,8 @@
 """The project's own SIP stack (RFC 3261), sans-I/O.
 
-Parsing (:mod:`sip.message`), transactions (:mod:`sip.transaction`),
-dialogs and the 2xx/ACK pieces of the UA core (:mod:`sip.dialog`) and digest
+Parsing (:mod:`sip.message`), transactions (:mod:`sip.transaction`), the
+user-agent core above them - 2xx retransmission, ACK repetition, CANCEL -
+(:mod:`sip.useragent`), dialogs (:mod:`sip.dialog`) and digest
 authentication (:mod:`sip.digest`) take bytes, messages and ``now`` in and
 give messages, events and timer deadlines out.  Sockets and clocks belong to
 the thin asyncio edge, :mod:`sip.endpoint` (imported on its own, so the
@@ -9,13 +10,11 @@ pure modules never pull in asyncio).  See docs/sip.md.
 """
 
 from .dialog import (
-    AckTimeout,
     Dialog,
     DialogError,
     DialogId,
     DialogState,
     DialogTable,
-    Invite2xxRetransmitter,
     build_ack_for_2xx,
 )
 from .digest import (
@@ -58,14 +57,21 @@ from .transaction import (
     TransportError,
     build_cancel,
 )
+from .useragent import (
+    AckTimeout,
+    Invite2xxRetransmitter,
+    InviteCancelled,
+    StrayResponse,
+    UserAgentCore,
+)
 
 __all__ = [
     "AckTimeout", "AuthResult", "Challenge", "Credentials", "Dialog", "DialogError", "DialogId",
     "DialogState", "DialogTable", "DigestError", "DigestServer", "answer_challenge", "authorize",
-    "compute_ha1", "CSeq", "Headers", "Invite2xxRetransmitter", "NameAddr", "ParseError",
+    "compute_ha1", "CSeq", "Headers", "Invite2xxRetransmitter", "InviteCancelled", "NameAddr", "ParseError",
     "Request", "RequestReceived", "Response", "ResponseReceived", "SendMessage", "State",
-    "StreamParser", "TimerConfig", "TransactionKey", "TransactionLayer", "TransactionTimeout",
-    "TransportError", "URI", "Via", "build_ack_for_2xx", "build_cancel", "build_response",
+    "StrayResponse", "StreamParser", "TimerConfig", "TransactionKey", "TransactionLayer", "TransactionTimeout",
+    "TransportError", "URI", "UserAgentCore", "Via", "build_ack_for_2xx", "build_cancel", "build_response",
     "generate_branch", "generate_tag", "parse_datagram", "parse_name_addr", "parse_uri",
     "parse_via",
 ]

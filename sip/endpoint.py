@@ -2,16 +2,19 @@
 
 :class:`SipEndpoint` owns UDP and TCP (and optionally TLS) sockets on one
 host:port, feeds what arrives to :func:`parse_datagram` / :class:`StreamParser`
-and the :class:`TransactionLayer`, keeps a single loop timer at
-``next_deadline()``, and turns :class:`SendMessage` events into writes.
+and the :class:`UserAgentCore`, keeps a single loop timer at the core's
+``next_deadline()``, turns :class:`SendMessage` events into writes and the
+other events into calls on the application (the transaction user, TU).
 Everything with SIP semantics lives in the pure modules; this file only moves
-bytes and calls the application (the transaction user, TU).
+bytes, owns the clock and runs the TU's tasks.
+
+What a UA does above its transactions (2xx retransmission, ACK repetition,
+CANCEL) is the pure :class:`UserAgentCore`; this file hands its events to the
+:class:`TransactionUser`.
 
 UAS side: the TU implements ``async def on_request(event)`` and answers with
 :meth:`SipEndpoint.send_response` / :meth:`SipEndpoint.reply`, whenever it
-likes.  The endpoint retransmits a 2xx to INVITE until its ACK arrives and,
-unless ``auto_cancel=False``, answers CANCEL itself (200, then 487 for the
-INVITE) and tells the TU through ``on_cancel``.
+likes.
 
 UAC side: :meth:`SipEndpoint.send_request` returns a
 :class:`ClientTransaction`; awaiting it gives the final response (a
@@ -26,11 +29,10 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Coroutine, Generator, Iterable
-from typing import Any, Protocol
+from typing import Any
 
-from .dialog import AckTimeout, Invite2xxRetransmitter
 from .message import (
     MAX_DATAGRAM_SIZE,
     URI,
@@ -53,18 +55,16 @@ from .transaction import (
     DEFAULT_PORT,
     DEFAULT_TLS_PORT,
     Addr,
-    Event,
     RequestReceived,
     ResponseReceived,
     SendMessage,
-    State,
     TimerConfig,
     TransactionKey,
-    TransactionLayer,
     TransactionTimeout,
     TransportError,
     build_cancel,
 )
+from .useragent import AckTimeout, InviteCancelled, StrayResponse, UAEvent, UserAgentCore
 
 __all__ = ["ClientTransaction", "SipEndpoint", "TransactionUser"]
 
@@ -74,23 +74,24 @@ STREAM_TRANSPORTS = ("TCP", "TLS")
 DEFAULT_ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
 
 
-class TransactionUser(Protocol):
-    """What the application provides.
+class TransactionUser:
+    """What the application provides: subclass it and override ``on_request``,
+    and whichever of the other events matter to it (they do nothing here)."""
 
-    Only ``on_request`` is required.  The endpoint also calls these when the
-    TU defines them:
+    async def on_request(self, event: RequestReceived) -> None:
+        raise NotImplementedError
 
-    * ``on_cancel(event: RequestReceived, invite: Request) -> None`` - a
-      CANCEL was answered 200 and the INVITE 487 (``auto_cancel``).
-    * ``on_stray_response(event: ResponseReceived) -> None`` - a response
-      no client transaction waits for (e.g. a 2xx from another fork).
-    * ``on_ack_timeout(response: Response) -> None`` - no ACK for our 2xx
-      within 64*T1; the TU should send a BYE (§13.3.1.4).
-    * ``on_server_timeout(event: TransactionTimeout) -> None`` - Timer H:
-      no ACK for our 3xx-6xx to INVITE.
-    """
+    def on_cancel(self, event: RequestReceived, invite: Request) -> None:
+        """A CANCEL was answered 200 and ``invite`` 487 (``auto_cancel``)."""
 
-    async def on_request(self, event: RequestReceived) -> None: ...
+    def on_stray_response(self, event: ResponseReceived) -> None:
+        """A response no client transaction waits for (e.g. a 2xx from another fork)."""
+
+    def on_ack_timeout(self, response: Response) -> None:
+        """No ACK for our 2xx within 64*T1; the TU should send a BYE (§13.3.1.4)."""
+
+    def on_server_timeout(self, event: TransactionTimeout) -> None:
+        """Timer H: no ACK for our 3xx-6xx to INVITE."""
 
 
 class ClientTransaction:
@@ -236,7 +237,7 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
 
 
 class SipEndpoint:
-    """UDP + TCP (+ TLS) SIP node on ``host:port`` driving a :class:`TransactionLayer`.
+    """UDP + TCP (+ TLS) SIP node on ``host:port`` driving a :class:`UserAgentCore`.
 
     ``port=0`` picks a free port shared by UDP and TCP.  ``public_host`` is
     what goes into Via and Contact (default: ``host``).  ``rate_limiter``
@@ -266,13 +267,12 @@ class SipEndpoint:
         self.transports = tuple(t.upper() for t in transports)
         self.public_host = public_host or host
         self.timers = timers or TimerConfig()
-        self.layer = TransactionLayer(self.timers)
+        self.core = UserAgentCore(self.timers, auto_cancel=auto_cancel)
         self.rate_limiter = rate_limiter
         self.tls_server_context = tls_server_context
         self.tls_client_context = tls_client_context
         self.tls_port = tls_port
         self.max_datagram_size = max_datagram_size
-        self.auto_cancel = auto_cancel
         self.trusted = trusted
         # Sees every message that reaches the transaction layer ("in") or leaves ("out"):
         # the application's metrics or tracing; the stack itself keeps only `stats`.
@@ -285,10 +285,6 @@ class SipEndpoint:
         self._conns: dict[tuple[str, Addr], _StreamConnection] = {}
         self._connecting: dict[tuple[str, Addr], list[tuple[bytes, TransactionKey | None]]] = {}
         self._clients: dict[TransactionKey, ClientTransaction] = {}
-        self._retransmitters: dict[tuple[str, int, str], Invite2xxRetransmitter] = {}
-        # ACKs we sent for 2xx, to repeat on each 2xx retransmission
-        # (§13.2.2.4); None until the TU has sent it.  Ordered by expiry.
-        self._acks: OrderedDict[tuple[str, int, str], tuple[float, SendMessage | None]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -381,16 +377,12 @@ class SipEndpoint:
         return conn is not None and conn.open
 
     def transactions_in_flight(self) -> int:
-        """Transactions still waiting for a final response: server ones the TU has not
-        answered finally, client ones we have not heard the end of. Those in their
-        Completed/Accepted wait (absorbing retransmissions) are not counted."""
-        unanswered = sum(1 for tx in self.layer.servers.values() if tx.state in (State.TRYING, State.PROCEEDING))
-        return unanswered + len(self._clients)
+        """See :meth:`UserAgentCore.transactions_in_flight`."""
+        return self.core.transactions_in_flight()
 
     def server_pending(self, transaction: TransactionKey | None) -> bool:
         """Can the server transaction still take a final response?"""
-        tx = self.layer.servers.get(transaction) if transaction is not None else None
-        return tx is not None and tx.state in (State.TRYING, State.PROCEEDING)
+        return self.core.server_pending(transaction)
 
     # -- UAS side
 
@@ -402,15 +394,7 @@ class SipEndpoint:
         ``InvalidTransactionState`` when it already has a final response
         (e.g. after a CANCEL was answered with 487).
         """
-        events = self.layer.send_response(response, self.now(), transaction)
-        if 200 <= response.status < 300 and response.cseq.method == "INVITE":
-            sent = next((e for e in events if isinstance(e, SendMessage)), None)
-            if sent is not None:
-                key = (response.call_id, response.cseq.seq, response.to.tag or "")
-                self._retransmitters[key] = Invite2xxRetransmitter(
-                    response, sent.destination, sent.transport, self.now(), self.timers
-                )
-        self._process(events)
+        self._process(self.core.send_response(response, self.now(), transaction))
         self._reschedule()
 
     def reply(
@@ -438,16 +422,16 @@ class SipEndpoint:
 
     def answer_budget(self, event: RequestReceived) -> int | None:
         """Bytes the answer to a stranger's datagram may take (None: no limit);
-        a larger response is not sent at all (counted in ``layer.suppressed``)."""
+        a larger response is not sent at all (counted in ``core.layer.suppressed``)."""
         if event.transaction is None:
             return None
-        return self.layer.answer_budget(event.transaction)
+        return self.core.answer_budget(event.transaction)
 
     def vouch(self, event: RequestReceived) -> None:
         """The TU vouches for ``event``'s request (it authenticated): its
         transaction now retransmits and sends 100 Trying as usual."""
         if event.transaction is not None:
-            self._process(self.layer.vouch(event.transaction, self.now()))
+            self._process(self.core.vouch(event.transaction, self.now()))
             self._reschedule()
 
     def not_implemented(self, event: RequestReceived, allow: Iterable[str] = DEFAULT_ALLOW) -> Response:
@@ -482,11 +466,7 @@ class SipEndpoint:
         retransmission of that 2xx."""
         def go(dest: Addr, t: str) -> None:
             self._prepare(ack, t)
-            (event,) = self.layer.send_stateless(ack, dest, t)
-            assert isinstance(event, SendMessage)
-            key = (ack.call_id, ack.cseq.seq, ack.to.tag or "")
-            self._remember_ack(key, event)
-            self._transmit(event)
+            self._process(self.core.send_ack(ack, dest, t, self.now()))
 
         self._route(ack, destination, transport, go, lambda: None)
 
@@ -519,7 +499,7 @@ class SipEndpoint:
 
     def _start_client(self, handle: ClientTransaction, destination: Addr, transport: str) -> None:
         self._prepare(handle.request, transport)
-        key, events = self.layer.send_request(handle.request, destination, transport, self.now())
+        key, events = self.core.send_request(handle.request, destination, transport, self.now())
         handle.key, handle.destination, handle.transport = key, destination, transport
         self._clients[key] = handle
         self._process(events)
@@ -536,16 +516,6 @@ class SipEndpoint:
             request.top_via.params["branch"] = generate_branch()
         if "Max-Forwards" not in request.headers:
             request.headers.add("Max-Forwards", "70")
-
-    def _remember_ack(self, key: tuple[str, int, str], event: SendMessage | None) -> None:
-        now = self.now()
-        while self._acks:
-            oldest = next(iter(self._acks))
-            if self._acks[oldest][0] > now:
-                break
-            del self._acks[oldest]
-        self._acks[key] = (now + 64 * self.timers.t1, event)
-        self._acks.move_to_end(key)
 
     # -- receiving
 
@@ -580,7 +550,7 @@ class SipEndpoint:
     ) -> None:
         if self.on_message is not None:
             self.on_message("in", message)
-        self._process(self.layer.receive(
+        self._process(self.core.receive(
             message, source, transport, self.now(), trusted=self._trusts(source), size=size
         ))
         self._reschedule()
@@ -610,12 +580,12 @@ class SipEndpoint:
 
     # -- events
 
-    def _process(self, events: list[Event]) -> None:
+    def _process(self, events: list[UAEvent]) -> None:
         for event in events:
             if isinstance(event, SendMessage):
                 self._transmit(event)
             elif isinstance(event, RequestReceived):
-                self._request_event(event)
+                self._spawn(self._run_tu(event))
             elif isinstance(event, ResponseReceived):
                 self._response_event(event)
             elif isinstance(event, TransactionTimeout):
@@ -623,79 +593,46 @@ class SipEndpoint:
                 if handle is not None:
                     handle._fail(408)
                 else:
-                    self._hook("on_server_timeout", event)
+                    self._tell_tu(self._user().on_server_timeout, event)
             elif isinstance(event, TransportError):
                 handle = self._clients.pop(event.transaction, None)
                 if handle is not None:
                     handle._fail(503)
+            elif isinstance(event, InviteCancelled):
+                self._tell_tu(self._user().on_cancel, event.cancel, event.invite)
+            elif isinstance(event, StrayResponse):
+                self._tell_tu(self._user().on_stray_response, event.received)
+            elif isinstance(event, AckTimeout):
+                self._tell_tu(self._user().on_ack_timeout, event.response)
 
-    def _request_event(self, event: RequestReceived) -> None:
-        request = event.request
-        method = request.method
-        if method == "ACK":
-            key = (request.call_id, request.cseq.seq, request.to.tag or "")
-            retransmitter = self._retransmitters.pop(key, None)
-            if retransmitter is not None:
-                retransmitter.ack_received(request)
-        elif method == "BYE":
-            # A BYE proves the peer has the 2xx even when its ACK was lost.
-            for key in [k for k in self._retransmitters if k[0] == request.call_id
-                        and k[2] == request.to.tag]:
-                del self._retransmitters[key]
-        if method == "CANCEL" and self.auto_cancel and event.transaction is not None:
-            self._cancel(event)
+    def _response_event(self, event: ResponseReceived) -> None:
+        assert event.transaction is not None  # the core passes up only its pending transactions'
+        response = event.response
+        handle = self._clients.get(event.transaction)
+        if handle is None:
             return
-        self._spawn(self._run_tu(event))
+        if response.status >= 200:
+            del self._clients[event.transaction]
+        handle._receive(response)
 
     async def _run_tu(self, event: RequestReceived) -> None:
-        assert self.tu is not None
         try:
-            await self.tu.on_request(event)
+            await self._user().on_request(event)
         except Exception:
             log.exception("TU failed on %s", event.request.method)
             if self.server_pending(event.transaction):
                 self.reply(event, 500, to_tag=generate_tag())
 
-    def _cancel(self, event: RequestReceived) -> None:
-        """§9.2: 200 to the CANCEL, 487 to the INVITE if still unanswered."""
-        invite_key = event.cancels
-        invite_tx = self.layer.servers.get(invite_key) if invite_key is not None else None
-        if invite_tx is None:
-            self.reply(event, 481, to_tag=generate_tag())
-            return
-        provisional = getattr(invite_tx, "last_provisional", None)
-        tag = provisional.to.tag if provisional is not None and provisional.to.tag else generate_tag()
-        self.reply(event, 200, to_tag=tag)
-        if self.server_pending(invite_key):
-            self.send_response(build_response(invite_tx.request, 487, to_tag=tag), invite_key)
-            self._hook("on_cancel", event, invite_tx.request)
+    def _user(self) -> TransactionUser:
+        assert self.tu is not None, "endpoint not started"
+        return self.tu
 
-    def _response_event(self, event: ResponseReceived) -> None:
-        response = event.response
-        handle = self._clients.get(event.transaction) if event.transaction is not None else None
-        if handle is not None and not handle.done:
-            if response.status >= 200:
-                del self._clients[event.transaction]  # type: ignore[arg-type]
-                if response.status < 300 and response.cseq.method == "INVITE":
-                    self._remember_ack(_ack_key(response), None)
-            handle._receive(response)
-            return
-        if 200 <= response.status < 300 and response.cseq.method == "INVITE":
-            known = self._acks.get(_ack_key(response))
-            if known is not None:
-                if known[1] is not None:
-                    self._transmit(known[1])
-                return  # the TU has not ACKed yet; it will
-        self._hook("on_stray_response", event)
-
-    def _hook(self, name: str, *args: Any) -> None:
-        hook = getattr(self.tu, name, None)
-        if hook is None:
-            return
+    @staticmethod
+    def _tell_tu(callback: Callable[..., None], *args: Any) -> None:
         try:
-            hook(*args)
+            callback(*args)
         except Exception:
-            log.exception("TU hook %s failed", name)
+            log.exception("TU failed on %s", callback.__name__)
 
     # -- sending
 
@@ -758,7 +695,7 @@ class SipEndpoint:
     def _send_failed(self, transaction: TransactionKey | None) -> None:
         self.stats["send_errors"] += 1
         if transaction is not None:
-            self._process(self.layer.transport_error(transaction, self.now()))
+            self._process(self.core.transport_error(transaction, self.now()))
             self._reschedule()
 
     # -- the single timer
@@ -766,11 +703,7 @@ class SipEndpoint:
     def _reschedule(self) -> None:
         if self._loop is None:
             return
-        deadlines = [d for d in (r.next_deadline() for r in self._retransmitters.values()) if d is not None]
-        layer_deadline = self.layer.next_deadline()
-        if layer_deadline is not None:
-            deadlines.append(layer_deadline)
-        when = min(deadlines, default=None)
+        when = self.core.next_deadline()
         if when == self._timer_at:
             return
         if self._timer is not None:
@@ -783,15 +716,7 @@ class SipEndpoint:
         self._timer = self._timer_at = None
         # call_at may fire up to one clock resolution early.
         now = max(self.now(), due or 0.0)
-        self._process(self.layer.timers_due(now))
-        for key, retransmitter in list(self._retransmitters.items()):
-            for event in retransmitter.timers_due(now):
-                if isinstance(event, SendMessage):
-                    self._transmit(event)
-                elif isinstance(event, AckTimeout):
-                    self._hook("on_ack_timeout", event.response)
-            if retransmitter.done:
-                self._retransmitters.pop(key, None)
+        self._process(self.core.timers_due(now))
         self._reschedule()
 
     # -- tasks
@@ -805,10 +730,6 @@ class SipEndpoint:
         task = self._loop_or_raise().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _ack_key(response: Response) -> tuple[str, int, str]:
-    return response.call_id, response.cseq.seq, response.to.tag or ""
 
 
 def _is_ip(host: str) -> bool:

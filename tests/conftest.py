@@ -21,6 +21,8 @@ import uvicorn
 import websockets
 
 from apnsim import APNsSimulator
+from tests import interop
+from tests.redis_cluster import LocalCluster
 from tests.redis_process import RedisProcess
 from voip.app import create_app
 from voip.auth import Authenticator
@@ -41,6 +43,15 @@ structlog.configure(
         structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
     ]
 )
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    interop.running(item)
+    try:
+        return (yield)
+    finally:
+        interop.running(None)
+
 
 SECRET = "test-secret-" + "x" * 32
 BUNDLE = "com.example.caller"
@@ -303,3 +314,14 @@ def redis_process(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster of the module's own (3 primaries, 3 replicas): tests may fail it over,
+    restart and reshard it. Its logs stay in the module's tmp dir."""
+    cluster = LocalCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(keep_logs_in=tmp_path_factory.mktemp("redis-cluster-logs"))

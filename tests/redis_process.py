@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from tests import interop
 from tests.ports import free_port
 from voip.redis_server import redis_server_binary
 
@@ -26,6 +27,7 @@ class RedisProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> None:
+        interop.started("redis-server")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import redis
 
+from tests import interop
 from tests.ports import free_port
 from voip.redis_server import redis_server_binary
 
@@ -64,6 +65,7 @@ class SentinelRedis:
 
     # -- life ----------------------------------------------------------------------
     def start(self, timeout: float = 30) -> "SentinelRedis":
+        interop.started("redis-sentinel")
         master = _Server(free_port())
         self._start_data(master, replica_of=None)
         self.data.append(master)

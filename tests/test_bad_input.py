@@ -36,7 +36,7 @@ async def assert_unaffected(
     assert (await callee.expect("call.signal", call_id=call_id))["payload"] == marker
     assert (await callee.request({"type": "call.signal", "call_id": call_id, "payload": marker}))["type"] == "ack"
     assert (await caller.expect("call.signal", call_id=call_id))["payload"] == marker
-    call = await node.node.store.get_call(call_id)
+    call = await node.node.stores.calls.get(call_id)
     assert call is not None and call.state == "answered" and call.answered_by_device == "b1"
     if quiet:
         await caller.silent(quiet)
@@ -138,7 +138,7 @@ async def test_someone_elses_call_is_an_unknown_call(scene: Any) -> None:
 
     async def written(call: str) -> list[dict[str, Any]]:
         # What requests wrote: deliveries to the parties' sockets land on their own time.
-        return [e for e in await node.node.store.timeline(call) if e["event"] != "delivered"]
+        return [e for e in await node.node.stores.calls.timeline(call) if e["event"] != "delivered"]
 
     before = await written(call_id)
     # A ringing call as well as the answered one.
@@ -158,7 +158,7 @@ async def test_someone_elses_call_is_an_unknown_call(scene: Any) -> None:
         assert all(r == replies[-1] for r in replies), (action, replies)
     assert await written(call_id) == before
     assert await written(ringing) == ringing_before
-    assert (await node.node.store.get_call(ringing)).state == "ringing"  # type: ignore[union-attr]
+    assert (await node.node.stores.calls.get(ringing)).state == "ringing"  # type: ignore[union-attr]
     await assert_works(mallory)
     await assert_unaffected(node, caller, callee, call_id)
 
@@ -187,7 +187,7 @@ async def test_oversize_text_frame_closes_1009(node_factory: Any) -> None:
     await other.socket.send('{"type":"ping","pad":"' + "é" * 600 + '"}')
     assert await closed_with(other) == 1009
     await assert_unaffected(node, caller, callee, call_id)
-    assert await node.node.redis.hget(node.node.store.presence_key("mallory"), "m1") is None
+    assert await node.node.connections.client.hget(node.node.stores.keys.presence("mallory"), "m1") is None
 
 
 async def test_oversize_binary_frame_closes_1009(node_factory: Any) -> None:
@@ -283,7 +283,7 @@ async def test_websocket_auth_is_checked_before_accept(node: RunningNode) -> Non
         got, body = await handshake_status(node, query, headers)
         assert got == status, (query, headers, body)
         assert isinstance(body.get("error"), str) and body["error"]
-    assert await node.node.redis.hgetall(node.node.store.presence_key("alice")) == {}
+    assert await node.node.connections.client.hgetall(node.node.stores.keys.presence("alice")) == {}
     # The same device with good credentials gets in, by header or by query parameter.
     await node.device("alice", "d1")
     socket = await websockets.connect(f"{node.ws_url}?device_id=d2&access_token={good}")
@@ -335,15 +335,15 @@ async def test_put_device_with_a_bad_body_is_422_naming_the_field(node: RunningN
         assert payload["error"] == "validation_error"
         assert field in [d["field"] for d in payload["detail"]], (body[:80], payload)
         # Nothing stored, and no existing record touched.
-        assert await node.node.redis.exists(node.node.store.devices_key("alice")) == 0, body[:80]
+        assert await node.node.connections.client.exists(node.node.stores.keys.devices("alice")) == 0, body[:80]
     # The same refusals leave an existing record as it was.
     first = await client.put("/v1/devices/d1", json={"voip_token": GOOD_TOKEN}, headers=auth_header(node))
     assert first.status_code == 201
-    stored = await node.node.store.get_device("alice", "d1")
+    stored = await node.node.stores.devices.get("alice", "d1")
     for body, _ in BAD_BODIES:
         response = await client.put("/v1/devices/d1", content=body, headers=auth_header(node))
         assert response.status_code == 422
-    assert await node.node.store.get_device("alice", "d1") == stored
+    assert await node.node.stores.devices.get("alice", "d1") == stored
 
 
 async def test_oversize_body_is_413(node: RunningNode) -> None:
@@ -351,7 +351,7 @@ async def test_oversize_body_is_413(node: RunningNode) -> None:
     response = await node.http().put("/v1/devices/d1", content=body, headers=auth_header(node))
     assert response.status_code == 413
     assert response.json()["error"] == "too_large"
-    assert await node.node.redis.exists(node.node.store.devices_key("alice")) == 0
+    assert await node.node.connections.client.exists(node.node.stores.keys.devices("alice")) == 0
 
 
 async def test_bad_device_id_in_the_path(node: RunningNode) -> None:
@@ -368,7 +368,7 @@ async def test_bad_device_id_in_the_path(node: RunningNode) -> None:
             body = response.json()
             if response.status_code == 422:
                 assert body["error"] == "validation_error" and "device_id" in body["message"]
-    assert await node.node.redis.exists(node.node.store.devices_key("alice")) == 0
+    assert await node.node.connections.client.exists(node.node.stores.keys.devices("alice")) == 0
 
 
 async def test_device_routes_need_a_device_token(node: RunningNode) -> None:
@@ -385,7 +385,7 @@ async def test_device_routes_need_a_device_token(node: RunningNode) -> None:
     client = node.http()
     # A device of alice's exists: the refused requests must neither list, change nor delete it.
     await client.put("/v1/devices/d0", json={"voip_token": GOOD_TOKEN}, headers=auth_header(node))
-    stored = await node.node.store.list_devices("alice")
+    stored = await node.node.stores.devices.registered("alice")
     for headers, status, error in cases:
         for method, path in (("PUT", "/v1/devices/d1"), ("PUT", "/v1/devices/d0"), ("DELETE", "/v1/devices/d0"),
                              ("GET", "/v1/devices")):
@@ -395,7 +395,7 @@ async def test_device_routes_need_a_device_token(node: RunningNode) -> None:
             body = response.json()
             assert body["error"] == error and body["message"]
             assert "devices" not in body
-    assert await node.node.store.list_devices("alice") == stored
+    assert await node.node.stores.devices.registered("alice") == stored
 
 
 async def test_unknown_routes_and_wrong_methods_are_json(node: RunningNode) -> None:
@@ -409,7 +409,7 @@ async def test_unknown_routes_and_wrong_methods_are_json(node: RunningNode) -> N
         response = await client.request(method, path, headers=auth_header(node))
         assert response.status_code == 405, (method, path)
         assert response.json()["error"] == "method_not_allowed"
-    assert await node.node.redis.exists(node.node.store.devices_key("alice")) == 0
+    assert await node.node.connections.client.exists(node.node.stores.keys.devices("alice")) == 0
 
 async def test_405_lists_every_allowed_method(node: RunningNode) -> None:
     response = await node.http().get("/v1/devices/d1")

@@ -72,6 +72,7 @@ def test_dev_run_on_embedded_defaults_turns_sip_and_the_banner_on() -> None:
     assert run_environment({"SIP_PORT": "5070"})["SIP_PORT"] == "5070"
 
 
+@pytest.mark.interop
 def test_the_banner_says_where_everything_is(banner_node: tuple[str, Path]) -> None:
     base, err = banner_node
     lines = err.read_text().splitlines()

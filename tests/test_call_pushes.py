@@ -45,7 +45,7 @@ async def invites_for(sim: APNsSimulator, call_id: str, kind: str = "call.incomi
 async def pushes_on_timeline(node: RunningNode, call_id: str, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        entries = [e for e in await node.node.store.timeline(call_id) if e["event"] == "push"]
+        entries = [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "push"]
         if len(entries) >= count:
             return entries
         await asyncio.sleep(0.02)
@@ -80,7 +80,7 @@ async def test_invite_push_carries_the_call_and_its_deadline(pushing: tuple[Runn
     [entry] = await pushes_on_timeline(node, call_id, 1)
     assert entry["apns_id"] == request.apns_id and entry["outcome"] == "accepted"
     assert entry["kind"] == "invite" and entry["device"] == "b-phone" and entry["status"] == 200
-    last = await node.node.redis.hget(node.node.store.last_push_key("bob"), "b-phone")
+    last = await node.node.connections.client.hget(node.node.stores.keys.last_push("bob"), "b-phone")
     assert last is not None and orjson.loads(last)["apns_id"] == request.apns_id
 
 
@@ -164,9 +164,9 @@ async def test_410_drops_a_token_registered_before_it_and_tells_the_device(
     call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
     reregister = await connected.expect("device.reregister")
     assert reregister["reason"] == "Unregistered"
-    record = await node.node.store.get_device("bob", "b-phone")
+    record = await node.node.stores.devices.get("bob", "b-phone")
     assert record is not None and record["voip_token"] is None
-    timeline = await node.node.store.timeline(call_id)
+    timeline = await node.node.stores.calls.timeline(call_id)
     assert any(e["event"] == "token" and e["dropped"] for e in timeline)
 
 
@@ -180,10 +180,10 @@ async def test_410_keeps_a_token_registered_again_after_it(pushing: tuple[Runnin
     [entry] = await pushes_on_timeline(node, call_id, 1)
     assert entry["outcome"] == "token_invalid" and entry["status"] == 410
     for _ in range(50):
-        if any(e["event"] == "token" for e in await node.node.store.timeline(call_id)):
+        if any(e["event"] == "token" for e in await node.node.stores.calls.timeline(call_id)):
             break
         await asyncio.sleep(0.02)
-    record = await node.node.store.get_device("bob", "b-phone")
+    record = await node.node.stores.devices.get("bob", "b-phone")
     assert record is not None and record["voip_token"] == device.token
 
 
@@ -197,7 +197,7 @@ async def test_bad_device_token_is_dropped_with_its_likely_cause(pushing: tuple[
     assert entry["reason"] == "BadDeviceToken" and entry["attempts"] == 1
     assert "sandbox/production mismatch" in entry["likely_cause"]
     for _ in range(50):
-        record = await node.node.store.get_device("bob", "b-phone")
+        record = await node.node.stores.devices.get("bob", "b-phone")
         if record and record["voip_token"] is None:
             break
         await asyncio.sleep(0.02)
@@ -248,7 +248,7 @@ async def socket_dies(node: RunningNode, client: Any) -> None:
     client.socket.transport.abort()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        _, online = await node.node.store.reachable_devices(client.user)
+        _, online = await node.node.stores.devices.reachable(client.user)
         if client.device not in online:
             return
         await asyncio.sleep(0.02)
@@ -282,7 +282,7 @@ async def test_hang_up_reaches_the_answering_device_whose_socket_died(
     assert orjson.loads(push.body)["reason"] == "remote_ended"
     assert [d.push.payload["type"] for d in bobs.inbox] == ["call.incoming", "call.ended"]
     assert not [d for d in alices.inbox]  # the caller hung up: she knows
-    [entry] = [e for e in await node.node.store.timeline(call_id) if e["event"] == "push" and e["kind"] == "ended"]
+    [entry] = [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "push" and e["kind"] == "ended"]
     assert entry["device"] == "b-phone" and entry["outcome"] == "accepted"
 
 
@@ -295,7 +295,7 @@ async def test_hang_up_reaches_the_caller_whose_socket_died(pushing: tuple[Runni
     await pushes_settled(node)
     [push] = ended_pushes(sim, call_id)
     assert push.token == alices.token and orjson.loads(push.body)["reason"] == "remote_ended"
-    last = await node.node.redis.hget(node.node.store.last_push_key("alice"), "a1")
+    last = await node.node.connections.client.hget(node.node.stores.keys.last_push("alice"), "a1")
     assert last is not None and orjson.loads(last)["kind"] == "ended"
 
 

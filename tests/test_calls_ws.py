@@ -53,7 +53,7 @@ async def test_answered_call_from_start_to_hangup(node: RunningNode) -> None:
     assert ended["reason"] == "remote_ended"
     await ipad.silent()
 
-    timeline = await node.node.store.timeline(call_id)
+    timeline = await node.node.stores.calls.timeline(call_id)
     events = [(e["event"], e.get("to")) for e in timeline]
     assert events[0] == ("created", None)
     assert ("state", "answered") in events and ("state", "ended") in events
@@ -99,16 +99,16 @@ async def test_ring_timeout_makes_a_missed_call(node_factory) -> None:
     await phone.expect("call.incoming", call_id=call_id)
     assert (await phone.expect("call.missed", call_id=call_id, timeout=3))["reason"] == "unanswered"
     assert (await caller.expect("call.missed", call_id=call_id))["state"] == "missed"
-    call = await node.node.store.get_call(call_id)
+    call = await node.node.stores.calls.get(call_id)
     assert call is not None and call.state == "missed"
-    assert await node.node.redis.zscore(node.node.store.deadlines_key, call_id) is None
+    assert await node.node.connections.client.zscore(node.node.stores.keys.ring_deadlines, call_id) is None
 
 
 async def test_call_to_a_user_with_no_device_is_missed_at_once(node: RunningNode) -> None:
     caller = await node.device("alice", "a1")
     started = await caller.request({"type": "call.start", "callee": "nobody"})
     assert started["state"] == "missed"
-    timeline = await node.node.store.timeline(started["call_id"])
+    timeline = await node.node.stores.calls.timeline(started["call_id"])
     missed = [e for e in timeline if e["event"] == "state"]
     assert missed == [missed[0]] and missed[0]["to"] == "missed"
     assert missed[0]["note"] == {"why": "no reachable device"}
@@ -134,7 +134,7 @@ async def test_registered_but_offline_device_keeps_the_call_ringing(node: Runnin
     caller = await node.device("alice", "a1")
     started = await caller.request({"type": "call.start", "callee": "bob"})
     assert started["state"] == "ringing"
-    timeline = await node.node.store.timeline(started["call_id"])
+    timeline = await node.node.stores.calls.timeline(started["call_id"])
     assert timeline[0]["targets"] == ["b-offline"]
 
 
@@ -165,5 +165,5 @@ async def test_the_caller_sending_ringing_is_told_it_is_not_the_callee(node: Run
         assert (refused["type"], refused["code"], refused["call_id"]) == ("error", "not_callee", call_id)
     # not_in_call keeps its one meaning: the caller's other device moving the call.
     assert (await other.request({"type": "call.hangup", "call_id": call_id}))["code"] == "not_in_call"
-    assert not [e for e in await node.node.store.timeline(call_id) if e["event"] == "ringing"]
+    assert not [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "ringing"]
     await caller.silent()

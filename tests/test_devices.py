@@ -66,7 +66,7 @@ async def test_register_then_update(node: RunningNode) -> None:
     assert third["token_registered_at"] > second["token_registered_at"]
     assert third["token_registered_at"] == third["updated_at"]
 
-    stored = await node.node.store.get_device("alice", "phone")
+    stored = await node.node.stores.devices.get("alice", "phone")
     assert stored is not None
     assert {k: v for k, v in third.items() if k not in ("device_id", "dropped_devices")} == stored
 
@@ -104,7 +104,7 @@ async def test_delete(node: RunningNode) -> None:
 async def test_users_cannot_see_or_delete_each_others_devices(node: RunningNode) -> None:
     alice, mallory = Api(node, "alice"), Api(node, "mallory")
     await alice.put("phone", voip_token=TOKEN_A, apns_environment="sandbox")
-    original = await node.node.store.get_device("alice", "phone")
+    original = await node.node.stores.devices.get("alice", "phone")
 
     assert (await mallory.delete("phone")).status_code == 404
     assert await mallory.devices() == []
@@ -112,10 +112,10 @@ async def test_users_cannot_see_or_delete_each_others_devices(node: RunningNode)
     taken = await mallory.put("phone", voip_token=TOKEN_B)
     assert taken.status_code == 201
     assert [d["voip_token"] for d in await mallory.devices()] == [TOKEN_B]
-    assert await node.node.store.get_device("alice", "phone") == original
+    assert await node.node.stores.devices.get("alice", "phone") == original
     assert [d["voip_token"] for d in await alice.devices()] == [TOKEN_A]
     assert (await mallory.delete("phone")).status_code == 204
-    assert await node.node.store.get_device("alice", "phone") == original
+    assert await node.node.stores.devices.get("alice", "phone") == original
 
 
 async def test_per_user_cap_drops_the_least_recently_registered(node_factory: Any) -> None:
@@ -169,3 +169,38 @@ async def test_same_token_in_upper_case_is_the_same_token(node: RunningNode) -> 
     again = (await client.put("/v1/devices/phone", json={"voip_token": "AB" * 32}, headers=headers)).json()
     assert again["voip_token"] == first["voip_token"] == "ab" * 32
     assert again["token_registered_at"] == first["token_registered_at"]
+
+
+async def test_the_stored_record_and_its_answer_keep_their_keys_and_order(node: RunningNode) -> None:
+    api = Api(node, "alice")
+    response = await api.put("iphone", voip_token=TOKEN_A.upper(), apns_environment="sandbox", bundle_id="com.example.app")
+    body = response.json()
+    stamp = body["registered_at"]
+    assert body["updated_at"] == body["token_registered_at"] == stamp
+    assert response.content == (
+        b'{"device_id":"iphone","voip_token":"' + TOKEN_A.encode() + b'","apns_environment":"sandbox",'
+        b'"bundle_id":"com.example.app","alert_token":null,"registered_at":%d,"updated_at":%d,'
+        b'"token_registered_at":%d,"dropped_devices":[]}' % (stamp, stamp, stamp)
+    )
+    stored = await node.node.stores.devices.get("alice", "iphone")
+    assert stored is not None and list(stored) == [
+        "voip_token", "apns_environment", "bundle_id", "alert_token", "registered_at", "updated_at",
+        "token_registered_at",
+    ]
+
+
+async def test_a_token_apns_refused_shows_when_it_was_dropped_until_the_device_registers_again(
+    node: RunningNode,
+) -> None:
+    api = Api(node, "alice")
+    first = (await api.put("iphone", voip_token=TOKEN_A)).json()
+    assert await node.node.stores.devices.drop_voip_token("alice", "iphone", TOKEN_A, None)
+    [listed] = await api.devices()
+    assert listed["voip_token"] is None
+    assert listed["token_dropped_at"] >= first["registered_at"]
+    await tick()
+    again = (await api.put("iphone", voip_token=TOKEN_A)).json()
+    assert "token_dropped_at" not in again
+    assert again["registered_at"] == first["registered_at"]
+    # The token counts as new: a 410 stamped before this registration must not drop it.
+    assert again["token_registered_at"] == again["updated_at"] > first["token_registered_at"]

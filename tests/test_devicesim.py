@@ -177,9 +177,9 @@ async def test_a_phone_whose_socket_died_mid_call_hears_the_hang_up_by_push(worl
 
     bob.drop_socket()
     await bob.wait_for("ws.closed")
-    store = world.node.node.store
+    stores = world.node.node.stores
     deadline = time.monotonic() + 5
-    while "b-phone" in (await store.reachable_devices("bob"))[1]:  # the node noticed
+    while "b-phone" in (await stores.devices.reachable("bob"))[1]:  # the node noticed
         assert time.monotonic() < deadline, "b-phone still present"
         await asyncio.sleep(0.02)
     await alice.hang_up(call_id)
@@ -266,6 +266,7 @@ async def test_ring_timeout_ends_the_call_as_unanswered(
         await world.close()
 
 
+@pytest.mark.interop
 async def test_demo_runs_the_readme_story() -> None:
     env = dict(os.environ)  # REDIS_URL, if the tests have one; else the demo starts its own
     started = time.monotonic()

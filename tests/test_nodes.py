@@ -28,7 +28,7 @@ async def test_caller_and_callee_on_different_nodes(node_factory: Any) -> None:
     await caller.request({"type": "call.hangup", "call_id": call_id})
     await phone.expect("call.ended", call_id=call_id)
 
-    timeline = await node_a.node.store.timeline(call_id)
+    timeline = await node_a.node.stores.calls.timeline(call_id)
     nodes = {(e["event"], e.get("device"), e["node"]) for e in timeline if e["event"] in ("ringing", "delivered")}
     assert ("ringing", "b1", "node-b") in nodes
     assert ("delivered", "b1", "node-b") in nodes and ("delivered", "b2", "node-a") in nodes
@@ -50,7 +50,7 @@ async def test_a_stopped_node_does_not_take_its_ring_timeouts_with_it(node_facto
     node_b.node.timeouts.start()
     missed = await phone.expect("call.missed", call_id=call_id, timeout=5)
     assert missed["reason"] == "unanswered"
-    states = [e for e in await node_b.node.store.timeline(call_id) if e["event"] == "state"]
+    states = [e for e in await node_b.node.stores.calls.timeline(call_id) if e["event"] == "state"]
     assert len(states) == 1 and states[0]["to"] == "missed" and states[0]["node"] == "node-b"
 
 
@@ -62,15 +62,15 @@ async def test_a_leased_timeout_comes_back_when_its_node_dies_mid_fire(node_fact
     call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
     import asyncio
 
-    from voip.store import now_ms
+    from voip.clock import now_ms
 
     await asyncio.sleep(0.3)
-    store = node.node.store
+    stores = node.node.stores
     # A node claims the timeout and dies before firing it: the lease is all that is left.
-    assert await store.claim_due_timeouts(now_ms(), lease_ms=300) == [call_id]
-    assert await store.claim_due_timeouts(now_ms(), lease_ms=300) == []
+    assert await stores.calls.claim_due_timeouts(now_ms(), lease_ms=300) == [call_id]
+    assert await stores.calls.claim_due_timeouts(now_ms(), lease_ms=300) == []
     await asyncio.sleep(0.4)
-    assert await store.claim_due_timeouts(now_ms(), lease_ms=300) == [call_id]
+    assert await stores.calls.claim_due_timeouts(now_ms(), lease_ms=300) == [call_id]
     transition = await node.node.controller.fire_timeout(call_id)
     assert transition is not None and transition.call.state == "missed"
     assert await node.node.controller.fire_timeout(call_id) is None  # exactly once

@@ -8,15 +8,15 @@ import uuid
 from redis.asyncio import Redis
 
 from voip.calls import Action
-from voip.store import CallError, Store
+from voip.stores import CallError, CallStore, Stores
 
 TRIALS = 200
 DEVICES = 5
 
 
-async def _ringing_call(store: Store, callee_devices: int = DEVICES) -> str:
+async def _ringing_call(calls: CallStore, callee_devices: int = DEVICES) -> str:
     call_id = str(uuid.uuid4())
-    created = await store.create_call(
+    created = await calls.create(
         call_id,
         caller_user="alice",
         caller_device="a1",
@@ -30,9 +30,9 @@ async def _ringing_call(store: Store, callee_devices: int = DEVICES) -> str:
     return call_id
 
 
-async def _attempt(store: Store, call_id: str, action: Action, user: str, device: str) -> str | None:
+async def _attempt(calls: CallStore, call_id: str, action: Action, user: str, device: str) -> str | None:
     try:
-        transition = await store.transition(call_id, action, user=user, device=device, node="n")
+        transition = await calls.transition(call_id, action, user=user, device=device, node="n")
     except CallError as exc:
         assert exc.code == "invalid_state", exc.code
         return None
@@ -41,7 +41,8 @@ async def _attempt(store: Store, call_id: str, action: Action, user: str, device
 
 async def test_many_devices_answering_at_once_make_exactly_one_winner(redis: Redis, redis_url: str, prefix: str) -> None:
     # Separate connections, so the answers really arrive at Redis interleaved.
-    stores = [Store(Redis.from_url(redis_url), prefix, 600) for _ in range(DEVICES)]
+    clients = [Redis.from_url(redis_url) for _ in range(DEVICES)]
+    stores = [Stores.open(client, prefix, retention=600).calls for client in clients]
     try:
         for _ in range(TRIALS):
             call_id = await _ringing_call(stores[0])
@@ -50,17 +51,18 @@ async def test_many_devices_answering_at_once_make_exactly_one_winner(redis: Red
             )
             winners = [i for i, outcome in enumerate(outcomes) if outcome == "answered"]
             assert len(winners) == 1, outcomes
-            call = await stores[0].get_call(call_id)
+            call = await stores[0].get(call_id)
             assert call is not None and call.answered_by_device == f"b{winners[0]}"
             states = [e for e in await stores[0].timeline(call_id) if e["event"] == "state"]
             assert len(states) == 1
     finally:
-        for store in stores:
-            await store.redis.aclose()
+        for client in clients:
+            await client.aclose()
 
 
 async def test_answer_crossing_a_cancel_ends_in_one_outcome(redis: Redis, redis_url: str, prefix: str) -> None:
-    stores = [Store(Redis.from_url(redis_url), prefix, 600) for _ in range(2)]
+    clients = [Redis.from_url(redis_url) for _ in range(2)]
+    stores = [Stores.open(client, prefix, retention=600).calls for client in clients]
     try:
         for _ in range(TRIALS):
             call_id = await _ringing_call(stores[0], 1)
@@ -68,7 +70,7 @@ async def test_answer_crossing_a_cancel_ends_in_one_outcome(redis: Redis, redis_
                 _attempt(stores[0], call_id, Action.ANSWER, "bob", "b0"),
                 _attempt(stores[1], call_id, Action.HANGUP, "alice", "a1"),
             )
-            final = await stores[0].get_call(call_id)
+            final = await stores[0].get(call_id)
             assert final is not None
             # Either the cancel came first and the answer was refused, or the answer
             # came first and the caller's hangup ended the answered call: never both
@@ -78,19 +80,20 @@ async def test_answer_crossing_a_cancel_ends_in_one_outcome(redis: Redis, redis_
                 ("answered", "ended", "ended"),
             ), (answer, cancel, final.state)
     finally:
-        for store in stores:
-            await store.redis.aclose()
+        for client in clients:
+            await client.aclose()
 
 
 async def test_timeout_crossing_an_answer_fires_at_most_once(redis: Redis, redis_url: str, prefix: str) -> None:
-    stores = [Store(Redis.from_url(redis_url), prefix, 600) for _ in range(3)]
+    clients = [Redis.from_url(redis_url) for _ in range(3)]
+    stores = [Stores.open(client, prefix, retention=600).calls for client in clients]
     try:
         for _ in range(50):
             call_id = await _ringing_call(stores[0], 1)
 
-            async def timeout(store: Store) -> str | None:
+            async def timeout(calls: CallStore) -> str | None:
                 try:
-                    return (await store.transition(call_id, Action.TIMEOUT, node="n")).call.state.value
+                    return (await calls.transition(call_id, Action.TIMEOUT, node="n")).call.state.value
                 except CallError:
                     return None
 
@@ -99,6 +102,6 @@ async def test_timeout_crossing_an_answer_fires_at_most_once(redis: Redis, redis
             )
             assert sum(r is not None for r in results) == 1, results
     finally:
-        for store in stores:
-            await store.redis.aclose()
+        for client in clients:
+            await client.aclose()
 

@@ -23,6 +23,8 @@ from tests.conftest import SECRET
 from tests.ports import free_port
 from voip.auth import Authenticator
 
+pytestmark = pytest.mark.interop
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -88,7 +88,7 @@ async def test_missed_and_failed(node_factory: Any) -> None:
     # not a 0.3 s timeout on a loaded machine, is what ends it.
     patient = await node_factory(ring_timeout=30)
     failing = (await (await patient.device("carol", "c1")).request({"type": "call.start", "callee": "bob"}))["call_id"]
-    await node.node.store.transition(failing, Action.FAIL, node="test")
+    await node.node.stores.calls.transition(failing, Action.FAIL, node="test")
     _, body = await status(node, failing, device_id="b1")
     assert (body["state"], body["end_call"], body["reason"]) == ("failed", True, "failed")
 
@@ -101,7 +101,7 @@ async def test_a_due_timeout_not_yet_fired_already_says_missed(node_factory: Any
     await asyncio.sleep(0.3)
     _, body = await status(node, call_id, device_id="b1")
     assert (body["state"], body["end_call"], body["reason"]) == ("missed", True, "unanswered")
-    call = await node.node.store.get_call(call_id)
+    call = await node.node.stores.calls.get(call_id)
     assert call is not None and call.state == "ringing"
 
 
@@ -114,7 +114,7 @@ async def test_strangers_learn_nothing(node: RunningNode) -> None:
         assert body["end_call"] is True and body["reason"] == "unknown_call"
         assert set(body) == {"call_id", "end_call", "reason", "server_time"}
     # And the stranger's question left no trace on the call.
-    assert not [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+    assert not [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "status_check"]
 
 
 async def test_a_bearer_check_without_a_device_never_ends_a_call_live_for_that_user(node: RunningNode) -> None:
@@ -137,7 +137,7 @@ async def test_a_bearer_check_without_a_device_never_ends_a_call_live_for_that_u
     for user in ("alice", "bob"):
         _, body = await status(node, call_id, user=user)
         assert (body["state"], body["end_call"], body["reason"]) == ("ended", True, "remote_ended")
-    checks = [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+    checks = [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "status_check"]
     assert [(c["party"], c.get("device")) for c in checks] == [
         ("caller", None), ("callee", None), ("caller", None), ("callee", None), ("callee", "b2"),
         ("caller", None), ("callee", None),
@@ -165,7 +165,7 @@ async def test_a_device_that_is_not_the_askers_in_this_call_is_refused(node: Run
     code, body = await status(node, call_id, user="mallory", device_id="b1")
     assert code == 404 and body["reason"] == "unknown_call"
     # None of them was recorded as a device's check.
-    assert not [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+    assert not [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "status_check"]
     # The devices that are theirs in this call still get their own verdicts.
     assert (await status(node, call_id, user="alice", device_id="a1"))[1]["end_call"] is False
     assert (await status(node, call_id, device_id="b1"))[1]["end_call"] is False
@@ -221,7 +221,7 @@ async def test_capability_opens_one_call_for_one_device(node: RunningNode) -> No
     ):
         response = await client.get(f"/v1/calls/{path_call}/status", params=params)
         assert response.status_code == 401, params
-    checks = [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+    checks = [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "status_check"]
     assert [c["via"] for c in checks] == ["capability", "capability"]
     assert checks[0]["device"] == "b1" and checks[0]["state"] == "ringing"
 
@@ -230,9 +230,9 @@ async def test_polling_does_not_grow_the_timeline_without_bound(node: RunningNod
     call_id, *_ = await ringing_call(node)
     for _ in range(60):
         assert (await status(node, call_id, device_id="b1"))[0] == 200
-    checks = [e for e in await node.node.store.timeline(call_id) if e["event"] == "status_check"]
+    checks = [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "status_check"]
     assert len(checks) == 50
-    assert await node.node.redis.hget(node.node.store.call_keys(call_id)[0], "status_checks") == b"60"
+    assert await node.node.connections.client.hget(node.node.stores.keys.call(call_id), "status_checks") == b"60"
 
 
 def test_call_ids_are_canonical_in_every_spelling() -> None:
@@ -251,3 +251,39 @@ async def test_percent_encoded_parameters_still_work(node: RunningNode) -> None:
     # "b:1" sent as b%3A1: the general parser takes over.
     response = await node.http().get(f"/v1/calls/{call_id}/status?device_id=b%3A1&cap={cap}")
     assert response.status_code == 200 and response.json()["state"] == "ringing"
+
+
+async def test_answers_keep_their_exact_bytes(node: RunningNode) -> None:
+    """The JSON an app parses, key order and omissions included."""
+    call_id, caller, phone, _ = await ringing_call(node)
+
+    async def raw(device_id: str = "b1") -> tuple[int, bytes, int]:
+        response = await node.http().get(
+            f"/v1/calls/{call_id}/status", params={"device_id": device_id}, headers=bearer(node, "bob")
+        )
+        return response.status_code, response.content, response.json()["server_time"]
+
+    code, content, now = await raw()
+    assert code == 200
+    assert content == b'{"call_id":"%s","state":"ringing","end_call":false,"reason":null,"server_time":%d}' % (
+        call_id.encode(), now
+    )
+    await phone.request({"type": "call.answer", "call_id": call_id})
+    _, content, now = await raw("b2")
+    assert content == (
+        b'{"call_id":"%s","state":"answered","end_call":true,"reason":"answered_elsewhere","server_time":%d,'
+        b'"answered_by_device":"b1"}' % (call_id.encode(), now)
+    )
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    ended_at = (await node.node.stores.calls.get(call_id)).ended_at  # type: ignore[union-attr]
+    _, content, now = await raw()
+    assert content == (
+        b'{"call_id":"%s","state":"ended","end_call":true,"reason":"remote_ended","server_time":%d,'
+        b'"answered_by_device":"b1","ended_at":%d}' % (call_id.encode(), now, ended_at)
+    )
+    unknown = str(uuid.uuid4())
+    response = await node.http().get(f"/v1/calls/{unknown}/status", headers=bearer(node, "bob"))
+    assert response.status_code == 404
+    assert response.content == b'{"call_id":"%s","end_call":true,"reason":"unknown_call","server_time":%d}' % (
+        unknown.encode(), response.json()["server_time"]
+    )

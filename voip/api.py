@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
@@ -15,9 +15,10 @@ from starlette.responses import Response
 
 from voip import metrics
 from voip.auth import AuthError, Principal
-from voip.calls import CallState, EndReason, Party, verdict
+from voip.devices import ApnsEnvironment, DeviceRecord, Registration, register
 from voip.node import Node
-from voip.store import CallError
+from voip.status import StatusAnswer, StatusRow
+from voip.stores import CallError
 
 # Not "." or "..": HTTP clients fold those path segments away.
 DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
@@ -42,7 +43,7 @@ class ApiError(HTTPException):
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     voip_token: HexToken | None = None
-    apns_environment: Literal["sandbox", "production"] = "production"
+    apns_environment: ApnsEnvironment = "production"
     bundle_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,155}$")] | None = None
     alert_token: HexToken | None = None
 
@@ -105,20 +106,13 @@ async def put_device(request: Request) -> Response:
     body: DeviceIn = await json_body(request, DeviceIn)
     node = node_of(request)
     now = int(time.time() * 1000)
-    previous = await node.store.get_device(principal.user_id, device_id)
-    voip_token = body.voip_token.lower() if body.voip_token else None
-    token_changed = previous is None or previous.get("voip_token") != voip_token
-    record = {
-        **body.model_dump(),
-        "voip_token": voip_token,
-        "alert_token": body.alert_token.lower() if body.alert_token else None,
-        "registered_at": previous["registered_at"] if previous else now,
-        "updated_at": now,
-        # When this token value was first given to us: a 410 from APNs only removes a
-        # token registered before APNs's timestamp.
-        "token_registered_at": now if token_changed else previous["token_registered_at"],  # type: ignore[index]
-    }
-    dropped = await node.store.put_device(
+    previous = await node.stores.devices.get(principal.user_id, device_id)
+    record = register(
+        DeviceRecord.from_stored(previous) if previous else None,
+        Registration(body.voip_token, body.apns_environment, body.bundle_id, body.alert_token),
+        now,
+    ).stored()
+    dropped = await node.stores.devices.put(
         principal.user_id, device_id, record, node.settings.max_devices_per_user
     )
     return JSONResponse(
@@ -130,15 +124,17 @@ async def put_device(request: Request) -> Response:
 async def delete_device(request: Request) -> Response:
     principal = authenticate(request, "device")
     device_id = device_id_of(request)
-    if not await node_of(request).store.delete_device(principal.user_id, device_id):
+    if not await node_of(request).stores.devices.delete(principal.user_id, device_id):
         raise ApiError(404, "unknown_device", "no such device")
     return Response(status_code=204)
 
 
 async def list_devices(request: Request) -> Response:
     principal = authenticate(request, "device")
-    devices = await node_of(request).store.list_devices(principal.user_id)
-    return JSONResponse({"devices": [{"device_id": k, **v} for k, v in sorted(devices.items())]})
+    devices = await node_of(request).stores.devices.registered(principal.user_id)
+    return JSONResponse({
+        "devices": [{"device_id": k, **DeviceRecord.from_stored(v).stored()} for k, v in sorted(devices.items())]
+    })
 
 
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -171,10 +167,7 @@ def _query(request: Request) -> dict[str, str]:
 
 def _unknown_call(call_id: str, now: int) -> Response:
     metrics.status_check_counter(metrics.UNKNOWN_CALL_STATE, True).inc()
-    return JSONResponse(
-        {"call_id": call_id, "end_call": True, "reason": EndReason.UNKNOWN_CALL.value, "server_time": now},
-        status_code=404,
-    )
+    return JSONResponse(StatusAnswer.unknown_call(call_id, now).body(), status_code=404)
 
 
 async def call_status(request: Request) -> Response:
@@ -202,7 +195,7 @@ async def call_status(request: Request) -> Response:
         return _unknown_call(raw_id[:64], now)
     started = time.perf_counter()
     try:
-        fields = await node.store.status_check(
+        fields = await node.stores.calls.status_check(
             call_id, user=user, device=device_id, node=node.node_id, via=via, at=now
         )
     except CallError:  # not_your_device; the asker is a participant, so it learns nothing new
@@ -210,32 +203,10 @@ async def call_status(request: Request) -> Response:
     metrics.REDIS_LATENCY.observe(time.perf_counter() - started)
     if fields is None:
         return _unknown_call(call_id, now)
-    state_raw, _, _, _, answered_by, ring_deadline, ended_at, party = fields
-    state = CallState(state_raw.decode())  # type: ignore[union-attr]
-    answered_by_device = answered_by.decode() if answered_by else None
-    result = verdict(
-        state,
-        party=Party.CALLER if party == b"caller" else Party.CALLEE,
-        device_id=device_id or None,
-        answered_by_device=answered_by_device,
-        ring_deadline_ms=int(ring_deadline),  # type: ignore[arg-type]
-        now_ms=now,
-    )
-    metrics.status_check_counter(result.state.value, result.end_call).inc()
-    body: dict[str, Any] = {
-        "call_id": call_id,
-        "state": result.state.value,
-        "end_call": result.end_call,
-        "reason": result.reason.value if result.reason else None,
-        "server_time": now,
-    }
-    if answered_by_device:
-        body["answered_by_device"] = answered_by_device
-    if ended_at:
-        body["ended_at"] = int(ended_at)
-    elif result.state is CallState.MISSED:
-        body["ended_at"] = int(ring_deadline)  # type: ignore[arg-type]
-    return JSONResponse(body)
+    answer = StatusAnswer.of(call_id, StatusRow.from_reply(fields), device_id or None, now)
+    assert answer.state is not None
+    metrics.status_check_counter(answer.state.value, answer.end_call).inc()
+    return JSONResponse(answer.body())
 
 
 async def device(request: Request) -> Response:

@@ -10,8 +10,10 @@
   still hears the other side hang up.
 - A missed-call alert to devices that registered an ordinary APNs token.
 
-Each push and its APNs answer goes on the call's timeline. A token APNs calls invalid is
-dropped (only if it predates APNs's verdict) and the device is told to register again.
+Each push and its answer goes on the call's timeline. A token the platform calls no
+good is dropped (a 410's only if it predates APNs's verdict: the notifier says which)
+and the device is told to register again. What a push looks like on the wire, and
+what a platform's answers mean, is the notifier's business (`voip/push/`).
 """
 
 from __future__ import annotations
@@ -29,40 +31,48 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from voip import metrics
 from voip.auth import Authenticator
 from voip.bus import Bus
-from voip.calls import FINAL_REASON, CallState, EndReason
-from voip.push import Caller, Notifier, Outcome, PushRequest, PushResult
-from voip.push import call_cancellation, call_ended, missed_call_alert, voip_invite
-from voip.store import CallRecord, Store
+from voip.calls import Party, verdict
+from voip.protocol import FrameType
+from voip.push import Caller, Notifier, Outcome, Push, PushKind, PushResult, TokenDrop
+from voip.stores import CallRecord, CallStore, DeviceStore, PushLog
 from voip.tasks import BackgroundTasks, retry_bounded
 
 log = structlog.get_logger(__name__)
 
-# APNs reasons that say the token itself is bad, whatever the moment.
-BAD_TOKEN_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
 # Redis errors that pass: a restart, a failover (a replica refusing writes), a timeout.
 TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 # Once APNs has answered, the answer is recorded however long Redis takes to come back,
 # up to this many seconds: a push on the phone with no trace in Redis is never cancelled.
 BOOKKEEPING_WINDOW = 30.0
+# Seconds a cancellation is still retried after the ring deadline: unlike a late invite,
+# a late cancellation only ever ends a ghost call.
+CANCELLATION_GRACE = 30.0
+# Seconds a hang-up push is retried and kept: a phone offline for longer has lost the
+# call's audio anyway, and asks the status when it reconnects.
+HANG_UP_LIFETIME = 30.0
+# Seconds a missed-call alert may spend on retries.
+MISSED_ALERT_RETRY_WINDOW = 60.0
 
 
 class CallPushes:
     def __init__(
         self,
         notifier: Notifier,
-        store: Store,
+        calls: CallStore,
+        devices: DeviceStore,
+        push_log: PushLog,
         bus: Bus,
         auth: Authenticator,
         *,
-        bundle_id: str,
         public_url: str,
         node: str,
     ) -> None:
         self.notifier = notifier
-        self.store = store
+        self.calls = calls
+        self.devices = devices
+        self.push_log = push_log
         self.bus = bus
         self.auth = auth
-        self.bundle_id = bundle_id
         self.public_url = public_url
         self.node = node
         self._sending: dict[str, set[asyncio.Task[Any]]] = {}
@@ -71,28 +81,28 @@ class CallPushes:
     def status_url(self, call: CallRecord, device_id: str) -> str:
         # The capability outlives the ring: a push delivered hours late must still get
         # its verdict, for as long as the call is kept.
-        expires = call.ring_deadline // 1000 + (call.retention or self.store.retention)
+        expires = call.ring_deadline // 1000 + (call.retention or self.calls.retention)
         capability = self.auth.capability(call.call_id, device_id, expires)
         return f"{self.public_url}/v1/calls/{call.call_id}/status?device_id={device_id}&cap={capability}"
 
-    def invite(self, call: CallRecord, pushes: dict[str, dict[str, Any]], caller_name: str) -> None:
-        """Send the invites now, in the background: nothing waits for APNs."""
-        caller = Caller(id=call.caller_user, display_name=caller_name)
-        for device_id, target in pushes.items():
-            request = voip_invite(
-                bundle_id=self.bundle_id,
-                device_token=target["token"],
-                environment=target["environment"],
-                call_id=call.call_id,
-                caller=caller,
-                ring_deadline=call.ring_deadline / 1000,
-                status_url=self.status_url(call, device_id),
-                apns_id=target["apns_id"],
-            )
-            self._spawn(call.call_id, f"invite:{call.call_id}:{device_id}", self._invite(call, device_id, request))
+    def addresses(self, devices: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Where each device's invite goes, by device id, for the devices that can get
+        one: stored with the call, so its cancellations go where its invites went."""
+        addresses = {device_id: self.notifier.address(record, PushKind.INVITE) for device_id, record in devices.items()}
+        return {device_id: address for device_id, address in addresses.items() if address is not None}
 
-    async def _invite(self, call: CallRecord, device_id: str, request: PushRequest) -> None:
-        result, current, cancelled_at = await self._send(call, device_id, "invite", request)
+    def invite(self, call: CallRecord, addresses: dict[str, dict[str, Any]], caller_name: str) -> None:
+        """Send the invites now, in the background: nothing waits for the platform."""
+        caller = Caller(id=call.caller_user, display_name=caller_name)
+        for device_id, address in addresses.items():
+            push = Push(
+                PushKind.INVITE, call.call_id, address, deadline=call.ring_deadline / 1000,
+                caller=caller, status_url=self.status_url(call, device_id),
+            )
+            self._spawn(call.call_id, f"invite:{call.call_id}:{device_id}", self._invite(call, device_id, push))
+
+    async def _invite(self, call: CallRecord, device_id: str, push: Push) -> None:
+        result, current, cancelled_at = await self._send(call, device_id, push)
         if result.outcome is not Outcome.ACCEPTED:
             return
         accepted_at = int(time.time() * 1000)
@@ -103,21 +113,20 @@ class CallPushes:
             return
         reason = _reason_for(current, device_id)
         if reason is not None:
-            cancellation = self._cancellation(current, request.device_token, request.environment, reason)
-            await self._send(current, device_id, "cancel", cancellation)
+            await self._send(current, device_id, self._cancellation(current, push.address, reason))
 
-    def end(self, call: CallRecord, pushes: dict[str, dict[str, Any]], knowing: Iterable[str]) -> None:
+    def end(self, call: CallRecord, addresses: dict[str, dict[str, Any]], knowing: Iterable[str]) -> None:
         """The call left ringing: stop its invites on this node and cancel every device
         that was pushed and does not know yet."""
         for task in self._sending.pop(call.call_id, set()):
             task.cancel()
         knowing = set(knowing)
-        for device_id, target in pushes.items():
+        for device_id, address in addresses.items():
             reason = _reason_for(call, device_id)
             if device_id in knowing or reason is None:
                 continue
-            request = self._cancellation(call, target["token"], target["environment"], reason)
-            self._spawn(call.call_id, f"cancel:{call.call_id}:{device_id}", self._send(call, device_id, "cancel", request))
+            push = self._cancellation(call, address, reason)
+            self._spawn(call.call_id, f"cancel:{call.call_id}:{device_id}", self._send(call, device_id, push))
 
     def hung_up(self, call: CallRecord, parties: list[tuple[str, str, str]]) -> None:
         """An answered call ended: send `call.ended` to each (user, device, reason) in the
@@ -128,48 +137,30 @@ class CallPushes:
 
     async def _hang_up(self, call: CallRecord, user_id: str, device_id: str, reason: str) -> None:
         devices, online = await self._bookkeep(
-            lambda: self.store.reachable_devices(user_id), call.call_id, device_id, "ended"
+            lambda: self.devices.reachable(user_id), call.call_id, device_id, "ended"
         )
         record = devices.get(device_id)
-        if device_id in online or record is None or not record.get("voip_token"):
+        address = None if device_id in online or record is None else self.notifier.address(record, PushKind.ENDED)
+        if address is None:
             return
-        request = call_ended(
-            bundle_id=record.get("bundle_id") or self.bundle_id,
-            device_token=record["voip_token"],
-            environment=record.get("apns_environment", "production"),
-            call_id=call.call_id,
-            reason=reason,
-        )
-        await self._send(call, device_id, "ended", request, user_id=user_id)
+        push = Push(PushKind.ENDED, call.call_id, address, deadline=time.time() + HANG_UP_LIFETIME, reason=reason)
+        await self._send(call, device_id, push, user_id=user_id)
 
     def missed(self, call: CallRecord, devices: dict[str, dict[str, Any]], caller_name: str) -> None:
         caller = Caller(id=call.caller_user, display_name=caller_name)
         for device_id, record in devices.items():
-            if not record.get("alert_token"):
+            address = self.notifier.address(record, PushKind.MISSED_ALERT)
+            if address is None:
                 continue
-            request = missed_call_alert(
-                bundle_id=record.get("bundle_id") or self.bundle_id,
-                device_token=record["alert_token"],
-                environment=record.get("apns_environment", "production"),
-                call_id=call.call_id,
-                caller=caller,
+            push = Push(
+                PushKind.MISSED_ALERT, call.call_id, address,
+                deadline=time.time() + MISSED_ALERT_RETRY_WINDOW, caller=caller,
             )
-            self._spawn(
-                call.call_id, f"missed_alert:{call.call_id}:{device_id}",
-                self._send(call, device_id, "missed_alert", request),
-            )
+            self._spawn(call.call_id, f"missed_alert:{call.call_id}:{device_id}", self._send(call, device_id, push))
 
-    def _cancellation(self, call: CallRecord, token: str, environment: str, reason: str) -> PushRequest:
-        # Retried for a little while even after the ring deadline: unlike a late invite,
-        # a late cancellation only ever ends a ghost call.
-        return call_cancellation(
-            bundle_id=self.bundle_id,
-            device_token=token,
-            environment=environment,
-            call_id=call.call_id,
-            reason=reason,
-            ring_deadline=max(call.ring_deadline / 1000, time.time() + 30),
-        )
+    def _cancellation(self, call: CallRecord, address: dict[str, Any], reason: str) -> Push:
+        deadline = max(call.ring_deadline / 1000, time.time() + CANCELLATION_GRACE)
+        return Push(PushKind.CANCEL, call.call_id, address, deadline=deadline, reason=reason)
 
     @property
     def in_flight(self) -> int:
@@ -197,13 +188,14 @@ class CallPushes:
         task.add_done_callback(done)
 
     async def _send(
-        self, call: CallRecord, device_id: str, kind: str, request: PushRequest, *, user_id: str | None = None
+        self, call: CallRecord, device_id: str, push: Push, *, user_id: str | None = None
     ) -> tuple[PushResult, CallRecord | None, int | None]:
         """Send, put the answer on the timeline; for an invite, read back in the same
         round trip what `_invite` needs to know. `user_id`: the device's owner, the
         callee unless said."""
         user_id = user_id or call.callee_user
-        result = await self.notifier.send(request)
+        kind = push.kind.value
+        result = await self.notifier.notify(push)
         metrics.PUSHES.labels(kind, result.outcome.value, result.reason or "").inc()
         metrics.PUSH_LATENCY.labels(kind).observe(result.latency_ms / 1000)
         entry: dict[str, Any] = {
@@ -233,10 +225,9 @@ class CallPushes:
         current, cancelled_at = await asyncio.shield(record)
         log.info("push.sent", call_id=call.call_id, device=device_id, kind=kind,
                  outcome=result.outcome.value, status=result.status, reason=result.reason)
-        if kind != "missed_alert" and (
-            result.outcome is Outcome.TOKEN_INVALID or result.reason in BAD_TOKEN_REASONS
-        ):
-            await self._drop_token(call, user_id, device_id, request.device_token, result)
+        # Devices keep one token that can be dropped: the one VoIP pushes go to.
+        if push.kind is not PushKind.MISSED_ALERT and (drop := result.drop_token) is not None:
+            await self._drop_token(call, user_id, device_id, result, drop)
         return result, current, cancelled_at
 
     async def _record(
@@ -246,10 +237,10 @@ class CallPushes:
         delivered cancellation, in the call's cancellations: retried while Redis is away."""
 
         async def append() -> tuple[CallRecord | None, int | None]:
-            return await self.store.append_and_read(
+            return await self.push_log.record_answer(
                 call.call_id,
-                [entry],
-                cancellation_of=device_id if kind == "invite" else None,
+                entry,
+                read_back_for=device_id if kind == "invite" else None,
                 last_push=(user_id, device_id, {**entry, "call_id": call.call_id})
                 if kind != "missed_alert"
                 else None,
@@ -268,17 +259,14 @@ class CallPushes:
         )
 
     async def _drop_token(
-        self, call: CallRecord, user_id: str, device_id: str, token: str, result: PushResult
+        self, call: CallRecord, user_id: str, device_id: str, result: PushResult, drop: TokenDrop
     ) -> None:
-        # A 410 only condemns a token registered before APNs's timestamp: a phone that
-        # registered the same token again afterwards keeps it.
-        before = result.timestamp if result.outcome is Outcome.TOKEN_INVALID else None
         dropped = await self._bookkeep(
-            lambda: self.store.drop_voip_token(user_id, device_id, token, before),
+            lambda: self.devices.drop_voip_token(user_id, device_id, result.device_token, drop.registered_before),
             call.call_id, device_id, "token",
         )
         await self._bookkeep(
-            lambda: self.store.append_timeline(
+            lambda: self.calls.append_timeline(
                 call.call_id,
                 [{"at": int(time.time() * 1000), "event": "token", "device": device_id, "node": self.node,
                   "dropped": dropped, "reason": result.reason}],
@@ -288,15 +276,15 @@ class CallPushes:
         if dropped:
             await self.bus.publish(
                 user_id,
-                {"type": "device.reregister", "device_id": device_id, "reason": result.reason},
+                {"type": FrameType.DEVICE_REREGISTER, "device_id": device_id, "reason": result.reason},
                 only=[device_id],
             )
 
 
 def _reason_for(call: CallRecord, device_id: str) -> str | None:
-    """The status endpoint's reason for this device, or None if it should keep the call."""
-    if call.state is CallState.ANSWERED:
-        return None if device_id == call.answered_by_device else EndReason.ANSWERED_ELSEWHERE.value
-    if call.state is CallState.RINGING:
-        return None
-    return FINAL_REASON[call.state].value
+    """The status endpoint's reason for this callee device, or None if it should keep the call."""
+    told = verdict(
+        call.state, party=Party.CALLEE, device_id=device_id, answered_by_device=call.answered_by_device,
+        ring_deadline_ms=call.ring_deadline, now_ms=int(time.time() * 1000),
+    )
+    return told.reason.value if told.end_call and told.reason is not None else None

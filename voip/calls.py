@@ -1,6 +1,6 @@
 """The call state machine, pure: states, who may move a call where, and the status verdict.
 
-Redis applies these transitions atomically (see store.py); this module decides what a
+Redis applies these transitions atomically (see voip/stores/calls.py); this module decides what a
 transition *is*, so the rules live in one place and are tested without Redis.
 
     ringing ──answer──▶ answered ──hangup──▶ ended
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+from voip.protocol import FrameType
 
 
 class CallState(StrEnum):
@@ -134,11 +136,11 @@ def verdict(
 
 # What each party's devices are told when a call enters a state.
 # (frame type for the caller, frame type for callee devices that did not act)
-NOTICES: dict[CallState, tuple[str, str]] = {
-    CallState.ANSWERED: ("call.answered", "call.answered_elsewhere"),
-    CallState.DECLINED: ("call.declined", "call.declined"),
-    CallState.CANCELLED: ("call.cancelled", "call.cancelled"),
-    CallState.MISSED: ("call.missed", "call.missed"),
-    CallState.FAILED: ("call.failed", "call.failed"),
-    CallState.ENDED: ("call.ended", "call.ended"),
+NOTICES: dict[CallState, tuple[FrameType, FrameType]] = {
+    CallState.ANSWERED: (FrameType.CALL_ANSWERED, FrameType.CALL_ANSWERED_ELSEWHERE),
+    CallState.DECLINED: (FrameType.CALL_DECLINED, FrameType.CALL_DECLINED),
+    CallState.CANCELLED: (FrameType.CALL_CANCELLED, FrameType.CALL_CANCELLED),
+    CallState.MISSED: (FrameType.CALL_MISSED, FrameType.CALL_MISSED),
+    CallState.FAILED: (FrameType.CALL_FAILED, FrameType.CALL_FAILED),
+    CallState.ENDED: (FrameType.CALL_ENDED, FrameType.CALL_ENDED),
 }

@@ -1,6 +1,6 @@
 """The call controller: what happens when a device starts, answers, declines or ends a
 call, or the system acts (a ring timeout, a SIP leg that failed). It applies the change
-in Redis (store.py) and tells every device concerned, on whatever node it is connected
+in Redis (voip/stores/) and tells every device concerned, on whatever node it is connected
 (bus.py). It is the only place that changes a call: the SIP gateway acts through it too.
 
 It holds no call state of its own: any node can pick up any call at any step.
@@ -21,9 +21,11 @@ from voip.bus import Bus
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.display_names import display_name
 from voip.log_throttle import RepeatedLog
+from voip.protocol import FrameType
 from voip.tasks import stop_task
 from voip.call_pushes import CallPushes
-from voip.store import CallError, CallRecord, Store, Transition, now_ms
+from voip.clock import now_ms
+from voip.stores import CalleeLimits, CallError, CallRecord, CallStore, Transition
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +51,8 @@ class OutboundCallees(Protocol):
 class CallController:
     def __init__(
         self,
-        store: Store,
+        calls: CallStore,
+        limits: CalleeLimits,
         bus: Bus,
         *,
         node: str,
@@ -57,7 +60,8 @@ class CallController:
         max_ringing_per_callee: int = 3,
         calls_per_callee_per_minute: int = 20,
     ) -> None:
-        self.store = store
+        self.calls = calls
+        self.limits = limits
         self.bus = bus
         self.node = node
         self.ring_timeout_ms = int(ring_timeout * 1000)
@@ -87,7 +91,7 @@ class CallController:
         ring_deadline = created_at + self.ring_timeout_ms
         # Before anything rings or any push leaves: a flood of calls to one callee must
         # not become a flood of pushes to their phone. Raises CallRefused.
-        devices, online = await self.store.admit_call(
+        devices, online = await self.limits.admit(
             call_id, callee, now=created_at, ring_deadline=ring_deadline,
             max_ringing=self.max_ringing_per_callee, per_minute=self.calls_per_callee_per_minute,
             reach=leg is None,
@@ -98,18 +102,10 @@ class CallController:
         else:
             targets = sorted(set(devices) | online)
             if self.pushes is not None:
-                pushes = {
-                    device_id: {
-                        "token": record["voip_token"],
-                        "environment": record["apns_environment"],
-                        "apns_id": str(uuid.uuid4()),
-                    }
-                    for device_id, record in devices.items()
-                    if record.get("voip_token")
-                }
+                pushes = self.pushes.addresses(devices)
         name = display_name(caller_name, caller.user_id)
         incoming: dict[str, Any] = {
-            "type": "call.incoming",
+            "type": FrameType.CALL_INCOMING,
             "call_id": call_id,
             "caller": caller.user_id,
             "caller_name": name,
@@ -121,7 +117,7 @@ class CallController:
         # The callee's devices are told from inside the script that creates the call:
         # no round trip between "the call exists" and "its devices know".
         announce = (self.bus.channel(callee), self.bus.envelope(incoming)) if targets and leg is None else None
-        created = await self.store.create_call(
+        created = await self.calls.create(
             call_id,
             caller_user=caller.user_id,
             caller_device=caller.device_id,
@@ -147,14 +143,14 @@ class CallController:
             ring_deadline=ring_deadline,
             origin_node=self.node,
             caller_name=name,
-            retention=self.store.retention,
+            retention=self.calls.retention,
         )
         metrics.CALLS.labels(CallState.RINGING.value, "").inc()
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
         if not targets:
             # Nobody to ring: the call is missed now rather than after a silent ring timeout.
             # Told to the caller only after its reply, which names the call.
-            transition = await self.store.transition(
+            transition = await self.calls.transition(
                 call_id, Action.TIMEOUT, node=self.node, note={"why": "no reachable device"}
             )
             if on_started is not None:
@@ -173,7 +169,7 @@ class CallController:
         return call
 
     async def ringing(self, user_id: str, device_id: str, call_id: str) -> CallRecord:
-        call, first = await self.store.call_event(
+        call, first = await self.calls.record_event(
             call_id,
             user=user_id,
             device=device_id,
@@ -185,7 +181,7 @@ class CallController:
         if first:  # the caller hears ringback once, however many devices ring
             await self.bus.publish(
                 call.caller_user,
-                {"type": "call.ringing", "call_id": call_id, "device_id": device_id},
+                {"type": FrameType.CALL_RINGING, "call_id": call_id, "device_id": device_id},
                 only=[call.caller_device],
             )
         return call
@@ -200,7 +196,7 @@ class CallController:
         sdp: str | None = None,
         busy: bool = False,
     ) -> Transition:
-        transition = await self.store.transition(
+        transition = await self.calls.transition(
             call_id, action, user=user_id, device=device_id, node=self.node,
             note={"busy": True} if busy else None,
         )
@@ -218,7 +214,7 @@ class CallController:
         """An action that no device took (a ring timeout, a SIP leg that failed or never
         heard its ACK), under the same rules, events, pushes and metrics as a device's.
         `note` goes on the timeline entry. Raises CallError when the call refuses it."""
-        transition = await self.store.transition(call_id, action, node=self.node, note=note)
+        transition = await self.calls.transition(call_id, action, node=self.node, note=note)
         log.info(
             "call.transition",
             call_id=call_id,
@@ -231,11 +227,11 @@ class CallController:
 
     async def note(self, call_id: str, entry: dict[str, Any]) -> None:
         """Keep a fact about the call (e.g. a SIP message) on its timeline, next to its changes."""
-        await self.store.append_timeline(call_id, [{"at": now_ms(), **entry, "node": self.node}])
+        await self.calls.append_timeline(call_id, [{"at": now_ms(), **entry, "node": self.node}])
 
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
-        call, _ = await self.store.call_event(call_id, user=user_id, device=device_id)
-        frame = {"type": "call.signal", "call_id": call_id, "from_device": device_id, "payload": payload}
+        call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id)
+        frame = {"type": FrameType.CALL_SIGNAL, "call_id": call_id, "from_device": device_id, "payload": payload}
         if user_id == call.caller_user:
             # Before an answer the caller's candidates go to every ringing device.
             only = [call.answered_by_device] if call.answered_by_device else None
@@ -248,7 +244,7 @@ class CallController:
             transition = await self.act_as_system(Action.TIMEOUT, call_id)
         except CallError:
             # Answered, cancelled or gone before its deadline: nothing to fire.
-            await self.store.forget_timeout(call_id)
+            await self.calls.forget_timeout(call_id)
             return None
         log.info("call.timeout", call_id=call_id)
         return transition
@@ -277,7 +273,7 @@ class CallController:
         if busy:
             base["busy"] = True
         if call.state is CallState.ANSWERED:
-            answered = {**base, "type": "call.answered", "device_id": call.answered_by_device}
+            answered = {**base, "type": FrameType.CALL_ANSWERED, "device_id": call.answered_by_device}
             if sdp is not None:
                 answered["sdp"] = sdp
             await asyncio.gather(
@@ -310,8 +306,8 @@ class CallController:
         gap. The server counted these devices as connected, so no push told them either.
         A device may hear an ending twice; ending a call twice does nothing."""
         for user in users:
-            for call_id in await self.store.recent_calls_to(user):
-                call = await self.store.get_call(call_id)
+            for call_id in await self.limits.recent_calls_to(user):
+                call = await self.calls.get(call_id)
                 if call is None or call.callee_user != user or call.state is CallState.RINGING:
                     continue
                 if (call.ended_at or call.ring_deadline) < since_ms - 1000 and call.state is not CallState.ANSWERED:
@@ -326,7 +322,7 @@ class CallController:
 
     async def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
         assert self.pushes is not None
-        pushes, online, devices = await self.store.ending_context(call)
+        pushes, online, devices = await self.calls.ending_context(call)
         # Connected devices hear the outcome over their WebSocket; the device that acted
         # knows it already. Every other device that got an invite gets a cancellation.
         knowing = set(online)
@@ -373,16 +369,16 @@ class RingTimeouts:
         held, self._held = self._held, []
         if held:
             try:
-                await self._controller.store.release_timeouts(held, now_ms())
+                await self._controller.calls.release_timeouts(held, now_ms())
                 log.info("timeouts.released", count=len(held))
             except Exception:  # their leases run out instead, lease_ms late
                 log.warning("timeouts.release_failed", count=len(held), exc_info=True)
 
     async def _run(self) -> None:
-        store = self._controller.store
+        calls = self._controller.calls
         while True:
             try:
-                self._held = await store.claim_due_timeouts(now_ms(), self._lease_ms)
+                self._held = await calls.claim_due_timeouts(now_ms(), self._lease_ms)
                 while self._held:
                     await self._controller.fire_timeout(self._held[0])
                     self._held.pop(0)

@@ -21,10 +21,9 @@ from typing import Any
 import orjson
 import structlog
 from prometheus_client import Counter
-from redis.asyncio import Redis
-
-from voip.redis_durability import Durability, inspect_durability, log_durability
-from voip.store import now_ms
+from voip.clock import now_ms
+from voip.redis_durability import Durability, log_durability
+from voip.stores import EpochStore
 from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
@@ -62,9 +61,8 @@ class Epoch:
 
 
 class EpochWatcher:
-    def __init__(self, redis: Redis, prefix: str, *, node: str, interval: float) -> None:
-        self.redis = redis
-        self.key = f"{prefix}epoch"
+    def __init__(self, store: EpochStore, *, node: str, interval: float) -> None:
+        self._store = store
         self.node = node
         self.interval = interval
         self.epoch: Epoch | None = None
@@ -82,7 +80,7 @@ class EpochWatcher:
         await stop_task(self._task)
 
     async def check(self) -> None:
-        raw: bytes | str | None = await self.redis.get(self.key)
+        raw = await self._store.read()
         now = now_ms()
         if self.epoch is None:  # this node's first look: adopt what is there
             self.epoch = Epoch.decode(raw) if raw is not None else await self._write(None, now)
@@ -131,13 +129,13 @@ class EpochWatcher:
 
     async def _write(self, replaces: dict[str, Any] | None, now: int) -> Epoch:
         epoch = Epoch(secrets.token_hex(8), now, self.node, replaces)
-        if await self.redis.set(self.key, epoch.encode(), nx=True):
+        if await self._store.write_once(epoch.encode()):
             return epoch
-        raw = await self.redis.get(self.key)
+        raw = await self._store.read()
         return Epoch.decode(raw) if raw is not None else epoch
 
     async def _inspect(self) -> None:
-        self.durability = await inspect_durability(self.redis)
+        self.durability = await self._store.durability()
         log_durability(self.durability)
 
     async def _run(self) -> None:

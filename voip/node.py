@@ -20,7 +20,7 @@ from voip.push import APNsConfig, APNsNotifier
 from voip.redis_conn import RedisConnections
 from voip.settings import Settings
 from voip.sipcalls import SipConfig, SipGateway
-from voip.store import Store
+from voip.stores import Stores
 
 log = structlog.get_logger(__name__)
 
@@ -36,18 +36,18 @@ class Node:
         self.auth = Authenticator(settings.jwt_secret)
         # One pool per node, made once: no request builds a client.
         self.connections = RedisConnections.from_settings(settings)
-        self.redis = self.connections.client
-        self.store = Store(
-            self.redis, settings.redis_prefix, settings.call_retention, ops_feed=settings.ops_feed,
-            wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms,
+        self.status_pipe = self.connections.status_pipe()
+        self.stores = Stores.open(
+            self.connections.client, settings.redis_prefix, retention=settings.call_retention,
+            ops_feed=settings.ops_feed, wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms, status_pipe=self.status_pipe,
         )
-        self.store.status_pipe = self.connections.status_pipe()
-        self.presence = Presence(self.store, self.node_id)
+        self.presence = Presence(self.stores.presence, self.stores.sockets, self.node_id)
         # Redis unavailable, however a request found out: one line per interval.
         self.redis_unavailable = RepeatedLog(log, "redis.unavailable")
-        self.bus = Bus(self.redis, settings.redis_prefix)
+        self.bus = Bus(self.connections.client, settings.redis_prefix)
         self.controller = CallController(
-            self.store, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout,
+            self.stores.calls, self.stores.limits, self.bus, node=self.node_id, ring_timeout=settings.ring_timeout,
             max_ringing_per_callee=settings.max_ringing_per_callee,
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
         )
@@ -55,7 +55,7 @@ class Node:
         self.timeouts = RingTimeouts(self.controller)
         # Notices a Redis that came back empty; reads how Redis keeps data (docs/deploy.md).
         self.epoch = EpochWatcher(
-            self.redis, settings.redis_prefix, node=self.node_id, interval=settings.redis_epoch_interval
+            self.stores.epoch, node=self.node_id, interval=settings.redis_epoch_interval
         )
         self.apns_simulator: APNsSimulator | None = None
         self.notifier: APNsNotifier | None = None
@@ -67,7 +67,7 @@ class Node:
         self.sockets: dict[object, Callable[[], Coroutine[Any, Any, None]]] = {}
         if settings.sip_enabled:
             self.sip = SipGateway(
-                SipConfig.from_settings(settings), store=self.store, bus=self.bus,
+                SipConfig.from_settings(settings), stores=self.stores, bus=self.bus,
                 controller=self.controller, node_id=self.node_id,
                 max_devices=settings.max_devices_per_user,
             )
@@ -77,16 +77,17 @@ class Node:
         return self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
 
     async def start(self) -> None:
-        await self.redis.ping()
+        await self.connections.client.ping()
         await self.epoch.start()
         await self.bus.start()
         self.notifier = APNsNotifier(await self._apns_config())
         self.controller.pushes = CallPushes(
             self.notifier,
-            self.store,
+            self.stores.calls,
+            self.stores.devices,
+            self.stores.push_log,
             self.bus,
             self.auth,
-            bundle_id=self.settings.apns_bundle_id,
             public_url=self.public_url,
             node=self.node_id,
         )
@@ -172,5 +173,5 @@ class Node:
         if self.apns_simulator is not None:
             await self.apns_simulator.stop()
         await self.bus.stop()
-        self.store.status_pipe.close()  # type: ignore[union-attr]
+        self.status_pipe.close()
         await self.connections.aclose()

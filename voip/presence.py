@@ -17,7 +17,7 @@ from collections import Counter
 import structlog
 
 from voip.log_throttle import RepeatedLog
-from voip.store import Store
+from voip.stores import PresenceStore, SocketStore
 from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
@@ -27,9 +27,10 @@ HEARTBEAT = 3.0
 
 
 class Presence:
-    def __init__(self, store: Store, node_id: str, *, ttl_ms: int = PRESENCE_TTL_MS,
+    def __init__(self, presence: PresenceStore, sockets: SocketStore, node_id: str, *, ttl_ms: int = PRESENCE_TTL_MS,
                  heartbeat: float = HEARTBEAT) -> None:
-        self._store = store
+        self._presence = presence
+        self._sockets = sockets
         self._node = node_id
         self.ttl_ms = ttl_ms
         self._heartbeat = heartbeat
@@ -59,7 +60,7 @@ class Presence:
         key = (user_id, device_id)
         self._held[key] += 1
         self._to_clear.discard(key)
-        await self._store.set_presence(user_id, device_id, self._node, self.ttl_ms)
+        await self._presence.set(user_id, device_id, self._node, self.ttl_ms)
 
     async def release(self, user_id: str, device_id: str) -> None:
         """One socket of the device's here closed. Never raises: an entry Redis could not
@@ -70,15 +71,15 @@ class Presence:
             return
         del self._held[key]
         try:
-            await self._store.clear_presence(user_id, device_id, self._node)
+            await self._presence.clear(user_id, device_id, self._node)
         except Exception:
             self._to_clear.add(key)
 
     async def uncount_socket(self, user_id: str, socket_id: str) -> None:
-        """A socket closed: drop it from the user's open-socket count (`Store.open_socket`).
+        """A socket closed: drop it from the user's open-socket count (`SocketStore.open`).
         Never raises; retried by the heartbeat."""
         try:
-            await self._store.close_socket(user_id, socket_id)
+            await self._sockets.close(user_id, socket_id)
         except Exception:
             self._to_uncount.add((user_id, socket_id))
 
@@ -100,7 +101,7 @@ class Presence:
         for user_id, device_id in renewing:
             by_user.setdefault(user_id, []).append(device_id)
         if by_user:
-            await self._store.renew_presence(by_user, self._node, self.ttl_ms)
+            await self._presence.renew(by_user, self._node, self.ttl_ms)
         # A socket that closed while the renewal was on its way may have had its entry
         # cleared before the renewal wrote it again: clear it again.
         self._to_clear.update(key for key in renewing if key not in self._held)
@@ -108,8 +109,8 @@ class Presence:
             if key in self._held:  # reconnected meanwhile: the renewal above holds it
                 self._to_clear.discard(key)
                 continue
-            await self._store.clear_presence(*key, self._node)
+            await self._presence.clear(*key, self._node)
             self._to_clear.discard(key)
         for user_id, socket_id in list(self._to_uncount):
-            await self._store.close_socket(user_id, socket_id)
+            await self._sockets.close(user_id, socket_id)
             self._to_uncount.discard((user_id, socket_id))

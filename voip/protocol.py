@@ -4,6 +4,7 @@ Every message is documented in docs/protocol.md."""
 from __future__ import annotations
 
 import uuid
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
@@ -15,6 +16,38 @@ ID_PATTERN = r"^[A-Za-z0-9._@+:-]{1,128}$"
 UserId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 RequestId = Annotated[str, StringConstraints(max_length=64)] | Annotated[int, Field(ge=0, lt=2**53)]
+
+
+class FrameType(StrEnum):
+    """Every `type` a device's WebSocket carries, either way; docs/protocol.md §1 lists
+    the same set (tests/test_protocol_docs.py holds them together)."""
+
+    # Client -> server
+    CALL_START = "call.start"
+    CALL_ANSWER = "call.answer"
+    CALL_DECLINE = "call.decline"
+    CALL_HANGUP = "call.hangup"
+    PING = "ping"
+    # Both ways
+    CALL_RINGING = "call.ringing"
+    CALL_SIGNAL = "call.signal"
+    # Server -> client: replies
+    HELLO = "hello"
+    ACK = "ack"
+    CALL_STARTED = "call.started"
+    PONG = "pong"
+    ERROR = "error"
+    # Server -> client: call events
+    CALL_INCOMING = "call.incoming"
+    CALL_ANSWERED = "call.answered"
+    CALL_ANSWERED_ELSEWHERE = "call.answered_elsewhere"
+    CALL_CANCELLED = "call.cancelled"
+    CALL_DECLINED = "call.declined"
+    CALL_MISSED = "call.missed"
+    CALL_FAILED = "call.failed"
+    CALL_ENDED = "call.ended"
+    DEVICE_REREGISTER = "device.reregister"
+    RECONNECT = "reconnect"
 
 
 def canonical_call_id(value: str) -> str:
@@ -42,7 +75,7 @@ class _CallMessage(_Message):
 
 
 class CallStart(_Message):
-    type: Literal["call.start"]
+    type: Literal[FrameType.CALL_START]
     callee: UserId
     call_id: str | None = None
     # Cleaned and cut by the controller (voip/display_names.py), whichever path it came by.
@@ -56,30 +89,30 @@ class CallStart(_Message):
 
 
 class CallRinging(_CallMessage):
-    type: Literal["call.ringing"]
+    type: Literal[FrameType.CALL_RINGING]
 
 
 class CallAnswer(_CallMessage):
-    type: Literal["call.answer"]
+    type: Literal[FrameType.CALL_ANSWER]
     sdp: Annotated[str, StringConstraints(max_length=32768)] | None = None
 
 
 class CallDecline(_CallMessage):
-    type: Literal["call.decline"]
+    type: Literal[FrameType.CALL_DECLINE]
     busy: bool = False  # a SIP caller hears 486 Busy Here instead of 603 Decline
 
 
 class CallHangup(_CallMessage):
-    type: Literal["call.hangup"]
+    type: Literal[FrameType.CALL_HANGUP]
 
 
 class CallSignal(_CallMessage):
-    type: Literal["call.signal"]
+    type: Literal[FrameType.CALL_SIGNAL]
     payload: Any
 
 
 class Ping(_Message):
-    type: Literal["ping"]
+    type: Literal[FrameType.PING]
 
 
 ClientMessage = Annotated[
@@ -87,13 +120,14 @@ ClientMessage = Annotated[
     Field(discriminator="type"),
 ]
 client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-MESSAGE_TYPES = frozenset(
-    ("call.start", "call.ringing", "call.answer", "call.decline", "call.hangup", "call.signal", "ping")
-)
+MESSAGE_TYPES = frozenset((
+    FrameType.CALL_START, FrameType.CALL_RINGING, FrameType.CALL_ANSWER, FrameType.CALL_DECLINE,
+    FrameType.CALL_HANGUP, FrameType.CALL_SIGNAL, FrameType.PING,
+))
 
 
 def error_frame(code: str, message: str, request_id: Any = None, call_id: str | None = None) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    frame: dict[str, Any] = {"type": FrameType.ERROR, "code": code, "message": message}
     if request_id is not None:
         frame["id"] = request_id
     if call_id is not None:

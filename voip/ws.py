@@ -33,11 +33,12 @@ from voip.protocol import (
     CallSignal,
     CallStart,
     ClientMessage,
+    FrameType,
     Ping,
     client_message,
     error_frame,
 )
-from voip.store import CallError, CallRecord, CallRefused
+from voip.stores import CallError, CallRecord, CallRefused
 
 log = structlog.get_logger(__name__)
 
@@ -167,6 +168,8 @@ class DeviceConnection:
         self.bucket = TokenBucket(node.settings.ws_rate, node.settings.ws_burst)
         self.refused_in_a_row = 0
         self.closing: Close | None = None
+        self._handling = False  # a client frame is being handled; its reply is not queued yet
+        self._close_after_reply: Close | None = None
         self.socket_id = f"{device_id}|{uuid.uuid4().hex}"
         self.ended = asyncio.Event()
 
@@ -198,14 +201,14 @@ class DeviceConnection:
     async def open(self, undo: contextlib.AsyncExitStack) -> None:
         """Subscribe, mark present, count the socket: each undo is pushed before its step
         can fail half-way, and none of them raises."""
-        node, store = self.node, self.node.store
+        node = self.node
         await node.bus.attach(self.user_id, self.device_id, self.deliver)  # undoes itself on failure
         undo.push_async_callback(node.bus.detach, self.user_id, self.device_id, self.deliver)
         undo.push_async_callback(node.presence.release, self.user_id, self.device_id)
         await node.presence.hold(self.user_id, self.device_id)
         undo.push_async_callback(node.presence.uncount_socket, self.user_id, self.socket_id)
         cap = node.settings.max_devices_per_user
-        for evicted in await store.open_socket(self.user_id, self.socket_id, cap):
+        for evicted in await node.stores.sockets.open(self.user_id, self.socket_id, cap):
             # Whichever node holds it closes it: the bus reaches the user's sockets everywhere.
             await node.bus.publish(
                 self.user_id, {"type": EVICT, "socket": evicted}, only=[evicted.rsplit("|", 1)[0]]
@@ -216,7 +219,7 @@ class DeviceConnection:
         writer = asyncio.create_task(self._write())
         self.node.sockets[self] = self._drained
         try:
-            await self.outbox.put({"type": "hello", "node": self.node.node_id, "device_id": self.device_id})
+            await self.outbox.put({"type": FrameType.HELLO, "node": self.node.node_id, "device_id": self.device_id})
             if self.node.draining:  # accepted as the drain began: it may have missed this socket
                 self._reconnect_elsewhere()
             await self._read()
@@ -235,8 +238,14 @@ class DeviceConnection:
     def _reconnect_elsewhere(self) -> None:
         if self.closing is None:
             with contextlib.suppress(asyncio.QueueFull):
-                self.outbox.put_nowait({"type": "reconnect", "reason": "draining"})
-            self._close_after_queued(CLOSE_SERVICE_RESTART, "reconnect")
+                self.outbox.put_nowait({"type": FrameType.RECONNECT, "reason": "draining"})
+            if self._handling:
+                # The frame in hand has acted (a decline may be what ended the drain's last
+                # transaction): its reply goes out before the close, or the device retries
+                # an action that was done.
+                self.closing = self._close_after_reply = Close(CLOSE_SERVICE_RESTART, "reconnect")
+            else:
+                self._close_after_queued(CLOSE_SERVICE_RESTART, "reconnect")
 
     async def _drained(self) -> None:
         """The node drains: say so, close with 1012 after what is queued, wait for the end."""
@@ -246,7 +255,7 @@ class DeviceConnection:
 
     async def send(self, frame: dict[str, Any]) -> None:
         # Every frame goes through the outbox: one task writes to the socket.
-        if frame["type"] == "error":
+        if frame["type"] == FrameType.ERROR:
             metrics.WS_ERRORS.labels(frame["code"]).inc()
         await self.outbox.put(frame)
 
@@ -261,9 +270,9 @@ class DeviceConnection:
                 await self.websocket.send_text(orjson.dumps(frame).decode())
             except Exception:
                 return
-            if "call_id" in frame and frame["type"] not in ("ack", "error", "call.signal"):
+            if "call_id" in frame and frame["type"] not in (FrameType.ACK, FrameType.ERROR, FrameType.CALL_SIGNAL):
                 try:
-                    await self.node.store.append_timeline(
+                    await self.node.stores.calls.append_timeline(
                         frame["call_id"],
                         [{"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
                           "device": self.device_id, "node": self.node.node_id}],
@@ -302,9 +311,16 @@ class DeviceConnection:
             if data is None:
                 await self.send(error_frame("bad_frame", "binary frames are not accepted"))
                 continue
-            reply = await self._handle(data)
+            self._handling = True
+            try:
+                reply = await self._handle(data)
+            finally:
+                self._handling = False
             if reply is not None:
                 await self.send(reply)
+            if (close := self._close_after_reply) is not None:
+                self._close_after_queued(close.code, close.reason)
+                return
             if self.websocket.client_state is WebSocketState.DISCONNECTED:
                 return
 
@@ -355,7 +371,7 @@ class DeviceConnection:
         async def reply(call: CallRecord) -> None:
             nonlocal replied
             await self.send({
-                "type": "call.started",
+                "type": FrameType.CALL_STARTED,
                 "id": message.id,
                 "call_id": call.call_id,
                 "state": call.state.value,
@@ -378,7 +394,7 @@ class DeviceConnection:
 
     async def _dispatch(self, message: ClientMessage) -> dict[str, Any] | None:
         me = Caller(self.user_id, self.device_id)
-        ack = {"type": "ack", "id": message.id}
+        ack = {"type": FrameType.ACK, "id": message.id}
         match message:
             case CallStart():
                 await self._start(message)
@@ -397,6 +413,6 @@ class DeviceConnection:
             case CallSignal(call_id=call_id, payload=payload):
                 await self.controller.signal(self.user_id, self.device_id, call_id, payload)
             case Ping():
-                return {"type": "pong", "id": message.id, "server_time": int(time.time() * 1000)}
+                return {"type": FrameType.PONG, "id": message.id, "server_time": int(time.time() * 1000)}
         ack["call_id"] = message.call_id  # type: ignore[union-attr]
         return ack

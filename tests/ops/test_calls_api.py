@@ -9,7 +9,7 @@ import orjson
 
 from tests.conftest import RunningNode, register
 from tests.ops.conftest import ops_get, place_call
-from voip.store import now_ms
+from voip.clock import now_ms
 
 
 async def test_listing_newest_first_by_state_user_and_time(node: RunningNode) -> None:
@@ -45,13 +45,13 @@ async def test_listing_newest_first_by_state_user_and_time(node: RunningNode) ->
 
 
 async def test_pages_visit_every_call_once_even_within_one_millisecond(node: RunningNode) -> None:
-    store = node.node.store
+    stores = node.node.stores
     same_ms = now_ms()
     made = []
     for n, created_at in enumerate([same_ms - 5, *[same_ms] * 5, same_ms + 5]):
         call_id = str(uuid.uuid4())
         made.append((created_at, call_id))
-        assert await store.create_call(
+        assert await stores.calls.create(
             call_id, caller_user=f"u{n}", caller_device="d", callee_user="v",
             ring_deadline=created_at + 60_000, node="n", targets=["t"], created_at=created_at,
         )
@@ -70,11 +70,11 @@ async def test_pages_visit_every_call_once_even_within_one_millisecond(node: Run
 async def test_expired_calls_drop_out_of_the_listing_and_the_index(node: RunningNode) -> None:
     caller = await node.device("alice", "a1")
     kept, expired = await place_call(caller, "nobody"), await place_call(caller, "nobody")
-    store = node.node.store
-    await node.node.redis.delete(*store.call_keys(expired))  # as its retention would
+    stores = node.node.stores
+    await node.node.connections.client.delete(stores.keys.call(expired), stores.keys.timeline(expired))  # as its retention would
     listed = (await ops_get(node, "/v1/ops/calls")).json()["calls"]
     assert [c["call_id"] for c in listed] == [kept]
-    assert await node.node.redis.zscore(f"{store.prefix}calls", expired) is None
+    assert await node.node.connections.client.zscore(stores.keys.calls, expired) is None
 
 
 async def test_bad_parameters_are_422_naming_the_field(node: RunningNode) -> None:
@@ -107,7 +107,7 @@ async def test_one_call_with_its_whole_timeline(node: RunningNode) -> None:
     assert response.status_code == 200, response.text
     detail = response.json()
     assert detail["call"]["state"] == "ended" and detail["call"]["ended_by"] == "caller"
-    assert detail["timeline"] == await node.node.store.timeline(call_id)
+    assert detail["timeline"] == await node.node.stores.calls.timeline(call_id)
     kinds = [(e["event"], e.get("to")) for e in detail["timeline"]]
     assert kinds[0] == ("created", None)
     assert ("ringing", None) in kinds and ("state", "answered") in kinds and kinds.count(("state", "ended")) == 1
@@ -121,7 +121,7 @@ async def test_a_users_devices_with_token_age_presence_and_last_push(node: Runni
     await register(node, "bob", "b-ipad")
     await node.device("bob", "b-phone")
     push = {"at": now_ms(), "status": 410, "reason": "Unregistered", "apns_id": "A-1", "call_id": "c"}
-    await node.node.store.record_last_push("bob", "b-ipad", push)
+    await node.node.stores.push_log.record_last_push("bob", "b-ipad", push)
 
     body = (await ops_get(node, "/v1/ops/devices/bob")).json()
     assert body["user"] == "bob"
@@ -175,8 +175,8 @@ async def test_push_entries_written_as_delivered_read_as_accepted(node: RunningN
     call_id = await place_call(alice, "bob")
     old = {"at": now_ms(), "event": "push", "kind": "invite", "device": "b-ipad", "status": 200,
            "outcome": "delivered", "apns_id": "A-1"}
-    await node.node.store.append_timeline(call_id, [old])
-    await node.node.store.record_last_push("bob", "b-ipad", {**old, "call_id": call_id})
+    await node.node.stores.calls.append_timeline(call_id, [old])
+    await node.node.stores.push_log.record_last_push("bob", "b-ipad", {**old, "call_id": call_id})
     await register(node, "bob", "b-ipad")
 
     timeline = (await ops_get(node, f"/v1/ops/calls/{call_id}")).json()["timeline"]

@@ -13,6 +13,10 @@ import schemathesis
 
 from tests.conftest import RunningNode, register
 
+import pytest
+
+pytestmark = pytest.mark.interop
+
 ST = Path(sys.executable).with_name("st")
 
 

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
+from tests import interop
 from tests.conftest import RunningNode, register
 from tests.ops.conftest import place_call
-from voip.store import now_ms
+from voip.clock import now_ms
+
+pytestmark = pytest.mark.interop
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -24,6 +27,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    interop.started("chromium")
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, args=ARGS, headless=True,
@@ -97,7 +101,7 @@ async def test_a_call_rings_is_answered_and_ends_on_the_page(node: RunningNode, 
     await expect(invite).to_contain_text("VoIP push (invite) → APNs 200 (sandbox")
     await expect(invite).to_contain_text("accepted")
     await expect(invite).to_contain_text("device b-ipad")
-    await node.node.store.append_timeline(call_id, [
+    await node.node.stores.calls.append_timeline(call_id, [
         {"at": now_ms(), "event": "sip_leg", "leg": "out"},
         # As an APNs 200 was recorded before it was named "accepted".
         {"at": now_ms(), "event": "push", "kind": "old", "push_type": "voip", "status": 200,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
 
 from apnsim import APNsSimulator
 from tests.push.conftest import ALICE, BUNDLE_ID, VOIP_TOPIC, invite, requests_for
+from voip.call_pushes import HANG_UP_LIFETIME, MISSED_ALERT_RETRY_WINDOW
 from voip.push import (
     APNsNotifier,
     Caller,
     Outcome,
+    Push,
+    PushKind,
     PushType,
     call_cancellation,
     call_ended,
@@ -82,8 +86,11 @@ async def test_hang_up_push_has_the_cancellation_shape_and_lives_30_s(notifier: 
                                                                       sim: APNsSimulator) -> None:
     device = sim.add_device(VOIP_TOPIC)
     now = time.time()
-    request = call_ended(bundle_id=BUNDLE_ID, device_token=device.token, environment="sandbox",
-                         call_id="call-9", reason="remote_ended", now=now)
+    # What a call's hang-up is, in no platform's terms; the notifier makes it an APNs request.
+    address = notifier.address({"voip_token": device.token, "apns_environment": "sandbox"}, PushKind.ENDED)
+    assert address is not None
+    request = notifier.request(Push(PushKind.ENDED, "call-9", address, deadline=now + HANG_UP_LIFETIME,
+                                    reason="remote_ended"), now=now)
 
     assert (await notifier.send(request)).outcome == Outcome.ACCEPTED
     [record] = requests_for(sim, request.apns_id)
@@ -97,9 +104,12 @@ async def test_hang_up_push_has_the_cancellation_shape_and_lives_30_s(notifier: 
 async def test_missed_call_alert(notifier: APNsNotifier, sim: APNsSimulator) -> None:
     device = sim.add_device(BUNDLE_ID)
     now = time.time()
-    request = missed_call_alert(bundle_id=BUNDLE_ID, device_token=device.token,
-                                environment="sandbox", call_id="call-9",
-                                caller=Caller("u-bob", "Bob"), now=now)
+    address = notifier.address({"voip_token": "not-this-one", "alert_token": device.token,
+                                "apns_environment": "sandbox", "bundle_id": BUNDLE_ID}, PushKind.MISSED_ALERT)
+    assert address is not None
+    request = notifier.request(Push(PushKind.MISSED_ALERT, "call-9", address,
+                                    deadline=now + MISSED_ALERT_RETRY_WINDOW, caller=Caller("u-bob", "Bob")),
+                               now=now)
 
     result = await notifier.send(request)
 
@@ -144,7 +154,7 @@ async def test_alert_limit_is_4096(notifier: APNsNotifier, sim: APNsSimulator) -
     device = sim.add_device(BUNDLE_ID)
     request = missed_call_alert(bundle_id=BUNDLE_ID, device_token=device.token,
                                 environment="sandbox", call_id="c",
-                                caller=Caller("u", "B" * 2100))
+                                caller=Caller("u", "B" * 2100), deadline=time.time() + 60)
 
     result = await notifier.send(request)
 
@@ -167,3 +177,48 @@ def _status_url(request: object) -> str:
     import json
 
     return str(json.loads(request.payload)["status_url"])  # type: ignore[attr-defined]
+
+
+async def test_a_push_becomes_the_request_the_builders_make(notifier: APNsNotifier) -> None:
+    # The notifier builds every request from a platform-neutral Push: byte for byte what the
+    # builders above make (the apns-id aside: only an invite's is chosen ahead, in its address).
+    now, deadline = 1_700_000_000.25, 1_700_000_030.5
+    record = {"voip_token": "ab" * 32, "alert_token": "cd" * 32, "apns_environment": "sandbox",
+              "bundle_id": "com.example.other"}
+    invite_at = notifier.address(record, PushKind.INVITE)
+    cancel_at = notifier.address(record, PushKind.CANCEL)
+    ended_at = notifier.address(record, PushKind.ENDED)
+    alert_at = notifier.address(record, PushKind.MISSED_ALERT)
+    assert invite_at is not None and cancel_at is not None and ended_at is not None and alert_at is not None
+    bob = Caller("u-bob", "Bob")
+    url = "https://voip.example.com/v1/calls/c/status?cap=x"
+    pairs = [
+        (Push(PushKind.INVITE, "c", invite_at, deadline, caller=bob, status_url=url),
+         voip_invite(bundle_id=BUNDLE_ID, device_token="ab" * 32, environment="sandbox", call_id="c",
+                     caller=bob, ring_deadline=deadline, status_url=url, now=now, apns_id=invite_at["apns_id"])),
+        (Push(PushKind.CANCEL, "c", invite_at, deadline, reason="unanswered"),
+         call_cancellation(bundle_id=BUNDLE_ID, device_token="ab" * 32, environment="sandbox", call_id="c",
+                           reason="unanswered", ring_deadline=deadline, now=now)),
+        (Push(PushKind.ENDED, "c", ended_at, deadline, reason="remote_ended"),
+         call_ended(bundle_id="com.example.other", device_token="ab" * 32, environment="sandbox",
+                    call_id="c", reason="remote_ended", deadline=deadline, now=now)),
+        (Push(PushKind.MISSED_ALERT, "c", alert_at, deadline, caller=bob),
+         missed_call_alert(bundle_id="com.example.other", device_token="cd" * 32, environment="sandbox",
+                           call_id="c", caller=bob, deadline=deadline, now=now)),
+    ]
+    for push, expected in pairs:
+        built = notifier.request(push, now=now)
+        assert built == dataclasses.replace(expected, apns_id=built.apns_id), push.kind
+    # A cancellation goes where its invite went, under an apns-id of its own.
+    assert notifier.request(pairs[1][0], now=now).apns_id != invite_at["apns_id"]
+    assert cancel_at["token"] == invite_at["token"]
+
+
+async def test_a_device_without_the_token_a_push_needs_has_no_address(notifier: APNsNotifier) -> None:
+    voip_only = {"voip_token": "ab" * 32, "alert_token": None, "apns_environment": "production"}
+    alert_only = {"voip_token": None, "alert_token": "cd" * 32, "apns_environment": "sandbox"}
+    assert notifier.address(voip_only, PushKind.MISSED_ALERT) is None
+    assert all(notifier.address(alert_only, kind) is None
+               for kind in (PushKind.INVITE, PushKind.CANCEL, PushKind.ENDED))
+    assert notifier.address(alert_only, PushKind.MISSED_ALERT) == {
+        "token": "cd" * 32, "environment": "sandbox", "bundle_id": None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,8 @@ async def test_voip_token_sent_to_the_plain_topic(notifier: APNsNotifier,
                                                   sim: APNsSimulator) -> None:
     voip_device = sim.add_device(VOIP_TOPIC)
     alert = missed_call_alert(bundle_id=BUNDLE_ID, device_token=voip_device.token,
-                              environment="sandbox", call_id="c1", caller=Caller("u", "Bob"))
+                              environment="sandbox", call_id="c1", caller=Caller("u", "Bob"),
+                              deadline=time.time() + 60)
 
     result = await notifier.send(alert)
 

@@ -234,6 +234,8 @@ async def test_concurrent_pushes_on_a_connection_that_is_reset(
         # APNs can have seen fewer requests than we wrote, never more.
         assert len(records) <= result.attempts <= 2
         assert {d.push.apns_id for d in device.inbox} == {request.apns_id}
-        answered_first_time = records[0].status is not None
-        refused_by_fault = records[0].fault is not None
-        assert len(device.inbox) == (1 if answered_first_time or refused_by_fault else 2)
+        # Every request the simulator read and did not refuse reached the phone. Whether
+        # the notifier sent it again depends on whether the answer reached the notifier,
+        # not on whether the simulator wrote it: the reset's RST discards answers still
+        # unread in the client's socket buffer, so an answered push can be sent twice.
+        assert len(device.inbox) == sum(1 for r in records if r.fault is None)

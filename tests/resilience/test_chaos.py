@@ -8,6 +8,10 @@ import asyncio
 
 from bench.chaos import Plan, Report, run
 
+import pytest
+
+pytestmark = pytest.mark.interop
+
 
 async def test_nothing_breaks_that_must_hold_in_30_seconds_of_chaos() -> None:
     plan = Plan(seconds=30, seed=9)

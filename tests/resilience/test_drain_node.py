@@ -15,7 +15,8 @@ from tests.conftest import DeviceClient, RunningNode
 from tests.sipcalls.conftest import APP_SDP, SipNodeFactory, sip_node, sip_port  # noqa: F401 (fixture)
 from tests.sipcalls.uac import build, send, sip_client
 from voip.controller import RingTimeouts
-from voip.store import Store, now_ms
+from voip.clock import now_ms
+from voip.stores import CallStore
 
 
 async def _closed_with(device: DeviceClient, timeout: float = 10) -> int:
@@ -88,8 +89,8 @@ class _StuckFiring:
     """Claims ring timeouts like any node, then hangs while firing one: a node that
     holds leases when it stops."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, calls: CallStore) -> None:
+        self.calls = calls
         self.claimed = asyncio.Event()
 
     async def fire_timeout(self, call_id: str) -> None:
@@ -108,12 +109,12 @@ async def test_ring_timeout_leases_are_handed_back_when_a_node_stops_firing(node
     call_id, deadline = started["call_id"], started["ring_deadline"]
     await bob.expect("call.incoming", call_id=call_id)
 
-    stuck = _StuckFiring(draining.node.store)
+    stuck = _StuckFiring(draining.node.stores.calls)
     holder = RingTimeouts(stuck, interval=0.05)  # type: ignore[arg-type]
     holder.start()
     await asyncio.wait_for(stuck.claimed.wait(), 10)
-    store = draining.node.store
-    leased_until = await store.redis.zscore(store.deadlines_key, call_id)
+    stores = draining.node.stores
+    leased_until = await draining.node.connections.client.zscore(stores.keys.ring_deadlines, call_id)
     assert leased_until is not None and leased_until > now_ms() + 3000  # a 5 s lease
 
     other.node.timeouts.start()
@@ -123,6 +124,6 @@ async def test_ring_timeout_leases_are_handed_back_when_a_node_stops_firing(node
     # Fired by the other node as soon as the lease was handed back, not 5 s later.
     assert missed["ended_at"] - released < 2000, missed["ended_at"] - released
     assert missed["ended_at"] >= deadline
-    timeline = await store.timeline(call_id)
+    timeline = await stores.calls.timeline(call_id)
     [missing] = [e for e in timeline if e["event"] == "state" and e.get("to") == "missed"]
     assert missing["node"] == other.node.node_id

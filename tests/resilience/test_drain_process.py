@@ -25,7 +25,9 @@ from apnsim import APNsSimulator, Fault
 from tests.conftest import BUNDLE, SECRET, RunningNode
 from tests.ports import free_port
 from voip.auth import Authenticator
-from voip.store import Store
+from voip.stores import Stores
+
+pytestmark = pytest.mark.interop
 
 VOIP_TOPIC = f"{BUNDLE}.voip"
 DRAIN_SECONDS = 10
@@ -98,9 +100,9 @@ def processes() -> Iterator[list[NodeProcess]]:
 
 
 @pytest.fixture
-async def store(redis_url: str, prefix: str) -> AsyncIterator[Store]:
+async def stores(redis_url: str, prefix: str) -> AsyncIterator[Stores]:
     client = aioredis.Redis.from_url(redis_url)
-    yield Store(client, prefix, 86400)
+    yield Stores.open(client, prefix, retention=86400)
     async for key in client.scan_iter(match=f"{prefix}*", count=500):
         await client.delete(key)
     await client.aclose()
@@ -119,7 +121,7 @@ async def _device(node: NodeProcess, user: str, device: str) -> Any:
 
 
 async def test_sigterm_drains_the_node_then_it_exits_0(
-    tmp_path: Path, redis_url: str, prefix: str, store: Store, processes: list[NodeProcess],
+    tmp_path: Path, redis_url: str, prefix: str, stores: Stores, processes: list[NodeProcess],
     apns: tuple[APNsSimulator, dict[str, str]],
 ) -> None:
     sim, apns_settings = apns
@@ -170,7 +172,7 @@ async def test_sigterm_drains_the_node_then_it_exits_0(
     assert closed_after < DRAIN_SECONDS, closed_after
     assert await node.exit_code(DRAIN_SECONDS + 10) == 0
 
-    timeline = await store.timeline(started["call_id"])
+    timeline = await stores.calls.timeline(started["call_id"])
     [invite] = [e for e in timeline if e["event"] == "push" and e["kind"] == "invite"]
     assert invite["outcome"] == "accepted" and invite["apns_id"] == held.apns_id
     node.assert_clean_log()
@@ -182,7 +184,7 @@ async def test_sigterm_drains_the_node_then_it_exits_0(
 
 
 async def test_a_call_ringing_on_a_drained_node_times_out_on_time_on_another_node(
-    tmp_path: Path, redis_url: str, prefix: str, store: Store, processes: list[NodeProcess],
+    tmp_path: Path, redis_url: str, prefix: str, stores: Stores, processes: list[NodeProcess],
     node_factory: Any,
 ) -> None:
     draining = NodeProcess(tmp_path, {"REDIS_URL": redis_url, "VOIP_REDIS_PREFIX": prefix, "VOIP_RING_TIMEOUT": "3"})
@@ -204,7 +206,7 @@ async def test_a_call_ringing_on_a_drained_node_times_out_on_time_on_another_nod
     missed = await bob.expect("call.missed", timeout=10, call_id=call_id)
     late = missed["ended_at"] - deadline
     assert 0 <= late < 2000, late
-    [missing] = [e for e in await store.timeline(call_id) if e["event"] == "state" and e.get("to") == "missed"]
+    [missing] = [e for e in await stores.calls.timeline(call_id) if e["event"] == "state" and e.get("to") == "missed"]
     assert missing["node"] == other.node.node_id
 
 

@@ -22,6 +22,8 @@ from tests.redis_process import AOF, NO_PERSISTENCE, RedisProcess
 from tests.test_call_pushes import invites_for
 from voip.redis_durability import Durability, durability_warnings, inspect_durability
 
+pytestmark = pytest.mark.interop
+
 @pytest.fixture
 async def nodes_on() -> AsyncIterator[Callable[..., Any]]:
     running: list[RunningNode] = []
@@ -55,7 +57,7 @@ async def until_async(predicate: Callable[[], Awaitable[bool]], what: str, timeo
 
 
 async def delivered(node: RunningNode, call_id: str, device: str) -> bool:
-    return any(e["event"] == "delivered" and e["device"] == device for e in await node.node.store.timeline(call_id))
+    return any(e["event"] == "delivered" and e["device"] == device for e in await node.node.stores.calls.timeline(call_id))
 
 
 async def test_a_redis_that_comes_back_empty_is_noticed_logged_counted_and_shown(
@@ -145,7 +147,7 @@ async def test_with_aof_a_killed_redis_keeps_the_ringing_call(
     # Connections pooled before the kill are dead. Dropping them once Redis answers again
     # is the pool's own job (health checks: issue 9, item 3, another part); here it is done
     # by hand, so that this test is about the data only.
-    await node.node.redis.connection_pool.disconnect()
+    await node.node.connections.client.connection_pool.disconnect()
     headers = {"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"}
     status = await node.http().get(f"/v1/calls/{call_id}/status", params={"device_id": "b-phone"}, headers=headers)
     assert status.status_code == 200, status.text

@@ -15,7 +15,7 @@ B = {"ring_timeout": 90.0, "call_retention": 7200}
 
 
 async def _ttl(redis: aioredis.Redis, node: RunningNode, call_id: str) -> tuple[int, int]:
-    call_key, timeline_key = node.node.store.call_keys(call_id)
+    call_key, timeline_key = node.node.stores.keys.call(call_id), node.node.stores.keys.timeline(call_id)
     return await redis.ttl(call_key), await redis.ttl(timeline_key)
 
 
@@ -36,10 +36,10 @@ async def test_answered_and_ended_through_another_node_keeps_the_creators_values
     started = await caller.request({"type": "call.start", "callee": "bob"})
     call_id = started["call_id"]
     await callee.expect("call.incoming", call_id=call_id)
-    call = await node_b.node.store.get_call(call_id)
+    call = await node_b.node.stores.calls.get(call_id)
     assert call is not None and call.retention == 600
     assert call.ring_deadline - call.created_at == 2000
-    score = await redis.zscore(node_a.node.store.deadlines_key, call_id)
+    score = await redis.zscore(node_a.node.stores.keys.ring_deadlines, call_id)
     assert score == call.ring_deadline == started["ring_deadline"]
     assert _near(await _ttl(redis, node_a, call_id), 2 + 600)
 
@@ -68,15 +68,15 @@ async def test_another_node_times_the_call_out_at_the_creators_deadline(
     missed = await caller.expect("call.missed", call_id=call_id, timeout=10)
     assert missed["reason"] == "unanswered"
     await callee.expect("call.missed", call_id=call_id)
-    call = await node_b.node.store.get_call(call_id)
+    call = await node_b.node.stores.calls.get(call_id)
     assert call is not None and call.ended_at is not None
     # Node A's 2 s deadline, not node B's 90 s; fired by node B's poller.
     assert call.ended_at >= started["ring_deadline"]
     assert call.ended_at - started["ring_deadline"] < 5000
-    timeline = await node_b.node.store.timeline(call_id)
+    timeline = await node_b.node.stores.calls.timeline(call_id)
     fired = [e for e in timeline if e.get("to") == "missed"]
     assert fired and fired[0]["node"] == node_b.node.node_id
-    assert await redis.zscore(node_a.node.store.deadlines_key, call_id) is None
+    assert await redis.zscore(node_a.node.stores.keys.ring_deadlines, call_id) is None
     assert _near(await _ttl(redis, node_a, call_id), 600)
 
 
@@ -87,7 +87,7 @@ async def test_a_declined_call_keeps_the_creators_retention(node_factory, redis:
     callee = await node_a.device("bob", "b-phone")
     call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
     await callee.expect("call.incoming", call_id=call_id)
-    call = await node_a.node.store.get_call(call_id)
+    call = await node_a.node.stores.calls.get(call_id)
     assert call is not None and call.ring_deadline - call.created_at == 90_000
     # Declined through node A: node B's retention stays.
     assert (await callee.request({"type": "call.decline", "call_id": call_id}))["type"] == "ack"

@@ -20,8 +20,10 @@ import structlog
 from apnsim import APNsSimulator, Fault
 from tests.conftest import BUNDLE, RunningNode, make_settings, register, start_node
 from tests.redis_process import RedisProcess
-from voip.store import Store
+from voip.stores import Stores
 from voip.tasks import BackgroundTasks
+
+pytestmark = pytest.mark.interop
 
 VOIP_TOPIC = f"{BUNDLE}.voip"
 
@@ -71,14 +73,15 @@ async def test_a_push_answered_while_redis_is_down_is_recorded_once_redis_is_bac
     phone = sim.add_device(VOIP_TOPIC, online=False)
     await register(node, "bob", "b-phone", voip_token=phone.token)
     caller = await node.device("alice", "a1")
-    store = Store(redis.asyncio.Redis.from_url(own_redis.url), prefix, 86400)
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    stores = Stores.open(client, prefix, retention=86400)
     try:
         if kind == "invite":
             sim.inject(Fault.slow(2.0), token=phone.token)
         started = await caller.request({"type": "call.start", "callee": "bob"})
         call_id = started["call_id"]
         if kind == "cancel":
-            await _until(lambda: _timeline_pushes(store, call_id, "invite"), 10, "invite on the timeline")
+            await _until(lambda: _timeline_pushes(stores, call_id, "invite"), 10, "invite on the timeline")
             sim.inject(Fault.slow(2.0), token=phone.token)
             ack = await caller.request({"type": "call.hangup", "call_id": call_id})
             assert ack["state"] == "cancelled"
@@ -94,23 +97,23 @@ async def test_a_push_answered_while_redis_is_down_is_recorded_once_redis_is_bac
         await asyncio.sleep(1.0)
         own_redis.start()
 
-        entries = await _until(lambda: _timeline_pushes(store, call_id, kind), 30, f"{kind} push on the timeline")
+        entries = await _until(lambda: _timeline_pushes(stores, call_id, kind), 30, f"{kind} push on the timeline")
         assert len(entries) == 1
         [entry] = entries
         assert entry["outcome"] == "accepted" and entry["apns_id"] == held.apns_id
-        last = await store.redis.hget(store.last_push_key("bob"), "b-phone")
+        last = await client.hget(stores.keys.last_push("bob"), "b-phone")
         assert last is not None and b'"kind":"%s"' % kind.encode() in last
         if kind == "cancel":  # recorded in the same round trip as the timeline entry
             recorded = await _until(
-                lambda: store.redis.hget(store.cancellations_key(call_id), "b-phone"), 10, "cancellation record"
+                lambda: client.hget(stores.keys.cancellations(call_id), "b-phone"), 10, "cancellation record"
             )
             assert int(recorded) == entry["at"]
     finally:
-        await store.redis.aclose()
+        await client.aclose()
 
 
-async def _timeline_pushes(store: Store, call_id: str, kind: str) -> list[dict[str, Any]]:
-    return _pushes(kind, "b-phone")(await store.timeline(call_id))
+async def _timeline_pushes(stores: Stores, call_id: str, kind: str) -> list[dict[str, Any]]:
+    return _pushes(kind, "b-phone")(await stores.calls.timeline(call_id))
 
 
 async def test_node_stop_waits_for_pushes_in_flight_and_records_them(
@@ -133,11 +136,12 @@ async def test_node_stop_waits_for_pushes_in_flight_and_records_them(
     took = time.monotonic() - stopping
 
     assert all(r.status == 200 for r in sim.requests if r.token in {p.token for p in phones})
-    store = Store(redis.asyncio.Redis.from_url(own_redis.url), prefix, 86400)
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    stores = Stores.open(client, prefix, retention=86400)
     try:
-        timeline = await store.timeline(call_id)
+        timeline = await stores.calls.timeline(call_id)
     finally:
-        await store.redis.aclose()
+        await client.aclose()
     recorded = sorted(e["device"] for e in timeline if e["event"] == "push" and e["kind"] == "invite")
     assert recorded == ["b-0", "b-1", "b-2"], (took, timeline)
 

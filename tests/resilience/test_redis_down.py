@@ -30,6 +30,8 @@ from tests.test_call_pushes import invites_for, phone
 from voip import metrics
 from voip.auth import Authenticator
 
+pytestmark = pytest.mark.interop
+
 AUTH = Authenticator(SECRET)
 
 
@@ -99,7 +101,7 @@ async def numsub(client: aioredis.Redis, channels: list[str]) -> dict[str, int]:
 async def presence_left(redis: aioredis.Redis, node: RunningNode, users: list[str]) -> int:
     async with redis.pipeline(transaction=False) as pipe:
         for user in users:
-            pipe.hlen(node.node.store.presence_key(user))
+            pipe.hlen(node.node.stores.keys.presence(user))
         return sum(await pipe.execute())
 
 
@@ -134,7 +136,7 @@ async def test_600_concurrent_device_puts_on_a_small_pool_get_201_or_503_never_5
     created = [u for u, r in zip(users, responses) if r.status_code == 201]
     async with redis.pipeline(transaction=False) as pipe:
         for user in created:
-            pipe.hexists(node.node.store.devices_key(user), "d1")
+            pipe.hexists(node.node.stores.keys.devices(user), "d1")
         assert all(await pipe.execute())
     # The storm over, the node answers as ever.
     [after] = await put_devices(node.base_url, ["put-after"])
@@ -205,7 +207,7 @@ async def test_sockets_aborted_at_once_clear_their_presence_and_subscriptions(
     for socket in sockets:  # no close frame, all at once: a network drop
         socket.transport.abort()
     await eventually(lambda: _nothing_left(redis, node, users), 30, "state left after the sockets dropped")
-    assert await redis.exists(*(node.node.store.sockets_key(u) for u in users)) == 0, "open-socket counts left"
+    assert await redis.exists(*(node.node.stores.keys.sockets(u) for u in users)) == 0, "open-socket counts left"
 
 
 # Item 3: a restarted Redis ---------------------------------------------------------------
@@ -366,12 +368,12 @@ async def test_a_node_killed_9_leaves_its_devices_offline_within_15_s_and_they_g
         incoming = orjson.loads(await asyncio.wait_for(bob.recv(), 10))
         assert (incoming["type"], incoming["call_id"]) == ("call.incoming", call_id)
         await invites_for(sim, call_id)
-        store = alice_node.node.store
-        assert "b-phone" in (await store.reachable_devices("bob"))[1]
+        stores = alice_node.node.stores
+        assert "b-phone" in (await stores.devices.reachable("bob"))[1]
 
         process.kill()
         killed_at = time.monotonic()
-        while "b-phone" in (await store.reachable_devices("bob"))[1]:
+        while "b-phone" in (await stores.devices.reachable("bob"))[1]:
             assert time.monotonic() - killed_at < 20, "still online 20 s after its node died"
             await asyncio.sleep(0.1)
         offline_after = time.monotonic() - killed_at

@@ -21,6 +21,8 @@ from voip import logs
 from voip.redis_pipe import RedisPipe
 from voip.settings import SettingsError, load_settings
 
+pytestmark = pytest.mark.interop
+
 RING_TIMEOUT = 12.0  # long enough to ring through a failover (about 2.3 s here)
 
 
@@ -142,7 +144,7 @@ async def test_calls_ringing_through_a_failover_answer_cancel_and_time_out(
     channels = [node_a.node.bus.channel(user) for user in ("alice", *callees)]
 
     async def bus_subscribed() -> bool:  # asked of whichever master the Sentinels name now
-        subscribers = dict(await node_a.node.redis.pubsub_numsub(*channels))
+        subscribers = dict(await node_a.node.connections.client.pubsub_numsub(*channels))
         return all(subscribers[channel.encode()] >= 1 for channel in channels)
 
     outages = [
@@ -209,7 +211,7 @@ async def test_call_creation_waits_for_a_replica_when_asked(sentinel_set: Sentin
         await node.device("bob", "b1")
         call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
         replica = next(s for s in sentinel_set.data if s.port != sentinel_set.master_port())
-        key = node.node.store.call_keys(call_id)[0]
+        key = node.node.stores.keys.call(call_id)
         assert await asyncio.to_thread(replica.client.hget, key, "state") == b"ringing"
     finally:
         await node.stop()

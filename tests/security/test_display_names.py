@@ -97,7 +97,7 @@ async def test_websocket_caller_name_reaches_call_incoming_and_the_push_cleaned(
     assert incoming["caller_name"] == CLEAN_WS
     [push] = await invites_for(sim, call_id)
     assert orjson.loads(push.body)["caller"] == {"id": "alice", "display_name": CLEAN_WS}
-    call = await node.node.store.get_call(call_id)
+    call = await node.node.stores.calls.get(call_id)
     assert call is not None and call.caller_name == CLEAN_WS  # what operators see too
 
 
@@ -134,6 +134,7 @@ NASTY_SIP = '"Ev\\\x01il \x7fPBX\x9b \u202eenoh\u2066p ' + "w" * 70 + '"'
 CLEAN_SIP = ("Evil PBX enohp " + "w" * 70)[:64]
 
 
+@pytest.mark.interop
 async def test_sip_display_name_reaches_call_incoming_and_the_push_cleaned(
     sip_node: SipNodeFactory, apns: tuple[APNsSimulator, dict[str, str]], tmp_path: Path
 ) -> None:

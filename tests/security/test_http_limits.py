@@ -23,6 +23,8 @@ from tests.conftest import SECRET
 from tests.ports import free_port
 from voip.auth import Authenticator
 
+pytestmark = pytest.mark.interop
+
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
 MAX_CONNECTIONS = 6

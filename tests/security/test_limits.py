@@ -181,7 +181,7 @@ async def test_the_oldest_socket_beyond_the_users_cap_is_closed_on_whichever_nod
     # A closed socket frees its place: a new one closes nobody.
     await middle.aclose()
     for _ in range(100):
-        if await first.node.store.redis.zcard(first.node.store.sockets_key("bob")) == 1:
+        if await first.node.connections.client.zcard(first.node.stores.keys.sockets("bob")) == 1:
             break
         await asyncio.sleep(0.02)
     replacement = await first.device("bob", "b-laptop")

@@ -12,6 +12,8 @@ from websockets.exceptions import InvalidStatus
 from tests.conftest import RunningNode
 from tests.ops.test_page import browser  # noqa: F401  (the fixture)
 
+pytestmark = pytest.mark.interop
+
 __all__ = ["browser"]
 
 

@@ -241,6 +241,7 @@ def scan(node: LoggedNode) -> list[str]:
     return found
 
 
+@pytest.mark.interop
 async def test_no_secret_reaches_any_log_line(logged_node: LoggedNode) -> None:
     await drive_http_and_sockets(logged_node)
     await drive_sip(logged_node)

@@ -83,7 +83,7 @@ async def drain(sock: socket.socket, seconds: float, until: int | None = None) -
 
 
 def server_transactions(node: RunningNode) -> int:
-    return len(node.node.sip.endpoint.layer.servers)  # type: ignore[union-attr]
+    return len(node.node.sip.endpoint.core.layer.servers)  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("method", "ruri", "status"), [

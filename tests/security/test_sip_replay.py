@@ -79,7 +79,7 @@ async def test_replayed_register_gets_a_fresh_challenge_and_changes_nothing(
     node = await sip_node()
     captured = await carol_registers(node)
     before = await carol_contacts(node)
-    presence_before = await node.node.store.reachable_devices("carol")
+    presence_before = await node.node.stores.devices.reachable("carol")
     assert before == ["sip:carol@127.0.0.1:5997"]
     captured_nonce = parse_credentials(captured).nonce
 
@@ -92,7 +92,7 @@ async def test_replayed_register_gets_a_fresh_challenge_and_changes_nothing(
             # The nonce itself is still young: stale says "your count was used, retry".
             assert fresh.stale and fresh.nonce != captured_nonce
             assert await carol_contacts(node) == before
-    assert await node.node.store.reachable_devices("carol") == presence_before
+    assert await node.node.stores.devices.reachable("carol") == presence_before
 
 
 async def test_a_replay_through_another_node_is_refused_too(sip_node: SipNodeFactory) -> None:

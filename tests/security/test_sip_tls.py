@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from apnsim.tls import TLSMaterial, generate_tls_material
+from tests import interop
 from tests.conftest import DeviceClient, RunningNode
 from tests.ports import free_port
 from voip.settings import SettingsError, load_settings
@@ -25,6 +26,8 @@ from voip.sipcalls.config import SipConfig
 from voip.sipcalls.registrar import Binding
 from tests.sipcalls.conftest import APP_SDP, DOMAIN, SipNodeFactory
 from tests.sipcalls.conftest import sip_node  # noqa: F401  (the fixture, for this module)
+
+pytestmark = pytest.mark.interop
 
 PHONE_CONFIG = """\
 poll_method		epoll
@@ -51,6 +54,7 @@ PHONE_ACCOUNT = (
 
 
 def baresip_binary() -> str:
+    interop.started("baresip")
     path = shutil.which("baresip")
     if path is None:
         pytest.fail("baresip is not installed: run `apt-get install -y baresip`")
@@ -177,7 +181,7 @@ async def hang_up(node: RunningNode, device: DeviceClient, call_id: str, phone: 
     assert (await device.request({"type": "call.hangup", "call_id": call_id}))["state"] == "ended"
 
     async def bye_answered() -> bool:
-        return any(e.get("sent") == "BYE" and e.get("status") == 200 for e in await node.node.store.timeline(call_id))
+        return any(e.get("sent") == "BYE" and e.get("status") == 200 for e in await node.node.stores.calls.timeline(call_id))
 
     await wait_for(bye_answered, "no 200 for our BYE over TLS", phone)
 
@@ -312,7 +316,7 @@ async def test_app_call_to_a_sips_uri_goes_over_tls(
         call_id = (await bob.request({"type": "call.start", "callee": target}))["call_id"]
         await bob.expect("call.answered", timeout=10, call_id=call_id)
         assert ("TLS", ("127.0.0.1", tls_listener(phone))) in node_conns(tls_node)
-        sent = next(e for e in await tls_node.node.store.timeline(call_id) if e.get("sent") == "INVITE")
+        sent = next(e for e in await tls_node.node.stores.calls.timeline(call_id) if e.get("sent") == "INVITE")
         assert sent["target"] == target
         await hang_up(tls_node, bob, call_id, phone)
 
@@ -349,7 +353,7 @@ async def test_a_tls_peer_calls_an_app_user(
             return "Call established" in phone.log()
 
         await wait_for(established, "baresip did not hear our 200 over TLS", phone)
-        received = next(e for e in await tls_node.node.store.timeline(call_id) if e.get("received") == "INVITE")
+        received = next(e for e in await tls_node.node.stores.calls.timeline(call_id) if e.get("received") == "INVITE")
         host, port = received["source"].rsplit(":", 1)
         assert ("TLS", (host, int(port))) in node_conns(tls_node)  # the INVITE came over TLS
         await asyncio.sleep(0.3)  # baresip's ACK

@@ -8,7 +8,7 @@ import time
 
 from sip.dialog import Dialog, DialogTable
 from sip.digest import DigestServer, compute_ha1
-from sip.endpoint import SipEndpoint
+from sip.endpoint import SipEndpoint, TransactionUser
 from sip.message import NameAddr, Request, Response, build_response, generate_tag
 from sip.transaction import RequestReceived, TransactionTimeout
 
@@ -19,7 +19,7 @@ SDP = (
 USERS = {"alice": "wonderland"}
 
 
-class DemoTU:
+class DemoTU(TransactionUser):
     """Answers INVITE after ``answer_after`` seconds (None: never, so that a
     CANCEL or a later ``answer()`` decides), like a device that rings."""
 

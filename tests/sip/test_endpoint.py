@@ -12,16 +12,16 @@ import pytest
 
 from sip.dialog import Dialog, DialogState
 from sip.digest import authorize
-from sip.endpoint import SipEndpoint, error_response, next_hop
+from sip.endpoint import SipEndpoint, TransactionUser, error_response, next_hop
 from sip.message import URI, CSeq, Headers, NameAddr, Request, Response, parse_datagram
 from sip.ratelimit import TokenBucketLimiter
-from sip.transaction import RequestReceived, TimerConfig
+from sip.transaction import RequestReceived, ResponseReceived, TimerConfig
 from tests.sip.demo_tu import DemoTU, invite_request
 
 FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.2, timer_d=0.5)
 
 
-class Recorder:
+class Recorder(TransactionUser):
     """A UAC-side TU: answers BYE/OPTIONS 200 and remembers everything."""
 
     def __init__(self, endpoint: SipEndpoint) -> None:
@@ -34,8 +34,8 @@ class Recorder:
         if event.request.method != "ACK":
             self.endpoint.reply(event, 200)
 
-    def on_stray_response(self, event: object) -> None:
-        self.stray.append(event.response)  # type: ignore[attr-defined]
+    def on_stray_response(self, event: ResponseReceived) -> None:
+        self.stray.append(event.response)
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ async def test_invite_ack_bye_between_two_endpoints(pair, transport: str) -> Non
     assert uas_tu.byes == 1 and len(uas_tu.dialogs) == 0
     assert uas_tu.requests == ["INVITE", "ACK", "BYE"]
     await asyncio.sleep(0.1)
-    assert not uas._retransmitters and uas.stats["dropped_unparseable"] == 0
+    assert not uas.core.unacknowledged and uas.stats["dropped_unparseable"] == 0
     if transport == "TCP":
         assert ("TCP", ("127.0.0.1", uas.port)) in uac._conns
 
@@ -266,7 +266,7 @@ async def test_2xx_retransmitted_until_ack_and_rport_filled(pair) -> None:  # ty
         while not proto.queue.empty():
             proto.queue.get_nowait()  # in flight before the ACK
         await asyncio.sleep(0.5)
-        assert proto.queue.empty() and not uas._retransmitters
+        assert proto.queue.empty() and not uas.core.unacknowledged
     finally:
         sock.close()
 

@@ -17,16 +17,20 @@ from pathlib import Path
 import pytest
 
 from sip.dialog import Dialog, DialogState
-from sip.endpoint import SipEndpoint
+from sip.endpoint import SipEndpoint, TransactionUser
 from sip.message import URI, NameAddr
-from sip.transaction import TimerConfig
+from sip.transaction import RequestReceived, TimerConfig
+from tests import interop
 from tests.ports import free_port
 from tests.sip.demo_tu import DemoTU, invite_request
+
+pytestmark = pytest.mark.interop
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 def sipp_binary() -> str:
+    interop.started("sipp")
     path = shutil.which("sipp")
     if path is None:
         pytest.fail("sipp is not installed: run `apt-get install -y sip-tester` (CI installs it)")
@@ -83,10 +87,10 @@ async def test_sipp_uac_calls_our_uas(uas, tmp_path: Path, transport: str, extra
         # BYE's 200 and sipp ends the call without re-sending the BYE.  That
         # dialog stays, and its 2xx is retransmitted until the ACK timeout.
         assert tu.byes + len(tu.dialogs) == calls
-        assert len(endpoint._retransmitters) <= len(tu.dialogs)
+        assert endpoint.core.unacknowledged <= len(tu.dialogs)
     else:
         assert tu.byes == calls and len(tu.dialogs) == 0
-        assert not endpoint._retransmitters
+        assert not endpoint.core.unacknowledged
 
 
 @pytest.mark.parametrize("extra", [[], ["-t", "t1"]])
@@ -113,8 +117,8 @@ async def test_sipp_register_with_digest(uas, tmp_path: Path, extra: list[str]) 
     assert tu.requests.count("REGISTER") == 20 and "alice" in tu.registered
 
 
-class NoRequests:
-    async def on_request(self, event: object) -> None:
+class NoRequests(TransactionUser):
+    async def on_request(self, event: RequestReceived) -> None:
         raise AssertionError(f"unexpected request {event}")
 
 

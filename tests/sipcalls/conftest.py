@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests import interop
 from tests.conftest import RunningNode
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -47,6 +48,7 @@ def sip_port(node: RunningNode) -> int:
 
 
 def sipp_binary() -> str:
+    interop.started("sipp")
     path = shutil.which("sipp")
     if path is None:
         pytest.fail("sipp is not installed: run `apt-get install -y sip-tester`")

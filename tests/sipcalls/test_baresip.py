@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import interop
 from tests.ports import free_port
 from tests.sipcalls.conftest import SipNodeFactory, sip_port
+
+pytestmark = pytest.mark.interop
 
 CONFIG = """\
 poll_method		epoll
@@ -28,6 +31,7 @@ ACCOUNT = '<sip:alice@voip.test>;auth_pass=wonderland;outbound="sip:127.0.0.1:{n
 
 
 def baresip_binary() -> str:
+    interop.started("baresip")
     path = shutil.which("baresip")
     if path is None:
         pytest.fail("baresip is not installed: run `apt-get install -y baresip`")
@@ -65,7 +69,7 @@ async def test_baresip_registers_and_answers_an_app_call(sip_node: SipNodeFactor
         await asyncio.sleep(0.3)
         assert (await bob.request({"type": "call.hangup", "call_id": call_id}))["state"] == "ended"
         for _ in range(50):
-            timeline = await node.node.store.timeline(call_id)
+            timeline = await node.node.stores.calls.timeline(call_id)
             if any(e.get("sent") == "BYE" for e in timeline):
                 break
             await asyncio.sleep(0.1)

@@ -77,7 +77,7 @@ async def test_a_busy_decline_is_486_and_the_offer_reaches_the_app(sip_node: Sip
         incoming = await alice.expect("call.incoming")
         await alice.request({"type": "call.decline", "call_id": incoming["call_id"], "busy": True})
         assert (await tx).status == 486
-    states = [e for e in await node.node.store.timeline(incoming["call_id"]) if e["event"] == "state"]
+    states = [e for e in await node.node.stores.calls.timeline(incoming["call_id"]) if e["event"] == "state"]
     assert states[-1]["to"] == "declined" and states[-1]["note"] == {"busy": True}
 
 

@@ -20,7 +20,9 @@ from tests.sipcalls.conftest import (
     SipNodeFactory, finished, scenario, sip_port, start_sipp, wait_bound,
 )
 from tests.test_call_pushes import VOIP_TOPIC, invites_for
-from voip.store import now_ms
+from voip.clock import now_ms
+
+pytestmark = pytest.mark.interop
 
 
 @pytest.fixture
@@ -44,12 +46,12 @@ async def fall_asleep(node: RunningNode, user: str) -> str:
     presence, the push record kept, and the registrar's own expiry having run."""
     registrar = node.node.sip.registrar  # type: ignore[union-attr]
     (device_id,) = await registrar.bindings(user)
-    key = registrar.bindings_key(user)
-    binding = orjson.loads(await node.node.redis.hget(key, device_id))
-    await node.node.redis.hset(key, device_id, orjson.dumps({**binding, "expires_at": now_ms() - 1}))
-    await node.node.store.clear_presence(user, device_id, registrar.node_id)
+    key = node.node.stores.keys.sip_bindings(user)
+    binding = orjson.loads(await node.node.connections.client.hget(key, device_id))
+    await node.node.connections.client.hset(key, device_id, orjson.dumps({**binding, "expires_at": now_ms() - 1}))
+    await node.node.stores.presence.clear(user, device_id, registrar.node_id)
     await registrar._expire(user, device_id)
-    devices, online = await node.node.store.reachable_devices(user)
+    devices, online = await node.node.stores.devices.reachable(user)
     assert list(devices) == [device_id] and not online
     return device_id
 
@@ -80,7 +82,7 @@ async def test_phone_woken_by_the_push_is_forked_into_the_ringing_call(
     await bob.request({"type": "call.hangup", "call_id": call_id})
     await finished(phone)  # INVITE, 180, 200, ACK, our BYE
     registrar = node.node.sip.registrar  # type: ignore[union-attr]
-    assert not await node.node.redis.hgetall(node.node.sip.ringing.key("alice"))  # type: ignore[union-attr]
+    assert not await node.node.connections.client.hgetall(node.node.stores.keys.sip_ringing("alice"))
     assert device_id in await registrar.bindings("alice")
 
 
@@ -114,4 +116,4 @@ async def test_call_ended_before_the_register_forks_nothing(
                 break
     assert received == []  # no INVITE for a call that is over
     assert not node.node.sip.forks  # type: ignore[union-attr]
-    assert not await node.node.redis.hgetall(node.node.sip.ringing.key("alice"))  # type: ignore[union-attr]
+    assert not await node.node.connections.client.hgetall(node.node.stores.keys.sip_ringing("alice"))

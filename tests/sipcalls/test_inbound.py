@@ -14,6 +14,10 @@ from tests.sipcalls.conftest import (
     APP_SDP, SipNodeFactory, finished, messages_log, scenario, sip_port, start_sipp,
 )
 
+import pytest
+
+pytestmark = pytest.mark.interop
+
 CALLER = "sip:+15551234@pbx.example"
 
 
@@ -38,9 +42,9 @@ async def test_app_answers_and_the_peer_hangs_up(sip_node: SipNodeFactory, tmp_p
     await finished(sipp)
     assert "m=audio 40000 RTP/AVP 0" in messages_log(tmp_path)  # the app's answer reached the peer
 
-    call = await node.node.store.get_call(call_id)
+    call = await node.node.stores.calls.get(call_id)
     assert call is not None and call.state.value == "ended" and call.caller_user == CALLER
-    timeline = await node.node.store.timeline(call_id)
+    timeline = await node.node.stores.calls.timeline(call_id)
     sip = [e for e in timeline if e["event"] == "sip"]
     assert sip and all(e["call_id_sip"] == sip[0]["call_id_sip"] for e in sip)
     assert {"received": "BYE"}.items() <= next(e for e in sip if e.get("received") == "BYE").items()
@@ -61,7 +65,7 @@ async def test_peer_cancels_while_the_app_rings(sip_node: SipNodeFactory, tmp_pa
         cancelled = await device.expect("call.cancelled", timeout=10, call_id=incoming["call_id"])
         assert cancelled["reason"] == "remote_ended"
     await finished(sipp)
-    call = await node.node.store.get_call(incoming["call_id"])
+    call = await node.node.stores.calls.get(incoming["call_id"])
     assert call is not None and call.state.value == "cancelled"
 
 
@@ -78,7 +82,7 @@ async def test_app_hangs_up_and_the_peer_gets_a_bye(sip_node: SipNodeFactory, tm
     assert reply["state"] == "ended"
     await finished(sipp)
     assert "m=audio 40000 RTP/AVP 0" in messages_log(tmp_path)
-    timeline = await node.node.store.timeline(call_id)
+    timeline = await node.node.stores.calls.timeline(call_id)
     assert any(e.get("sent") == "BYE" and e.get("status") == 200 for e in timeline)
 
 
@@ -90,7 +94,7 @@ async def test_app_declines_with_603(sip_node: SipNodeFactory, tmp_path: Path) -
     incoming = await alice.expect("call.incoming", timeout=10)
     await alice.request({"type": "call.decline", "call_id": incoming["call_id"]})
     await finished(sipp)
-    call = await node.node.store.get_call(incoming["call_id"])
+    call = await node.node.stores.calls.get(incoming["call_id"])
     assert call is not None and call.state.value == "declined"
 
 

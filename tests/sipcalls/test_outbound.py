@@ -12,6 +12,8 @@ from tests.sipcalls.conftest import (
     SipNodeFactory, finished, scenario, start_sipp, wait_bound,
 )
 
+pytestmark = pytest.mark.interop
+
 
 async def place(bob: DeviceClient, callee: str) -> str:
     started = await bob.request({"type": "call.start", "callee": callee})
@@ -35,7 +37,7 @@ async def test_app_calls_a_sip_uri_that_answers(sip_node: SipNodeFactory, tmp_pa
     assert reply["state"] == "ended"
     await finished(sipp)  # sipp got its BYE
 
-    timeline = await node.node.store.timeline(call_id)
+    timeline = await node.node.stores.calls.timeline(call_id)
     sip = [e for e in timeline if e["event"] == "sip"]
     assert [e.get("sent") or e.get("received") for e in sip] == ["INVITE", 200, "BYE"]
     assert not node.node.sip.legs  # type: ignore[union-attr]
@@ -53,7 +55,7 @@ async def test_app_cancels_while_the_sip_callee_rings(sip_node: SipNodeFactory, 
     reply = await bob.request({"type": "call.hangup", "call_id": call_id})
     assert reply["state"] == "cancelled"
     await finished(sipp)  # CANCEL, 487, ACK
-    timeline = await node.node.store.timeline(call_id)
+    timeline = await node.node.stores.calls.timeline(call_id)
     assert any(e.get("received") == 487 for e in timeline)
 
 
@@ -93,7 +95,7 @@ async def test_trunk_number_with_digest(sip_node: SipNodeFactory, tmp_path: Path
     await bob.request({"type": "call.hangup", "call_id": call_id})
     output = await finished(sipp)
     assert "INVITE sip:+15557654321@127.0.0.1:" in output  # the trunk got the number
-    call = await node.node.store.get_call(call_id)
+    call = await node.node.stores.calls.get(call_id)
     assert call is not None and call.callee_user == "+15557654321" and call.state.value == "ended"
 
 

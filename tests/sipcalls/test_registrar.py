@@ -12,6 +12,10 @@ from tests.sipcalls.conftest import (
 )
 from tests.sipcalls.uac import build, register, send, sip_client
 
+import pytest
+
+pytestmark = pytest.mark.interop
+
 TOKEN = "ab" * 32
 
 
@@ -35,8 +39,8 @@ async def registered_sipp_phone(
 async def test_app_call_reaches_the_registered_sipp_phone(sip_node: SipNodeFactory, tmp_path: Path) -> None:
     node = await sip_node()
     phone_port, phone = await registered_sipp_phone(sip_port(node), tmp_path)
-    store = node.node.store
-    devices, online = await store.reachable_devices("alice")
+    stores = node.node.stores
+    devices, online = await stores.devices.reachable("alice")
     (device_id,) = online
     assert device_id.startswith("sip-reg-") and not devices  # a plain phone: present, no push record
     bindings = await node.node.sip.registrar.bindings("alice")  # type: ignore[union-attr]
@@ -95,13 +99,13 @@ async def test_fork_rings_app_devices_and_phone_first_answer_wins(
 
 async def test_push_parameters_make_a_device_record(sip_node: SipNodeFactory) -> None:
     node = await sip_node()
-    store = node.node.store
+    stores = node.node.stores
     contact = (f"<sip:alice@127.0.0.1:5999;pn-provider=apns.dev;pn-prid={TOKEN}"
                ";pn-param=ABCDE12345.com.example.caller.voip>;+sip.instance=\"<urn:uuid:1>\"")
     async with sip_client() as client:
         ok = await register(client, sip_port(node), "alice", "wonderland", contact)
         assert ok.status == 200 and "expires=" in str(ok.headers.get("Contact"))
-        devices = await store.list_devices("alice")
+        devices = await stores.devices.registered("alice")
         ((device_id, record),) = devices.items()
         assert record["voip_token"] == TOKEN
         assert record["apns_environment"] == "sandbox"
@@ -112,14 +116,14 @@ async def test_push_parameters_make_a_device_record(sip_node: SipNodeFactory) ->
         again = await register(client, sip_port(node), "alice", "wonderland",
                                contact.replace(TOKEN, new_token).replace("apns.dev", "apns"))
         assert again.status == 200
-        devices = await store.list_devices("alice")
+        devices = await stores.devices.registered("alice")
         assert list(devices) == [device_id]
         assert devices[device_id]["voip_token"] == new_token
         assert devices[device_id]["apns_environment"] == "production"
         # Unregistering logs the phone out: no binding, no presence, no push record.
         gone = await register(client, sip_port(node), "alice", "wonderland", contact, expires=0)
         assert gone.status == 200 and gone.headers.get("Contact") is None
-    devices, online = await store.reachable_devices("alice")
+    devices, online = await stores.devices.reachable("alice")
     assert not devices and not online
 
 
@@ -138,14 +142,14 @@ async def test_register_refusals(sip_node: SipNodeFactory) -> None:
         from sip.digest import authorize
         refused = await send(client, port, authorize(as_carol, challenge, "carol", "looking-glass"))
         assert refused.status == 403
-    assert not (await node.node.store.reachable_devices("alice"))[1]
+    assert not (await node.node.stores.devices.reachable("alice"))[1]
 
 
 async def test_password_stored_as_ha1_in_redis(sip_node: SipNodeFactory) -> None:
     node = await sip_node(sip_accounts={})
     registrar = node.node.sip.registrar  # type: ignore[union-attr]
     await registrar.store_password("dave", "secret-dave")
-    stored = await node.node.redis.hgetall(registrar.ha1_key("dave"))
+    stored = await node.node.connections.client.hgetall(node.node.stores.keys.sip_ha1("dave"))
     assert stored and all(b"secret-dave" not in v for v in stored.values())
     async with sip_client() as client:
         ok = await register(client, sip_port(node), "dave", "secret-dave", "<sip:dave@127.0.0.1:5997>")

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import interop
 from tests.conftest import RunningNode
 from tests.sipcalls.conftest import SipNodeFactory, sip_port
 from tests.sipcalls.uac import build, send, sip_client
+
+pytestmark = pytest.mark.interop
 
 NAMES = ["100", "101", "1000", "admin", "alice", "bob", "carol", "operator", "test"]
 PASSWORDS = ["123456", "password", "alice", "wonder", "looking", "secret", "1234"]
@@ -28,6 +31,7 @@ def tool(name: str) -> str:
 
 async def run(name: str, *args: str, home: Path) -> str:
     """The tool's output; sipvicious exits 0 whether it found something or not."""
+    interop.started(name)
     home.mkdir(parents=True, exist_ok=True)
     process = await asyncio.create_subprocess_exec(
         tool(name), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -43,7 +47,7 @@ async def run(name: str, *args: str, home: Path) -> str:
 
 
 async def keys(node: RunningNode, pattern: str) -> list[bytes]:
-    return [k async for k in node.node.redis.scan_iter(match=f"{node.node.store.prefix}{pattern}")]
+    return [k async for k in node.node.connections.client.scan_iter(match=f"{node.node.stores.keys.prefix}{pattern}")]
 
 
 async def test_sipvicious_scan_finds_nothing_and_changes_nothing(
@@ -81,9 +85,9 @@ async def test_sipvicious_scan_finds_nothing_and_changes_nothing(
         assert "found nothing" in output and "wonderland" not in output, output
 
     assert await keys(node, "*sip_bindings") == []
-    assert (await node.node.store.reachable_devices("alice"))[1] == {"alice-app"}
+    assert (await node.node.stores.devices.reachable("alice"))[1] == {"alice-app"}
     assert await keys(node, "{c:*}:call") == []
-    assert await node.node.redis.zcard(node.node.store.deadlines_key) == 0
+    assert await node.node.connections.client.zcard(node.node.stores.keys.ring_deadlines) == 0
     assert not node.node.sip.legs  # type: ignore[union-attr]
     assert not [f for f in alice.backlog if f["type"] == "call.incoming"]
     async with sip_client() as client:

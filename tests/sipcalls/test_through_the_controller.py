@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
@@ -15,6 +16,8 @@ from tests.conftest import DeviceClient, RunningNode
 from tests.ports import free_port
 from tests.sipcalls.conftest import SipNodeFactory, finished, scenario, sip_port, start_sipp, wait_bound
 from tests.sipcalls.test_inbound import uac
+
+pytestmark = pytest.mark.interop
 
 
 def calls_total(state: str, reason: str) -> float:
@@ -25,7 +28,7 @@ async def state_entries(node: RunningNode, call_id: str) -> list[dict[str, Any]]
     """The call's state changes, without what differs from call to call."""
     return [
         {k: v for k, v in entry.items() if k not in ("at", "device", "node")}
-        for entry in await node.node.store.timeline(call_id)
+        for entry in await node.node.stores.calls.timeline(call_id)
         if entry["event"] == "state"
     ]
 

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sip.digest import authorize
-from sip.endpoint import SipEndpoint
+from sip.endpoint import SipEndpoint, TransactionUser
 from sip.message import CSeq, Headers, NameAddr, Request, Response, generate_tag, parse_name_addr, parse_uri
 from sip.transaction import RequestReceived
 
 DOMAIN = "voip.test"
 
 
-class Recorder:
+class Recorder(TransactionUser):
     def __init__(self, endpoint: SipEndpoint) -> None:
         self.endpoint = endpoint
         self.requests: list[Request] = []

@@ -30,9 +30,9 @@ class Refused(Exception):
         self.status, self.error, self.message = status, error, message
 
 
-def _ticket_key(node: Node, ticket: str) -> str:
+def _digest(ticket: str) -> str:
     # Redis holds only a hash: reading Redis does not hand out live tickets.
-    return f"{node.store.prefix}ops_ticket:{hashlib.sha256(ticket.encode()).hexdigest()}"
+    return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 async def live_ticket(request: Request) -> Response:
@@ -42,18 +42,17 @@ async def live_ticket(request: Request) -> Response:
     node = node_of(request)
     ticket = secrets.token_urlsafe(TICKET_BYTES)
     ttl = node.settings.ops_ticket_ttl
-    await node.redis.set(_ticket_key(node, ticket), principal.user_id, ex=ttl)
+    await node.stores.ops.put_ticket(_digest(ticket), principal.user_id, ttl)
     return JSONResponse({"ticket": ticket, "expires_in": ttl}, headers={"Cache-Control": "no-store"})
 
 
 async def _redeem(node: Node, ticket: str) -> Principal:
     if not (ticket.isascii() and len(ticket) <= MAX_TICKET):
         raise AuthError("invalid or expired ticket")
-    # GETDEL: two sockets racing with one ticket, one of them wins.
-    user_id = await node.redis.getdel(_ticket_key(node, ticket))
+    user_id = await node.stores.ops.take_ticket(_digest(ticket))
     if user_id is None:
         raise AuthError("invalid or expired ticket")
-    return Principal(user_id=user_id.decode() if isinstance(user_id, bytes) else user_id, role="operator")
+    return Principal(user_id=user_id, role="operator")
 
 
 async def socket_operator(websocket: WebSocket, node: Node) -> Principal:

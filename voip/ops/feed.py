@@ -121,7 +121,7 @@ def feed_of(app: Starlette) -> OpsFeed:
     feed: OpsFeed | None = getattr(app.state, "ops_feed", None)
     if feed is None:
         node: Node = app.state.node
-        feed = app.state.ops_feed = OpsFeed(node.redis, node.store.ops_channel)
+        feed = app.state.ops_feed = OpsFeed(node.connections.client, node.stores.ops_channel)
     return feed
 
 
@@ -129,7 +129,7 @@ async def live(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     try:
         await socket_operator(websocket, node)
-        if not node.store.ops_channel:
+        if not node.stores.ops_channel:
             raise Refused(503, "feed_disabled", "the ops feed is off on this node (VOIP_OPS_FEED)")
     except Refused as refused:
         await refuse(websocket, refused)

@@ -37,7 +37,7 @@ def readiness_checks(app: Starlette) -> dict[str, ReadinessCheck]:
     checks: dict[str, ReadinessCheck] | None = getattr(app.state, "readiness_checks", None)
     if checks is None:
         node: Node = app.state.node
-        checks = app.state.readiness_checks = {"redis": node.redis.ping}
+        checks = app.state.readiness_checks = {"redis": node.connections.client.ping}
     return checks
 
 

@@ -4,8 +4,8 @@ their creation time (ms).
 Why an index and not SCAN over `{c:*}:call`: SCAN walks every key in the database (and,
 in Redis Cluster, every shard separately), in hash order, so a "last hour, newest first"
 page costs as much as the whole keyspace and cannot be ordered. The index is written by
-`Store.create_call`, in the same pipeline as the ring deadline (it lives in another
-slot than the call, so it cannot be inside the create script). It is not maintained from
+`CallStore.create` (voip/stores/calls.py), in the same pipeline as the ring deadline
+(it lives in another slot than the call, so it cannot be inside the create script). It is not maintained from
 the ops feed: pub/sub is fire-and-forget, an index fed from it would lose calls whenever
 no node listens.
 
@@ -16,21 +16,16 @@ and ids whose call has expired are removed here when a listing meets them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
-
-from redis.asyncio import Redis
+from typing import Any
 
 from voip.calls import CallState
+from voip.stores import OpsStore
 
 # A listing reads at most this many index entries, so that a filter that matches little
 # cannot turn one request into a walk of the whole day; the cursor carries on from there.
 SCAN_BUDGET = 2000
 BATCH = 200
 INT_FIELDS = ("created_at", "ring_deadline", "answered_at", "ended_at", "first_ringing_at")
-
-
-def calls_index_key(prefix: str) -> str:
-    return f"{prefix}calls"
 
 
 class BadCursor(ValueError):
@@ -93,10 +88,8 @@ def _last(batch: list[tuple[str, int]], default: Position | None) -> Position | 
 
 
 class CallIndex:
-    def __init__(self, redis: Redis, prefix: str, call_key: Any) -> None:
-        self.redis = redis
-        self.key = calls_index_key(prefix)
-        self._call_key = call_key
+    def __init__(self, store: OpsStore) -> None:
+        self._store = store
 
     async def page(
         self, where: CallFilter, *, limit: int, after: Position | None = None
@@ -120,7 +113,7 @@ class CallIndex:
                     if len(found) == limit:
                         break
             if gone:  # expired with their retention: the index lets go of them too
-                await self.redis.zrem(self.key, *gone)
+                await self._store.unindex(gone)
             exhausted = len(batch) < wanted and position == _last(batch, position)
             if exhausted:
                 return found, None
@@ -134,27 +127,14 @@ class CallIndex:
             ceiling: int | str = where.until if where.until is not None else "+inf"
         else:
             # Same millisecond, smaller id: ZRANGE REV orders equal scores by id, descending.
-            same = cast(
-                list[bytes],
-                await self.redis.zrange(self.key, after.created_at, after.created_at, byscore=True),
-            )
-            entries = [(m.decode(), after.created_at) for m in same if m.decode() < after.call_id]
+            same = await self._store.indexed_at(after.created_at)
+            entries = [(call_id, after.created_at) for call_id in same if call_id < after.call_id]
             entries.sort(reverse=True)
             entries = entries[:count]
             ceiling = f"({after.created_at}"
         if len(entries) < count:
-            rest = cast(
-                list[tuple[bytes, float]],
-                await self.redis.zrange(
-                    self.key, ceiling, floor, desc=True, byscore=True, withscores=True,
-                    offset=0, num=count - len(entries),
-                ),
-            )
-            entries += [(m.decode(), int(score)) for m, score in rest]
+            entries += await self._store.indexed_before(ceiling, floor, count - len(entries))
         return entries
 
     async def _load(self, call_ids: list[str]) -> list[dict[bytes, bytes]]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for call_id in call_ids:
-                pipe.hgetall(self._call_key(call_id))
-            return await pipe.execute()  # type: ignore[no-any-return]
+        return await self._store.calls(call_ids)

@@ -53,7 +53,7 @@ def _window(request: Request) -> tuple[int | None, int | None]:
 
 
 def _index(node: Node) -> CallIndex:
-    return CallIndex(node.redis, node.store.prefix, lambda call_id: node.store.call_keys(call_id)[0])
+    return CallIndex(node.stores.ops)
 
 
 async def list_calls(request: Request) -> Response:
@@ -86,16 +86,11 @@ async def get_call(request: Request) -> Response:
         call_id = str(uuid.UUID(raw_id))
     except ValueError:
         raise _invalid("call_id", "a UUID") from None
-    store = node_of(request).store
-    call_key, timeline_key = store.call_keys(call_id)
-    async with store.redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(call_key)
-        pipe.lrange(timeline_key, 0, -1)
-        fields, entries = await pipe.execute()
+    fields, entries = await node_of(request).stores.ops.call_with_timeline(call_id)
     if not fields:
         raise ApiError(404, "unknown_call", "no such call (or past its retention)")
     call = call_view(call_id, fields)
-    timeline = [_with_verdict(call, readable_push(orjson.loads(e))) for e in entries]
+    timeline = [_with_verdict(call, readable_push(e)) for e in entries]
     return JSONResponse({"call": call, "timeline": timeline})
 
 
@@ -157,12 +152,7 @@ def _device_view(device_id: str, record: dict[str, Any], presence: bytes | None,
 async def user_devices(request: Request) -> Response:
     authenticate(request, OPERATOR)
     user = _user(request.path_params["user"], "user")
-    store = node_of(request).store
-    async with store.redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(store.devices_key(user))
-        pipe.hgetall(store.presence_key(user))
-        pipe.hgetall(store.last_push_key(user))
-        devices, presence, pushes = await pipe.execute()
+    devices, presence, pushes = await node_of(request).stores.ops.user_devices(user)
     now = int(time.time() * 1000)
     views = [
         _device_view(k.decode(), orjson.loads(v), presence.get(k), pushes.get(k), now)
@@ -181,10 +171,7 @@ async def summary(request: Request) -> Response:
         raise _invalid("since", "after until")
     node = node_of(request)
     calls, more = await _index(node).page(CallFilter(since=since, until=until), limit=SUMMARY_CALLS)
-    async with node.redis.pipeline(transaction=False) as pipe:
-        for call in calls:
-            pipe.lrange(node.store.call_keys(call["call_id"])[1], 0, -1)
-        timelines = [[orjson.loads(e) for e in raw] for raw in await pipe.execute()]
+    timelines = await node.stores.ops.timelines([call["call_id"] for call in calls])
     return JSONResponse(
         {"since": since, "until": until, "truncated": more is not None, **summarize(calls, timelines),
          "redis": node.epoch.summary()}

@@ -1,10 +1,21 @@
 """Push delivery for calls: the `Notifier` interface and its APNs implementation."""
 
 from voip.push.apns import APNsConfig, APNsNotifier, APNsSender
-from voip.push.interface import Environment, Notifier, Outcome, PushRequest, PushResult, PushType
+from voip.push.interface import (
+    Caller,
+    Environment,
+    Notifier,
+    Outcome,
+    Push,
+    PushKind,
+    PushRequest,
+    PushResult,
+    PushType,
+    TokenDrop,
+    Verdict,
+)
 from voip.push.payloads import (
     PAYLOAD_LIMITS,
-    Caller,
     call_cancellation,
     call_ended,
     missed_call_alert,
@@ -20,9 +31,13 @@ __all__ = [
     "Notifier",
     "Outcome",
     "PAYLOAD_LIMITS",
+    "Push",
+    "PushKind",
     "PushRequest",
     "PushResult",
     "PushType",
+    "TokenDrop",
+    "Verdict",
     "call_cancellation",
     "call_ended",
     "missed_call_alert",

@@ -6,9 +6,10 @@ import asyncio
 import random
 import ssl
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 from aioapns import APNs
@@ -23,7 +24,15 @@ from voip.push.apns_connection import (
 )
 from voip.push.apns_errors import RETIRE_CONNECTION_REASONS, judge, likely_cause
 from voip.push.apns_token import DEFAULT_REFRESH_AFTER, ProviderTokens
-from voip.push.interface import Environment, Outcome, PushRequest, PushResult
+from voip.push.interface import (
+    Environment,
+    Outcome,
+    Push,
+    PushKind,
+    PushRequest,
+    PushResult,
+    TokenDrop,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -179,7 +188,10 @@ class CutByDeadline(NoResponse):
 
 
 class APNsNotifier:
-    """Sends VoIP and alert pushes to APNs; construct it inside a running event loop."""
+    """Sends VoIP and alert pushes to APNs; construct it inside a running event loop.
+
+    Its device records hold `voip_token` (PushKit), `alert_token` (the app's ordinary
+    APNs token), `apns_environment` and `bundle_id`."""
 
     def __init__(self, config: APNsConfig, *, rng: random.Random | None = None) -> None:
         asyncio.get_running_loop()  # aioapns's pool binds to the loop it is built in
@@ -212,6 +224,55 @@ class APNsNotifier:
         for sender in self._senders.values():
             sender.close()
 
+    def address(self, device: dict[str, Any], kind: PushKind) -> dict[str, Any] | None:
+        environment = device.get("apns_environment", "production")
+        if kind is PushKind.MISSED_ALERT:
+            if not device.get("alert_token"):
+                return None
+            return {"token": device["alert_token"], "environment": environment, "bundle_id": device.get("bundle_id")}
+        if not device.get("voip_token"):
+            return None
+        if kind is PushKind.INVITE:
+            # Chosen before the push leaves, so the call's record names the invite's
+            # apns-id even if this node dies while APNs answers.
+            return {"token": device["voip_token"], "environment": environment, "apns_id": str(uuid.uuid4())}
+        return {"token": device["voip_token"], "environment": environment, "bundle_id": device.get("bundle_id")}
+
+    def request(self, push: Push, *, now: float | None = None) -> PushRequest:
+        """The APNs request for `push`: headers and payload are this platform's."""
+        address = push.address
+        bundle_id = address.get("bundle_id") or self.bundle_id
+        token, environment = address["token"], address["environment"]
+        match push.kind:
+            case PushKind.INVITE:
+                assert push.caller is not None and push.status_url is not None
+                return payloads.voip_invite(
+                    bundle_id=bundle_id, device_token=token, environment=environment, call_id=push.call_id,
+                    caller=push.caller, ring_deadline=push.deadline, status_url=push.status_url,
+                    now=now, apns_id=address.get("apns_id"),
+                )
+            case PushKind.CANCEL:
+                assert push.reason is not None
+                return payloads.call_cancellation(
+                    bundle_id=bundle_id, device_token=token, environment=environment, call_id=push.call_id,
+                    reason=push.reason, ring_deadline=push.deadline, now=now,
+                )
+            case PushKind.ENDED:
+                assert push.reason is not None
+                return payloads.call_ended(
+                    bundle_id=bundle_id, device_token=token, environment=environment, call_id=push.call_id,
+                    reason=push.reason, deadline=push.deadline, now=now,
+                )
+            case PushKind.MISSED_ALERT:
+                assert push.caller is not None
+                return payloads.missed_call_alert(
+                    bundle_id=bundle_id, device_token=token, environment=environment, call_id=push.call_id,
+                    caller=push.caller, deadline=push.deadline, now=now,
+                )
+
+    async def notify(self, push: Push) -> PushResult:
+        return await self.send(self.request(push))
+
     async def send(self, request: PushRequest) -> PushResult:
         started = time.perf_counter()
         attempts = 0
@@ -219,13 +280,13 @@ class APNsNotifier:
         reason: str | None = None
         timestamp: int | None = None
 
-        def finish(outcome: Outcome, cause: str | None = None) -> PushResult:
+        def finish(outcome: Outcome, cause: str | None = None, drop_token: TokenDrop | None = None) -> PushResult:
             result = PushResult(
                 apns_id=request.apns_id, device_token=request.device_token,
                 environment=request.environment, push_type=request.push_type,
                 outcome=outcome, status=status, reason=reason, timestamp=timestamp,
                 latency_ms=(time.perf_counter() - started) * 1000, attempts=attempts,
-                likely_cause=cause,
+                likely_cause=cause, drop_token=drop_token,
             )
             if outcome != Outcome.ACCEPTED:
                 log.info("apns push not accepted", apns_id=request.apns_id,
@@ -282,9 +343,9 @@ class APNsNotifier:
                     return finish(Outcome.FAILED, likely_cause(request, status, reason))
                 if reason in RETIRE_CONNECTION_REASONS and connection is not None:
                     connection.retire()
-                verdict = judge(request, status, reason)
+                verdict = judge(request, status, reason, timestamp)
                 if verdict.outcome is not None:
-                    return finish(verdict.outcome, verdict.likely_cause)
+                    return finish(verdict.outcome, verdict.likely_cause, verdict.drop_token)
                 cause = verdict.likely_cause
             delay = self._rng.uniform(0, min(self.config.backoff_max,
                                              self.config.backoff_base * 2 ** backoffs))

@@ -1,22 +1,17 @@
-"""What an APNs answer means for the push: its outcome, whether to try again, and why."""
+"""What an APNs answer means, in every platform's terms: the push's outcome, whether to
+try again, whether the token is to be dropped, and why."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from voip.push.interface import Environment, Outcome, PushRequest, PushType
+from voip.push.interface import Environment, Outcome, PushRequest, PushType, TokenDrop, Verdict
 
 RETRY_STATUSES = frozenset({429, 500, 503})
 
+BAD_TOKEN_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
+"""Reasons that say the token itself is bad, whatever the moment it was registered."""
+
 RETIRE_CONNECTION_REASONS = frozenset({"Shutdown", "TooManyProviderTokenUpdates"})
 """Answers after which the connection that carried them should take no more pushes."""
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    outcome: Outcome | None
-    """Final outcome, or `None` to try again (within the deadline)."""
-    likely_cause: str | None = None
 
 
 def _other(environment: Environment) -> str:
@@ -72,12 +67,16 @@ def likely_cause(request: PushRequest, status: int, reason: str | None) -> str |
     return None
 
 
-def judge(request: PushRequest, status: int, reason: str | None) -> Verdict:
+def judge(request: PushRequest, status: int, reason: str | None, timestamp: int | None = None) -> Verdict:
+    """`timestamp`: a 410's, ms since the epoch, since when APNs knows the token is invalid."""
     if status == 200:
         return Verdict(Outcome.ACCEPTED)
     cause = likely_cause(request, status, reason)
     if status == 410:
-        return Verdict(Outcome.TOKEN_INVALID, cause)
+        # Only a token registered before APNs's verdict is condemned: a phone that
+        # registered the same token again afterwards keeps it.
+        return Verdict(Outcome.TOKEN_INVALID, TokenDrop(registered_before=timestamp), likely_cause=cause)
     if status in RETRY_STATUSES:
-        return Verdict(None, cause)
-    return Verdict(Outcome.REJECTED, cause)
+        return Verdict(None, likely_cause=cause)
+    drop = TokenDrop(registered_before=None) if reason in BAD_TOKEN_REASONS else None
+    return Verdict(Outcome.REJECTED, drop, likely_cause=cause)

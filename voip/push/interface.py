@@ -1,14 +1,18 @@
-"""What the call controller sees of push delivery: one request in, one result out.
+"""What the call's pushes see of push delivery: one platform-neutral `Push` in, one
+`PushResult` out.
 
-Shaped like matrix-org/sygnal: one notifier per platform behind `Notifier`, so a
-second platform (or a test double at the controller's level) plugs in unchanged.
+Shaped like matrix-org/sygnal: one notifier per platform behind `Notifier`, each
+platform's rules inside its notifier. A notifier says where a device's push goes
+(`address`), builds its own request and payload from a `Push`, and judges its
+platform's answers into the same `Outcome` and `TokenDrop`, so a second platform is a
+new notifier class and `voip/call_pushes.py` does not change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Environment(StrEnum):
@@ -34,6 +38,63 @@ class Outcome(StrEnum):
     """The push's deadline passed before APNs accepted it; nothing is sent after it."""
     FAILED = "failed"
     """Transient trouble outlasted the attempts we allow, or the provider token is unusable."""
+
+
+class PushKind(StrEnum):
+    """What a push about a call is for; the timeline's and `voip_pushes_total`'s `kind`."""
+
+    INVITE = "invite"
+    """Rings the device."""
+    CANCEL = "cancel"
+    """Ends a call that rang the device and left ringing."""
+    ENDED = "ended"
+    """Ends an answered call on a device in it."""
+    MISSED_ALERT = "missed_alert"
+    """A visible notification after an unanswered call."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    id: str
+    display_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """One push about one call, in no platform's terms; the notifier builds the request."""
+
+    kind: PushKind
+    call_id: str
+    address: dict[str, Any]
+    """Where it goes: what `Notifier.address` gave for the device (JSON, kept with the
+    call, so a cancellation goes where its invite went)."""
+    deadline: float
+    """UNIX seconds. No attempt is started after it; for an invite, the ring deadline."""
+    caller: Caller | None = None
+    """Invites and missed-call alerts."""
+    status_url: str | None = None
+    """Invites: where the woken app asks what to do."""
+    reason: str | None = None
+    """Cancellations and hang-ups: the status endpoint's reason for this device."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDrop:
+    """The platform says the device's token is no good: drop it."""
+
+    registered_before: int | None
+    """ms since the epoch: drop only a token registered before this (a device that
+    registered it again since keeps it); `None`: whatever its age."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one answer from a platform means, in terms every platform shares."""
+
+    outcome: Outcome | None
+    """Final outcome, or `None` to try again (within the deadline)."""
+    drop_token: TokenDrop | None = None
+    likely_cause: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +134,21 @@ class PushResult:
     attempts: int
     """Requests written to APNs for this push (0 if it was refused before sending)."""
     likely_cause: str | None = None
+    drop_token: TokenDrop | None = None
+    """Set when the platform's answer says the token itself is no good."""
 
 
 class Notifier(Protocol):
     """One platform's push sender."""
 
-    async def send(self, request: PushRequest) -> PushResult: ...
+    def address(self, device: dict[str, Any], kind: PushKind) -> dict[str, Any] | None:
+        """Where a push of `kind` goes for this device record, or None if the device
+        registered nothing this platform can reach it with for that kind."""
+        ...
+
+    async def notify(self, push: Push) -> PushResult:
+        """Send, retrying within `push.deadline`; never raises for platform or network
+        trouble: every outcome is a `PushResult`."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from voip.push.interface import Environment, PushRequest, PushType
+from voip.push.interface import Caller, Environment, PushRequest, PushType
 
 PAYLOAD_LIMITS: dict[PushType, int] = {PushType.VOIP: 5120, PushType.ALERT: 4096}
 COLLAPSE_ID_LIMIT = 64
@@ -25,16 +24,8 @@ CANCELLED = "call.cancelled"
 ENDED = "call.ended"
 MISSED = "call.missed"
 
-MISSED_CALL_ALERT_RETRY_WINDOW = 60.0
-"""Seconds a missed-call alert may spend on retries."""
 MISSED_CALL_ALERT_LIFETIME = 24 * 3600
 """How long APNs keeps a missed-call alert for a device that is offline."""
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    id: str
-    display_name: str
 
 
 def voip_topic(bundle_id: str) -> str:
@@ -96,29 +87,24 @@ def call_cancellation(*, bundle_id: str, device_token: str, environment: Environ
     return _voip_push(bundle_id, device_token, environment, call_id, payload, ring_deadline, apns_id)
 
 
-HANG_UP_LIFETIME = 30.0
-"""Seconds a hang-up push is retried and kept by APNs: a phone offline for longer has
-lost the call's audio anyway, and asks the status when it reconnects."""
-
-
 def call_ended(*, bundle_id: str, device_token: str, environment: Environment | str,
-               call_id: str, reason: str, now: float | None = None,
+               call_id: str, reason: str, deadline: float, now: float | None = None,
                apns_id: str | None = None) -> PushRequest:
     """PushKit hang-up of an answered call, for a device in the call whose WebSocket is
     gone: the cancellation's shape, `type: "call.ended"`, so an app that handles one
-    handles both. Short-lived: it ends a call that is being talked on now."""
+    handles both. Retried, and kept by APNs, until `deadline`."""
     now = time.time() if now is None else now
     payload = {"type": ENDED, "call_id": call_id, "reason": reason, "sent_at": _ms(now)}
-    return _voip_push(bundle_id, device_token, environment, call_id, payload, now + HANG_UP_LIFETIME, apns_id)
+    return _voip_push(bundle_id, device_token, environment, call_id, payload, deadline, apns_id)
 
 
 def missed_call_alert(*, bundle_id: str, device_token: str, environment: Environment | str,
-                      call_id: str, caller: Caller, now: float | None = None,
+                      call_id: str, caller: Caller, deadline: float, now: float | None = None,
                       apns_id: str | None = None,
-                      retry_window: float = MISSED_CALL_ALERT_RETRY_WINDOW,
                       lifetime: int = MISSED_CALL_ALERT_LIFETIME) -> PushRequest:
     """A visible notification after an unanswered call; `device_token` is the app's
-    ordinary APNs token, not the VoIP one."""
+    ordinary APNs token, not the VoIP one. Retried until `deadline`; kept by APNs for
+    an offline device for `lifetime` seconds."""
     now = time.time() if now is None else now
     payload = {
         "aps": {"alert": f"Missed call from {caller.display_name}", "sound": "default"},
@@ -134,7 +120,7 @@ def missed_call_alert(*, bundle_id: str, device_token: str, environment: Environ
         topic=bundle_id,
         payload=_body(payload),
         apns_id=apns_id or str(uuid.uuid4()),
-        deadline=now + retry_window,
+        deadline=deadline,
         priority=10,
         expiration=int(now) + lifetime,
         collapse_id=call_id,

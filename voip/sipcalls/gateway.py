@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from sip.dialog import DialogTable
-from sip.endpoint import STREAM_TRANSPORTS, SipEndpoint
+from sip.endpoint import STREAM_TRANSPORTS, SipEndpoint, TransactionUser
 from sip.message import Request, Response, generate_tag, parse_uri
 from sip.ratelimit import TokenBucketLimiter
 from sip.transaction import RequestReceived, ResponseReceived
@@ -18,11 +18,12 @@ from voip import metrics
 from voip.bus import Bus
 from voip.calls import Action, CallState
 from voip.controller import CallController
+from voip.protocol import FrameType
 from voip.sipcalls.config import SipConfig
 from voip.sipcalls.legs import ALLOW, InboundLeg, Leg, LegContext, OutboundLeg, caller_id
 from voip.sipcalls.registrar import Binding, Registrar
 from voip.sipcalls.ringing import RINGING_OVER, RingingCall, RingingIndex
-from voip.store import CallError, CallRecord, Store
+from voip.stores import CallError, CallRecord, Stores
 from voip.tasks import BackgroundTasks
 
 log = structlog.get_logger(__name__)
@@ -32,19 +33,19 @@ DRAIN_REFUSED = frozenset({"INVITE", "REGISTER"})
 DRAIN_RETRY_AFTER = 5
 
 
-class SipGateway:
+class SipGateway(TransactionUser):
     def __init__(
         self,
         config: SipConfig,
         *,
-        store: Store,
+        stores: Stores,
         bus: Bus,
         controller: CallController,
         node_id: str,
         max_devices: int = 10,
     ) -> None:
         self.config = config
-        self.store = store
+        self.stores = stores
         self.controller = controller
         self.node_id = node_id
         self.endpoint = SipEndpoint(
@@ -67,11 +68,11 @@ class SipGateway:
         self.forks: dict[tuple[str, str], OutboundLeg] = {}  # (call id, device) -> leg
         self.tasks = BackgroundTasks("sip")
         self.registrar = Registrar(
-            config, self.endpoint, store, bus, self.tasks,
+            config, self.endpoint, stores, bus, self.tasks,
             node_id=node_id, max_devices=max_devices, on_frame=self._phone_frame,
             on_bound=self._phone_bound,
         )
-        self.ringing = RingingIndex(store)
+        self.ringing = RingingIndex(stores.sip)
         self.leg_context = LegContext(
             endpoint=self.endpoint, dialogs=self.dialogs, calls=controller, bus=bus,
             config=config, tasks=self.tasks, forget=self.forget,
@@ -204,7 +205,7 @@ class SipGateway:
             self.endpoint.vouch(event)
             self.endpoint.reply(event, 100)
         callee = uri.user
-        devices, online = await self.store.reachable_devices(callee)
+        devices, online = await self.stores.devices.reachable(callee)
         if not devices and not online:
             self.endpoint.reply(event, 404, to_tag=generate_tag())
             return
@@ -238,7 +239,7 @@ class SipGateway:
     async def _phone_frame(self, user: str, device: str, frame: dict[str, Any]) -> None:
         call_id = frame.get("call_id", "")
         kind = frame["type"]
-        if kind != "call.incoming":
+        if kind != FrameType.CALL_INCOMING:
             if kind in RINGING_OVER:
                 await self.ringing.remove(user, call_id)
             fork = self.forks.get((call_id, device))
@@ -260,7 +261,7 @@ class SipGateway:
         """A phone (re-)registered through this node: ring it into the calls still ringing
         for its user, the ones a push woke it for."""
         for entry in await self.ringing.calls(user):
-            call = await self.store.get_call(entry.call_id)
+            call = await self.stores.calls.get(entry.call_id)
             if call is None or call.state is not CallState.RINGING:
                 await self.ringing.remove(user, entry.call_id)
                 continue

@@ -33,8 +33,9 @@ from sip.transaction import Addr, RequestReceived
 from voip.bus import Bus
 from voip.calls import Action
 from voip.controller import CallController, Caller
+from voip.protocol import FrameType
 from voip.sipcalls.config import SipConfig
-from voip.store import CallError, CallRefused
+from voip.stores import CallError, CallRefused
 from voip.tasks import BackgroundTasks
 
 log = structlog.get_logger(__name__)
@@ -257,18 +258,18 @@ class InboundLeg(Leg):
         if frame.get("call_id") != self.call_id or self.finished:
             return
         kind = frame["type"]
-        if kind == "call.ringing":
+        if kind == FrameType.CALL_RINGING:
             self.ring()
-        elif kind == "call.answered":
+        elif kind == FrameType.CALL_ANSWERED:
             await self.answer(frame.get("sdp"))
-        elif kind == "call.declined":
+        elif kind == FrameType.CALL_DECLINED:
             self.end_with(486 if frame.get("busy") else 603)
-        elif kind == "call.missed":
+        elif kind == FrameType.CALL_MISSED:
             self.end_with(480)
-        elif kind == "call.failed":
+        elif kind == FrameType.CALL_FAILED:
             # Before any device rang nobody could be reached; after, something broke.
             self.end_with(500 if self.rang else 480)
-        elif kind == "call.ended":
+        elif kind == FrameType.CALL_ENDED:
             self.spawn(self.hang_up_peer(), "hang-up")
 
     def ring(self) -> None:

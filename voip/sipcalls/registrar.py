@@ -29,9 +29,10 @@ from sip.endpoint import SipEndpoint
 from sip.message import NameAddr, Request, generate_tag
 from sip.transaction import RequestReceived
 from voip.bus import Bus
+from voip.devices import ApnsEnvironment, DeviceRecord, Registration, SipRegistration, register
 from voip.sipcalls.config import SipConfig
-from voip.sipcalls.nonces import NonceCounts
-from voip.store import Store, now_ms
+from voip.clock import now_ms
+from voip.stores import Stores
 from voip.tasks import BackgroundTasks
 
 log = structlog.get_logger(__name__)
@@ -63,7 +64,7 @@ class PushTarget:
     """RFC 8599 Contact parameters for APNs."""
 
     voip_token: str
-    apns_environment: str
+    apns_environment: ApnsEnvironment
     bundle_id: str
     team_id: str
 
@@ -98,7 +99,7 @@ class Registrar:
         self,
         config: SipConfig,
         endpoint: SipEndpoint,
-        store: Store,
+        stores: Stores,
         bus: Bus,
         tasks: BackgroundTasks,
         *,
@@ -109,7 +110,9 @@ class Registrar:
     ) -> None:
         self.config = config
         self.endpoint = endpoint
-        self.store = store
+        self.sip = stores.sip
+        self.devices = stores.devices
+        self.presence = stores.presence
         self.bus = bus
         self.node_id = node_id
         self.max_devices = max_devices
@@ -119,31 +122,22 @@ class Registrar:
             config.realm, config.digest_secret, algorithms=config.digest_algorithms,
             nonce_ttl=config.nonce_ttl,
         )
-        self.nonce_counts = NonceCounts(store.redis, store.prefix)
+        self.nonce_counts = stores.nonces
         # (user, device) -> (deliver, expiry timer) for bindings held on this node
         self._attached: dict[tuple[str, str], tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.TimerHandle]] = {}
         self.tasks = tasks
 
-    # Keys and credentials ---------------------------------------------------------------
-
-    def bindings_key(self, user: str) -> str:
-        return f"{self.store.prefix}{{u:{user}}}:sip_bindings"
-
-    def ha1_key(self, user: str) -> str:
-        return f"{self.store.prefix}{{u:{user}}}:sip_ha1"
+    # Credentials ------------------------------------------------------------------------
 
     async def store_password(self, user: str, password: str) -> None:
         """Keep only the HA1 of each algorithm we offer, for this realm."""
         realm = self.config.realm
-        await self.store.redis.hset(
-            self.ha1_key(user),
-            mapping={f"{realm}|{a}": compute_ha1(user, realm, password, a) for a in ALGORITHMS},
-        )
+        await self.sip.put_ha1s(user, {f"{realm}|{a}": compute_ha1(user, realm, password, a) for a in ALGORITHMS})
 
     async def _ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         if (password := self.config.accounts.get(user)) is not None:
             return compute_ha1(user, realm, password, algorithm)
-        raw = await self.store.redis.hget(self.ha1_key(user), f"{realm}|{algorithm}")
+        raw = await self.sip.ha1(user, realm, algorithm)
         return _text(raw) if raw else None
 
     async def authenticate(self, request: Request, *, proxy: bool = False) -> AuthResult:
@@ -184,12 +178,12 @@ class Registrar:
     # Bindings ---------------------------------------------------------------------------
 
     async def bindings(self, user: str) -> dict[str, Binding]:
-        raw = await self.store.redis.hgetall(self.bindings_key(user))
+        raw = await self.sip.bindings(user)
         found = {_text(k): Binding(**orjson.loads(v)) for k, v in raw.items()}
         return {device: b for device, b in found.items() if b.live}
 
     async def binding(self, user: str, device_id: str) -> Binding | None:
-        raw = await self.store.redis.hget(self.bindings_key(user), device_id)
+        raw = await self.sip.binding(user, device_id)
         found = Binding(**orjson.loads(raw)) if raw else None
         return found if found is not None and found.live else None
 
@@ -257,41 +251,33 @@ class Registrar:
             call_id=request.call_id,
             cseq=request.cseq.seq,
         )
-        key = self.bindings_key(user)
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, device_id, orjson.dumps(asdict(binding)))
-            # No binding outlives max_expires, so neither does the hash once unrefreshed.
-            pipe.expire(key, self.config.max_expires + 60)
-            await pipe.execute()
-        await self.store.set_presence(user, device_id, self.node_id, expires * 1000)
+        # No binding outlives max_expires, so neither does the hash once unrefreshed.
+        await self.sip.put_binding(user, device_id, orjson.dumps(asdict(binding)), self.config.max_expires + 60)
+        await self.presence.set(user, device_id, self.node_id, expires * 1000)
         if (push := push_target(contact)) is not None:
             await self._put_push_device(user, device_id, push, binding)
         await self._attach(user, device_id, expires)
         log.info("sip.registered", user=user, device=device_id, expires=expires, push=push is not None)
 
     async def _put_push_device(self, user: str, device_id: str, push: PushTarget, binding: Binding) -> None:
-        previous = await self.store.get_device(user, device_id)
-        now = now_ms()
-        token_changed = previous is None or previous.get("voip_token") != push.voip_token
-        record = {
-            "voip_token": push.voip_token,
-            "apns_environment": push.apns_environment,
-            "bundle_id": push.bundle_id,
-            "alert_token": None,
-            "registered_at": previous["registered_at"] if previous else now,
-            "updated_at": now,
-            "token_registered_at": now if token_changed else previous["token_registered_at"],  # type: ignore[index]
-            "sip": {"contact": binding.contact, "expires_at": binding.expires_at, "team_id": push.team_id},
-        }
-        await self.store.put_device(user, device_id, record, self.max_devices)
+        previous = await self.devices.get(user, device_id)
+        record = register(
+            DeviceRecord.from_stored(previous) if previous else None,
+            Registration(
+                push.voip_token, push.apns_environment, push.bundle_id,
+                sip=SipRegistration(binding.contact, binding.expires_at, push.team_id),
+            ),
+            now_ms(),
+        )
+        await self.devices.put(user, device_id, record.stored(), self.max_devices)
 
     async def _remove(self, user: str, device_id: str) -> None:
-        await self.store.redis.hdel(self.bindings_key(user), device_id)
-        await self.store.clear_presence(user, device_id, self.node_id)
-        device = await self.store.get_device(user, device_id)
+        await self.sip.delete_binding(user, device_id)
+        await self.presence.clear(user, device_id, self.node_id)
+        device = await self.devices.get(user, device_id)
         if device is not None and "sip" in device:
             # Unregistering is how a SIP client logs out: no more pushes either.
-            await self.store.delete_device(user, device_id)
+            await self.devices.delete(user, device_id)
         await self._detach(user, device_id)
         log.info("sip.unregistered", user=user, device=device_id)
 
@@ -326,7 +312,7 @@ class Registrar:
             if binding.node != self.node_id:  # refreshed through another node, which listens now
                 await self._detach(user, device_id)
             return
-        await self.store.redis.hdel(self.bindings_key(user), device_id)
+        await self.sip.delete_binding(user, device_id)
         # The device record of a push-capable phone stays: a push may wake it to re-register.
         # This node keeps listening for it meanwhile, so the user's ringing calls are indexed
         # for the REGISTER that follows the push (gateway.py, ringing.py).
@@ -334,7 +320,7 @@ class Registrar:
             await self._detach(user, device_id)
 
     async def push_capable(self, user: str, device_id: str) -> bool:
-        device = await self.store.get_device(user, device_id)
+        device = await self.devices.get(user, device_id)
         return device is not None and "sip" in device and bool(device.get("voip_token"))
 
     async def stop_listening(self, user: str, device_id: str) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 
-from voip.store import Store, now_ms
+from voip.clock import now_ms
+from voip.stores import SipStore
 
 # Frames after which a device of the callee has nothing left to ring for.
 RINGING_OVER = frozenset({
@@ -40,36 +41,25 @@ class RingingCall:
 
 
 class RingingIndex:
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def key(self, user: str) -> str:
-        return f"{self.store.prefix}{{u:{user}}}:sip_ringing"
-
-    def claim_key(self, user: str, call_id: str, device: str) -> str:
-        return f"{self.store.prefix}{{u:{user}}}:sip_fork:{call_id}:{device}"
+    def __init__(self, store: SipStore) -> None:
+        self._store = store
 
     async def add(self, user: str, call: RingingCall) -> None:
         ttl_ms = max(call.ring_deadline - now_ms(), 0) + GRACE_MS
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self.key(user), call.call_id, orjson.dumps(asdict(call)))
-            # GT: a shorter-lived call must not shorten the life of the others' entries.
-            pipe.pexpire(self.key(user), ttl_ms, gt=True)
-            pipe.pexpire(self.key(user), ttl_ms, nx=True)
-            await pipe.execute()
+        await self._store.add_ringing(user, call.call_id, orjson.dumps(asdict(call)), ttl_ms)
 
     async def remove(self, user: str, call_id: str) -> None:
-        await self.store.redis.hdel(self.key(user), call_id)
+        await self._store.remove_ringing(user, call_id)
 
     async def calls(self, user: str) -> list[RingingCall]:
-        raw = await self.store.redis.hgetall(self.key(user))
+        raw = await self._store.ringing(user)
         now = now_ms()
         found = [RingingCall(**orjson.loads(v)) for v in raw.values()]
         stale = [c.call_id for c in found if c.ring_deadline <= now]
         if stale:
-            await self.store.redis.hdel(self.key(user), *stale)
+            await self._store.remove_ringing(user, *stale)
         return [c for c in found if c.ring_deadline > now]
 
     async def claim(self, user: str, call: RingingCall, device: str) -> bool:
         ttl_ms = max(call.ring_deadline - now_ms(), 0) + GRACE_MS
-        return bool(await self.store.redis.set(self.claim_key(user, call.call_id, device), b"1", nx=True, px=ttl_ms))
+        return await self._store.claim_fork(user, call.call_id, device, ttl_ms)

@@ -9,20 +9,16 @@ still pass:
 
 from __future__ import annotations
 
-from importlib import resources
-
 from redis.asyncio import Redis
+
+from voip.stores.layout import KeyLayout, load_script
 
 
 class NonceCounts:
-    def __init__(self, redis: Redis, prefix: str) -> None:
-        self.prefix = prefix
-        script = resources.files("voip").joinpath("lua", "consume_nonce_count.lua").read_text()
-        self._consume = redis.register_script(script)
-
-    def key(self, nonce: str) -> str:
-        return f"{self.prefix}sip_nonce:{nonce}"
+    def __init__(self, redis: Redis, keys: KeyLayout) -> None:
+        self._keys = keys
+        self._consume = load_script(redis, "consume_nonce_count")
 
     async def consume(self, nonce: str, nc: int, ttl: int) -> bool:
         """True once per pair, and only for a count above every one accepted before."""
-        return bool(await self._consume(keys=[self.key(nonce)], args=[nc, ttl]))
+        return bool(await self._consume(keys=[self._keys.sip_nonce(nonce)], args=[nc, ttl]))

@@ -1,0 +1,23 @@
+"""The `interop` marker: a test that starts a third-party program (sipp, baresip,
+Chromium, SIPVicious, Kamailio, HAProxy, an extra redis-server or redis-sentinel) or a node in a
+process of its own. `python3 dev.py test -m "not interop"` is then the fast lane, and the
+whole suite stays what CI runs.
+
+The helpers that start such a program call `started()`, which fails a test that starts one
+without the marker, so the fast lane never quietly grows a slow test."""
+
+from __future__ import annotations
+
+import pytest
+
+_current: pytest.Item | None = None
+
+
+def running(item: pytest.Item | None) -> None:
+    global _current
+    _current = item
+
+
+def started(program: str) -> None:
+    if _current is not None and _current.get_closest_marker("interop") is None:
+        pytest.fail(f"{_current.nodeid} starts {program}: mark it @pytest.mark.interop", pytrace=False)

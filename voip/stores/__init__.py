@@ -1,0 +1,69 @@
+"""Everything a node keeps in Redis, one small store per concern, over one key layout
+(layout.py) and one connection pool. `Stores.open` builds them all, once per node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from voip.redis_pipe import RedisPipe
+from voip.stores.calls import CallError, CallRecord, CallRefused, CallStore, Transition
+from voip.stores.devices import DeviceStore
+from voip.stores.epoch import EpochStore
+from voip.stores.layout import KeyLayout
+from voip.stores.limits import CalleeLimits
+from voip.stores.nonces import NonceCounts
+from voip.stores.ops import OpsStore
+from voip.stores.presence import PresenceStore
+from voip.stores.push_log import PushLog
+from voip.stores.sip import SipStore
+from voip.stores.sockets import SocketStore
+
+__all__ = [
+    "CallError", "CallRecord", "CallRefused", "CallStore", "CalleeLimits", "DeviceStore", "EpochStore",
+    "KeyLayout", "NonceCounts", "OpsStore", "PresenceStore", "PushLog", "SipStore", "SocketStore", "Stores",
+    "Transition",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    keys: KeyLayout
+    # Where every timeline entry is published for operators; "" when the feed is off.
+    ops_channel: str
+    calls: CallStore
+    devices: DeviceStore
+    push_log: PushLog
+    presence: PresenceStore
+    sockets: SocketStore
+    limits: CalleeLimits
+    sip: SipStore
+    nonces: NonceCounts
+    ops: OpsStore
+    epoch: EpochStore
+
+    @classmethod
+    def open(
+        cls, redis: Redis, prefix: str, *, retention: int, ops_feed: bool = True,
+        wait_replicas: int = 0, wait_timeout_ms: int = 100, status_pipe: RedisPipe | None = None,
+    ) -> Stores:
+        keys = KeyLayout(prefix)
+        ops_channel = keys.ops_channel if ops_feed else ""
+        return cls(
+            keys=keys,
+            ops_channel=ops_channel,
+            calls=CallStore(
+                redis, keys, retention=retention, ops_channel=ops_channel,
+                wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms, status_pipe=status_pipe,
+            ),
+            devices=DeviceStore(redis, keys),
+            push_log=PushLog(redis, keys, retention=retention, ops_channel=ops_channel),
+            presence=PresenceStore(redis, keys),
+            sockets=SocketStore(redis, keys, retention=retention),
+            limits=CalleeLimits(redis, keys),
+            sip=SipStore(redis, keys),
+            nonces=NonceCounts(redis, keys),
+            ops=OpsStore(redis, keys),
+            epoch=EpochStore(redis, keys),
+        )

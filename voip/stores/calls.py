@@ -1,0 +1,338 @@
+"""Calls in Redis: created, moved and read atomically, shared by every node.
+
+A call hash carries its own `ring_deadline` (ms) and `retention` (s), set by the node
+that created it: every node applies those, never its own settings. Keys: layout.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from voip.calls import Action, CallState, Party, transitions_for
+from voip.clock import now_ms
+from voip.redis_pipe import RedisPipe
+from voip.stores.layout import KeyLayout, load_script
+from voip.stores.presence import online_devices
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    call_id: str
+    state: CallState
+    caller_user: str
+    caller_device: str
+    callee_user: str
+    created_at: int
+    ring_deadline: int
+    answered_by_device: str | None = None
+    ended_at: int | None = None
+    ended_by: str | None = None
+    origin_node: str = ""
+    caller_name: str = ""
+    # Seconds the call stays queryable once final: the creating node's setting, kept with
+    # the call so that every node applies the same (0: a call from before it was stored).
+    retention: int = 0
+
+    @classmethod
+    def from_hash(cls, call_id: str, fields: dict[str, Any]) -> "CallRecord":
+        def optional_int(name: str) -> int | None:
+            value = fields.get(name)
+            return int(value) if value not in (None, "") else None
+
+        return cls(
+            call_id=call_id,
+            state=CallState(fields["state"]),
+            caller_user=fields["caller_user"],
+            caller_device=fields["caller_device"],
+            callee_user=fields["callee_user"],
+            created_at=int(fields["created_at"]),
+            ring_deadline=int(fields["ring_deadline"]),
+            answered_by_device=fields.get("answered_by_device") or None,
+            ended_at=optional_int("ended_at"),
+            ended_by=fields.get("ended_by") or None,
+            origin_node=fields.get("origin_node", ""),
+            caller_name=fields.get("caller_name") or fields["caller_user"],
+            retention=int(fields.get("retention") or 0),
+        )
+
+
+class CallError(Exception):
+    """A request about a call that the call's state or its parties refuse."""
+
+    def __init__(self, code: str, call: CallRecord | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.call = call
+
+
+class CallRefused(CallError):
+    """A new call that the callee's limits refuse: `reason` is "callee_busy" (too many
+    calls ringing it now) or "rate_limited" (too many new calls to it this minute; try
+    again in `retry_after` seconds)."""
+
+    def __init__(self, reason: str, retry_after: int = 0) -> None:
+        super().__init__("call_refused")
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    previous: CallState
+    call: CallRecord
+
+
+class CallStore:
+    def __init__(
+        self, redis: Redis, keys: KeyLayout, *, retention: int, ops_channel: str,
+        wait_replicas: int = 0, wait_timeout_ms: int = 100, status_pipe: RedisPipe | None = None,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.retention = retention
+        # Every timeline entry is also published here, from inside the same script, so
+        # operators see each change live at no extra round trip ("": the feed is off).
+        self._ops_channel = ops_channel
+        # VOIP_REDIS_WAIT_REPLICAS: a new call is acknowledged by this many replicas
+        # (WAIT, bounded) before the caller hears of it (docs/deploy.md#redis-sentinel).
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        # The hottest command's own connection (redis_pipe.py); redis-py when None.
+        self._status_pipe = status_pipe
+        self._create = load_script(redis, "create_call")
+        self._transition = load_script(redis, "transition")
+        self._call_event = load_script(redis, "call_event")
+        self._status = load_script(redis, "status_check")
+        self._claim = load_script(redis, "claim_timeouts")
+        # No call outlives this: unended, ring timeout (<= 600 s) + retention after its
+        # creation; ended, retention after its end.
+        self._calls_horizon_ms = (2 * retention + 600) * 1000
+
+    def _call_keys(self, call_id: str) -> list[str]:
+        return [self._keys.call(call_id), self._keys.timeline(call_id)]
+
+    async def create(
+        self,
+        call_id: str,
+        *,
+        caller_user: str,
+        caller_device: str,
+        callee_user: str,
+        ring_deadline: int,
+        node: str,
+        targets: list[str],
+        created_at: int,
+        pushes: dict[str, dict[str, Any]] | None = None,
+        caller_name: str = "",
+        announce: tuple[str, bytes] | None = None,
+    ) -> bool:
+        """Create the call if its id is free; `announce` is published (channel, message)
+        by the same script once the call exists."""
+        fields = {
+            "state": CallState.RINGING.value,
+            "caller_user": caller_user,
+            "caller_device": caller_device,
+            "callee_user": callee_user,
+            "created_at": created_at,
+            "ring_deadline": ring_deadline,
+            "origin_node": node,
+            "caller_name": caller_name or caller_user,
+            "retention": self.retention,
+        }
+        entry = {
+            "at": created_at,
+            "event": "created",
+            "node": node,
+            "device": caller_device,
+            "caller": caller_user,
+            "callee": callee_user,
+            "targets": targets,
+        }
+        # A ringing call lives until well past its deadline even if no timeout ever fires.
+        ttl = int((ring_deadline - created_at) / 1000) + self.retention
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pushes_json = {device: orjson.dumps(target).decode() for device, target in (pushes or {}).items()}
+            await self._create(
+                keys=[*self._call_keys(call_id), self._keys.pushes(call_id)],
+                args=[orjson.dumps(fields), orjson.dumps(entry), ttl, self._ops_channel, call_id,
+                      orjson.dumps(pushes_json), *(announce or ("", ""))],
+                client=pipe,
+            )
+            # NX: if the id is taken, the existing call's deadline must stay as it is.
+            pipe.zadd(self._keys.ring_deadlines, {call_id: ring_deadline}, nx=True)
+            # The index is in another slot than the call, so it cannot be in the script.
+            pipe.zadd(self._keys.calls, {call_id: created_at}, nx=True)
+            pipe.zremrangebyscore(self._keys.calls, "-inf", created_at - self._calls_horizon_ms)
+            if self._wait_replicas:
+                # Same connection as the writes above, so WAIT covers exactly them. Best
+                # effort: past the timeout the call goes ahead, unreplicated.
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            created, *_ = await pipe.execute()
+        return bool(created)
+
+    async def transition(
+        self,
+        call_id: str,
+        action: Action,
+        *,
+        user: str = "",
+        device: str = "",
+        node: str,
+        note: dict[str, Any] | None = None,
+    ) -> Transition:
+        """Apply `action` atomically; raises CallError when the call or its state refuses."""
+        if user:
+            moves = {
+                party.value: {k.value: v.value for k, v in transitions_for(action, party).items()}
+                for party in (Party.CALLER, Party.CALLEE)
+            }
+        else:
+            moves = {
+                Party.SYSTEM.value: {
+                    k.value: v.value for k, v in transitions_for(action, Party.SYSTEM).items()
+                }
+            }
+        status, detail, raw = await self._transition(
+            keys=self._call_keys(call_id),
+            args=[
+                orjson.dumps(moves),
+                user,
+                device,
+                now_ms(),
+                node,
+                action.value,
+                self.retention,  # only for a call that does not carry its own
+                orjson.dumps(note) if note else "",
+                self._ops_channel,
+                call_id,
+            ],
+        )
+        call = CallRecord.from_hash(call_id, orjson.loads(raw)) if raw else None
+        if status != b"ok":
+            raise CallError(detail.decode(), call)
+        assert call is not None
+        previous = CallState(detail.decode())
+        if previous is CallState.RINGING and call.state is not CallState.RINGING:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if call.state.is_final:
+                    pipe.zrem(self._keys.ring_deadlines, call_id)
+                pipe.zrem(self._keys.ringing(call.callee_user), call_id)
+                await pipe.execute()
+        elif call.state.is_final:
+            await self._redis.zrem(self._keys.ring_deadlines, call_id)
+        return Transition(previous=previous, call=call)
+
+    async def record_event(
+        self,
+        call_id: str,
+        *,
+        user: str,
+        device: str,
+        entry: dict[str, Any] | None = None,
+        require_state: CallState | None = None,
+        require_callee: bool = False,
+        once_field: str = "",
+    ) -> tuple[CallRecord, bool]:
+        """Check the device is in the call, record `entry`; returns the call and whether
+        `once_field` was set by this event (so "the first device that rang" is decided once)."""
+        at = now_ms()
+        result = await self._call_event(
+            keys=self._call_keys(call_id),
+            args=[
+                user,
+                device,
+                orjson.dumps({"at": at, **entry}) if entry else "",
+                require_state.value if require_state else "",
+                once_field,
+                at,
+                "1" if require_callee else "",
+                self._ops_channel,
+                call_id,
+            ],
+        )
+        if result[0] != b"ok":
+            raise CallError(result[1].decode())
+        return CallRecord.from_hash(call_id, orjson.loads(result[1])), bool(result[2])
+
+    async def status_check(
+        self, call_id: str, *, user: str, device: str, node: str, via: str, at: int
+    ) -> list[bytes | None] | None:
+        """Fields: state, caller_user, callee_user, caller_device, answered_by_device,
+        ring_deadline, ended_at, and the asker's party ("caller" or "callee"); None when
+        the call is unknown to this asker. `user` "" means a capability proved `device`;
+        with a user, a `device` that is not theirs in this call raises
+        CallError("not_your_device") and is not recorded."""
+        keys = self._call_keys(call_id)
+        args: list[Any] = [user, device, at, node, via, self._ops_channel, call_id]
+        if self._status_pipe is not None:
+            script = self._status.script
+            assert isinstance(script, (bytes, str))
+            fields = await self._status_pipe.evalsha(self._status.sha, script, keys, args)
+        else:
+            fields = await self._status(keys=keys, args=args)
+        if fields == 0:
+            raise CallError("not_your_device")
+        return fields  # type: ignore[no-any-return]
+
+    async def get(self, call_id: str) -> CallRecord | None:
+        fields: dict[bytes, bytes] = await self._redis.hgetall(self._keys.call(call_id))  # type: ignore[assignment]
+        return _decoded(call_id, fields)
+
+    async def timeline(self, call_id: str) -> list[dict[str, Any]]:
+        return [orjson.loads(e) for e in await self._redis.lrange(self._keys.timeline(call_id), 0, -1)]
+
+    async def append_timeline(self, call_id: str, entries: list[dict[str, Any]]) -> None:
+        """Append entries to the call's timeline, and publish them to operators."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel, call_id, entries)
+            await pipe.execute()
+
+    async def claim_due_timeouts(self, now: int, lease_ms: int, limit: int = 100) -> list[str]:
+        due = await self._claim(keys=[self._keys.ring_deadlines], args=[now, lease_ms, limit])
+        return [call_id.decode() for call_id in due]
+
+    async def forget_timeout(self, call_id: str) -> None:
+        await self._redis.zrem(self._keys.ring_deadlines, call_id)
+
+    async def release_timeouts(self, call_ids: list[str], now: int) -> None:
+        """Hand back leased ring timeouts, due now: a node that stops firing them
+        does not make other nodes wait for its leases to run out. Only lowers a
+        deadline, and only of a timeout still pending (XX): a fired one is gone."""
+        if call_ids:
+            await self._redis.zadd(self._keys.ring_deadlines, dict.fromkeys(call_ids, now), xx=True, lt=True)
+
+    async def ending_context(
+        self, call: CallRecord
+    ) -> tuple[dict[str, dict[str, Any]], set[str], dict[str, dict[str, Any]]]:
+        """What ending a call needs, in one round trip: the invite pushes it sent, the
+        callee's devices connected now, and the callee's device records."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.pushes(call.call_id))
+            pipe.hgetall(self._keys.presence(call.callee_user))
+            pipe.hgetall(self._keys.devices(call.callee_user))
+            pushes, presence, devices = await pipe.execute()
+        return (
+            {k.decode(): orjson.loads(v) for k, v in pushes.items()},
+            online_devices(presence),
+            {k.decode(): orjson.loads(v) for k, v in devices.items()},
+        )
+
+
+def queue_timeline(pipe: Any, key: str, ops_channel: str, call_id: str, entries: list[dict[str, Any]]) -> None:
+    """Queue on `pipe`: the entries onto the timeline at `key`, each published to operators."""
+    encoded = [orjson.dumps(e) for e in entries]
+    if encoded:
+        pipe.rpush(key, *encoded)
+    if ops_channel:
+        for entry in encoded:
+            pipe.publish(ops_channel, b'{"call_id":"%s","entry":%s}' % (call_id.encode(), entry))
+
+
+def _decoded(call_id: str, fields: dict[bytes, bytes]) -> CallRecord | None:
+    if not fields:
+        return None
+    return CallRecord.from_hash(call_id, {k.decode(): v.decode() for k, v in fields.items()})
