@@ -339,6 +339,7 @@ class OutboundLeg(Leg):
         caller: str,
         sdp: str | None,
         fork: bool = False,
+        route: list[NameAddr] | None = None,
     ) -> None:
         super().__init__(
             gateway, sip_call_id=f"{uuid.uuid4().hex}@{gateway.config.realm}",
@@ -349,6 +350,7 @@ class OutboundLeg(Leg):
             self.direction = "fork"
         self.target = target
         self.offer = sdp.encode() if sdp else b""
+        self.preloaded_route = route or []  # a registered phone's Path (RFC 3327)
         self.invite = self._build_invite(caller)
         self.tx: ClientTransaction | None = None
         self.rang = False
@@ -367,6 +369,8 @@ class OutboundLeg(Leg):
         headers.add("To", NameAddr(self.target))
         headers.add("Call-ID", self.sip_call_id)
         headers.add("CSeq", CSeq(1, "INVITE"))
+        for hop in self.preloaded_route:
+            headers.add("Route", hop)
         headers.add("Contact", our_contact(self.gw.endpoint, transport, self.target.scheme == "sips"))
         headers.add("Allow", ALLOW)
         if self.offer:
