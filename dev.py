@@ -24,7 +24,7 @@ VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".installed"
 # Debian packages the interop and browser tests drive: sipp, baresip, Chromium.
-SYSTEM_TOOLS = {"sipp": "sip-tester", "baresip": "baresip", "chromium": "chromium"}
+SYSTEM_TOOLS = {"sipp": "sip-tester", "baresip": "baresip", "chromium": "chromium", "kamailio": "kamailio"}
 
 
 def say(message: str) -> None:
