@@ -1169,9 +1169,4 @@ def build_response(
     headers.add("To", to_copy)
     headers.add("Call-ID", request.call_id)
     headers.add("CSeq", request.cseq)
-    if request.method == "INVITE" and 100 < status < 300:
-        # §12.1.1: a response that may set up a dialog carries the Record-Route of its
-        # request, so the proxies in front of us stay on the caller's route set.
-        for route in request.record_routes:
-            headers.add("Record-Route", NameAddr(route.uri, route.display_name, dict(route.params)))
     return Response(status=status, reason=reason if reason is not None else reason_phrase(status), headers=headers)

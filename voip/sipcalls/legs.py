@@ -253,6 +253,7 @@ class InboundLeg(Leg):
         self.rang = True
         ringing = build_response(self.invite, 180, to_tag=self.to_tag)
         ringing.headers.add("Contact", self.contact)
+        self.keep_route(ringing)
         if self.dialog is None:
             self.dialog = Dialog.uas(self.invite, ringing, self.contact)
             self.gw.dialogs.add(self.dialog)
@@ -265,6 +266,7 @@ class InboundLeg(Leg):
             return
         ok = build_response(self.invite, 200, to_tag=self.to_tag)
         ok.headers.add("Contact", self.contact)
+        self.keep_route(ok)
         ok.headers.add("Allow", ALLOW)
         if sdp:
             self.answer_sdp = sdp.encode()
@@ -281,6 +283,12 @@ class InboundLeg(Leg):
     async def _end_after_cancel(self) -> None:
         await self.act(Action.HANGUP)
         await self.finish()
+
+    def keep_route(self, response: Response) -> None:
+        """§12.1.1: a response that sets up the dialog carries the INVITE's Record-Route, so
+        the proxies in front of us (Kamailio) stay on the peer's route set."""
+        for route in self.invite.record_routes:
+            response.headers.add("Record-Route", route)
 
     def reject(self, status: int, headers: list[tuple[str, str]] | None = None) -> None:
         if not self.pending():
