@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.interop import started
 from tests.ports import free_port
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "kamailio" / "kamailio.cfg"
@@ -33,6 +34,7 @@ class Kamailio:
         binary = shutil.which("kamailio") or shutil.which("kamailio", path="/usr/sbin:/sbin")
         if binary is None:
             pytest.fail("kamailio is not installed: run `apt-get install -y kamailio`")
+        started("kamailio")
         with self.log_path.open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
                 binary, "-DD", "-E", "-f", str(CONFIG), "-w", str(self.directory),
