@@ -61,6 +61,6 @@ class Kamailio:
         self.process.terminate()
         try:
             await asyncio.wait_for(self.process.wait(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.process.kill()
             await self.process.wait()

@@ -11,7 +11,14 @@ import pytest
 
 from tests.conftest import RunningNode
 from tests.kamailio import Kamailio
-from tests.sipcalls.conftest import APP_SDP, SipNodeFactory, finished, messages_log, sip_port, start_sipp
+from tests.sipcalls.conftest import (
+    APP_SDP,
+    SipNodeFactory,
+    finished,
+    messages_log,
+    sip_port,
+    start_sipp,
+)
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 pytestmark = pytest.mark.interop
