@@ -45,3 +45,24 @@ async def test_admit_and_create_survive_a_flushed_script_cache(redis_process: An
         assert await redis.zscore("t:ring_deadlines", "call-0") == now + 60000
     finally:
         await redis.aclose()
+
+
+async def test_presence_renewal_and_a_cancellation_record_survive_a_flushed_script_cache(
+    redis_process: Any,
+) -> None:
+    server = redis_process()
+    redis = Redis.from_url(server.url)
+    try:
+        stores = Stores.open(redis, "t:", retention=60)
+        await redis.script_flush()
+        await stores.presence.renew({"bob": ["ipad", "iphone"], "carol": ["desk"]}, "n1", 10_000)
+        assert set(await redis.hkeys("t:{u:bob}:presence")) == {b"ipad", b"iphone"}
+        assert await redis.hget("t:{u:carol}:presence", "desk") is not None
+
+        await redis.script_flush()
+        entry = {"at": 1, "event": "push", "kind": "cancel", "device": "ipad"}
+        await stores.push_log.record_answer("call-1", entry, cancelled=("ipad", 1234))
+        assert await redis.hget("t:{c:call-1}:cancellations", "ipad") == b"1234"
+        assert len(await stores.calls.timeline("call-1")) == 1  # the entry written once, not again
+    finally:
+        await redis.aclose()

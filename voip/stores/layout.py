@@ -66,6 +66,23 @@ async def execute_with_script(
     return results
 
 
+def queue_script(pipe: Pipeline, script: AsyncScript, keys: list[Any], args: list[Any]) -> None:
+    """Queue `script` as a bare EVALSHA: passed as `client=pipe`, redis-py sends a SCRIPT
+    EXISTS round trip before the pipeline. Check the replies with `rerun_unloaded`."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def rerun_unloaded(script: AsyncScript, replies: list[Any], calls: list[tuple[list[Any], list[Any]]]) -> None:
+    """For the replies of scripts queued with `queue_script` (in the order of `calls`,
+    their keys and args): where Redis had lost its script cache (restarted, failed over)
+    and answered NOSCRIPT, run that call again through the script, which loads it."""
+    for reply, (keys, args) in zip(replies, calls, strict=True):
+        if isinstance(reply, NoScriptError):
+            await script(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            raise reply
+
+
 class KeyLayout:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
