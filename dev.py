@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".installed"
-# Debian packages the interop and browser tests drive: sipp, baresip, Chromium.
-SYSTEM_TOOLS = {"sipp": "sip-tester", "baresip": "baresip", "chromium": "chromium", "haproxy": "haproxy"}
+# Debian packages the interop and browser tests drive (tools as named on PATH: package).
+SYSTEM_TOOLS = {
+    "sipp": "sip-tester", "baresip": "baresip", "chromium": "chromium", "haproxy": "haproxy", "kamailio": "kamailio",
+}
 
 
 def say(message: str) -> None:

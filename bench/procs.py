@@ -61,10 +61,11 @@ class Cluster:
     """Redis plus the nodes started on it; everything it made is gone after `close`."""
 
     server_cpu: int
+    # Empty: REDIS_URL from the environment, else a private redis-server.
+    redis_url: str = ""
     prefix: str = field(default_factory=lambda: f"bench-{secrets.token_hex(5)}:")
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     nodes: list[NodeProcess] = field(default_factory=list)
-    redis_url: str = ""
     _private: PrivateRedis | None = None
     _tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="voip-bench-")))
 
@@ -73,17 +74,21 @@ class Cluster:
         return Authenticator(self.secret)
 
     def __enter__(self) -> "Cluster":
-        self.redis_url = os.environ.get("REDIS_URL", "")
+        self.redis_url = self.redis_url or os.environ.get("REDIS_URL", "")
         if not self.redis_url:
             # Started from the load generator's CPU: the child inherits its affinity.
             self._private = PrivateRedis().start()
             self.redis_url = self._private.url
         return self
 
-    def start_node(self, name: str, timeout: float = 20) -> NodeProcess:
+    def start_node(
+        self, name: str, timeout: float = 20, *, cpu: int | None = None, env: dict[str, str] | None = None
+    ) -> NodeProcess:
+        """`cpu`: pin this node there instead of the server CPU; `env`: its own settings."""
         log_path = self._tmp / f"{name}.log"
         env = {
             **os.environ,
+            **(env or {}),
             "BENCH_REDIS_URL": self.redis_url,
             "BENCH_PREFIX": self.prefix,
             "BENCH_SECRET": self.secret,
@@ -91,7 +96,7 @@ class Cluster:
         }
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "bench.server", "--cpu", str(self.server_cpu)],
+                [sys.executable, "-m", "bench.server", "--cpu", str(self.server_cpu if cpu is None else cpu)],
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
             )
         assert process.stdout is not None

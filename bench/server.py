@@ -54,6 +54,10 @@ def main() -> None:
     logs.configure(settings.log_level)  # as `python -m voip run` does
     app = create_app(settings)
     app.router.routes.append(Route(BARE_PATH, bare, methods=["GET"]))
+    if os.environ.get("BENCH_COUNT_ROUND_TRIPS") == "1":  # bench/scale.py
+        from bench.redis_count import RoundTrips, install
+
+        app.router.routes.append(install(RoundTrips()))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -168,8 +168,8 @@ async def sipp(target: str, args: list[str], work: Path, timeout: float = 60) ->
     return rc, rows[-1], wall
 
 
-async def full_cycles(target: str, rate: float, calls: int, work: Path) -> SippRun:
-    rc, row, wall = await sipp(target, ["-sn", "uac", "-s", "alice", "-r", str(rate), "-m", str(calls),
+async def full_cycles(target: str, rate: float, calls: int, work: Path, user: str = "alice") -> SippRun:
+    rc, row, wall = await sipp(target, ["-sn", "uac", "-s", user, "-r", str(rate), "-m", str(calls),
                                         "-d", "0", "-l", str(calls)], work, timeout=calls / rate + 10)
     return SippRun(
         target=target, rate=rate, calls=calls, ok=int(row["SuccessfulCall(C)"]),

@@ -777,6 +777,10 @@ class _MessageBase:
         return self._addresses("Record-Route")
 
     @property
+    def paths(self) -> list[NameAddr]:
+        return self._addresses("Path")
+
+    @property
     def max_forwards(self) -> int | None:
         v = self.headers.get("Max-Forwards")
         return None if v is None else _parse_small_int("Max-Forwards", str(v), 255)

@@ -11,7 +11,7 @@ import structlog
 
 from sip.dialog import DialogTable
 from sip.endpoint import STREAM_TRANSPORTS, SipEndpoint, TransactionUser
-from sip.message import Request, Response, generate_tag, parse_uri
+from sip.message import Request, Response, generate_tag, parse_name_addr, parse_uri
 from sip.ratelimit import TokenBucketLimiter
 from sip.transaction import RequestReceived, ResponseReceived
 from voip import metrics
@@ -276,8 +276,9 @@ class SipGateway(TransactionUser):
         leg = OutboundLeg(
             self.leg_context, call_id=call.call_id, callee=user, device=device, target=parse_uri(binding.contact),
             caller=call.caller, sdp=call.sdp, fork=True,
+            route=[parse_name_addr(hop) for hop in binding.path],
         )
-        if binding.transport in STREAM_TRANSPORTS:
+        if binding.transport in STREAM_TRANSPORTS and not binding.path:
             # The connection the phone registered over (RFC 5626 §5.3's flow, without its
             # keep-alives): used while it stays open, else the Contact is dialled.
             host, _, port = binding.source.rpartition(":")

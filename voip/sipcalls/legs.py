@@ -278,6 +278,7 @@ class InboundLeg(Leg):
         self.rang = True
         ringing = build_response(self.invite, 180, to_tag=self.to_tag)
         ringing.headers.add("Contact", self.contact)
+        self.keep_route(ringing)
         if self.dialog is None:
             self.dialog = Dialog.uas(self.invite, ringing, self.contact)
             self.ctx.dialogs.add(self.dialog)
@@ -290,6 +291,7 @@ class InboundLeg(Leg):
             return
         ok = build_response(self.invite, 200, to_tag=self.to_tag)
         ok.headers.add("Contact", self.contact)
+        self.keep_route(ok)
         ok.headers.add("Allow", ALLOW)
         if sdp:
             self.answer_sdp = sdp.encode()
@@ -306,6 +308,12 @@ class InboundLeg(Leg):
     async def _end_after_cancel(self) -> None:
         await self.act(Action.HANGUP)
         await self.finish()
+
+    def keep_route(self, response: Response) -> None:
+        """§12.1.1: a response that sets up the dialog carries the INVITE's Record-Route, so
+        the proxies in front of us (Kamailio) stay on the peer's route set."""
+        for route in self.invite.record_routes:
+            response.headers.add("Record-Route", route)
 
     def reject(self, status: int, headers: list[tuple[str, str]] | None = None) -> None:
         if not self.pending():
@@ -366,6 +374,7 @@ class OutboundLeg(Leg):
         caller: str,
         sdp: str | None,
         fork: bool = False,
+        route: list[NameAddr] | None = None,
     ) -> None:
         super().__init__(
             context, sip_call_id=f"{uuid.uuid4().hex}@{context.config.realm}",
@@ -376,6 +385,7 @@ class OutboundLeg(Leg):
             self.direction = "fork"
         self.target = target
         self.offer = sdp.encode() if sdp else b""
+        self.preloaded_route = route or []  # a registered phone's Path (RFC 3327)
         self.invite = self._build_invite(caller)
         self.tx: ClientTransaction | None = None
         self.rang = False
@@ -394,6 +404,8 @@ class OutboundLeg(Leg):
         headers.add("To", NameAddr(self.target))
         headers.add("Call-ID", self.sip_call_id)
         headers.add("CSeq", CSeq(1, "INVITE"))
+        for hop in self.preloaded_route:
+            headers.add("Route", hop)
         headers.add("Contact", our_contact(self.ctx.endpoint, transport, self.target.scheme == "sips"))
         headers.add("Allow", ALLOW)
         if self.offer:

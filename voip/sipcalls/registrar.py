@@ -53,6 +53,8 @@ class Binding:
     source: str
     call_id: str
     cseq: int
+    # RFC 3327: the proxies the REGISTER came through, the route of every request to the phone.
+    path: tuple[str, ...] = ()
 
     @property
     def live(self) -> bool:
@@ -230,8 +232,9 @@ class Registrar:
         current = await self.bindings(user)
         now = now_ms()
         self.endpoint.reply(event, 200, to_tag=generate_tag(), headers=[
-            ("Contact", f"<{b.contact}>;expires={max(0, (b.expires_at - now) // 1000)}")
-            for b in current.values()
+            *(("Contact", f"<{b.contact}>;expires={max(0, (b.expires_at - now) // 1000)}")
+              for b in current.values()),
+            *(("Path", path) for path in request.paths),  # RFC 3327 §5.3: the Path we stored
         ])
         # After the 200: a phone woken by a push hears its REGISTER answered, then the call.
         for device_id in bound:
@@ -250,6 +253,7 @@ class Registrar:
             source=f"{event.source[0]}:{event.source[1]}",
             call_id=request.call_id,
             cseq=request.cseq.seq,
+            path=tuple(str(p) for p in request.paths),
         )
         # No binding outlives max_expires, so neither does the hash once unrefreshed.
         await self.sip.put_binding(user, device_id, orjson.dumps(asdict(binding)), self.config.max_expires + 60)

@@ -11,11 +11,12 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from voip.calls import Action, CallState, Party, transitions_for
 from voip.clock import now_ms
 from voip.redis_pipe import RedisPipe
-from voip.stores.layout import KeyLayout, load_script
+from voip.stores.layout import KeyLayout, execute_with_script, load_script
 from voip.stores.presence import online_devices
 
 
@@ -154,14 +155,9 @@ class CallStore:
         }
         # A ringing call lives until well past its deadline even if no timeout ever fires.
         ttl = int((ring_deadline - created_at) / 1000) + self.retention
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pushes_json = {device: orjson.dumps(target).decode() for device, target in (pushes or {}).items()}
-            await self._create(
-                keys=[*self._call_keys(call_id), self._keys.pushes(call_id)],
-                args=[orjson.dumps(fields), orjson.dumps(entry), ttl, self._ops_channel, call_id,
-                      orjson.dumps(pushes_json), *(announce or ("", ""))],
-                client=pipe,
-            )
+        pushes_json = {device: orjson.dumps(target).decode() for device, target in (pushes or {}).items()}
+
+        def index_and_wait(pipe: Pipeline) -> None:
             # NX: if the id is taken, the existing call's deadline must stay as it is.
             pipe.zadd(self._keys.ring_deadlines, {call_id: ring_deadline}, nx=True)
             # The index is in another slot than the call, so it cannot be in the script.
@@ -171,7 +167,15 @@ class CallStore:
                 # Same connection as the writes above, so WAIT covers exactly them. Best
                 # effort: past the timeout the call goes ahead, unreplicated.
                 pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
-            created, *_ = await pipe.execute()
+
+        async with self._redis.pipeline(transaction=False) as pipe:
+            created, *_ = await execute_with_script(
+                pipe, self._create,
+                keys=[*self._call_keys(call_id), self._keys.pushes(call_id)],
+                args=[orjson.dumps(fields), orjson.dumps(entry), ttl, self._ops_channel, call_id,
+                      orjson.dumps(pushes_json), *(announce or ("", ""))],
+                build=index_and_wait,
+            )
         return bool(created)
 
     async def transition(

@@ -29,14 +29,58 @@ Channels: `ops` (every timeline entry, for operators' live feed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 
 def load_script(redis: Redis, name: str) -> AsyncScript:
     return redis.register_script(resources.files("voip").joinpath("lua", f"{name}.lua").read_text())
+
+
+async def execute_with_script(
+    pipe: Pipeline, script: AsyncScript, keys: list[Any], args: list[Any], *,
+    build: Callable[[Pipeline], None] = lambda pipe: None,
+) -> list[Any]:
+    """Execute `pipe` with `script` queued first, then what `build` queues, in one round
+    trip: a bare EVALSHA, where a script passed as `client=pipe` costs a SCRIPT EXISTS
+    round trip before every pipeline. A Redis that lost its script cache (restarted,
+    failed over) answers NOSCRIPT: the others ran, so the script is loaded and run, then
+    what `build` queues runs again (so it must be idempotent: reads, NX adds, a WAIT)."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    build(pipe)
+    results: list[Any] = await pipe.execute(raise_on_error=False)
+    if isinstance(results[0], NoScriptError):
+        pipe.script_load(script.script)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        build(pipe)
+        results[0] = (await pipe.execute(raise_on_error=False))[1]
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+def queue_script(pipe: Pipeline, script: AsyncScript, keys: list[Any], args: list[Any]) -> None:
+    """Queue `script` as a bare EVALSHA: passed as `client=pipe`, redis-py sends a SCRIPT
+    EXISTS round trip before the pipeline. Check the replies with `rerun_unloaded`."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def rerun_unloaded(script: AsyncScript, replies: list[Any], calls: list[tuple[list[Any], list[Any]]]) -> None:
+    """For the replies of scripts queued with `queue_script` (in the order of `calls`,
+    their keys and args): where Redis had lost its script cache (restarted, failed over)
+    and answered NOSCRIPT, run that call again through the script, which loads it."""
+    for reply, (keys, args) in zip(replies, calls, strict=True):
+        if isinstance(reply, NoScriptError):
+            await script(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            raise reply
 
 
 class KeyLayout:

@@ -7,9 +7,10 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from voip.stores.calls import CallRefused
-from voip.stores.layout import KeyLayout, load_script
+from voip.stores.layout import KeyLayout, execute_with_script, load_script
 from voip.stores.presence import online_devices
 
 
@@ -33,16 +34,18 @@ class CalleeLimits:
         """Count the call against its callee's limits, in one script on the callee's slot;
         raises CallRefused over a limit. With `reach`, also returns the callee's devices
         and those connected now (DeviceStore.reachable), read in the same round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        def read_devices(pipe: Pipeline) -> None:
             if reach:
                 pipe.hgetall(self._keys.devices(callee_user))
                 pipe.hgetall(self._keys.presence(callee_user))
-            await self._admit(
+
+        async with self._redis.pipeline(transaction=False) as pipe:
+            (reason, retry_after), *read = await execute_with_script(
+                pipe, self._admit,
                 keys=[self._keys.ringing(callee_user), self._keys.call_starts(callee_user)],
                 args=[call_id, now, ring_deadline, max_ringing, per_minute],
-                client=pipe,
+                build=read_devices,
             )
-            *read, (reason, retry_after) = await pipe.execute()
         if reason != b"ok":
             raise CallRefused(reason.decode(), int(retry_after))
         if not reach:

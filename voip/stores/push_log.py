@@ -9,7 +9,7 @@ import orjson
 from redis.asyncio import Redis
 
 from voip.stores.calls import CallRecord, queue_timeline
-from voip.stores.layout import KeyLayout, load_script
+from voip.stores.layout import KeyLayout, load_script, queue_script, rerun_unloaded
 
 
 class PushLog:
@@ -35,20 +35,23 @@ class PushLog:
         it; with `read_back_for` (a device), return the call as it is now and when APNs
         accepted a cancellation for that device (None, None without)."""
         call_key, timeline_key = self._keys.call(call_id), self._keys.timeline(call_id)
+        record: list[tuple[list[Any], list[Any]]] = []
         async with self._redis.pipeline(transaction=False) as pipe:
+            if cancelled is not None:
+                record.append(([self._keys.cancellations(call_id), call_key], [*cancelled, self._retention]))
+                queue_script(pipe, self._record_cancellation, *record[0])
             queue_timeline(pipe, timeline_key, self._ops_channel, call_id, [entry])
             if last_push is not None:
                 user_id, device_id, push = last_push
                 pipe.hset(self._keys.last_push(user_id), device_id, orjson.dumps(push))
-            if cancelled is not None:
-                await self._record_cancellation(
-                    keys=[self._keys.cancellations(call_id), call_key],
-                    args=[cancelled[0], cancelled[1], self._retention], client=pipe,
-                )
             if read_back_for is not None:
                 pipe.hgetall(call_key)
                 pipe.hget(self._keys.cancellations(call_id), read_back_for)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
+        await rerun_unloaded(self._record_cancellation, replies[: len(record)], record)
+        for reply in replies[len(record):]:
+            if isinstance(reply, Exception):
+                raise reply
         if read_back_for is None:
             return None, None
         fields, cancelled_at = replies[-2], replies[-1]

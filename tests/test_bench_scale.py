@@ -1,0 +1,33 @@
+"""`python -m bench --scale`, tiny (bench/scale.py): two node processes on one private Redis,
+so that the bench does not rot; and the figure it exists for, round trips per app-to-app
+call set-up, counted inside the nodes."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from bench.scale import Plan, run
+
+pytestmark = pytest.mark.interop  # node processes, sipp
+
+
+def test_scale_bench_runs_and_counts_redis_per_call(redis_url: str) -> None:
+    assert shutil.which("sipp"), "sipp is installed by dev.py test"
+    plan = Plan(seconds=0.5, warmup=0.2, callers=4, callees=4, calls=20, sip_rates=(10,), sip_seconds=1.0)
+    report = run(plan, redis_url)
+    print("\n".join(report.lines()))
+    assert [run.nodes for run in report.app] == [1, 2]
+    for app in report.app:
+        assert app.calls > 0 and app.lost_incoming == 0
+        assert set(app.cpu_ms) >= {"node 0", "load"}
+    for count in report.counts:
+        # Admission (with the callee's devices) and creation (which publishes call.incoming),
+        # then the delivery trace of call.started and of call.incoming: no SCRIPT EXISTS.
+        assert count.round_trip_kinds["EVALSHA:admit_call+HGETALL+HGETALL"] == 1
+        assert count.round_trip_kinds["EVALSHA:create_call+ZADD+ZADD+ZREMRANGEBYSCORE"] == 1
+        assert "SCRIPT" not in count.round_trip_kinds
+        assert round(count.round_trips) == 4, count
+        assert count.commands > 10
+    assert [sip.sustained for sip in report.sip] == [10, 10], report.lines()
