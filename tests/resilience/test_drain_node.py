@@ -114,7 +114,7 @@ async def test_ring_timeout_leases_are_handed_back_when_a_node_stops_firing(node
     holder.start()
     await asyncio.wait_for(stuck.claimed.wait(), 10)
     stores = draining.node.stores
-    leased_until = await draining.node.connections.client.zscore(stores.keys.ring_deadlines, call_id)
+    leased_until = await draining.node.connections.client.zscore(stores.keys.ring_deadlines(call_id), call_id)
     assert leased_until is not None and leased_until > now_ms() + 3000  # a 5 s lease
 
     other.node.timeouts.start()
