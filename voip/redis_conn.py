@@ -42,8 +42,6 @@ class RedisConnections:
             cluster = RedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in sentinel_addresses(settings.redis_cluster_nodes)],
                 password=password, max_connections=settings.redis_pool_size,
-                # A request that meets a failover retries on the new slot map, within its timeouts.
-                cluster_error_retry_attempts=3,
                 **{k: v for k, v in options.items() if k != "retry"},
             )
             # RedisCluster offers the commands the stores use; they tell it apart where it

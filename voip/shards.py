@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from typing import Any
 
 import structlog
@@ -26,6 +27,10 @@ from redis.asyncio.cluster import RedisCluster
 from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
+
+# What of a cluster node's connection options a plain client takes (host, port, password,
+# timeouts, TLS): the cluster client keeps its own bookkeeping there too.
+_REDIS_OPTIONS = frozenset(inspect.signature(Redis.__init__).parameters) - {"self"}
 
 # Seconds between tries to place a shard's channels again while the cluster settles.
 REPLACE_RETRY = 0.25
@@ -40,6 +45,7 @@ class ShardedPubSub:
         self._shards: dict[str, tuple[PubSub, asyncio.Task[None]]] = {}
         self._unsubscribing: set[bytes] = set()
         self._replacing: set[asyncio.Task[None]] = set()
+        self._opening = asyncio.Lock()
 
     async def ssubscribe(self, *channels: str | bytes) -> None:
         for channel in channels:
@@ -72,13 +78,16 @@ class ShardedPubSub:
         node = self._cluster.get_node_from_key(channel.decode())
         if node is None:
             raise ConnectionError(f"no primary owns the slot of {channel!r}")
-        if node.name not in self._shards:
-            client = Redis(**node.connection_kwargs)
+        self.shard_channels[channel] = node.name
+        async with self._opening:  # one connection per shard, however many subscribe at once
+            if node.name in self._shards:
+                await self._shards[node.name][0].ssubscribe(channel)
+                return
+            client = Redis(**{k: v for k, v in node.connection_kwargs.items() if k in _REDIS_OPTIONS})
             pubsub = client.pubsub()
+            await pubsub.ssubscribe(channel)  # connects: the reader needs the connection
             task = asyncio.create_task(self._read(node.name, pubsub), name=f"shard-{node.name}")
             self._shards[node.name] = (pubsub, task)
-        self.shard_channels[channel] = node.name
-        await self._shards[node.name][0].ssubscribe(channel)
 
     async def _read(self, name: str, pubsub: PubSub) -> None:
         while True:
