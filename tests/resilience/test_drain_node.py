@@ -91,6 +91,7 @@ class _StuckFiring:
 
     def __init__(self, calls: CallStore) -> None:
         self.calls = calls
+        self.node = "stuck-node"  # holds its ring-deadline buckets' leases under this name
         self.claimed = asyncio.Event()
 
     async def fire_timeout(self, call_id: str) -> None:
