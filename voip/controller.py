@@ -378,7 +378,9 @@ class RingTimeouts:
         calls = self._controller.calls
         while True:
             try:
-                self._held = await calls.claim_due_timeouts(now_ms(), self._lease_ms)
+                self._held = await calls.claim_due_timeouts(
+                    now_ms(), self._lease_ms, node=self._controller.node, bucket_lease_ms=int(self._interval * 1000)
+                )
                 while self._held:
                     await self._controller.fire_timeout(self._held[0])
                     self._held.pop(0)

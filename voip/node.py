@@ -173,5 +173,6 @@ class Node:
         if self.apns_simulator is not None:
             await self.apns_simulator.stop()
         await self.bus.stop()
-        self.status_pipe.close()
+        if self.status_pipe is not None:
+            self.status_pipe.close()
         await self.connections.aclose()

@@ -144,7 +144,7 @@ async def test_calls_ringing_through_a_failover_answer_cancel_and_time_out(
     channels = [node_a.node.bus.channel(user) for user in ("alice", *callees)]
 
     async def bus_subscribed() -> bool:  # asked of whichever master the Sentinels name now
-        subscribers = dict(await node_a.node.connections.client.pubsub_numsub(*channels))
+        subscribers = dict(await node_a.node.connections.client.pubsub_shardnumsub(*channels))
         return all(subscribers[channel.encode()] >= 1 for channel in channels)
 
     outages = [
