@@ -295,6 +295,17 @@ class CallStore:
             queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel, call_id, entries)
             await pipe.execute()
 
+    async def append_timelines(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Append `(call_id, entry)` pairs, of any number of calls, in one pipeline; each
+        call's entries keep their order, and each is published to operators."""
+        by_call: dict[str, list[dict[str, Any]]] = {}
+        for call_id, entry in entries:
+            by_call.setdefault(call_id, []).append(entry)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call_id, call_entries in by_call.items():
+                queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel, call_id, call_entries)
+            await pipe.execute()
+
     async def claim_due_timeouts(self, now: int, lease_ms: int, limit: int = 100) -> list[str]:
         due = await self._claim(keys=[self._keys.ring_deadlines], args=[now, lease_ms, limit])
         return [call_id.decode() for call_id in due]
