@@ -346,8 +346,8 @@ class Chaos:
             await phone.install()
         return callers, list(policies)
 
-    async def _caller(self, phone: Phone, callees: list[str], rng: random.Random, stop_at: float) -> None:
-        while time.monotonic() < stop_at:
+    async def _caller(self, phone: Phone, callees: list[str], rng: random.Random, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             callee = rng.choice(callees)
             hold = rng.uniform(0.5, self.plan.ring_timeout * 1.4)
             try:
@@ -370,11 +370,11 @@ class Chaos:
                     self.report.client_errors[f"call.hangup {type(exc).__name__}"] += 1
             await asyncio.sleep(rng.uniform(0.1, 0.4))
 
-    async def _callee_naps(self, phone: Phone, rng: random.Random, stop_at: float) -> None:
+    async def _callee_naps(self, phone: Phone, rng: random.Random, stop: asyncio.Event) -> None:
         # Apps go to the background: then only a push reaches them. A sleeper's app is
         # suspended even while its call rings, so the end of the call reaches it by push.
         sleeper = phone.user == "sleeper"
-        while time.monotonic() < stop_at:
+        while not stop.is_set():
             await asyncio.sleep(rng.uniform(0.3, 1.5) if sleeper else rng.uniform(1.5, 4.0))
             if sleeper or not any(call.active for call in phone.calls.values()):
                 with contextlib.suppress(Exception):
@@ -384,18 +384,23 @@ class Chaos:
                                  backend: Backend) -> None:
         callers, callees = await self._phones(backend)
         began = time.monotonic()
-        stop_at = began + self.plan.seconds
+        # Calls go on for the plan's seconds and until every step of the chaos has run: on
+        # a loaded machine a failover or a restart can take longer than its slot, and a
+        # step skipped would be a fault never tried.
+        stop = asyncio.Event()
         work = [
-            asyncio.create_task(self._caller(phone, callees, random.Random(self.rng.random()), stop_at))
+            asyncio.create_task(self._caller(phone, callees, random.Random(self.rng.random()), stop))
             for phone in callers
         ] + [
-            asyncio.create_task(self._callee_naps(phone, random.Random(self.rng.random()), stop_at))
+            asyncio.create_task(self._callee_naps(phone, random.Random(self.rng.random()), stop))
             for phone in self.phones if phone not in callers
         ]
-        chaos = asyncio.create_task(self._chaos(sim, fleet, redis_set, began, stop_at))
+        chaos = asyncio.create_task(self._chaos(sim, fleet, redis_set, began))
         watch = asyncio.create_task(self._watch_master(redis_set, began))
-        await asyncio.gather(*work)
+        await asyncio.sleep(self.plan.seconds)
         await chaos
+        stop.set()
+        await asyncio.gather(*work)
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
         # Let every call end by itself and every push land: a ring timeout, then margin.
@@ -412,7 +417,7 @@ class Chaos:
             await asyncio.sleep(0.25)
 
     async def _chaos(self, sim: APNsSimulator, fleet: Fleet, redis_set: SentinelRedis,
-                     began: float, stop_at: float) -> None:
+                     began: float) -> None:
         """Every 30 s (scaled down for shorter runs): APNs faults throughout, a node
         killed and restarted, Redis failed over, a node drained and restarted."""
         cycle = min(30.0, self.plan.seconds)
@@ -432,8 +437,6 @@ class Chaos:
         faults = iter(APNS_FAULTS[i % len(APNS_FAULTS)] for i in range(rng.randrange(len(APNS_FAULTS)), 10**6))
         for at, step in steps:
             await asyncio.sleep(max(0.0, began + at - time.monotonic()))
-            if time.monotonic() >= stop_at:
-                break
             if step == "apns":
                 label, fault = next(faults)  # each kind in turn: a 30 s run sees them all
                 sim.inject(fault(), times=2)

@@ -40,6 +40,7 @@ from bench import devices
 from bench.noise import Noise
 from bench.procs import Cluster, NodeProcess, cpu_plan
 from tests.ports import free_port
+from voip.stores.layout import BUCKETS, KeyLayout
 
 RATES = (10, 25, 50, 75, 100, 150)  # calls per second
 SECONDS = 5.0  # of INVITEs per rate
@@ -201,10 +202,11 @@ async def ringing_memory(cluster: Cluster, node: NodeProcess, sip_target: str, w
 
 
 async def _count_ringing(cluster: Cluster) -> int:
-    # Every ringing call has its ring deadline in this sorted set until it ends.
+    # Every ringing call has its ring deadline in one of these sorted sets until it ends.
     client = Redis.from_url(cluster.redis_url)
+    layout = KeyLayout(cluster.prefix)
     try:
-        return int(await client.zcard(f"{cluster.prefix}ring_deadlines"))
+        return sum([int(await client.zcard(layout.ring_bucket(b))) for b in range(BUCKETS)])
     finally:
         await client.aclose()
 

@@ -102,7 +102,7 @@ async def test_ring_timeout_makes_a_missed_call(node_factory) -> None:
     assert (await caller.expect("call.missed", call_id=call_id))["state"] == "missed"
     call = await node.node.stores.calls.get(call_id)
     assert call is not None and call.state == "missed"
-    assert await node.node.connections.client.zscore(node.node.stores.keys.ring_deadlines, call_id) is None
+    assert await node.node.connections.client.zscore(node.node.stores.keys.ring_deadlines(call_id), call_id) is None
 
 
 async def test_call_to_a_user_with_no_device_is_missed_at_once(node: RunningNode) -> None:

@@ -65,14 +65,16 @@ async def test_a_leased_timeout_comes_back_when_its_node_dies_mid_fire(node_fact
     import asyncio
 
     from voip.clock import now_ms
+    from voip.stores.layout import bucket_of
 
     await asyncio.sleep(0.3)
     stores = node.node.stores
     # A node claims the timeout and dies before firing it: the lease is all that is left.
-    assert await stores.calls.claim_due_timeouts(now_ms(), lease_ms=300) == [call_id]
-    assert await stores.calls.claim_due_timeouts(now_ms(), lease_ms=300) == []
+    bucket = [bucket_of(call_id)]
+    assert await stores.calls.claim_due_timeouts(now_ms(), lease_ms=300, node="dead", buckets=bucket) == [call_id]
+    assert await stores.calls.claim_due_timeouts(now_ms(), lease_ms=300, node="other", buckets=bucket) == []
     await asyncio.sleep(0.4)
-    assert await stores.calls.claim_due_timeouts(now_ms(), lease_ms=300) == [call_id]
+    assert await stores.calls.claim_due_timeouts(now_ms(), lease_ms=300, node="other", buckets=bucket) == [call_id]
     transition = await node.node.controller.fire_timeout(call_id)
     assert transition is not None and transition.call.state == "missed"
     assert await node.node.controller.fire_timeout(call_id) is None  # exactly once

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from voip.stores import Stores
+from voip.stores.layout import KeyLayout
 
 pytestmark = pytest.mark.interop  # its own redis-server: SCRIPT FLUSH must not reach other tests
 
@@ -36,13 +37,13 @@ async def test_admit_and_create_survive_a_flushed_script_cache(redis_process: An
             )
             assert created
             assert (await stores.calls.get(f"call-{n}")) is not None
-            assert await redis.zscore("t:ring_deadlines", f"call-{n}") == now + 60000
+            assert await redis.zscore(KeyLayout("t:").ring_deadlines(f"call-{n}"), f"call-{n}") == now + 60000
         # With the scripts cached again: one id, one call.
         assert not await stores.calls.create(
             "call-0", caller_user="alice", caller_device="phone", callee_user="bob",
             ring_deadline=now + 90000, node="n1", targets=["ipad"], created_at=now + 1000,
         )
-        assert await redis.zscore("t:ring_deadlines", "call-0") == now + 60000
+        assert await redis.zscore(KeyLayout("t:").ring_deadlines("call-0"), "call-0") == now + 60000
     finally:
         await redis.aclose()
 

@@ -237,3 +237,21 @@ def test_a_config_file_that_does_not_parse_is_named(monkeypatch, tmp_path):
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert "VOIP_CONFIG" in str(caught.value) or str(config) in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"REDIS_CLUSTER_NODES": "redis-a:6379,redis-b"}, "REDIS_CLUSTER_NODES"),
+        ({"REDIS_CLUSTER_NODES": "a:1", "REDIS_SENTINELS": "s:26379", "REDIS_SENTINEL_MASTER": "m"},
+         "REDIS_CLUSTER_NODES, REDIS_SENTINELS"),
+        ({"REDIS_CLUSTER_NODES": "a:1", "VOIP_REDIS_WAIT_REPLICAS": "1"}, "VOIP_REDIS_WAIT_REPLICAS"),
+    ],
+)
+def test_redis_cluster_nodes_are_checked(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str) -> None:
+    assert named in failure(monkeypatch, **env)
+
+
+def test_redis_cluster_nodes_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_CLUSTER_NODES", "redis-a:6379, redis-b:6380")
+    assert load_settings().redis_cluster_nodes == "redis-a:6379, redis-b:6380"

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> None:
     settings = _settings()
     logs.configure(settings.log_level)
     private_redis = None
-    if not (settings.redis_url or settings.redis_sentinels):
+    if not (settings.redis_url or settings.redis_sentinels or settings.redis_cluster_nodes):
         private_redis = PrivateRedis().start()
         settings.redis_url = private_redis.url
         structlog.get_logger("voip").warning(

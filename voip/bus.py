@@ -1,12 +1,16 @@
 """Cross-node delivery: a frame for a user's devices reaches them on whichever node they
-are connected, over Redis pub/sub with one channel per user.
+are connected, over Redis sharded pub/sub (SPUBLISH/SSUBSCRIBE) with one channel per
+user, `{u:<user_id>}:bus`. Sharded on one Redis 7 as on a cluster, one path for both: on a
+cluster each frame goes to its channel's shard only (plain PUBLISH is copied to every
+node), and the subscriptions follow their slots (voip/shards.py).
 
 Pub/sub is fire-and-forget on purpose: a device that is not connected anywhere learns of
 the call by VoIP push and from the call-status endpoint, never from a queue that would
 replay stale calls to it later.
 
 After a Redis failover the reader reconnects through the node's pool, which asks the
-Sentinels for the new master, and redis-py subscribes again to every channel held.
+Sentinels for the new master, and redis-py subscribes again to every channel held; on a
+cluster, voip/shards.py places them on the new owners of their slots.
 Frames published during the gap are lost (docs/deploy.md#redis-sentinel); once back,
 the bus hands `on_recovered` the start of the gap, so that the endings of calls its
 devices missed can be told again (CallController.retell_endings).
@@ -22,8 +26,12 @@ from typing import Any
 import orjson
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 
 from voip.log_throttle import RepeatedLog
+from voip.shards import ShardedPubSub
+from voip.stores.layout import KeyLayout
 from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
@@ -39,7 +47,10 @@ class Bus:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._pubsub = redis.pubsub()
+        self._keys = KeyLayout(prefix)
+        self._pubsub: ShardedPubSub | PubSub = (
+            ShardedPubSub(redis) if isinstance(redis, RedisCluster) else redis.pubsub()  # type: ignore[unreachable]
+        )
         # user id -> device id -> deliver callables (a device may briefly hold two sockets)
         self._local: dict[str, dict[str, list[Deliver]]] = {}
         self._confirmed: dict[bytes, asyncio.Event] = {}
@@ -52,11 +63,11 @@ class Bus:
         self._recovering: set[asyncio.Task[None]] = set()
 
     def channel(self, user_id: str) -> str:
-        return f"{self._prefix}user:{user_id}"
+        return self._keys.bus_channel(user_id)
 
     async def start(self) -> None:
         # Subscribed to something from the start, so the reader always has a connection.
-        await self._pubsub.subscribe(f"{self._prefix}bus")
+        await self._pubsub.ssubscribe(f"{self._prefix}bus")
         self._reader = asyncio.create_task(self._read(), name="bus-reader")
 
     async def stop(self) -> None:
@@ -73,7 +84,7 @@ class Bus:
         only: Iterable[str] | None = None,
         exclude: Iterable[str] = (),
     ) -> None:
-        await self._redis.publish(self.channel(user_id), self.envelope(frame, only=only, exclude=exclude))
+        await self._redis.spublish(self.channel(user_id), self.envelope(frame, only=only, exclude=exclude))
 
     @staticmethod
     def envelope(
@@ -105,7 +116,7 @@ class Bus:
         channel = self.channel(user_id).encode()
         confirmed = self._confirmed[channel] = asyncio.Event()
         try:
-            await self._pubsub.subscribe(channel)
+            await self._pubsub.ssubscribe(channel)
             await asyncio.wait_for(confirmed.wait(), timeout=SUBSCRIBE_TIMEOUT)
         finally:
             # A later subscription of the same user's may have taken these places.
@@ -127,10 +138,10 @@ class Bus:
             del self._local[user_id]
             channel = self.channel(user_id)
             try:
-                await self._pubsub.unsubscribe(channel)
+                await self._pubsub.sunsubscribe(channel)
             except Exception:
                 # redis-py resubscribes what it remembers after a reconnect: forget it.
-                self._pubsub.channels.pop(channel.encode(), None)
+                self._pubsub.shard_channels.pop(channel.encode(), None)
                 self._unsubscribe_failed.failed()
 
     def subscribed_users(self) -> int:
@@ -141,7 +152,9 @@ class Bus:
         return sum(len(devices) for devices in self._local.values())
 
     async def _read(self) -> None:
-        prefix = f"{self._prefix}user:".encode()
+        # The user id sits between "...{u:" and "}:bus".
+        head, _, rest = self.channel("").encode().partition(b"}")
+        tail = b"}" + rest
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=None)
@@ -160,13 +173,13 @@ class Bus:
                 self._recovered(self._gap_since)
                 self._gap_since = None
             channel: bytes = message["channel"]
-            if message["type"] == "subscribe":
+            if message["type"] == "ssubscribe":
                 if event := self._confirmed.pop(channel, None):
                     event.set()
                 continue
-            if message["type"] != "message" or not channel.startswith(prefix):
+            if message["type"] != "smessage" or not (channel.startswith(head) and channel.endswith(tail)):
                 continue
-            await self._dispatch(channel[len(prefix) :].decode(), message["data"])
+            await self._dispatch(channel[len(head) : -len(tail)].decode(), message["data"])
 
     def _recovered(self, since_ms: int) -> None:
         log.info("bus.resubscribed", users=len(self._local), gap_since=since_ms)

@@ -1,6 +1,7 @@
 """The call controller: what happens when a device starts, answers, declines or ends a
-call, or a ring timeout fires. It applies the change in Redis (voip/stores/) and tells every
-device concerned, on whatever node it is connected (bus.py).
+call, or the system acts (a ring timeout, a SIP leg that failed). It applies the change
+in Redis (voip/stores/) and tells every device concerned, on whatever node it is connected
+(bus.py). It is the only place that changes a call: the SIP gateway acts through it too.
 
 It holds no call state of its own: any node can pick up any call at any step.
 """
@@ -209,6 +210,25 @@ class CallController:
         await self.announce(transition, actor=Caller(user_id, device_id), sdp=sdp, busy=busy)
         return transition
 
+    async def act_as_system(self, action: Action, call_id: str, *, note: dict[str, Any] | None = None) -> Transition:
+        """An action that no device took (a ring timeout, a SIP leg that failed or never
+        heard its ACK), under the same rules, events, pushes and metrics as a device's.
+        `note` goes on the timeline entry. Raises CallError when the call refuses it."""
+        transition = await self.calls.transition(call_id, action, node=self.node, note=note)
+        log.info(
+            "call.transition",
+            call_id=call_id,
+            state=transition.call.state.value,
+            previous=transition.previous.value,
+            party="system",
+        )
+        await self.announce(transition)
+        return transition
+
+    async def note(self, call_id: str, entry: dict[str, Any]) -> None:
+        """Keep a fact about the call (e.g. a SIP message) on its timeline, next to its changes."""
+        await self.calls.append_timeline(call_id, [{"at": now_ms(), **entry, "node": self.node}])
+
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
         call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id)
         frame = {"type": FrameType.CALL_SIGNAL, "call_id": call_id, "from_device": device_id, "payload": payload}
@@ -221,13 +241,12 @@ class CallController:
 
     async def fire_timeout(self, call_id: str) -> Transition | None:
         try:
-            transition = await self.calls.transition(call_id, Action.TIMEOUT, node=self.node)
+            transition = await self.act_as_system(Action.TIMEOUT, call_id)
         except CallError:
             # Answered, cancelled or gone before its deadline: nothing to fire.
             await self.calls.forget_timeout(call_id)
             return None
         log.info("call.timeout", call_id=call_id)
-        await self.announce(transition)
         return transition
 
     async def announce(
@@ -359,7 +378,9 @@ class RingTimeouts:
         calls = self._controller.calls
         while True:
             try:
-                self._held = await calls.claim_due_timeouts(now_ms(), self._lease_ms)
+                self._held = await calls.claim_due_timeouts(
+                    now_ms(), self._lease_ms, node=self._controller.node, bucket_lease_ms=int(self._interval * 1000)
+                )
                 while self._held:
                     await self._controller.fire_timeout(self._held[0])
                     self._held.pop(0)

@@ -179,5 +179,6 @@ class Node:
             await self.apns_simulator.stop()
         await self.deliveries.stop()
         await self.bus.stop()
-        self.status_pipe.close()
+        if self.status_pipe is not None:
+            self.status_pipe.close()
         await self.connections.aclose()

@@ -3,14 +3,21 @@ endpoint's pipe (voip/redis_pipe.py) and, through the pool, the bus's pub/sub.
 
 With `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER` set, each of them asks the Sentinels
 for the current master whenever it (re)connects, so all three follow a failover
-(docs/deploy.md#redis-sentinel). Otherwise they all go to `REDIS_URL`.
+(docs/deploy.md#redis-sentinel). With `REDIS_CLUSTER_NODES`, `client` is redis-py's
+cluster client (MOVED and ASK followed, the slot map re-read after a failover), the bus
+subscribes through it shard by shard (voip/shards.py), and the status endpoint uses it
+too: no hand-written pipe (docs/benchmarks.md has the figures). Otherwise they all go to
+`REDIS_URL`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import cast
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from voip import redis_pool
@@ -30,6 +37,16 @@ class RedisConnections:
     @classmethod
     def from_settings(cls, settings: Settings) -> "RedisConnections":
         password = settings.redis_password or None
+        if settings.redis_cluster_nodes:
+            options = redis_pool.connection_options(settings)
+            cluster = RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in sentinel_addresses(settings.redis_cluster_nodes)],
+                password=password, max_connections=settings.redis_pool_size,
+                **{k: v for k, v in options.items() if k != "retry"},
+            )
+            # RedisCluster offers the commands the stores use; they tell it apart where it
+            # matters (stores/layout.py: clustered()).
+            return cls(cast(Redis, cluster), None, settings)
         if settings.redis_sentinels:
             # Sentinels are asked without a password: REDIS_PASSWORD is the data nodes'.
             sentinel = Sentinel(
@@ -55,7 +72,10 @@ class RedisConnections:
         host, port = await self.sentinel.discover_master(self.settings.redis_sentinel_master)
         return {"host": host, "port": int(port), "password": self.settings.redis_password or None}
 
-    def status_pipe(self) -> RedisPipe:
+    def status_pipe(self) -> RedisPipe | None:
+        """None on a cluster: the status script goes through the cluster client."""
+        if self.settings.redis_cluster_nodes:
+            return None
         if self.sentinel is not None:
             return RedisPipe(locate=self.master_address, master_only=True, timeout=self.settings.redis_command_timeout)
         return RedisPipe(self.settings.redis_url, password=self.settings.redis_password or None,

@@ -172,6 +172,8 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = Field(
         "", max_length=128, validation_alias=_env("redis_sentinel_master", "REDIS_SENTINEL_MASTER")
     )
+    # Redis Cluster (issue 11, item 1; docs/deploy.md#redis-cluster): with it, REDIS_URL is not used.
+    redis_cluster_nodes: str = Field("", validation_alias=_env("redis_cluster_nodes", "REDIS_CLUSTER_NODES"))
     redis_password: str = Field("", validation_alias=_env("redis_password", "REDIS_PASSWORD"), repr=False)
     redis_wait_replicas: int = Field(
         0, ge=0, le=16, validation_alias=_env("redis_wait_replicas", "VOIP_REDIS_WAIT_REPLICAS")
@@ -200,6 +202,16 @@ class Settings(BaseSettings):
                 sentinel_addresses(self.redis_sentinels)
             except ValueError as exc:
                 raise ValueError(f"REDIS_SENTINELS: {exc}") from None
+        if self.redis_cluster_nodes:
+            try:
+                sentinel_addresses(self.redis_cluster_nodes)
+            except ValueError as exc:
+                raise ValueError(f"REDIS_CLUSTER_NODES: {exc}") from None
+            if self.redis_sentinels:
+                raise ValueError("REDIS_CLUSTER_NODES, REDIS_SENTINELS: one or the other")
+            if self.redis_wait_replicas:
+                # WAIT needs the writes' own connection; a cluster spreads them over shards.
+                raise ValueError("VOIP_REDIS_WAIT_REPLICAS: not supported with REDIS_CLUSTER_NODES")
         if self.environment == "production":
             if not self.apns_key_file:
                 raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8)")
@@ -207,8 +219,8 @@ class Settings(BaseSettings):
                 raise ValueError("VOIP_PUBLIC_URL: production needs the URL apps reach this service at")
             if len(self.jwt_secret.encode()) < 32:
                 raise ValueError("VOIP_JWT_SECRET: production needs a secret of 32 bytes or more")
-            if not (self.redis_url or self.redis_sentinels):
-                raise ValueError("REDIS_URL: production needs a shared Redis (or REDIS_SENTINELS)")
+            if not (self.redis_url or self.redis_sentinels or self.redis_cluster_nodes):
+                raise ValueError("REDIS_URL: production needs a shared Redis (or REDIS_SENTINELS, REDIS_CLUSTER_NODES)")
         elif self.jwt_secret and len(self.jwt_secret.encode()) < 16:
             raise ValueError("VOIP_JWT_SECRET: a secret of 16 bytes or more is needed")
         self.public_url = self.public_url.rstrip("/")

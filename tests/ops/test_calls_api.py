@@ -74,7 +74,7 @@ async def test_expired_calls_drop_out_of_the_listing_and_the_index(node: Running
     await node.node.connections.client.delete(stores.keys.call(expired), stores.keys.timeline(expired))  # as its retention would
     listed = (await ops_get(node, "/v1/ops/calls")).json()["calls"]
     assert [c["call_id"] for c in listed] == [kept]
-    assert await node.node.connections.client.zscore(stores.keys.calls, expired) is None
+    assert await node.node.connections.client.zscore(stores.keys.calls_index(expired), expired) is None
 
 
 async def test_bad_parameters_are_422_naming_the_field(node: RunningNode) -> None:

@@ -91,6 +91,7 @@ class _StuckFiring:
 
     def __init__(self, calls: CallStore) -> None:
         self.calls = calls
+        self.node = "stuck-node"  # holds its ring-deadline buckets' leases under this name
         self.claimed = asyncio.Event()
 
     async def fire_timeout(self, call_id: str) -> None:
@@ -114,7 +115,7 @@ async def test_ring_timeout_leases_are_handed_back_when_a_node_stops_firing(node
     holder.start()
     await asyncio.wait_for(stuck.claimed.wait(), 10)
     stores = draining.node.stores
-    leased_until = await draining.node.connections.client.zscore(stores.keys.ring_deadlines, call_id)
+    leased_until = await draining.node.connections.client.zscore(stores.keys.ring_deadlines(call_id), call_id)
     assert leased_until is not None and leased_until > now_ms() + 3000  # a 5 s lease
 
     other.node.timeouts.start()

@@ -39,7 +39,7 @@ async def test_answered_and_ended_through_another_node_keeps_the_creators_values
     call = await node_b.node.stores.calls.get(call_id)
     assert call is not None and call.retention == 600
     assert call.ring_deadline - call.created_at == 2000
-    score = await redis.zscore(node_a.node.stores.keys.ring_deadlines, call_id)
+    score = await redis.zscore(node_a.node.stores.keys.ring_deadlines(call_id), call_id)
     assert score == call.ring_deadline == started["ring_deadline"]
     assert _near(await _ttl(redis, node_a, call_id), 2 + 600)
 
@@ -76,7 +76,7 @@ async def test_another_node_times_the_call_out_at_the_creators_deadline(
     timeline = await node_b.node.stores.calls.timeline(call_id)
     fired = [e for e in timeline if e.get("to") == "missed"]
     assert fired and fired[0]["node"] == node_b.node.node_id
-    assert await redis.zscore(node_a.node.stores.keys.ring_deadlines, call_id) is None
+    assert await redis.zscore(node_a.node.stores.keys.ring_deadlines(call_id), call_id) is None
     assert _near(await _ttl(redis, node_a, call_id), 600)
 
 

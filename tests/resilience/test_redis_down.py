@@ -90,10 +90,10 @@ async def connect(ws_url: str, user: str, device: str = "d1") -> tuple[Any, str 
 
 
 async def numsub(client: aioredis.Redis, channels: list[str]) -> dict[str, int]:
-    """PUBSUB NUMSUB: how many subscribers Redis counts on each channel."""
+    """PUBSUB SHARDNUMSUB: how many subscribers Redis counts on each channel."""
     counts: dict[str, int] = {}
     for start in range(0, len(channels), 200):
-        reply = await client.pubsub_numsub(*channels[start:start + 200])
+        reply = await client.pubsub_shardnumsub(*channels[start:start + 200])
         counts.update({name.decode() if isinstance(name, bytes) else name: count for name, count in reply})
     return counts
 

@@ -268,7 +268,7 @@ def test_uvicorn_access_log_lines_are_redacted() -> None:
     lines (path and query string as arguments) go through the same redaction."""
     stream = io.StringIO()
     root, access = logging.getLogger(), logging.getLogger("uvicorn.access")
-    saved = root.handlers[:], root.level
+    saved, config = (root.handlers[:], root.level), structlog.get_config()
     access_propagated = access.propagate
     access.propagate = True  # as with uvicorn's access_log=True (a node in this process turned it off)
     try:
@@ -294,7 +294,7 @@ def test_uvicorn_access_log_lines_are_redacted() -> None:
         root.handlers[:], level = saved
         root.setLevel(level)
         access.propagate = access_propagated
-        structlog.reset_defaults()
+        structlog.configure(**config)
     written = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["event"] for line in written[:2]] == [
         '127.0.0.1:5000 - "GET /v1/calls/c/status?device_id=[redacted]&cap=[redacted] HTTP/1.1" 200',

@@ -272,7 +272,11 @@ async def test_register_over_tls_with_digest(
         assert binding.contact.endswith(f"@127.0.0.1:{tls_listener(phone)};transport=tls")
         host, port = binding.source.rsplit(":", 1)
         assert ("TLS", (host, int(port))) in node_conns(tls_node)  # the REGISTER's own connection
-        assert "{0/TLS/v4} 200 OK" in phone.log()
+
+        async def accepted() -> bool:  # the binding is stored before the 200 leaves
+            return "{0/TLS/v4} 200 OK" in phone.log()
+
+        await wait_for(accepted, "no 200 OK for the REGISTER over TLS", phone)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 -- Create a call if its id is free. KEYS: call hash, timeline, pushes hash.
 -- ARGV: fields (JSON object), first timeline entry (JSON), ttl seconds,
 --       operators' channel ("" for none), call id, pushes (JSON {device: JSON}),
---       the callee's channel and the call.incoming envelope ("" for none).
+--       the callee's sharded bus channel and the call.incoming envelope ("" for none;
+--       on a cluster the store publishes it itself, the channel being in another slot).
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -30,6 +31,6 @@ if ARGV[4] ~= '' then
   redis.call('PUBLISH', ARGV[4], '{"call_id":"' .. ARGV[5] .. '","entry":' .. ARGV[2] .. '}')
 end
 if ARGV[7] ~= '' then
-  redis.call('PUBLISH', ARGV[7], ARGV[8])
+  redis.call('SPUBLISH', ARGV[7], ARGV[8])
 end
 return 1

@@ -4,9 +4,7 @@ See docs/sip-gateway.md."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -18,15 +16,15 @@ from sip.ratelimit import TokenBucketLimiter
 from sip.transaction import RequestReceived, ResponseReceived
 from voip import metrics
 from voip.bus import Bus
-from voip.calls import Action
+from voip.calls import Action, CallState
 from voip.controller import CallController
 from voip.protocol import FrameType
 from voip.sipcalls.config import SipConfig
-from voip.sipcalls.legs import ALLOW, InboundLeg, Leg, OutboundLeg, caller_id
+from voip.sipcalls.legs import ALLOW, InboundLeg, Leg, LegContext, OutboundLeg, caller_id
 from voip.sipcalls.registrar import Binding, Registrar
 from voip.sipcalls.ringing import RINGING_OVER, RingingCall, RingingIndex
-from voip.calls import CallState
-from voip.stores import CallRecord, Stores
+from voip.stores import CallError, CallRecord, Stores
+from voip.tasks import BackgroundTasks
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +46,6 @@ class SipGateway(TransactionUser):
     ) -> None:
         self.config = config
         self.stores = stores
-        self.bus = bus
         self.controller = controller
         self.node_id = node_id
         self.endpoint = SipEndpoint(
@@ -69,13 +66,17 @@ class SipGateway(TransactionUser):
         self.dialogs = DialogTable()
         self.legs: dict[str, Leg] = {}  # SIP Call-ID -> leg
         self.forks: dict[tuple[str, str], OutboundLeg] = {}  # (call id, device) -> leg
+        self.tasks = BackgroundTasks("sip")
         self.registrar = Registrar(
-            config, self.endpoint, stores, bus,
+            config, self.endpoint, stores, bus, self.tasks,
             node_id=node_id, max_devices=max_devices, on_frame=self._phone_frame,
             on_bound=self._phone_bound,
         )
         self.ringing = RingingIndex(stores.sip)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.leg_context = LegContext(
+            endpoint=self.endpoint, dialogs=self.dialogs, calls=controller, bus=bus,
+            config=config, tasks=self.tasks, forget=self.forget,
+        )
         # The node drains: new calls and registrations go to another node; dialogs go on.
         self.draining = False
 
@@ -99,22 +100,12 @@ class SipGateway(TransactionUser):
         await self.registrar.close()
         for leg in list(self.legs.values()):
             await leg.detach()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The drain waited for SIP transactions already: what is left is cancelled, each
+        # logged by name (task.abandoned), before the endpoint closes under it; then
+        # whatever a last message started while the endpoint closed.
+        await self.tasks.cancel()
         await self.endpoint.close()
-
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("sip.task_failed", exc_info=task.exception())
+        await self.tasks.cancel()
 
     def forget(self, leg: Leg) -> None:
         if self.legs.get(leg.sip_call_id) is leg:
@@ -164,12 +155,12 @@ class SipGateway(TransactionUser):
     def on_cancel(self, event: RequestReceived, invite: Request) -> None:
         leg = self.legs.get(invite.call_id)
         if isinstance(leg, InboundLeg):
-            self.spawn(leg.cancelled())
+            self.tasks.spawn(leg.cancelled(), f"cancelled:{leg.call_id}")
 
     def on_ack_timeout(self, response: Response) -> None:
         leg = self.legs.get(response.call_id)
         if isinstance(leg, InboundLeg):
-            self.spawn(leg.ack_timeout())
+            self.tasks.spawn(leg.ack_timeout(), f"ack-timeout:{leg.call_id}")
 
     def on_stray_response(self, event: ResponseReceived) -> None:
         # A 2xx from a second fork beyond a proxy: we are in a call already, so ACK and BYE.
@@ -177,7 +168,7 @@ class SipGateway(TransactionUser):
         if 200 <= response.status < 300 and response.cseq.method == "INVITE":
             leg = self.legs.get(response.call_id)
             if isinstance(leg, OutboundLeg) and leg.dialog is not None and leg.dialog.remote_tag != response.to.tag:
-                self.spawn(self._refuse_second_fork(leg.invite, response))
+                self.tasks.spawn(self._refuse_second_fork(leg.invite, response), f"second-fork:{leg.call_id}")
 
     async def _refuse_second_fork(self, invite: Request, response: Response) -> None:
         from sip.dialog import Dialog
@@ -218,7 +209,7 @@ class SipGateway(TransactionUser):
         if not devices and not online:
             self.endpoint.reply(event, 404, to_tag=generate_tag())
             return
-        leg = InboundLeg(self, event, caller=caller, callee=callee)
+        leg = InboundLeg(self.leg_context, event, caller=caller, callee=callee)
         self.legs[request.call_id] = leg
         await leg.start()
 
@@ -230,18 +221,18 @@ class SipGateway(TransactionUser):
     async def place(self, call: CallRecord, leg_device: str, sdp: str | None) -> None:
         target = self.config.target_uri(call.callee_user)
         if target is None:
-            transition = await self.stores.calls.transition(
-                call.call_id, Action.FAIL, node=self.node_id, note={"why": "not a SIP URI"}
-            )
-            await self.controller.announce(transition)
+            try:
+                await self.controller.act_as_system(Action.FAIL, call.call_id, note={"why": "not a SIP URI"})
+            except CallError:
+                pass  # ended meanwhile
             return
         leg = OutboundLeg(
-            self, call_id=call.call_id, callee=call.callee_user, device=leg_device,
+            self.leg_context, call_id=call.call_id, callee=call.callee_user, device=leg_device,
             target=target, caller=call.caller_user, sdp=sdp,
         )
         self.legs[leg.sip_call_id] = leg
         await leg.attach()
-        self.spawn(leg.run())
+        self.tasks.spawn(leg.run(), f"outbound:{call.call_id}")
 
     # A registered phone, one of the callee's devices -------------------------------------
 
@@ -283,7 +274,7 @@ class SipGateway(TransactionUser):
         if (call.call_id, device) in self.forks or not await self.ringing.claim(user, call, device):
             return  # INVITEd already, here or through another node
         leg = OutboundLeg(
-            self, call_id=call.call_id, callee=user, device=device, target=parse_uri(binding.contact),
+            self.leg_context, call_id=call.call_id, callee=user, device=device, target=parse_uri(binding.contact),
             caller=call.caller, sdp=call.sdp, fork=True,
             route=[parse_name_addr(hop) for hop in binding.path],
         )
@@ -294,4 +285,4 @@ class SipGateway(TransactionUser):
             leg.flow = ((host, int(port)), binding.transport)
         self.legs[leg.sip_call_id] = leg
         self.forks[(call.call_id, device)] = leg
-        self.spawn(leg.run())
+        self.tasks.spawn(leg.run(), f"fork:{call.call_id}:{device}")

@@ -7,6 +7,10 @@ for it become SIP responses, and the peer's CANCEL and BYE become hang-ups.
 a trunk number (the leg is the callee's only device), or to fork a call to a registered
 SIP phone (`fork=True`: one of the callee's devices; first answer wins). SIP responses
 become controller actions, and call frames become CANCEL or BYE.
+
+A leg changes a call only through the controller: as its device for what the peer did
+(CANCEL, BYE, an answer, a decline), as the system for what no device did (a failure
+status, an ACK that never came). It sees its node only through a `LegContext`.
 """
 
 from __future__ import annotations
@@ -14,26 +18,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Awaitable
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import quote
 
 import structlog
 
-from sip.dialog import Dialog, DialogState
+from sip.dialog import Dialog, DialogState, DialogTable
 from sip.digest import DigestError, authorize
 from sip.endpoint import STREAM_TRANSPORTS, ClientTransaction, SipEndpoint
 from sip.message import URI, CSeq, Headers, NameAddr, ParseError, Request, Response, build_response, generate_tag, parse_uri
 from sip.transaction import Addr, RequestReceived
+from voip.bus import Bus
 from voip.calls import Action
-from voip.controller import Caller
-from voip.clock import now_ms
+from voip.controller import CallController, Caller
 from voip.protocol import FrameType
+from voip.sipcalls.config import SipConfig
 from voip.stores import CallError, CallRefused
-
-if TYPE_CHECKING:
-    from voip.sipcalls.gateway import SipGateway
+from voip.tasks import BackgroundTasks
 
 log = structlog.get_logger(__name__)
 
@@ -76,13 +79,29 @@ def our_contact(endpoint: SipEndpoint, transport: str, secure: bool) -> NameAddr
     return contact
 
 
+@dataclass(frozen=True, slots=True)
+class LegContext:
+    """What a leg needs from its node: the endpoint it sends through, the dialogs it
+    adds and removes, the controller it acts through (it never changes a call itself),
+    the bus it hears its frames on, the SIP settings, its background tasks, and how it
+    leaves the gateway's tables when it ends."""
+
+    endpoint: SipEndpoint
+    dialogs: DialogTable
+    calls: CallController
+    bus: Bus
+    config: SipConfig
+    tasks: BackgroundTasks
+    forget: Callable[[Leg], None]
+
+
 class Leg:
     """What both directions share: the SIP Call-ID, the app call, bus frames, teardown."""
 
     direction = ""
 
-    def __init__(self, gateway: SipGateway, *, sip_call_id: str, call_id: str, user: str, device: str) -> None:
-        self.gw = gateway
+    def __init__(self, context: LegContext, *, sip_call_id: str, call_id: str, user: str, device: str) -> None:
+        self.ctx = context
         self.sip_call_id = sip_call_id
         self.call_id = call_id
         self.user = user
@@ -94,20 +113,26 @@ class Leg:
         # certificate we could not verify, can only be reached that way.
         self.flow: tuple[Addr, str] | None = None
 
-    @property
-    def controller(self) -> Any:
-        return self.gw.controller
-
     async def note(self, **entry: Any) -> None:
         """Keep SIP facts on the call's timeline, next to the app's."""
-        await self.gw.stores.calls.append_timeline(self.call_id, [{
-            "at": now_ms(), "event": "sip", "call_id_sip": self.sip_call_id, "leg": self.device,
-            "direction": self.direction, "node": self.gw.node_id, **entry,
-        }])
+        await self.ctx.calls.note(self.call_id, {
+            "event": "sip", "call_id_sip": self.sip_call_id, "leg": self.device,
+            "direction": self.direction, **entry,
+        })
 
     async def act(self, action: Action, *, sdp: str | None = None) -> bool:
+        """The leg's own device acts (e.g. the peer's CANCEL or BYE: a hang-up)."""
         try:
-            await self.controller.act(action, self.user, self.device, self.call_id, sdp=sdp)
+            await self.ctx.calls.act(action, self.user, self.device, self.call_id, sdp=sdp)
+        except CallError as exc:
+            log.info("sip.leg_action_refused", call_id=self.call_id, action=action.value, code=exc.code)
+            return False
+        return True
+
+    async def act_as_system(self, action: Action, **note: Any) -> bool:
+        """What no device did, e.g. a failure status from the peer or an ACK that never came."""
+        try:
+            await self.ctx.calls.act_as_system(action, self.call_id, note=note)
         except CallError as exc:
             log.info("sip.leg_action_refused", call_id=self.call_id, action=action.value, code=exc.code)
             return False
@@ -116,7 +141,7 @@ class Leg:
     def route(self) -> tuple[Addr | None, str | None]:
         """Where our next request to the peer goes: its open connection, else (None,
         None), the Contact's address and transport."""
-        if self.flow is not None and self.gw.endpoint.connected(self.flow[1], self.flow[0]):
+        if self.flow is not None and self.ctx.endpoint.connected(self.flow[1], self.flow[0]):
             return self.flow
         return None, None
 
@@ -125,33 +150,33 @@ class Leg:
         if dialog is None or dialog.state is not DialogState.CONFIRMED:
             return
         bye = dialog.create_request("BYE")
-        response = await self.gw.endpoint.send_request(bye, *self.route())
+        response = await self.ctx.endpoint.send_request(bye, *self.route())
         dialog.receive_response(bye, response)
         dialog.terminate()
-        self.gw.dialogs.remove(dialog)
+        self.ctx.dialogs.remove(dialog)
         await self.note(sent="BYE", status=response.status)
 
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
-        return self.gw.spawn(coro)
+    def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        return self.ctx.tasks.spawn(work, f"{self.direction}:{what}:{self.call_id}")
 
     async def finish(self) -> None:
         if self.finished:
             return
         self.finished = True
         if self.dialog is not None and self.dialog.state is not DialogState.CONFIRMED:
-            self.gw.dialogs.remove(self.dialog)
+            self.ctx.dialogs.remove(self.dialog)
         await self.detach()
-        self.gw.forget(self)
+        self.ctx.forget(self)
 
     async def detach(self) -> None:
-        await self.gw.bus.detach(self.user, self.device, self.deliver)
+        await self.ctx.bus.detach(self.user, self.device, self.deliver)
 
     async def deliver(self, frame: dict[str, Any]) -> None:
         raise NotImplementedError
 
     async def in_dialog(self, event: RequestReceived, dialog: Dialog) -> None:
         method = event.request.method
-        endpoint = self.gw.endpoint
+        endpoint = self.ctx.endpoint
         if method == "BYE":
             endpoint.reply(event, 200)
             await self.note(received="BYE")
@@ -170,7 +195,7 @@ class Leg:
 
     def local_contact(self, event: RequestReceived) -> NameAddr:
         secure = self.dialog is not None and self.dialog.secure
-        return our_contact(self.gw.endpoint, event.transport, secure)
+        return our_contact(self.ctx.endpoint, event.transport, secure)
 
     def session_sdp(self) -> bytes:
         return b""
@@ -182,16 +207,16 @@ class Leg:
 class InboundLeg(Leg):
     direction = "inbound"
 
-    def __init__(self, gateway: SipGateway, event: RequestReceived, *, caller: str, callee: str) -> None:
+    def __init__(self, context: LegContext, event: RequestReceived, *, caller: str, callee: str) -> None:
         super().__init__(
-            gateway, sip_call_id=event.request.call_id, call_id=str(uuid.uuid4()),
+            context, sip_call_id=event.request.call_id, call_id=str(uuid.uuid4()),
             user=caller, device=leg_device_for(event.request.call_id),
         )
         self.event = event
         self.invite = event.request
         self.callee = callee
         self.to_tag = generate_tag()
-        self.contact = our_contact(gateway.endpoint, event.transport, event.request.uri.scheme == "sips")
+        self.contact = our_contact(context.endpoint, event.transport, event.request.uri.scheme == "sips")
         self.answer_sdp = b""
         self.rang = False
         self.started = asyncio.Event()
@@ -203,13 +228,13 @@ class InboundLeg(Leg):
         return self.answer_sdp
 
     def pending(self) -> bool:
-        return self.gw.endpoint.server_pending(self.event.transaction)
+        return self.ctx.endpoint.server_pending(self.event.transaction)
 
     async def start(self) -> None:
         offer = self.invite.body.decode("utf-8", "replace") if self.invite.body else None
-        await self.gw.bus.attach(self.user, self.device, self.deliver)
+        await self.ctx.bus.attach(self.user, self.device, self.deliver)
         try:
-            await self.controller.start_call(
+            await self.ctx.calls.start_call(
                 Caller(self.user, self.device), self.callee, self.call_id, sdp=offer,
                 caller_name=self.invite.from_.display_name,
             )
@@ -245,7 +270,7 @@ class InboundLeg(Leg):
             # Before any device rang nobody could be reached; after, something broke.
             self.end_with(500 if self.rang else 480)
         elif kind == FrameType.CALL_ENDED:
-            self.spawn(self.hang_up_peer())
+            self.spawn(self.hang_up_peer(), "hang-up")
 
     def ring(self) -> None:
         if not self.pending() or self.rang:
@@ -256,13 +281,13 @@ class InboundLeg(Leg):
         self.keep_route(ringing)
         if self.dialog is None:
             self.dialog = Dialog.uas(self.invite, ringing, self.contact)
-            self.gw.dialogs.add(self.dialog)
-        self.gw.endpoint.send_response(ringing, self.event.transaction)
+            self.ctx.dialogs.add(self.dialog)
+        self.ctx.endpoint.send_response(ringing, self.event.transaction)
 
     async def answer(self, sdp: str | None) -> None:
         if not self.pending():
             # The peer's CANCEL crossed the app's answer: it has its 487, so end the call.
-            self.spawn(self._end_after_cancel())
+            self.spawn(self._end_after_cancel(), "end-after-cancel")
             return
         ok = build_response(self.invite, 200, to_tag=self.to_tag)
         ok.headers.add("Contact", self.contact)
@@ -274,11 +299,11 @@ class InboundLeg(Leg):
             ok.body = self.answer_sdp
         if self.dialog is None:
             self.dialog = Dialog.uas(self.invite, ok, self.contact)
-            self.gw.dialogs.add(self.dialog)
+            self.ctx.dialogs.add(self.dialog)
         else:
             self.dialog.response_sent(self.invite, ok)
-        self.gw.endpoint.send_response(ok, self.event.transaction)
-        self.spawn(self.note(sent=200))
+        self.ctx.endpoint.send_response(ok, self.event.transaction)
+        self.spawn(self.note(sent=200), "note")
 
     async def _end_after_cancel(self) -> None:
         await self.act(Action.HANGUP)
@@ -298,11 +323,11 @@ class InboundLeg(Leg):
             response.headers.add(name, value)
         if self.dialog is not None:
             self.dialog.response_sent(self.invite, response)
-        self.gw.endpoint.send_response(response, self.event.transaction)
+        self.ctx.endpoint.send_response(response, self.event.transaction)
 
     def end_with(self, status: int) -> None:
         self.reject(status)
-        self.spawn(self._noted_finish(sent=status))
+        self.spawn(self._noted_finish(sent=status), "finish")
 
     async def _noted_finish(self, **entry: Any) -> None:
         await self.note(**entry)
@@ -314,7 +339,7 @@ class InboundLeg(Leg):
     async def hang_up_peer(self) -> None:
         # §15: the callee may not send BYE before the ACK, or before the 2xx gave up on it.
         try:
-            await asyncio.wait_for(self.acked.wait(), 64 * self.gw.endpoint.timers.t1)
+            await asyncio.wait_for(self.acked.wait(), 64 * self.ctx.endpoint.timers.t1)
         except asyncio.TimeoutError:
             pass
         await self.send_bye()
@@ -328,9 +353,11 @@ class InboundLeg(Leg):
         await self.finish()
 
     async def ack_timeout(self) -> None:
+        """Our 2xx was never ACKed (§13.3.1.4): the call failed, and no device ended it.
+        The leg is gone before the call ends, so it does not wait for that ACK again."""
         await self.send_bye()
-        await self.act(Action.HANGUP)
         await self.finish()
+        await self.act_as_system(Action.FAIL, why="no ACK for our 2xx")
 
 
 class OutboundLeg(Leg):
@@ -338,7 +365,7 @@ class OutboundLeg(Leg):
 
     def __init__(
         self,
-        gateway: SipGateway,
+        context: LegContext,
         *,
         call_id: str,
         callee: str,
@@ -350,7 +377,7 @@ class OutboundLeg(Leg):
         route: list[NameAddr] | None = None,
     ) -> None:
         super().__init__(
-            gateway, sip_call_id=f"{uuid.uuid4().hex}@{gateway.config.realm}",
+            context, sip_call_id=f"{uuid.uuid4().hex}@{context.config.realm}",
             call_id=call_id, user=callee, device=device,
         )
         self.fork = fork
@@ -364,7 +391,7 @@ class OutboundLeg(Leg):
         self.rang = False
         # The 180's "ringing" goes to Redis in a task of its own; a 200 right behind it
         # must not overtake it, or the caller never hears call.ringing.
-        self.ringing_reported: asyncio.Future[Any] | None = None
+        self.ringing_reported: asyncio.Task[Any] | None = None
         self.giving_up = False
 
     def session_sdp(self) -> bytes:
@@ -379,7 +406,7 @@ class OutboundLeg(Leg):
         headers.add("CSeq", CSeq(1, "INVITE"))
         for hop in self.preloaded_route:
             headers.add("Route", hop)
-        headers.add("Contact", our_contact(self.gw.endpoint, transport, self.target.scheme == "sips"))
+        headers.add("Contact", our_contact(self.ctx.endpoint, transport, self.target.scheme == "sips"))
         headers.add("Allow", ALLOW)
         if self.offer:
             headers.add("Content-Type", SDP)
@@ -392,12 +419,12 @@ class OutboundLeg(Leg):
             except ParseError:
                 pass
         # RFC 3261 user part: unreserved and user-unreserved characters, the rest escaped.
-        return URI("sip", user=quote(caller, safe="-_.!~*'()&=+$,;?/"), host=self.gw.config.realm)
+        return URI("sip", user=quote(caller, safe="-_.!~*'()&=+$,;?/"), host=self.ctx.config.realm)
 
     async def attach(self) -> None:
         # A fork hears its frames through the registrar's attachment for the phone.
         if not self.fork:
-            await self.gw.bus.attach(self.user, self.device, self.deliver)
+            await self.ctx.bus.attach(self.user, self.device, self.deliver)
 
     async def detach(self) -> None:
         if not self.fork:
@@ -406,10 +433,10 @@ class OutboundLeg(Leg):
     async def run(self) -> None:
         await self.note(sent="INVITE", target=str(self.target))
         invite = self.invite
-        config = self.gw.config
+        config = self.ctx.config
         challenged = False
         while True:
-            self.tx = self.gw.endpoint.send_request(invite, *self.route(), on_provisional=self._provisional)
+            self.tx = self.ctx.endpoint.send_request(invite, *self.route(), on_provisional=self._provisional)
             if self.giving_up:
                 self.tx.cancel()
             response = await self.tx
@@ -427,11 +454,11 @@ class OutboundLeg(Leg):
     def _provisional(self, response: Response) -> None:
         if response.status in (180, 183) and not self.rang:
             self.rang = True
-            self.ringing_reported = self.spawn(self._ringing())
+            self.ringing_reported = self.spawn(self._ringing(), "ringing")
 
     async def _ringing(self) -> None:
         try:
-            await self.controller.ringing(self.user, self.device, self.call_id)
+            await self.ctx.calls.ringing(self.user, self.device, self.call_id)
         except CallError:
             pass
 
@@ -442,8 +469,8 @@ class OutboundLeg(Leg):
         await self.note(received=status, synthetic=bool(self.tx and self.tx.synthetic))
         if 200 <= status < 300:
             self.dialog = Dialog.uac(self.invite, response)
-            self.gw.dialogs.add(self.dialog)
-            self.gw.endpoint.send_ack(self.dialog.create_ack(self.invite), *self.route())
+            self.ctx.dialogs.add(self.dialog)
+            self.ctx.endpoint.send_ack(self.dialog.create_ack(self.invite), *self.route())
             sdp = response.body.decode("utf-8", "replace") if response.body else None
             if self.giving_up or not await self.act(Action.ANSWER, sdp=sdp):
                 # Cancelled, or another device answered first, while this 2xx was on its way.
@@ -455,27 +482,16 @@ class OutboundLeg(Leg):
         elif status in (FORK_DECLINES if self.fork else DECLINES):
             await self.act(Action.DECLINE)
         elif not self.fork:
-            await self._fail(status, response.reason)
+            await self.act_as_system(Action.FAIL, sip_status=status, sip_reason=response.reason)
         await self.finish()
-
-    async def _fail(self, status: int, reason: str) -> None:
-        try:
-            transition = await self.gw.stores.calls.transition(
-                self.call_id, Action.FAIL, node=self.gw.node_id,
-                note={"sip_status": status, "sip_reason": reason},
-            )
-        except CallError:
-            return
-        await self.controller.announce(transition)
 
     async def deliver(self, frame: dict[str, Any]) -> None:
         if frame.get("call_id") != self.call_id or self.finished:
             return
         kind = frame["type"]
         if kind == "call.ended":
-            self.spawn(self._hang_up())
-        elif kind in ("call.cancelled", "call.missed", "call.declined", "call.failed",
-                      "call.answered_elsewhere", "call.declined_elsewhere"):
+            self.spawn(self._hang_up(), "hang-up")
+        elif kind in ("call.cancelled", "call.missed", "call.declined", "call.failed", "call.answered_elsewhere"):
             self.give_up()
 
     def give_up(self) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,14 +33,14 @@ from voip.devices import ApnsEnvironment, DeviceRecord, Registration, SipRegistr
 from voip.sipcalls.config import SipConfig
 from voip.clock import now_ms
 from voip.stores import Stores
-from voip.tasks import log_failure
+from voip.tasks import BackgroundTasks
 
 log = structlog.get_logger(__name__)
 
 ALGORITHMS = ("SHA-256", "MD5")
 HEX_TOKEN = re.compile(r"^(?:[0-9a-fA-F]{2}){32,100}$")
 FrameHandler = Callable[[str, str, dict[str, Any]], Awaitable[None]]
-BoundHandler = Callable[[str, str], Awaitable[None]]
+BoundHandler = Callable[[str, str], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +103,7 @@ class Registrar:
         endpoint: SipEndpoint,
         stores: Stores,
         bus: Bus,
+        tasks: BackgroundTasks,
         *,
         node_id: str,
         max_devices: int,
@@ -126,7 +127,7 @@ class Registrar:
         self.nonce_counts = stores.nonces
         # (user, device) -> (deliver, expiry timer) for bindings held on this node
         self._attached: dict[tuple[str, str], tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.TimerHandle]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = tasks
 
     # Credentials ------------------------------------------------------------------------
 
@@ -237,7 +238,7 @@ class Registrar:
         ])
         # After the 200: a phone woken by a push hears its REGISTER answered, then the call.
         for device_id in bound:
-            self._spawn(self.on_bound(user, device_id))
+            self.tasks.spawn(self.on_bound(user, device_id), f"registered:{device_id}")
 
     async def _bind(
         self, user: str, device_id: str, contact: NameAddr, expires: int, event: RequestReceived
@@ -288,7 +289,9 @@ class Registrar:
 
     async def _attach(self, user: str, device_id: str, expires: int) -> None:
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(expires, lambda: self._spawn(self._expire(user, device_id)))
+        timer = loop.call_later(
+            expires, lambda: self.tasks.spawn(self._expire(user, device_id), f"binding-expired:{device_id}")
+        )
         held = self._attached.get((user, device_id))
         if held is not None:
             held[1].cancel()
@@ -328,17 +331,9 @@ class Registrar:
         await self._detach(user, device_id)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        """Stop listening for this node's phones; their tasks are the gateway's to end."""
         for user, device_id in list(self._attached):
             await self._detach(user, device_id)
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        task.set_name(f"sip-registrar:{getattr(coro, '__qualname__', 'task')}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(log_failure)
 
 
 def _text(value: bytes | str) -> str:

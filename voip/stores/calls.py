@@ -6,18 +6,23 @@ that created it: every node applies those, never its own settings. Keys: layout.
 
 from __future__ import annotations
 
+import asyncio
+import random
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from voip.calls import Action, CallState, Party, transitions_for
 from voip.clock import now_ms
 from voip.redis_pipe import RedisPipe
-from voip.stores.layout import KeyLayout, execute_with_script, load_script
+from voip.stores.layout import BUCKETS, KeyLayout, Scripted, batch, clustered, load_script
 from voip.stores.presence import online_devices
+
+# Ring-deadline buckets a node works each tick: a whole round takes BUCKETS / this ticks
+# (0.8 s at RingTimeouts' 0.2 s), fewer with more nodes sharing the round.
+BUCKETS_PER_TICK = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,8 @@ class CallStore:
         self._call_event = load_script(redis, "call_event")
         self._status = load_script(redis, "status_check")
         self._claim = load_script(redis, "claim_timeouts")
+        # Where this node's round over the ring-deadline buckets goes on; nodes start apart.
+        self._next_bucket = random.randrange(BUCKETS)
         # No call outlives this: unended, ring timeout (<= 600 s) + retention after its
         # creation; ended, retention after its end.
         self._calls_horizon_ms = (2 * retention + 600) * 1000
@@ -156,26 +163,32 @@ class CallStore:
         # A ringing call lives until well past its deadline even if no timeout ever fires.
         ttl = int((ring_deadline - created_at) / 1000) + self.retention
         pushes_json = {device: orjson.dumps(target).decode() for device, target in (pushes or {}).items()}
+        channel, message = announce or ("", b"")
+        # A script on a cluster may publish only to its own slot's sharded channels: there
+        # the callee's channel is told after the script, by SPUBLISH routed to its shard.
+        in_script = not clustered(self._redis)
+        script: Scripted = (
+            self._create,
+            [*self._call_keys(call_id), self._keys.pushes(call_id)],
+            [orjson.dumps(fields), orjson.dumps(entry), ttl, self._ops_channel, call_id,
+             orjson.dumps(pushes_json), *((channel, message) if in_script else ("", ""))],
+        )
 
-        def index_and_wait(pipe: Pipeline) -> None:
+        def index(pipe: Any) -> None:
             # NX: if the id is taken, the existing call's deadline must stay as it is.
-            pipe.zadd(self._keys.ring_deadlines, {call_id: ring_deadline}, nx=True)
+            pipe.zadd(self._keys.ring_deadlines(call_id), {call_id: ring_deadline}, nx=True)
             # The index is in another slot than the call, so it cannot be in the script.
-            pipe.zadd(self._keys.calls, {call_id: created_at}, nx=True)
-            pipe.zremrangebyscore(self._keys.calls, "-inf", created_at - self._calls_horizon_ms)
+            index_key = self._keys.calls_index(call_id)
+            pipe.zadd(index_key, {call_id: created_at}, nx=True)
+            pipe.zremrangebyscore(index_key, "-inf", created_at - self._calls_horizon_ms)
             if self._wait_replicas:
                 # Same connection as the writes above, so WAIT covers exactly them. Best
                 # effort: past the timeout the call goes ahead, unreplicated.
                 pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
 
-        async with self._redis.pipeline(transaction=False) as pipe:
-            created, *_ = await execute_with_script(
-                pipe, self._create,
-                keys=[*self._call_keys(call_id), self._keys.pushes(call_id)],
-                args=[orjson.dumps(fields), orjson.dumps(entry), ttl, self._ops_channel, call_id,
-                      orjson.dumps(pushes_json), *(announce or ("", ""))],
-                build=index_and_wait,
-            )
+        created, *_ = await batch(self._redis, [script], index)
+        if created and channel and not in_script:
+            await self._redis.spublish(channel, message)
         return bool(created)
 
     async def transition(
@@ -223,11 +236,11 @@ class CallStore:
         if previous is CallState.RINGING and call.state is not CallState.RINGING:
             async with self._redis.pipeline(transaction=False) as pipe:
                 if call.state.is_final:
-                    pipe.zrem(self._keys.ring_deadlines, call_id)
+                    pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
                 pipe.zrem(self._keys.ringing(call.callee_user), call_id)
                 await pipe.execute()
         elif call.state.is_final:
-            await self._redis.zrem(self._keys.ring_deadlines, call_id)
+            await self._redis.zrem(self._keys.ring_deadlines(call_id), call_id)
         return Transition(previous=previous, call=call)
 
     async def record_event(
@@ -291,9 +304,7 @@ class CallStore:
 
     async def append_timeline(self, call_id: str, entries: list[dict[str, Any]]) -> None:
         """Append entries to the call's timeline, and publish them to operators."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel, call_id, entries)
-            await pipe.execute()
+        await self.append_timelines([(call_id, entry) for entry in entries])
 
     async def append_timelines(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         """Append `(call_id, entry)` pairs, of any number of calls, in one pipeline; each
@@ -301,24 +312,53 @@ class CallStore:
         by_call: dict[str, list[dict[str, Any]]] = {}
         for call_id, entry in entries:
             by_call.setdefault(call_id, []).append(entry)
+        # redis-py refuses PUBLISH in a cluster pipeline: there each goes on its own, after.
+        in_pipe = not clustered(self._redis)
         async with self._redis.pipeline(transaction=False) as pipe:
             for call_id, call_entries in by_call.items():
-                queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel, call_id, call_entries)
+                queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel if in_pipe else "",
+                               call_id, call_entries)
             await pipe.execute()
+        if self._ops_channel and not in_pipe:
+            await asyncio.gather(*(
+                self._redis.publish(self._ops_channel, ops_message(call_id, orjson.dumps(entry)))
+                for call_id, entry in entries
+            ))
 
-    async def claim_due_timeouts(self, now: int, lease_ms: int, limit: int = 100) -> list[str]:
-        due = await self._claim(keys=[self._keys.ring_deadlines], args=[now, lease_ms, limit])
-        return [call_id.decode() for call_id in due]
+    async def claim_due_timeouts(
+        self, now: int, lease_ms: int, *, node: str, bucket_lease_ms: int = 200,
+        buckets: list[int] | None = None, limit: int = 100,
+    ) -> list[str]:
+        """Lease the due ring timeouts of a few buckets: by default the next BUCKETS_PER_TICK
+        of this node's round, each unless another node leased it in the last
+        `bucket_lease_ms`. One script per bucket, concurrent: BUCKETS_PER_TICK commands a
+        tick, however many nodes and buckets (docs/deploy.md#redis-cluster)."""
+        if buckets is None:
+            start = self._next_bucket
+            self._next_bucket = (start + BUCKETS_PER_TICK) % BUCKETS
+            buckets = [(start + i) % BUCKETS for i in range(BUCKETS_PER_TICK)]
+        replies = await asyncio.gather(*(
+            self._claim(keys=[self._keys.ring_bucket(b), self._keys.ring_lease(b)],
+                        args=[now, lease_ms, limit, node, bucket_lease_ms])
+            for b in buckets
+        ))
+        return [call_id.decode() for due in replies for call_id in due]
 
     async def forget_timeout(self, call_id: str) -> None:
-        await self._redis.zrem(self._keys.ring_deadlines, call_id)
+        await self._redis.zrem(self._keys.ring_deadlines(call_id), call_id)
 
     async def release_timeouts(self, call_ids: list[str], now: int) -> None:
         """Hand back leased ring timeouts, due now: a node that stops firing them
         does not make other nodes wait for its leases to run out. Only lowers a
         deadline, and only of a timeout still pending (XX): a fired one is gone."""
-        if call_ids:
-            await self._redis.zadd(self._keys.ring_deadlines, dict.fromkeys(call_ids, now), xx=True, lt=True)
+        by_bucket: dict[str, list[str]] = {}
+        for call_id in call_ids:
+            by_bucket.setdefault(self._keys.ring_deadlines(call_id), []).append(call_id)
+        if by_bucket:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, ids in by_bucket.items():
+                    pipe.zadd(key, dict.fromkeys(ids, now), xx=True, lt=True)
+                await pipe.execute()
 
     async def ending_context(
         self, call: CallRecord
@@ -344,7 +384,11 @@ def queue_timeline(pipe: Any, key: str, ops_channel: str, call_id: str, entries:
         pipe.rpush(key, *encoded)
     if ops_channel:
         for entry in encoded:
-            pipe.publish(ops_channel, b'{"call_id":"%s","entry":%s}' % (call_id.encode(), entry))
+            pipe.publish(ops_channel, ops_message(call_id, entry))
+
+
+def ops_message(call_id: str, encoded_entry: bytes) -> bytes:
+    return b'{"call_id":"%s","entry":%s}' % (call_id.encode(), encoded_entry)
 
 
 def _decoded(call_id: str, fields: dict[bytes, bytes]) -> CallRecord | None:

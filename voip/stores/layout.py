@@ -1,95 +1,134 @@
-"""Where everything lives in Redis: every key and channel name, and the Lua loader.
+r"""Where everything lives in Redis: every key and channel, its owner, its hash tag and its
+TTL, and the Lua loader. This table is the one place that says so (docs/deploy.md shows it).
 
-Every key starts with the configured prefix; the part in braces is the Redis Cluster
-hash tag, so each script touches one slot:
+Every key starts with the configured prefix. The part in braces is the Redis Cluster hash
+tag: the keys one script or MULTI touches share it, so each touches one slot
+(tests/test_key_slots.py checks every script). Owner: the module that writes the key.
 
-    {c:<call_id>}:call           hash   the call (see NewCall and the scripts in lua/)
-    {c:<call_id>}:timeline       list   JSON entries: transitions, pushes, status checks
-    {c:<call_id>}:pushes         hash   device_id -> JSON invite push target
-    {c:<call_id>}:cancellations  hash   device_id -> when APNs accepted its cancellation (ms)
-    {u:<user_id>}:devices        hash   device_id -> JSON device record
-    {u:<user_id>}:presence       hash   device_id -> "<node>|<expires_ms>" (sockets and SIP bindings;
-                                        renewed by the holding node's heartbeat, see voip/presence.py)
-    {u:<user_id>}:last_push      hash   device_id -> JSON of the device's last push and its answer
-    {u:<user_id>}:sockets        zset   "<device_id>|<socket id>" scored by when it opened (ms): open WebSockets
-    {u:<user_id>}:ringing        zset   call_id scored by ring deadline (ms): calls ringing this callee
-    {u:<user_id>}:call_starts    zset   call_id scored by creation time (ms), the last minute's calls to this callee
-    {u:<user_id>}:sip_bindings   hash   device_id -> JSON SIP binding (voip/sipcalls/registrar.py)
-    {u:<user_id>}:sip_ha1        hash   "<realm>|<algorithm>" -> HA1 of the user's SIP password
-    {u:<user_id>}:sip_ringing    hash   call_id -> JSON ringing call, for phones that register late
-    {u:<user_id>}:sip_fork:<call_id>:<device_id>  string  this phone was INVITEd into this call
-    ring_deadlines               zset   call_id scored by ring deadline (ms)
-    calls                        zset   call_id scored by creation time (ms), for operators
-    sip_nonce:<nonce>            string the highest digest nonce count accepted
-    ops_ticket:<sha256>          string an operator's one-use live-feed ticket
-    epoch                        string the deployment epoch, written once (voip/epoch.py)
+| Key | Type | Hash tag | Owner | TTL |
+|---|---|---|---|---|
+| `{c:<call_id>}:call` | hash: the call (NewCall, lua/) | call | stores/calls.py | ring timeout + retention; a week + retention once answered; retention once ended |
+| `{c:<call_id>}:timeline` | list: JSON transitions, pushes, status checks | call | stores/calls.py | as the call |
+| `{c:<call_id>}:pushes` | hash: device_id -> JSON invite push target | call | stores/calls.py | as the call at creation |
+| `{c:<call_id>}:cancellations` | hash: device_id -> when APNs took its cancellation (ms) | call | stores/push_log.py | as the call |
+| `{u:<user_id>}:devices` | hash: device_id -> JSON device record | user | stores/devices.py | none (deleted with the device) |
+| `{u:<user_id>}:presence` | hash: device_id -> "<node>\|<expires_ms>" | user | stores/presence.py | entries expire by their own stamp (voip/presence.py) |
+| `{u:<user_id>}:last_push` | hash: device_id -> JSON last push and its answer | user | stores/push_log.py | retention |
+| `{u:<user_id>}:sockets` | zset: "<device_id>\|<socket>" by opened (ms) | user | stores/sockets.py | retention |
+| `{u:<user_id>}:ringing` | zset: call_id by ring deadline (ms) | user | stores/limits.py | latest deadline + 1 s |
+| `{u:<user_id>}:call_starts` | zset: call_id by creation (ms), the last minute's | user | stores/limits.py | 60 s |
+| `{u:<user_id>}:sip_bindings` | hash: device_id -> JSON SIP binding | user | stores/sip.py | the longest binding's expiry |
+| `{u:<user_id>}:sip_ha1` | hash: "<realm>\|<algorithm>" -> HA1 | user | stores/sip.py | none |
+| `{u:<user_id>}:sip_ringing` | hash: call_id -> JSON ringing call | user | stores/sip.py | the longest ring |
+| `{u:<user_id>}:sip_fork:<call_id>:<device_id>` | string: this phone was INVITEd | user | stores/sip.py | the ring |
+| `{rt:<n>}:ring_deadlines` | zset: call_id by ring deadline (ms), bucket n = crc32(call_id) % 16 | bucket | stores/calls.py | none (entries leave when fired or ended) |
+| `{rt:<n>}:lease` | string: the node working bucket n now | bucket | stores/calls.py | one tick (RingTimeouts' interval) |
+| `{ci:<n>}:calls` | zset: call_id by creation (ms), operators' index, bucket n as above | bucket | stores/calls.py, stores/ops.py | none (trimmed past the longest call's life on each creation) |
+| `sip_nonce:<nonce>` | string: the highest digest nonce count accepted | itself | stores/nonces.py | SIP_NONCE_TTL |
+| `ops_ticket:<sha256>` | string: an operator's one-use live-feed ticket | itself | stores/ops.py | VOIP_OPS_TICKET_TTL |
+| `epoch` | string: the deployment epoch, written once | itself | stores/epoch.py | none |
 
-Channels: `ops` (every timeline entry, for operators' live feed).
+The ring deadlines and the calls index are spread over BUCKETS hash-tagged buckets, so
+that on a cluster no one shard holds them all; a node works a few buckets a tick, each
+under a short lease (lua/claim_timeouts.lua, CallStore.claim_due_timeouts).
+
+Channels:
+
+| Channel | Published by | Kind |
+|---|---|---|
+| `{u:<user_id>}:bus` | voip/bus.py, lua/create_call.lua | sharded (SPUBLISH/SSUBSCRIBE): the user's frames, to whichever node holds their devices |
+| `ops` | the call scripts, stores/calls.py | plain PUBLISH: every timeline entry, for operators' live feed. It is published from inside each call's script, on that call's shard; a sharded channel would have to hash to every call's slot at once. On a cluster a plain PUBLISH reaches every node |
 """
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+
+# A script to run: (script, keys, args).
+Scripted = tuple[AsyncScript, list[str], list[Any]]
 
 
 def load_script(redis: Redis, name: str) -> AsyncScript:
     return redis.register_script(resources.files("voip").joinpath("lua", f"{name}.lua").read_text())
 
 
-async def execute_with_script(
-    pipe: Pipeline, script: AsyncScript, keys: list[Any], args: list[Any], *,
-    build: Callable[[Pipeline], None] = lambda pipe: None,
-) -> list[Any]:
-    """Execute `pipe` with `script` queued first, then what `build` queues, in one round
-    trip: a bare EVALSHA, where a script passed as `client=pipe` costs a SCRIPT EXISTS
-    round trip before every pipeline. A Redis that lost its script cache (restarted,
-    failed over) answers NOSCRIPT: the others ran, so the script is loaded and run, then
-    what `build` queues runs again (so it must be idempotent: reads, NX adds, a WAIT)."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
-    build(pipe)
-    results: list[Any] = await pipe.execute(raise_on_error=False)
-    if isinstance(results[0], NoScriptError):
-        pipe.script_load(script.script)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-        build(pipe)
-        results[0] = (await pipe.execute(raise_on_error=False))[1]
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    return results
+def clustered(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
 
 
-def queue_script(pipe: Pipeline, script: AsyncScript, keys: list[Any], args: list[Any]) -> None:
-    """Queue `script` as a bare EVALSHA: passed as `client=pipe`, redis-py sends a SCRIPT
-    EXISTS round trip before the pipeline. Check the replies with `rerun_unloaded`."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
-
-
-async def rerun_unloaded(script: AsyncScript, replies: list[Any], calls: list[tuple[list[Any], list[Any]]]) -> None:
-    """For the replies of scripts queued with `queue_script` (in the order of `calls`,
-    their keys and args): where Redis had lost its script cache (restarted, failed over)
-    and answered NOSCRIPT, run that call again through the script, which loads it."""
-    for reply, (keys, args) in zip(replies, calls, strict=True):
-        if isinstance(reply, NoScriptError):
-            await script(keys=keys, args=args)
-        elif isinstance(reply, Exception):
+async def batch(redis: Redis, scripts: list[Scripted], queue: Callable[[Any], object] | None = None) -> list[Any]:
+    """The scripts' replies, then those of the commands `queue` puts on a pipeline, in that
+    order. On one Redis: one pipeline, one round trip, the scripts as bare EVALSHAs. On a
+    cluster redis-py refuses scripts in a pipeline (its issue #2914): the scripts run first,
+    concurrently, then the rest as one cluster pipeline (a round trip per shard it touches)."""
+    if clustered(redis):
+        ran = list(await asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in scripts)))
+        if queue is not None:
+            async with redis.pipeline(transaction=False) as pipe:
+                queue(pipe)
+                ran += await pipe.execute()
+        return ran
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in scripts:
+            # A bare EVALSHA: passed as `client=pipe`, redis-py sends SCRIPT EXISTS first.
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        if queue is not None:
+            queue(pipe)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    for index, (script, keys, args) in enumerate(scripts):
+        # A Redis that lost its script cache (restarted, failed over) answered NOSCRIPT;
+        # the rest ran: run that script again through redis-py, which loads it.
+        if isinstance(replies[index], NoScriptError):
+            replies[index] = await script(keys=keys, args=args)
+    for reply in replies:
+        if isinstance(reply, Exception):
             raise reply
+    return replies
+
+
+# Buckets of the ring deadlines and of the calls index. Fixed: a call's bucket is a hash
+# of its id, so changing this strands the calls already filed.
+BUCKETS = 16
+
+
+def bucket_of(call_id: str) -> int:
+    return zlib.crc32(call_id.encode()) % BUCKETS
 
 
 class KeyLayout:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.ring_deadlines = f"{prefix}ring_deadlines"
-        self.calls = f"{prefix}calls"
         self.epoch = f"{prefix}epoch"
         self.ops_channel = f"{prefix}ops"
+
+    def ring_bucket(self, bucket: int) -> str:
+        return f"{self.prefix}{{rt:{bucket}}}:ring_deadlines"
+
+    def ring_lease(self, bucket: int) -> str:
+        return f"{self.prefix}{{rt:{bucket}}}:lease"
+
+    def ring_deadlines(self, call_id: str) -> str:
+        """The bucket that holds this call's ring deadline."""
+        return self.ring_bucket(bucket_of(call_id))
+
+    def calls_bucket(self, bucket: int) -> str:
+        return f"{self.prefix}{{ci:{bucket}}}:calls"
+
+    def calls_index(self, call_id: str) -> str:
+        """The bucket of the operators' calls index that holds this call."""
+        return self.calls_bucket(bucket_of(call_id))
+
+    def bus_channel(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:bus"
 
     def call(self, call_id: str) -> str:
         return f"{self.prefix}{{c:{call_id}}}:call"

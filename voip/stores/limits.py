@@ -7,10 +7,9 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from voip.stores.calls import CallRefused
-from voip.stores.layout import KeyLayout, execute_with_script, load_script
+from voip.stores.layout import KeyLayout, batch, load_script
 from voip.stores.presence import online_devices
 
 
@@ -34,23 +33,21 @@ class CalleeLimits:
         """Count the call against its callee's limits, in one script on the callee's slot;
         raises CallRefused over a limit. With `reach`, also returns the callee's devices
         and those connected now (DeviceStore.reachable), read in the same round trip."""
-        def read_devices(pipe: Pipeline) -> None:
+        def read(pipe: Any) -> None:
             if reach:
                 pipe.hgetall(self._keys.devices(callee_user))
                 pipe.hgetall(self._keys.presence(callee_user))
 
-        async with self._redis.pipeline(transaction=False) as pipe:
-            (reason, retry_after), *read = await execute_with_script(
-                pipe, self._admit,
-                keys=[self._keys.ringing(callee_user), self._keys.call_starts(callee_user)],
-                args=[call_id, now, ring_deadline, max_ringing, per_minute],
-                build=read_devices,
-            )
+        (reason, retry_after), *devices_presence = await batch(self._redis, [(
+            self._admit,
+            [self._keys.ringing(callee_user), self._keys.call_starts(callee_user)],
+            [call_id, now, ring_deadline, max_ringing, per_minute],
+        )], read)
         if reason != b"ok":
             raise CallRefused(reason.decode(), int(retry_after))
         if not reach:
             return {}, set()
-        devices, presence = read
+        devices, presence = devices_presence
         return {k.decode(): orjson.loads(v) for k, v in devices.items()}, online_devices(presence)
 
     async def recent_calls_to(self, user_id: str) -> list[str]:

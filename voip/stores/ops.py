@@ -8,7 +8,7 @@ from typing import Any, cast
 import orjson
 from redis.asyncio import Redis
 
-from voip.stores.layout import KeyLayout
+from voip.stores.layout import BUCKETS, KeyLayout
 
 
 class OpsStore:
@@ -42,24 +42,37 @@ class OpsStore:
 
     # The calls index: call ids scored by creation time (ms) ------------------------------
 
+    # Spread over BUCKETS keys (layout.py): each read asks every bucket in one pipeline and
+    # merges; operators read it, calls do not.
+
     async def indexed_at(self, created_at: int) -> list[str]:
         """The ids indexed at exactly this millisecond."""
-        found = cast(list[bytes], await self._redis.zrange(self._keys.calls, created_at, created_at, byscore=True))
-        return [m.decode() for m in found]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for bucket in range(BUCKETS):
+                pipe.zrange(self._keys.calls_bucket(bucket), created_at, created_at, byscore=True)
+            found = cast(list[list[bytes]], await pipe.execute())
+        return sorted(m.decode() for members in found for m in members)
 
     async def indexed_before(self, ceiling: int | str, floor: int | str, count: int) -> list[tuple[str, int]]:
         """Up to `count` (id, created_at), newest first, between `ceiling` and `floor`
         (ZRANGE BYSCORE bounds: "(" excludes)."""
-        found = cast(
-            list[tuple[bytes, float]],
-            await self._redis.zrange(
-                self._keys.calls, ceiling, floor, desc=True, byscore=True, withscores=True, offset=0, num=count,
-            ),
-        )
-        return [(m.decode(), int(score)) for m, score in found]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for bucket in range(BUCKETS):
+                pipe.zrange(
+                    self._keys.calls_bucket(bucket), ceiling, floor,
+                    desc=True, byscore=True, withscores=True, offset=0, num=count,
+                )
+            found = cast(list[list[tuple[bytes, float]]], await pipe.execute())
+        # Each bucket's newest `count`: the merged newest `count` are among them. Ties in a
+        # millisecond go by id descending, as ZRANGE REV orders them in one set.
+        merged = sorted(((int(score), m) for members in found for m, score in members), reverse=True)
+        return [(m.decode(), score) for score, m in merged[:count]]
 
     async def unindex(self, call_ids: list[str]) -> None:
-        await self._redis.zrem(self._keys.calls, *call_ids)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.zrem(self._keys.calls_index(call_id), call_id)
+            await pipe.execute()
 
     async def calls(self, call_ids: list[str]) -> list[dict[bytes, bytes]]:
         async with self._redis.pipeline(transaction=False) as pipe:

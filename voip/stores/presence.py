@@ -8,7 +8,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from voip.clock import now_ms
-from voip.stores.layout import KeyLayout, load_script, queue_script, rerun_unloaded
+from voip.stores.layout import KeyLayout, Scripted, batch, load_script
 
 
 class PresenceStore:
@@ -26,16 +26,13 @@ class PresenceStore:
         """One node's heartbeat: every device it holds (user -> device ids), in one pipeline."""
         now = now_ms()
         value = f"{node}|{now + ttl_ms}"
-        calls: list[tuple[list[Any], list[Any]]] = []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user_id, devices in held.items():
-                args: list[Any] = [now]
-                for device_id in devices:
-                    args += [device_id, value]
-                calls.append(([self._keys.presence(user_id)], args))
-                queue_script(pipe, self._set, *calls[-1])
-            replies = await pipe.execute(raise_on_error=False)
-        await rerun_unloaded(self._set, replies, calls)
+        scripts: list[Scripted] = []
+        for user_id, devices in held.items():
+            args: list[Any] = [now]
+            for device_id in devices:
+                args += [device_id, value]
+            scripts.append((self._set, [self._keys.presence(user_id)], args))
+        await batch(self._redis, scripts)
 
     async def clear(self, user_id: str, device_id: str, node: str) -> None:
         await self._clear(keys=[self._keys.presence(user_id)], args=[device_id, node, now_ms()])

@@ -9,7 +9,7 @@ import orjson
 from redis.asyncio import Redis
 
 from voip.stores.calls import CallRecord, queue_timeline
-from voip.stores.layout import KeyLayout, load_script, queue_script, rerun_unloaded
+from voip.stores.layout import KeyLayout, Scripted, batch, load_script
 
 
 class PushLog:
@@ -35,11 +35,12 @@ class PushLog:
         it; with `read_back_for` (a device), return the call as it is now and when APNs
         accepted a cancellation for that device (None, None without)."""
         call_key, timeline_key = self._keys.call(call_id), self._keys.timeline(call_id)
-        record: list[tuple[list[Any], list[Any]]] = []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            if cancelled is not None:
-                record.append(([self._keys.cancellations(call_id), call_key], [*cancelled, self._retention]))
-                queue_script(pipe, self._record_cancellation, *record[0])
+        scripts: list[Scripted] = []
+        if cancelled is not None:
+            scripts.append((self._record_cancellation, [self._keys.cancellations(call_id), call_key],
+                            [cancelled[0], cancelled[1], self._retention]))
+
+        def queue(pipe: Any) -> None:
             queue_timeline(pipe, timeline_key, self._ops_channel, call_id, [entry])
             if last_push is not None:
                 user_id, device_id, push = last_push
@@ -47,11 +48,8 @@ class PushLog:
             if read_back_for is not None:
                 pipe.hgetall(call_key)
                 pipe.hget(self._keys.cancellations(call_id), read_back_for)
-            replies = await pipe.execute(raise_on_error=False)
-        await rerun_unloaded(self._record_cancellation, replies[: len(record)], record)
-        for reply in replies[len(record):]:
-            if isinstance(reply, Exception):
-                raise reply
+
+        replies = await batch(self._redis, scripts, queue)
         if read_back_for is None:
             return None, None
         fields, cancelled_at = replies[-2], replies[-1]
