@@ -53,6 +53,7 @@ async def test_answered_call_from_start_to_hangup(node: RunningNode) -> None:
     assert ended["reason"] == "remote_ended"
     await ipad.silent()
 
+    await node.node.deliveries.flush()  # "delivered" entries are written in batches
     timeline = await node.node.stores.calls.timeline(call_id)
     events = [(e["event"], e.get("to")) for e in timeline]
     assert events[0] == ("created", None)

@@ -28,6 +28,8 @@ async def test_caller_and_callee_on_different_nodes(node_factory: Any) -> None:
     await caller.request({"type": "call.hangup", "call_id": call_id})
     await phone.expect("call.ended", call_id=call_id)
 
+    for node in (node_a, node_b):  # "delivered" entries are written in batches
+        await node.node.deliveries.flush()
     timeline = await node_a.node.stores.calls.timeline(call_id)
     nodes = {(e["event"], e.get("device"), e["node"]) for e in timeline if e["event"] in ("ringing", "delivered")}
     assert ("ringing", "b1", "node-b") in nodes

@@ -13,6 +13,7 @@ from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.call_pushes import CallPushes
 from voip.controller import CallController, RingTimeouts
+from voip.delivery_log import DeliveryLog
 from voip.epoch import EpochWatcher
 from voip.log_throttle import RepeatedLog
 from voip.presence import Presence
@@ -43,6 +44,8 @@ class Node:
             wait_timeout_ms=settings.redis_wait_timeout_ms, status_pipe=self.status_pipe,
         )
         self.presence = Presence(self.stores.presence, self.stores.sockets, self.node_id)
+        # Each socket's "delivered" timeline entries, written in batches for the whole node.
+        self.deliveries = DeliveryLog(self.stores.calls)
         # Redis unavailable, however a request found out: one line per interval.
         self.redis_unavailable = RepeatedLog(log, "redis.unavailable")
         self.bus = Bus(self.connections.client, settings.redis_prefix)
@@ -80,6 +83,7 @@ class Node:
         await self.connections.client.ping()
         await self.epoch.start()
         await self.bus.start()
+        self.deliveries.start()
         self.notifier = APNsNotifier(await self._apns_config())
         self.controller.pushes = CallPushes(
             self.notifier,
@@ -150,6 +154,7 @@ class Node:
         closing = [asyncio.create_task(close(), name="drain:close-socket") for close in list(self.sockets.values())]
         if closing:
             await asyncio.wait(closing)
+        await self.deliveries.flush()
         log.warning("node.drained", seconds=round(loop.time() - started, 3), sockets_closed=len(closing),
                     pushes_left=self._pushes_in_flight(), sip_transactions_left=self._sip_in_flight())
 
@@ -172,6 +177,7 @@ class Node:
             await self.notifier.aclose()
         if self.apns_simulator is not None:
             await self.apns_simulator.stop()
+        await self.deliveries.stop()
         await self.bus.stop()
         if self.status_pipe is not None:
             self.status_pipe.close()
