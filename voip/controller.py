@@ -48,6 +48,16 @@ class OutboundCallees(Protocol):
         ...
 
 
+class NoOutbound:
+    """Every callee is an app user (no SIP on this node)."""
+
+    def leg_for(self, callee: str) -> str | None:
+        return None
+
+    async def place(self, call: CallRecord, leg_device: str, sdp: str | None) -> None:
+        raise AssertionError("no leg was named, so none is placed")
+
+
 class CallController:
     def __init__(
         self,
@@ -56,6 +66,8 @@ class CallController:
         bus: Bus,
         *,
         node: str,
+        pushes: CallPushes,
+        outbound: Callable[[CallController], OutboundCallees] | None = None,
         ring_timeout: float,
         max_ringing_per_callee: int = 3,
         calls_per_callee_per_minute: int = 20,
@@ -67,8 +79,9 @@ class CallController:
         self.ring_timeout_ms = int(ring_timeout * 1000)
         self.max_ringing_per_callee = max_ringing_per_callee
         self.calls_per_callee_per_minute = calls_per_callee_per_minute
-        self.outbound: OutboundCallees | None = None
-        self.pushes: CallPushes | None = None  # None: this node sends no pushes
+        self.pushes = pushes
+        # Built from the controller, since it acts on calls through it (the SIP gateway).
+        self.outbound: OutboundCallees = outbound(self) if outbound is not None else NoOutbound()
 
     async def start_call(
         self,
@@ -86,7 +99,7 @@ class CallController:
         if callee == caller.user_id:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
-        leg = self.outbound.leg_for(callee) if self.outbound is not None else None
+        leg = self.outbound.leg_for(callee)
         created_at = now_ms()
         ring_deadline = created_at + self.ring_timeout_ms
         # Before anything rings or any push leaves: a flood of calls to one callee must
@@ -101,8 +114,7 @@ class CallController:
             targets = [leg]
         else:
             targets = sorted(set(devices) | online)
-            if self.pushes is not None:
-                pushes = self.pushes.addresses(devices)
+            pushes = self.pushes.addresses(devices)
         name = display_name(caller_name, caller.user_id)
         incoming: dict[str, Any] = {
             "type": FrameType.CALL_INCOMING,
@@ -159,10 +171,10 @@ class CallController:
             return transition.call
         if on_started is not None:
             await on_started(call)
-        if leg is not None and self.outbound is not None:
+        if leg is not None:
             await self.outbound.place(call, leg, sdp)
             return call
-        if pushes and self.pushes is not None:
+        if pushes:
             # The pushes leave the moment the call exists, in the background: a phone
             # asleep is the common case, and nothing here waits for APNs.
             self.pushes.invite(call, pushes, call.caller_name)
@@ -261,9 +273,9 @@ class CallController:
         The acting device is not told: it has its `ack`."""
         call = transition.call
         metrics.CALLS.labels(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
-        if transition.previous is CallState.RINGING and self.pushes is not None:
+        if transition.previous is CallState.RINGING:
             await self._push_ending(call, actor)
-        if transition.previous is CallState.ANSWERED and call.state.is_final and self.pushes is not None:
+        if transition.previous is CallState.ANSWERED and call.state.is_final:
             self._push_hang_up(call, actor)
         to_caller, to_callee = NOTICES[call.state]
         base: dict[str, Any] = {"call_id": call.call_id, "state": call.state.value}
@@ -321,7 +333,6 @@ class CallController:
                 await self.bus.deliver_local(user, frame, exclude=exclude)
 
     async def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
-        assert self.pushes is not None
         pushes, online, devices = await self.calls.ending_context(call)
         # Connected devices hear the outcome over their WebSocket; the device that acted
         # knows it already. Every other device that got an invite gets a cancellation.
@@ -340,7 +351,6 @@ class CallController:
             (call.caller_user, call.caller_device, CALLER_REASON[call.state].value),
             (call.callee_user, call.answered_by_device or "", FINAL_REASON[call.state].value),
         ]
-        assert self.pushes is not None
         self.pushes.hung_up(call, [
             (user, device, reason) for user, device, reason in parties
             if device and (actor is None or (actor.user_id, actor.device_id) != (user, device))
