@@ -24,7 +24,7 @@ from voip.log_throttle import RepeatedLog
 from voip.protocol import FrameType
 from voip.tasks import stop_task
 from voip.call_pushes import CallPushes
-from voip.clock import now_ms
+from voip.clock import Clock
 from voip.stores import CalleeLimits, CallError, CallRecord, CallStore, Transition
 
 log = structlog.get_logger(__name__)
@@ -67,6 +67,7 @@ class CallController:
         *,
         node: str,
         pushes: CallPushes,
+        clock: Clock,
         outbound: Callable[[CallController], OutboundCallees] | None = None,
         ring_timeout: float,
         max_ringing_per_callee: int = 3,
@@ -80,6 +81,7 @@ class CallController:
         self.max_ringing_per_callee = max_ringing_per_callee
         self.calls_per_callee_per_minute = calls_per_callee_per_minute
         self.pushes = pushes
+        self.clock = clock
         # Built from the controller, since it acts on calls through it (the SIP gateway).
         self.outbound: OutboundCallees = outbound(self) if outbound is not None else NoOutbound()
 
@@ -100,7 +102,7 @@ class CallController:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
         leg = self.outbound.leg_for(callee)
-        created_at = now_ms()
+        created_at = self.clock.now_ms()
         ring_deadline = created_at + self.ring_timeout_ms
         # Before anything rings or any push leaves: a flood of calls to one callee must
         # not become a flood of pushes to their phone. Raises CallRefused.
@@ -239,7 +241,7 @@ class CallController:
 
     async def note(self, call_id: str, entry: dict[str, Any]) -> None:
         """Keep a fact about the call (e.g. a SIP message) on its timeline, next to its changes."""
-        await self.calls.append_timeline(call_id, [{"at": now_ms(), **entry, "node": self.node}])
+        await self.calls.append_timeline(call_id, [{"at": self.clock.now_ms(), **entry, "node": self.node}])
 
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
         call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id)
@@ -379,16 +381,16 @@ class RingTimeouts:
         held, self._held = self._held, []
         if held:
             try:
-                await self._controller.calls.release_timeouts(held, now_ms())
+                await self._controller.calls.release_timeouts(held, self._controller.clock.now_ms())
                 log.info("timeouts.released", count=len(held))
             except Exception:  # their leases run out instead, lease_ms late
                 log.warning("timeouts.release_failed", count=len(held), exc_info=True)
 
     async def _run(self) -> None:
-        calls = self._controller.calls
+        calls, clock = self._controller.calls, self._controller.clock
         while True:
             try:
-                self._held = await calls.claim_due_timeouts(now_ms(), self._lease_ms)
+                self._held = await calls.claim_due_timeouts(clock.now_ms(), self._lease_ms)
                 while self._held:
                     await self._controller.fire_timeout(self._held[0])
                     self._held.pop(0)
@@ -398,4 +400,4 @@ class RingTimeouts:
                 self._poll_failed.failed()
             else:
                 self._poll_failed.ok()
-            await asyncio.sleep(self._interval)
+            await clock.sleep(self._interval)

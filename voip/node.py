@@ -15,6 +15,7 @@ from apnsim import APNsSimulator
 from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.call_pushes import CallPushes
+from voip.clock import SYSTEM_CLOCK, Clock
 from voip.controller import CallController, RingTimeouts
 from voip.epoch import EpochWatcher
 from voip.log_throttle import RepeatedLog
@@ -47,7 +48,8 @@ class NodeParts:
     """`None`: APNs from the settings, or the bundled simulator without credentials."""
     readiness_checks: Mapping[str, ReadinessCheck] = field(default_factory=dict)
     """Added to (or replacing) the node's own checks."""
-
+    clock: Clock = SYSTEM_CLOCK
+    """What the controller, its ring timeouts and the call's pushes read time from."""
 
 
 class Node:
@@ -127,11 +129,12 @@ class Node:
         pushes = CallPushes(
             notifier, stores.calls, stores.devices, stores.push_log, bus, auth,
             public_url=settings.public_url or f"http://{settings.host}:{settings.port}", node=settings.node_id,
+            clock=parts.clock,
         )
         # The gateway acts on calls through the controller, and the controller places calls
         # to SIP callees through the gateway: the controller builds it from itself.
         controller = CallController(
-            stores.calls, stores.limits, bus, pushes=pushes, node=settings.node_id,
+            stores.calls, stores.limits, bus, pushes=pushes, clock=parts.clock, node=settings.node_id,
             outbound=partial(_sip_gateway, settings, stores, bus) if settings.sip_enabled else None,
             ring_timeout=settings.ring_timeout, max_ringing_per_callee=settings.max_ringing_per_callee,
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
