@@ -364,8 +364,11 @@ class RingTimeouts:
     dies takes no timeouts with it: its leases run out and another node fires them. A
     node that stops (a drain) hands its leases back, so no timeout waits for them."""
 
-    def __init__(self, controller: CallController, *, interval: float = 0.2, lease_ms: int = 5000) -> None:
+    def __init__(
+        self, controller: CallController, *, clock: Clock, interval: float = 0.2, lease_ms: int = 5000
+    ) -> None:
         self._controller = controller
+        self._clock = clock
         self._interval = interval
         self._lease_ms = lease_ms
         self._task: asyncio.Task[None] | None = None
@@ -381,13 +384,13 @@ class RingTimeouts:
         held, self._held = self._held, []
         if held:
             try:
-                await self._controller.calls.release_timeouts(held, self._controller.clock.now_ms())
+                await self._controller.calls.release_timeouts(held, self._clock.now_ms())
                 log.info("timeouts.released", count=len(held))
             except Exception:  # their leases run out instead, lease_ms late
                 log.warning("timeouts.release_failed", count=len(held), exc_info=True)
 
     async def _run(self) -> None:
-        calls, clock = self._controller.calls, self._controller.clock
+        calls, clock = self._controller.calls, self._clock
         while True:
             try:
                 self._held = await calls.claim_due_timeouts(clock.now_ms(), self._lease_ms)

@@ -146,7 +146,7 @@ class Node:
         return cls(
             settings, auth=auth, connections=connections, status_pipe=status_pipe, stores=stores, bus=bus,
             apns_simulator=apns_simulator, notifier=notifier, pushes=pushes, controller=controller, sip=sip,
-            timeouts=RingTimeouts(controller),
+            timeouts=RingTimeouts(controller, clock=parts.clock),
             epoch=epoch,
             presence=Presence(stores.presence, stores.sockets, settings.node_id),
             ops_feed=OpsFeed(connections.client, stores.ops_channel),
