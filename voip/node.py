@@ -154,10 +154,6 @@ class Node:
             readiness_details={"redis": epoch.readiness_detail},
         )
 
-    @property
-    def public_url(self) -> str:
-        return self.pushes.public_url
-
     async def start(self) -> None:
         await self.connections.client.ping()
         await self.epoch.start()
