@@ -4,13 +4,18 @@ real kamailio, sipp and baresip processes, in-process nodes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import RunningNode
+from tests.conftest import DeviceClient, RunningNode
 from tests.kamailio import Kamailio
+from tests.ports import free_port
 from tests.sipcalls.conftest import (
     APP_SDP,
     SipNodeFactory,
@@ -19,6 +24,8 @@ from tests.sipcalls.conftest import (
     sip_port,
     start_sipp,
 )
+from tests.sipcalls.test_baresip import CONFIG as BARESIP_CONFIG
+from tests.sipcalls.test_baresip import baresip_binary, baresip_sip_port
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 pytestmark = pytest.mark.interop
@@ -104,3 +111,129 @@ async def test_the_peer_cancels_and_the_cancel_follows_its_invite(
     assert cancelled["reason"] == "remote_ended"
     await finished(sipp)
     assert len(await sip_nodes_of(nodes, incoming["call_id"])) == 1
+
+
+# baresip as alice's desk phone, its outbound proxy Kamailio; ctrl_tcp (JSON in netstrings)
+# lets the test hang it up.
+DESK_PHONE_CONFIG = BARESIP_CONFIG + (
+    "module_app\t\tmenu.so\nmodule_app\t\tctrl_tcp.so\nctrl_tcp_listen\t\t127.0.0.1:{control}\n"
+)
+DESK_PHONE_ACCOUNT = (
+    '<sip:alice@voip.test>;auth_pass=wonderland;outbound="sip:127.0.0.1:{kamailio}";'
+    "regint=300;answermode=auto\n"
+)
+
+
+@dataclass(frozen=True)
+class DeskPhone:
+    sip: int
+    control: int  # ctrl_tcp
+
+
+@contextlib.asynccontextmanager
+async def desk_phone(kamailio: Kamailio, directory: Path) -> AsyncIterator[DeskPhone]:
+    """A running baresip whose outbound proxy is Kamailio."""
+    phone = DeskPhone(sip=baresip_sip_port(), control=free_port())
+    (directory / "config").write_text(DESK_PHONE_CONFIG.format(port=phone.sip, control=phone.control))
+    (directory / "accounts").write_text(DESK_PHONE_ACCOUNT.format(kamailio=kamailio.port))
+    with (directory / "baresip.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            baresip_binary(), "-f", str(directory), "-t", "60", stdout=log, stderr=log,
+        )
+    try:
+        yield phone
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 5)
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def hang_up(phone: DeskPhone) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", phone.control)
+    try:
+        command = json.dumps({"command": "hangup", "token": "t"}).encode()
+        writer.write(b"%d:%s," % (len(command), command))
+        await writer.drain()
+        while True:  # events may come first; the command's own response carries our token
+            length = int((await asyncio.wait_for(reader.readuntil(b":"), 5))[:-1])
+            frame = json.loads((await reader.readexactly(length + 1))[:-1])
+            if frame.get("token") == "t":
+                assert frame["ok"], frame
+                return
+    finally:
+        writer.close()
+
+
+async def registered_through(
+    kamailio: Kamailio, nodes: list[RunningNode], phone: DeskPhone
+) -> tuple[RunningNode, str]:
+    """The node that holds the phone's binding, and its device id, once the REGISTER came through."""
+    registrar = nodes[0].node.sip.registrar  # type: ignore[union-attr]
+    for _ in range(100):
+        if bindings := await registrar.bindings("alice"):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"baresip did not register through Kamailio:\n{kamailio.log()}")
+    ((device_id, binding),) = bindings.items()
+    # RFC 3327: Kamailio's Path, with the phone's own address for the way back to it
+    assert list(binding.path) == [f"<sip:127.0.0.1:{kamailio.port};lr;received=sip:127.0.0.1:{phone.sip}>"]
+    return next(n for n in nodes if n.node.node_id == binding.node), device_id
+
+
+async def answered_by_phone(
+    kamailio: Kamailio, nodes: list[RunningNode], holder: RunningNode, device_id: str
+) -> tuple[DeviceClient, str]:
+    """Bob, on the node without the binding, calls alice; her phone answers through Kamailio."""
+    other = next(n for n in nodes if n is not holder)
+    bob = await other.device("bob", "bob-phone")
+    call_id = (await bob.request({"type": "call.start", "callee": "alice"}))["call_id"]
+    answered = await bob.expect("call.answered", timeout=10, call_id=call_id)
+    assert answered["device_id"] == device_id
+    assert "PCMU/8000" in answered["sdp"]  # baresip's own answer
+    assert holder.node.sip is not None
+    (leg,) = [leg for leg in holder.node.sip.legs.values() if leg.call_id == call_id]
+    assert leg.dialog is not None
+    # The phone's 200 came back through Kamailio, which record-routed the INVITE: every
+    # later request of the dialog, both ways, goes through it too.
+    ftag = leg.invite.from_.params["tag"]
+    assert [str(hop.uri) for hop in leg.dialog.route_set] == [f"sip:127.0.0.1:{kamailio.port};lr=on;ftag={ftag}"]
+    return bob, call_id
+
+
+async def sent_bye(node: RunningNode, call_id: str) -> dict[str, Any]:
+    for _ in range(50):
+        timeline = await node.node.stores.calls.timeline(call_id)
+        if bye := next((e for e in timeline if e.get("sent") == "BYE"), None):
+            return bye
+        await asyncio.sleep(0.1)
+    pytest.fail(f"no BYE sent for {call_id}: {timeline}")
+
+
+async def test_an_app_calls_a_desk_phone_through_kamailio_and_hangs_up(
+    cluster: tuple[Kamailio, list[RunningNode]], tmp_path: Path
+) -> None:
+    kamailio, nodes = cluster
+    async with desk_phone(kamailio, tmp_path) as phone:
+        holder, device_id = await registered_through(kamailio, nodes, phone)
+        bob, call_id = await answered_by_phone(kamailio, nodes, holder, device_id)
+        assert (await bob.request({"type": "call.hangup", "call_id": call_id}))["state"] == "ended"
+        assert (await sent_bye(holder, call_id))["status"] == 200  # baresip took it, through Kamailio
+
+
+async def test_a_desk_phone_hangs_up_and_its_bye_comes_through_kamailio(
+    cluster: tuple[Kamailio, list[RunningNode]], tmp_path: Path
+) -> None:
+    kamailio, nodes = cluster
+    async with desk_phone(kamailio, tmp_path) as phone:
+        holder, device_id = await registered_through(kamailio, nodes, phone)
+        bob, call_id = await answered_by_phone(kamailio, nodes, holder, device_id)
+        await hang_up(phone)
+        ended = await bob.expect("call.ended", timeout=10, call_id=call_id)
+        assert ended["reason"] == "remote_ended"
+        timeline = await holder.node.stores.calls.timeline(call_id)
+        assert any(e.get("received") == "BYE" and e["node"] == holder.node.node_id for e in timeline)
