@@ -48,7 +48,9 @@ def baresip_sip_port() -> int:
     pytest.fail("no two consecutive free ports for baresip")
 
 
-async def test_baresip_registers_and_answers_an_app_call(sip_node: SipNodeFactory, tmp_path: Path) -> None:
+async def test_baresip_registers_and_answers_an_app_call(
+    sip_node: SipNodeFactory, tmp_path: Path
+) -> None:
     node = await sip_node()
     gateway = node.node.sip
     assert gateway is not None
@@ -56,8 +58,13 @@ async def test_baresip_registers_and_answers_an_app_call(sip_node: SipNodeFactor
     (tmp_path / "config").write_text(CONFIG.format(port=phone_port))
     (tmp_path / "accounts").write_text(ACCOUNT.format(node_port=sip_port(node)))
     process = await asyncio.create_subprocess_exec(
-        baresip_binary(), "-f", str(tmp_path), "-t", "60",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        baresip_binary(),
+        "-f",
+        str(tmp_path),
+        "-t",
+        "60",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         for _ in range(100):
