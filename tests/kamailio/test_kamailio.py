@@ -27,6 +27,7 @@ from tests.sipcalls.conftest import (
 )
 from tests.sipcalls.test_baresip import CONFIG as BARESIP_CONFIG
 from tests.sipcalls.test_baresip import baresip_binary, baresip_sip_port
+from voip.sipcalls.legs import OutboundLeg
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 pytestmark = pytest.mark.interop
@@ -223,6 +224,7 @@ async def answered_by_phone(
     assert leg.dialog is not None
     # The phone's 200 came back through Kamailio, which record-routed the INVITE: every
     # later request of the dialog, both ways, goes through it too.
+    assert isinstance(leg, OutboundLeg)
     ftag = leg.invite.from_.params["tag"]
     assert [str(hop.uri) for hop in leg.dialog.route_set] == [
         f"sip:127.0.0.1:{kamailio.port};lr=on;ftag={ftag}"
@@ -302,9 +304,12 @@ async def test_a_node_killed_mid_run_new_calls_reach_the_survivor_and_its_calls_
         tmp_path / "kept",
     )
     kept_call = (await phones[nodes[0].node.node_id].expect("call.incoming", timeout=10))["call_id"]
+    # The node whose gateway took the INVITE (its leg exists before the app hears of it).
     (survivor,) = [
-        n for n in nodes if any(leg.call_id == kept_call for leg in n.node.sip.legs.values())
-    ]  # type: ignore[union-attr]
+        n
+        for n in nodes
+        if n.node.sip and any(leg.call_id == kept_call for leg in n.node.sip.legs.values())
+    ]
     holder = survivor.node.node_id
     dead = next(n for n in nodes if n is not survivor)
     alice = phones[holder]
