@@ -31,7 +31,9 @@ def test_scale_bench_runs_and_counts_redis_per_call(redis_url: str) -> None:
         assert count.round_trip_kinds["EVALSHA:create_call+ZADD+ZADD+ZREMRANGEBYSCORE"] == 1
         assert "SCRIPT" not in count.round_trip_kinds
         traces = count.round_trip_kinds.get(TIMELINE_BATCH, 0) + count.round_trip_kinds.get("RPUSH+PUBLISH", 0)
-        assert 0 < traces < 1, count  # was 2: one per frame
+        # Was 2, one per frame. Not "> 0": a batch can span the whole window, and the idle
+        # window's count is subtracted.
+        assert traces < 1, count
         assert count.round_trips <= 3, count
         assert count.commands > 10
     assert [sip.sustained for sip in report.sip] == [10, 10], report.lines()
