@@ -63,7 +63,7 @@ def authenticate(request: Request, role: str) -> Principal:
 
 
 def device_id_of(request: Request) -> str:
-    device_id = request.path_params["device_id"]
+    device_id: str = request.path_params["device_id"]
     if not DEVICE_ID.match(device_id):
         raise ApiError(422, "validation_error", "device_id: 1-64 of A-Z a-z 0-9 . _ : -")
     return device_id
