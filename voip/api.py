@@ -49,7 +49,8 @@ class DeviceIn(BaseModel):
 
 
 def node_of(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+    node: Node = request.app.state.node
+    return node
 
 
 def authenticate(request: Request, role: str) -> Principal:
