@@ -7,7 +7,7 @@ import json
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -100,7 +100,7 @@ class APNsConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports (uvicorn serves on uvloop) are
         # asyncio.Transport-alike, not subclasses.
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)
         ssl_object = transport.get_extra_info("ssl_object")
         self.info.alpn_protocol = ssl_object.selected_alpn_protocol() if ssl_object else None
         self.info.peer = transport.get_extra_info("peername")

@@ -31,7 +31,7 @@ import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable, Coroutine, Generator, Iterable
-from typing import Any
+from typing import Any, cast
 
 from .message import (
     MAX_DATAGRAM_SIZE,
@@ -190,7 +190,7 @@ class _StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports (uvicorn serves on uvloop) are
         # asyncio.Transport-alike, not subclasses.
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
         self.endpoint._conns[(self.name, self.peer)] = self
@@ -215,7 +215,7 @@ class _StreamConnection(asyncio.Protocol):
                 message = self.parser.next_message()
             except ParseError as err:
                 self.endpoint._unparseable(err, err.head, self.peer, self.name, self)
-                if getattr(err, "fatal", True):
+                if err.fatal:
                     self.transport.close()
                     return
                 continue
@@ -313,7 +313,7 @@ class SipEndpoint:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _DatagramProtocol(self), local_addr=(self.host, self.port)
             )
-            self._udp = transport  # type: ignore[assignment]
+            self._udp = transport
             self.port = transport.get_extra_info("sockname")[1]
         if "TCP" in self.transports:
             server = await loop.create_server(

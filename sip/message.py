@@ -62,6 +62,9 @@ class ParseError(ValueError):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+        # Set by StreamParser: False when the bad message was consumed and the
+        # stream can go on, True when framing is lost and the connection must close.
+        self.fatal = True
         # The header section of the offending message when known, so the
         # edge can still address a 400 to its sender.
         self.head: str | None = None
@@ -1053,7 +1056,7 @@ class StreamParser:
 
     def _fatal(self, reason: str, status: int = 400, head: str | None = None) -> ParseError:
         err = ParseError(reason, status)
-        err.fatal = True  # type: ignore[attr-defined]
+        err.fatal = True
         err.head = head
         self._broken = err
         return err
@@ -1084,7 +1087,7 @@ class StreamParser:
                 length = _salvage_content_length(head)
                 if length is None:
                     raise self._fatal(err.reason, err.status, head) from None
-                err.fatal = False  # type: ignore[attr-defined]
+                err.fatal = False
                 err.head = head
                 self._pending = (err, end + 4, length)
             else:

@@ -715,7 +715,8 @@ class TransactionLayer:
 
     def _after(self, tx: Transaction) -> None:
         if tx.state is State.TERMINATED:
-            table: dict[TransactionKey, Transaction] = self.servers if tx.is_server else self.clients  # type: ignore[assignment]
+            table: dict[TransactionKey, ServerTransaction] | dict[TransactionKey, ClientTransaction]
+            table = self.servers if tx.is_server else self.clients
             if table.get(tx.key) is tx:
                 del table[tx.key]
             tx.dirty.clear()

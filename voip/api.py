@@ -49,7 +49,8 @@ class DeviceIn(BaseModel):
 
 
 def node_of(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+    node: Node = request.app.state.node
+    return node
 
 
 def authenticate(request: Request, role: str) -> Principal:
@@ -63,7 +64,7 @@ def authenticate(request: Request, role: str) -> Principal:
 
 
 def device_id_of(request: Request) -> str:
-    device_id = request.path_params["device_id"]
+    device_id: str = request.path_params["device_id"]
     if not DEVICE_ID.match(device_id):
         raise ApiError(422, "validation_error", "device_id: 1-64 of A-Z a-z 0-9 . _ : -")
     return device_id

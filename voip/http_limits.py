@@ -74,6 +74,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # Connection -----------------------------------------------------------------------
 
+    # Narrower than asyncio.Protocol's, as uvicorn's own HttpToolsProtocol declares it.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # From the first byte of the connection: trickling a request never restarts it.

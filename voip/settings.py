@@ -341,7 +341,9 @@ def _one_line(exc: ValidationError) -> str:
     field = Settings.model_fields.get(name)
     if field is None:
         return f"{name}: unknown setting"
-    env_name = field.validation_alias.choices[-1]  # type: ignore[union-attr]
+    alias = field.validation_alias
+    assert isinstance(alias, AliasChoices)  # every setting is declared with _env()
+    env_name = alias.choices[-1]
     shown = "" if not field.repr else f" (got {error.get('input')!r})"  # secrets are never echoed
     return f"{env_name} ({name}): {message}{shown}"
 

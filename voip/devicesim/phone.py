@@ -140,7 +140,8 @@ class Phone:
         response.raise_for_status()
         self._record("registered", token=f"…{self.token[-8:]}", environment=environment,
                      online=self.apns_device.online if self.apns_device else None)
-        return response.json()  # type: ignore[no-any-return]
+        record: dict[str, Any] = response.json()
+        return record
 
     async def open_app(self) -> None:
         """The app comes to the foreground (or was woken for a call) and connects."""

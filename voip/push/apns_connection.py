@@ -265,6 +265,7 @@ class APNsConnection(APNsTLSClientProtocol):
             elif isinstance(event, WindowUpdated):
                 self._window_opened.set()
             elif isinstance(event, RemoteSettingsChanged):
+                # h2 types the keys int, aioapns SettingCodes; h2 gives SettingCodes for known ones.
                 self.on_remote_settings_changed(event.changed_settings)  # type: ignore[arg-type]
                 self._window_opened.set()
             elif isinstance(event, ConnectionTerminated):

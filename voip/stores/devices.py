@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -41,7 +41,7 @@ class DeviceStore:
         return orjson.loads(raw) if raw else None
 
     async def registered(self, user_id: str) -> dict[str, dict[str, Any]]:
-        raw: dict[bytes, bytes] = await self._redis.hgetall(self._keys.devices(user_id))  # type: ignore[assignment]
+        raw = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.devices(user_id)))
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
     async def delete(self, user_id: str, device_id: str) -> bool:

@@ -14,7 +14,7 @@ class EpochStore:
         self._keys = keys
 
     async def read(self) -> bytes | str | None:
-        return await self._redis.get(self._keys.epoch)  # type: ignore[no-any-return]
+        return await self._redis.get(self._keys.epoch)
 
     async def write_once(self, value: bytes) -> bool:
         """SET NX, no TTL: true if this wrote it, false if an epoch was there already."""

@@ -17,6 +17,7 @@ class SipStore:
 
     async def put_ha1s(self, user: str, ha1s: dict[str, str]) -> None:
         """`ha1s`: "<realm>|<algorithm>" -> HA1."""
+        # redis-py's mapping has an invariant key type (bytes | str | ...); str keys are valid.
         await self._redis.hset(self._keys.sip_ha1(user), mapping=ha1s)  # type: ignore[arg-type]
 
     async def ha1(self, user: str, realm: str, algorithm: str) -> bytes | None:
