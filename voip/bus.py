@@ -49,7 +49,7 @@ class Bus:
         self._prefix = prefix
         self._keys = KeyLayout(prefix)
         self._pubsub: ShardedPubSub | PubSub = (
-            ShardedPubSub(redis) if isinstance(redis, RedisCluster) else redis.pubsub()  # type: ignore[unreachable]
+            ShardedPubSub(redis) if isinstance(redis, RedisCluster) else redis.pubsub()
         )
         # user id -> device id -> deliver callables (a device may briefly hold two sockets)
         self._local: dict[str, dict[str, list[Deliver]]] = {}

@@ -411,5 +411,5 @@ class DeviceConnection:
                 await self.controller.signal(self.user_id, self.device_id, call_id, payload)
             case Ping():
                 return {"type": FrameType.PONG, "id": message.id, "server_time": int(time.time() * 1000)}
-        ack["call_id"] = message.call_id  # type: ignore[union-attr]
+        ack["call_id"] = message.call_id
         return ack

@@ -78,7 +78,7 @@ class OpsStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for call_id in call_ids:
                 pipe.hgetall(self._keys.call(call_id))
-            return await pipe.execute()  # type: ignore[no-any-return]
+            return await pipe.execute()
 
     # Live-feed tickets: Redis holds only their hash, so reading Redis hands out none ----
 
