@@ -25,7 +25,11 @@ PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".installed"
 # Debian packages the interop and browser tests drive (tools as named on PATH: package).
 SYSTEM_TOOLS = {
-    "sipp": "sip-tester", "baresip": "baresip", "chromium": "chromium", "haproxy": "haproxy", "kamailio": "kamailio",
+    "sipp": "sip-tester",
+    "baresip": "baresip",
+    "chromium": "chromium",
+    "haproxy": "haproxy",
+    "kamailio": "kamailio",
 }
 
 

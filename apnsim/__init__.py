@@ -11,6 +11,7 @@ from apnsim.server import APNsSimulator
 from apnsim.tls import client_ssl_context
 
 __all__ = [
+    "STATUS_OF",
     "APNsSimulator",
     "Clock",
     "ConnectionInfo",
@@ -27,7 +28,6 @@ __all__ = [
     "Push",
     "Reason",
     "RecordedRequest",
-    "STATUS_OF",
     "SigningKey",
     "client_ssl_context",
     "generate_signing_key",

@@ -21,23 +21,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m apnsim", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--dir", required=True, type=Path,
-                        help="where the CA and server certificate are written")
-    parser.add_argument("--environment", choices=[e.value for e in Environment],
-                        default=Environment.SANDBOX.value)
-    parser.add_argument("--strict", action="store_true",
-                        help="answer BadDeviceToken for tokens no device registered")
-    parser.add_argument("--key", action="append", default=[], type=_parse_key,
-                        metavar="TEAM_ID:KEY_ID:PEM_PATH",
-                        help="trust provider tokens signed by this key (public or .p8 PEM)")
-    parser.add_argument("--generate-key", action="append", default=[], metavar="TEAM_ID:KEY_ID",
-                        help="create a key pair, trust it, write AuthKey_<KEY_ID>.p8 into --dir")
+    parser.add_argument("--dir", required=True, type=Path, help="where the CA and server certificate are written")
+    parser.add_argument("--environment", choices=[e.value for e in Environment], default=Environment.SANDBOX.value)
+    parser.add_argument("--strict", action="store_true", help="answer BadDeviceToken for tokens no device registered")
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        type=_parse_key,
+        metavar="TEAM_ID:KEY_ID:PEM_PATH",
+        help="trust provider tokens signed by this key (public or .p8 PEM)",
+    )
+    parser.add_argument(
+        "--generate-key",
+        action="append",
+        default=[],
+        metavar="TEAM_ID:KEY_ID",
+        help="create a key pair, trust it, write AuthKey_<KEY_ID>.p8 into --dir",
+    )
     return parser
 
 
 async def run(args: argparse.Namespace) -> None:
-    simulator = APNsSimulator(args.dir, host=args.host, port=args.port,
-                              environment=args.environment, strict_tokens=args.strict)
+    simulator = APNsSimulator(
+        args.dir, host=args.host, port=args.port, environment=args.environment, strict_tokens=args.strict
+    )
     for team_id, key_id, path in args.key:
         simulator.register_key(team_id, key_id, path.read_text())
     await simulator.start()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -47,9 +47,11 @@ def generate_signing_key(team_id: str, key_id: str) -> SigningKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    public_pem = private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public_pem = (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     return SigningKey(team_id, key_id, private_pem, public_pem)
 
 
@@ -60,13 +62,9 @@ def public_pem_of(pem: str) -> str:
         public_key = private_key.public_key()
     else:
         public_key = serialization.load_pem_public_key(pem.encode())
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
-        public_key.curve, ec.SECP256R1
-    ):
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
         raise ValueError("APNs provider keys are P-256 EC keys")
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 @dataclass(frozen=True)
@@ -88,8 +86,9 @@ class ProviderKeyring:
     def __init__(self) -> None:
         self._keys: dict[str, ProviderKey] = {}
 
-    def register(self, team_id: str, key_id: str, public_key_pem: str,
-                 bundle_ids: Iterable[str] | None = None) -> ProviderKey:
+    def register(
+        self, team_id: str, key_id: str, public_key_pem: str, bundle_ids: Iterable[str] | None = None
+    ) -> ProviderKey:
         key = ProviderKey(
             team_id=team_id,
             key_id=key_id,
@@ -140,8 +139,9 @@ class ConnectionAuth:
     authenticated: bool = False
     token_changes: list[float] = field(default_factory=list)
 
-    def admit(self, token: str, keyring: ProviderKeyring, now: float,
-              min_update_interval: float) -> VerifiedToken | Reason:
+    def admit(
+        self, token: str, keyring: ProviderKeyring, now: float, min_update_interval: float
+    ) -> VerifiedToken | Reason:
         verified = keyring.verify(token, now)
         if isinstance(verified, Reason):
             return verified

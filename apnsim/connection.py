@@ -6,8 +6,9 @@ import asyncio
 import json
 import socket
 import struct
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, cast
+from typing import Any, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -75,18 +76,22 @@ def _text(value: bytes | str) -> str:
 
 
 class APNsConnection(asyncio.Protocol):
-    def __init__(self, info: ConnectionInfo, handler: StreamHandler,
-                 unauthenticated_stream_limit: int, stream_limit: int,
-                 on_closed: Callable[[APNsConnection], None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        handler: StreamHandler,
+        unauthenticated_stream_limit: int,
+        stream_limit: int,
+        on_closed: Callable[[APNsConnection], None],
+        clock: Callable[[], float],
+    ) -> None:
         self.info = info
         self._handler = handler
         self._unauthenticated_stream_limit = unauthenticated_stream_limit
         self._stream_limit = stream_limit
         self._on_closed = on_closed
         self._clock = clock
-        self._h2 = H2Connection(
-            H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
-        )
+        self._h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True))
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, IncomingStream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -109,9 +114,7 @@ class APNsConnection(asyncio.Protocol):
         # binds once the client acknowledges it (RFC 9113 §6.5.3) instead of
         # killing streams a client opened before it could read the preface.
         self._h2.initiate_connection()
-        self._h2.update_settings(
-            {SettingCodes.MAX_CONCURRENT_STREAMS: self._unauthenticated_stream_limit}
-        )
+        self._h2.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: self._unauthenticated_stream_limit})
         self.info.stream_limit = self._unauthenticated_stream_limit
         self._flush()
 
@@ -187,8 +190,7 @@ class APNsConnection(asyncio.Protocol):
     def is_open(self) -> bool:
         return not self._closing and self._transport is not None
 
-    def respond(self, stream_id: int, status: int, headers: list[tuple[str, str]],
-                body: bytes = b"") -> bool:
+    def respond(self, stream_id: int, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> bool:
         """Send a complete response; ``False`` if the stream or connection is gone."""
         if not self.is_open:
             return False
@@ -211,19 +213,19 @@ class APNsConnection(asyncio.Protocol):
             self.info.stream_limit = self._stream_limit
             self._flush()
 
-    def go_away(self, reason: str | None, error_code: int = ErrorCodes.NO_ERROR,
-                last_stream_id: int | None = None) -> None:
+    def go_away(
+        self, reason: str | None, error_code: int = ErrorCodes.NO_ERROR, last_stream_id: int | None = None
+    ) -> None:
         """Send GOAWAY (with ``{"reason": ...}`` like APNs) and close the connection."""
         if not self.is_open:
             return
         if last_stream_id is None:
             last_stream_id = max(self._answered, default=0)
-        additional_data = (
-            json.dumps({"reason": reason}, separators=(",", ":")).encode() if reason else b""
-        )
+        additional_data = json.dumps({"reason": reason}, separators=(",", ":")).encode() if reason else b""
         try:
-            self._h2.close_connection(error_code=error_code, additional_data=additional_data,
-                                      last_stream_id=last_stream_id)
+            self._h2.close_connection(
+                error_code=error_code, additional_data=additional_data, last_stream_id=last_stream_id
+            )
         except ProtocolError:
             pass
         self.info.goaway_sent = additional_data

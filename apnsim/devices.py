@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from apnsim.clock import Clock
 from apnsim.reasons import Reason
@@ -171,13 +172,20 @@ class DeviceRegistry:
     def get(self, token: str) -> Device | None:
         return self._devices.get(token.lower())
 
-    def add(self, topic: str, environment: Environment, token: str | None = None,
-            online: bool = True, auto_created: bool = False) -> Device:
+    def add(
+        self,
+        topic: str,
+        environment: Environment,
+        token: str | None = None,
+        online: bool = True,
+        auto_created: bool = False,
+    ) -> Device:
         token = (token or secrets.token_hex(32)).lower()
         if token in self._devices:
             raise ValueError(f"device token {token} is already registered")
-        device = Device(token=token, topic=topic, environment=environment, online=online,
-                        auto_created=auto_created, _registry=self)
+        device = Device(
+            token=token, topic=topic, environment=environment, online=online, auto_created=auto_created, _registry=self
+        )
         self._devices[token] = device
         return device
 

@@ -70,8 +70,9 @@ class Dispatcher:
             if fault.kind == FaultKind.SILENT:
                 return
             if fault.kind == FaultKind.GOAWAY and not fault.answer_before_goaway:
-                connection.go_away(fault.goaway_reason, fault.goaway_error_code,
-                                   last_stream_id=max(stream.stream_id - 2, 0))
+                connection.go_away(
+                    fault.goaway_reason, fault.goaway_error_code, last_stream_id=max(stream.stream_id - 2, 0)
+                )
                 return
             if fault.kind == FaultKind.DELAY:
                 await asyncio.sleep(fault.delay)
@@ -96,8 +97,7 @@ class Dispatcher:
                 timestamp_ms = int(self._sim.clock() * 1000)
         return Answer(fault.status, fault.reason, timestamp_ms)
 
-    def _send(self, connection: APNsConnection, stream_id: int, record: RecordedRequest,
-              answer: Answer) -> None:
+    def _send(self, connection: APNsConnection, stream_id: int, record: RecordedRequest, answer: Answer) -> None:
         headers = [("apns-id", record.apns_id)]
         body = b""
         if answer.unique_id is not None:
@@ -109,11 +109,9 @@ class Dispatcher:
             body = json.dumps(error, separators=(",", ":")).encode()
             headers.append(("content-type", "application/json"))
         if connection.respond(stream_id, answer.status, headers, body):
-            self._sim.log.answered(record, answer.status, answer.reason, answer.timestamp_ms,
-                                   self._sim.clock())
+            self._sim.log.answered(record, answer.status, answer.reason, answer.timestamp_ms, self._sim.clock())
 
-    def _process(self, connection: APNsConnection, stream: IncomingStream,
-                 apns_id: str) -> Answer:
+    def _process(self, connection: APNsConnection, stream: IncomingStream, apns_id: str) -> Answer:
         sim = self._sim
         headers = stream.regular_headers
 
@@ -132,9 +130,7 @@ class Dispatcher:
         scheme, _, jwt_text = authorization.partition(" ")
         if scheme.lower() != "bearer" or not jwt_text.strip():
             return Answer.of(Reason.INVALID_PROVIDER_TOKEN)
-        verified = connection.info.auth.admit(
-            jwt_text.strip(), sim.keyring, sim.clock(), sim.token_update_interval
-        )
+        verified = connection.info.auth.admit(jwt_text.strip(), sim.keyring, sim.clock(), sim.token_update_interval)
         if isinstance(verified, Reason):
             return Answer.of(verified)
         connection.allow_full_concurrency()
@@ -157,8 +153,7 @@ class Dispatcher:
         if device is None:
             if sim.strict_tokens:
                 return Answer.of(Reason.BAD_DEVICE_TOKEN)
-            device = sim.devices.add(checked.topic, sim.environment, token=token,
-                                     online=True, auto_created=True)
+            device = sim.devices.add(checked.topic, sim.environment, token=token, online=True, auto_created=True)
         if device.environment != sim.environment:
             return Answer.of(Reason.BAD_DEVICE_TOKEN)
         if device.topic != checked.topic:

@@ -10,11 +10,11 @@ from apnsim.reasons import STATUS_OF, Reason
 
 
 class FaultKind(StrEnum):
-    REJECT = "reject"              # answer with a chosen status/reason instead of processing
-    GOAWAY = "goaway"              # send GOAWAY, before or after answering the stream
-    SILENT = "silent"              # never answer the stream
-    DELAY = "delay"                # answer normally, after a delay
-    RESET = "reset"                # close the TCP connection abruptly (RST)
+    REJECT = "reject"  # answer with a chosen status/reason instead of processing
+    GOAWAY = "goaway"  # send GOAWAY, before or after answering the stream
+    SILENT = "silent"  # never answer the stream
+    DELAY = "delay"  # answer normally, after a delay
+    RESET = "reset"  # close the TCP connection abruptly (RST)
     LATE_DELIVERY = "late-delivery"  # a stored push is handed over although expired
 
 
@@ -31,8 +31,7 @@ class Fault:
     answer_before_goaway: bool = True
 
     @classmethod
-    def reject(cls, reason: Reason | str, status: int | None = None,
-               timestamp_ms: int | None = None) -> Fault:
+    def reject(cls, reason: Reason | str, status: int | None = None, timestamp_ms: int | None = None) -> Fault:
         if status is None:
             status = STATUS_OF[Reason(reason)]
         return cls(FaultKind.REJECT, status=status, reason=str(reason), timestamp_ms=timestamp_ms)
@@ -67,12 +66,12 @@ class Fault:
         return cls.reject(Reason.SHUTDOWN)
 
     @classmethod
-    def goaway(cls, reason: str = "Shutdown", *, answer_first: bool = True,
-               error_code: int = 0) -> Fault:
+    def goaway(cls, reason: str = "Shutdown", *, answer_first: bool = True, error_code: int = 0) -> Fault:
         """GOAWAY with ``{"reason": ...}`` as additional data; with ``answer_first=False``
         the request is left unprocessed (its stream id above last-stream-id)."""
-        return cls(FaultKind.GOAWAY, goaway_reason=reason, goaway_error_code=error_code,
-                   answer_before_goaway=answer_first)
+        return cls(
+            FaultKind.GOAWAY, goaway_reason=reason, goaway_error_code=error_code, answer_before_goaway=answer_first
+        )
 
     @classmethod
     def silent(cls) -> Fault:
@@ -135,8 +134,10 @@ class FaultBook:
         """Consume the fault that applies to a request for *token*; token-specific ones first."""
         token = token.lower() if token else None
         candidates = [
-            e for e in self._entries
-            if e.active and (e.fault.kind == FaultKind.LATE_DELIVERY) == late_delivery
+            e
+            for e in self._entries
+            if e.active
+            and (e.fault.kind == FaultKind.LATE_DELIVERY) == late_delivery
             and (e.token is None or e.token == token)
         ]
         if not candidates:

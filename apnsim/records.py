@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from apnsim.faults import Fault
 
@@ -73,8 +74,9 @@ class RequestLog:
         self.requests.append(request)
         self._notify(request)
 
-    def answered(self, request: RecordedRequest, status: int, reason: str | None,
-                 timestamp_ms: int | None, at: float) -> None:
+    def answered(
+        self, request: RecordedRequest, status: int, reason: str | None, timestamp_ms: int | None, at: float
+    ) -> None:
         request.status, request.reason = status, reason
         request.timestamp_ms, request.answered_at = timestamp_ms, at
         request._answered.set()
@@ -89,8 +91,7 @@ class RequestLog:
                 future.set_result(request)
                 self._waiters.remove(entry)
 
-    async def wait_for(self, predicate: Predicate, timeout: float = 5.0,
-                       since: int = 0) -> RecordedRequest:
+    async def wait_for(self, predicate: Predicate, timeout: float = 5.0, since: int = 0) -> RecordedRequest:
         """The first request with index >= *since* matching *predicate*, waiting if need be.
 
         The predicate is re-evaluated when a request arrives and again when it is

@@ -7,9 +7,9 @@ import itertools
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Iterable
 
 from h2.errors import ErrorCodes
 
@@ -54,9 +54,7 @@ class APNsSimulator:
         stream_limit: int = AUTHENTICATED_STREAM_LIMIT,
     ) -> None:
         self._owns_directory = directory is None
-        self.directory = Path(directory) if directory is not None else Path(
-            tempfile.mkdtemp(prefix="apnsim-")
-        )
+        self.directory = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="apnsim-"))
         self.host = host
         self._requested_port = port
         self.environment = Environment(environment)
@@ -88,7 +86,9 @@ class APNsSimulator:
         self._tls = generate_tls_material(self.directory)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._new_connection, self.host, self._requested_port,
+            self._new_connection,
+            self.host,
+            self._requested_port,
             ssl=server_ssl_context(self._tls),
         )
 
@@ -102,8 +102,7 @@ class APNsSimulator:
         for connection in live:
             connection.go_away(str(Reason.SHUTDOWN), ErrorCodes.NO_ERROR)
         if live:
-            await asyncio.wait([asyncio.ensure_future(c.closed.wait()) for c in live],
-                               timeout=grace)
+            await asyncio.wait([asyncio.ensure_future(c.closed.wait()) for c in live], timeout=grace)
         for connection in list(self._live):
             connection.reset()
         await server.wait_closed()
@@ -114,8 +113,9 @@ class APNsSimulator:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
     def _new_connection(self) -> APNsConnection:
@@ -154,16 +154,16 @@ class APNsSimulator:
 
     # provider keys
 
-    def register_key(self, team_id: str, key_id: str, public_key_pem: str,
-                     bundle_ids: Iterable[str] | None = None) -> ProviderKey:
+    def register_key(
+        self, team_id: str, key_id: str, public_key_pem: str, bundle_ids: Iterable[str] | None = None
+    ) -> ProviderKey:
         """Trust ES256 provider tokens signed by this key (a private PEM is accepted too).
 
         With *bundle_ids*, pushes to other apps get 400 TopicDisallowed.
         """
         return self.keyring.register(team_id, key_id, public_key_pem, bundle_ids)
 
-    def create_key(self, team_id: str, key_id: str,
-                   bundle_ids: Iterable[str] | None = None) -> SigningKey:
+    def create_key(self, team_id: str, key_id: str, bundle_ids: Iterable[str] | None = None) -> SigningKey:
         """Generate a key pair, register its public half, and hand back both halves."""
         key = generate_signing_key(team_id, key_id)
         self.register_key(team_id, key_id, key.public_pem, bundle_ids)
@@ -174,8 +174,9 @@ class APNsSimulator:
 
     # devices
 
-    def add_device(self, topic: str, token: str | None = None, *,
-                   environment: Environment | str | None = None, online: bool = True) -> Device:
+    def add_device(
+        self, topic: str, token: str | None = None, *, environment: Environment | str | None = None, online: bool = True
+    ) -> Device:
         """A device whose app registered *token* for *topic* (``bundle.voip`` for PushKit)."""
         env = Environment(environment) if environment is not None else self.environment
         return self.devices.add(topic, env, token=token, online=online)
@@ -191,8 +192,7 @@ class APNsSimulator:
 
     # faults
 
-    def inject(self, fault: Fault, token: str | None = None,
-               times: int | None = 1) -> InjectedFault:
+    def inject(self, fault: Fault, token: str | None = None, times: int | None = 1) -> InjectedFault:
         """Misbehave on the next *times* requests for *token* (every token if ``None``).
 
         ``times=None`` makes the fault sticky until removed or cleared.
@@ -214,13 +214,11 @@ class APNsSimulator:
     def requests(self) -> list[RecordedRequest]:
         return self.log.requests
 
-    async def wait_for(self, predicate: Predicate, timeout: float = 5.0,
-                       since: int = 0) -> RecordedRequest:
+    async def wait_for(self, predicate: Predicate, timeout: float = 5.0, since: int = 0) -> RecordedRequest:
         """First request (index >= *since*) matching *predicate*, past or future."""
         return await self.log.wait_for(predicate, timeout, since)
 
-    async def next_request(self, predicate: Predicate = lambda r: True,
-                           timeout: float = 5.0) -> RecordedRequest:
+    async def next_request(self, predicate: Predicate = lambda r: True, timeout: float = 5.0) -> RecordedRequest:
         """The next request from now on that matches *predicate*."""
         return await self.log.wait_for(predicate, timeout, since=len(self.log))
 

@@ -32,11 +32,12 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def generate_tls_material(directory: Path, hostnames: tuple[str, ...] = ("localhost",),
-                          ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1")) -> TLSMaterial:
+def generate_tls_material(
+    directory: Path, hostnames: tuple[str, ...] = ("localhost",), ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
+) -> TLSMaterial:
     """Create a fresh CA and a server certificate for loopback, written as PEM into *directory*."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     # Backdated so that a client whose clock lags slightly still accepts the chain.
     not_before = now - dt.timedelta(hours=1)
     not_after = now + dt.timedelta(days=30)
@@ -54,9 +55,15 @@ def generate_tls_material(directory: Path, hostnames: tuple[str, ...] = ("localh
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -78,9 +85,7 @@ def generate_tls_material(directory: Path, hostnames: tuple[str, ...] = ("localh
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 

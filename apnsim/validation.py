@@ -16,9 +16,7 @@ from apnsim.reasons import Reason
 
 DEVICE_PATH_PREFIX = "/3/device/"
 TOKEN_PATTERN = re.compile(r"[0-9a-fA-F]{64,}")
-UUID_PATTERN = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
+UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_COLLAPSE_ID_BYTES = 64
 MAX_PAYLOAD_BYTES = 4096
 MAX_VOIP_PAYLOAD_BYTES = 5120
@@ -81,7 +79,7 @@ def check_route(method: str, path: str) -> str | Reason:
         return Reason.MISSING_DEVICE_TOKEN
     if not path.startswith(DEVICE_PATH_PREFIX):
         return Reason.BAD_PATH
-    token = path[len(DEVICE_PATH_PREFIX):]
+    token = path[len(DEVICE_PATH_PREFIX) :]
     if "/" in token:
         return Reason.BAD_PATH
     return token

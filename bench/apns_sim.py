@@ -53,10 +53,13 @@ class Counters:
 
 def _answer(sim: APNsSimulator, counters: Counters, command: str) -> Any:
     if command == "stats":
-        return {"requests": counters.requests + len(sim.requests),
-                "ok": counters.ok + sum(1 for r in sim.requests if r.status == 200),
-                "connections": len(sim.connections), "cpu_s": _cpu_seconds(),
-                "runq_s": runq_seconds()}
+        return {
+            "requests": counters.requests + len(sim.requests),
+            "ok": counters.ok + sum(1 for r in sim.requests if r.status == 200),
+            "connections": len(sim.connections),
+            "cpu_s": _cpu_seconds(),
+            "runq_s": runq_seconds(),
+        }
     if command == "receipts":
         rows = []
         for record in sim.requests:
@@ -65,8 +68,9 @@ def _answer(sim: APNsSimulator, counters: Counters, command: str) -> Any:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(body, dict) and "call_id" in body:
-                rows.append([body["call_id"], record.received_at, record.status,
-                             body.get("sent_at"), body.get("expires_at")])
+                rows.append(
+                    [body["call_id"], record.received_at, record.status, body.get("sent_at"), body.get("expires_at")]
+                )
         return rows
     if command == "clear":
         counters.requests += len(sim.requests)
@@ -86,9 +90,18 @@ async def run(directory: Path) -> None:
     key_file = directory / f"AuthKey_{KEY_ID}.p8"
     key_file.write_text(key.private_pem)
     key_file.chmod(0o600)
-    sys.stdout.write(orjson.dumps({"endpoint": sim.endpoint, "ca_file": sim.ca_file,
-                                   "key_file": str(key_file), "key_id": KEY_ID,
-                                   "team_id": TEAM_ID}).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(
+            {
+                "endpoint": sim.endpoint,
+                "ca_file": sim.ca_file,
+                "key_file": str(key_file),
+                "key_id": KEY_ID,
+                "team_id": TEAM_ID,
+            }
+        ).decode()
+        + "\n"
+    )
     sys.stdout.flush()
 
     loop = asyncio.get_running_loop()

@@ -22,13 +22,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-
-import orjson
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from apnsim import APNsSimulator, Fault
 from bench.procs import ROOT, NodeProcess
@@ -141,8 +141,9 @@ class Fleet:
         log_path = self._tmp / f"{name}-{self._starts[name]}.log"
         env = {**self._env, "BENCH_NODE_ID": f"chaos-{name}-{self._starts[name]}"}
         with log_path.open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "bench.server"], cwd=ROOT, env=env,
-                                       stdout=subprocess.PIPE, stderr=log)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bench.server"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log
+            )
         assert process.stdout is not None
         line = process.stdout.readline().decode()
         if not line.startswith("PORT "):
@@ -290,8 +291,18 @@ class Chaos:
             else:  # what the phones saw, and the nodes' logs, for whoever looks into it
                 with (tmp / "events.jsonl").open("wb") as out:
                     for event in self.log.events:
-                        out.write(orjson.dumps({"at": event.at, "device": event.device, "kind": event.kind,
-                                                "call_id": event.call_id, **event.detail}) + b"\n")
+                        out.write(
+                            orjson.dumps(
+                                {
+                                    "at": event.at,
+                                    "device": event.device,
+                                    "kind": event.kind,
+                                    "call_id": event.call_id,
+                                    **event.detail,
+                                }
+                            )
+                            + b"\n"
+                        )
                 self.report.kept = str(tmp)
 
     async def _run(self, tmp: Path) -> Report:
@@ -306,19 +317,27 @@ class Chaos:
                 key_file = tmp / "AuthKey.p8"
                 key_file.write_text(key.private_pem)
                 env = {
-                    **os.environ, **redis_set.env(),
-                    "BENCH_PREFIX": self._prefix, "BENCH_SECRET": self._secret,
+                    **os.environ,
+                    **redis_set.env(),
+                    "BENCH_PREFIX": self._prefix,
+                    "BENCH_SECRET": self._secret,
                     "BENCH_RING_TIMEOUT": str(self.plan.ring_timeout),
                     "VOIP_PUBLIC_URL": balancer.url,
-                    "APNS_KEY_FILE": str(key_file), "APNS_KEY_ID": key.key_id, "APNS_TEAM_ID": key.team_id,
-                    "APNS_BUNDLE_ID": BUNDLE, "APNS_ENDPOINT": sim.endpoint, "APNS_CA_FILE": str(sim.ca_file),
+                    "APNS_KEY_FILE": str(key_file),
+                    "APNS_KEY_ID": key.key_id,
+                    "APNS_TEAM_ID": key.team_id,
+                    "APNS_BUNDLE_ID": BUNDLE,
+                    "APNS_ENDPOINT": sim.endpoint,
+                    "APNS_CA_FILE": str(sim.ca_file),
                     "PYTHONPATH": str(ROOT),
                 }
                 env.pop("REDIS_URL", None)
                 fleet = Fleet(env, tmp, balancer)
                 for name in ("n1", "n2", "n3"):
                     await asyncio.to_thread(fleet.start, name)
-                await self._traffic_and_chaos(sim, fleet, redis_set, Backend(balancer.url, Authenticator(self._secret), sim, BUNDLE))
+                await self._traffic_and_chaos(
+                    sim, fleet, redis_set, Backend(balancer.url, Authenticator(self._secret), sim, BUNDLE)
+                )
                 await self._check(redis_set)
         finally:
             for phone in self.phones:
@@ -342,7 +361,8 @@ class Chaos:
         }
         callees = [
             Phone(backend, user, f"{user}-{side}", policy=policy, log=self.log)
-            for user, pair in policies.items() for side, policy in zip("ab", pair)
+            for user, pair in policies.items()
+            for side, policy in zip("ab", pair)
         ]
         self.phones = callers + callees
         for phone in self.phones:
@@ -383,8 +403,9 @@ class Chaos:
                 with contextlib.suppress(Exception):
                     await phone.close_app()
 
-    async def _traffic_and_chaos(self, sim: APNsSimulator, fleet: Fleet, redis_set: SentinelRedis,
-                                 backend: Backend) -> None:
+    async def _traffic_and_chaos(
+        self, sim: APNsSimulator, fleet: Fleet, redis_set: SentinelRedis, backend: Backend
+    ) -> None:
         callers, callees = await self._phones(backend)
         began = time.monotonic()
         # Calls go on for the plan's seconds and until every step of the chaos has run: on
@@ -396,7 +417,8 @@ class Chaos:
             for phone in callers
         ] + [
             asyncio.create_task(self._callee_naps(phone, random.Random(self.rng.random()), stop))
-            for phone in self.phones if phone not in callers
+            for phone in self.phones
+            if phone not in callers
         ]
         chaos = asyncio.create_task(self._chaos(sim, fleet, redis_set, began))
         watch = asyncio.create_task(self._watch_master(redis_set, began))
@@ -419,8 +441,7 @@ class Chaos:
                 current = port
             await asyncio.sleep(0.25)
 
-    async def _chaos(self, sim: APNsSimulator, fleet: Fleet, redis_set: SentinelRedis,
-                     began: float) -> None:
+    async def _chaos(self, sim: APNsSimulator, fleet: Fleet, redis_set: SentinelRedis, began: float) -> None:
         """Every 30 s (scaled down for shorter runs): APNs faults throughout, a node
         killed and restarted, Redis failed over, a node drained and restarted."""
         cycle = min(30.0, self.plan.seconds)
@@ -473,8 +494,9 @@ class Chaos:
             for call_id, started in self.started.items():
                 call = await stores.calls.get(call_id)
                 if call is None:
-                    if any(kill - LOSS_WINDOW_S <= started.at <= kill + promoted + 1
-                           for kill, promoted in report.failovers):
+                    if any(
+                        kill - LOSS_WINDOW_S <= started.at <= kill + promoted + 1 for kill, promoted in report.failovers
+                    ):
                         report.calls_lost_in_window += 1
                     else:
                         report.calls_lost.append(f"{call_id} (created {started.at:.2f})")
@@ -499,8 +521,9 @@ class Chaos:
                     f"{call_id}: left ringing ({entry['to']}) {(entry['at'] - call.ring_deadline) / 1000:.1f} s late"
                 )
         answers = [e for e in states if e.get("to") == "answered"]
-        connected = {e.device for e in self.log.find("callkit.connected", call_id=call_id)
-                     if not e.device.startswith("caller")}
+        connected = {
+            e.device for e in self.log.find("callkit.connected", call_id=call_id) if not e.device.startswith("caller")
+        }
         if len(answers) > 1 or len(connected) > 1:
             report.two_answers.append(f"{call_id}: {len(answers)} answers, connected on {sorted(connected)}")
 
@@ -517,8 +540,11 @@ class Chaos:
                 report.status_failed[str(event.detail.get("http") or event.detail.get("error"))] += 1
                 if event.detail.get("http") == 500:
                     report.server_errors.append(f"{event.device} status {event.call_id}: 500")
-            elif event.kind == "ws.received" and event.detail.get("type") == "error" \
-                    and event.detail.get("code") == "internal_error":
+            elif (
+                event.kind == "ws.received"
+                and event.detail.get("type") == "error"
+                and event.detail.get("code") == "internal_error"
+            ):
                 report.server_errors.append(f"{event.device} ws {event.call_id}: internal_error")
             elif event.kind == "app.error":
                 report.client_errors[f"app {str(event.detail.get('error'))[:60]}"] += 1
@@ -541,7 +567,9 @@ class Chaos:
                 for k, d in kinds
             )
             if not learned and cancels != 1 and call.state.is_final:
-                report.cancellation_not_once.append(f"{device} {call_id}: {cancels} cancellations, final {call.state.value}")
+                report.cancellation_not_once.append(
+                    f"{device} {call_id}: {cancels} cancellations, final {call.state.value}"
+                )
             for event in events:
                 if event.kind != "status.checked":
                     continue
@@ -549,15 +577,15 @@ class Chaos:
                 said = event.detail.get("state")
                 at_ms = (started_wall + event.at) * 1000
                 if said not in _states_around(call, timeline, at_ms):
-                    report.status_untrue.append(f"{device} {call_id}: said {said} at {at_ms:.0f}, final {call.state.value}")
+                    report.status_untrue.append(
+                        f"{device} {call_id}: said {said} at {at_ms:.0f}, final {call.state.value}"
+                    )
 
 
 def _states_around(call: Any, timeline: list[dict[str, Any]], at_ms: float, slack_ms: float = 1500) -> set[str]:
     """States the call held within `slack_ms` of `at_ms` (the phone's clock is this one,
     but the answer was computed somewhere between asking and hearing)."""
-    changes = [(call.created_at, "ringing")] + [
-        (e["at"], e["to"]) for e in timeline if e.get("event") == "state"
-    ]
+    changes = [(call.created_at, "ringing")] + [(e["at"], e["to"]) for e in timeline if e.get("event") == "state"]
     changes.sort()
     held: set[str] = set()
     for index, (since, state) in enumerate(changes):

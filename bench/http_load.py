@@ -49,8 +49,13 @@ def run_wrk(
         script.write(_SCRIPT % ", ".join(f'"{p}"' for p in paths))
     try:
         command = [
-            wrk_binary(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            "--latency", "-s", script.name,
+            wrk_binary(),
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            script.name,
         ]
         for name, value in (headers or {}).items():
             command += ["-H", f"{name}: {value}"]

@@ -150,8 +150,16 @@ async def _watched_run(
     delays = [d for op in ops for d in op.delays_ms]
     created_delays = [d for op in ops for (_, e), d in zip(op.entries, op.delays_ms) if e == "created"]
     result = FeedResult(
-        rate, count, min(created), max(created), min(mine), max(mine), expected,
-        sum(1 for op in ops if op.close_code == 1013), delays, created_delays,
+        rate,
+        count,
+        min(created),
+        max(created),
+        min(mine),
+        max(mine),
+        expected,
+        sum(1 for op in ops if op.close_code == 1013),
+        delays,
+        created_delays,
     )
     return incoming, result
 
@@ -185,8 +193,12 @@ def report(rows: list[setup_latency.Latencies], feeds: list[FeedResult]) -> list
         f"{'dropped':>9}{'delay p50':>11}{'p99':>7}{'max':>7}{'created p99':>13}",
     ]
     for feed in feeds:
-        created = f"{feed.created_min}-{feed.created_max}" if feed.created_min != feed.created_max else str(feed.created_min)
-        entries = f"{feed.entries_min}-{feed.entries_max}" if feed.entries_min != feed.entries_max else str(feed.entries_min)
+        created = (
+            f"{feed.created_min}-{feed.created_max}" if feed.created_min != feed.created_max else str(feed.created_min)
+        )
+        entries = (
+            f"{feed.entries_min}-{feed.entries_max}" if feed.entries_min != feed.entries_max else str(feed.entries_min)
+        )
         lines.append(
             f"{feed.rate:>7.0f}{feed.calls:>7}{created:>16}{entries:>16}{feed.entries_expected:>10}"
             f"{feed.dropped:>9}{_p(feed.delays_ms, 50):>11.0f}{_p(feed.delays_ms, 99):>7.0f}"

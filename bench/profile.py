@@ -26,9 +26,23 @@ def profile_during(pid: int, seconds: float, load: Callable[[], object]) -> list
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "stacks.txt"
         spy = subprocess.Popen(
-            [binary, "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", "250",
-             "--nolineno", "--format", "raw", "-o", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                binary,
+                "record",
+                "-p",
+                str(pid),
+                "-d",
+                str(max(1, round(seconds))),
+                "-r",
+                "250",
+                "--nolineno",
+                "--format",
+                "raw",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         load()
         _, err = spy.communicate(timeout=seconds + 30)
@@ -75,7 +89,10 @@ def summarise(raw: str, focus: str = "call_status") -> list[str]:
 
     return [
         f"### py-spy: {total} busy samples of the node (% of them)",
-        "inclusive (a function and all it calls):", *rows(inclusive, TOP),
-        f"inside {focus}, one level down:", *rows(under_focus, 10),
-        "self (leaf frames):", *rows(own, 10),
+        "inclusive (a function and all it calls):",
+        *rows(inclusive, TOP),
+        f"inside {focus}, one level down:",
+        *rows(under_focus, 10),
+        "self (leaf frames):",
+        *rows(own, 10),
     ]

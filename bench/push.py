@@ -53,8 +53,8 @@ from apnsim import client_ssl_context
 from bench import devices
 from bench.apns_sim import runq_seconds
 from bench.noise import Noise
-from bench.profile import py_spy, summarise
 from bench.procs import ROOT, Cluster, NodeProcess, cpu_plan
+from bench.profile import py_spy, summarise
 from bench.setup_latency import _paced
 from bench.stats import median, percentile, ratio
 from voip.auth import Authenticator
@@ -92,7 +92,9 @@ class SimProcess:
         self.dir = Path(tempfile.mkdtemp(prefix="bench-apns-"))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.apns_sim", "--cpu", str(cpu), "--dir", str(self.dir)],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
@@ -109,9 +111,12 @@ class SimProcess:
     def settings(self) -> dict[str, str]:
         """The node's APNS_* environment for this simulator."""
         return {
-            "APNS_KEY_FILE": self.info["key_file"], "APNS_KEY_ID": self.info["key_id"],
-            "APNS_TEAM_ID": self.info["team_id"], "APNS_BUNDLE_ID": BUNDLE,
-            "APNS_ENDPOINT": self.info["endpoint"], "APNS_CA_FILE": self.info["ca_file"],
+            "APNS_KEY_FILE": self.info["key_file"],
+            "APNS_KEY_ID": self.info["key_id"],
+            "APNS_TEAM_ID": self.info["team_id"],
+            "APNS_BUNDLE_ID": BUNDLE,
+            "APNS_ENDPOINT": self.info["endpoint"],
+            "APNS_CA_FILE": self.info["ca_file"],
         }
 
     def stop(self) -> None:
@@ -139,10 +144,11 @@ class BareH2(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     @classmethod
-    async def connect(cls, host: str, port: int, ca_file: str) -> "BareH2":
+    async def connect(cls, host: str, port: int, ca_file: str) -> BareH2:
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(cls, host, port, ssl=client_ssl_context(ca_file),
-                                                   server_hostname=host)
+        _, protocol = await loop.create_connection(
+            cls, host, port, ssl=client_ssl_context(ca_file), server_hostname=host
+        )
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,8 +191,10 @@ class BareH2(asyncio.Protocol):
 
     async def send(self, headers: list[tuple[str, str]], body: bytes) -> int:
         """One request; its :status."""
-        while (len(self.streams) >= self.h2.remote_settings.max_concurrent_streams
-               or len(body) > self.h2.outbound_flow_control_window):
+        while (
+            len(self.streams) >= self.h2.remote_settings.max_concurrent_streams
+            or len(body) > self.h2.outbound_flow_control_window
+        ):
             self.changed.clear()
             await self.changed.wait()
         stream_id = self.h2.get_next_available_stream_id()
@@ -239,16 +247,23 @@ def _requests(auth: Authenticator) -> list[PushRequest]:
     for n in range(POOL):
         call_id = str(uuid.uuid4())
         cap = auth.capability(call_id, "bob-phone", int(deadline) + 86400)
-        out.append(voip_invite(
-            bundle_id=BUNDLE, device_token=tokens[n % TOKENS], environment=Environment.SANDBOX,
-            call_id=call_id, caller=Caller(id="alice", display_name="Alice A."), ring_deadline=deadline,
-            status_url=f"http://127.0.0.1:8080/v1/calls/{call_id}/status?device_id=bob-phone&cap={cap}",
-        ))
+        out.append(
+            voip_invite(
+                bundle_id=BUNDLE,
+                device_token=tokens[n % TOKENS],
+                environment=Environment.SANDBOX,
+                call_id=call_id,
+                caller=Caller(id="alice", display_name="Alice A."),
+                ring_deadline=deadline,
+                status_url=f"http://127.0.0.1:8080/v1/calls/{call_id}/status?device_id=bob-phone&cap={cap}",
+            )
+        )
     return out
 
 
-async def _closed_loop(send: Callable[[int], Awaitable[bool]], concurrency: int,
-                       seconds: float) -> tuple[int, int, float, float]:
+async def _closed_loop(
+    send: Callable[[int], Awaitable[bool]], concurrency: int, seconds: float
+) -> tuple[int, int, float, float]:
     """`concurrency` sends in flight until `seconds` are up: (ok, failed, wall s, CPU s)."""
     counter = itertools.count()
     ok = failed = 0
@@ -270,10 +285,16 @@ async def _closed_loop(send: Callable[[int], Awaitable[bool]], concurrency: int,
 async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
     info = sim.info
     host, port = info["endpoint"].rsplit(":", 1)
-    notifier = APNsNotifier(APNsConfig(
-        bundle_id=BUNDLE, key_file=info["key_file"], key_id=info["key_id"], team_id=info["team_id"],
-        endpoint=info["endpoint"], ca_file=info["ca_file"],
-    ))
+    notifier = APNsNotifier(
+        APNsConfig(
+            bundle_id=BUNDLE,
+            key_file=info["key_file"],
+            key_id=info["key_id"],
+            team_id=info["team_id"],
+            endpoint=info["endpoint"],
+            ca_file=info["ca_file"],
+        )
+    )
     pool = _requests(Authenticator(secrets.token_urlsafe(32)))
     assert notifier.tokens is not None
     authorization = notifier.tokens.header()  # the same JWT for both clients
@@ -307,8 +328,19 @@ async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
                     before, runq = sim.ask("stats"), runq_seconds()
                     ok, failed, wall, cpu = await _closed_loop(send, concurrency, plan.seconds)
                     after = sim.ask("stats")
-                    rounds.append(Round(name, concurrency, ok, failed, wall, cpu, after["cpu_s"] - before["cpu_s"],
-                                        runq_seconds() - runq, after["runq_s"] - before["runq_s"]))
+                    rounds.append(
+                        Round(
+                            name,
+                            concurrency,
+                            ok,
+                            failed,
+                            wall,
+                            cpu,
+                            after["cpu_s"] - before["cpu_s"],
+                            runq_seconds() - runq,
+                            after["runq_s"] - before["runq_s"],
+                        )
+                    )
         connections = sim.ask("stats")["connections"]
         if connections != 2:
             print(f"# note: the simulator saw {connections} connections (one per client expected)")
@@ -348,8 +380,10 @@ def throughput_report(rounds: list[Round], plan: Plan) -> list[str]:
             )
             if concurrency == max(plan.concurrency):
                 side = "the simulator" if sim_cpu > cpu else "the client"
-                ceilings.append(f"{name}: one full core each would allow {1e6 / cpu:.0f}/s client-side, "
-                                f"{1e6 / sim_cpu:.0f}/s simulator-side: the ceiling is {side}")
+                ceilings.append(
+                    f"{name}: one full core each would allow {1e6 / cpu:.0f}/s client-side, "
+                    f"{1e6 / sim_cpu:.0f}/s simulator-side: the ceiling is {side}"
+                )
     return lines + [
         "(CPU columns: median CPU per push over the rounds, client process and simulator process;",
         " core: share of the round each process ran; runq: share it was runnable but waiting for a CPU)",
@@ -386,8 +420,9 @@ async def _register(base_url: str, auth: Authenticator, user: str, device: str, 
     if voip:
         body["voip_token"] = secrets.token_hex(32)
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-        response = await client.put(f"/v1/devices/{device}", json=body,
-                                    headers={"Authorization": f"Bearer {auth.mint(user, 'device')}"})
+        response = await client.put(
+            f"/v1/devices/{device}", json=body, headers={"Authorization": f"Bearer {auth.mint(user, 'device')}"}
+        )
         response.raise_for_status()
 
 
@@ -397,8 +432,9 @@ async def _read(socket: Any, on_frame: Callable[[dict[str, Any], float], None]) 
             on_frame(orjson.loads(message), time.time())
 
 
-async def call_to_wire(sim: SimProcess, cluster: Cluster, node: NodeProcess, plan: Plan,
-                       profile: list[str] | None = None) -> list[CallRun]:
+async def call_to_wire(
+    sim: SimProcess, cluster: Cluster, node: NodeProcess, plan: Plan, profile: list[str] | None = None
+) -> list[CallRun]:
     """Per rate: calls to callees with a VoIP token, then the same to callees without one
     (the baseline: the same call, no push)."""
     auth = cluster.auth
@@ -426,8 +462,9 @@ async def call_to_wire(sim: SimProcess, cluster: Cluster, node: NodeProcess, pla
         async def send(i: int) -> None:
             call_id = str(uuid.uuid4())
             ids.append(call_id)
-            frame = orjson.dumps({"type": "call.start", "id": i, "callee": f"{callee}{tag}-{i % PAIRS}",
-                                  "call_id": call_id}).decode()
+            frame = orjson.dumps(
+                {"type": "call.start", "id": i, "callee": f"{callee}{tag}-{i % PAIRS}", "call_id": call_id}
+            ).decode()
             sent_at[call_id] = time.time()
             await callers[i % PAIRS].send(frame)
 
@@ -437,8 +474,10 @@ async def call_to_wire(sim: SimProcess, cluster: Cluster, node: NodeProcess, pla
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while True:
             receipts = {row[0]: row for row in sim.ask("receipts") if row[2] is not None} if push else {}
-            if errors or time.monotonic() > deadline or (
-                all(c in started for c in ids) and (not push or all(c in receipts for c in ids))
+            if (
+                errors
+                or time.monotonic() > deadline
+                or (all(c in started for c in ids) and (not push or all(c in receipts for c in ids)))
             ):
                 break
             await asyncio.sleep(0.05)
@@ -462,8 +501,19 @@ async def call_to_wire(sim: SimProcess, cluster: Cluster, node: NodeProcess, pla
             created_ms = expires_ms - RING_TIMEOUT_MS
             to_created.append(created_ms - sent_at[call_id] * 1000)
             created_to_wire.append(received_at * 1000 - created_ms)
-        return CallRun(name, rate, count, wire, starts, to_created, created_to_wire, not_ok,
-                       node_cpu / count * 1000, node_cpu / wall, node_runq / wall)
+        return CallRun(
+            name,
+            rate,
+            count,
+            wire,
+            starts,
+            to_created,
+            created_to_wire,
+            not_ok,
+            node_cpu / count * 1000,
+            node_cpu / wall,
+            node_runq / wall,
+        )
 
     results = []
     try:
@@ -489,9 +539,23 @@ def _spy(pid: int, seconds: float) -> tuple[subprocess.Popen[bytes], Path] | Non
         return None
     out = Path(tempfile.mkdtemp(prefix="bench-spy-")) / "stacks.txt"
     process = subprocess.Popen(
-        [binary, "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", "250",
-         "--nolineno", "--format", "raw", "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            binary,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(max(1, round(seconds))),
+            "-r",
+            "250",
+            "--nolineno",
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     return process, out
 
@@ -518,10 +582,12 @@ def latency_report(runs: list[CallRun]) -> list[str]:
     ]
 
     def line(label: str, run: CallRun, samples: list[float], cpu: bool) -> str:
-        return (f"{label:<36}{run.rate:>7.0f}{run.sent:>6}{run.sent - len(samples):>5}"
-                f"{p(samples, 50):>8.2f}{p(samples, 90):>8.2f}{p(samples, 99):>8.2f}"
-                f"{max(samples, default=float('nan')):>8.2f}"
-                + (f"{run.node_cpu_ms:>10.2f}{run.node_busy:>6.0%}{run.node_runq:>6.0%}" if cpu else ""))
+        return (
+            f"{label:<36}{run.rate:>7.0f}{run.sent:>6}{run.sent - len(samples):>5}"
+            f"{p(samples, 50):>8.2f}{p(samples, 90):>8.2f}{p(samples, 99):>8.2f}"
+            f"{max(samples, default=float('nan')):>8.2f}"
+            + (f"{run.node_cpu_ms:>10.2f}{run.node_busy:>6.0%}{run.node_runq:>6.0%}" if cpu else "")
+        )
 
     for run in runs:
         if run.name == "with VoIP push":
@@ -536,8 +602,10 @@ def latency_report(runs: list[CallRun]) -> list[str]:
     for run in runs:
         if run.name == "with VoIP push":
             met = "met" if p(run.wire_ms, 50) < TARGET_P50_MS else "MISSED"
-            lines.append(f"target: invite on the wire p50 < {TARGET_P50_MS:g} ms at {run.rate:.0f}/s: "
-                         f"{met} ({p(run.wire_ms, 50):.2f} ms)")
+            lines.append(
+                f"target: invite on the wire p50 < {TARGET_P50_MS:g} ms at {run.rate:.0f}/s: "
+                f"{met} ({p(run.wire_ms, 50):.2f} ms)"
+            )
     return lines
 
 
@@ -575,9 +643,11 @@ def main(quick: bool = False, profile: bool = False) -> None:
     plan = QUICK if quick else FULL
     server_cpu, load_cpu = cpu_plan()
     began, noise = time.monotonic(), Noise()
-    print(f"# push bench: simulator (python -m bench.apns_sim) on CPU {load_cpu}; "
-          f"part 1 client and part 2 node on CPU {server_cpu}; Redis and WebSocket clients on CPU {load_cpu}",
-          flush=True)
+    print(
+        f"# push bench: simulator (python -m bench.apns_sim) on CPU {load_cpu}; "
+        f"part 1 client and part 2 node on CPU {server_cpu}; Redis and WebSocket clients on CPU {load_cpu}",
+        flush=True,
+    )
     sim = SimProcess(load_cpu)
     try:
         if server_cpu >= 0:

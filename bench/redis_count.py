@@ -78,8 +78,11 @@ def install(round_trips: RoundTrips) -> Route:
         self: AbstractConnection, command: bytes | str | Iterable[bytes], check_health: bool = True
     ) -> None:
         if round_trips.on:
-            packed = command.encode() if isinstance(command, str) else (
-                command if isinstance(command, bytes) else b"".join(command))
+            packed = (
+                command.encode()
+                if isinstance(command, str)
+                else (command if isinstance(command, bytes) else b"".join(command))
+            )
             round_trips.count(packed)
         await send_packed(self, command, check_health)
 
@@ -94,8 +97,12 @@ def install(round_trips: RoundTrips) -> Route:
         if request.method == "POST":
             round_trips.on = request.query_params.get("on") == "1"
             round_trips.kinds.clear()
-        return JSONResponse({
-            "on": round_trips.on, "total": sum(round_trips.kinds.values()), "kinds": dict(round_trips.kinds),
-        })
+        return JSONResponse(
+            {
+                "on": round_trips.on,
+                "total": sum(round_trips.kinds.values()),
+                "kinds": dict(round_trips.kinds),
+            }
+        )
 
     return Route(PATH, endpoint, methods=["GET", "POST"])

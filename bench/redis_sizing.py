@@ -45,8 +45,14 @@ async def drained(node: Node) -> None:
 
 async def measure(devices: int, calls: int) -> dict[str, Any]:
     with PrivateRedis() as server:
-        settings = load_settings(redis_url=server.url, jwt_secret="s" * 32, port=0, log_level="error",
-                                 max_ringing_per_callee=1000, calls_per_callee_per_minute=100000)
+        settings = load_settings(
+            redis_url=server.url,
+            jwt_secret="s" * 32,
+            port=0,
+            log_level="error",
+            max_ringing_per_callee=1000,
+            calls_per_callee_per_minute=100000,
+        )
         app = create_app(settings)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on")
         uv = uvicorn.Server(config)
@@ -96,7 +102,8 @@ async def _run(node: Node, client: aioredis.Redis, http: httpx.AsyncClient, devi
         call = await node.controller.start_call(Caller(f"caller{i}", f"c{i}"), callee)
         await drained(node)
         status = await http.get(
-            f"/v1/calls/{call.call_id}/status", params={"device_id": device},
+            f"/v1/calls/{call.call_id}/status",
+            params={"device_id": device},
             headers={"Authorization": f"Bearer {auth.mint(callee, 'device')}"},
         )
         status.raise_for_status()

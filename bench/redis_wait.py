@@ -28,8 +28,14 @@ async def _measure(store: CallStore, calls: int) -> list[float]:
     for index in range(calls):
         began = time.perf_counter()
         await store.create(
-            str(uuid.uuid4()), caller_user="alice", caller_device="a1", callee_user=f"u{index}",
-            ring_deadline=now + 45000, node="bench", targets=["d1"], created_at=now,
+            str(uuid.uuid4()),
+            caller_user="alice",
+            caller_device="a1",
+            callee_user=f"u{index}",
+            ring_deadline=now + 45000,
+            node="bench",
+            targets=["d1"],
+            created_at=now,
         )
         latencies.append((time.perf_counter() - began) * 1e6)
     return latencies
@@ -43,7 +49,12 @@ async def _run(redis_set: SentinelRedis, calls: int) -> list[str]:
     try:
         for replicas in (0, 1, 0, 1):  # interleaved, so drift shows as a difference between rounds
             store = Stores.open(
-                connections.client, prefix, retention=600, ops_feed=False, wait_replicas=replicas, wait_timeout_ms=100,
+                connections.client,
+                prefix,
+                retention=600,
+                ops_feed=False,
+                wait_replicas=replicas,
+                wait_timeout_ms=100,
             ).calls
             await _measure(store, 200)  # warm-up: scripts loaded, pool filled
             latencies = sorted(await _measure(store, calls))

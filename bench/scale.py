@@ -44,14 +44,17 @@ from bench.procs import Cluster, NodeProcess
 from bench.redis_count import PATH as ROUND_TRIPS
 from bench.sip import AutoAnswer, full_cycles
 from tests.ports import free_port
-from voip.auth import Authenticator
 
 NODE_ENV = {
     # One device makes thousands of calls: the per-socket frame limit guards against a
     # misbehaving app, it is not what is measured (bench/sip.py lifts it too).
-    "VOIP_WS_RATE": "1000000", "VOIP_WS_BURST": "1000000",
-    "SIP_ENABLED": "true", "SIP_HOST": "127.0.0.1", "SIP_DOMAIN": "bench.test",
-    "SIP_RATE": "100000", "SIP_BURST": "100000",  # sipp is a single source
+    "VOIP_WS_RATE": "1000000",
+    "VOIP_WS_BURST": "1000000",
+    "SIP_ENABLED": "true",
+    "SIP_HOST": "127.0.0.1",
+    "SIP_DOMAIN": "bench.test",
+    "SIP_RATE": "100000",
+    "SIP_BURST": "100000",  # sipp is a single source
     "BENCH_COUNT_ROUND_TRIPS": "1",
 }
 
@@ -211,17 +214,23 @@ async def app_calls(rig: Rig, nodes: int, plan: Plan) -> AppRun:
             await socket.close()
         await asyncio.gather(*loops, *readers, return_exceptions=True)
     return AppRun(
-        nodes=nodes, calls=calls1 - calls0, seconds=t1 - t0, lost_incoming=started[0] - seen[0],
+        nodes=nodes,
+        calls=calls1 - calls0,
+        seconds=t1 - t0,
+        lost_incoming=started[0] - seen[0],
         cpu_ms={who: (cpu1[who] - cpu0[who]) * 1000 for who in pids},
     )
 
 
 def _commandstats(client: redis.Redis) -> Counter[str]:
     stats: dict[str, dict[str, Any]] = client.info("commandstats")  # type: ignore[assignment]
-    return Counter({
-        name.removeprefix("cmdstat_"): int(values["calls"])
-        for name, values in stats.items() if name != "cmdstat_info"
-    })
+    return Counter(
+        {
+            name.removeprefix("cmdstat_"): int(values["calls"])
+            for name, values in stats.items()
+            if name != "cmdstat_info"
+        }
+    )
 
 
 async def _round_trips(http: httpx.AsyncClient, rig: Rig, nodes: int, start: bool) -> Counter[str]:
@@ -276,7 +285,8 @@ async def per_call(rig: Rig, nodes: int, plan: Plan) -> PerCall:
     if seen[0] != plan.calls:
         raise RuntimeError(f"{plan.calls - seen[0]} call.incoming frames never arrived")
     return PerCall(
-        nodes=nodes, calls=plan.calls,
+        nodes=nodes,
+        calls=plan.calls,
         round_trips=(sum(busy_trips.values()) - sum(idle_trips.values())) / plan.calls,
         commands=(sum(busy_commands.values()) - sum(idle_commands.values())) / plan.calls,
         round_trip_kinds=_per_call(busy_trips, idle_trips, plan.calls),
@@ -298,10 +308,12 @@ async def sip_calls(rig: Rig, nodes: int, plan: Plan, work: Path) -> SipRun:
         for rate in plan.sip_rates:
             share = rate / nodes
             calls = max(1, int(share * plan.sip_seconds))
-            runs = await asyncio.gather(*(
-                full_cycles(f"127.0.0.1:{rig.sip_ports[i]}", share, calls, work / f"{nodes}-{rate}-{i}", users[i])
-                for i in range(nodes)
-            ))
+            runs = await asyncio.gather(
+                *(
+                    full_cycles(f"127.0.0.1:{rig.sip_ports[i]}", share, calls, work / f"{nodes}-{rate}-{i}", users[i])
+                    for i in range(nodes)
+                )
+            )
             ok, failed = sum(run.ok for run in runs), sum(run.failed for run in runs)
             invite_ms = sum(run.invite_to_200_ms * run.ok for run in runs) / max(ok, 1)
             rows.append(f"| {nodes} | {rate} | {calls * nodes} | {ok} / {failed} | {invite_ms:.1f} |")
@@ -336,8 +348,10 @@ class Report:
             lines.append(f"2 nodes / 1 node: {self.app[1].rate / self.app[0].rate:.2f} (goal >= 1.6)")
         lines.append("## Redis per app-to-app call set-up (minus an idle window as long)")
         for count in self.counts:
-            lines.append(f"{count.nodes} node(s), {count.calls} calls: {count.round_trips:.2f} round trips"
-                         f" (goal <= 3), {count.commands:.2f} commands executed")
+            lines.append(
+                f"{count.nodes} node(s), {count.calls} calls: {count.round_trips:.2f} round trips"
+                f" (goal <= 3), {count.commands:.2f} commands executed"
+            )
             lines += [f"  round trip  {kind:<44}{n:6.2f}" for kind, n in count.round_trip_kinds.items()]
             lines += [f"  command     {kind:<44}{n:6.2f}" for kind, n in count.command_kinds.items()]
         lines.append("## full SIP calls (sipp UAC -> node -> app answers; a push each), one sipp per node")
@@ -371,7 +385,11 @@ def _redis_pid(url: str) -> int | None:
         pid = int(client.info("server")["process_id"])
     finally:
         client.close()
-    return pid if Path(f"/proc/{pid}").exists() and url.startswith(("unix:", "redis://127.", "redis://localhost")) else None
+    return (
+        pid
+        if Path(f"/proc/{pid}").exists() and url.startswith(("unix:", "redis://127.", "redis://localhost"))
+        else None
+    )
 
 
 def run(plan: Plan, redis_url: str = "") -> Report:
@@ -386,8 +404,10 @@ def run(plan: Plan, redis_url: str = "") -> Report:
 
 def main(quick: bool = False, redis_url: str = "") -> None:
     began, noise = time.monotonic(), Noise()
-    print(f"# scale bench: {os.cpu_count()} CPUs; Redis {redis_url or os.environ.get('REDIS_URL') or 'private'}",
-          flush=True)
+    print(
+        f"# scale bench: {os.cpu_count()} CPUs; Redis {redis_url or os.environ.get('REDIS_URL') or 'private'}",
+        flush=True,
+    )
     report = run(QUICK if quick else Plan(), redis_url)
     print("\n".join(report.lines()))
     print(noise.report())

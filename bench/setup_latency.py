@@ -128,8 +128,14 @@ async def pubsub_floor(redis_url: str, prefix: str, *, rate: float, count: int) 
 
     async def send(i: int) -> None:
         # Shaped like the bus's envelope around call.incoming, so the bytes match too.
-        frame = {"type": "call.incoming", "seq": i, "call_id": str(uuid.uuid4()), "caller": "c-0",
-                 "ring_deadline": 0, "server_time": 0}
+        frame = {
+            "type": "call.incoming",
+            "seq": i,
+            "call_id": str(uuid.uuid4()),
+            "caller": "c-0",
+            "ring_deadline": 0,
+            "server_time": 0,
+        }
         payload = orjson.dumps({"frame": frame, "only": None, "exclude": []})
         sent_at[i] = time.perf_counter()
         await client.publish(channel, payload)

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import csv
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -130,9 +129,16 @@ class AutoAnswer:
                 if kind == "call.incoming":
                     self.incoming += 1
                     seq += 1
-                    await self.socket.send(orjson.dumps({
-                        "type": "call.answer", "id": f"a{seq}", "call_id": frame["call_id"], "sdp": APP_SDP,
-                    }).decode())
+                    await self.socket.send(
+                        orjson.dumps(
+                            {
+                                "type": "call.answer",
+                                "id": f"a{seq}",
+                                "call_id": frame["call_id"],
+                                "sdp": APP_SDP,
+                            }
+                        ).decode()
+                    )
                 elif kind == "ack":
                     self.answered += 1
                 elif kind == "error":
@@ -158,9 +164,23 @@ async def sipp(target: str, args: list[str], work: Path, timeout: float = 60) ->
     stats = work / "stats.csv"
     began = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
-        "sipp", target, *args, "-i", "127.0.0.1", "-nostdin", "-trace_stat", "-stf", str(stats), "-fd", "1",
-        "-timeout", str(int(timeout)), "-timeout_error",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=work,
+        "sipp",
+        target,
+        *args,
+        "-i",
+        "127.0.0.1",
+        "-nostdin",
+        "-trace_stat",
+        "-stf",
+        str(stats),
+        "-fd",
+        "1",
+        "-timeout",
+        str(int(timeout)),
+        "-timeout_error",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=work,
     )
     rc = await process.wait()
     wall = time.perf_counter() - began
@@ -170,12 +190,20 @@ async def sipp(target: str, args: list[str], work: Path, timeout: float = 60) ->
 
 
 async def full_cycles(target: str, rate: float, calls: int, work: Path, user: str = "alice") -> SippRun:
-    rc, row, wall = await sipp(target, ["-sn", "uac", "-s", user, "-r", str(rate), "-m", str(calls),
-                                        "-d", "0", "-l", str(calls)], work, timeout=calls / rate + 10)
+    rc, row, wall = await sipp(
+        target,
+        ["-sn", "uac", "-s", user, "-r", str(rate), "-m", str(calls), "-d", "0", "-l", str(calls)],
+        work,
+        timeout=calls / rate + 10,
+    )
     return SippRun(
-        target=target, rate=rate, calls=calls, ok=int(row["SuccessfulCall(C)"]),
+        target=target,
+        rate=rate,
+        calls=calls,
+        ok=int(row["SuccessfulCall(C)"]),
         failed=int(row["FailedCall(C)"]) + (calls - int(row["SuccessfulCall(C)"]) - int(row["FailedCall(C)"])),
-        seconds=wall, invite_to_200_ms=_duration_ms(row["ResponseTime1(C)"]),
+        seconds=wall,
+        invite_to_200_ms=_duration_ms(row["ResponseTime1(C)"]),
     )
 
 
@@ -186,14 +214,29 @@ async def ringing_memory(cluster: Cluster, node: NodeProcess, sip_target: str, w
     scenario.write_text(RING_THEN_CANCEL)
     hold_ms = 6000
     # Warm-up: the first calls pay for lazy imports and caches, not per call.
-    await sipp(sip_target, ["-sf", str(scenario), "-s", "bob", "-d", "500", "-r", "50", "-m", "50"],
-               work / "warm")
+    await sipp(sip_target, ["-sf", str(scenario), "-s", "bob", "-d", "500", "-r", "50", "-m", "50"], work / "warm")
     await asyncio.sleep(0.5)
     before = rss_kib(node.process.pid)
-    run = asyncio.create_task(sipp(
-        sip_target, ["-sf", str(scenario), "-s", "bob", "-d", str(hold_ms), "-r", "500",
-                     "-m", str(RINGING), "-l", str(RINGING)], work / "ring",
-    ))
+    run = asyncio.create_task(
+        sipp(
+            sip_target,
+            [
+                "-sf",
+                str(scenario),
+                "-s",
+                "bob",
+                "-d",
+                str(hold_ms),
+                "-r",
+                "500",
+                "-m",
+                str(RINGING),
+                "-l",
+                str(RINGING),
+            ],
+            work / "ring",
+        )
+    )
     await asyncio.sleep(RINGING / 500 + 2.0)  # every INVITE sent and answered 100, none cancelled yet
     peak = rss_kib(node.process.pid)
     ringing = await _count_ringing(cluster)
@@ -222,17 +265,23 @@ async def measure(cluster: Cluster, node: NodeProcess, sip_port: int, work: Path
     uas_port = free_port()
     uas = subprocess.Popen(
         ["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-nostdin"],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         # Memory first, on a node no overload has left a backlog in.
         before, peak, ringing = await ringing_memory(cluster, node, target, work / "memory")
         per_call = (peak - before) / max(ringing, 1)
-        memory = (f"memory: RSS {before / 1024:.1f} MiB idle, {peak / 1024:.1f} MiB with {ringing} calls ringing"
-                  f" -> {per_call:.1f} KiB per ringing call")
+        memory = (
+            f"memory: RSS {before / 1024:.1f} MiB idle, {peak / 1024:.1f} MiB with {ringing} calls ringing"
+            f" -> {per_call:.1f} KiB per ringing call"
+        )
         print(memory, flush=True)
-        lines.append("| rate (calls/s) | calls | node: ok / failed | node: INVITE->200 avg ms | node: wall s"
-                     " | app answered / ended | sipp UAS: ok / failed | sipp UAS: INVITE->200 avg ms |")
+        lines.append(
+            "| rate (calls/s) | calls | node: ok / failed | node: INVITE->200 avg ms | node: wall s"
+            " | app answered / ended | sipp UAS: ok / failed | sipp UAS: INVITE->200 avg ms |"
+        )
         lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         sustained = 0.0
         for rate in RATES:
@@ -267,13 +316,20 @@ def main() -> None:
     if load_cpu >= 0:
         os.sched_setaffinity(0, {load_cpu})
     sip_port = free_port()
-    os.environ.update({
-        "SIP_ENABLED": "true", "SIP_HOST": "127.0.0.1", "SIP_PORT": str(sip_port),
-        "SIP_DOMAIN": "bench.test", "SIP_RATE": "100000", "SIP_BURST": "100000",
-        # One app device answers every call; its per-connection frame limit (20/s) is an
-        # app-side guard, not what this bench measures.
-        "VOIP_WS_RATE": "100000", "VOIP_WS_BURST": "100000",
-    })
+    os.environ.update(
+        {
+            "SIP_ENABLED": "true",
+            "SIP_HOST": "127.0.0.1",
+            "SIP_PORT": str(sip_port),
+            "SIP_DOMAIN": "bench.test",
+            "SIP_RATE": "100000",
+            "SIP_BURST": "100000",
+            # One app device answers every call; its per-connection frame limit (20/s) is an
+            # app-side guard, not what this bench measures.
+            "VOIP_WS_RATE": "100000",
+            "VOIP_WS_BURST": "100000",
+        }
+    )
     began, noise = time.monotonic(), Noise()
     print(f"# SIP bench: node on CPU {server_cpu}; sipp, app device and Redis on CPU {load_cpu}", flush=True)
     with Cluster(server_cpu) as cluster, tempfile.TemporaryDirectory(prefix="voip-sip-bench-") as tmp:

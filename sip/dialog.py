@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from .message import (
     URI,
     CSeq,
-    HeaderValue,
     Headers,
+    HeaderValue,
     NameAddr,
     Request,
     Response,
@@ -312,8 +312,9 @@ class Dialog:
             self.client_invite = self.local_seq
         return self._build(method, self.local_seq, body, content_type, headers, via)
 
-    def create_ack(self, invite: Request, *, body: bytes = b"", content_type: str | None = None,
-                   via: Via | None = None) -> Request:
+    def create_ack(
+        self, invite: Request, *, body: bytes = b"", content_type: str | None = None, via: Via | None = None
+    ) -> Request:
         """The ACK for a 2xx to ``invite`` (§13.2.2.4): the INVITE's CSeq number."""
         return self._build("ACK", invite.cseq.seq, body, content_type, (), via)
 

@@ -63,9 +63,7 @@ __all__ = [
 ]
 
 _HASHES: dict[str, str] = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
-ALGORITHMS: tuple[str, ...] = tuple(
-    name for base in _HASHES for name in (base, base + "-sess")
-)
+ALGORITHMS: tuple[str, ...] = tuple(name for base in _HASHES for name in (base, base + "-sess"))
 # RFC 8760 §2.4: a client facing several challenges takes the strongest.
 _PREFERENCE = ("SHA-512-256", "SHA-256", "MD5")
 # Seconds a nonce is accepted before its timestamp: nodes' clocks differ a little.
@@ -90,6 +88,7 @@ def _h(algorithm: str, data: str | bytes) -> str:
 
 
 # --- Header grammar ----------------------------------------------------------
+
 
 def _parse_params(value: str) -> tuple[str, dict[str, str]]:
     """``scheme name=value, name="quoted", ...`` into the scheme and params
@@ -146,15 +145,18 @@ class Challenge:
     domain: str | None = None
 
     def __str__(self) -> str:
-        return _format("Digest", [
-            ("realm", self.realm, True),
-            ("domain", self.domain, True),
-            ("nonce", self.nonce, True),
-            ("opaque", self.opaque, True),
-            ("stale", "TRUE" if self.stale else None, False),
-            ("algorithm", self.algorithm, False),
-            ("qop", ",".join(self.qop) if self.qop else None, True),
-        ])
+        return _format(
+            "Digest",
+            [
+                ("realm", self.realm, True),
+                ("domain", self.domain, True),
+                ("nonce", self.nonce, True),
+                ("opaque", self.opaque, True),
+                ("stale", "TRUE" if self.stale else None, False),
+                ("algorithm", self.algorithm, False),
+                ("qop", ",".join(self.qop) if self.qop else None, True),
+            ],
+        )
 
 
 def parse_challenge(value: str) -> Challenge:
@@ -191,18 +193,21 @@ class Credentials:
     opaque: str | None = None
 
     def __str__(self) -> str:
-        return _format("Digest", [
-            ("username", self.username, True),
-            ("realm", self.realm, True),
-            ("nonce", self.nonce, True),
-            ("uri", self.uri, True),
-            ("response", self.response, True),
-            ("algorithm", self.algorithm, False),
-            ("cnonce", self.cnonce, True),
-            ("opaque", self.opaque, True),
-            ("qop", self.qop, False),
-            ("nc", self.nc, False),
-        ])
+        return _format(
+            "Digest",
+            [
+                ("username", self.username, True),
+                ("realm", self.realm, True),
+                ("nonce", self.nonce, True),
+                ("uri", self.uri, True),
+                ("response", self.response, True),
+                ("algorithm", self.algorithm, False),
+                ("cnonce", self.cnonce, True),
+                ("opaque", self.opaque, True),
+                ("qop", self.qop, False),
+                ("nc", self.nc, False),
+            ],
+        )
 
 
 def parse_credentials(value: str) -> Credentials:
@@ -227,6 +232,7 @@ def parse_credentials(value: str) -> Credentials:
 
 
 # --- The digest computation --------------------------------------------------
+
 
 def compute_ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
     """H(username:realm:password): what a registrar stores instead of the password.
@@ -262,6 +268,7 @@ def compute_response(
 
 
 # --- Server side -------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AuthResult:
@@ -351,8 +358,14 @@ class DigestServer:
         ]
 
     def challenge(
-        self, request: Request, now: float, *, stale: bool = False, proxy: bool = False,
-        to_tag: str | None = None, algorithms: Sequence[str] | None = None,
+        self,
+        request: Request,
+        now: float,
+        *,
+        stale: bool = False,
+        proxy: bool = False,
+        to_tag: str | None = None,
+        algorithms: Sequence[str] | None = None,
     ) -> Response:
         """401 with WWW-Authenticate (407 with Proxy-Authenticate when ``proxy``),
         one challenge per algorithm (``algorithms``, default all offered), in the
@@ -393,8 +406,15 @@ class DigestServer:
         if status == "invalid":
             return AuthResult(False, c.username, reason="nonce not ours")
         expected = compute_response(
-            ha1=ha1, method=request.method, uri=c.uri, nonce=c.nonce, algorithm=c.algorithm,
-            qop=c.qop, nc=c.nc, cnonce=c.cnonce, body=request.body,
+            ha1=ha1,
+            method=request.method,
+            uri=c.uri,
+            nonce=c.nonce,
+            algorithm=c.algorithm,
+            qop=c.qop,
+            nc=c.nc,
+            cnonce=c.cnonce,
+            body=request.body,
         )
         if not hmac.compare_digest(expected, c.response):
             return AuthResult(False, c.username, reason="wrong response")
@@ -404,9 +424,7 @@ class DigestServer:
             return AuthResult(False, c.username, stale=True, reason="nonce count replayed")
         return AuthResult(True, c.username, nonce=c.nonce, nc=count)
 
-    def authenticate(
-        self, request: Request, lookup: HA1Lookup, now: float, *, proxy: bool = False
-    ) -> AuthResult:
+    def authenticate(self, request: Request, lookup: HA1Lookup, now: float, *, proxy: bool = False) -> AuthResult:
         """Find our credentials, look up HA1 and verify.  For an asynchronous
         user store, call :meth:`credentials`, look up, then :meth:`verify`."""
         creds = self.credentials(request, proxy=proxy)
@@ -451,6 +469,7 @@ def _same_uri(digest_uri: str, request: Request) -> bool:
 
 # --- Client side -------------------------------------------------------------
 
+
 def answer_challenge(
     challenge: Challenge,
     method: str,
@@ -481,13 +500,27 @@ def answer_challenge(
     cnonce = (cnonce or secrets.token_hex(8)) if needs_cnonce else None
     nc_text = f"{nc:08x}" if qop is not None else None
     response = compute_response(
-        ha1=ha1, method=method, uri=uri, nonce=challenge.nonce, algorithm=challenge.algorithm,
-        qop=qop, nc=nc_text, cnonce=cnonce, body=body,
+        ha1=ha1,
+        method=method,
+        uri=uri,
+        nonce=challenge.nonce,
+        algorithm=challenge.algorithm,
+        qop=qop,
+        nc=nc_text,
+        cnonce=cnonce,
+        body=body,
     )
     return Credentials(
-        username=username, realm=challenge.realm, nonce=challenge.nonce, uri=uri,
-        response=response, algorithm=challenge.algorithm, qop=qop, nc=nc_text,
-        cnonce=cnonce, opaque=challenge.opaque,
+        username=username,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        uri=uri,
+        response=response,
+        algorithm=challenge.algorithm,
+        qop=qop,
+        nc=nc_text,
+        cnonce=cnonce,
+        opaque=challenge.opaque,
     )
 
 
@@ -525,8 +558,14 @@ def authorize(
         raise DigestError(f"{response.status} is not a challenge")
     challenge = pick_challenge(response)
     creds = answer_challenge(
-        challenge, request.method, str(request.uri), username, password,
-        ha1=ha1, cnonce=cnonce, body=request.body,
+        challenge,
+        request.method,
+        str(request.uri),
+        username,
+        password,
+        ha1=ha1,
+        cnonce=cnonce,
+        body=request.body,
     )
     header = "Proxy-Authorization" if response.status == 407 else "Authorization"
     headers = Headers()

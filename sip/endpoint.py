@@ -323,9 +323,11 @@ class SipEndpoint:
             self.port = server.sockets[0].getsockname()[1]
         if self.tls_server_context is not None:
             server = await loop.create_server(
-                lambda: _StreamConnection(self, "TLS"), self.host,
+                lambda: _StreamConnection(self, "TLS"),
+                self.host,
                 self.tls_port if self.tls_port is not None else DEFAULT_TLS_PORT,
-                ssl=self.tls_server_context, reuse_address=True,
+                ssl=self.tls_server_context,
+                reuse_address=True,
             )
             self._servers.append(server)
             self.tls_port = server.sockets[0].getsockname()[1]
@@ -457,13 +459,15 @@ class SipEndpoint:
         if request.method == "ACK":
             raise ValueError("send an ACK with send_ack()")
         handle = ClientTransaction(self, request, on_provisional)
-        self._route(request, destination, transport, lambda d, t: self._start_client(handle, d, t),
-                    lambda: handle._fail(503))
+        self._route(
+            request, destination, transport, lambda d, t: self._start_client(handle, d, t), lambda: handle._fail(503)
+        )
         return handle
 
     def send_ack(self, ack: Request, destination: Addr | None = None, transport: str | None = None) -> None:
         """Send the ACK for a 2xx (no transaction) and repeat it for every
         retransmission of that 2xx."""
+
         def go(dest: Addr, t: str) -> None:
             self._prepare(ack, t)
             self._process(self.core.send_ack(ack, dest, t, self.now()))
@@ -545,22 +549,25 @@ class SipEndpoint:
             return False
         return True
 
-    def _receive(
-        self, message: Request | Response, source: Addr, transport: str, size: int | None = None
-    ) -> None:
+    def _receive(self, message: Request | Response, source: Addr, transport: str, size: int | None = None) -> None:
         if self.on_message is not None:
             self.on_message("in", message)
-        self._process(self.core.receive(
-            message, source, transport, self.now(), trusted=self._trusts(source), size=size
-        ))
+        self._process(
+            self.core.receive(message, source, transport, self.now(), trusted=self._trusts(source), size=size)
+        )
         self._reschedule()
 
     def _trusts(self, source: Addr) -> bool:
         return self.trusted is None or self.trusted(source[0])
 
     def _unparseable(
-        self, err: ParseError, head: str | None, source: Addr, transport: str,
-        conn: _StreamConnection | None, size: int | None = None,
+        self,
+        err: ParseError,
+        head: str | None,
+        source: Addr,
+        transport: str,
+        conn: _StreamConnection | None,
+        size: int | None = None,
     ) -> None:
         data = error_response(head, err.status, err.reason) if head else None
         if head and data is not None and size is not None and not self._trusts(source):
@@ -751,8 +758,17 @@ def next_hop(request: Request, transport: str | None = None) -> tuple[str, int, 
     return host.strip("[]"), port, chosen
 
 
-_ERROR_HEADERS = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
-                  "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
+_ERROR_HEADERS = {
+    "via": "Via",
+    "v": "Via",
+    "from": "From",
+    "f": "From",
+    "to": "To",
+    "t": "To",
+    "call-id": "Call-ID",
+    "i": "Call-ID",
+    "cseq": "CSeq",
+}
 
 
 def error_response(head: str, status: int, reason: str = "") -> bytes | None:

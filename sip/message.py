@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "BRANCH_MAGIC_COOKIE",
+    "URI",
     "CSeq",
     "Headers",
     "NameAddr",
@@ -29,7 +30,6 @@ __all__ = [
     "Request",
     "Response",
     "StreamParser",
-    "URI",
     "Via",
     "build_response",
     "canonical_name",
@@ -121,18 +121,69 @@ COMPACT_FORMS: dict[str, str] = {
 _CANONICAL: dict[str, str] = {
     n.lower(): n
     for n in (
-        "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info",
-        "Allow", "Allow-Events", "Authentication-Info", "Authorization", "Call-ID",
-        "Call-Info", "Contact", "Content-Disposition", "Content-Encoding",
-        "Content-Language", "Content-Length", "Content-Type", "CSeq", "Date",
-        "Error-Info", "Event", "Expires", "From", "Identity", "Identity-Info",
-        "In-Reply-To", "Max-Forwards", "Min-Expires", "MIME-Version", "Organization",
-        "Path", "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require",
-        "RAck", "Reason", "Record-Route", "Refer-To", "Referred-By", "Reject-Contact",
-        "Reply-To", "Request-Disposition", "Require", "Retry-After", "Route", "RSeq",
-        "Server", "Service-Route", "Session-Expires", "Subject", "Subscription-State",
-        "Supported", "Timestamp", "To", "Unsupported", "User-Agent", "Via", "Warning",
-        "WWW-Authenticate", "P-Asserted-Identity", "Privacy", "Min-SE",
+        "Accept",
+        "Accept-Contact",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Authentication-Info",
+        "Authorization",
+        "Call-ID",
+        "Call-Info",
+        "Contact",
+        "Content-Disposition",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Length",
+        "Content-Type",
+        "CSeq",
+        "Date",
+        "Error-Info",
+        "Event",
+        "Expires",
+        "From",
+        "Identity",
+        "Identity-Info",
+        "In-Reply-To",
+        "Max-Forwards",
+        "Min-Expires",
+        "MIME-Version",
+        "Organization",
+        "Path",
+        "Priority",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "RAck",
+        "Reason",
+        "Record-Route",
+        "Refer-To",
+        "Referred-By",
+        "Reject-Contact",
+        "Reply-To",
+        "Request-Disposition",
+        "Require",
+        "Retry-After",
+        "Route",
+        "RSeq",
+        "Server",
+        "Service-Route",
+        "Session-Expires",
+        "Subject",
+        "Subscription-State",
+        "Supported",
+        "Timestamp",
+        "To",
+        "Unsupported",
+        "User-Agent",
+        "Via",
+        "Warning",
+        "WWW-Authenticate",
+        "P-Asserted-Identity",
+        "Privacy",
+        "Min-SE",
     )
 }
 for _short, _long in COMPACT_FORMS.items():
@@ -144,12 +195,33 @@ for _short, _long in COMPACT_FORMS.items():
 LIST_HEADERS = frozenset(
     n.lower()
     for n in (
-        "Via", "Contact", "Route", "Record-Route", "Path", "Service-Route", "Allow",
-        "Supported", "Require", "Proxy-Require", "Unsupported", "Accept",
-        "Accept-Encoding", "Accept-Language", "Allow-Events", "Content-Encoding",
-        "Content-Language", "In-Reply-To", "Alert-Info", "Call-Info", "Error-Info",
-        "Reply-To", "P-Asserted-Identity", "Accept-Contact", "Reject-Contact",
-        "Request-Disposition", "Privacy",
+        "Via",
+        "Contact",
+        "Route",
+        "Record-Route",
+        "Path",
+        "Service-Route",
+        "Allow",
+        "Supported",
+        "Require",
+        "Proxy-Require",
+        "Unsupported",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Allow-Events",
+        "Content-Encoding",
+        "Content-Language",
+        "In-Reply-To",
+        "Alert-Info",
+        "Call-Info",
+        "Error-Info",
+        "Reply-To",
+        "P-Asserted-Identity",
+        "Accept-Contact",
+        "Reject-Contact",
+        "Request-Disposition",
+        "Privacy",
     )
 )
 
@@ -158,9 +230,7 @@ LIST_HEADERS = frozenset(
 EMPTY_LIST_HEADERS = frozenset(("allow", "supported", "accept", "accept-encoding", "accept-language"))
 
 # Headers that may appear at most once (RFC 3261 §20 and torture test multi01).
-SINGLE_HEADERS = frozenset(
-    ("to", "from", "call-id", "cseq", "max-forwards", "content-length", "content-type")
-)
+SINGLE_HEADERS = frozenset(("to", "from", "call-id", "cseq", "max-forwards", "content-length", "content-type"))
 
 
 def canonical_name(name: str) -> str:
@@ -169,6 +239,7 @@ def canonical_name(name: str) -> str:
 
 
 # --- URIs --------------------------------------------------------------------
+
 
 @dataclass(eq=True)
 class URI:
@@ -309,6 +380,7 @@ def parse_uri(text: str) -> URI:
 
 # --- Quoted strings, lists, generic parameters -------------------------------
 
+
 def _scan_quoted(text: str, start: int) -> int:
     """Index just past the closing quote of the quoted-string at ``start``."""
     i = start + 1
@@ -418,6 +490,7 @@ def _parse_generic_params(text: str) -> dict[str, str | None]:
 
 # --- name-addr / addr-spec (From, To, Contact, Route, ...) -------------------
 
+
 @dataclass(eq=True)
 class NameAddr:
     """``[display-name] <URI> *(;param)`` or ``addr-spec *(;param)``.
@@ -504,6 +577,7 @@ def parse_name_addr(value: str) -> NameAddr:
 
 # --- Via ---------------------------------------------------------------------
 
+
 @dataclass(eq=True)
 class Via:
     """One Via element: ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
@@ -584,6 +658,7 @@ def parse_via(value: str) -> Via:
 
 
 # --- CSeq --------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CSeq:
@@ -697,9 +772,7 @@ class Headers:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return [(k, str(v)) for k, _, v in self._items] == [
-            (k, str(v)) for k, _, v in other._items
-        ]
+        return [(k, str(v)) for k, _, v in self._items] == [(k, str(v)) for k, _, v in other._items]
 
     def __repr__(self) -> str:
         return f"Headers({[(n, str(v)) for _, n, v in self._items]!r})"
@@ -711,6 +784,7 @@ class Headers:
 
 
 # --- Messages ----------------------------------------------------------------
+
 
 class _MessageBase:
     headers: Headers
@@ -977,7 +1051,7 @@ def _parse_head(head: str) -> tuple[Request | Response, int | None]:
         else:
             items.append((key, canon, value))
     missing = [n for n in _MANDATORY if n not in seen]
-    if not items or items[0][0] != "via" and not any(k == "via" for k, _, _ in items):
+    if not items or (items[0][0] != "via" and not any(k == "via" for k, _, _ in items)):
         missing.insert(0, "via")
     if missing:
         raise ParseError(f"missing mandatory header(s): {', '.join(missing)}")
@@ -1124,6 +1198,7 @@ def _salvage_content_length(head: str) -> int | None:
 
 # --- Builders ----------------------------------------------------------------
 
+
 def generate_branch() -> str:
     return BRANCH_MAGIC_COOKIE + secrets.token_hex(8)
 
@@ -1133,18 +1208,43 @@ def generate_tag() -> str:
 
 
 _REASONS = {
-    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
-    183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
-    301: "Moved Permanently", 302: "Moved Temporarily", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    407: "Proxy Authentication Required", 408: "Request Timeout", 413: "Request Entity Too Large",
-    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
-    423: "Interval Too Brief", 480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
-    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
-    500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
-    504: "Server Time-out", 505: "Version Not Supported", 513: "Message Too Large",
-    600: "Busy Everywhere", 603: "Decline",
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
 }
 
 
@@ -1152,9 +1252,7 @@ def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "")
 
 
-def build_response(
-    request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None
-) -> Response:
+def build_response(request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None) -> Response:
     """A response to ``request`` per RFC 3261 §8.2.6.2 (Via, From, To, Call-ID, CSeq copied).
 
     ``to_tag`` is added to To unless it already has one; RFC 3261 says a

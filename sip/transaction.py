@@ -37,6 +37,7 @@ from .message import (
 )
 
 __all__ = [
+    "AMPLIFICATION_LIMIT",
     "Addr",
     "Event",
     "RequestReceived",
@@ -49,7 +50,6 @@ __all__ = [
     "TransactionLayer",
     "TransactionTimeout",
     "TransportError",
-    "AMPLIFICATION_LIMIT",
     "build_cancel",
     "is_reliable",
 ]
@@ -109,6 +109,7 @@ class State(enum.Enum):
 
 
 # --- Events ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SendMessage:
@@ -175,6 +176,7 @@ Event = Union[SendMessage, RequestReceived, ResponseReceived, TransactionTimeout
 
 
 # --- Transactions ------------------------------------------------------------
+
 
 class Transaction:
     """Common state of the four §17 state machines."""
@@ -501,6 +503,7 @@ ClientTransaction = InviteClientTransaction | NonInviteClientTransaction
 
 # --- Layer -------------------------------------------------------------------
 
+
 @dataclass(order=True)
 class _TimerEntry:
     deadline: float
@@ -560,9 +563,7 @@ class TransactionLayer:
         """Send outside any transaction (ACK for 2xx, 2xx retransmissions)."""
         return [SendMessage(message, destination, transport, None)]
 
-    def send_response(
-        self, response: Response, now: float, transaction: TransactionKey | None = None
-    ) -> list[Event]:
+    def send_response(self, response: Response, now: float, transaction: TransactionKey | None = None) -> list[Event]:
         """Send a response through its server transaction.
 
         ``transaction`` may be omitted for RFC 3261 requests: it is derived
@@ -592,8 +593,14 @@ class TransactionLayer:
     # -- network -> TU
 
     def receive(
-        self, message: Request | Response, source: Addr, transport: str, now: float,
-        *, trusted: bool = True, size: int | None = None,
+        self,
+        message: Request | Response,
+        source: Addr,
+        transport: str,
+        now: float,
+        *,
+        trusted: bool = True,
+        size: int | None = None,
     ) -> list[Event]:
         """``trusted=False`` for a message from a source outside the trusted
         networks: responses then go to the packet's source address and port
@@ -647,8 +654,13 @@ class TransactionLayer:
         return events
 
     def _receive_request(
-        self, request: Request, source: Addr, transport: str, now: float,
-        trusted: bool = True, size: int | None = None,
+        self,
+        request: Request,
+        source: Addr,
+        transport: str,
+        now: float,
+        trusted: bool = True,
+        size: int | None = None,
     ) -> list[Event]:
         _stamp_via(request.top_via, source)
         method = request.method

@@ -40,8 +40,8 @@ from .transaction import (
 
 __all__ = [
     "AckTimeout",
-    "InviteCancelled",
     "Invite2xxRetransmitter",
+    "InviteCancelled",
     "StrayResponse",
     "UAEvent",
     "UserAgentCore",
@@ -136,11 +136,7 @@ class Invite2xxRetransmitter:
     def matches(self, ack: Request) -> bool:
         """Is ``ack`` the ACK for our 2xx (same dialog and CSeq number)?"""
         response = self.response
-        return (
-            ack.method == "ACK"
-            and _ack_key(ack) == _ack_key(response)
-            and ack.from_.tag == response.from_.tag
-        )
+        return ack.method == "ACK" and _ack_key(ack) == _ack_key(response) and ack.from_.tag == response.from_.tag
 
     def ack_received(self, ack: Request) -> bool:
         """Stop if ``ack`` acknowledges our 2xx; returns whether it did."""
@@ -204,9 +200,7 @@ class UserAgentCore:
         self._awaiting_final.add(key)
         return key, self._after_layer(events, now)
 
-    def send_response(
-        self, response: Response, now: float, transaction: TransactionKey | None = None
-    ) -> list[UAEvent]:
+    def send_response(self, response: Response, now: float, transaction: TransactionKey | None = None) -> list[UAEvent]:
         """Send ``response`` through its server transaction; a 2xx to INVITE
         is then retransmitted until its ACK (§13.3.1.4).  Raises what
         :meth:`TransactionLayer.send_response` raises."""
@@ -237,8 +231,14 @@ class UserAgentCore:
     # -- network -> TU
 
     def receive(
-        self, message: Request | Response, source: Addr, transport: str, now: float,
-        *, trusted: bool = True, size: int | None = None,
+        self,
+        message: Request | Response,
+        source: Addr,
+        transport: str,
+        now: float,
+        *,
+        trusted: bool = True,
+        size: int | None = None,
     ) -> list[UAEvent]:
         """A parsed message from ``source``; see :meth:`TransactionLayer.receive`
         for ``trusted`` and ``size``."""
@@ -299,8 +299,7 @@ class UserAgentCore:
         invite_key = event.cancels
         invite_tx = self.layer.servers.get(invite_key) if invite_key is not None else None
         if not isinstance(invite_tx, InviteServerTransaction):
-            return self.send_response(build_response(event.request, 481, to_tag=generate_tag()), now,
-                                      event.transaction)
+            return self.send_response(build_response(event.request, 481, to_tag=generate_tag()), now, event.transaction)
         provisional = invite_tx.last_provisional
         tag = provisional.to.tag if provisional is not None and provisional.to.tag else generate_tag()
         out = self.send_response(build_response(event.request, 200, to_tag=tag), now, event.transaction)

@@ -70,7 +70,7 @@ class ClusterNode:
 class Migration:
     """One slot half-way between two primaries, moved key by key with MIGRATE."""
 
-    cluster: "LocalCluster"
+    cluster: LocalCluster
     slot: int
     source: ClusterNode
     target: ClusterNode
@@ -108,7 +108,7 @@ class LocalCluster:
         return ",".join(node.address for node in self.nodes)
 
     # -- life ----------------------------------------------------------------------
-    def start(self, timeout: float = 60) -> "LocalCluster":
+    def start(self, timeout: float = 60) -> LocalCluster:
         interop.started("redis-server --cluster-enabled")
         for index in range(self.primaries * (1 + self.replicas_per_primary)):
             node = ClusterNode(free_port(), free_port(), self.directory / f"node-{index}")
@@ -117,8 +117,14 @@ class LocalCluster:
             self._spawn(node)
         for node in self.nodes:
             self._wait_ping(node, timeout)
-        self._cli("--cluster", "create", *(node.address for node in self.nodes),
-                  "--cluster-replicas", str(self.replicas_per_primary), "--cluster-yes")
+        self._cli(
+            "--cluster",
+            "create",
+            *(node.address for node in self.nodes),
+            "--cluster-replicas",
+            str(self.replicas_per_primary),
+            "--cluster-yes",
+        )
         self.wait_settled(timeout)
         return self
 
@@ -135,7 +141,7 @@ class LocalCluster:
                 (keep_logs_in / f"redis-{node.port}.log").write_text(node.log())
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -192,7 +198,9 @@ class LocalCluster:
             return int(client.execute_command("WAIT", self.replicas_per_primary, timeout_ms))
 
     # -- what is done to it --------------------------------------------------------
-    def kill_primary(self, primary: ClusterNode | None = None, timeout: float = 30) -> tuple[ClusterNode, ClusterNode, float]:
+    def kill_primary(
+        self, primary: ClusterNode | None = None, timeout: float = 30
+    ) -> tuple[ClusterNode, ClusterNode, float]:
         """SIGKILL `primary` (default: the first live one) and wait until one of its replicas
         serves its slots and every live node agrees. Returns (killed, promoted, seconds)."""
         victim = primary or self.live_primaries()[0]
@@ -231,8 +239,18 @@ class LocalCluster:
 
     def reshard(self, source: ClusterNode, target: ClusterNode, slots: int) -> None:
         """`redis-cli --cluster reshard`: move `slots` slots, keys and all, from `source` to `target`."""
-        self._cli("--cluster", "reshard", source.address, "--cluster-from", source.node_id(),
-                  "--cluster-to", target.node_id(), "--cluster-slots", str(slots), "--cluster-yes")
+        self._cli(
+            "--cluster",
+            "reshard",
+            source.address,
+            "--cluster-from",
+            source.node_id(),
+            "--cluster-to",
+            target.node_id(),
+            "--cluster-slots",
+            str(slots),
+            "--cluster-yes",
+        )
         self.wait_settled()
 
     def rebalance(self, **weights: float) -> None:
@@ -240,7 +258,10 @@ class LocalCluster:
         `rebalance(**{"7001": 2})`); weight 0 empties a primary."""
         args = ["--cluster", "rebalance", self.live_primaries()[0].address, "--cluster-use-empty-masters"]
         if weights:
-            args += ["--cluster-weight", *(f"{self.node_at(int(port)).node_id()}={weight}" for port, weight in weights.items())]
+            args += [
+                "--cluster-weight",
+                *(f"{self.node_at(int(port)).node_id()}={weight}" for port, weight in weights.items()),
+            ]
         self._cli(*args)
         self.wait_settled()
 
@@ -258,16 +279,39 @@ class LocalCluster:
     # -- inside --------------------------------------------------------------------
     def _spawn(self, node: ClusterNode) -> None:
         node.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(node.port), "--bind", "127.0.0.1",
-             "--cluster-enabled", "yes", "--cluster-port", str(node.bus_port),
-             "--cluster-config-file", str(node.directory / "nodes.conf"),
-             "--cluster-node-timeout", str(self.node_timeout_ms),
-             # A replica however stale may take over: a test's failover must not depend on timing.
-             "--cluster-replica-validity-factor", "0",
-             "--save", "", "--appendonly", "no", "--dir", str(node.directory),
-             "--logfile", str(node.directory / "redis.log"),
-             "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                redis_server_binary(),
+                "--port",
+                str(node.port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                str(node.bus_port),
+                "--cluster-config-file",
+                str(node.directory / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                # A replica however stale may take over: a test's failover must not depend on timing.
+                "--cluster-replica-validity-factor",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(node.directory),
+                "--logfile",
+                str(node.directory / "redis.log"),
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
     def _cli(self, *args: str) -> str:
@@ -307,8 +351,9 @@ class LocalCluster:
     @staticmethod
     def _replicates(node: ClusterNode, primary_id: str) -> bool:
         with node.client() as client:
-            myself = next(line for line in client.execute_command("CLUSTER", "NODES").decode().splitlines()
-                          if "myself" in line)
+            myself = next(
+                line for line in client.execute_command("CLUSTER", "NODES").decode().splitlines() if "myself" in line
+            )
         return myself.split()[3] == primary_id
 
     @staticmethod

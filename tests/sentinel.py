@@ -64,7 +64,7 @@ class SentinelRedis:
         return {"REDIS_SENTINELS": self.sentinel_setting, "REDIS_SENTINEL_MASTER": self.master_name}
 
     # -- life ----------------------------------------------------------------------
-    def start(self, timeout: float = 30) -> "SentinelRedis":
+    def start(self, timeout: float = 30) -> SentinelRedis:
         interop.started("redis-sentinel")
         master = _Server(free_port())
         self._start_data(master, replica_of=None)
@@ -98,7 +98,7 @@ class SentinelRedis:
                 shutil.copy(log, keep_logs_in / log.name)
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> "SentinelRedis":
+    def __enter__(self) -> SentinelRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -169,19 +169,34 @@ class SentinelRedis:
     # -- inside --------------------------------------------------------------------
     def _start_data(self, server: _Server, replica_of: int | None, *, promotable: bool = True) -> None:
         args = [
-            redis_server_binary(), "--port", str(server.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self._dir),
-            "--dbfilename", f"dump-{server.port}.rdb",
-            "--logfile", str(self._dir / f"redis-{server.port}.log"),
+            redis_server_binary(),
+            "--port",
+            str(server.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self._dir),
+            "--dbfilename",
+            f"dump-{server.port}.rdb",
+            "--logfile",
+            str(self._dir / f"redis-{server.port}.log"),
             # Replicas sync straight from memory, at once: full syncs take milliseconds here.
-            "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
         if not promotable:
             args += ["--replica-priority", "0"]
-        server.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True)
+        server.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
 
     def _start_sentinel(self, watcher: _Server, index: int, master_port: int) -> None:
         conf = self._dir / f"sentinel-{index}.conf"  # Sentinel rewrites its file: one each
@@ -195,7 +210,9 @@ class SentinelRedis:
         )
         watcher.process = subprocess.Popen(
             [redis_server_binary(), str(conf), "--sentinel"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self._wait_ping(watcher, 10)
 
@@ -229,7 +246,9 @@ class SentinelRedis:
 
     def _is_master(self, port: int) -> bool:
         try:
-            return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).execute_command("ROLE")[0] == b"master")
+            return bool(
+                redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).execute_command("ROLE")[0] == b"master"
+            )
         except redis.RedisError:
             return False
 

@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from voip.auth import AuthError, Authenticator, Principal
+from voip.auth import Authenticator, AuthError, Principal
 
 SECRET = "auth-test-secret-" + "y" * 32
 
@@ -101,8 +101,17 @@ def test_bearer_accepts_the_scheme_in_any_case(auth: Authenticator, scheme: str)
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Token abc", "{token}", "Bearer{token}",
-     "Bearer {token} {token}"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Token abc",
+        "{token}",
+        "Bearer{token}",
+        "Bearer {token} {token}",
+    ],
 )
 def test_bearer_refuses_anything_else(auth: Authenticator, header: str | None) -> None:
     token = auth.mint("alice")
@@ -139,8 +148,19 @@ def test_capability_fields_cannot_be_shifted(auth: Authenticator) -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["", ".", "abc", "123", "123.", "-5.AAAA", "1e99.AAAA", " 99999999999.AAAA", "99999999999.",
-     "99999999999.not-the-mac", "99999999999..AAAA"],
+    [
+        "",
+        ".",
+        "abc",
+        "123",
+        "123.",
+        "-5.AAAA",
+        "1e99.AAAA",
+        " 99999999999.AAAA",
+        "99999999999.",
+        "99999999999.not-the-mac",
+        "99999999999..AAAA",
+    ],
 )
 def test_malformed_capabilities_are_refused(auth: Authenticator, token: str) -> None:
     assert auth.check_capability(token, CALL, "b1") is False
@@ -156,6 +176,8 @@ def test_capability_and_jwt_do_not_pass_for_each_other(auth: Authenticator) -> N
     expires = int(time.time()) + 600
     sig = jwt.encode({"x": 1}, SECRET, algorithm="HS256").split(".")[2]
     assert not auth.check_capability(f"{expires}.{sig[:24]}", CALL, "b1")
+
+
 HOSTILE_CALL = "6f1c1e0c-1e0b-4f60-9d6e-3a2b1c0d9e8f"
 
 

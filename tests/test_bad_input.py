@@ -100,8 +100,12 @@ CASES: list[tuple[str, str, Any, str]] = [
     ('{"type":"call.signal","call_id":"' + A_UUID + '","id":"q14"}', "invalid_message", "q14", "payload"),
     ('{"type":"ping","id":"q15","extra":true}', "invalid_message", "q15", "extra"),
     ('{"type":"ping","id":-1}', "invalid_message", -1, "id"),
-    ('{"type":"call.answer","call_id":"' + A_UUID + '","sdp":' + '"' + "v" * 40000 + '"' + ',"id":"q17"}',
-     "invalid_message", "q17", "sdp"),
+    (
+        '{"type":"call.answer","call_id":"' + A_UUID + '","sdp":' + '"' + "v" * 40000 + '"' + ',"id":"q17"}',
+        "invalid_message",
+        "q17",
+        "sdp",
+    ),
     ('{"type":"call.hangup","call_id":"' + A_UUID + '","id":"q18"}', "unknown_call", "q18", "no such call"),
 ]
 
@@ -289,7 +293,9 @@ async def test_websocket_auth_is_checked_before_accept(node: RunningNode) -> Non
     socket = await websockets.connect(f"{node.ws_url}?device_id=d2&access_token={good}")
     assert orjson.loads(await socket.recv())["type"] == "hello"
     await socket.close()
-    socket = await websockets.connect(f"{node.ws_url}?device_id=d3&access_token=garbage", additional_headers=bearer(good))
+    socket = await websockets.connect(
+        f"{node.ws_url}?device_id=d3&access_token=garbage", additional_headers=bearer(good)
+    )
     assert orjson.loads(await socket.recv())["type"] == "hello"
     await socket.close()
 
@@ -305,23 +311,23 @@ GOOD_TOKEN = "ab" * 32
 
 
 BAD_BODIES: list[tuple[bytes, str | None]] = [
-        (b"{not json", "body"),
-        (b"[]", "body"),
-        (b"null", "body"),
-        (b'"a string"', "body"),
-        (b'{"voip_token": 123}', "voip_token"),
-        (b'{"voip_token": ["ab"]}', "voip_token"),
-        (b'{"voip_token": "' + b"zz" * 32 + b'"}', "voip_token"),
-        (b'{"voip_token": "' + b"ab" * 31 + b'"}', "voip_token"),
-        (b'{"voip_token": "' + b"a" * 65 + b'"}', "voip_token"),
-        (b'{"voip_token": "' + b"ab" * 101 + b'"}', "voip_token"),
-        (b'{"voip_token": " ' + b"ab" * 32 + b'"}', "voip_token"),
-        (b'{"alert_token": "xyz"}', "alert_token"),
-        (b'{"apns_environment": "staging"}', "apns_environment"),
-        (b'{"apns_environment": 1}', "apns_environment"),
-        (b'{"bundle_id": "com example app"}', "bundle_id"),
-        (b'{"bundle_id": ""}', "bundle_id"),
-        (b'{"voip_token": "' + GOOD_TOKEN.encode() + b'", "colour": "red"}', "colour"),
+    (b"{not json", "body"),
+    (b"[]", "body"),
+    (b"null", "body"),
+    (b'"a string"', "body"),
+    (b'{"voip_token": 123}', "voip_token"),
+    (b'{"voip_token": ["ab"]}', "voip_token"),
+    (b'{"voip_token": "' + b"zz" * 32 + b'"}', "voip_token"),
+    (b'{"voip_token": "' + b"ab" * 31 + b'"}', "voip_token"),
+    (b'{"voip_token": "' + b"a" * 65 + b'"}', "voip_token"),
+    (b'{"voip_token": "' + b"ab" * 101 + b'"}', "voip_token"),
+    (b'{"voip_token": " ' + b"ab" * 32 + b'"}', "voip_token"),
+    (b'{"alert_token": "xyz"}', "alert_token"),
+    (b'{"apns_environment": "staging"}', "apns_environment"),
+    (b'{"apns_environment": 1}', "apns_environment"),
+    (b'{"bundle_id": "com example app"}', "bundle_id"),
+    (b'{"bundle_id": ""}', "bundle_id"),
+    (b'{"voip_token": "' + GOOD_TOKEN.encode() + b'", "colour": "red"}', "colour"),
 ]
 
 
@@ -387,8 +393,12 @@ async def test_device_routes_need_a_device_token(node: RunningNode) -> None:
     await client.put("/v1/devices/d0", json={"voip_token": GOOD_TOKEN}, headers=auth_header(node))
     stored = await node.node.stores.devices.registered("alice")
     for headers, status, error in cases:
-        for method, path in (("PUT", "/v1/devices/d1"), ("PUT", "/v1/devices/d0"), ("DELETE", "/v1/devices/d0"),
-                             ("GET", "/v1/devices")):
+        for method, path in (
+            ("PUT", "/v1/devices/d1"),
+            ("PUT", "/v1/devices/d0"),
+            ("DELETE", "/v1/devices/d0"),
+            ("GET", "/v1/devices"),
+        ):
             response = await client.request(method, path, json={"voip_token": "cd" * 32}, headers=headers)
             assert response.status_code == status, (method, path, headers, response.text)
             assert response.headers["content-type"].startswith("application/json")
@@ -404,12 +414,17 @@ async def test_unknown_routes_and_wrong_methods_are_json(node: RunningNode) -> N
         response = await client.get(path, headers=auth_header(node))
         assert response.status_code == 404, path
         assert response.json()["error"] == "not_found"
-    for method, path in (("POST", "/v1/devices"), ("DELETE", "/v1/devices"), ("POST", "/v1/devices/d1"),
-                         ("PUT", f"/v1/calls/{A_UUID}/status")):
+    for method, path in (
+        ("POST", "/v1/devices"),
+        ("DELETE", "/v1/devices"),
+        ("POST", "/v1/devices/d1"),
+        ("PUT", f"/v1/calls/{A_UUID}/status"),
+    ):
         response = await client.request(method, path, headers=auth_header(node))
         assert response.status_code == 405, (method, path)
         assert response.json()["error"] == "method_not_allowed"
     assert await node.node.connections.client.exists(node.node.stores.keys.devices("alice")) == 0
+
 
 async def test_405_lists_every_allowed_method(node: RunningNode) -> None:
     response = await node.http().get("/v1/devices/d1")

@@ -39,15 +39,29 @@ def dev_py() -> ModuleType:
 def banner_node(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     # The environment `dev.py run` gives a node on embedded defaults, with our Redis.
-    env = dev_py().run_environment({k: v for k, v in os.environ.items()
-                                    if k not in ("APNS_KEY_FILE", "APNS_ENDPOINT", "VOIP_CONFIG", "REDIS_URL",
-                                                 "SIP_ENABLED", "SIP_PORT", "VOIP_BANNER")})
+    env = dev_py().run_environment(
+        {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in (
+                "APNS_KEY_FILE",
+                "APNS_ENDPOINT",
+                "VOIP_CONFIG",
+                "REDIS_URL",
+                "SIP_ENABLED",
+                "SIP_PORT",
+                "VOIP_BANNER",
+            )
+        }
+    )
     env.update({"REDIS_URL": redis_url, "VOIP_REDIS_PREFIX": prefix, "VOIP_JWT_SECRET": SECRET, "PORT": str(port)})
     err = tmp_path / "stderr"
     out = tmp_path / "stdout"
     with err.open("wb") as err_file, out.open("wb") as out_file:
-        process = subprocess.Popen([sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env,
-                                   stdout=out_file, stderr=err_file)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env, stdout=out_file, stderr=err_file
+        )
         try:
             deadline = time.monotonic() + 30
             while RULE not in err.read_text().split(TITLE, 1)[-1]:
@@ -68,7 +82,10 @@ def test_dev_run_on_embedded_defaults_turns_sip_and_the_banner_on() -> None:
     # Configured: nothing is switched on behind the operator's back.
     assert "SIP_ENABLED" not in run_environment({"REDIS_URL": "redis://r:6379"})
     assert "SIP_ENABLED" not in run_environment({"APNS_KEY_FILE": "/k.p8"})
-    assert run_environment({"SIP_ENABLED": "false", "VOIP_BANNER": "off"}) == {"SIP_ENABLED": "false", "VOIP_BANNER": "off"}
+    assert run_environment({"SIP_ENABLED": "false", "VOIP_BANNER": "off"}) == {
+        "SIP_ENABLED": "false",
+        "VOIP_BANNER": "off",
+    }
     assert run_environment({"SIP_PORT": "5070"})["SIP_PORT"] == "5070"
 
 
@@ -78,14 +95,20 @@ def test_the_banner_says_where_everything_is(banner_node: tuple[str, Path]) -> N
     lines = err.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if TITLE in line) - 1
     end = next(i for i in range(start + 1, len(lines)) if lines[i] == RULE)
-    block = "\n".join(lines[start:end + 1])
+    block = "\n".join(lines[start : end + 1])
     assert lines[start] == RULE
-    for expected in (f"{base}/ops", f"{base}/openapi.json", f"{base}/v1/calls/<call_id>/status",
-                     "python3 dev.py token alice", "python3 dev.py token ops --role operator",
-                     "NO REAL PHONE RECEIVES ANYTHING", f"{base}/v1/ops/simulator/pushes"):
+    for expected in (
+        f"{base}/ops",
+        f"{base}/openapi.json",
+        f"{base}/v1/calls/<call_id>/status",
+        "python3 dev.py token alice",
+        "python3 dev.py token ops --role operator",
+        "NO REAL PHONE RECEIVES ANYTHING",
+        f"{base}/v1/ops/simulator/pushes",
+    ):
         assert expected in block, (expected, block)
     # Every line but the banner's is a JSON log line.
-    for line in filter(None, lines[:start] + lines[end + 1:]):
+    for line in filter(None, lines[:start] + lines[end + 1 :]):
         assert isinstance(orjson.loads(line), dict), line
 
     # SIP is on, on the free port the banner names, and answers there.

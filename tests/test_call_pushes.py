@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,14 +30,19 @@ async def invites_for(sim: APNsSimulator, call_id: str, kind: str = "call.incomi
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         found = [
-            r for r in sim.requests
-            if r.status == 200 and r.body and orjson.loads(r.body).get("call_id") == call_id
+            r
+            for r in sim.requests
+            if r.status == 200
+            and r.body
+            and orjson.loads(r.body).get("call_id") == call_id
             and orjson.loads(r.body).get("type") == kind
         ]
         if len(found) >= count:
             return found
         await asyncio.sleep(0.02)
-    raise AssertionError(f"no {count} {kind} push(es) for {call_id}: {[(r.status, r.reason, r.body) for r in sim.requests]}")
+    raise AssertionError(
+        f"no {count} {kind} push(es) for {call_id}: {[(r.status, r.reason, r.body) for r in sim.requests]}"
+    )
 
 
 async def pushes_on_timeline(node: RunningNode, call_id: str, count: int) -> list[dict[str, Any]]:
@@ -84,7 +87,9 @@ async def test_invite_push_carries_the_call_and_its_deadline(pushing: tuple[Runn
     assert last is not None and orjson.loads(last)["apns_id"] == request.apns_id
 
 
-async def test_offline_phone_wakes_to_the_cancellation_not_the_invite(pushing: tuple[RunningNode, APNsSimulator]) -> None:
+async def test_offline_phone_wakes_to_the_cancellation_not_the_invite(
+    pushing: tuple[RunningNode, APNsSimulator],
+) -> None:
     node, sim = pushing
     device = phone(sim, online=False)
     await register(node, "bob", "b-phone", voip_token=device.token)
@@ -282,7 +287,9 @@ async def test_hang_up_reaches_the_answering_device_whose_socket_died(
     assert orjson.loads(push.body)["reason"] == "remote_ended"
     assert [d.push.payload["type"] for d in bobs.inbox] == ["call.incoming", "call.ended"]
     assert not [d for d in alices.inbox]  # the caller hung up: she knows
-    [entry] = [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "push" and e["kind"] == "ended"]
+    [entry] = [
+        e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "push" and e["kind"] == "ended"
+    ]
     assert entry["device"] == "b-phone" and entry["outcome"] == "accepted"
 
 

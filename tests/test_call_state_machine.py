@@ -37,9 +37,7 @@ EXPECTED: dict[tuple[Action, Party, CallState], CallState] = {
 FINAL = [s for s in CallState if s not in (S.RINGING, S.ANSWERED)]
 
 
-@pytest.mark.parametrize(
-    ("action", "party", "state"), list(itertools.product(Action, Party, CallState)), ids=str
-)
+@pytest.mark.parametrize(("action", "party", "state"), list(itertools.product(Action, Party, CallState)), ids=str)
 def test_every_combination_against_the_table(action: Action, party: Party, state: CallState) -> None:
     moves = transitions_for(action, party)
     assert moves.get(state) == EXPECTED.get((action, party, state))
@@ -114,24 +112,28 @@ def test_verdict_for_every_state_asker_and_deadline(state: CallState, who: str, 
 
 
 def test_the_deadline_itself_counts_as_passed() -> None:
-    at = verdict(S.RINGING, party=Party.CALLEE, device_id=OTHER, answered_by_device=None,
-                 ring_deadline_ms=NOW, now_ms=NOW)
-    before = verdict(S.RINGING, party=Party.CALLEE, device_id=OTHER, answered_by_device=None,
-                     ring_deadline_ms=NOW + 1, now_ms=NOW)
+    at = verdict(
+        S.RINGING, party=Party.CALLEE, device_id=OTHER, answered_by_device=None, ring_deadline_ms=NOW, now_ms=NOW
+    )
+    before = verdict(
+        S.RINGING, party=Party.CALLEE, device_id=OTHER, answered_by_device=None, ring_deadline_ms=NOW + 1, now_ms=NOW
+    )
     assert (at.state, at.end_call) == (S.MISSED, True)
     assert (before.state, before.end_call) == (S.RINGING, False)
 
 
 def test_a_callee_device_never_matches_a_missing_answering_device() -> None:
-    got = verdict(S.ANSWERED, party=Party.CALLEE, device_id=OTHER, answered_by_device=None,
-                  ring_deadline_ms=NOW, now_ms=NOW)
+    got = verdict(
+        S.ANSWERED, party=Party.CALLEE, device_id=OTHER, answered_by_device=None, ring_deadline_ms=NOW, now_ms=NOW
+    )
     assert got == Verdict(S.ANSWERED, True, EndReason.ANSWERED_ELSEWHERE)
 
 
 def test_a_callee_device_named_like_the_callers_is_still_the_callees() -> None:
     # Device ids are per user: bob's "iphone" is not alice's "iphone".
-    got = verdict(S.ANSWERED, party=Party.CALLEE, device_id="iphone", answered_by_device="ipad",
-                  ring_deadline_ms=NOW, now_ms=NOW)
+    got = verdict(
+        S.ANSWERED, party=Party.CALLEE, device_id="iphone", answered_by_device="ipad", ring_deadline_ms=NOW, now_ms=NOW
+    )
     assert got == Verdict(S.ANSWERED, True, EndReason.ANSWERED_ELSEWHERE)
 
 
@@ -154,8 +156,13 @@ def test_callkit_reason_mapping_is_one_to_one() -> None:
     assert len(values) == len(set(values))
     without_unknown = {r: cx for r, cx in CALLKIT.items() if r is not EndReason.UNKNOWN_CALL}
     assert len(set(without_unknown.values())) == len(without_unknown)  # injective
-    assert set(without_unknown.values()) == {"remoteEnded", "unanswered", "answeredElsewhere",
-                                             "declinedElsewhere", "failed"}  # onto
+    assert set(without_unknown.values()) == {
+        "remoteEnded",
+        "unanswered",
+        "answeredElsewhere",
+        "declinedElsewhere",
+        "failed",
+    }  # onto
     # Each final state has exactly one reason, and every reason but unknown_call is used
     # by a final state or by the verdict.
     assert set(FINAL_REASON) == set(FINAL)

@@ -145,7 +145,11 @@ async def test_a_call_nobody_can_take_is_started_before_it_is_missed(node: Runni
         await caller.send({"type": "call.start", "id": attempt, "callee": f"nobody-{attempt}"})
         started, missed = await caller.next(), await caller.next()
         assert (started["type"], started["id"], started["state"]) == ("call.started", attempt, "missed")
-        assert (missed["type"], missed["call_id"], missed["reason"]) == ("call.missed", started["call_id"], "unanswered")
+        assert (missed["type"], missed["call_id"], missed["reason"]) == (
+            "call.missed",
+            started["call_id"],
+            "unanswered",
+        )
     await caller.silent()
 
 

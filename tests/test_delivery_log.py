@@ -94,8 +94,10 @@ async def test_a_burst_is_one_round_trip_and_every_entry_lands_in_order_and_on_t
             message = await feed.get_message(ignore_subscribe_messages=True, timeout=5)
             assert message is not None, published
             published.append(message["data"])
-        assert published[0] == b'{"call_id":"call-0","entry":{"at":0,"event":"delivered","type":"call.incoming",' \
+        assert (
+            published[0] == b'{"call_id":"call-0","entry":{"at":0,"event":"delivered","type":"call.incoming",'
             b'"device":"b-phone","node":"node-t"}}'
+        )
     finally:
         await log.stop()
         await feed.aclose()
@@ -226,5 +228,6 @@ async def test_a_drained_node_has_written_its_deliveries(slow_flushing_node: Run
     call_id = await _call_rings(node)
     await node.node.drain()
     assert _delivered(await node.node.stores.calls.timeline(call_id)) >= {
-        ("call.started", "a-phone"), ("call.incoming", "b-phone")
+        ("call.started", "a-phone"),
+        ("call.incoming", "b-phone"),
     }

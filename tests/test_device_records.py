@@ -24,10 +24,18 @@ def test_the_same_token_keeps_its_registration_time_and_a_new_one_moves_it() -> 
 
 
 def test_a_dropped_token_registered_again_is_a_new_token() -> None:
-    dropped = DeviceRecord.from_stored({
-        "token_dropped_at": 1500, "voip_token": None, "apns_environment": "sandbox", "bundle_id": "b",
-        "alert_token": None, "registered_at": 1000, "updated_at": 1000, "token_registered_at": 1000,
-    })
+    dropped = DeviceRecord.from_stored(
+        {
+            "token_dropped_at": 1500,
+            "voip_token": None,
+            "apns_environment": "sandbox",
+            "bundle_id": "b",
+            "alert_token": None,
+            "registered_at": 1000,
+            "updated_at": 1000,
+            "token_registered_at": 1000,
+        }
+    )
     again = register(dropped, Registration(TOKEN, "sandbox", "b"), 2000)
     assert again.token_dropped_at is None
     assert again.token_registered_at == 2000
@@ -39,8 +47,14 @@ def test_a_sip_phone_record_round_trips_through_its_stored_form() -> None:
     record = register(None, Registration(TOKEN, "production", "com.example.app", sip=sip), 1000)
     stored = record.stored()
     assert list(stored) == [
-        "voip_token", "apns_environment", "bundle_id", "alert_token", "registered_at", "updated_at",
-        "token_registered_at", "sip",
+        "voip_token",
+        "apns_environment",
+        "bundle_id",
+        "alert_token",
+        "registered_at",
+        "updated_at",
+        "token_registered_at",
+        "sip",
     ]
     assert stored["sip"] == {"contact": "sip:alice@192.0.2.7:5062", "expires_at": 99_000, "team_id": "TEAM123"}
     assert DeviceRecord.from_stored(stored) == record

@@ -38,8 +38,13 @@ async def tick() -> None:
 async def test_register_then_update(node: RunningNode) -> None:
     api = Api(node, "alice")
     before = int(time.time() * 1000)
-    created = await api.put("phone", voip_token=TOKEN_A.upper(), apns_environment="sandbox",
-                            bundle_id="com.example.caller", alert_token=TOKEN_B)
+    created = await api.put(
+        "phone",
+        voip_token=TOKEN_A.upper(),
+        apns_environment="sandbox",
+        bundle_id="com.example.caller",
+        alert_token=TOKEN_B,
+    )
     assert created.status_code == 201
     first = created.json()
     assert first["device_id"] == "phone"
@@ -161,6 +166,8 @@ async def test_a_device_without_a_voip_token(node: RunningNode) -> None:
     body = response.json()
     assert body["voip_token"] is None and body["apns_environment"] == "production"
     assert [d["device_id"] for d in await api.devices()] == ["fresh"]
+
+
 async def test_same_token_in_upper_case_is_the_same_token(node: RunningNode) -> None:
     client = node.http()
     headers = {"Authorization": f"Bearer {node.auth.mint('alice', 'device')}"}
@@ -173,7 +180,9 @@ async def test_same_token_in_upper_case_is_the_same_token(node: RunningNode) -> 
 
 async def test_the_stored_record_and_its_answer_keep_their_keys_and_order(node: RunningNode) -> None:
     api = Api(node, "alice")
-    response = await api.put("iphone", voip_token=TOKEN_A.upper(), apns_environment="sandbox", bundle_id="com.example.app")
+    response = await api.put(
+        "iphone", voip_token=TOKEN_A.upper(), apns_environment="sandbox", bundle_id="com.example.app"
+    )
     body = response.json()
     stamp = body["registered_at"]
     assert body["updated_at"] == body["token_registered_at"] == stamp
@@ -184,7 +193,12 @@ async def test_the_stored_record_and_its_answer_keep_their_keys_and_order(node: 
     )
     stored = await node.node.stores.devices.get("alice", "iphone")
     assert stored is not None and list(stored) == [
-        "voip_token", "apns_environment", "bundle_id", "alert_token", "registered_at", "updated_at",
+        "voip_token",
+        "apns_environment",
+        "bundle_id",
+        "alert_token",
+        "registered_at",
+        "updated_at",
         "token_registered_at",
     ]
 

@@ -31,8 +31,9 @@ class World:
         self.log = EventLog()
         self.phones: list[Phone] = []
 
-    async def phone(self, user: str, device: str, *, online: bool = True, app_open: bool = False,
-                    policy: Policy | None = None) -> Phone:
+    async def phone(
+        self, user: str, device: str, *, online: bool = True, app_open: bool = False, policy: Policy | None = None
+    ) -> Phone:
         phone = Phone(self.backend, user, device, policy=policy, log=self.log)
         self.phones.append(phone)
         await phone.install(online=online)
@@ -119,7 +120,10 @@ async def test_late_invite_is_ended_with_remote_ended_after_its_status_check(
         [push] = bob.events("push.received", call_id=call_id)
         assert push.detail == {"type": "call.incoming", "stored": True, "late": True}
         assert bob.log.kinds(device="b-phone", call_id=call_id)[-4:] == [
-            "push.received", "callkit.reported", "status.checked", "callkit.ended",
+            "push.received",
+            "callkit.reported",
+            "status.checked",
+            "callkit.ended",
         ]
         [status] = bob.events("status.checked", call_id=call_id)
         assert status.detail == {"http": 200, "state": "cancelled", "end_call": True, "reason": "remote_ended"}
@@ -271,8 +275,14 @@ async def test_demo_runs_the_readme_story() -> None:
     env = dict(os.environ)  # REDIS_URL, if the tests have one; else the demo starts its own
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voip", "demo",
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "voip",
+        "demo",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await asyncio.wait_for(process.communicate(), 40)
     elapsed = time.monotonic() - started

@@ -30,6 +30,14 @@ def test_the_guide_keeps_the_socket_for_a_call_and_names_the_setup() -> None:
     guide = (DOCS / "ios-client.md").read_text()
     assert "close the WebSocket when going to the background" not in guide.lower()
     assert "Keep the socket open for the whole life of a call" in guide
-    for needed in ("PKPushRegistry", "Voice over IP", "Push Notifications", "CXProviderConfiguration",
-                   "provider(_:didActivate:)", "NSAllowsLocalNetworking", "expires_at", "call.ended"):
+    for needed in (
+        "PKPushRegistry",
+        "Voice over IP",
+        "Push Notifications",
+        "CXProviderConfiguration",
+        "provider(_:didActivate:)",
+        "NSAllowsLocalNetworking",
+        "expires_at",
+        "call.ended",
+    ):
         assert needed in guide, needed

@@ -23,7 +23,8 @@ def _scripts() -> dict[str, str]:
     lua = resources.files("voip").joinpath("lua")
     return {
         hashlib.sha1(f.read_text().encode()).hexdigest(): f.name.removesuffix(".lua")
-        for f in lua.iterdir() if f.name.endswith(".lua")
+        for f in lua.iterdir()
+        if f.name.endswith(".lua")
     }
 
 
@@ -50,8 +51,15 @@ async def test_every_script_touches_one_slot(redis_url: str, redis: Redis, prefi
         now = now_ms()
         await stores.limits.admit("c1", "bob", now=now, ring_deadline=now + 30000, max_ringing=3, per_minute=20)
         assert await stores.calls.create(
-            "c1", caller_user="alice", caller_device="a1", callee_user="bob", ring_deadline=now - 1,
-            node="n", targets=["b1"], created_at=now, pushes={"b1": {"token": "t"}},
+            "c1",
+            caller_user="alice",
+            caller_device="a1",
+            callee_user="bob",
+            ring_deadline=now - 1,
+            node="n",
+            targets=["b1"],
+            created_at=now,
+            pushes={"b1": {"token": "t"}},
             announce=("chan", b"{}"),
         )
         await stores.calls.record_event("c1", user="bob", device="b1", entry={"event": "ringing"})

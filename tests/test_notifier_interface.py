@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
-
 from tests.conftest import RunningNode, register
 from voip.node import NodeParts
 from voip.push import Environment, Outcome, Push, PushKind, PushResult, PushType, TokenDrop
@@ -30,10 +28,16 @@ class Pager:
         await self.sent.put(push)
         known = push.address["pager"] in self.known
         return PushResult(
-            apns_id=f"pager-{self.sent.qsize()}", device_token=push.address["pager"],
-            environment=Environment.PRODUCTION, push_type=PushType.VOIP,
-            outcome=Outcome.ACCEPTED if known else Outcome.REJECTED, status=200 if known else 404,
-            reason=None if known else "NoSuchPager", timestamp=None, latency_ms=1.0, attempts=1,
+            apns_id=f"pager-{self.sent.qsize()}",
+            device_token=push.address["pager"],
+            environment=Environment.PRODUCTION,
+            push_type=PushType.VOIP,
+            outcome=Outcome.ACCEPTED if known else Outcome.REJECTED,
+            status=200 if known else 404,
+            reason=None if known else "NoSuchPager",
+            timestamp=None,
+            latency_ms=1.0,
+            attempts=1,
             drop_token=None if known else TokenDrop(registered_before=None),
         )
 
@@ -91,6 +95,14 @@ async def test_call_pushes_drive_another_platform_unchanged(node_factory: Any) -
     cancel = cancels[phone_token]
     assert (cancel.kind, cancel.address, cancel.reason) == (PushKind.CANCEL, invite.address, "declined_elsewhere")
     assert await node.node.pushes.wait(5) == 0
-    kinds = [(e["kind"], e["device"], e["outcome"]) for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "push"]
-    assert sorted(kinds) == [("cancel", "b-pager", "rejected"), ("cancel", "b-phone", "accepted"),
-                             ("invite", "b-pager", "rejected"), ("invite", "b-phone", "accepted")]
+    kinds = [
+        (e["kind"], e["device"], e["outcome"])
+        for e in await node.node.stores.calls.timeline(call_id)
+        if e["event"] == "push"
+    ]
+    assert sorted(kinds) == [
+        ("cancel", "b-pager", "rejected"),
+        ("cancel", "b-phone", "accepted"),
+        ("invite", "b-pager", "rejected"),
+        ("invite", "b-phone", "accepted"),
+    ]

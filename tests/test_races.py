@@ -39,7 +39,9 @@ async def _attempt(calls: CallStore, call_id: str, action: Action, user: str, de
     return transition.call.state.value
 
 
-async def test_many_devices_answering_at_once_make_exactly_one_winner(redis: Redis, redis_url: str, prefix: str) -> None:
+async def test_many_devices_answering_at_once_make_exactly_one_winner(
+    redis: Redis, redis_url: str, prefix: str
+) -> None:
     # Separate connections, so the answers really arrive at Redis interleaved.
     clients = [Redis.from_url(redis_url) for _ in range(DEVICES)]
     stores = [Stores.open(client, prefix, retention=600).calls for client in clients]
@@ -104,4 +106,3 @@ async def test_timeout_crossing_an_answer_fires_at_most_once(redis: Redis, redis
     finally:
         for client in clients:
             await client.aclose()
-

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio.cluster import ClusterNode as ClientNode
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AskError
-from redis.asyncio.retry import Retry
 
 from tests.redis_cluster import SLOTS, LocalCluster
 
@@ -26,7 +26,9 @@ async def client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
     redis_cluster.wait_settled()
     host, port = redis_cluster.startup_nodes.split(",")[0].split(":")
     cluster = RedisCluster(
-        startup_nodes=[ClientNode(host, int(port))], protocol=3, decode_responses=True,
+        startup_nodes=[ClientNode(host, int(port))],
+        protocol=3,
+        decode_responses=True,
         # Room for a failover (node timeout 2 s, then the election): about 6 s of retries.
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=20),
     )
@@ -121,16 +123,21 @@ async def test_a_reshard_moves_slots_under_a_client_that_follows_moved(
 
     # And back, by rebalance: every primary again holds a third of the slots.
     await asyncio.to_thread(redis_cluster.rebalance)
-    counts = [sum(end - start + 1 for start, end, *_ in primary_slots(redis_cluster, p.port))
-              for p in redis_cluster.live_primaries()]
+    counts = [
+        sum(end - start + 1 for start, end, *_ in primary_slots(redis_cluster, p.port))
+        for p in redis_cluster.live_primaries()
+    ]
     assert max(counts) - min(counts) <= 2 * SLOTS // 100, counts  # rebalance's own 2 % threshold
     assert await read_all(client, keys) == keys
 
 
 def primary_slots(cluster: LocalCluster, port: int) -> list[tuple[int, int]]:
     with cluster.live_nodes()[0].client() as direct:
-        return [(int(start), int(end)) for start, end, primary, *_ in direct.execute_command("CLUSTER", "SLOTS")
-                if int(primary[1]) == port]
+        return [
+            (int(start), int(end))
+            for start, end, primary, *_ in direct.execute_command("CLUSTER", "SLOTS")
+            if int(primary[1]) == port
+        ]
 
 
 async def test_a_slot_half_migrated_answers_ask_and_the_client_follows_it(

@@ -44,9 +44,7 @@ def served(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[tuple[str, i
     for name in ("APNS_KEY_FILE", "APNS_ENDPOINT", "VOIP_CONFIG"):
         env.pop(name, None)
     log = (tmp_path / "node.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env, stdout=log, stderr=log
-    )
+    process = subprocess.Popen([sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20

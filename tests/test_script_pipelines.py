@@ -32,16 +32,28 @@ async def test_admit_and_create_survive_a_flushed_script_cache(redis_process: An
             assert await redis.zrange("t:{u:bob}:ringing", 0, -1) == [f"call-{i}".encode() for i in range(n + 1)]
             await redis.script_flush()
             created = await stores.calls.create(
-                f"call-{n}", caller_user="alice", caller_device="phone", callee_user="bob",
-                ring_deadline=now + 60000, node="n1", targets=["ipad"], created_at=now,
+                f"call-{n}",
+                caller_user="alice",
+                caller_device="phone",
+                callee_user="bob",
+                ring_deadline=now + 60000,
+                node="n1",
+                targets=["ipad"],
+                created_at=now,
             )
             assert created
             assert (await stores.calls.get(f"call-{n}")) is not None
             assert await redis.zscore(KeyLayout("t:").ring_deadlines(f"call-{n}"), f"call-{n}") == now + 60000
         # With the scripts cached again: one id, one call.
         assert not await stores.calls.create(
-            "call-0", caller_user="alice", caller_device="phone", callee_user="bob",
-            ring_deadline=now + 90000, node="n1", targets=["ipad"], created_at=now + 1000,
+            "call-0",
+            caller_user="alice",
+            caller_device="phone",
+            callee_user="bob",
+            ring_deadline=now + 90000,
+            node="n1",
+            targets=["ipad"],
+            created_at=now + 1000,
         )
         assert await redis.zscore(KeyLayout("t:").ring_deadlines("call-0"), "call-0") == now + 60000
     finally:

@@ -213,13 +213,18 @@ def test_run_with_a_bad_port_exits_2_with_one_line(tmp_path: Path) -> None:
     env["PORT"] = "not-a-port"
     result = subprocess.run(
         [sys.executable, "-m", "voip", "run"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "PORT" in lines[0] and "not-a-port" in lines[0]
     assert result.stdout == ""
+
 
 @pytest.mark.parametrize(("name", "value"), [("SIP_ACCOUNTS", '{"alice": "pw'), ("SIP_TRANSPORTS", "UDP")])
 def test_json_settings_that_do_not_parse_name_their_variable(monkeypatch, tmp_path, name, value):
@@ -229,10 +234,11 @@ def test_json_settings_that_do_not_parse_name_their_variable(monkeypatch, tmp_pa
         load_settings()
     assert str(caught.value).startswith(name), str(caught.value)
 
+
 def test_a_config_file_that_does_not_parse_is_named(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "voip.toml"
-    config.write_text('port = \n')
+    config.write_text("port = \n")
     monkeypatch.setenv("VOIP_CONFIG", str(config))
     with pytest.raises(SettingsError) as caught:
         load_settings()
@@ -243,8 +249,10 @@ def test_a_config_file_that_does_not_parse_is_named(monkeypatch, tmp_path):
     ("env", "named"),
     [
         ({"REDIS_CLUSTER_NODES": "redis-a:6379,redis-b"}, "REDIS_CLUSTER_NODES"),
-        ({"REDIS_CLUSTER_NODES": "a:1", "REDIS_SENTINELS": "s:26379", "REDIS_SENTINEL_MASTER": "m"},
-         "REDIS_CLUSTER_NODES, REDIS_SENTINELS"),
+        (
+            {"REDIS_CLUSTER_NODES": "a:1", "REDIS_SENTINELS": "s:26379", "REDIS_SENTINEL_MASTER": "m"},
+            "REDIS_CLUSTER_NODES, REDIS_SENTINELS",
+        ),
         ({"REDIS_CLUSTER_NODES": "a:1", "VOIP_REDIS_WAIT_REPLICAS": "1"}, "VOIP_REDIS_WAIT_REPLICAS"),
     ],
 )

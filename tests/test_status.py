@@ -139,8 +139,13 @@ async def test_a_bearer_check_without_a_device_never_ends_a_call_live_for_that_u
         assert (body["state"], body["end_call"], body["reason"]) == ("ended", True, "remote_ended")
     checks = [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "status_check"]
     assert [(c["party"], c.get("device")) for c in checks] == [
-        ("caller", None), ("callee", None), ("caller", None), ("callee", None), ("callee", "b2"),
-        ("caller", None), ("callee", None),
+        ("caller", None),
+        ("callee", None),
+        ("caller", None),
+        ("callee", None),
+        ("callee", "b2"),
+        ("caller", None),
+        ("callee", None),
     ]
 
 
@@ -266,7 +271,8 @@ async def test_answers_keep_their_exact_bytes(node: RunningNode) -> None:
     code, content, now = await raw()
     assert code == 200
     assert content == b'{"call_id":"%s","state":"ringing","end_call":false,"reason":null,"server_time":%d}' % (
-        call_id.encode(), now
+        call_id.encode(),
+        now,
     )
     await phone.request({"type": "call.answer", "call_id": call_id})
     _, content, now = await raw("b2")
@@ -285,5 +291,6 @@ async def test_answers_keep_their_exact_bytes(node: RunningNode) -> None:
     response = await node.http().get(f"/v1/calls/{unknown}/status", headers=bearer(node, "bob"))
     assert response.status_code == 404
     assert response.content == b'{"call_id":"%s","end_call":true,"reason":"unknown_call","server_time":%d}' % (
-        unknown.encode(), response.json()["server_time"]
+        unknown.encode(),
+        response.json()["server_time"],
     )

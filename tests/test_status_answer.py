@@ -11,8 +11,9 @@ from voip.status import StatusAnswer, StatusRow
 CALL = "5f0c8c4e-5c1b-4d7e-9c89-3a1c2b7d9e10"
 
 
-def reply(state: bytes, answered_by: bytes | None = None, ended_at: bytes | None = None,
-          party: bytes = b"callee") -> list[bytes | None]:
+def reply(
+    state: bytes, answered_by: bytes | None = None, ended_at: bytes | None = None, party: bytes = b"callee"
+) -> list[bytes | None]:
     return [state, b"alice", b"bob", b"a1", answered_by, b"45000", ended_at, party]
 
 
@@ -34,7 +35,11 @@ def test_a_ringing_call_past_its_deadline_reads_missed_and_ended_at_its_deadline
 def test_the_caller_naming_no_device_is_not_told_to_end_a_live_call() -> None:
     row = StatusRow.from_reply(reply(b"answered", b"b1", party=b"caller"))
     assert StatusAnswer.of(CALL, row, None, 1000).body() == {
-        "call_id": CALL, "state": "answered", "end_call": False, "reason": None, "server_time": 1000,
+        "call_id": CALL,
+        "state": "answered",
+        "end_call": False,
+        "reason": None,
+        "server_time": 1000,
         "answered_by_device": "b1",
     }
 

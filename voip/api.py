@@ -113,9 +113,7 @@ async def put_device(request: Request) -> Response:
         Registration(body.voip_token, body.apns_environment, body.bundle_id, body.alert_token),
         now,
     ).stored()
-    dropped = await node.stores.devices.put(
-        principal.user_id, device_id, record, node.settings.max_devices_per_user
-    )
+    dropped = await node.stores.devices.put(principal.user_id, device_id, record, node.settings.max_devices_per_user)
     return JSONResponse(
         {"device_id": device_id, **record, "dropped_devices": dropped},
         status_code=201 if previous is None else 200,
@@ -133,9 +131,9 @@ async def delete_device(request: Request) -> Response:
 async def list_devices(request: Request) -> Response:
     principal = authenticate(request, "device")
     devices = await node_of(request).stores.devices.registered(principal.user_id)
-    return JSONResponse({
-        "devices": [{"device_id": k, **DeviceRecord.from_stored(v).stored()} for k, v in sorted(devices.items())]
-    })
+    return JSONResponse(
+        {"devices": [{"device_id": k, **DeviceRecord.from_stored(v).stored()} for k, v in sorted(devices.items())]}
+    )
 
 
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)

@@ -37,8 +37,11 @@ async def _redis_unavailable(request: Request, exc: Exception) -> Response:
     metrics.REDIS_UNAVAILABLE.labels("http").inc()
     retry_after = node.settings.redis_retry_after
     return api.JSONResponse(
-        {"error": "unavailable", "message": "the service is briefly unavailable; retry later",
-         "retry_after": retry_after},
+        {
+            "error": "unavailable",
+            "message": "the service is briefly unavailable; retry later",
+            "retry_after": retry_after,
+        },
         status_code=503,
         headers={"Retry-After": str(retry_after)},
     )

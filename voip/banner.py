@@ -37,16 +37,19 @@ def text(node: Node, base_url: str, private_redis: bool) -> str:
         lines += [
             f"  Pushes         to the bundled APNs simulator ({simulator.endpoint}), no APNs credentials:",
             "                 NO REAL PHONE RECEIVES ANYTHING. What it received: /ops, section",
-            f"                 \"APNs simulator\", or {base_url}/v1/ops/simulator/pushes",
+            f'                 "APNs simulator", or {base_url}/v1/ops/simulator/pushes',
         ]
     else:
-        lines.append(f"  Pushes         to APNs ({node.settings.apns_endpoint or 'Apple'}), topic "
-                     f"{node.settings.apns_bundle_id}.voip")
+        lines.append(
+            f"  Pushes         to APNs ({node.settings.apns_endpoint or 'Apple'}), topic "
+            f"{node.settings.apns_bundle_id}.voip"
+        )
     if node.sip is not None:
         transports = "/".join(t.lower() for t in node.settings.sip_transports)
         domain = node.settings.sip_domain or node.settings.sip_host
-        lines.append(f"  SIP            on: {transports} {node.settings.sip_host}:{node.sip.port}, "
-                     f"users sip:<user>@{domain}")
+        lines.append(
+            f"  SIP            on: {transports} {node.settings.sip_host}:{node.sip.port}, users sip:<user>@{domain}"
+        )
     else:
         lines.append("  SIP            off (SIP_ENABLED=true to turn it on)")
     if private_redis:

@@ -87,11 +87,11 @@ class Bus:
         await self._redis.spublish(self.channel(user_id), self.envelope(frame, only=only, exclude=exclude))
 
     @staticmethod
-    def envelope(
-        frame: dict[str, Any], *, only: Iterable[str] | None = None, exclude: Iterable[str] = ()
-    ) -> bytes:
+    def envelope(frame: dict[str, Any], *, only: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> bytes:
         """What goes on a user's channel: the frame, and which of their devices get it."""
-        return orjson.dumps({"frame": frame, "only": list(only) if only is not None else None, "exclude": list(exclude)})
+        return orjson.dumps(
+            {"frame": frame, "only": list(only) if only is not None else None, "exclude": list(exclude)}
+        )
 
     async def attach(self, user_id: str, device_id: str, deliver: Deliver) -> None:
         """Route the user's frames for `device_id` to `deliver`; returns once Redis has

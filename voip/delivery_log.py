@@ -89,8 +89,11 @@ class DeliveryLog:
                 return
             try:
                 await retry_bounded(
-                    lambda: self._calls.append_timelines(batch), what="delivery_log.flush",
-                    retry_on=UNAVAILABLE, within=self.retry_window, entries=len(batch),
+                    lambda: self._calls.append_timelines(batch),
+                    what="delivery_log.flush",
+                    retry_on=UNAVAILABLE,
+                    within=self.retry_window,
+                    entries=len(batch),
                 )
             except Exception:
                 metrics.DELIVERY_LOG_DROPPED.labels("unwritten").inc(len(batch))

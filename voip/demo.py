@@ -105,8 +105,10 @@ def describe(event: Event) -> str | None:
         case "callkit.ringback":
             return f"hears ringback: {d['ringing']} is ringing"
         case "status.checked":
-            return (f"GET status_url -> {d['http']} state={d['state']} end_call={str(d['end_call']).lower()}"
-                    f" reason={d['reason'] or 'null'}")
+            return (
+                f"GET status_url -> {d['http']} state={d['state']} end_call={str(d['end_call']).lower()}"
+                f" reason={d['reason'] or 'null'}"
+            )
         case "status.retry":
             return f"  no verdict for {call}: asks status_url again in {d['after']}s"
         case "ring.expired":
@@ -143,6 +145,7 @@ def inbox(phone: Phone, call_id: str) -> list[str]:
 
 
 # ---- the three scenarios ---------------------------------------------------------------
+
 
 async def offline_phone(backend: Backend, log: EventLog, story: Narrator) -> tuple[Phone, Phone]:
     story.section("1. Bob's phone is asleep. Alice calls, then gives up.")
@@ -195,12 +198,15 @@ async def late_invite(backend: Backend, alice: Phone, bob: Phone, story: Narrato
     await bob.regain_network()
     ended = await bob.wait_for("callkit.ended", call_id=call_id)
     [status] = bob.events("status.checked", call_id=call_id)
-    check(status.detail["end_call"] is True and status.detail["reason"] == "remote_ended",
-          f"status said {status.detail}")
+    check(
+        status.detail["end_call"] is True and status.detail["reason"] == "remote_ended", f"status said {status.detail}"
+    )
     check(ended.detail["reason"] == "remoteEnded", f"CallKit ended with {ended.detail['reason']}")
     check(bool(bob.events("push.received", call_id=call_id, late=True)), "the invite was not late")
-    story.say("result", f"the late invite rang for {ended.detail['lasted'] * 1000:.0f} ms, "
-                      "then ended with .remoteEnded: no ghost call")
+    story.say(
+        "result",
+        f"the late invite rang for {ended.detail['lasted'] * 1000:.0f} ms, then ended with .remoteEnded: no ghost call",
+    )
 
 
 async def answered_elsewhere(backend: Backend, log: EventLog, alice: Phone, bob: Phone, story: Narrator) -> Phone:
@@ -223,6 +229,7 @@ async def answered_elsewhere(backend: Backend, log: EventLog, alice: Phone, bob:
 
 
 # ---- the node --------------------------------------------------------------------------
+
 
 def demo_settings(redis_url: str, port: int) -> Settings:
     return load_settings(
@@ -251,9 +258,15 @@ async def running_node(redis_url: str) -> AsyncIterator[tuple[Node, str]]:
     port = listener.getsockname()[1]
     settings = demo_settings(redis_url, port)
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(
-        app, ws="websockets-sansio", log_config=None, access_log=False, lifespan="on",
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            ws="websockets-sansio",
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    )
     task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
         if task.done():
@@ -283,8 +296,11 @@ async def run_demo(redis_url: str, log: EventLog, story: Narrator) -> None:
         backend = Backend.of_node(node, base_url)
         assert node.apns_simulator is not None
         story.say("demo", f"node {node.node_id} at {base_url}, ring timeout {RING_TIMEOUT:g}s")
-        story.say("demo", f"APNs: bundled simulator at {node.apns_simulator.endpoint} "
-                        f"({node.apns_simulator.environment}), topic {backend.voip_topic}")
+        story.say(
+            "demo",
+            f"APNs: bundled simulator at {node.apns_simulator.endpoint} "
+            f"({node.apns_simulator.environment}), topic {backend.voip_topic}",
+        )
         phones: list[Phone] = []
         try:
             alice, bob = await offline_phone(backend, log, story)

@@ -73,7 +73,9 @@ class DeviceRecord:
         }
         if self.sip is not None:
             record["sip"] = {
-                "contact": self.sip.contact, "expires_at": self.sip.expires_at, "team_id": self.sip.team_id,
+                "contact": self.sip.contact,
+                "expires_at": self.sip.expires_at,
+                "team_id": self.sip.team_id,
             }
         if self.token_dropped_at is not None:
             record["token_dropped_at"] = self.token_dropped_at

@@ -21,8 +21,12 @@ log = structlog.get_logger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]],
-                 on_ready: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        drain: Callable[[], Awaitable[None]],
+        on_ready: Callable[[int], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._drain = drain
         self._on_ready = on_ready

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import structlog
 from prometheus_client import Counter
+
 from voip.clock import now_ms
 from voip.redis_durability import Durability, log_durability
 from voip.stores import EpochStore
@@ -45,15 +46,20 @@ class Epoch:
     replaces: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps({"id": self.id, "created_at": self.created_at,
-                             "created_by": self.created_by, "replaces": self.replaces})
+        return orjson.dumps(
+            {"id": self.id, "created_at": self.created_at, "created_by": self.created_by, "replaces": self.replaces}
+        )
 
     @classmethod
-    def decode(cls, raw: bytes | str) -> "Epoch":
+    def decode(cls, raw: bytes | str) -> Epoch:
         try:
             value = orjson.loads(raw)
-            return cls(str(value["id"]), int(value["created_at"]), str(value.get("created_by", "")),
-                       value.get("replaces") if isinstance(value.get("replaces"), dict) else None)
+            return cls(
+                str(value["id"]),
+                int(value["created_at"]),
+                str(value.get("created_by", "")),
+                value.get("replaces") if isinstance(value.get("replaces"), dict) else None,
+            )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             # Not ours to read, yet still a value that may change: its bytes are its id.
             text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
@@ -84,8 +90,9 @@ class EpochWatcher:
         now = now_ms()
         if self.epoch is None:  # this node's first look: adopt what is there
             self.epoch = Epoch.decode(raw) if raw is not None else await self._write(None, now)
-            log.info("redis.epoch", epoch=self.epoch.id, created_at=self.epoch.created_at,
-                     created_by=self.epoch.created_by)
+            log.info(
+                "redis.epoch", epoch=self.epoch.id, created_at=self.epoch.created_at, created_by=self.epoch.created_by
+            )
             await self._inspect()
         else:
             found = Epoch.decode(raw) if raw is not None else None
@@ -121,10 +128,16 @@ class EpochWatcher:
         self.epoch = found if found is not None else await self._write(loss, now)
         self.losses += 1
         DATA_LOST.inc()
-        log.error("redis.data_lost", note="Redis came back without this deployment's data: calls, "
-                  "devices and SIP bindings written before are gone", lost_between=[self._last_seen, now],
-                  previous_epoch=previous.id, node=self.node, epoch=self.epoch.id,
-                  epoch_written_by=self.epoch.created_by)
+        log.error(
+            "redis.data_lost",
+            note="Redis came back without this deployment's data: calls, "
+            "devices and SIP bindings written before are gone",
+            lost_between=[self._last_seen, now],
+            previous_epoch=previous.id,
+            node=self.node,
+            epoch=self.epoch.id,
+            epoch_written_by=self.epoch.created_by,
+        )
         await self._inspect()
 
     async def _write(self, replaces: dict[str, Any] | None, now: int) -> Epoch:

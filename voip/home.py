@@ -11,7 +11,7 @@ from voip.api import JSONResponse
 INDEX = {
     "service": "voip-backend",
     "about": "Call signalling for iOS calling apps: WebSocket and SIP calls, PushKit VoIP pushes, "
-             "and the call-status endpoint that ends ghost calls",
+    "and the call-status endpoint that ends ghost calls",
     "links": {
         "ops_page": {"href": "/ops", "auth": "none (the page asks for an operator token)"},
         "openapi": {"href": "/openapi.json", "auth": "none"},

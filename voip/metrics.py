@@ -42,7 +42,7 @@ REDIS_LATENCY = Histogram(
 )
 DELIVERY_LOG_DROPPED = Counter(
     "voip_delivery_log_dropped_total",
-    "\"delivered\" timeline entries never written: queue_full (Redis away too long), unwritten (retries ran out)",
+    '"delivered" timeline entries never written: queue_full (Redis away too long), unwritten (retries ran out)',
     ["reason"],
 )
 PUSHES = Counter(

@@ -46,9 +46,7 @@ class Device(BaseModel):
 
 
 class DeviceSaved(Device):
-    dropped_devices: list[str] = Field(
-        description="Devices removed to stay within the per-user limit (oldest first)"
-    )
+    dropped_devices: list[str] = Field(description="Devices removed to stay within the per-user limit (oldest first)")
 
 
 class DeviceList(BaseModel):
@@ -94,11 +92,25 @@ class Readiness(BaseModel):
 
 MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (DeviceIn, "validation"),
-    *((model, "serialization") for model in (
-        Error, Device, DeviceSaved, DeviceList, CallStatus, UnknownCall, Health, Readiness,
-        ops.OpsCallPage, ops.OpsCallDetail, ops.OpsDevices, ops.OpsSummary, OpsLiveTicket,
-        ops.OpsSimulatorPushes,
-    )),
+    *(
+        (model, "serialization")
+        for model in (
+            Error,
+            Device,
+            DeviceSaved,
+            DeviceList,
+            CallStatus,
+            UnknownCall,
+            Health,
+            Readiness,
+            ops.OpsCallPage,
+            ops.OpsCallDetail,
+            ops.OpsDevices,
+            ops.OpsSummary,
+            OpsLiveTicket,
+            ops.OpsSimulatorPushes,
+        )
+    ),
 ]
 
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]  # the role each operation wants is in its 403
@@ -123,15 +135,31 @@ UNAVAILABLE = {
 }
 
 
-def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "in": where, "required": required or where == "path",
-            "description": description, "schema": schema, **extra}
+def _param(
+    name: str, where: str, schema: dict[str, Any], description: str, required: bool = False, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "description": description,
+        "schema": schema,
+        **extra,
+    }
 
 
-DEVICE_ID = _param("device_id", "path", {"type": "string", "pattern": DEVICE_ID_PATTERN},
-                   "The app's own id for this install (e.g. identifierForVendor)")
-CALL_ID = _param("call_id", "path", {"type": "string", "maxLength": 64},
-                 "The call id the push carried (a UUID, any case; anything else is an unknown call)")
+DEVICE_ID = _param(
+    "device_id",
+    "path",
+    {"type": "string", "pattern": DEVICE_ID_PATTERN},
+    "The app's own id for this install (e.g. identifierForVendor)",
+)
+CALL_ID = _param(
+    "call_id",
+    "path",
+    {"type": "string", "maxLength": 64},
+    "The call id the push carried (a UUID, any case; anything else is an unknown call)",
+)
 TIME = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
 WINDOW = [
     _param("since", "query", TIME, "Calls created at or after this time (ms since the epoch)"),
@@ -141,171 +169,312 @@ WINDOW = [
 
 def _paths() -> dict[str, Any]:
     return {
-        "/v1/devices": {"get": {
-            "tags": ["devices"], "operationId": "listDevices", "summary": "The caller's devices",
-            "security": BEARER,
-            "responses": {"200": _json("DeviceList", "The devices of the token's user"),
-                          "401": UNAUTHORIZED, "403": FORBIDDEN_DEVICE, "503": UNAVAILABLE},
-        }},
+        "/v1/devices": {
+            "get": {
+                "tags": ["devices"],
+                "operationId": "listDevices",
+                "summary": "The caller's devices",
+                "security": BEARER,
+                "responses": {
+                    "200": _json("DeviceList", "The devices of the token's user"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_DEVICE,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
         "/v1/devices/{device_id}": {
             "parameters": [DEVICE_ID],
             "put": {
-                "tags": ["devices"], "operationId": "putDevice",
+                "tags": ["devices"],
+                "operationId": "putDevice",
                 "summary": "Register or update a device",
                 "description": "Registers the install's PushKit VoIP token (and optionally its "
-                               "alert token). Registering a new token value resets the token's age.",
+                "alert token). Registering a new token value resets the token's age.",
                 "security": BEARER,
                 # An empty body is taken as {} (a device with no token yet).
-                "requestBody": {"required": False, "content": {"application/json": {
-                    "schema": {"$ref": REF.format(model="DeviceIn")}}}},
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": {"$ref": REF.format(model="DeviceIn")}}},
+                },
                 "responses": {
                     "200": _json("DeviceSaved", "Updated"),
                     "201": _json("DeviceSaved", "Registered"),
-                    "401": UNAUTHORIZED, "403": FORBIDDEN_DEVICE,
-                    "413": _error("Body over 16 KiB"), "422": INVALID, "503": UNAVAILABLE,
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_DEVICE,
+                    "413": _error("Body over 16 KiB"),
+                    "422": INVALID,
+                    "503": UNAVAILABLE,
                 },
             },
             "delete": {
-                "tags": ["devices"], "operationId": "deleteDevice", "summary": "Forget a device",
+                "tags": ["devices"],
+                "operationId": "deleteDevice",
+                "summary": "Forget a device",
                 "security": BEARER,
-                "responses": {"204": {"description": "Forgotten"}, "401": UNAUTHORIZED,
-                              "403": FORBIDDEN_DEVICE, "404": _error("The user has no such device"),
-                              "422": INVALID, "503": UNAVAILABLE},
+                "responses": {
+                    "204": {"description": "Forgotten"},
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_DEVICE,
+                    "404": _error("The user has no such device"),
+                    "422": INVALID,
+                    "503": UNAVAILABLE,
+                },
             },
         },
-        "/v1/calls/{call_id}/status": {"get": {
-            "tags": ["calls"], "operationId": "callStatus",
-            "summary": "What a woken app should do with the call a VoIP push announced",
-            "description": "Report the push's call to CallKit first, then ask this: PushKit's handler "
-                           "must report the call before it returns, with nothing (no request) before "
-                           "the report. Then ask on every invite push: `end_call: true` means end that "
-                           "CallKit call at once with `reason`. No answer or a 503 is no verdict: keep "
-                           "the call, ask again with backoff, and end it as unanswered at the push's "
-                           "`expires_at`. Authorised either by a "
-                           "participant device's bearer token or by the push's `cap` capability "
-                           "together with `device_id`.",
-            "parameters": [
-                CALL_ID,
-                _param("device_id", "query", {"type": "string", "pattern": DEVICE_ID_PATTERN},
-                       "The asking device; required with `cap`. With a bearer token, one of the "
-                       "user's devices in this call (the caller's: the one that placed it); "
-                       "without it the verdict is the user's, and never ends a call that is "
-                       "live for them"),
-            ],
-            "security": [{"bearer": []}, {"capability": []}],
-            "responses": {
-                "200": _json("CallStatus", "The call's state and the verdict for this device"),
-                "401": _error("Neither a valid bearer token nor a valid capability"),
-                "403": _error("A valid token without the device role, or a `device_id` that is "
-                              "not one of the user's devices in this call"),
-                "404": _json("UnknownCall", "Unknown call, not this user's call, or past retention: end it"),
-                "422": INVALID,
-                "503": UNAVAILABLE,
-            },
-        }},
-        "/v1/ops/calls": {"get": {
-            "tags": ["ops"], "operationId": "opsListCalls", "summary": "Calls, newest first",
-            "security": BEARER,
-            "parameters": [
-                _param("state", "query", {"type": "array", "items": {"type": "string",
-                       "enum": [s.value for s in CallState]}},
-                       "Only calls in one of these states (repeat the parameter)",
-                       style="form", explode=True),
-                _param("user", "query", {"type": "string", "minLength": 1, "maxLength": 128},
-                       "Only calls this user placed or received"),
-                *WINDOW,
-                _param("cursor", "query", {"type": "string", "pattern": "^[0-9]{1,16}:.{1,64}$"},
-                       "`next_cursor` of the previous page"),
-                _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
-                       "Calls per page"),
-            ],
-            "responses": {"200": _json("OpsCallPage", "A page of calls"), "401": UNAUTHORIZED,
-                          "403": FORBIDDEN_OPERATOR, "422": INVALID},
-        }},
-        "/v1/ops/calls/{call_id}": {"get": {
-            "tags": ["ops"], "operationId": "opsGetCall", "summary": "A call and its whole timeline",
-            "security": BEARER,
-            "parameters": [_param("call_id", "path", {"type": "string", "format": "uuid"}, "The call's id")],
-            "responses": {"200": _json("OpsCallDetail", "The call and every entry of its timeline"),
-                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR,
-                          "404": _error("No such call, or past its retention"), "422": INVALID},
-        }},
-        "/v1/ops/devices/{user}": {"get": {
-            "tags": ["ops"], "operationId": "opsUserDevices",
-            "summary": "A user's devices: tokens' age, presence, last push result",
-            "security": BEARER,
-            "parameters": [_param("user", "path", {"type": "string", "minLength": 1, "maxLength": 128},
-                                  "The user id (a token's `sub`)")],
-            "responses": {"200": _json("OpsDevices", "The user's devices (none for an unknown user)"),
-                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR, "422": INVALID},
-        }},
-        "/v1/ops/summary": {"get": {
-            "tags": ["ops"], "operationId": "opsSummary",
-            "summary": "Counters over a time window (default: the last hour)",
-            "security": BEARER,
-            "parameters": WINDOW,
-            "responses": {"200": _json("OpsSummary", "Counters over the newest 500 calls of the window"),
-                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR, "422": INVALID},
-        }},
-        "/v1/ops/simulator/pushes": {"get": {
-            "tags": ["ops"], "operationId": "opsSimulatorPushes",
-            "summary": "What the bundled APNs simulator received (a node with no APNs credentials)",
-            "description": "With no APNs credentials the node pushes to its embedded simulator and no "
-                           "real phone receives anything. Each push: its headers, payload (an invite's "
-                           "`status_url` included), the simulator's answer and what became of it. With "
-                           "credentials: `simulator: false` and no pushes.",
-            "security": BEARER,
-            "parameters": [_param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200},
-                                  "Newest pushes to return (default 50)")],
-            "responses": {"200": _json("OpsSimulatorPushes", "The simulator's pushes, newest first"),
-                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR, "422": INVALID},
-        }},
-        "/v1/ops/live/ticket": {"post": {
-            "tags": ["ops"], "operationId": "opsLiveTicket",
-            "summary": "A one-use, short-lived ticket that opens the live feed (for browsers)",
-            "description": "Browsers cannot set headers on a WebSocket, and a token in a URL ends "
-                           "up in logs. The ticket is bound to the operator, opens "
-                           "`/v1/ops/live?ticket=...` once, and expires after `expires_in` seconds.",
-            "security": BEARER,
-            "responses": {"200": _json("OpsLiveTicket", "The ticket"), "401": UNAUTHORIZED,
-                          "403": FORBIDDEN_OPERATOR},
-        }},
-        "/metrics": {"get": {
-            "tags": ["health"], "operationId": "metrics", "summary": "Prometheus metrics",
-            "security": BEARER,
-            "responses": {"200": {"description": "Prometheus text exposition",
-                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
-                          "401": UNAUTHORIZED, "403": FORBIDDEN_OPERATOR},
-        }},
-        "/": {"get": {
-            "tags": ["health"], "operationId": "index", "security": [],
-            "summary": "An index of the routes, with the credential each wants (links only, no data)",
-            "responses": {"200": {"description": "`service`, `about`, `links` (name -> `href`, `auth`), `tokens`",
-                                  "content": {"application/json": {"schema": {
-                                      "type": "object", "required": ["service", "links"]}}}}},
-        }},
-        "/healthz": {"get": {
-            "tags": ["health"], "operationId": "healthz", "security": [],
-            "summary": "Liveness: the process serves requests (touches no dependency)",
-            "responses": {"200": _json("Health", "Alive")},
-        }},
-        "/readyz": {"get": {
-            "tags": ["health"], "operationId": "readyz", "security": [],
-            "summary": "Readiness: Redis answers, and every registered readiness check passes",
-            "responses": {"200": _json("Readiness", "Ready for traffic"),
-                          "503": _json("Readiness", "Not ready; `checks` says what failed")},
-        }},
-        "/ops": {"get": {
-            "tags": ["ops"], "operationId": "opsPage", "security": [],
-            "summary": "The operators' web page (static; it asks for a token itself)",
-            "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
-        }},
-        "/openapi.json": {"get": {
-            "tags": ["health"], "operationId": "openapi", "security": [],
-            "summary": "This document",
-            "responses": {"200": {"description": "OpenAPI 3.1",
-                                  "content": {"application/json": {"schema": {"type": "object"}}}}},
-        }},
+        "/v1/calls/{call_id}/status": {
+            "get": {
+                "tags": ["calls"],
+                "operationId": "callStatus",
+                "summary": "What a woken app should do with the call a VoIP push announced",
+                "description": "Report the push's call to CallKit first, then ask this: PushKit's handler "
+                "must report the call before it returns, with nothing (no request) before "
+                "the report. Then ask on every invite push: `end_call: true` means end that "
+                "CallKit call at once with `reason`. No answer or a 503 is no verdict: keep "
+                "the call, ask again with backoff, and end it as unanswered at the push's "
+                "`expires_at`. Authorised either by a "
+                "participant device's bearer token or by the push's `cap` capability "
+                "together with `device_id`.",
+                "parameters": [
+                    CALL_ID,
+                    _param(
+                        "device_id",
+                        "query",
+                        {"type": "string", "pattern": DEVICE_ID_PATTERN},
+                        "The asking device; required with `cap`. With a bearer token, one of the "
+                        "user's devices in this call (the caller's: the one that placed it); "
+                        "without it the verdict is the user's, and never ends a call that is "
+                        "live for them",
+                    ),
+                ],
+                "security": [{"bearer": []}, {"capability": []}],
+                "responses": {
+                    "200": _json("CallStatus", "The call's state and the verdict for this device"),
+                    "401": _error("Neither a valid bearer token nor a valid capability"),
+                    "403": _error(
+                        "A valid token without the device role, or a `device_id` that is "
+                        "not one of the user's devices in this call"
+                    ),
+                    "404": _json("UnknownCall", "Unknown call, not this user's call, or past retention: end it"),
+                    "422": INVALID,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/v1/ops/calls": {
+            "get": {
+                "tags": ["ops"],
+                "operationId": "opsListCalls",
+                "summary": "Calls, newest first",
+                "security": BEARER,
+                "parameters": [
+                    _param(
+                        "state",
+                        "query",
+                        {"type": "array", "items": {"type": "string", "enum": [s.value for s in CallState]}},
+                        "Only calls in one of these states (repeat the parameter)",
+                        style="form",
+                        explode=True,
+                    ),
+                    _param(
+                        "user",
+                        "query",
+                        {"type": "string", "minLength": 1, "maxLength": 128},
+                        "Only calls this user placed or received",
+                    ),
+                    *WINDOW,
+                    _param(
+                        "cursor",
+                        "query",
+                        {"type": "string", "pattern": "^[0-9]{1,16}:.{1,64}$"},
+                        "`next_cursor` of the previous page",
+                    ),
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                        "Calls per page",
+                    ),
+                ],
+                "responses": {
+                    "200": _json("OpsCallPage", "A page of calls"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                    "422": INVALID,
+                },
+            }
+        },
+        "/v1/ops/calls/{call_id}": {
+            "get": {
+                "tags": ["ops"],
+                "operationId": "opsGetCall",
+                "summary": "A call and its whole timeline",
+                "security": BEARER,
+                "parameters": [_param("call_id", "path", {"type": "string", "format": "uuid"}, "The call's id")],
+                "responses": {
+                    "200": _json("OpsCallDetail", "The call and every entry of its timeline"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                    "404": _error("No such call, or past its retention"),
+                    "422": INVALID,
+                },
+            }
+        },
+        "/v1/ops/devices/{user}": {
+            "get": {
+                "tags": ["ops"],
+                "operationId": "opsUserDevices",
+                "summary": "A user's devices: tokens' age, presence, last push result",
+                "security": BEARER,
+                "parameters": [
+                    _param(
+                        "user",
+                        "path",
+                        {"type": "string", "minLength": 1, "maxLength": 128},
+                        "The user id (a token's `sub`)",
+                    )
+                ],
+                "responses": {
+                    "200": _json("OpsDevices", "The user's devices (none for an unknown user)"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                    "422": INVALID,
+                },
+            }
+        },
+        "/v1/ops/summary": {
+            "get": {
+                "tags": ["ops"],
+                "operationId": "opsSummary",
+                "summary": "Counters over a time window (default: the last hour)",
+                "security": BEARER,
+                "parameters": WINDOW,
+                "responses": {
+                    "200": _json("OpsSummary", "Counters over the newest 500 calls of the window"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                    "422": INVALID,
+                },
+            }
+        },
+        "/v1/ops/simulator/pushes": {
+            "get": {
+                "tags": ["ops"],
+                "operationId": "opsSimulatorPushes",
+                "summary": "What the bundled APNs simulator received (a node with no APNs credentials)",
+                "description": "With no APNs credentials the node pushes to its embedded simulator and no "
+                "real phone receives anything. Each push: its headers, payload (an invite's "
+                "`status_url` included), the simulator's answer and what became of it. With "
+                "credentials: `simulator: false` and no pushes.",
+                "security": BEARER,
+                "parameters": [
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": 200},
+                        "Newest pushes to return (default 50)",
+                    )
+                ],
+                "responses": {
+                    "200": _json("OpsSimulatorPushes", "The simulator's pushes, newest first"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                    "422": INVALID,
+                },
+            }
+        },
+        "/v1/ops/live/ticket": {
+            "post": {
+                "tags": ["ops"],
+                "operationId": "opsLiveTicket",
+                "summary": "A one-use, short-lived ticket that opens the live feed (for browsers)",
+                "description": "Browsers cannot set headers on a WebSocket, and a token in a URL ends "
+                "up in logs. The ticket is bound to the operator, opens "
+                "`/v1/ops/live?ticket=...` once, and expires after `expires_in` seconds.",
+                "security": BEARER,
+                "responses": {
+                    "200": _json("OpsLiveTicket", "The ticket"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "tags": ["health"],
+                "operationId": "metrics",
+                "summary": "Prometheus metrics",
+                "security": BEARER,
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "tags": ["health"],
+                "operationId": "index",
+                "security": [],
+                "summary": "An index of the routes, with the credential each wants (links only, no data)",
+                "responses": {
+                    "200": {
+                        "description": "`service`, `about`, `links` (name -> `href`, `auth`), `tokens`",
+                        "content": {
+                            "application/json": {"schema": {"type": "object", "required": ["service", "links"]}}
+                        },
+                    }
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "tags": ["health"],
+                "operationId": "healthz",
+                "security": [],
+                "summary": "Liveness: the process serves requests (touches no dependency)",
+                "responses": {"200": _json("Health", "Alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "tags": ["health"],
+                "operationId": "readyz",
+                "security": [],
+                "summary": "Readiness: Redis answers, and every registered readiness check passes",
+                "responses": {
+                    "200": _json("Readiness", "Ready for traffic"),
+                    "503": _json("Readiness", "Not ready; `checks` says what failed"),
+                },
+            }
+        },
+        "/ops": {
+            "get": {
+                "tags": ["ops"],
+                "operationId": "opsPage",
+                "security": [],
+                "summary": "The operators' web page (static; it asks for a token itself)",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "tags": ["health"],
+                "operationId": "openapi",
+                "security": [],
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
     }
 
 
@@ -313,18 +482,26 @@ WEBSOCKETS = {
     "/v1/ws": {
         "summary": "A device's signalling socket (calls over WebSocket)",
         "auth": "device bearer token: Authorization header or access_token query; device_id query",
-        "refusals": {"400": "device_id missing or malformed", "401": "no or invalid token",
-                     "403": "not a device token"},
+        "refusals": {
+            "400": "device_id missing or malformed",
+            "401": "no or invalid token",
+            "403": "not a device token",
+        },
         "closes": {"1013": "Redis is unavailable: reconnect with backoff"},
     },
     "/v1/ops/live": {
         "summary": "Every timeline entry of every call, from every node, as it happens",
         "auth": "operator bearer token in the Authorization header, or ticket query (one use, "
-                "from POST /v1/ops/live/ticket); access_token query still accepted",
-        "frames": {"hello": {"type": "hello", "node": "node id", "server_time": "ms"},
-                   "entry": {"type": "entry", "call_id": "uuid", "entry": "TimelineEntry"}},
-        "refusals": {"401": "no or invalid token, or a used or expired ticket", "403": "not an operator token",
-                     "503": "the feed is off or Redis is unavailable"},
+        "from POST /v1/ops/live/ticket); access_token query still accepted",
+        "frames": {
+            "hello": {"type": "hello", "node": "node id", "server_time": "ms"},
+            "entry": {"type": "entry", "call_id": "uuid", "entry": "TimelineEntry"},
+        },
+        "refusals": {
+            "401": "no or invalid token, or a used or expired ticket",
+            "403": "not an operator token",
+            "503": "the feed is off or Redis is unavailable",
+        },
         "closes": {"1013": "the operator fell behind: reconnect and reload"},
     },
 }
@@ -339,18 +516,25 @@ def document() -> dict[str, Any]:
             "title": "VoIP call signalling",
             "version": "1",
             "description": "Call signalling for iOS calling apps. Times are ms since the "
-                           "Unix epoch. WebSocket endpoints are described under `x-websockets`.",
+            "Unix epoch. WebSocket endpoints are described under `x-websockets`.",
         },
         "paths": _paths(),
         "components": {
             "schemas": schemas["$defs"],
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                           "description": "HS256 JWT: `sub` the user id, `role` device or "
-                                          "operator, `exp` required"},
-                "capability": {"type": "apiKey", "in": "query", "name": "cap",
-                               "description": "The per-call, per-device capability a VoIP push "
-                                              "carries; pass the device's `device_id` with it"},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "HS256 JWT: `sub` the user id, `role` device or operator, `exp` required",
+                },
+                "capability": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "cap",
+                    "description": "The per-call, per-device capability a VoIP push "
+                    "carries; pass the device's `device_id` with it",
+                },
             },
         },
         "tags": [{"name": "devices"}, {"name": "calls"}, {"name": "ops"}, {"name": "health"}],

@@ -27,8 +27,15 @@ HEARTBEAT = 3.0
 
 
 class Presence:
-    def __init__(self, presence: PresenceStore, sockets: SocketStore, node_id: str, *, ttl_ms: int = PRESENCE_TTL_MS,
-                 heartbeat: float = HEARTBEAT) -> None:
+    def __init__(
+        self,
+        presence: PresenceStore,
+        sockets: SocketStore,
+        node_id: str,
+        *,
+        ttl_ms: int = PRESENCE_TTL_MS,
+        heartbeat: float = HEARTBEAT,
+    ) -> None:
         self._presence = presence
         self._sockets = sockets
         self._node = node_id

@@ -120,10 +120,17 @@ ClientMessage = Annotated[
     Field(discriminator="type"),
 ]
 client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-MESSAGE_TYPES = frozenset((
-    FrameType.CALL_START, FrameType.CALL_RINGING, FrameType.CALL_ANSWER, FrameType.CALL_DECLINE,
-    FrameType.CALL_HANGUP, FrameType.CALL_SIGNAL, FrameType.PING,
-))
+MESSAGE_TYPES = frozenset(
+    (
+        FrameType.CALL_START,
+        FrameType.CALL_RINGING,
+        FrameType.CALL_ANSWER,
+        FrameType.CALL_DECLINE,
+        FrameType.CALL_HANGUP,
+        FrameType.CALL_SIGNAL,
+        FrameType.PING,
+    )
+)
 
 
 def error_frame(code: str, message: str, request_id: Any = None, call_id: str | None = None) -> dict[str, Any]:

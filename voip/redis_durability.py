@@ -14,7 +14,8 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = structlog.get_logger(__name__)
 
@@ -46,9 +47,7 @@ class Durability:
         }
 
 
-def durability_warnings(
-    appendonly: str, appendfsync: str, save: str, policy: str, replicas: str
-) -> tuple[str, ...]:
+def durability_warnings(appendonly: str, appendfsync: str, save: str, policy: str, replicas: str) -> tuple[str, ...]:
     """What could lose calls and devices; nothing for what is unknown."""
     found = []
     if appendonly == "no":
@@ -123,5 +122,9 @@ def log_durability(durability: Durability) -> None:
     for warning in durability.warnings:
         log.warning("redis.durability", warning=warning)
     if UNKNOWN in (durability.appendonly, durability.maxmemory_policy):
-        log.info("redis.durability_unknown", note="CONFIG GET refused: persistence or eviction not checked",
-                 appendonly=durability.appendonly, maxmemory_policy=durability.maxmemory_policy)
+        log.info(
+            "redis.durability_unknown",
+            note="CONFIG GET refused: persistence or eviction not checked",
+            appendonly=durability.appendonly,
+            maxmemory_policy=durability.maxmemory_policy,
+        )

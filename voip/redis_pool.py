@@ -43,8 +43,9 @@ def connection_options(settings: Settings) -> dict[str, Any]:
         # since the command may have run. One, not more: each try against a Redis that
         # accepts connections but answers nothing (stopped, swapping) costs a command
         # timeout, and the request must get its 503 in bounded time.
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1,
-                       supported_errors=(redis.exceptions.ConnectionError,)),
+        "retry": Retry(
+            ExponentialBackoff(cap=0.5, base=0.05), retries=1, supported_errors=(redis.exceptions.ConnectionError,)
+        ),
     }
 
 

@@ -42,12 +42,8 @@ class Settings(BaseSettings):
         "voip:", min_length=1, max_length=64, validation_alias=_env("redis_prefix", "VOIP_REDIS_PREFIX")
     )
     jwt_secret: str = Field("", validation_alias=_env("jwt_secret", "VOIP_JWT_SECRET"), repr=False)
-    ring_timeout: float = Field(
-        45, gt=0, le=600, validation_alias=_env("ring_timeout", "VOIP_RING_TIMEOUT")
-    )
-    call_retention: int = Field(
-        86400, ge=60, validation_alias=_env("call_retention", "VOIP_CALL_RETENTION")
-    )
+    ring_timeout: float = Field(45, gt=0, le=600, validation_alias=_env("ring_timeout", "VOIP_RING_TIMEOUT"))
+    call_retention: int = Field(86400, ge=60, validation_alias=_env("call_retention", "VOIP_CALL_RETENTION"))
     max_devices_per_user: int = Field(
         10, ge=1, le=1000, validation_alias=_env("max_devices_per_user", "VOIP_MAX_DEVICES_PER_USER")
     )
@@ -78,37 +74,26 @@ class Settings(BaseSettings):
     sip_transports: list[Literal["UDP", "TCP", "udp", "tcp"]] = Field(
         ["UDP", "TCP"], min_length=1, validation_alias=_env("sip_transports", "SIP_TRANSPORTS")
     )
-    sip_accounts: dict[str, str] = Field(
-        {}, validation_alias=_env("sip_accounts", "SIP_ACCOUNTS"), repr=False
-    )
+    sip_accounts: dict[str, str] = Field({}, validation_alias=_env("sip_accounts", "SIP_ACCOUNTS"), repr=False)
     sip_trusted_networks: list[str] = Field(
         ["127.0.0.0/8", "::1/128"], validation_alias=_env("sip_trusted_networks", "SIP_TRUSTED_NETWORKS")
     )
     sip_digest_algorithms: list[Literal["SHA-256", "MD5", "SHA-512-256"]] = Field(
-        ["SHA-256", "MD5"], min_length=1,
+        ["SHA-256", "MD5"],
+        min_length=1,
         validation_alias=_env("sip_digest_algorithms", "SIP_DIGEST_ALGORITHMS"),
     )
     sip_rate: float = Field(50.0, gt=0, validation_alias=_env("sip_rate", "SIP_RATE"))
     sip_burst: int = Field(100, ge=1, validation_alias=_env("sip_burst", "SIP_BURST"))
-    sip_max_expires: int = Field(
-        3600, ge=60, validation_alias=_env("sip_max_expires", "SIP_MAX_EXPIRES")
-    )
+    sip_max_expires: int = Field(3600, ge=60, validation_alias=_env("sip_max_expires", "SIP_MAX_EXPIRES"))
     # SIP digest replay protection (issue 8, item 1)
     sip_nonce_ttl: int = Field(30, ge=5, le=3600, validation_alias=_env("sip_nonce_ttl", "SIP_NONCE_TTL"))
     sip_trunk_host: str = Field("", validation_alias=_env("sip_trunk_host", "SIP_TRUNK_HOST"))
-    sip_trunk_pattern: str = Field(
-        r"^\+?[0-9]{3,15}$", validation_alias=_env("sip_trunk_pattern", "SIP_TRUNK_PATTERN")
-    )
-    sip_trunk_username: str = Field(
-        "", validation_alias=_env("sip_trunk_username", "SIP_TRUNK_USERNAME")
-    )
-    sip_trunk_password: str = Field(
-        "", validation_alias=_env("sip_trunk_password", "SIP_TRUNK_PASSWORD"), repr=False
-    )
+    sip_trunk_pattern: str = Field(r"^\+?[0-9]{3,15}$", validation_alias=_env("sip_trunk_pattern", "SIP_TRUNK_PATTERN"))
+    sip_trunk_username: str = Field("", validation_alias=_env("sip_trunk_username", "SIP_TRUNK_USERNAME"))
+    sip_trunk_password: str = Field("", validation_alias=_env("sip_trunk_password", "SIP_TRUNK_PASSWORD"), repr=False)
     # SIP over TLS (docs/sip-gateway.md#sip-over-tls): off unless port, cert and key are all set.
-    sip_tls_port: int | None = Field(
-        None, ge=0, le=65535, validation_alias=_env("sip_tls_port", "SIP_TLS_PORT")
-    )
+    sip_tls_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("sip_tls_port", "SIP_TLS_PORT"))
     sip_tls_cert_file: str = Field("", validation_alias=_env("sip_tls_cert_file", "SIP_TLS_CERT_FILE"))
     sip_tls_key_file: str = Field("", validation_alias=_env("sip_tls_key_file", "SIP_TLS_KEY_FILE"))
     sip_tls_ca_file: str = Field("", validation_alias=_env("sip_tls_ca_file", "SIP_TLS_CA_FILE"))
@@ -117,7 +102,9 @@ class Settings(BaseSettings):
         3, ge=1, le=1000, validation_alias=_env("max_ringing_per_callee", "VOIP_MAX_RINGING_PER_CALLEE")
     )
     calls_per_callee_per_minute: int = Field(
-        20, ge=1, le=100000,
+        20,
+        ge=1,
+        le=100000,
         validation_alias=_env("calls_per_callee_per_minute", "VOIP_CALLS_PER_CALLEE_PER_MINUTE"),
     )
     http_max_header_bytes: int = Field(
@@ -132,21 +119,15 @@ class Settings(BaseSettings):
     http_body_timeout: float = Field(
         30.0, gt=0, le=3600, validation_alias=_env("http_body_timeout", "VOIP_HTTP_BODY_TIMEOUT")
     )
-    http_keep_alive: int = Field(
-        5, ge=1, le=3600, validation_alias=_env("http_keep_alive", "VOIP_HTTP_KEEP_ALIVE")
-    )
+    http_keep_alive: int = Field(5, ge=1, le=3600, validation_alias=_env("http_keep_alive", "VOIP_HTTP_KEEP_ALIVE"))
     http_max_connections: int = Field(
         4096, ge=2, validation_alias=_env("http_max_connections", "VOIP_HTTP_MAX_CONNECTIONS")
     )
     # Graceful drain on SIGTERM (issue 9, item 6; docs/operators.md#draining-a-node)
-    drain_seconds: float = Field(
-        20.0, ge=0, le=600, validation_alias=_env("drain_seconds", "VOIP_DRAIN_SECONDS")
-    )
+    drain_seconds: float = Field(20.0, ge=0, le=600, validation_alias=_env("drain_seconds", "VOIP_DRAIN_SECONDS"))
     ops_feed: bool = Field(True, validation_alias=_env("ops_feed", "VOIP_OPS_FEED"))
     # Secrets out of URLs and logs (issue 8, item 4)
-    ops_ticket_ttl: int = Field(
-        30, ge=1, le=600, validation_alias=_env("ops_ticket_ttl", "VOIP_OPS_TICKET_TTL")
-    )
+    ops_ticket_ttl: int = Field(30, ge=1, le=600, validation_alias=_env("ops_ticket_ttl", "VOIP_OPS_TICKET_TTL"))
     # Newcomers (issue 10, item 9): a human banner on stderr once the node is ready.
     # auto: only when stderr is a terminal, so log collectors see JSON lines only.
     banner: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("banner", "VOIP_BANNER"))
@@ -155,9 +136,7 @@ class Settings(BaseSettings):
         5.0, gt=0, le=300, validation_alias=_env("redis_epoch_interval", "VOIP_REDIS_EPOCH_INTERVAL")
     )
     # Redis unavailable or busy (issue 9, items 3 and 5)
-    redis_pool_size: int = Field(
-        64, ge=2, le=10000, validation_alias=_env("redis_pool_size", "VOIP_REDIS_POOL_SIZE")
-    )
+    redis_pool_size: int = Field(64, ge=2, le=10000, validation_alias=_env("redis_pool_size", "VOIP_REDIS_POOL_SIZE"))
     redis_pool_timeout: float = Field(
         2.0, gt=0, le=60, validation_alias=_env("redis_pool_timeout", "VOIP_REDIS_POOL_TIMEOUT")
     )
@@ -186,7 +165,7 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _production_needs_secrets(self) -> "Settings":
+    def _production_needs_secrets(self) -> Settings:
         if self.apns_key_file:
             if not Path(self.apns_key_file).is_file():
                 raise ValueError(f"APNS_KEY_FILE: no such file: {self.apns_key_file}")
@@ -261,7 +240,9 @@ def sentinel_addresses(value: str) -> list[tuple[str, int]]:
 
 
 SIP_TLS_SETTINGS = {
-    "SIP_TLS_PORT": "sip_tls_port", "SIP_TLS_CERT_FILE": "sip_tls_cert_file", "SIP_TLS_KEY_FILE": "sip_tls_key_file",
+    "SIP_TLS_PORT": "sip_tls_port",
+    "SIP_TLS_CERT_FILE": "sip_tls_cert_file",
+    "SIP_TLS_KEY_FILE": "sip_tls_key_file",
 }
 
 
@@ -275,8 +256,11 @@ def _check_sip_tls(settings: Settings) -> None:
         raise ValueError(f"SIP_TLS_PORT: {settings.sip_tls_port} is SIP_PORT already (UDP and TCP listen there)")
     files = {"SIP_TLS_CA_FILE": settings.sip_tls_ca_file}
     if all(given.values()):
-        files = {"SIP_TLS_CERT_FILE": settings.sip_tls_cert_file,
-                 "SIP_TLS_KEY_FILE": settings.sip_tls_key_file, **files}
+        files = {
+            "SIP_TLS_CERT_FILE": settings.sip_tls_cert_file,
+            "SIP_TLS_KEY_FILE": settings.sip_tls_key_file,
+            **files,
+        }
     for env, path in files.items():
         if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
             raise ValueError(f"{env}: not a readable file: {path}")

@@ -19,9 +19,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from voip import metrics
 from voip.auth import AuthError, Principal
 from voip.calls import Action
-from voip.controller import Caller, CallController
+from voip.controller import CallController, Caller
 from voip.node import Node
-from voip.redis_pool import UNAVAILABLE
 from voip.protocol import (
     CALL_ERRORS,
     CALL_REFUSALS,
@@ -38,6 +37,7 @@ from voip.protocol import (
     client_message,
     error_frame,
 )
+from voip.redis_pool import UNAVAILABLE
 from voip.stores import CallError, CallRecord, CallRefused
 
 log = structlog.get_logger(__name__)
@@ -210,9 +210,7 @@ class DeviceConnection:
         cap = node.settings.max_devices_per_user
         for evicted in await node.stores.sockets.open(self.user_id, self.socket_id, cap):
             # Whichever node holds it closes it: the bus reaches the user's sockets everywhere.
-            await node.bus.publish(
-                self.user_id, {"type": EVICT, "socket": evicted}, only=[evicted.rsplit("|", 1)[0]]
-            )
+            await node.bus.publish(self.user_id, {"type": EVICT, "socket": evicted}, only=[evicted.rsplit("|", 1)[0]])
 
     async def serve(self) -> None:
         metrics.WS_CONNECTIONS.inc()
@@ -273,8 +271,13 @@ class DeviceConnection:
             if "call_id" in frame and frame["type"] not in (FrameType.ACK, FrameType.ERROR, FrameType.CALL_SIGNAL):
                 self.node.deliveries.record(
                     frame["call_id"],
-                    {"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
-                     "device": self.device_id, "node": self.node.node_id},
+                    {
+                        "at": int(time.time() * 1000),
+                        "event": "delivered",
+                        "type": frame["type"],
+                        "device": self.device_id,
+                        "node": self.node.node_id,
+                    },
                 )
 
     async def _read(self) -> None:
@@ -300,9 +303,7 @@ class DeviceConnection:
                     self._close_after_queued(CLOSE_POLICY, "too many frames")
                     return
                 # The id says which request to retry; parsing is bounded by the close above.
-                await self.send(
-                    error_frame("rate_limited", "too many frames; slow down", _request_id(data))
-                )
+                await self.send(error_frame("rate_limited", "too many frames; slow down", _request_id(data)))
                 continue
             self.refused_in_a_row = 0
             if data is None:
@@ -367,19 +368,25 @@ class DeviceConnection:
 
         async def reply(call: CallRecord) -> None:
             nonlocal replied
-            await self.send({
-                "type": FrameType.CALL_STARTED,
-                "id": message.id,
-                "call_id": call.call_id,
-                "state": call.state.value,
-                "ring_deadline": call.ring_deadline,
-            })
+            await self.send(
+                {
+                    "type": FrameType.CALL_STARTED,
+                    "id": message.id,
+                    "call_id": call.call_id,
+                    "state": call.state.value,
+                    "ring_deadline": call.ring_deadline,
+                }
+            )
             replied = True
 
         try:
             await self.controller.start_call(
-                Caller(self.user_id, self.device_id), message.callee, message.call_id,
-                caller_name=message.caller_name, sdp=message.sdp, on_started=reply,
+                Caller(self.user_id, self.device_id),
+                message.callee,
+                message.call_id,
+                caller_name=message.caller_name,
+                sdp=message.sdp,
+                on_started=reply,
             )
         except Exception:
             if not replied:
@@ -401,9 +408,7 @@ class DeviceConnection:
             case CallAnswer(call_id=call_id, sdp=sdp):
                 await self.controller.act(Action.ANSWER, self.user_id, self.device_id, call_id, sdp=sdp)
             case CallDecline(call_id=call_id, busy=busy):
-                await self.controller.act(
-                    Action.DECLINE, self.user_id, self.device_id, call_id, busy=busy
-                )
+                await self.controller.act(Action.DECLINE, self.user_id, self.device_id, call_id, busy=busy)
             case CallHangup(call_id=call_id):
                 transition = await self.controller.act(Action.HANGUP, self.user_id, self.device_id, call_id)
                 ack["state"] = transition.call.state.value

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aioapns import APNs
@@ -54,12 +55,24 @@ MakeClient = Callable[..., APNs]
 async def make_client(sim: APNsSimulator) -> AsyncIterator[MakeClient]:
     clients: list[APNs] = []
 
-    def make(key: SigningKey, topic: str = VOIP_TOPIC, *, use_sandbox: bool = True,
-             target: APNsSimulator | None = None, **options: Any) -> APNs:
+    def make(
+        key: SigningKey,
+        topic: str = VOIP_TOPIC,
+        *,
+        use_sandbox: bool = True,
+        target: APNsSimulator | None = None,
+        **options: Any,
+    ) -> APNs:
         target = target or sim
-        client = APNs(key=key.private_pem, key_id=key.key_id, team_id=key.team_id, topic=topic,
-                      use_sandbox=use_sandbox, ssl_context=client_ssl_context(target.ca_file),
-                      **options)
+        client = APNs(
+            key=key.private_pem,
+            key_id=key.key_id,
+            team_id=key.team_id,
+            topic=topic,
+            use_sandbox=use_sandbox,
+            ssl_context=client_ssl_context(target.ca_file),
+            **options,
+        )
         clients.append(client)
         return point_at_simulator(client, target)
 
@@ -105,17 +118,22 @@ def provider_token(key: SigningKey, issued_at: int | None = None) -> str:
     and APNs counts a differently signed token as a token update."""
     cache_key = (key.private_pem, key.key_id, issued_at)
     if cache_key not in _tokens:
-        _tokens[cache_key] = key.provider_token(
-            issued_at if issued_at is not None else int(time.time())
-        )
+        _tokens[cache_key] = key.provider_token(issued_at if issued_at is not None else int(time.time()))
     return _tokens[cache_key]
 
 
-def push_headers(token: str, key: SigningKey | None, *, topic: str | None = VOIP_TOPIC,
-                 push_type: str | None = "voip", issued_at: int | None = None,
-                 method: str = "POST", path: str | None = None,
-                 extra: list[tuple[str, str]] | None = None,
-                 authority: str = "api.sandbox.push.apple.com") -> list[tuple[str, str]]:
+def push_headers(
+    token: str,
+    key: SigningKey | None,
+    *,
+    topic: str | None = VOIP_TOPIC,
+    push_type: str | None = "voip",
+    issued_at: int | None = None,
+    method: str = "POST",
+    path: str | None = None,
+    extra: list[tuple[str, str]] | None = None,
+    authority: str = "api.sandbox.push.apple.com",
+) -> list[tuple[str, str]]:
     headers = [
         (":method", method),
         (":scheme", "https"),

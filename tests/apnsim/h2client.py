@@ -49,9 +49,14 @@ class _PendingStream:
 class RawH2Client:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader, self._writer = reader, writer
-        self._h2 = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8",
-                                                validate_outbound_headers=False,
-                                                normalize_outbound_headers=False))
+        self._h2 = H2Connection(
+            H2Configuration(
+                client_side=True,
+                header_encoding="utf-8",
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
         self._streams: dict[int, _PendingStream] = {}
         self.goaway: ConnectionTerminated | None = None
         self.closed = asyncio.Event()
@@ -86,13 +91,12 @@ class RawH2Client:
         self._flush()
         offset = 0
         while offset < len(body):
-            window = min(self._h2.local_flow_control_window(stream_id),
-                         self._h2.max_outbound_frame_size)
+            window = min(self._h2.local_flow_control_window(stream_id), self._h2.max_outbound_frame_size)
             if window <= 0:
                 self._window_opened.clear()
                 await asyncio.wait_for(self._window_opened.wait(), 5.0)
                 continue
-            chunk = body[offset: offset + window]
+            chunk = body[offset : offset + window]
             offset += len(chunk)
             self._h2.send_data(stream_id, chunk, end_stream=offset >= len(body))
             self._flush()
@@ -101,8 +105,7 @@ class RawH2Client:
     async def response(self, stream_id: int, timeout: float = 5.0) -> RawResponse:
         return await asyncio.wait_for(self._streams[stream_id].future, timeout)
 
-    async def request(self, headers: list[tuple[str, str]], body: bytes = b"",
-                      timeout: float = 5.0) -> RawResponse:
+    async def request(self, headers: list[tuple[str, str]], body: bytes = b"", timeout: float = 5.0) -> RawResponse:
         return await self.response(await self.send(headers, body), timeout)
 
     async def ping(self, data: bytes = b"apnsim!!", timeout: float = 5.0) -> bytes:
@@ -148,8 +151,7 @@ class RawH2Client:
             self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, StreamEnded):
             pending = self._streams[event.stream_id]
-            response = RawResponse(int(pending.headers[":status"]), pending.headers,
-                                   bytes(pending.body))
+            response = RawResponse(int(pending.headers[":status"]), pending.headers, bytes(pending.body))
             if not pending.future.done():
                 pending.future.set_result(response)
         elif isinstance(event, StreamReset):

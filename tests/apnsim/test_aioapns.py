@@ -22,8 +22,9 @@ def voip_push(token: str, **options: object) -> NotificationRequest:
     )
 
 
-async def test_voip_push_is_accepted_recorded_and_delivered(apns: APNs, sim: APNsSimulator,
-                                                            signing_key: SigningKey) -> None:
+async def test_voip_push_is_accepted_recorded_and_delivered(
+    apns: APNs, sim: APNsSimulator, signing_key: SigningKey
+) -> None:
     device = sim.add_device(VOIP_TOPIC)
     request = voip_push(device.token, priority=10, time_to_live=30, collapse_key="call-c-42")
 
@@ -56,8 +57,7 @@ async def test_concurrent_pushes_respect_the_stream_limit(apns: APNs, sim: APNsS
     assert all(c.stream_limit == 1000 for c in sim.connections)
 
 
-async def test_unregistered_token_gives_410_with_timestamp(apns: APNs,
-                                                           sim: APNsSimulator) -> None:
+async def test_unregistered_token_gives_410_with_timestamp(apns: APNs, sim: APNsSimulator) -> None:
     device = sim.add_device(VOIP_TOPIC)
     device.unregister(timestamp_ms=1_712_345_678_901)
 
@@ -75,8 +75,7 @@ async def test_expired_provider_token(apns: APNs, sim: APNsSimulator, clock: Man
     assert (result.status, result.description) == ("403", "ExpiredProviderToken")
 
 
-async def test_unknown_key_is_invalid_provider_token(make_client: MakeClient,
-                                                     sim: APNsSimulator) -> None:
+async def test_unknown_key_is_invalid_provider_token(make_client: MakeClient, sim: APNsSimulator) -> None:
     from apnsim import generate_signing_key
 
     client = make_client(generate_signing_key("TEAM000000", "NOTTRUSTED"))
@@ -86,8 +85,7 @@ async def test_unknown_key_is_invalid_provider_token(make_client: MakeClient,
     assert (result.status, result.description) == ("403", "InvalidProviderToken")
 
 
-async def test_voip_push_type_needs_the_voip_topic(make_client: MakeClient,
-                                                   signing_key: SigningKey) -> None:
+async def test_voip_push_type_needs_the_voip_topic(make_client: MakeClient, signing_key: SigningKey) -> None:
     client = make_client(signing_key, topic=BUNDLE_ID)
 
     result = await client.send_notification(voip_push(secrets.token_hex(32)))
@@ -95,9 +93,9 @@ async def test_voip_push_type_needs_the_voip_topic(make_client: MakeClient,
     assert (result.status, result.description) == ("400", "DeviceTokenNotForTopic")
 
 
-async def test_sandbox_token_against_production(make_client: MakeClient, tmp_path,
-                                                signing_key: SigningKey,
-                                                sim: APNsSimulator) -> None:
+async def test_sandbox_token_against_production(
+    make_client: MakeClient, tmp_path, signing_key: SigningKey, sim: APNsSimulator
+) -> None:
     async with APNsSimulator(tmp_path / "prod", environment=Environment.PRODUCTION) as production:
         production.register_key(signing_key.team_id, signing_key.key_id, signing_key.public_pem)
         sandbox_device = production.add_device(VOIP_TOPIC, environment=Environment.SANDBOX)
@@ -113,17 +111,16 @@ async def test_sandbox_token_against_production(make_client: MakeClient, tmp_pat
 
 
 async def test_payload_too_large_for_voip(apns: APNs) -> None:
-    request = NotificationRequest(secrets.token_hex(32), {"aps": {}, "pad": "x" * 5200},
-                                  push_type=PushType.VOIP)
+    request = NotificationRequest(secrets.token_hex(32), {"aps": {}, "pad": "x" * 5200}, push_type=PushType.VOIP)
 
     result = await apns.send_notification(request)
 
     assert (result.status, result.description) == ("413", "PayloadTooLarge")
 
 
-async def test_aioapns_gives_up_when_the_simulator_is_gone(make_client: MakeClient,
-                                                           signing_key: SigningKey,
-                                                           sim: APNsSimulator) -> None:
+async def test_aioapns_gives_up_when_the_simulator_is_gone(
+    make_client: MakeClient, signing_key: SigningKey, sim: APNsSimulator
+) -> None:
     client = make_client(signing_key, max_connection_attempts=1)
     await sim.stop()
 

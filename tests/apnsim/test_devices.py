@@ -12,10 +12,10 @@ from tests.apnsim.conftest import VOIP_PAYLOAD, VOIP_TOPIC, push_headers
 from tests.apnsim.h2client import RawH2Client
 
 
-def call_push(token: str, call_id: str, ttl: int | None = 60,
-              collapse_key: str | None = None) -> NotificationRequest:
-    return NotificationRequest(token, {"aps": {}, "call_id": call_id}, push_type=PushType.VOIP,
-                               time_to_live=ttl, collapse_key=collapse_key)
+def call_push(token: str, call_id: str, ttl: int | None = 60, collapse_key: str | None = None) -> NotificationRequest:
+    return NotificationRequest(
+        token, {"aps": {}, "call_id": call_id}, push_type=PushType.VOIP, time_to_live=ttl, collapse_key=collapse_key
+    )
 
 
 async def test_online_device_gets_the_push_at_once(apns: APNs, sim: APNsSimulator) -> None:
@@ -66,8 +66,7 @@ async def test_newer_push_displaces_the_stored_one(apns: APNs, sim: APNsSimulato
     assert [d.push.payload["call_id"] for d in device.inbox] == ["c-new"]
 
 
-async def test_expired_stored_push_is_dropped(apns: APNs, sim: APNsSimulator,
-                                              clock: ManualClock) -> None:
+async def test_expired_stored_push_is_dropped(apns: APNs, sim: APNsSimulator, clock: ManualClock) -> None:
     device = sim.add_device(VOIP_TOPIC, online=False)
 
     await apns.send_notification(call_push(device.token, "c-1", ttl=30))
@@ -79,8 +78,9 @@ async def test_expired_stored_push_is_dropped(apns: APNs, sim: APNsSimulator,
     assert [d.cause for d in device.dropped] == [DropCause.EXPIRED]
 
 
-async def test_purge_drops_expired_pushes_without_the_device(apns: APNs, sim: APNsSimulator,
-                                                             clock: ManualClock) -> None:
+async def test_purge_drops_expired_pushes_without_the_device(
+    apns: APNs, sim: APNsSimulator, clock: ManualClock
+) -> None:
     device = sim.add_device(VOIP_TOPIC, online=False)
     await apns.send_notification(call_push(device.token, "c-1", ttl=30))
     clock.advance(10)
@@ -91,8 +91,7 @@ async def test_purge_drops_expired_pushes_without_the_device(apns: APNs, sim: AP
     assert (drop.cause, device.pending) == (DropCause.EXPIRED, None)
 
 
-async def test_expiration_zero_is_never_stored(raw: RawH2Client, sim: APNsSimulator,
-                                              signing_key: SigningKey) -> None:
+async def test_expiration_zero_is_never_stored(raw: RawH2Client, sim: APNsSimulator, signing_key: SigningKey) -> None:
     # A literal `apns-expiration: 0`: aioapns's time_to_live=0 sends the current second
     # instead, which the simulator's clock (started a moment earlier) may not have reached.
     device = sim.add_device(VOIP_TOPIC, online=False)
@@ -107,8 +106,7 @@ async def test_expiration_zero_is_never_stored(raw: RawH2Client, sim: APNsSimula
     assert [d.cause for d in device.dropped] == [DropCause.NOT_STORED]
 
 
-async def test_late_delivery_hands_over_an_expired_push(apns: APNs, sim: APNsSimulator,
-                                                        clock: ManualClock) -> None:
+async def test_late_delivery_hands_over_an_expired_push(apns: APNs, sim: APNsSimulator, clock: ManualClock) -> None:
     device = sim.add_device(VOIP_TOPIC, online=False)
     await apns.send_notification(call_push(device.token, "c-stale", ttl=30))
     sim.inject(Fault.late_delivery(), token=device.token)
@@ -121,8 +119,7 @@ async def test_late_delivery_hands_over_an_expired_push(apns: APNs, sim: APNsSim
     assert delivery.delivered_at > delivery.push.expires_at()
 
 
-async def test_late_delivery_fault_does_not_consume_request_faults(apns: APNs,
-                                                                   sim: APNsSimulator) -> None:
+async def test_late_delivery_fault_does_not_consume_request_faults(apns: APNs, sim: APNsSimulator) -> None:
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.late_delivery(), times=None)
 
@@ -135,9 +132,7 @@ async def test_collapse_id_replaces_what_the_user_sees(apns: APNs, sim: APNsSimu
     device = sim.add_device(VOIP_TOPIC)
 
     for call_id in ("c-1", "c-2", "c-3"):
-        await apns.send_notification(
-            call_push(device.token, call_id, collapse_key="x" if call_id != "c-2" else None)
-        )
+        await apns.send_notification(call_push(device.token, call_id, collapse_key="x" if call_id != "c-2" else None))
 
     assert [d.push.payload["call_id"] for d in device.inbox] == ["c-1", "c-2", "c-3"]
     assert [d.push.payload["call_id"] for d in device.collapsed_inbox()] == ["c-2", "c-3"]

@@ -26,15 +26,17 @@ def voip_push(token: str) -> NotificationRequest:
     return NotificationRequest(token, {"aps": {}, "call_id": "c-7"}, push_type=PushType.VOIP)
 
 
-@pytest.mark.parametrize("fault, status, reason", [
-    (Fault.bad_device_token(), "400", "BadDeviceToken"),
-    (Fault.too_many_requests(), "429", "TooManyRequests"),
-    (Fault.internal_server_error(), "500", "InternalServerError"),
-    (Fault.service_unavailable(), "503", "ServiceUnavailable"),
-    (Fault.shutdown(), "503", "Shutdown"),
-])
-async def test_rejection_faults(fault: Fault, status: str, reason: str, apns: APNs,
-                                sim: APNsSimulator) -> None:
+@pytest.mark.parametrize(
+    "fault, status, reason",
+    [
+        (Fault.bad_device_token(), "400", "BadDeviceToken"),
+        (Fault.too_many_requests(), "429", "TooManyRequests"),
+        (Fault.internal_server_error(), "500", "InternalServerError"),
+        (Fault.service_unavailable(), "503", "ServiceUnavailable"),
+        (Fault.shutdown(), "503", "Shutdown"),
+    ],
+)
+async def test_rejection_faults(fault: Fault, status: str, reason: str, apns: APNs, sim: APNsSimulator) -> None:
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(fault, token=device.token)
 
@@ -52,12 +54,10 @@ async def test_410_fault_carries_the_chosen_timestamp(apns: APNs, sim: APNsSimul
 
     result = await apns.send_notification(voip_push(token))
 
-    assert (result.status, result.description, result.timestamp) == (
-        "410", "Unregistered", 1_600_000_000_000)
+    assert (result.status, result.description, result.timestamp) == ("410", "Unregistered", 1_600_000_000_000)
 
 
-async def test_410_fault_defaults_to_now(apns: APNs, sim: APNsSimulator,
-                                         clock: ManualClock) -> None:
+async def test_410_fault_defaults_to_now(apns: APNs, sim: APNsSimulator, clock: ManualClock) -> None:
     token = secrets.token_hex(32)
     sim.inject(Fault.expired_token(), token=token)
 
@@ -76,8 +76,7 @@ async def test_token_fault_leaves_other_tokens_alone(apns: APNs, sim: APNsSimula
     assert [r.status for r in results] == ["200", "500", "500"]
 
 
-async def test_one_shot_for_n_requests_then_sticky_until_cleared(apns: APNs,
-                                                                 sim: APNsSimulator) -> None:
+async def test_one_shot_for_n_requests_then_sticky_until_cleared(apns: APNs, sim: APNsSimulator) -> None:
     token = secrets.token_hex(32)
     sim.inject(Fault.too_many_requests(), times=2)
 
@@ -109,8 +108,7 @@ async def test_goaway_after_answering(apns: APNs, sim: APNsSimulator) -> None:
     assert len(sim.device(token).inbox) == 2
 
 
-async def test_goaway_instead_of_answering_makes_aioapns_retry(apns: APNs,
-                                                               sim: APNsSimulator) -> None:
+async def test_goaway_instead_of_answering_makes_aioapns_retry(apns: APNs, sim: APNsSimulator) -> None:
     token = secrets.token_hex(32)
     sim.inject(Fault.goaway("Shutdown", answer_first=False))
 
@@ -122,9 +120,9 @@ async def test_goaway_instead_of_answering_makes_aioapns_retry(apns: APNs,
     assert len(sim.device(token).inbox) == 1
 
 
-async def test_goaway_frame_as_a_raw_client_sees_it(raw: RawH2Client,
-                                                    signing_key: SigningKey,
-                                                    sim: APNsSimulator) -> None:
+async def test_goaway_frame_as_a_raw_client_sees_it(
+    raw: RawH2Client, signing_key: SigningKey, sim: APNsSimulator
+) -> None:
     sim.inject(Fault.goaway("IdleTimeout", answer_first=False))
     stream_id = await raw.send(push_headers(secrets.token_hex(32), signing_key), VOIP_PAYLOAD)
 
@@ -170,8 +168,9 @@ async def test_connection_reset_makes_aioapns_retry(apns: APNs, sim: APNsSimulat
     assert [r.status for r in sim.requests] == [None, 200]
 
 
-async def test_connection_reset_as_a_raw_client_sees_it(raw: RawH2Client, sim: APNsSimulator,
-                                                        signing_key: SigningKey) -> None:
+async def test_connection_reset_as_a_raw_client_sees_it(
+    raw: RawH2Client, sim: APNsSimulator, signing_key: SigningKey
+) -> None:
     sim.inject(Fault.connection_reset())
 
     with pytest.raises(ConnectionError):

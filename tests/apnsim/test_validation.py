@@ -15,8 +15,9 @@ from tests.apnsim.h2client import RawH2Client
 TOKEN = secrets.token_hex(32)
 
 
-def _case(expected_status: int, reason: str, *, body: bytes = VOIP_PAYLOAD,
-          **header_options: object) -> tuple[dict[str, object], bytes, int, str]:
+def _case(
+    expected_status: int, reason: str, *, body: bytes = VOIP_PAYLOAD, **header_options: object
+) -> tuple[dict[str, object], bytes, int, str]:
     return header_options, body, expected_status, reason
 
 
@@ -41,17 +42,17 @@ CASES = {
     "payload-empty": _case(400, "PayloadEmpty", body=b""),
     "payload-array": _case(400, "BadPayload", body=b"[1, 2]"),
     "payload-not-json": _case(400, "BadPayload", body=b"ring ring"),
-    "payload-voip-too-large": _case(413, "PayloadTooLarge",
-                                    body=json.dumps({"pad": "x" * 5120}).encode()),
-    "payload-alert-too-large": _case(413, "PayloadTooLarge", topic=BUNDLE_ID,
-                                     push_type="alert",
-                                     body=json.dumps({"pad": "x" * 4096}).encode()),
+    "payload-voip-too-large": _case(413, "PayloadTooLarge", body=json.dumps({"pad": "x" * 5120}).encode()),
+    "payload-alert-too-large": _case(
+        413, "PayloadTooLarge", topic=BUNDLE_ID, push_type="alert", body=json.dumps({"pad": "x" * 4096}).encode()
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-async def test_rejection_with_apples_reason(case: str, raw: RawH2Client, sim: APNsSimulator,
-                                            signing_key: SigningKey) -> None:
+async def test_rejection_with_apples_reason(
+    case: str, raw: RawH2Client, sim: APNsSimulator, signing_key: SigningKey
+) -> None:
     options, body, expected_status, reason = CASES[case]
     headers = push_headers(TOKEN, signing_key, **options)  # type: ignore[arg-type]
     response = await raw.request(headers, body)
@@ -65,8 +66,7 @@ async def test_rejection_with_apples_reason(case: str, raw: RawH2Client, sim: AP
     assert not sim.accepted
 
 
-async def test_payload_limits_are_inclusive(raw: RawH2Client, signing_key: SigningKey,
-                                            sim: APNsSimulator) -> None:
+async def test_payload_limits_are_inclusive(raw: RawH2Client, signing_key: SigningKey, sim: APNsSimulator) -> None:
     voip = b'{"p":"' + b"v" * (5120 - 8) + b'"}'
     alert = b'{"p":"' + b"a" * (4096 - 8) + b'"}'
     assert (len(voip), len(alert)) == (5120, 4096)
@@ -80,12 +80,16 @@ async def test_payload_limits_are_inclusive(raw: RawH2Client, signing_key: Signi
 
 
 async def test_boundary_values_are_accepted(raw: RawH2Client, signing_key: SigningKey) -> None:
-    headers = push_headers(TOKEN, signing_key, extra=[
-        ("apns-priority", "1"),
-        ("apns-expiration", "0"),
-        ("apns-collapse-id", "c" * 64),
-        ("apns-id", new_apns_id()),
-    ])
+    headers = push_headers(
+        TOKEN,
+        signing_key,
+        extra=[
+            ("apns-priority", "1"),
+            ("apns-expiration", "0"),
+            ("apns-collapse-id", "c" * 64),
+            ("apns-id", new_apns_id()),
+        ],
+    )
 
     response = await raw.request(headers, VOIP_PAYLOAD)
 
@@ -97,8 +101,7 @@ async def test_success_echoes_apns_id_and_adds_unique_id_in_sandbox(
 ) -> None:
     apns_id = new_apns_id()
 
-    response = await raw.request(push_headers(TOKEN, signing_key,
-                                              extra=[("apns-id", apns_id)]), VOIP_PAYLOAD)
+    response = await raw.request(push_headers(TOKEN, signing_key, extra=[("apns-id", apns_id)]), VOIP_PAYLOAD)
 
     assert response.status == 200
     assert response.body == b""
@@ -109,8 +112,7 @@ async def test_success_echoes_apns_id_and_adds_unique_id_in_sandbox(
     assert push.payload == json.loads(VOIP_PAYLOAD)
 
 
-async def test_absent_apns_id_is_generated_and_echoed(raw: RawH2Client,
-                                                      signing_key: SigningKey) -> None:
+async def test_absent_apns_id_is_generated_and_echoed(raw: RawH2Client, signing_key: SigningKey) -> None:
     response = await raw.request(push_headers(TOKEN, signing_key), VOIP_PAYLOAD)
 
     assert UUID_PATTERN.fullmatch(response.headers["apns-id"])
@@ -139,8 +141,9 @@ async def test_production_has_no_unique_id(tmp_path, signing_key: SigningKey) ->
 
 
 class TestDeviceChecks:
-    async def test_strict_mode_rejects_unknown_tokens(self, raw: RawH2Client, sim: APNsSimulator,
-                                                      signing_key: SigningKey) -> None:
+    async def test_strict_mode_rejects_unknown_tokens(
+        self, raw: RawH2Client, sim: APNsSimulator, signing_key: SigningKey
+    ) -> None:
         sim.strict_tokens = True
         known = sim.add_device(VOIP_TOPIC)
 
@@ -150,9 +153,9 @@ class TestDeviceChecks:
         assert (unknown_response.status, unknown_response.reason) == (400, "BadDeviceToken")
         assert known_response.status == 200
 
-    async def test_lenient_mode_creates_an_online_device(self, raw: RawH2Client,
-                                                         sim: APNsSimulator,
-                                                         signing_key: SigningKey) -> None:
+    async def test_lenient_mode_creates_an_online_device(
+        self, raw: RawH2Client, sim: APNsSimulator, signing_key: SigningKey
+    ) -> None:
         response = await raw.request(push_headers(TOKEN, signing_key), VOIP_PAYLOAD)
 
         device = sim.device(TOKEN)
@@ -169,16 +172,16 @@ class TestDeviceChecks:
 
         assert (response.status, response.reason) == (400, "BadDeviceToken")
 
-    async def test_token_registered_for_another_topic(self, raw: RawH2Client, sim: APNsSimulator,
-                                                      signing_key: SigningKey) -> None:
+    async def test_token_registered_for_another_topic(
+        self, raw: RawH2Client, sim: APNsSimulator, signing_key: SigningKey
+    ) -> None:
         device = sim.add_device("com.example.other.voip")
 
         response = await raw.request(push_headers(device.token, signing_key), VOIP_PAYLOAD)
 
         assert (response.status, response.reason) == (400, "DeviceTokenNotForTopic")
 
-    async def test_topic_outside_the_keys_apps_is_disallowed(self, raw: RawH2Client,
-                                                             sim: APNsSimulator) -> None:
+    async def test_topic_outside_the_keys_apps_is_disallowed(self, raw: RawH2Client, sim: APNsSimulator) -> None:
         key = sim.create_key("TEAM999999", "KEY9999999", bundle_ids=["com.example.mine"])
 
         response = await raw.request(push_headers(TOKEN, key), VOIP_PAYLOAD)

@@ -49,7 +49,8 @@ async def test_a_call_across_two_nodes_on_a_cluster(cluster_node: Any) -> None:
 
     status = await node_b.http().get(
         f"/v1/calls/{call_id}/status",
-        headers={"Authorization": f"Bearer {node_b.auth.mint('bob', 'device')}"}, params={"device_id": "b1"},
+        headers={"Authorization": f"Bearer {node_b.auth.mint('bob', 'device')}"},
+        params={"device_id": "b1"},
     )
     assert status.status_code == 200, status.text
     assert status.json()["state"] == "answered"
@@ -60,8 +61,11 @@ async def test_a_call_across_two_nodes_on_a_cluster(cluster_node: Any) -> None:
     assert [c["call_id"] for c in listed] == [call_id]
     for node in (node_a, node_b):  # a batch of "delivered" entries: one pipeline over the slots
         await node.node.deliveries.flush()
-    delivered = {(e["type"], e["device"], e["node"])
-                 for e in await node_a.node.stores.calls.timeline(call_id) if e["event"] == "delivered"}
+    delivered = {
+        (e["type"], e["device"], e["node"])
+        for e in await node_a.node.stores.calls.timeline(call_id)
+        if e["event"] == "delivered"
+    }
     assert {("call.started", "a1", node_a.node.node_id), ("call.incoming", "b1", node_b.node.node_id)} <= delivered
 
 

@@ -37,10 +37,20 @@ class Kamailio:
         started("kamailio")
         with self.log_path.open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
-                binary, "-DD", "-E", "-f", str(CONFIG), "-w", str(self.directory),
-                "-A", f"LISTEN=udp:127.0.0.1:{self.port}",
-                "-A", f'DISPATCHER_LIST="{self.dispatcher_list}"',
-                stdout=log, stderr=log, cwd=self.directory,
+                binary,
+                "-DD",
+                "-E",
+                "-f",
+                str(CONFIG),
+                "-w",
+                str(self.directory),
+                "-A",
+                f"LISTEN=udp:127.0.0.1:{self.port}",
+                "-A",
+                f'DISPATCHER_LIST="{self.dispatcher_list}"',
+                stdout=log,
+                stderr=log,
+                cwd=self.directory,
             )
         for _ in range(200):
             if self.process.returncode is not None:

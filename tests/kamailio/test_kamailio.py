@@ -34,9 +34,7 @@ pytestmark = pytest.mark.interop
 
 
 @pytest.fixture
-async def cluster(
-    sip_node: SipNodeFactory, tmp_path: Path
-) -> AsyncIterator[tuple[Kamailio, list[RunningNode]]]:
+async def cluster(sip_node: SipNodeFactory, tmp_path: Path) -> AsyncIterator[tuple[Kamailio, list[RunningNode]]]:
     nodes = [await sip_node(), await sip_node()]
     kamailio = Kamailio(tmp_path, [sip_port(n) for n in nodes])
     await kamailio.start()
@@ -67,9 +65,7 @@ async def test_a_peer_call_stays_on_one_node_and_its_bye_follows_record_route(
 ) -> None:
     kamailio, nodes = cluster
     alice = await nodes[1].device("alice", "alice-phone")
-    sipp = start_sipp(
-        uac(kamailio, str(SCENARIOS / "peer_calls_app_answers.xml")), tmp_path / "sipp"
-    )
+    sipp = start_sipp(uac(kamailio, str(SCENARIOS / "peer_calls_app_answers.xml")), tmp_path / "sipp")
     incoming = await alice.expect("call.incoming", timeout=10)
     call_id = incoming["call_id"]
     await alice.request({"type": "call.answer", "call_id": call_id, "sdp": APP_SDP})
@@ -77,9 +73,7 @@ async def test_a_peer_call_stays_on_one_node_and_its_bye_follows_record_route(
     assert ended["reason"] == "remote_ended"
     await finished(sipp)
     log = messages_log(tmp_path / "sipp")
-    assert (
-        f"Record-Route: <sip:127.0.0.1:{kamailio.port};lr" in log
-    )  # our 200 kept Kamailio's route
+    assert f"Record-Route: <sip:127.0.0.1:{kamailio.port};lr" in log  # our 200 kept Kamailio's route
     # INVITE, ACK and BYE were all taken by one node.
     assert len(await sip_nodes_of(nodes, call_id)) == 1
     timeline = await nodes[0].node.stores.calls.timeline(call_id)
@@ -91,9 +85,7 @@ async def test_the_app_hangs_up_and_the_bye_goes_back_through_kamailio(
 ) -> None:
     kamailio, nodes = cluster
     alice = await nodes[0].device("alice", "alice-phone")
-    sipp = start_sipp(
-        uac(kamailio, str(SCENARIOS / "peer_calls_app_hangs_up.xml")), tmp_path / "sipp"
-    )
+    sipp = start_sipp(uac(kamailio, str(SCENARIOS / "peer_calls_app_hangs_up.xml")), tmp_path / "sipp")
     incoming = await alice.expect("call.incoming", timeout=10)
     call_id = incoming["call_id"]
     await alice.request({"type": "call.answer", "call_id": call_id, "sdp": APP_SDP})
@@ -108,9 +100,7 @@ async def test_the_app_hangs_up_and_the_bye_goes_back_through_kamailio(
     timeline = await nodes[0].node.stores.calls.timeline(call_id)
     assert any(e.get("sent") == "BYE" and e.get("status") == 200 for e in timeline)
     log = messages_log(tmp_path / "sipp")
-    assert (
-        f"Via: SIP/2.0/UDP 127.0.0.1:{kamailio.port}" in log.split("BYE sip:")[-1]
-    )  # through Kamailio
+    assert f"Via: SIP/2.0/UDP 127.0.0.1:{kamailio.port}" in log.split("BYE sip:")[-1]  # through Kamailio
 
 
 async def test_the_peer_cancels_and_the_cancel_follows_its_invite(
@@ -133,8 +123,7 @@ DESK_PHONE_CONFIG = BARESIP_CONFIG + (
     "module_app\t\tmenu.so\nmodule_app\t\tctrl_tcp.so\nctrl_tcp_listen\t\t127.0.0.1:{control}\n"
 )
 DESK_PHONE_ACCOUNT = (
-    '<sip:alice@voip.test>;auth_pass=wonderland;outbound="sip:127.0.0.1:{kamailio}";'
-    "regint=300;answermode=auto\n"
+    '<sip:alice@voip.test>;auth_pass=wonderland;outbound="sip:127.0.0.1:{kamailio}";regint=300;answermode=auto\n'
 )
 
 
@@ -148,9 +137,7 @@ class DeskPhone:
 async def desk_phone(kamailio: Kamailio, directory: Path) -> AsyncIterator[DeskPhone]:
     """A running baresip whose outbound proxy is Kamailio."""
     phone = DeskPhone(sip=baresip_sip_port(), control=free_port())
-    (directory / "config").write_text(
-        DESK_PHONE_CONFIG.format(port=phone.sip, control=phone.control)
-    )
+    (directory / "config").write_text(DESK_PHONE_CONFIG.format(port=phone.sip, control=phone.control))
     (directory / "accounts").write_text(DESK_PHONE_ACCOUNT.format(kamailio=kamailio.port))
     with (directory / "baresip.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
@@ -190,9 +177,7 @@ async def hang_up(phone: DeskPhone) -> None:
         writer.close()
 
 
-async def registered_through(
-    kamailio: Kamailio, nodes: list[RunningNode], phone: DeskPhone
-) -> tuple[RunningNode, str]:
+async def registered_through(kamailio: Kamailio, nodes: list[RunningNode], phone: DeskPhone) -> tuple[RunningNode, str]:
     """The node that holds the phone's binding, and its device id, once the REGISTER came through."""
     registrar = nodes[0].node.sip.registrar  # type: ignore[union-attr]
     for _ in range(100):
@@ -203,9 +188,7 @@ async def registered_through(
         pytest.fail(f"baresip did not register through Kamailio:\n{kamailio.log()}")
     ((device_id, binding),) = bindings.items()
     # RFC 3327: Kamailio's Path, with the phone's own address for the way back to it
-    assert list(binding.path) == [
-        f"<sip:127.0.0.1:{kamailio.port};lr;received=sip:127.0.0.1:{phone.sip}>"
-    ]
+    assert list(binding.path) == [f"<sip:127.0.0.1:{kamailio.port};lr;received=sip:127.0.0.1:{phone.sip}>"]
     return next(n for n in nodes if n.node.node_id == binding.node), device_id
 
 
@@ -226,9 +209,7 @@ async def answered_by_phone(
     # later request of the dialog, both ways, goes through it too.
     assert isinstance(leg, OutboundLeg)
     ftag = leg.invite.from_.params["tag"]
-    assert [str(hop.uri) for hop in leg.dialog.route_set] == [
-        f"sip:127.0.0.1:{kamailio.port};lr=on;ftag={ftag}"
-    ]
+    assert [str(hop.uri) for hop in leg.dialog.route_set] == [f"sip:127.0.0.1:{kamailio.port};lr=on;ftag={ftag}"]
     return bob, call_id
 
 
@@ -249,9 +230,7 @@ async def test_an_app_calls_a_desk_phone_through_kamailio_and_hangs_up(
         holder, device_id = await registered_through(kamailio, nodes, phone)
         bob, call_id = await answered_by_phone(kamailio, nodes, holder, device_id)
         assert (await bob.request({"type": "call.hangup", "call_id": call_id}))["state"] == "ended"
-        assert (await sent_bye(holder, call_id))[
-            "status"
-        ] == 200  # baresip took it, through Kamailio
+        assert (await sent_bye(holder, call_id))["status"] == 200  # baresip took it, through Kamailio
 
 
 async def test_a_desk_phone_hangs_up_and_its_bye_comes_through_kamailio(
@@ -265,9 +244,7 @@ async def test_a_desk_phone_hangs_up_and_its_bye_comes_through_kamailio(
         ended = await bob.expect("call.ended", timeout=10, call_id=call_id)
         assert ended["reason"] == "remote_ended"
         timeline = await holder.node.stores.calls.timeline(call_id)
-        assert any(
-            e.get("received") == "BYE" and e["node"] == holder.node.node_id for e in timeline
-        )
+        assert any(e.get("received") == "BYE" and e["node"] == holder.node.node_id for e in timeline)
 
 
 def dispatcher_hash(call_id: str) -> int:
@@ -305,11 +282,7 @@ async def test_a_node_killed_mid_run_new_calls_reach_the_survivor_and_its_calls_
     )
     kept_call = (await phones[nodes[0].node.node_id].expect("call.incoming", timeout=10))["call_id"]
     # The node whose gateway took the INVITE (its leg exists before the app hears of it).
-    (survivor,) = [
-        n
-        for n in nodes
-        if n.node.sip and any(leg.call_id == kept_call for leg in n.node.sip.legs.values())
-    ]
+    (survivor,) = [n for n in nodes if n.node.sip and any(leg.call_id == kept_call for leg in n.node.sip.legs.values())]
     holder = survivor.node.node_id
     dead = next(n for n in nodes if n is not survivor)
     alice = phones[holder]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import uuid
 
-import orjson
-
 from tests.conftest import RunningNode, register
 from tests.ops.conftest import ops_get, place_call
 from voip.clock import now_ms
@@ -52,8 +50,14 @@ async def test_pages_visit_every_call_once_even_within_one_millisecond(node: Run
         call_id = str(uuid.uuid4())
         made.append((created_at, call_id))
         assert await stores.calls.create(
-            call_id, caller_user=f"u{n}", caller_device="d", callee_user="v",
-            ring_deadline=created_at + 60_000, node="n", targets=["t"], created_at=created_at,
+            call_id,
+            caller_user=f"u{n}",
+            caller_device="d",
+            callee_user="v",
+            ring_deadline=created_at + 60_000,
+            node="n",
+            targets=["t"],
+            created_at=created_at,
         )
     seen: list[str] = []
     cursor = None
@@ -71,7 +75,9 @@ async def test_expired_calls_drop_out_of_the_listing_and_the_index(node: Running
     caller = await node.device("alice", "a1")
     kept, expired = await place_call(caller, "nobody"), await place_call(caller, "nobody")
     stores = node.node.stores
-    await node.node.connections.client.delete(stores.keys.call(expired), stores.keys.timeline(expired))  # as its retention would
+    await node.node.connections.client.delete(
+        stores.keys.call(expired), stores.keys.timeline(expired)
+    )  # as its retention would
     listed = (await ops_get(node, "/v1/ops/calls")).json()["calls"]
     assert [c["call_id"] for c in listed] == [kept]
     assert await node.node.connections.client.zscore(stores.keys.calls_index(expired), expired) is None
@@ -173,8 +179,15 @@ async def test_push_entries_written_as_delivered_read_as_accepted(node: RunningN
     "accepted" in a call's timeline and in a device's last push."""
     alice = await node.device("alice", "a-phone")
     call_id = await place_call(alice, "bob")
-    old = {"at": now_ms(), "event": "push", "kind": "invite", "device": "b-ipad", "status": 200,
-           "outcome": "delivered", "apns_id": "A-1"}
+    old = {
+        "at": now_ms(),
+        "event": "push",
+        "kind": "invite",
+        "device": "b-ipad",
+        "status": 200,
+        "outcome": "delivered",
+        "apns_id": "A-1",
+    }
     await node.node.stores.calls.append_timeline(call_id, [old])
     await node.node.stores.push_log.record_last_push("bob", "b-ipad", {**old, "call_id": call_id})
     await register(node, "bob", "b-ipad")

@@ -9,11 +9,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 import schemathesis
 
 from tests.conftest import RunningNode, register
-
-import pytest
 
 pytestmark = pytest.mark.interop
 
@@ -22,14 +21,28 @@ ST = Path(sys.executable).with_name("st")
 
 async def schemathesis_run(node: RunningNode, token: str, *extra: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        str(ST), "run", f"{node.base_url}/openapi.json",
-        "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-                    "response_schema_conformance,negative_data_rejection",
-        "--header", f"Authorization: Bearer {token}",
-        "--max-examples", "10", "--seed", "1", "--workers", "8",
-        "--generation-database", "none", "--no-color", "--request-timeout", "5",
+        str(ST),
+        "run",
+        f"{node.base_url}/openapi.json",
+        "--checks",
+        "not_a_server_error,status_code_conformance,content_type_conformance,"
+        "response_schema_conformance,negative_data_rejection",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--max-examples",
+        "10",
+        "--seed",
+        "1",
+        "--workers",
+        "8",
+        "--generation-database",
+        "none",
+        "--no-color",
+        "--request-timeout",
+        "5",
         *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "NO_COLOR": "1"},
     )
     output, _ = await asyncio.wait_for(process.communicate(), 120)
@@ -41,8 +54,14 @@ async def test_the_schema_is_valid_openapi_3_1(node: RunningNode) -> None:
     assert response.status_code == 200
     schema = schemathesis.openapi.from_dict(response.json())
     operations = {f"{op.method.upper()} {op.path}" for op in (r.ok() for r in schema.get_all_operations())}
-    assert {"PUT /v1/devices/{device_id}", "GET /v1/calls/{call_id}/status", "GET /v1/ops/calls",
-            "GET /v1/ops/calls/{call_id}", "GET /v1/ops/devices/{user}", "GET /readyz"} <= operations
+    assert {
+        "PUT /v1/devices/{device_id}",
+        "GET /v1/calls/{call_id}/status",
+        "GET /v1/ops/calls",
+        "GET /v1/ops/calls/{call_id}",
+        "GET /v1/ops/devices/{user}",
+        "GET /readyz",
+    } <= operations
 
 
 async def test_the_service_keeps_its_contract_for_devices_and_operators(node: RunningNode) -> None:

@@ -67,9 +67,7 @@ async def test_a_call_on_node_a_shows_up_live_on_node_b(node_factory: Any) -> No
     assert node_b.node.ops_feed.watchers == 0
 
 
-async def test_a_slow_operator_is_dropped_and_the_others_get_everything(
-    redis: aioredis.Redis, prefix: str
-) -> None:
+async def test_a_slow_operator_is_dropped_and_the_others_get_everything(redis: aioredis.Redis, prefix: str) -> None:
     channel = f"{prefix}ops"
     feed = OpsFeed(redis, channel, queue_limit=8)
     slow, fast = await feed.join(), await feed.join()

@@ -19,8 +19,14 @@ pytestmark = pytest.mark.interop
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -30,7 +36,10 @@ async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
     interop.started("chromium")
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=ARGS, headless=True,
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            args=ARGS,
+            headless=True,
             viewport={"width": 1400, "height": 900},
         )
         yield context
@@ -53,8 +62,11 @@ async def invite_status_url(node: RunningNode, call_id: str) -> str:
     simulator = node.node.apns_simulator
     assert simulator is not None
     record = await simulator.log.wait_for(
-        lambda r: isinstance(r.payload, dict) and r.payload.get("call_id") == call_id
-        and r.payload.get("type") == "call.incoming"
+        lambda r: (
+            isinstance(r.payload, dict)
+            and r.payload.get("call_id") == call_id
+            and r.payload.get("type") == "call.incoming"
+        )
     )
     return str(record.payload["status_url"])
 
@@ -101,14 +113,26 @@ async def test_a_call_rings_is_answered_and_ends_on_the_page(node: RunningNode, 
     await expect(invite).to_contain_text("VoIP push (invite) → APNs 200 (sandbox")
     await expect(invite).to_contain_text("accepted")
     await expect(invite).to_contain_text("device b-ipad")
-    await node.node.stores.calls.append_timeline(call_id, [
-        {"at": now_ms(), "event": "sip_leg", "leg": "out"},
-        # As an APNs 200 was recorded before it was named "accepted".
-        {"at": now_ms(), "event": "push", "kind": "old", "push_type": "voip", "status": 200,
-         "outcome": "delivered", "environment": "sandbox", "device": "b-ipad"},
-    ])
+    await node.node.stores.calls.append_timeline(
+        call_id,
+        [
+            {"at": now_ms(), "event": "sip_leg", "leg": "out"},
+            # As an APNs 200 was recorded before it was named "accepted".
+            {
+                "at": now_ms(),
+                "event": "push",
+                "kind": "old",
+                "push_type": "voip",
+                "status": 200,
+                "outcome": "delivered",
+                "environment": "sandbox",
+                "device": "b-ipad",
+            },
+        ],
+    )
     status = await node.http().get(
-        f"/v1/calls/{call_id}/status", params={"device_id": "b-ipad"},
+        f"/v1/calls/{call_id}/status",
+        params={"device_id": "b-ipad"},
         headers={"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"},
     )
     assert status.json()["end_call"] is True

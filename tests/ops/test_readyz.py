@@ -16,7 +16,10 @@ async def test_ready_when_redis_and_apns_answer(node: RunningNode) -> None:
     response = await node.http().get("/readyz")
     assert response.status_code == 200
     body = response.json()
-    assert {"status": body["status"], "checks": body["checks"]} == {"status": "ready", "checks": {"redis": "ok", "apns": "ok"}}
+    assert {"status": body["status"], "checks": body["checks"]} == {
+        "status": "ready",
+        "checks": {"redis": "ok", "apns": "ok"},
+    }
     # How Redis keeps data is a detail (tests/resilience/test_durable_redis.py), never a check.
     assert set(body) == {"status", "checks", "details"} and "warnings" in body["details"]["redis"]
     assert (await node.http().get("/healthz")).status_code == 200
@@ -30,9 +33,8 @@ async def test_a_failing_or_hanging_check_makes_the_node_not_ready(node_factory:
         await asyncio.sleep(60)
 
     monkeypatch.setattr(health, "CHECK_TIMEOUT", 0.2)
-    node: RunningNode = await node_factory(
-        parts=NodeParts(readiness_checks={"apns": apns_unreachable, "slow": hangs})
-    )
+    node: RunningNode = await node_factory(parts=NodeParts(readiness_checks={"apns": apns_unreachable, "slow": hangs}))
+
     def failures() -> float:
         return REGISTRY.get_sample_value("voip_readiness_failures_total", {"check": "apns"}) or 0.0
 

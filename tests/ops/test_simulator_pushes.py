@@ -18,8 +18,13 @@ PATH = "/v1/ops/simulator/pushes"
 def of_type(call_id: str, kind: str) -> Any:
     def matches(record: RecordedRequest) -> bool:
         payload = record.payload
-        return record.answered and isinstance(payload, dict) and payload.get("call_id") == call_id \
+        return (
+            record.answered
+            and isinstance(payload, dict)
+            and payload.get("call_id") == call_id
             and payload.get("type") == kind
+        )
+
     return matches
 
 
@@ -62,7 +67,8 @@ async def test_pushes_show_payload_answer_and_delivery(node: RunningNode) -> Non
     # Two checks with bob's own token after the end: no push caused them.
     for _ in range(2):
         manual = await node.http().get(
-            f"/v1/calls/{call_id}/status", params={"device_id": "b-ipad"},
+            f"/v1/calls/{call_id}/status",
+            params={"device_id": "b-ipad"},
             headers={"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"},
         )
         assert manual.json()["end_call"] is True
@@ -90,7 +96,9 @@ async def test_an_offline_phone_stores_the_push_and_the_cancellation_displaces_i
     assert (invite["delivery"], invite["cause"]) == ("dropped", "displaced")
 
 
-async def test_a_node_with_apns_credentials_says_so(node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]) -> None:
+async def test_a_node_with_apns_credentials_says_so(
+    node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]
+) -> None:
     node = await node_factory(**apns[1])
     assert node.node.apns_simulator is None
     body = (await ops_get(node, PATH)).json()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import Any
 
 import pytest
@@ -19,8 +18,13 @@ IDLE = 0.3
 
 
 def voip(token: str, apns_id: str | None = None) -> NotificationRequest:
-    return NotificationRequest(device_token=token, message={"type": "call.incoming"},
-                               notification_id=apns_id, push_type=PushType.VOIP, priority=10)
+    return NotificationRequest(
+        device_token=token,
+        message={"type": "call.incoming"},
+        notification_id=apns_id,
+        push_type=PushType.VOIP,
+        priority=10,
+    )
 
 
 @pytest.fixture
@@ -39,8 +43,8 @@ async def aioapns_client(sim: APNsSimulator, key: SigningKey) -> Any:
 
 # (1) idle connections are closed after 10 s
 
-async def test_gap1_aioapns_closes_idle_connections(aioapns_client: Any,
-                                                    sim: APNsSimulator) -> None:
+
+async def test_gap1_aioapns_closes_idle_connections(aioapns_client: Any, sim: APNsSimulator) -> None:
     client = aioapns_client()
     client.pool.protocol_class.INACTIVITY_TIME = IDLE
     device = sim.add_device(VOIP_TOPIC)
@@ -55,8 +59,7 @@ async def test_gap1_aioapns_closes_idle_connections(aioapns_client: Any,
     assert first.header("authorization") != second.header("authorization")
 
 
-async def test_gap1_connections_stay_warm_with_pings(make_notifier: MakeNotifier,
-                                                     sim: APNsSimulator) -> None:
+async def test_gap1_connections_stay_warm_with_pings(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier(ping_interval=0.1)
     sender = notifier.sender("sandbox")
     sender.protocol_class.INACTIVITY_TIME = IDLE  # type: ignore[assignment]  # ignored by design
@@ -73,14 +76,13 @@ async def test_gap1_connections_stay_warm_with_pings(make_notifier: MakeNotifier
     assert notifier.tokens is not None and notifier.tokens.issued == 1
 
 
-async def test_gap1_an_unanswered_ping_retires_a_dead_path(make_notifier: MakeNotifier,
-                                                           sim: APNsSimulator) -> None:
+async def test_gap1_an_unanswered_ping_retires_a_dead_path(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier(ping_interval=0.1, ping_timeout=0.2)
     device = sim.add_device(VOIP_TOPIC)
     await notifier.send(invite(device))
     # A black-holed path: the server stops reading, so PINGs go unanswered.
-    [server_side] = sim._live  # noqa: SLF001 (apnsim has no public knob for this)
-    server_side._transport.pause_reading()  # type: ignore[union-attr]  # noqa: SLF001
+    [server_side] = sim._live
+    server_side._transport.pause_reading()  # type: ignore[union-attr]
 
     await asyncio.sleep(0.5)
     assert notifier.sender("sandbox").connections == []
@@ -92,8 +94,8 @@ async def test_gap1_an_unanswered_ping_retires_a_dead_path(make_notifier: MakeNo
 
 # (2) no response timeout
 
-async def test_gap2_aioapns_waits_for_ever_on_a_silent_stream(aioapns_client: Any,
-                                                              sim: APNsSimulator) -> None:
+
+async def test_gap2_aioapns_waits_for_ever_on_a_silent_stream(aioapns_client: Any, sim: APNsSimulator) -> None:
     client = aioapns_client()
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.silent(), token=device.token)
@@ -102,8 +104,7 @@ async def test_gap2_aioapns_waits_for_ever_on_a_silent_stream(aioapns_client: An
         await asyncio.wait_for(client.send_notification(voip(device.token)), 0.5)
 
 
-async def test_gap2_every_push_is_bounded_by_its_deadline(make_notifier: MakeNotifier,
-                                                          sim: APNsSimulator) -> None:
+async def test_gap2_every_push_is_bounded_by_its_deadline(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier(response_timeout=10.0)
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.silent(), token=device.token)
@@ -116,8 +117,8 @@ async def test_gap2_every_push_is_bounded_by_its_deadline(make_notifier: MakeNot
 
 # (3) pushes in flight on a dead connection are written again by aioapns
 
-async def test_gap3_aioapns_writes_a_push_again_on_its_own(aioapns_client: Any,
-                                                           sim: APNsSimulator) -> None:
+
+async def test_gap3_aioapns_writes_a_push_again_on_its_own(aioapns_client: Any, sim: APNsSimulator) -> None:
     client = aioapns_client()
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.connection_reset(), token=device.token, times=3)
@@ -130,8 +131,7 @@ async def test_gap3_aioapns_writes_a_push_again_on_its_own(aioapns_client: Any,
     assert len(requests_for(sim, request.notification_id)) == 4
 
 
-async def test_gap3_aioapns_plus_a_timeout_delivers_twice(aioapns_client: Any,
-                                                          sim: APNsSimulator) -> None:
+async def test_gap3_aioapns_plus_a_timeout_delivers_twice(aioapns_client: Any, sim: APNsSimulator) -> None:
     client = aioapns_client()
     device = sim.add_device(VOIP_TOPIC)
     await client.send_notification(voip(device.token))
@@ -147,8 +147,7 @@ async def test_gap3_aioapns_plus_a_timeout_delivers_twice(aioapns_client: Any,
     assert [d.push.apns_id for d in device.inbox].count(request.notification_id) == 2
 
 
-async def test_gap3_one_write_per_attempt_and_one_delivery(make_notifier: MakeNotifier,
-                                                           sim: APNsSimulator) -> None:
+async def test_gap3_one_write_per_attempt_and_one_delivery(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier(response_timeout=0.2)
     device = sim.add_device(VOIP_TOPIC)
     await notifier.send(invite(device))
@@ -169,6 +168,7 @@ async def test_gap3_one_write_per_attempt_and_one_delivery(make_notifier: MakeNo
 
 # (4) no WINDOW_UPDATE for received DATA
 
+
 async def _unregistered_many(send: Any, token: str, count: int) -> list[Any]:
     results: list[Any] = []
     for start in range(0, count, 200):
@@ -180,8 +180,7 @@ ENOUGH_ERROR_BODIES = 1400
 """{"reason":"Unregistered","timestamp":<13 digits>} is 50 bytes: 1311 fill 64 KiB."""
 
 
-async def test_gap4_aioapns_stalls_after_64k_of_error_bodies(aioapns_client: Any,
-                                                             sim: APNsSimulator) -> None:
+async def test_gap4_aioapns_stalls_after_64k_of_error_bodies(aioapns_client: Any, sim: APNsSimulator) -> None:
     client = aioapns_client(max_connections=1)
     await client.send_notification(voip(sim.add_device(VOIP_TOPIC).token))  # lifts 1 stream
     device = sim.add_device(VOIP_TOPIC)
@@ -195,8 +194,7 @@ async def test_gap4_aioapns_stalls_after_64k_of_error_bodies(aioapns_client: Any
         await _unregistered_many(send, device.token, ENOUGH_ERROR_BODIES)
 
 
-async def test_gap4_flow_control_credit_is_returned(make_notifier: MakeNotifier,
-                                                    sim: APNsSimulator) -> None:
+async def test_gap4_flow_control_credit_is_returned(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier(max_connections=1)
     await notifier.send(invite(sim.add_device(VOIP_TOPIC)))  # lifts APNs's 1-stream limit
     device = sim.add_device(VOIP_TOPIC)
@@ -208,15 +206,14 @@ async def test_gap4_flow_control_credit_is_returned(make_notifier: MakeNotifier,
 
     results = await _unregistered_many(send, device.token, ENOUGH_ERROR_BODIES)
 
-    assert {(r.outcome, r.timestamp) for r in results} == {(Outcome.TOKEN_INVALID,
-                                                            1_712_345_678_901)}
+    assert {(r.outcome, r.timestamp) for r in results} == {(Outcome.TOKEN_INVALID, 1_712_345_678_901)}
     assert len(sim.connections) == 1
 
 
 # the GOAWAY window: a closing connection is still handed out
 
-async def test_goaway_window_aioapns_raises_protocol_error(aioapns_client: Any,
-                                                           sim: APNsSimulator) -> None:
+
+async def test_goaway_window_aioapns_raises_protocol_error(aioapns_client: Any, sim: APNsSimulator) -> None:
     client = aioapns_client()
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.goaway("Shutdown", answer_first=True), token=device.token)
@@ -226,8 +223,7 @@ async def test_goaway_window_aioapns_raises_protocol_error(aioapns_client: Any,
         await client.send_notification(voip(device.token))
 
 
-async def test_goaway_window_is_skipped(make_notifier: MakeNotifier,
-                                        sim: APNsSimulator) -> None:
+async def test_goaway_window_is_skipped(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier()
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.goaway("Shutdown", answer_first=True), token=device.token)
@@ -242,6 +238,7 @@ async def test_goaway_window_is_skipped(make_notifier: MakeNotifier,
 
 # MAX_CONCURRENT_STREAMS: raised from 1 to 1000, aioapns keeps ~1
 
+
 async def _burst(send: Any, sim: APNsSimulator) -> None:
     warm = sim.add_device(VOIP_TOPIC)
     await send(warm.token)
@@ -249,8 +246,7 @@ async def _burst(send: Any, sim: APNsSimulator) -> None:
     await asyncio.gather(*(send(d.token) for d in devices))
 
 
-async def test_stream_limit_aioapns_opens_extra_connections(aioapns_client: Any,
-                                                            sim: APNsSimulator) -> None:
+async def test_stream_limit_aioapns_opens_extra_connections(aioapns_client: Any, sim: APNsSimulator) -> None:
     client = aioapns_client()
 
     await _burst(lambda token: client.send_notification(voip(token)), sim)
@@ -258,12 +254,9 @@ async def test_stream_limit_aioapns_opens_extra_connections(aioapns_client: Any,
     assert len(sim.connections) > 1
 
 
-async def test_stream_limit_one_connection_carries_the_burst(make_notifier: MakeNotifier,
-                                                             sim: APNsSimulator) -> None:
+async def test_stream_limit_one_connection_carries_the_burst(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier()
 
     await _burst(lambda token: notifier.send(invite(token)), sim)
 
     assert len(sim.connections) == 1 and len(sim.requests) == 31
-
-

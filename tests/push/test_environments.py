@@ -11,8 +11,9 @@ from tests.push.conftest import BUNDLE_ID, VOIP_TOPIC, MakeNotifier, config_for,
 from voip.push import APNsConfig, APNsNotifier, Outcome
 
 
-async def test_each_push_goes_to_its_devices_environment(make_notifier: MakeNotifier,
-                                                         key: SigningKey, tmp_path: Path) -> None:
+async def test_each_push_goes_to_its_devices_environment(
+    make_notifier: MakeNotifier, key: SigningKey, tmp_path: Path
+) -> None:
     async with APNsSimulator(tmp_path / "prod", environment="production") as production:
         production.register_key(key.team_id, key.key_id, key.public_pem)
         notifier = make_notifier(target=production)
@@ -28,16 +29,16 @@ async def test_each_push_goes_to_its_devices_environment(make_notifier: MakeNoti
         # The sandbox sender dialled the same endpoint (APNS_ENDPOINT serves both), on a
         # connection of its own.
         assert sandbox.environment == "sandbox"
-        by_env = {env: {id(c) for c in notifier.sender(env).connections}
-                  for env in ("sandbox", "production")}
+        by_env = {env: {id(c) for c in notifier.sender(env).connections} for env in ("sandbox", "production")}
         assert len(by_env["sandbox"]) == len(by_env["production"]) == 1
         assert by_env["sandbox"] != by_env["production"]
         assert len(production.connections) == 2
 
 
 async def test_without_an_endpoint_apples_hosts_are_used(key: SigningKey) -> None:
-    notifier = APNsNotifier(APNsConfig(bundle_id=BUNDLE_ID, key_id=key.key_id,
-                                       team_id=key.team_id, key_pem=key.private_pem))
+    notifier = APNsNotifier(
+        APNsConfig(bundle_id=BUNDLE_ID, key_id=key.key_id, team_id=key.team_id, key_pem=key.private_pem)
+    )
     try:
         sandbox, production = notifier.sender("sandbox"), notifier.sender("production")
         assert (sandbox.host, sandbox.port) == ("api.sandbox.push.apple.com", 443)
@@ -70,8 +71,14 @@ async def test_credentials_are_required(sim: APNsSimulator, key: SigningKey) -> 
 
 def test_notifier_needs_a_running_loop(sim_free_key: SigningKey) -> None:
     with pytest.raises(RuntimeError):
-        APNsNotifier(APNsConfig(bundle_id=BUNDLE_ID, key_id=sim_free_key.key_id,
-                                team_id=sim_free_key.team_id, key_pem=sim_free_key.private_pem))
+        APNsNotifier(
+            APNsConfig(
+                bundle_id=BUNDLE_ID,
+                key_id=sim_free_key.key_id,
+                team_id=sim_free_key.team_id,
+                key_pem=sim_free_key.private_pem,
+            )
+        )
 
 
 @pytest.fixture

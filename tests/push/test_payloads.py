@@ -28,10 +28,16 @@ async def test_invite_headers_and_payload(notifier: APNsNotifier, sim: APNsSimul
     device = sim.add_device(VOIP_TOPIC)
     now = time.time()
     ring_deadline = now + 30.5
-    request = voip_invite(bundle_id=BUNDLE_ID, device_token=device.token, environment="sandbox",
-                          call_id="call-123", caller=ALICE, ring_deadline=ring_deadline,
-                          status_url="https://voip.example.com/v1/calls/call-123/status?cap=abc",
-                          now=now)
+    request = voip_invite(
+        bundle_id=BUNDLE_ID,
+        device_token=device.token,
+        environment="sandbox",
+        call_id="call-123",
+        caller=ALICE,
+        ring_deadline=ring_deadline,
+        status_url="https://voip.example.com/v1/calls/call-123/status?cap=abc",
+        now=now,
+    )
 
     result = await notifier.send(request)
 
@@ -58,14 +64,19 @@ async def test_invite_headers_and_payload(notifier: APNsNotifier, sim: APNsSimul
     assert delivery.push.apns_id == request.apns_id
 
 
-async def test_cancellation_replaces_a_stored_invite(notifier: APNsNotifier,
-                                                     sim: APNsSimulator) -> None:
+async def test_cancellation_replaces_a_stored_invite(notifier: APNsNotifier, sim: APNsSimulator) -> None:
     device = sim.add_device(VOIP_TOPIC, online=False)
     ring_deadline = time.time() + 30
     offer = invite(device, call_id="call-7", ttl=30)
-    cancel = call_cancellation(bundle_id=BUNDLE_ID, device_token=device.token,
-                               environment="sandbox", call_id="call-7", reason="caller_hangup",
-                               ring_deadline=ring_deadline, now=1_700_000_000.25)
+    cancel = call_cancellation(
+        bundle_id=BUNDLE_ID,
+        device_token=device.token,
+        environment="sandbox",
+        call_id="call-7",
+        reason="caller_hangup",
+        ring_deadline=ring_deadline,
+        now=1_700_000_000.25,
+    )
 
     assert (await notifier.send(offer)).outcome == Outcome.ACCEPTED
     assert (await notifier.send(cancel)).outcome == Outcome.ACCEPTED
@@ -75,41 +86,65 @@ async def test_cancellation_replaces_a_stored_invite(notifier: APNsNotifier,
     assert record.header("apns-topic") == VOIP_TOPIC
     assert record.header("apns-collapse-id") == "call-7"
     assert record.header("apns-expiration") == str(math.ceil(ring_deadline))  # never before the ring ends
-    assert record.payload == {"type": "call.cancelled", "call_id": "call-7",
-                              "reason": "caller_hangup", "sent_at": 1_700_000_000_250}
+    assert record.payload == {
+        "type": "call.cancelled",
+        "call_id": "call-7",
+        "reason": "caller_hangup",
+        "sent_at": 1_700_000_000_250,
+    }
     delivery = device.go_online()
     assert delivery is not None and delivery.push.apns_id == cancel.apns_id
     assert [d.cause for d in device.dropped] == ["displaced"]
 
 
-async def test_hang_up_push_has_the_cancellation_shape_and_lives_30_s(notifier: APNsNotifier,
-                                                                      sim: APNsSimulator) -> None:
+async def test_hang_up_push_has_the_cancellation_shape_and_lives_30_s(
+    notifier: APNsNotifier, sim: APNsSimulator
+) -> None:
     device = sim.add_device(VOIP_TOPIC)
     now = time.time()
     # What a call's hang-up is, in no platform's terms; the notifier makes it an APNs request.
     address = notifier.address({"voip_token": device.token, "apns_environment": "sandbox"}, PushKind.ENDED)
     assert address is not None
-    request = notifier.request(Push(PushKind.ENDED, "call-9", address, deadline=now + HANG_UP_LIFETIME,
-                                    reason="remote_ended"), now=now)
+    request = notifier.request(
+        Push(PushKind.ENDED, "call-9", address, deadline=now + HANG_UP_LIFETIME, reason="remote_ended"), now=now
+    )
 
     assert (await notifier.send(request)).outcome == Outcome.ACCEPTED
     [record] = requests_for(sim, request.apns_id)
     assert record.header("apns-push-type") == "voip" and record.header("apns-topic") == VOIP_TOPIC
     assert record.header("apns-collapse-id") == "call-9" and record.header("apns-priority") == "10"
     assert record.header("apns-expiration") == str(math.ceil(now + 30))
-    assert record.payload == {"type": "call.ended", "call_id": "call-9", "reason": "remote_ended",
-                              "sent_at": int(now * 1000)}
+    assert record.payload == {
+        "type": "call.ended",
+        "call_id": "call-9",
+        "reason": "remote_ended",
+        "sent_at": int(now * 1000),
+    }
 
 
 async def test_missed_call_alert(notifier: APNsNotifier, sim: APNsSimulator) -> None:
     device = sim.add_device(BUNDLE_ID)
     now = time.time()
-    address = notifier.address({"voip_token": "not-this-one", "alert_token": device.token,
-                                "apns_environment": "sandbox", "bundle_id": BUNDLE_ID}, PushKind.MISSED_ALERT)
+    address = notifier.address(
+        {
+            "voip_token": "not-this-one",
+            "alert_token": device.token,
+            "apns_environment": "sandbox",
+            "bundle_id": BUNDLE_ID,
+        },
+        PushKind.MISSED_ALERT,
+    )
     assert address is not None
-    request = notifier.request(Push(PushKind.MISSED_ALERT, "call-9", address,
-                                    deadline=now + MISSED_ALERT_RETRY_WINDOW, caller=Caller("u-bob", "Bob")),
-                               now=now)
+    request = notifier.request(
+        Push(
+            PushKind.MISSED_ALERT,
+            "call-9",
+            address,
+            deadline=now + MISSED_ALERT_RETRY_WINDOW,
+            caller=Caller("u-bob", "Bob"),
+        ),
+        now=now,
+    )
 
     result = await notifier.send(request)
 
@@ -121,23 +156,35 @@ async def test_missed_call_alert(notifier: APNsNotifier, sim: APNsSimulator) -> 
     assert record.header("apns-expiration") == str(int(now) + 24 * 3600)
     assert record.payload == {
         "aps": {"alert": "Missed call from Bob", "sound": "default"},
-        "type": "call.missed", "call_id": "call-9",
-        "caller": {"id": "u-bob", "display_name": "Bob"}, "sent_at": int(now * 1000),
+        "type": "call.missed",
+        "call_id": "call-9",
+        "caller": {"id": "u-bob", "display_name": "Bob"},
+        "sent_at": int(now * 1000),
     }
 
 
-async def test_oversized_invite_is_refused_without_sending(notifier: APNsNotifier,
-                                                           sim: APNsSimulator) -> None:
+async def test_oversized_invite_is_refused_without_sending(notifier: APNsNotifier, sim: APNsSimulator) -> None:
     device = sim.add_device(VOIP_TOPIC)
     fits = invite(device, call_id="c-fits")
     padding = 5120 - len(fits.payload)
-    at_limit = voip_invite(bundle_id=BUNDLE_ID, device_token=device.token,
-                           environment="sandbox", call_id="c-fits",
-                           caller=Caller("u-alice", "Alice" + "x" * padding),
-                           ring_deadline=time.time() + 2, status_url=_status_url(fits))
-    over = voip_invite(bundle_id=BUNDLE_ID, device_token=device.token, environment="sandbox",
-                       call_id="c-fits", caller=Caller("u-alice", "Alice" + "x" * (padding + 1)),
-                       ring_deadline=time.time() + 2, status_url=_status_url(fits))
+    at_limit = voip_invite(
+        bundle_id=BUNDLE_ID,
+        device_token=device.token,
+        environment="sandbox",
+        call_id="c-fits",
+        caller=Caller("u-alice", "Alice" + "x" * padding),
+        ring_deadline=time.time() + 2,
+        status_url=_status_url(fits),
+    )
+    over = voip_invite(
+        bundle_id=BUNDLE_ID,
+        device_token=device.token,
+        environment="sandbox",
+        call_id="c-fits",
+        caller=Caller("u-alice", "Alice" + "x" * (padding + 1)),
+        ring_deadline=time.time() + 2,
+        status_url=_status_url(fits),
+    )
     assert len(at_limit.payload) == 5120 and len(over.payload) == 5121
 
     refused = await notifier.send(over)
@@ -152,24 +199,26 @@ async def test_oversized_invite_is_refused_without_sending(notifier: APNsNotifie
 
 async def test_alert_limit_is_4096(notifier: APNsNotifier, sim: APNsSimulator) -> None:
     device = sim.add_device(BUNDLE_ID)
-    request = missed_call_alert(bundle_id=BUNDLE_ID, device_token=device.token,
-                                environment="sandbox", call_id="c",
-                                caller=Caller("u", "B" * 2100), deadline=time.time() + 60)
+    request = missed_call_alert(
+        bundle_id=BUNDLE_ID,
+        device_token=device.token,
+        environment="sandbox",
+        call_id="c",
+        caller=Caller("u", "B" * 2100),
+        deadline=time.time() + 60,
+    )
 
     result = await notifier.send(request)
 
     assert len(request.payload) > 4096 and len(request.payload) < 5120
-    assert (result.outcome, result.reason, result.attempts) == (Outcome.REJECTED,
-                                                                "PayloadTooLarge", 0)
+    assert (result.outcome, result.reason, result.attempts) == (Outcome.REJECTED, "PayloadTooLarge", 0)
     assert sim.requests == []
 
 
-async def test_collapse_id_over_64_bytes_is_refused_without_sending(
-        notifier: APNsNotifier, sim: APNsSimulator) -> None:
+async def test_collapse_id_over_64_bytes_is_refused_without_sending(notifier: APNsNotifier, sim: APNsSimulator) -> None:
     result = await notifier.send(invite(sim.add_device(VOIP_TOPIC), call_id="c" * 65))
 
-    assert (result.outcome, result.reason, result.attempts) == (Outcome.REJECTED,
-                                                                "BadCollapseId", 0)
+    assert (result.outcome, result.reason, result.attempts) == (Outcome.REJECTED, "BadCollapseId", 0)
     assert sim.requests == []
 
 
@@ -183,8 +232,12 @@ async def test_a_push_becomes_the_request_the_builders_make(notifier: APNsNotifi
     # The notifier builds every request from a platform-neutral Push: byte for byte what the
     # builders above make (the apns-id aside: only an invite's is chosen ahead, in its address).
     now, deadline = 1_700_000_000.25, 1_700_000_030.5
-    record = {"voip_token": "ab" * 32, "alert_token": "cd" * 32, "apns_environment": "sandbox",
-              "bundle_id": "com.example.other"}
+    record = {
+        "voip_token": "ab" * 32,
+        "alert_token": "cd" * 32,
+        "apns_environment": "sandbox",
+        "bundle_id": "com.example.other",
+    }
     invite_at = notifier.address(record, PushKind.INVITE)
     cancel_at = notifier.address(record, PushKind.CANCEL)
     ended_at = notifier.address(record, PushKind.ENDED)
@@ -193,18 +246,56 @@ async def test_a_push_becomes_the_request_the_builders_make(notifier: APNsNotifi
     bob = Caller("u-bob", "Bob")
     url = "https://voip.example.com/v1/calls/c/status?cap=x"
     pairs = [
-        (Push(PushKind.INVITE, "c", invite_at, deadline, caller=bob, status_url=url),
-         voip_invite(bundle_id=BUNDLE_ID, device_token="ab" * 32, environment="sandbox", call_id="c",
-                     caller=bob, ring_deadline=deadline, status_url=url, now=now, apns_id=invite_at["apns_id"])),
-        (Push(PushKind.CANCEL, "c", invite_at, deadline, reason="unanswered"),
-         call_cancellation(bundle_id=BUNDLE_ID, device_token="ab" * 32, environment="sandbox", call_id="c",
-                           reason="unanswered", ring_deadline=deadline, now=now)),
-        (Push(PushKind.ENDED, "c", ended_at, deadline, reason="remote_ended"),
-         call_ended(bundle_id="com.example.other", device_token="ab" * 32, environment="sandbox",
-                    call_id="c", reason="remote_ended", deadline=deadline, now=now)),
-        (Push(PushKind.MISSED_ALERT, "c", alert_at, deadline, caller=bob),
-         missed_call_alert(bundle_id="com.example.other", device_token="cd" * 32, environment="sandbox",
-                           call_id="c", caller=bob, deadline=deadline, now=now)),
+        (
+            Push(PushKind.INVITE, "c", invite_at, deadline, caller=bob, status_url=url),
+            voip_invite(
+                bundle_id=BUNDLE_ID,
+                device_token="ab" * 32,
+                environment="sandbox",
+                call_id="c",
+                caller=bob,
+                ring_deadline=deadline,
+                status_url=url,
+                now=now,
+                apns_id=invite_at["apns_id"],
+            ),
+        ),
+        (
+            Push(PushKind.CANCEL, "c", invite_at, deadline, reason="unanswered"),
+            call_cancellation(
+                bundle_id=BUNDLE_ID,
+                device_token="ab" * 32,
+                environment="sandbox",
+                call_id="c",
+                reason="unanswered",
+                ring_deadline=deadline,
+                now=now,
+            ),
+        ),
+        (
+            Push(PushKind.ENDED, "c", ended_at, deadline, reason="remote_ended"),
+            call_ended(
+                bundle_id="com.example.other",
+                device_token="ab" * 32,
+                environment="sandbox",
+                call_id="c",
+                reason="remote_ended",
+                deadline=deadline,
+                now=now,
+            ),
+        ),
+        (
+            Push(PushKind.MISSED_ALERT, "c", alert_at, deadline, caller=bob),
+            missed_call_alert(
+                bundle_id="com.example.other",
+                device_token="cd" * 32,
+                environment="sandbox",
+                call_id="c",
+                caller=bob,
+                deadline=deadline,
+                now=now,
+            ),
+        ),
     ]
     for push, expected in pairs:
         built = notifier.request(push, now=now)
@@ -218,7 +309,11 @@ async def test_a_device_without_the_token_a_push_needs_has_no_address(notifier: 
     voip_only = {"voip_token": "ab" * 32, "alert_token": None, "apns_environment": "production"}
     alert_only = {"voip_token": None, "alert_token": "cd" * 32, "apns_environment": "sandbox"}
     assert notifier.address(voip_only, PushKind.MISSED_ALERT) is None
-    assert all(notifier.address(alert_only, kind) is None
-               for kind in (PushKind.INVITE, PushKind.CANCEL, PushKind.ENDED))
+    assert all(
+        notifier.address(alert_only, kind) is None for kind in (PushKind.INVITE, PushKind.CANCEL, PushKind.ENDED)
+    )
     assert notifier.address(alert_only, PushKind.MISSED_ALERT) == {
-        "token": "cd" * 32, "environment": "sandbox", "bundle_id": None}
+        "token": "cd" * 32,
+        "environment": "sandbox",
+        "bundle_id": None,
+    }

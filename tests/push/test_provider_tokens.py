@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
 from apnsim import APNsSimulator, ManualClock, SigningKey
 from tests.push.conftest import KEY_ID, TEAM_ID, VOIP_TOPIC, MakeNotifier, invite
-from voip.push import APNsNotifier, Outcome
+from voip.push import Outcome
 
 MINUTE = 60
 
@@ -32,8 +31,9 @@ def token_of(record: object) -> str:
     return record.header("authorization")  # type: ignore[attr-defined, no-any-return]
 
 
-async def test_one_token_serves_every_connection(make_notifier: MakeNotifier,
-                                                 sim: APNsSimulator, clock: ManualClock) -> None:
+async def test_one_token_serves_every_connection(
+    make_notifier: MakeNotifier, sim: APNsSimulator, clock: ManualClock
+) -> None:
     from apnsim import Fault
 
     notifier = make_notifier(clock=clock)
@@ -49,7 +49,8 @@ async def test_one_token_serves_every_connection(make_notifier: MakeNotifier,
 
 
 async def test_token_kept_for_20_minutes_and_replaced_before_60(
-        make_notifier: MakeNotifier, sim: APNsSimulator, clock: ManualClock) -> None:
+    make_notifier: MakeNotifier, sim: APNsSimulator, clock: ManualClock
+) -> None:
     notifier = make_notifier(clock=clock)
     device = sim.add_device(VOIP_TOPIC)
     seen = []
@@ -68,7 +69,8 @@ async def test_token_kept_for_20_minutes_and_replaced_before_60(
 
 
 async def test_expired_provider_token_gets_a_new_token_and_a_retry(
-        make_notifier: MakeNotifier, sim: APNsSimulator, clock: ManualClock) -> None:
+    make_notifier: MakeNotifier, sim: APNsSimulator, clock: ManualClock
+) -> None:
     ours = ManualClock(start=clock())
     notifier = make_notifier(clock=ours)
     device = sim.add_device(VOIP_TOPIC)
@@ -90,7 +92,8 @@ async def test_expired_provider_token_gets_a_new_token_and_a_retry(
 
 
 async def test_clock_far_behind_fails_without_a_signing_storm(
-        make_notifier: MakeNotifier, sim: APNsSimulator, clock: ManualClock) -> None:
+    make_notifier: MakeNotifier, sim: APNsSimulator, clock: ManualClock
+) -> None:
     ours = ManualClock(start=clock())
     notifier = make_notifier(clock=ours)
     device = sim.add_device(VOIP_TOPIC)
@@ -99,18 +102,20 @@ async def test_clock_far_behind_fails_without_a_signing_storm(
     first = await notifier.send(invite(device))
     second = await notifier.send(invite(device))
 
-    assert (first.outcome, first.reason, first.attempts) == (Outcome.FAILED,
-                                                             "ExpiredProviderToken", 2)
+    assert (first.outcome, first.reason, first.attempts) == (Outcome.FAILED, "ExpiredProviderToken", 2)
     assert first.likely_cause and "clock is behind" in first.likely_cause
     assert (second.outcome, second.attempts) == (Outcome.FAILED, 1)
     assert notifier.tokens is not None and notifier.tokens.issued == 2
     assert device.inbox == []
 
 
-async def test_keys_and_tokens_never_reach_the_logs(make_notifier: MakeNotifier,
-                                                    sim: APNsSimulator, key: SigningKey,
-                                                    caplog: pytest.LogCaptureFixture,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+async def test_keys_and_tokens_never_reach_the_logs(
+    make_notifier: MakeNotifier,
+    sim: APNsSimulator,
+    key: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from apnsim import Fault
 
     caplog.set_level(logging.DEBUG)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 import pytest
@@ -19,8 +18,7 @@ async def _quiet_after(sim: APNsSimulator, apns_id: str, seconds: float = 0.3) -
     assert len(requests_for(sim, apns_id)) == count, "a request went out after the result"
 
 
-async def test_retries_stop_at_the_deadline(make_notifier: MakeNotifier,
-                                            sim: APNsSimulator) -> None:
+async def test_retries_stop_at_the_deadline(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier(max_attempts=100)
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.service_unavailable(), token=device.token, times=None)
@@ -46,7 +44,8 @@ async def test_retries_stop_at_the_deadline(make_notifier: MakeNotifier,
 
 
 async def test_an_attempt_cut_off_by_the_deadline_keeps_the_last_answer(
-        make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
+    make_notifier: MakeNotifier, sim: APNsSimulator
+) -> None:
     """The deadline coming while an attempt is in flight says nothing about APNs: the push
     is reported with the last answer APNs gave (it was 'NoResponse' whenever a retry was
     still out when the deadline came, as on a loaded machine)."""
@@ -64,8 +63,7 @@ async def test_an_attempt_cut_off_by_the_deadline_keeps_the_last_answer(
     assert request.deadline <= time.time() < request.deadline + 0.25
 
 
-async def test_unanswered_push_expires_at_its_deadline(make_notifier: MakeNotifier,
-                                                       sim: APNsSimulator) -> None:
+async def test_unanswered_push_expires_at_its_deadline(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier(response_timeout=5.0)
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.silent(), token=device.token, times=None)
@@ -78,8 +76,7 @@ async def test_unanswered_push_expires_at_its_deadline(make_notifier: MakeNotifi
     await _quiet_after(sim, request.apns_id)
 
 
-async def test_backoff_is_jittered_and_keeps_the_apns_id(make_notifier: MakeNotifier,
-                                                         sim: APNsSimulator) -> None:
+async def test_backoff_is_jittered_and_keeps_the_apns_id(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier(backoff_base=0.02, backoff_max=0.08, max_attempts=6)
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.internal_server_error(), token=device.token, times=5)
@@ -135,15 +132,13 @@ async def test_goaway(notifier: APNsNotifier, sim: APNsSimulator, answer_first: 
     assert result.outcome == after.outcome == Outcome.ACCEPTED
     # Unanswered and above GOAWAY's last-stream-id: not processed, so it goes again.
     assert result.attempts == (1 if answer_first else 2)
-    assert [r.status for r in requests_for(sim, request.apns_id)] == (
-        [200] if answer_first else [None, 200])
+    assert [r.status for r in requests_for(sim, request.apns_id)] == ([200] if answer_first else [None, 200])
     [next_record] = requests_for(sim, following.apns_id)
     assert next_record.connection_id != sim.requests[0].connection_id
     assert [d.push.apns_id for d in device.inbox] == [request.apns_id, following.apns_id]
 
 
-async def test_silent_stream_is_abandoned_with_its_connection(make_notifier: MakeNotifier,
-                                                              sim: APNsSimulator) -> None:
+async def test_silent_stream_is_abandoned_with_its_connection(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     notifier = make_notifier(response_timeout=0.2)
     device = sim.add_device(VOIP_TOPIC)
     sim.inject(Fault.silent(), token=device.token)
@@ -158,12 +153,20 @@ async def test_silent_stream_is_abandoned_with_its_connection(make_notifier: Mak
     assert len(device.inbox) == 1
 
 
-@pytest.mark.parametrize("fault", [Fault.connection_reset(), Fault.goaway(answer_first=False),
-                                   Fault.goaway(answer_first=True), Fault.silent(),
-                                   Fault.slow(0.5)],
-                         ids=["reset", "goaway-unanswered", "goaway-answered", "silent", "slow"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.connection_reset(),
+        Fault.goaway(answer_first=False),
+        Fault.goaway(answer_first=True),
+        Fault.silent(),
+        Fault.slow(0.5),
+    ],
+    ids=["reset", "goaway-unanswered", "goaway-answered", "silent", "slow"],
+)
 async def test_one_delivery_when_the_connection_dies_mid_flight(
-        make_notifier: MakeNotifier, sim: APNsSimulator, fault: Fault) -> None:
+    make_notifier: MakeNotifier, sim: APNsSimulator, fault: Fault
+) -> None:
     notifier = make_notifier(response_timeout=0.2)
     device = sim.add_device(VOIP_TOPIC)
     await notifier.send(invite(sim.add_device(VOIP_TOPIC)))  # a warm, authenticated connection
@@ -179,7 +182,8 @@ async def test_one_delivery_when_the_connection_dies_mid_flight(
 
 
 async def test_concurrent_pushes_on_a_connection_that_goes_silent(
-        make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
+    make_notifier: MakeNotifier, sim: APNsSimulator
+) -> None:
     notifier = make_notifier(response_timeout=0.3)
     devices = [sim.add_device(VOIP_TOPIC) for _ in range(30)]
     await notifier.send(invite(sim.add_device(VOIP_TOPIC)))
@@ -195,7 +199,8 @@ async def test_concurrent_pushes_on_a_connection_that_goes_silent(
 
 
 async def test_concurrent_pushes_on_a_connection_that_goes_away(
-        make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
+    make_notifier: MakeNotifier, sim: APNsSimulator
+) -> None:
     """Streams above GOAWAY's last-stream-id are not processed (the simulator used to
     deliver those it had read, and the client's retry then delivered them twice)."""
     notifier = make_notifier(response_timeout=1.0)
@@ -212,8 +217,7 @@ async def test_concurrent_pushes_on_a_connection_that_goes_away(
         assert [d.push.apns_id for d in device.inbox] == [request.apns_id]
 
 
-async def test_concurrent_pushes_on_a_connection_that_is_reset(
-        make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
+async def test_concurrent_pushes_on_a_connection_that_is_reset(make_notifier: MakeNotifier, sim: APNsSimulator) -> None:
     """A reset leaves every stream in flight unanswered, and APNs may have acted on any
     of them (apnsim delivers those it had read). HTTP/2 cannot tell which: the
     notifier sends each again once, so none is lost; a second delivery happens only

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.chaos import Plan, Report, run
-
 import pytest
+
+from bench.chaos import Plan, Report, run
 
 pytestmark = pytest.mark.interop
 

@@ -121,20 +121,30 @@ async def _device(node: NodeProcess, user: str, device: str) -> Any:
 
 
 async def test_sigterm_drains_the_node_then_it_exits_0(
-    tmp_path: Path, redis_url: str, prefix: str, stores: Stores, processes: list[NodeProcess],
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    stores: Stores,
+    processes: list[NodeProcess],
     apns: tuple[APNsSimulator, dict[str, str]],
 ) -> None:
     sim, apns_settings = apns
-    node = NodeProcess(tmp_path, {
-        "REDIS_URL": redis_url, "VOIP_REDIS_PREFIX": prefix, "VOIP_DRAIN_SECONDS": str(DRAIN_SECONDS),
-        **_apns_env(apns_settings),
-    })
+    node = NodeProcess(
+        tmp_path,
+        {
+            "REDIS_URL": redis_url,
+            "VOIP_REDIS_PREFIX": prefix,
+            "VOIP_DRAIN_SECONDS": str(DRAIN_SECONDS),
+            **_apns_env(apns_settings),
+        },
+    )
     processes.append(node)
     await node.ready()
     phone = sim.add_device(VOIP_TOPIC, online=False)
     async with httpx.AsyncClient(base_url=node.base, timeout=5) as http:
         registered = await http.put(
-            "/v1/devices/b-phone", json={"voip_token": phone.token, "apns_environment": "production"},
+            "/v1/devices/b-phone",
+            json={"voip_token": phone.token, "apns_environment": "production"},
             headers={"Authorization": f"Bearer {AUTH.mint('bob', 'device')}"},
         )
         assert registered.status_code == 201, registered.text
@@ -184,7 +194,11 @@ async def test_sigterm_drains_the_node_then_it_exits_0(
 
 
 async def test_a_call_ringing_on_a_drained_node_times_out_on_time_on_another_node(
-    tmp_path: Path, redis_url: str, prefix: str, stores: Stores, processes: list[NodeProcess],
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    stores: Stores,
+    processes: list[NodeProcess],
     node_factory: Any,
 ) -> None:
     draining = NodeProcess(tmp_path, {"REDIS_URL": redis_url, "VOIP_REDIS_PREFIX": prefix, "VOIP_RING_TIMEOUT": "3"})

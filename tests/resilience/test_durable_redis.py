@@ -24,6 +24,7 @@ from voip.redis_durability import Durability, durability_warnings, inspect_durab
 
 pytestmark = pytest.mark.interop
 
+
 @pytest.fixture
 async def nodes_on() -> AsyncIterator[Callable[..., Any]]:
     running: list[RunningNode] = []
@@ -57,7 +58,9 @@ async def until_async(predicate: Callable[[], Awaitable[bool]], what: str, timeo
 
 
 async def delivered(node: RunningNode, call_id: str, device: str) -> bool:
-    return any(e["event"] == "delivered" and e["device"] == device for e in await node.node.stores.calls.timeline(call_id))
+    return any(
+        e["event"] == "delivered" and e["device"] == device for e in await node.node.stores.calls.timeline(call_id)
+    )
 
 
 async def test_a_redis_that_comes_back_empty_is_noticed_logged_counted_and_shown(
@@ -81,8 +84,7 @@ async def test_a_redis_that_comes_back_empty_is_noticed_logged_counted_and_shown
     with capture_logs() as logs:
         server.kill()
         server.start()  # empty: nothing was saved
-        await until(lambda: node.node.epoch.losses == other.node.epoch.losses == 1,
-                    "both nodes notice the empty Redis")
+        await until(lambda: node.node.epoch.losses == other.node.epoch.losses == 1, "both nodes notice the empty Redis")
         await asyncio.sleep(1)  # further checks find the new epoch: one loss each, counted once
     # Each node says so once; one of them wrote the new epoch, the other adopted it.
     lost = {e["node"]: e for e in logs if e["event"] == "redis.data_lost"}
@@ -118,14 +120,14 @@ async def test_a_redis_that_comes_back_empty_is_noticed_logged_counted_and_shown
 
 
 async def test_with_aof_a_killed_redis_keeps_the_ringing_call(
-    redis_process: Callable[..., RedisProcess], nodes_on: Callable[..., Any], prefix: str,
+    redis_process: Callable[..., RedisProcess],
+    nodes_on: Callable[..., Any],
+    prefix: str,
     apns: tuple[APNsSimulator, dict[str, str]],
 ) -> None:
     sim, apns_settings = apns
     server = redis_process(*AOF)
-    node: RunningNode = await nodes_on(
-        server.url, prefix, redis_epoch_interval=0.3, ring_timeout=120, **apns_settings
-    )
+    node: RunningNode = await nodes_on(server.url, prefix, redis_epoch_interval=0.3, ring_timeout=120, **apns_settings)
     detail = (await node.http().get("/readyz")).json()["details"]["redis"]
     assert detail["appendonly"] == "yes" and detail["appendfsync"] == "everysec"
     assert not any("persistence" in w or "appendonly" in w for w in detail["warnings"])
@@ -176,9 +178,7 @@ async def test_what_redis_refuses_to_say_is_unknown_and_never_fatal(
     assert detail["replicas"] == "0"
 
 
-async def test_eviction_and_a_missing_replica_are_warned_about(
-    redis_process: Callable[..., RedisProcess]
-) -> None:
+async def test_eviction_and_a_missing_replica_are_warned_about(redis_process: Callable[..., RedisProcess]) -> None:
     server = redis_process(*AOF, "--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru")
     client = aioredis.Redis.from_url(server.url)
     found = await inspect_durability(client)

@@ -3,7 +3,6 @@ it, whichever node answers, ends or times it out."""
 
 from __future__ import annotations
 
-
 import redis.asyncio as aioredis
 
 from tests.conftest import RunningNode
@@ -53,9 +52,7 @@ async def test_answered_and_ended_through_another_node_keeps_the_creators_values
     assert _near(await _ttl(redis, node_a, call_id), 600)
 
 
-async def test_another_node_times_the_call_out_at_the_creators_deadline(
-    node_factory, redis: aioredis.Redis
-) -> None:
+async def test_another_node_times_the_call_out_at_the_creators_deadline(node_factory, redis: aioredis.Redis) -> None:
     node_a: RunningNode = await node_factory(**A)
     node_b: RunningNode = await node_factory(**B)
     # Only node B fires ring timeouts.

@@ -64,10 +64,12 @@ async def put_devices(base_url: str, users: list[str]) -> list[httpx.Response]:
     """One PUT /v1/devices per user, all at once."""
     limits = httpx.Limits(max_connections=len(users), max_keepalive_connections=len(users))
     async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as http:
-        return await asyncio.gather(*(
-            http.put("/v1/devices/d1", json={"voip_token": uuid.uuid4().hex * 2}, headers=bearer(user))
-            for user in users
-        ))
+        return await asyncio.gather(
+            *(
+                http.put("/v1/devices/d1", json={"voip_token": uuid.uuid4().hex * 2}, headers=bearer(user))
+                for user in users
+            )
+        )
 
 
 def assert_unavailable(response: httpx.Response) -> None:
@@ -93,7 +95,7 @@ async def numsub(client: aioredis.Redis, channels: list[str]) -> dict[str, int]:
     """PUBSUB SHARDNUMSUB: how many subscribers Redis counts on each channel."""
     counts: dict[str, int] = {}
     for start in range(0, len(channels), 200):
-        reply = await client.pubsub_shardnumsub(*channels[start:start + 200])
+        reply = await client.pubsub_shardnumsub(*channels[start : start + 200])
         counts.update({name.decode() if isinstance(name, bytes) else name: count for name, count in reply})
     return counts
 
@@ -163,9 +165,7 @@ async def test_concurrent_websocket_connects_on_a_small_pool_leak_no_subscriptio
     assert [u for u in refused if subscribed[channels[u]]] == []
     assert [u for u in accepted if subscribed[channels[u]] != 1] == []
     assert node.node.bus.subscribed_users() == len(accepted)
-    await eventually(
-        lambda: _no_presence(redis, node, refused), 15, "presence of refused sockets not cleared"
-    )
+    await eventually(lambda: _no_presence(redis, node, refused), 15, "presence of refused sockets not cleared")
     assert node.node.presence.held() == len(accepted)
 
     await asyncio.gather(*(socket.close() for socket, _ in outcomes))
@@ -199,7 +199,7 @@ async def test_sockets_aborted_at_once_clear_their_presence_and_subscriptions(
     users = [f"abort-{i}" for i in range(2000)]
     sockets = []
     for start in range(0, len(users), 100):
-        batch = await asyncio.gather(*(connect(node.ws_url, u) for u in users[start:start + 100]))
+        batch = await asyncio.gather(*(connect(node.ws_url, u) for u in users[start : start + 100]))
         assert {code for _, code in batch} == {"hello"}
         sockets += [socket for socket, _ in batch]
     assert await presence_left(redis, node, users) == len(users)
@@ -237,9 +237,7 @@ async def test_after_a_redis_restart_every_put_succeeds_once_readyz_is_green(
         assert unknown.status_code == 404, unknown.text
 
 
-async def test_a_stopped_redis_costs_a_bounded_503_not_a_hung_request(
-    own_redis: RedisProcess, own_node: Any
-) -> None:
+async def test_a_stopped_redis_costs_a_bounded_503_not_a_hung_request(own_redis: RedisProcess, own_node: Any) -> None:
     command_timeout = 1.0
     node = await own_node(redis_pool_timeout=0.5, redis_command_timeout=command_timeout)
     await register(node, "bob", "b1")
@@ -267,14 +265,19 @@ async def test_a_stopped_redis_costs_a_bounded_503_not_a_hung_request(
 
 def spawn_node(tmp_path: Path, redis_url: str, prefix: str, name: str) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "VOIP_REDIS_PREFIX": prefix,
-           "VOIP_JWT_SECRET": SECRET, "PORT": str(port), "VOIP_NODE_ID": name}
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "VOIP_REDIS_PREFIX": prefix,
+        "VOIP_JWT_SECRET": SECRET,
+        "PORT": str(port),
+        "VOIP_NODE_ID": name,
+    }
     for variable in ("APNS_KEY_FILE", "APNS_ENDPOINT", "VOIP_CONFIG", "SIP_ENABLED"):
         env.pop(variable, None)
     log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env,
-                                   stdout=log, stderr=log)
+        process = subprocess.Popen([sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -308,7 +311,12 @@ async def test_redis_down_503_with_retry_after_ws_1013_and_one_log_line_per_inte
             # A socket already open stays open; a request on it is answered `unavailable`.
             await open_socket.send(orjson.dumps({"type": "call.start", "callee": "bob", "id": "r1"}).decode())
             reply = orjson.loads(await asyncio.wait_for(open_socket.recv(), 20))
-            assert (reply["type"], reply["code"], reply["id"], reply["retry_after"]) == ("error", "unavailable", "r1", 2)
+            assert (reply["type"], reply["code"], reply["id"], reply["retry_after"]) == (
+                "error",
+                "unavailable",
+                "r1",
+                2,
+            )
             for _ in range(3):
                 assert_unavailable(await http.get(f"/v1/calls/{uuid.uuid4()}/status", headers=bearer("bob")))
                 assert_unavailable(await http.put("/v1/devices/b1", json={}, headers=bearer("bob")))
@@ -352,7 +360,10 @@ async def test_redis_down_503_with_retry_after_ws_1013_and_one_log_line_per_inte
 
 
 async def test_a_node_killed_9_leaves_its_devices_offline_within_15_s_and_they_get_cancellations(
-    node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]], redis_url: str, prefix: str,
+    node_factory: Any,
+    apns: tuple[APNsSimulator, dict[str, str]],
+    redis_url: str,
+    prefix: str,
     tmp_path: Path,
 ) -> None:
     sim, apns_settings = apns

@@ -80,7 +80,7 @@ class Outage:
             began = time.monotonic()
             try:
                 ok = await self._probe()
-            except Exception as exc:  # noqa: BLE001 - any failure counts as unavailable
+            except Exception as exc:
                 ok, reason = False, type(exc).__name__
             else:
                 reason = "" if ok else "bad answer"
@@ -134,7 +134,9 @@ async def test_calls_ringing_through_a_failover_answer_cancel_and_time_out(
 
     async def registration_works() -> bool:  # the redis-py pool
         response = await devices_client.put(
-            "/v1/devices/probe-1", headers=bob_bearer, timeout=2,
+            "/v1/devices/probe-1",
+            headers=bob_bearer,
+            timeout=2,
             json={"voip_token": uuid.uuid4().hex * 2, "apns_environment": "sandbox"},
         )
         return response.status_code in (200, 201)
@@ -148,7 +150,8 @@ async def test_calls_ringing_through_a_failover_answer_cancel_and_time_out(
         return all(subscribers[channel.encode()] >= 1 for channel in channels)
 
     outages = [
-        Outage("status endpoint", status_answers), Outage("device registration", registration_works),
+        Outage("status endpoint", status_answers),
+        Outage("device registration", registration_works),
         Outage("bus subscriptions", bus_subscribed),
     ]
     for outage in outages:
@@ -166,8 +169,10 @@ async def test_calls_ringing_through_a_failover_answer_cancel_and_time_out(
     for outage in outages:
         assert outage.first_failure is not None and outage.back_at is not None
         unavailable = outage.back_at - killed_at
-        print(f"{outage.name}: unavailable {unavailable:.2f}s (Sentinels promoted after {promoted_after:.2f}s; "
-              f"down-after {down_after:.1f}s; {len(outage.failures)} failed probes)")
+        print(
+            f"{outage.name}: unavailable {unavailable:.2f}s (Sentinels promoted after {promoted_after:.2f}s; "
+            f"down-after {down_after:.1f}s; {len(outage.failures)} failed probes)"
+        )
         # Our part of the outage: the time to follow the Sentinels to the new master.
         assert unavailable - promoted_after < 2.0, f"{outage.name} followed the new master too slowly"
 
@@ -222,8 +227,10 @@ async def test_call_creation_waits_for_a_replica_when_asked(sentinel_set: Sentin
     [
         ({"redis_sentinels": "127.0.0.1:26379"}, "REDIS_SENTINELS, REDIS_SENTINEL_MASTER: both or neither"),
         ({"redis_sentinel_master": "voip"}, "REDIS_SENTINELS, REDIS_SENTINEL_MASTER: both or neither"),
-        ({"redis_sentinels": "127.0.0.1:26379,sentinel-b", "redis_sentinel_master": "voip"},
-         "REDIS_SENTINELS: not host:port: 'sentinel-b'"),
+        (
+            {"redis_sentinels": "127.0.0.1:26379,sentinel-b", "redis_sentinel_master": "voip"},
+            "REDIS_SENTINELS: not host:port: 'sentinel-b'",
+        ),
         ({"redis_sentinels": "h:0", "redis_sentinel_master": "voip"}, "REDIS_SENTINELS: not host:port: 'h:0'"),
     ],
 )

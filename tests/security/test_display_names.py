@@ -13,8 +13,13 @@ import pytest
 
 from apnsim import APNsSimulator
 from tests.conftest import RunningNode, register
-from tests.sipcalls.conftest import SipNodeFactory, finished, sip_port, start_sipp
-from tests.sipcalls.conftest import sip_node  # noqa: F401  (the fixture, for this module)
+from tests.sipcalls.conftest import (
+    SipNodeFactory,
+    finished,
+    sip_node,  # noqa: F401  (the fixture, for this module)
+    sip_port,
+    start_sipp,
+)
 from tests.test_call_pushes import VOIP_TOPIC, invites_for
 from voip.display_names import MAX_DISPLAY_NAME, MAX_RAW_DISPLAY_NAME, display_name
 
@@ -23,6 +28,7 @@ SIP_CALLER = "sip:+15551234@pbx.example"
 
 
 # The function --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
@@ -147,8 +153,19 @@ async def test_sip_display_name_reaches_call_incoming_and_the_push_cleaned(
     # sipp substitutes [field0] byte for byte: the name goes out in UTF-8 as written.
     names.write_bytes(b"SEQUENTIAL\n" + NASTY_SIP.encode() + b";\n")
     sipp = start_sipp(
-        [f"127.0.0.1:{sip_port(node)}", "-sf", str(SCENARIOS / "display_name_cancels.xml"),
-         "-inf", str(names), "-s", "alice", "-m", "1", "-p", "0"],
+        [
+            f"127.0.0.1:{sip_port(node)}",
+            "-sf",
+            str(SCENARIOS / "display_name_cancels.xml"),
+            "-inf",
+            str(names),
+            "-s",
+            "alice",
+            "-m",
+            "1",
+            "-p",
+            "0",
+        ],
         tmp_path / "sipp",
     )
 

@@ -158,7 +158,7 @@ def test_a_body_with_missing_bytes_gets_408_within_the_timeout(limited_node: int
         started = time.monotonic()
         sock.sendall(
             b"PUT /v1/devices/a-phone HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + token.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"voip_token\": "
+            b"Authorization: Bearer " + token.encode() + b'\r\nContent-Length: 100\r\n\r\n{"voip_token": '
         )
         status, body, _ = status_and_body(read_until_closed(sock))
         elapsed = time.monotonic() - started

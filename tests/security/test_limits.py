@@ -13,10 +13,10 @@ import orjson
 import pytest
 
 from apnsim import APNsSimulator
+from sip.endpoint import ClientTransaction
 from tests.conftest import BUNDLE, DeviceClient, RunningNode, register
 from tests.sipcalls.conftest import SipNodeFactory, sip_node, sip_port  # noqa: F401 (a fixture)
 from tests.sipcalls.uac import build, sip_client
-from sip.endpoint import ClientTransaction
 
 VOIP_TOPIC = f"{BUNDLE}.voip"
 Apns = tuple[APNsSimulator, dict[str, str]]
@@ -74,8 +74,9 @@ async def test_calls_ringing_one_callee_are_capped_across_nodes_and_so_are_the_p
     first, second, sim = bob_phone_nodes
     alice = await first.device("alice", "a-phone")
     carol = await second.device("carol", "c-phone")
-    replies = [r for batch in await asyncio.gather(start_calls(alice, "bob", 6), start_calls(carol, "bob", 6))
-               for r in batch]
+    replies = [
+        r for batch in await asyncio.gather(start_calls(alice, "bob", 6), start_calls(carol, "bob", 6)) for r in batch
+    ]
 
     started = [r for r in replies if r["type"] == "call.started"]
     refused = [r for r in replies if r["type"] == "error"]
@@ -117,8 +118,9 @@ async def sip_flood(node: RunningNode, callee: str, count: int) -> tuple[list[Cl
     async with sip_client() as client:
         port = sip_port(node)
         transactions = [
-            client.send_request(build("INVITE", f"sip:{callee}@voip.test", contact=str(client.contact())),
-                                ("127.0.0.1", port), "UDP")
+            client.send_request(
+                build("INVITE", f"sip:{callee}@voip.test", contact=str(client.contact())), ("127.0.0.1", port), "UDP"
+            )
             for _ in range(count)
         ]
         waits = {asyncio.ensure_future(tx): tx for tx in transactions}  # type: ignore[arg-type]

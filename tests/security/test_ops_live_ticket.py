@@ -54,7 +54,8 @@ async def test_a_ticket_opens_the_feed_once_on_any_node(node_factory: Any, redis
     assert await redis.exists(key) == 0
     for node in (node_a, node_b):
         assert await refusal(live(node, f"?ticket={ticket}")) == (
-            401, {"error": "unauthorized", "message": "invalid or expired ticket"}
+            401,
+            {"error": "unauthorized", "message": "invalid or expired ticket"},
         )
 
 
@@ -82,7 +83,6 @@ async def test_tickets_only_for_operators_and_only_real_ones(node: RunningNode) 
     for bad in ("", "x", "A" * 43, "%C3%A9" * 10, "A" * 5000):
         status, body = await refusal(live(node, f"?ticket={bad}"))
         assert status == 401 and body["error"] == "unauthorized", bad
-
 
 
 async def test_an_expired_ticket_opens_nothing(node_factory: Any) -> None:

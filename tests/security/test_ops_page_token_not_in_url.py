@@ -10,16 +10,14 @@ from playwright.async_api import BrowserContext, expect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import RunningNode
-from tests.ops.test_page import browser  # noqa: F401  (the fixture)
+from tests.ops.test_page import browser
 
 pytestmark = pytest.mark.interop
 
 __all__ = ["browser"]
 
 
-async def test_the_page_opens_its_feed_with_a_ticket_not_its_token(
-    node: RunningNode, browser: BrowserContext  # noqa: F811
-) -> None:
+async def test_the_page_opens_its_feed_with_a_ticket_not_its_token(node: RunningNode, browser: BrowserContext) -> None:
     token = node.auth.mint("ops-alice", "operator")
     page = await browser.new_page()
     sockets: list[str] = []

@@ -16,8 +16,7 @@ import secrets
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,10 @@ class LoggedNode:
 
 @pytest.fixture(params=["info", "debug"])
 async def logged_node(
-    request: pytest.FixtureRequest, redis_url: str, prefix: str, tmp_path: Path,
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    prefix: str,
+    tmp_path: Path,
     apns: tuple[APNsSimulator, dict[str, str]],
 ) -> AsyncIterator[LoggedNode]:
     sim, apns_settings = apns
@@ -86,9 +88,7 @@ async def logged_node(
     env.pop("VOIP_CONFIG", None)
     log_file = tmp_path / "node.log"
     with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env, stdout=log, stderr=log
-        )
+        process = subprocess.Popen([sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(timeout=2) as http:
@@ -135,8 +135,11 @@ async def drive_http_and_sockets(node: LoggedNode) -> None:
 
     async with httpx.AsyncClient(base_url=node.base, timeout=5) as http:
         # Devices
-        put = await http.put("/v1/devices/b-phone", headers={"Authorization": f"Bearer {bob}"},
-                             json={"voip_token": phone.token, "apns_environment": "sandbox"})
+        put = await http.put(
+            "/v1/devices/b-phone",
+            headers={"Authorization": f"Bearer {bob}"},
+            json={"voip_token": phone.token, "apns_environment": "sandbox"},
+        )
         assert put.status_code == 201, put.text
         assert (await http.get("/v1/devices", headers={"Authorization": f"Bearer {bob}"})).status_code == 200
         assert (await http.get("/v1/devices", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
@@ -176,17 +179,16 @@ async def drive_http_and_sockets(node: LoggedNode) -> None:
         # Call status by capability and by bearer; a capability minted here, wrong device
         by_capability = await http.get(status_url)
         assert by_capability.status_code == 200, by_capability.text
-        by_bearer = await http.get(f"/v1/calls/{call_id}/status", params={"device_id": "b-phone"},
-                                   headers={"Authorization": f"Bearer {bob}"})
+        by_bearer = await http.get(
+            f"/v1/calls/{call_id}/status", params={"device_id": "b-phone"}, headers={"Authorization": f"Bearer {bob}"}
+        )
         assert by_bearer.status_code == 200, by_bearer.text
-        other = node.minted("capability (minted here)",
-                            auth.capability(call_id, "b-tablet", int(time.time()) + 3600))
+        other = node.minted("capability (minted here)", auth.capability(call_id, "b-tablet", int(time.time()) + 3600))
         wrong = await http.get(f"/v1/calls/{call_id}/status", params={"device_id": "x", "cap": other})
         assert wrong.status_code == 401
 
         # Operators' API, metrics, the rest
-        for path in ("/v1/ops/calls", f"/v1/ops/calls/{call_id}", "/v1/ops/devices/bob",
-                     "/v1/ops/summary", "/metrics"):
+        for path in ("/v1/ops/calls", f"/v1/ops/calls/{call_id}", "/v1/ops/devices/bob", "/v1/ops/summary", "/metrics"):
             assert (await http.get(path, headers=as_ops)).status_code == 200, path
         assert (await http.get("/metrics", headers={"Authorization": f"Bearer {bob}"})).status_code == 403
         assert (await http.get("/v1/ops/calls", params={"access_token": operator_query})).status_code == 401
@@ -209,9 +211,16 @@ async def drive_http_and_sockets(node: LoggedNode) -> None:
 
 async def drive_sip(node: LoggedNode) -> None:
     async with sip_client() as client:
+
         def register() -> Any:
-            return build("REGISTER", f"sip:{DOMAIN}", user="carol", to=f"sip:carol@{DOMAIN}",
-                         contact="<sip:carol@127.0.0.1:5996>", headers=[("Expires", "300")])
+            return build(
+                "REGISTER",
+                f"sip:{DOMAIN}",
+                user="carol",
+                to=f"sip:carol@{DOMAIN}",
+                contact="<sip:carol@127.0.0.1:5996>",
+                headers=[("Expires", "300")],
+            )
 
         request = register()
         challenge = await send(client, node.sip_port, request)
@@ -226,8 +235,10 @@ async def drive_sip(node: LoggedNode) -> None:
             header = str(sent.headers.get("Authorization"))
             credentials = parse_credentials(header)
             node.minted(f"SIP digest response ({attempt} password)", credentials.response)
-            node.minted(f"SIP HA1 ({credentials.algorithm})",
-                        compute_ha1("carol", credentials.realm, node.password, credentials.algorithm))
+            node.minted(
+                f"SIP HA1 ({credentials.algorithm})",
+                compute_ha1("carol", credentials.realm, node.password, credentials.algorithm),
+            )
     node.minted("SIP password", node.password)
 
 
@@ -279,13 +290,22 @@ def test_uvicorn_access_log_lines_are_redacted() -> None:
             sys.stderr = real
         token = Authenticator(SECRET).mint("ops", "operator")
         access.info(
-            '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET",
-            f"/v1/calls/c/status?device_id=d&cap=1790000000.{'A' * 24}", "1.1", 200,
+            '%s - "%s %s HTTP/%s" %d',
+            "127.0.0.1:5000",
+            "GET",
+            f"/v1/calls/c/status?device_id=d&cap=1790000000.{'A' * 24}",
+            "1.1",
+            200,
         )
-        logging.getLogger("uvicorn.error").info('%s - "WebSocket %s" 403', "127.0.0.1:5000",
-                                                f"/v1/ops/live?access_token={token}")
-        structlog.get_logger("voip").info("event", headers={"Authorization": f"Bearer {token}"},
-                                          url=f"http://h/x?access_token={token}", password="hunter2")
+        logging.getLogger("uvicorn.error").info(
+            '%s - "WebSocket %s" 403', "127.0.0.1:5000", f"/v1/ops/live?access_token={token}"
+        )
+        structlog.get_logger("voip").info(
+            "event",
+            headers={"Authorization": f"Bearer {token}"},
+            url=f"http://h/x?access_token={token}",
+            password="hunter2",
+        )
         try:
             raise RuntimeError(f"failed with Authorization: Bearer {token}")
         except RuntimeError:
@@ -311,36 +331,54 @@ JWT = Authenticator(SECRET).mint("carol", "device")
 DIGEST = "0123456789abcdef0123456789abcdef"
 
 
-@pytest.mark.parametrize("line, secret", [
-    (f"< GET /v1/ws?device_id=d&access_token={JWT} HTTP/1.1", JWT),
-    (f"< authorization: Bearer {JWT}", JWT),
-    (f"[(b'authorization', b'bearer {JWT}'), (b':path', b'/3/device/ab')]", JWT),
-    (f"{{'Authorization': 'Bearer {JWT}'}}", JWT),
-    (f"token {JWT} alone", JWT),
-    ("Authorization: Basic Y2Fyb2w6aHVudGVyMg==", "Y2Fyb2w6aHVudGVyMg=="),
-    (f'Authorization: Digest username="carol", realm="voip.test", nonce="n1", uri="sip:voip.test", '
-     f'response="{DIGEST}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c1"', DIGEST),
-    (f'REGISTER sip:voip.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060\r\nProxy-Authorization: Digest '
-     f'username="carol", response={DIGEST}, nonce="n1"\r\nContent-Length: 0\r\n\r\n', DIGEST),
-    (f"Credentials(username='carol', realm='voip.test', nonce='n1', response='{DIGEST}')", DIGEST),
-    (f"GET /v1/calls/c/status?device_id=d&cap=1790000000.{'x' * 24}", "x" * 24),
-    (f"status_url http://h/v1/calls/c/status with cap 1790000000.{'Q' * 24}", "Q" * 24),
-    ("SIP_ACCOUNTS={'carol': 'x'} password='hunter2'", "hunter2"),
-    ('{"sip_trunk_password": "hunter2"}', "hunter2"),
-    ("ha1=5f4dcc3b5aa765d61d8327deb882cf99", "5f4dcc3b5aa765d61d8327deb882cf99"),
-    ("Error connecting to redis://:s3cr3t-pw@redis.internal:6379/0", "s3cr3t-pw"),
-    ("key -----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----",
-     "MIGTAgEAMBMGByqGSM49AgEGCCqGSM49"),
-])
+@pytest.mark.parametrize(
+    "line, secret",
+    [
+        (f"< GET /v1/ws?device_id=d&access_token={JWT} HTTP/1.1", JWT),
+        (f"< authorization: Bearer {JWT}", JWT),
+        (f"[(b'authorization', b'bearer {JWT}'), (b':path', b'/3/device/ab')]", JWT),
+        (f"{{'Authorization': 'Bearer {JWT}'}}", JWT),
+        (f"token {JWT} alone", JWT),
+        ("Authorization: Basic Y2Fyb2w6aHVudGVyMg==", "Y2Fyb2w6aHVudGVyMg=="),
+        (
+            f'Authorization: Digest username="carol", realm="voip.test", nonce="n1", uri="sip:voip.test", '
+            f'response="{DIGEST}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c1"',
+            DIGEST,
+        ),
+        (
+            f"REGISTER sip:voip.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060\r\nProxy-Authorization: Digest "
+            f'username="carol", response={DIGEST}, nonce="n1"\r\nContent-Length: 0\r\n\r\n',
+            DIGEST,
+        ),
+        (f"Credentials(username='carol', realm='voip.test', nonce='n1', response='{DIGEST}')", DIGEST),
+        (f"GET /v1/calls/c/status?device_id=d&cap=1790000000.{'x' * 24}", "x" * 24),
+        (f"status_url http://h/v1/calls/c/status with cap 1790000000.{'Q' * 24}", "Q" * 24),
+        ("SIP_ACCOUNTS={'carol': 'x'} password='hunter2'", "hunter2"),
+        ('{"sip_trunk_password": "hunter2"}', "hunter2"),
+        ("ha1=5f4dcc3b5aa765d61d8327deb882cf99", "5f4dcc3b5aa765d61d8327deb882cf99"),
+        ("Error connecting to redis://:s3cr3t-pw@redis.internal:6379/0", "s3cr3t-pw"),
+        (
+            "key -----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----",
+            "MIGTAgEAMBMGByqGSM49AgEGCCqGSM49",
+        ),
+    ],
+)
 def test_redaction_catches_each_shape(line: str, secret: str) -> None:
     assert secret not in logs.redact_text(line)
     assert logs.REDACTED in logs.redact_text(line)
 
 
 def test_redaction_leaves_ordinary_lines_alone() -> None:
-    for line in ("call.created", "df51d64a-e63d-482d-a537-b1e64a6459fa", "2026-12-02T00:43:53.313197Z",
-                 'Connection <voip.push.apns.APNsSandboxConnection object at 0x7f6f> lost! Error: None',
-                 "SIP/2.0 401 Unauthorized", 'WWW-Authenticate: Digest realm="voip.test", nonce="abc"',
-                 "ring for 45 s", "GET /v1/ops/calls HTTP/1.1", "https://api.push.apple.com:443/3/device",
-                 "redis://127.0.0.1:6379/0"):
+    for line in (
+        "call.created",
+        "df51d64a-e63d-482d-a537-b1e64a6459fa",
+        "2026-12-02T00:43:53.313197Z",
+        "Connection <voip.push.apns.APNsSandboxConnection object at 0x7f6f> lost! Error: None",
+        "SIP/2.0 401 Unauthorized",
+        'WWW-Authenticate: Digest realm="voip.test", nonce="abc"',
+        "ring for 45 s",
+        "GET /v1/ops/calls HTTP/1.1",
+        "https://api.push.apple.com:443/3/device",
+        "redis://127.0.0.1:6379/0",
+    ):
         assert logs.redact_text(line) == line

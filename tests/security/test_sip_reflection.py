@@ -21,8 +21,12 @@ from sip.message import Request, build_response, parse_datagram
 from sip.transaction import Event, RequestReceived, SendMessage, TimerConfig, TransactionLayer
 from tests.conftest import RunningNode
 from tests.ports import free_port
-from tests.sipcalls.conftest import DOMAIN, SipNodeFactory, sip_port
-from tests.sipcalls.conftest import sip_node  # noqa: F401  (the fixture)
+from tests.sipcalls.conftest import (
+    DOMAIN,
+    SipNodeFactory,
+    sip_node,  # noqa: F401  (the fixture)
+    sip_port,
+)
 
 SENDER = "127.0.0.5"
 VICTIM = "127.0.0.2"
@@ -77,7 +81,7 @@ async def drain(sock: socket.socket, seconds: float, until: int | None = None) -
     while (left := deadline - loop.time()) > 0 and (until is None or len(got) < until):
         try:
             got.append(await asyncio.wait_for(loop.sock_recv(sock, 65536), left))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     return got
 
@@ -86,13 +90,19 @@ def server_transactions(node: RunningNode) -> int:
     return len(node.node.sip.endpoint.core.layer.servers)  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("method", "ruri", "status"), [
-    ("INVITE", f"sip:alice@{DOMAIN}", 407),       # a user of ours: the challenge
-    ("INVITE", "sip:alice@elsewhere.example", 404),  # not our domain
-    ("REGISTER", f"sip:{DOMAIN}", 401),
-])
+@pytest.mark.parametrize(
+    ("method", "ruri", "status"),
+    [
+        ("INVITE", f"sip:alice@{DOMAIN}", 407),  # a user of ours: the challenge
+        ("INVITE", "sip:alice@elsewhere.example", 404),  # not our domain
+        ("REGISTER", f"sip:{DOMAIN}", 401),
+    ],
+)
 async def test_a_strangers_datagram_is_answered_once_at_its_source_within_twice_its_size(
-    sip_node: SipNodeFactory, method: str, ruri: str, status: int,
+    sip_node: SipNodeFactory,
+    method: str,
+    ruri: str,
+    status: int,
 ) -> None:
     node = await sip_node(**STRANGER_SETTINGS)
     await node.device("alice", "alice-app")  # reachable: nothing to learn from a 404
@@ -150,8 +160,7 @@ async def test_the_rate_limit_counts_the_real_source_not_the_via(sip_node: SipNo
     stats = node.node.sip.endpoint.stats  # type: ignore[union-attr]
     with udp_socket(SENDER) as sender, udp_socket("127.0.0.6") as other:
         for i in range(4 * burst):
-            sender.sendto(datagram("OPTIONS", f"sip:{DOMAIN}", f"127.0.1.{i + 1}", 5060),
-                          ("127.0.0.1", port))
+            sender.sendto(datagram("OPTIONS", f"sip:{DOMAIN}", f"127.0.1.{i + 1}", 5060), ("127.0.0.1", port))
         answered = await drain(sender, 10, until=burst)
         # Every datagram was counted on arrival, before parsing: the rest were dropped.
         for _ in range(200):
@@ -166,6 +175,7 @@ async def test_the_rate_limit_counts_the_real_source_not_the_via(sip_node: SipNo
 
 
 # The sans-I/O layer itself, on a fake clock: what "quiet" means, message by message.
+
 
 def _invite_from_stranger(layer: TransactionLayer, size: int | None = 500) -> tuple[Request, list[Event]]:
     raw = datagram("INVITE", f"sip:alice@{DOMAIN}", "192.0.2.99", 5070)

@@ -18,9 +18,14 @@ from sip.digest import Challenge, answer_challenge, authorize, parse_challenge, 
 from sip.endpoint import SipEndpoint
 from sip.message import Request, Response
 from tests.conftest import RunningNode
-from tests.sipcalls.conftest import APP_SDP, DOMAIN, SipNodeFactory, sip_port
-from tests.sipcalls.conftest import sip_node  # noqa: F401  (the fixture)
-from tests.sipcalls.uac import Recorder, build, send
+from tests.sipcalls.conftest import (
+    APP_SDP,
+    DOMAIN,
+    SipNodeFactory,
+    sip_node,  # noqa: F401  (the fixture)
+    sip_port,
+)
+from tests.sipcalls.uac import Recorder, build
 
 CAROL_CONTACT = "<sip:carol@127.0.0.1:5997>"
 ATTACKER_CONTACT = "<sip:carol@127.0.0.1:6666>"
@@ -42,8 +47,14 @@ async def send_to(client: SipEndpoint, port: int, request: Request) -> Response:
 
 
 def register_request(contact: str, expires: int = 300) -> Request:
-    return build("REGISTER", f"sip:{DOMAIN}", user="carol", to=f"sip:carol@{DOMAIN}",
-                 contact=contact, headers=[("Expires", str(expires))])
+    return build(
+        "REGISTER",
+        f"sip:{DOMAIN}",
+        user="carol",
+        to=f"sip:carol@{DOMAIN}",
+        contact=contact,
+        headers=[("Expires", str(expires))],
+    )
 
 
 def replayed(request: Request, header: str, value: str) -> Request:
@@ -85,8 +96,11 @@ async def test_replayed_register_gets_a_fresh_challenge_and_changes_nothing(
 
     async with client_at("127.0.0.2") as attacker:
         for expires in (300, 0):  # take the registration over; then remove it
-            answer = await send_to(attacker, sip_port(node), replayed(
-                register_request(ATTACKER_CONTACT, expires), "Authorization", captured))
+            answer = await send_to(
+                attacker,
+                sip_port(node),
+                replayed(register_request(ATTACKER_CONTACT, expires), "Authorization", captured),
+            )
             assert answer.status == 401, answer
             fresh = challenge_of(answer)
             # The nonce itself is still young: stale says "your count was used, retry".
@@ -101,8 +115,9 @@ async def test_a_replay_through_another_node_is_refused_too(sip_node: SipNodeFac
     node_b = await sip_node()
     captured = await carol_registers(node_a)
     async with client_at("127.0.0.2") as attacker:
-        answer = await send_to(attacker, sip_port(node_b), replayed(
-            register_request(ATTACKER_CONTACT), "Authorization", captured))
+        answer = await send_to(
+            attacker, sip_port(node_b), replayed(register_request(ATTACKER_CONTACT), "Authorization", captured)
+        )
     assert answer.status == 401 and challenge_of(answer).stale
     assert await carol_contacts(node_b) == ["sip:carol@127.0.0.1:5997"]
 
@@ -117,10 +132,8 @@ async def test_counting_up_on_one_nonce_is_still_accepted(sip_node: SipNodeFacto
         statuses = []
         for nc in (1, 2, 3, 2):
             request = register_request(CAROL_CONTACT)
-            creds = answer_challenge(challenge, "REGISTER", str(request.uri), "carol",
-                                     "looking-glass", nc=nc)
-            statuses.append((await send_to(phone, port, replayed(
-                request, "Authorization", str(creds)))).status)
+            creds = answer_challenge(challenge, "REGISTER", str(request.uri), "carol", "looking-glass", nc=nc)
+            statuses.append((await send_to(phone, port, replayed(request, "Authorization", str(creds)))).status)
     assert statuses == [200, 200, 200, 401]
 
 
@@ -144,8 +157,14 @@ async def test_replayed_invite_credentials_get_407(sip_node: SipNodeFactory) -> 
     port = sip_port(node)
     bob = await node.device("bob", "bob-phone")
     async with client_at("127.0.0.3") as carol, client_at("127.0.0.4") as attacker:
-        invite = build("INVITE", f"sip:bob@{DOMAIN}", user="carol", contact="<sip:carol@127.0.0.3>",
-                       headers=[("Content-Type", "application/sdp")], body=APP_SDP.encode())
+        invite = build(
+            "INVITE",
+            f"sip:bob@{DOMAIN}",
+            user="carol",
+            contact="<sip:carol@127.0.0.3>",
+            headers=[("Content-Type", "application/sdp")],
+            body=APP_SDP.encode(),
+        )
         challenge = await send_to(carol, port, invite)
         assert challenge.status == 407
         authorized = authorize(invite, challenge, "carol", "looking-glass")
@@ -154,11 +173,14 @@ async def test_replayed_invite_credentials_get_407(sip_node: SipNodeFactory) -> 
         incoming = await bob.expect("call.incoming", timeout=10)
         assert incoming["caller"] == f"sip:carol@{DOMAIN}"
 
-        replay = build("INVITE", f"sip:bob@{DOMAIN}", user="carol",
-                       contact="<sip:carol@127.0.0.4>",
-                       headers=[("Content-Type", "application/sdp"),
-                                ("Proxy-Authorization", captured)],
-                       body=APP_SDP.encode())
+        replay = build(
+            "INVITE",
+            f"sip:bob@{DOMAIN}",
+            user="carol",
+            contact="<sip:carol@127.0.0.4>",
+            headers=[("Content-Type", "application/sdp"), ("Proxy-Authorization", captured)],
+            body=APP_SDP.encode(),
+        )
         answer = await send_to(attacker, port, replay)
         assert answer.status == 407 and challenge_of(answer).stale
         await bob.silent(1.0)  # no second call

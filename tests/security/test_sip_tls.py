@@ -21,11 +21,15 @@ from apnsim.tls import TLSMaterial, generate_tls_material
 from tests import interop
 from tests.conftest import DeviceClient, RunningNode
 from tests.ports import free_port
+from tests.sipcalls.conftest import (
+    APP_SDP,
+    DOMAIN,
+    SipNodeFactory,
+    sip_node,  # noqa: F401  (the fixture, for this module)
+)
 from voip.settings import SettingsError, load_settings
 from voip.sipcalls.config import SipConfig
 from voip.sipcalls.registrar import Binding
-from tests.sipcalls.conftest import APP_SDP, DOMAIN, SipNodeFactory
-from tests.sipcalls.conftest import sip_node  # noqa: F401  (the fixture, for this module)
 
 pytestmark = pytest.mark.interop
 
@@ -91,10 +95,12 @@ def phone_tls(tmp_path: Path) -> TLSMaterial:
 
 
 @pytest.fixture
-async def tls_node(sip_node: SipNodeFactory, node_tls: TLSMaterial, phone_tls: TLSMaterial) -> RunningNode:  # noqa: F811
+async def tls_node(sip_node: SipNodeFactory, node_tls: TLSMaterial, phone_tls: TLSMaterial) -> RunningNode:
     return await sip_node(
-        sip_tls_port=0, sip_tls_cert_file=str(node_tls.cert_file),
-        sip_tls_key_file=str(node_tls.key_file), sip_tls_ca_file=str(phone_tls.ca_file),
+        sip_tls_port=0,
+        sip_tls_cert_file=str(node_tls.cert_file),
+        sip_tls_key_file=str(node_tls.key_file),
+        sip_tls_ca_file=str(phone_tls.ca_file),
     )
 
 
@@ -105,21 +111,30 @@ def tls_port(node: RunningNode) -> int:
 
 @contextlib.asynccontextmanager
 async def baresip(
-    directory: Path, node: RunningNode, node_tls: TLSMaterial, phone_tls: TLSMaterial, *commands: str,
+    directory: Path,
+    node: RunningNode,
+    node_tls: TLSMaterial,
+    phone_tls: TLSMaterial,
+    *commands: str,
     password: str = "wonderland",
 ) -> AsyncIterator[Phone]:
     directory.mkdir(parents=True, exist_ok=True)
     certificate = directory / "cert.pem"  # baresip wants its certificate and key in one file
     certificate.write_bytes(phone_tls.cert_file.read_bytes() + phone_tls.key_file.read_bytes())
     port = free_port_pair()
-    (directory / "config").write_text(
-        PHONE_CONFIG.format(port=port, certificate=certificate, ca_file=node_tls.ca_file)
-    )
+    (directory / "config").write_text(PHONE_CONFIG.format(port=port, certificate=certificate, ca_file=node_tls.ca_file))
     (directory / "accounts").write_text(PHONE_ACCOUNT.format(tls_port=tls_port(node), password=password))
     args = [a for command in commands for a in ("-e", command)]
     process = await asyncio.create_subprocess_exec(
-        baresip_binary(), "-f", str(directory), "-t", "60", *args,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        baresip_binary(),
+        "-f",
+        str(directory),
+        "-t",
+        "60",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output = bytearray()
 
@@ -181,17 +196,23 @@ async def hang_up(node: RunningNode, device: DeviceClient, call_id: str, phone: 
     assert (await device.request({"type": "call.hangup", "call_id": call_id}))["state"] == "ended"
 
     async def bye_answered() -> bool:
-        return any(e.get("sent") == "BYE" and e.get("status") == 200 for e in await node.node.stores.calls.timeline(call_id))
+        return any(
+            e.get("sent") == "BYE" and e.get("status") == 200 for e in await node.node.stores.calls.timeline(call_id)
+        )
 
     await wait_for(bye_answered, "no 200 for our BYE over TLS", phone)
 
 
 # Settings --------------------------------------------------------------------------------
 
+
 def tls_settings(material: TLSMaterial, **overrides: object) -> dict[str, object]:
     return {
-        "sip_enabled": True, "sip_tls_port": 5061, "sip_tls_cert_file": str(material.cert_file),
-        "sip_tls_key_file": str(material.key_file), **overrides,
+        "sip_enabled": True,
+        "sip_tls_port": 5061,
+        "sip_tls_cert_file": str(material.cert_file),
+        "sip_tls_key_file": str(material.key_file),
+        **overrides,
     }
 
 
@@ -247,7 +268,12 @@ def test_run_with_half_the_tls_settings_exits_2_with_one_line(node_tls: TLSMater
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("SIP_", "VOIP_", "APNS_"))}
     env.update({"SIP_ENABLED": "1", "SIP_TLS_PORT": "5061", "SIP_TLS_CERT_FILE": str(node_tls.cert_file)})
     result = subprocess.run(
-        [sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "voip", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
@@ -256,10 +282,12 @@ def test_run_with_half_the_tls_settings_exits_2_with_one_line(node_tls: TLSMater
 
 # A real TLS peer ---------------------------------------------------------------------------
 
+
 async def test_register_over_tls_with_digest(
     tls_node: RunningNode, node_tls: TLSMaterial, phone_tls: TLSMaterial, tmp_path: Path
 ) -> None:
     async with baresip(tmp_path / "wrong", tls_node, node_tls, phone_tls, password="not-wonderland") as impostor:
+
         async def refused() -> bool:
             return "reg: sip:alice@voip.test: 401 Unauthorized" in impostor.log()
 
@@ -280,10 +308,12 @@ async def test_register_over_tls_with_digest(
 
 
 @pytest.fixture
-async def untrusting_node(sip_node: SipNodeFactory, node_tls: TLSMaterial) -> RunningNode:  # noqa: F811
+async def untrusting_node(sip_node: SipNodeFactory, node_tls: TLSMaterial) -> RunningNode:
     """TLS on, and no SIP_TLS_CA_FILE: the phone's private CA is not among the system's."""
     return await sip_node(
-        sip_tls_port=0, sip_tls_cert_file=str(node_tls.cert_file), sip_tls_key_file=str(node_tls.key_file),
+        sip_tls_port=0,
+        sip_tls_cert_file=str(node_tls.cert_file),
+        sip_tls_key_file=str(node_tls.key_file),
     )
 
 
@@ -364,7 +394,7 @@ async def test_a_tls_peer_calls_an_app_user(
 SIPS_INVITE = (
     "INVITE sips:bob@voip.test SIP/2.0\r\n"
     "Via: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-sips-1;rport\r\n"
-    "From: \"Carol\" <sips:carol@pbx.example>;tag=c1\r\n"
+    'From: "Carol" <sips:carol@pbx.example>;tag=c1\r\n'
     "To: <sips:bob@voip.test>\r\n"
     "Call-ID: sips-call-1@pbx.example\r\n"
     "CSeq: 1 INVITE\r\n"

@@ -62,9 +62,12 @@ class DemoTU(TransactionUser):
         if dialog is not None:
             await self._in_dialog(event, dialog)
         elif method == "OPTIONS":
-            self.endpoint.reply(event, 200, to_tag=generate_tag(),
-                                headers=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"),
-                                         ("Accept", "application/sdp")])
+            self.endpoint.reply(
+                event,
+                200,
+                to_tag=generate_tag(),
+                headers=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"), ("Accept", "application/sdp")],
+            )
         elif method == "REGISTER":
             self._register(event)
         elif method == "INVITE":
@@ -82,8 +85,9 @@ class DemoTU(TransactionUser):
         contacts = request.contacts
         if contacts and result.username:
             self.registered[result.username] = str(contacts[0].uri)
-        self.endpoint.reply(event, 200, to_tag=generate_tag(),
-                            headers=[("Contact", c) for c in contacts] + [("Expires", "300")])
+        self.endpoint.reply(
+            event, 200, to_tag=generate_tag(), headers=[("Contact", c) for c in contacts] + [("Expires", "300")]
+        )
 
     async def _invite(self, event: RequestReceived) -> None:
         request = event.request
@@ -129,8 +133,13 @@ class DemoTU(TransactionUser):
             self.byes += 1
             self.endpoint.reply(event, 200)
         elif method == "INVITE":
-            ok = self.endpoint.reply(event, 200, headers=[("Contact", self.endpoint.contact(event.transport))],
-                                     body=SDP, content_type="application/sdp")
+            ok = self.endpoint.reply(
+                event,
+                200,
+                headers=[("Contact", self.endpoint.contact(event.transport))],
+                body=SDP,
+                content_type="application/sdp",
+            )
             dialog.response_sent(event.request, ok)
         else:
             self.endpoint.reply(event, 200)

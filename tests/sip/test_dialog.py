@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from sip.dialog import build_ack_for_2xx
-from sip.useragent import AckTimeout, Invite2xxRetransmitter
-from sip.message import CSeq, NameAddr, Request, URI, build_response, parse_datagram
+from sip.message import URI, CSeq, NameAddr, Request, build_response, parse_datagram
 from sip.transaction import SendMessage, TimerConfig, TransactionLayer
+from sip.useragent import AckTimeout, Invite2xxRetransmitter
 from tests.sip.test_transaction import UAC, UAS, make_request, wire
 
 

@@ -118,8 +118,12 @@ def test_lower_cseq_is_rejected_with_500_and_ack_cancel_are_exempt() -> None:
 def test_reinvite_refreshes_target_both_ways() -> None:
     uac, uas, _ = pair()
     uac.local_contact = NameAddr(URI("sip", user="alice", host="198.51.100.7"))
-    reinv = uac.create_request("INVITE", body=b"v=0\r\n", content_type="application/sdp",
-                               via=Via("UDP", "192.0.2.20", 5060, {"branch": "z9hG4bKr"}))
+    reinv = uac.create_request(
+        "INVITE",
+        body=b"v=0\r\n",
+        content_type="application/sdp",
+        via=Via("UDP", "192.0.2.20", 5060, {"branch": "z9hG4bKr"}),
+    )
     assert reinv.contacts[0].uri.host == "198.51.100.7"
     assert reinv.content_type == "application/sdp" and reinv.body == b"v=0\r\n"
     assert uas.receive_request(reinv) is None

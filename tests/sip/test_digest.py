@@ -37,23 +37,46 @@ def register(body: bytes = b"") -> Request:
 
 # --- vectors -----------------------------------------------------------------
 
+
 def test_rfc2617_md5_qop_auth_vector() -> None:
     ha1 = compute_ha1("Mufasa", "testrealm@host.com", "Circle Of Life")
-    assert compute_response(
-        ha1=ha1, method="GET", uri="/dir/index.html", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
-        qop="auth", nc="00000001", cnonce="0a4f113b",
-    ) == "6629fae49393a05397450978507c4ef1"
+    assert (
+        compute_response(
+            ha1=ha1,
+            method="GET",
+            uri="/dir/index.html",
+            nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
+            qop="auth",
+            nc="00000001",
+            cnonce="0a4f113b",
+        )
+        == "6629fae49393a05397450978507c4ef1"
+    )
 
 
-@pytest.mark.parametrize(("algorithm", "expected"), [
-    ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
-    ("SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
-])
+@pytest.mark.parametrize(
+    ("algorithm", "expected"),
+    [
+        ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
+        ("SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
+    ],
+)
 def test_rfc7616_vectors(algorithm: str, expected: str) -> None:
-    challenge = Challenge("http-auth@example.org", "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
-                          algorithm, ("auth",), opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS")
-    creds = answer_challenge(challenge, "GET", "/dir/index.html", "Mufasa", "Circle of Life",
-                             cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ")
+    challenge = Challenge(
+        "http-auth@example.org",
+        "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+        algorithm,
+        ("auth",),
+        opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS",
+    )
+    creds = answer_challenge(
+        challenge,
+        "GET",
+        "/dir/index.html",
+        "Mufasa",
+        "Circle of Life",
+        cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+    )
     assert creds.response == expected
     assert creds.nc == "00000001" and creds.qop == "auth" and creds.opaque == challenge.opaque
 
@@ -61,6 +84,7 @@ def test_rfc7616_vectors(algorithm: str, expected: str) -> None:
 def test_sha512_256_is_the_fips_truncated_variant() -> None:
     # FIPS 180-4 SHA-512/256("abc"); not SHA-512 cut to 256 bits.
     from sip.digest import _h
+
     assert _h("SHA-512-256", "abc") == "53048e2681941ef99b2e29b76b4c7dabe4c2d0c634fc6d46e0e2f13107e7af23"
     assert len(compute_ha1("a", "r", "p", "SHA-512-256")) == 64
 
@@ -68,19 +92,23 @@ def test_sha512_256_is_the_fips_truncated_variant() -> None:
 def test_rfc2069_form_without_qop() -> None:
     ha1 = compute_ha1("u", "r", "p")
     from hashlib import md5
+
     ha2 = md5(b"INVITE:sip:bob@example.com").hexdigest()
-    assert compute_response(ha1=ha1, method="INVITE", uri="sip:bob@example.com", nonce="n") == \
-        md5(f"{ha1}:n:{ha2}".encode()).hexdigest()
+    assert (
+        compute_response(ha1=ha1, method="INVITE", uri="sip:bob@example.com", nonce="n")
+        == md5(f"{ha1}:n:{ha2}".encode()).hexdigest()
+    )
 
 
 # --- header grammar ----------------------------------------------------------
+
 
 def test_challenge_and_credentials_round_trip() -> None:
     ch = Challenge(REALM, "abc/def+", "SHA-256", ("auth", "auth-int"), opaque="o", stale=True)
     text = str(ch)
     assert text.startswith('Digest realm="sip.example.com"') and "stale=TRUE" in text
     assert parse_challenge(text) == ch
-    creds = Credentials("al\"ice", REALM, "n", "sip:x@y", "abcd", "MD5", "auth", "00000001", "c")
+    creds = Credentials('al"ice', REALM, "n", "sip:x@y", "abcd", "MD5", "auth", "00000001", "c")
     assert parse_credentials(str(creds)) == creds
 
 
@@ -96,6 +124,7 @@ def test_parse_tolerates_spacing_and_case() -> None:
 
 
 # --- server and client together ----------------------------------------------
+
 
 def server(**kw: object) -> DigestServer:
     return DigestServer(REALM, b"cluster-secret", **kw)  # type: ignore[arg-type]
@@ -180,8 +209,7 @@ def test_nonce_count_replay_is_refused_when_tracked() -> None:
     replay = srv.authenticate(retry, lookup, 2.0)
     assert not replay.ok and replay.stale
     challenge = parse_challenge(str(srv.challenge(req, 0.0).headers.get("WWW-Authenticate")))
-    again = [answer_challenge(challenge, "REGISTER", str(req.uri), "alice", "wonderland", nc=n)
-             for n in (1, 2)]
+    again = [answer_challenge(challenge, "REGISTER", str(req.uri), "alice", "wonderland", nc=n) for n in (1, 2)]
     for creds in again:
         req.headers.set("Authorization", str(creds))
         assert srv.authenticate(req, lookup, 3.0).ok

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sip.message import (
+    URI,
     CSeq,
     Headers,
     NameAddr,
@@ -16,7 +17,6 @@ from sip.message import (
     Request,
     Response,
     StreamParser,
-    URI,
     Via,
     parse_datagram,
 )
@@ -42,12 +42,51 @@ def test_arbitrary_bytes_only_raise_parse_error(data: bytes) -> None:
 
 
 sip_ish = st.lists(
-    st.sampled_from([
-        b"INVITE ", b"SIP/2.0", b" ", b"\r\n", b"\r\n ", b":", b";", b",", b"<", b">", b'"', b"\\",
-        b"sip:", b"@", b"[", b"]", b"=", b"Via", b"v", b"To", b"From", b"Call-ID", b"CSeq",
-        b"Content-Length", b"l", b"m", b"Contact", b"tag", b"branch=z9hG4bK", b"1", b"65536",
-        b"-", b"\t", b"\x00", b"\xff", b"200", b"UDP", b"/", b"?", b"%", b"a",
-    ]),
+    st.sampled_from(
+        [
+            b"INVITE ",
+            b"SIP/2.0",
+            b" ",
+            b"\r\n",
+            b"\r\n ",
+            b":",
+            b";",
+            b",",
+            b"<",
+            b">",
+            b'"',
+            b"\\",
+            b"sip:",
+            b"@",
+            b"[",
+            b"]",
+            b"=",
+            b"Via",
+            b"v",
+            b"To",
+            b"From",
+            b"Call-ID",
+            b"CSeq",
+            b"Content-Length",
+            b"l",
+            b"m",
+            b"Contact",
+            b"tag",
+            b"branch=z9hG4bK",
+            b"1",
+            b"65536",
+            b"-",
+            b"\t",
+            b"\x00",
+            b"\xff",
+            b"200",
+            b"UDP",
+            b"/",
+            b"?",
+            b"%",
+            b"a",
+        ]
+    ),
     max_size=120,
 ).map(b"".join)
 
@@ -94,16 +133,35 @@ def test_stream_parser_never_raises_other_errors(seed: bytes, cuts: list[int]) -
                 return
 
 
-token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~", min_size=1, max_size=12)
-hostname = st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8), min_size=1, max_size=3).map(".".join)
-host = st.one_of(hostname, st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))),
-                 st.sampled_from(["[::1]", "[2001:db8::5]"]))
+token = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~", min_size=1, max_size=12
+)
+hostname = st.lists(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8), min_size=1, max_size=3
+).map(".".join)
+host = st.one_of(
+    hostname,
+    st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))),
+    st.sampled_from(["[::1]", "[2001:db8::5]"]),
+)
 port = st.one_of(st.none(), st.integers(1, 65535))
 param_value = st.one_of(st.none(), token)
 params = st.dictionaries(token.map(str.lower), param_value, max_size=3)
-user = st.one_of(st.none(), st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()&=+$,;?/%", min_size=1, max_size=12).filter(lambda s: "%" not in s))
+user = st.one_of(
+    st.none(),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.!~*'()&=+$,;?/%", min_size=1, max_size=12).filter(
+        lambda s: "%" not in s
+    ),
+)
 sip_uri = st.builds(URI, scheme=st.sampled_from(["sip", "sips"]), user=user, host=host, port=port, params=params)
-display = st.one_of(st.none(), st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x4ff, exclude_characters="\x7f"), min_size=1, max_size=15))
+display = st.one_of(
+    st.none(),
+    st.text(
+        alphabet=st.characters(min_codepoint=32, max_codepoint=0x4FF, exclude_characters="\x7f"),
+        min_size=1,
+        max_size=15,
+    ),
+)
 name_addr = st.builds(NameAddr, uri=sip_uri, display_name=display, params=params)
 via = st.builds(
     Via,
@@ -112,7 +170,10 @@ via = st.builds(
     port=port,
     params=st.builds(lambda b, extra: {"branch": "z9hG4bK" + b, **extra}, token, params),
 )
-extra_header = st.tuples(token.map(lambda t: "X-" + t), st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20))
+extra_header = st.tuples(
+    token.map(lambda t: "X-" + t),
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20),
+)
 
 
 @st.composite
@@ -146,7 +207,11 @@ def test_request_roundtrip(req: Request) -> None:
 
 
 @FUZZ
-@given(requests(), st.integers(100, 699), st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x4ff), max_size=20))
+@given(
+    requests(),
+    st.integers(100, 699),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x4FF), max_size=20),
+)
 def test_response_roundtrip(req: Request, status: int, reason: str) -> None:
     resp = Response(status, reason.strip(), req.headers.copy(), req.body)
     resp.headers.remove("Max-Forwards")

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from sip.message import (
+    URI,
     CSeq,
     Headers,
     NameAddr,
@@ -14,7 +15,6 @@ from sip.message import (
     Request,
     Response,
     StreamParser,
-    URI,
     Via,
     build_response,
     parse_datagram,
@@ -70,15 +70,21 @@ def test_parse_is_fast_enough() -> None:
     "text,expected",
     [
         ("sip:alice@atlanta.com", URI("sip", user="alice", host="atlanta.com")),
-        ("SIPS:alice:secretword@atlanta.com;transport=tcp",
-         URI("sips", user="alice", password="secretword", host="atlanta.com", params={"transport": "tcp"})),
-        ("sip:+1-212-555-1212:1234@gateway.com;user=phone",
-         URI("sip", user="+1-212-555-1212", password="1234", host="gateway.com", params={"user": "phone"})),
+        (
+            "SIPS:alice:secretword@atlanta.com;transport=tcp",
+            URI("sips", user="alice", password="secretword", host="atlanta.com", params={"transport": "tcp"}),
+        ),
+        (
+            "sip:+1-212-555-1212:1234@gateway.com;user=phone",
+            URI("sip", user="+1-212-555-1212", password="1234", host="gateway.com", params={"user": "phone"}),
+        ),
         ("sip:alice@192.0.2.4:5061", URI("sip", user="alice", host="192.0.2.4", port=5061)),
         ("sip:[2001:db8::10]:5070;lr", URI("sip", host="[2001:db8::10]", port=5070, params={"lr": None})),
         ("sip:[::1:199.9.9.1]", URI("sip", host="[::1:199.9.9.1]")),
-        ("sip:atlanta.com;method=REGISTER?to=alice%40atlanta.com",
-         URI("sip", host="atlanta.com", params={"method": "REGISTER"}, headers="to=alice%40atlanta.com")),
+        (
+            "sip:atlanta.com;method=REGISTER?to=alice%40atlanta.com",
+            URI("sip", host="atlanta.com", params={"method": "REGISTER"}, headers="to=alice%40atlanta.com"),
+        ),
         ("tel:+358-555-1234567;postd=pp22", URI("tel", user="+358-555-1234567", params={"postd": "pp22"})),
         ("mailto:someone@example.com", URI("mailto", opaque="someone@example.com")),
     ],
@@ -91,8 +97,19 @@ def test_uri_parse_and_serialise(text: str, expected: URI) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "sip:", "nocolon", "sip:alice@", "sip:alice@host:99999", "sip:alice@host:x",
-     "sip:a b@host", "sip:[2001:db8::1", "sip:host;;lr", "sip:@host", "1sip:host"],
+    [
+        "",
+        "sip:",
+        "nocolon",
+        "sip:alice@",
+        "sip:alice@host:99999",
+        "sip:alice@host:x",
+        "sip:a b@host",
+        "sip:[2001:db8::1",
+        "sip:host;;lr",
+        "sip:@host",
+        "1sip:host",
+    ],
 )
 def test_uri_rejects(text: str) -> None:
     with pytest.raises(ParseError):
@@ -119,8 +136,17 @@ def test_name_addr_forms() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ['"unterminated <sip:a@b>', "<sip:a@b", "Bell, Alex <sip:a@b>", "< sip:a@b>",
-     "<sip:a@b>;;tag=1", "<sip:a@b>;=x", "sip:a@b?x=y", '"x" sip:a@b', "<sip:a@b>;tag="],
+    [
+        '"unterminated <sip:a@b>',
+        "<sip:a@b",
+        "Bell, Alex <sip:a@b>",
+        "< sip:a@b>",
+        "<sip:a@b>;;tag=1",
+        "<sip:a@b>;=x",
+        "sip:a@b?x=y",
+        '"x" sip:a@b',
+        "<sip:a@b>;tag=",
+    ],
 )
 def test_name_addr_rejects(text: str) -> None:
     with pytest.raises(ParseError):
@@ -141,7 +167,9 @@ def test_via_parsing() -> None:
 
 def test_comma_splitting_respects_quotes_and_brackets() -> None:
     assert split_header_list('"A, B" <sip:a@x>, <sip:b@y;p=1,2>, sip:c@z') == [
-        '"A, B" <sip:a@x>', "<sip:b@y;p=1,2>", "sip:c@z"
+        '"A, B" <sip:a@x>',
+        "<sip:b@y;p=1,2>",
+        "sip:c@z",
     ]
     assert split_header_list('"a \\", b", c') == ['"a \\", b"', "c"]
 
@@ -152,8 +180,8 @@ def test_multi_value_headers_split_and_authorization_kept_whole() -> None:
         b"v: SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/TCP b.example.com;branch=z9hG4bK2\r\n"
         b"f: <sip:u@example.com>;tag=1\r\nt: <sip:u@example.com>\r\ni: cid\r\n"
         b"CSeq: 1 REGISTER\r\n"
-        b"m: \"A, B\" <sip:u@1.2.3.4>;expires=60, <sip:u@5.6.7.8>\r\n"
-        b"Authorization: Digest username=\"u\", realm=\"r\", nonce=\"n\"\r\n"
+        b'm: "A, B" <sip:u@1.2.3.4>;expires=60, <sip:u@5.6.7.8>\r\n'
+        b'Authorization: Digest username="u", realm="r", nonce="n"\r\n'
         b"k: path, gruu\r\nl: 0\r\n\r\n"
     )
     msg = parse_datagram(raw)
@@ -244,20 +272,23 @@ def test_build_messages_from_scratch_roundtrip() -> None:
     req = Request(
         "OPTIONS",
         URI("sip", user="bob", host="example.com"),
-        Headers([
-            ("Via", Via("UDP", "10.0.0.1", 5060, {"branch": "z9hG4bKq", "rport": None})),
-            ("From", NameAddr(URI("sip", user="a", host="x"), "A", {"tag": "t"})),
-            ("To", NameAddr(URI("sip", user="bob", host="example.com"))),
-            ("Call-ID", "abc"),
-            ("CSeq", CSeq(7, "OPTIONS")),
-            ("Max-Forwards", "70"),
-        ]),
+        Headers(
+            [
+                ("Via", Via("UDP", "10.0.0.1", 5060, {"branch": "z9hG4bKq", "rport": None})),
+                ("From", NameAddr(URI("sip", user="a", host="x"), "A", {"tag": "t"})),
+                ("To", NameAddr(URI("sip", user="bob", host="example.com"))),
+                ("Call-ID", "abc"),
+                ("CSeq", CSeq(7, "OPTIONS")),
+                ("Max-Forwards", "70"),
+            ]
+        ),
     )
     back = parse_datagram(bytes(req))
     assert back == req
 
 
 # --- stream framing ----------------------------------------------------------
+
 
 def _options(i: int, body: bytes = b"") -> bytes:
     return (

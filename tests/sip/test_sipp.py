@@ -39,9 +39,18 @@ def sipp_binary() -> str:
 
 async def run_sipp(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sipp_binary(), *args, "-i", "127.0.0.1", "-nostdin", "-timeout", str(int(timeout)),
-        "-timeout_error", "-trace_err",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=cwd,
+        sipp_binary(),
+        *args,
+        "-i",
+        "127.0.0.1",
+        "-nostdin",
+        "-timeout",
+        str(int(timeout)),
+        "-timeout_error",
+        "-trace_err",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
     )
     out, _ = await asyncio.wait_for(process.communicate(), timeout + 15)
     text = out.decode(errors="replace")
@@ -65,11 +74,14 @@ async def uas() -> AsyncIterator[tuple[SipEndpoint, DemoTU]]:
     await endpoint.close()
 
 
-@pytest.mark.parametrize(("transport", "extra"), [
-    ("UDP", []),
-    ("TCP", ["-t", "t1"]),
-    ("UDP-lossy", ["-lost", "10"]),
-])
+@pytest.mark.parametrize(
+    ("transport", "extra"),
+    [
+        ("UDP", []),
+        ("TCP", ["-t", "t1"]),
+        ("UDP-lossy", ["-lost", "10"]),
+    ],
+)
 async def test_sipp_uac_calls_our_uas(uas, tmp_path: Path, transport: str, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
     endpoint, tu = uas
     calls = 30
@@ -97,8 +109,18 @@ async def test_sipp_uac_calls_our_uas(uas, tmp_path: Path, transport: str, extra
 async def test_sipp_options(uas, tmp_path: Path, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
     endpoint, tu = uas
     rc, output = await run_sipp(
-        [f"127.0.0.1:{endpoint.port}", "-sf", str(SCENARIOS / "options.xml"), "-p", "0",
-         "-m", "20", "-r", "100", *extra],
+        [
+            f"127.0.0.1:{endpoint.port}",
+            "-sf",
+            str(SCENARIOS / "options.xml"),
+            "-p",
+            "0",
+            "-m",
+            "20",
+            "-r",
+            "100",
+            *extra,
+        ],
         tmp_path,
     )
     assert rc == 0, summary(output)
@@ -109,8 +131,22 @@ async def test_sipp_options(uas, tmp_path: Path, extra: list[str]) -> None:  # t
 async def test_sipp_register_with_digest(uas, tmp_path: Path, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
     endpoint, tu = uas
     rc, output = await run_sipp(
-        [f"127.0.0.1:{endpoint.port}", "-sf", str(SCENARIOS / "register_digest.xml"), "-p", "0",
-         "-au", "alice", "-ap", "wonderland", "-m", "10", "-r", "50", *extra],
+        [
+            f"127.0.0.1:{endpoint.port}",
+            "-sf",
+            str(SCENARIOS / "register_digest.xml"),
+            "-p",
+            "0",
+            "-au",
+            "alice",
+            "-ap",
+            "wonderland",
+            "-m",
+            "10",
+            "-r",
+            "50",
+            *extra,
+        ],
         tmp_path,
     )
     assert rc == 0, summary(output)
@@ -132,8 +168,9 @@ async def test_our_uac_calls_sipp_uas(tmp_path: Path, transport: str) -> None:
     try:
         if transport == "TCP":
             await wait_listening(port, sipp)
-        target = NameAddr(URI("sip", user="service", host="127.0.0.1", port=port,
-                              params={"transport": transport.lower()}))
+        target = NameAddr(
+            URI("sip", user="service", host="127.0.0.1", port=port, params={"transport": transport.lower()})
+        )
         invite = invite_request(target, endpoint.contact(transport), f"to-sipp-{transport}")
         response = await endpoint.send_request(invite)
         assert response.status == 200

@@ -13,18 +13,58 @@ from sip.message import ParseError, Request, Response, StreamParser, parse_datag
 TORTURE = Path(__file__).parent / "torture"
 
 VALID = [
-    "wsinv", "intmeth", "esc01", "escnull", "esc02", "lwsdisp", "longreq", "dblreq",
-    "semiuri", "transports", "mpart01", "unreason", "noreason",
+    "wsinv",
+    "intmeth",
+    "esc01",
+    "escnull",
+    "esc02",
+    "lwsdisp",
+    "longreq",
+    "dblreq",
+    "semiuri",
+    "transports",
+    "mpart01",
+    "unreason",
+    "noreason",
     # Application-layer cases (§3.3): syntactically fine, the TU decides.
-    "badbranch", "baddate", "bext01", "invut", "regaut01", "bcast", "zeromf",
-    "cparam01", "cparam02", "regescrt", "sdp01", "inv2543", "unksm2",
+    "badbranch",
+    "baddate",
+    "bext01",
+    "invut",
+    "regaut01",
+    "bcast",
+    "zeromf",
+    "cparam01",
+    "cparam02",
+    "regescrt",
+    "sdp01",
+    "inv2543",
+    "unksm2",
 ]
 REJECTED = {
-    "badinv01": 400, "clerr": 400, "ncl": 400, "scalar02": 400, "scalarlg": 400,
-    "quotbal": 400, "ltgtruri": 400, "lwsruri": 400, "lwsstart": 400, "trws": 400,
-    "escruri": 400, "regbadct": 400, "badaspec": 400, "baddn": 400, "badvers": 505,
-    "mismatch01": 400, "mismatch02": 400, "bigcode": 400, "insuf": 400,
-    "unkscm": 416, "novelsc": 416, "multi01": 400, "mcl01": 400,
+    "badinv01": 400,
+    "clerr": 400,
+    "ncl": 400,
+    "scalar02": 400,
+    "scalarlg": 400,
+    "quotbal": 400,
+    "ltgtruri": 400,
+    "lwsruri": 400,
+    "lwsstart": 400,
+    "trws": 400,
+    "escruri": 400,
+    "regbadct": 400,
+    "badaspec": 400,
+    "baddn": 400,
+    "badvers": 505,
+    "mismatch01": 400,
+    "mismatch02": 400,
+    "bigcode": 400,
+    "insuf": 400,
+    "unkscm": 416,
+    "novelsc": 416,
+    "multi01": 400,
+    "mcl01": 400,
 }
 
 
@@ -116,8 +156,12 @@ def test_semiuri_and_lwsdisp() -> None:
     assert isinstance(semi, Request)
     assert semi.uri.user == "user;par=u%40example.net" and semi.uri.params == {}
     assert semi.headers.get_all("Accept") == [
-        "application/sdp", "application/pkcs7-mime", "multipart/mixed",
-        "multipart/signed", "message/sip", "message/sipfrag",
+        "application/sdp",
+        "application/pkcs7-mime",
+        "multipart/mixed",
+        "multipart/signed",
+        "message/sip",
+        "message/sipfrag",
     ]
     lws = parse_datagram(load("lwsdisp"))
     assert lws.from_.display_name == "caller"

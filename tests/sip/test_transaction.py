@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from sip.message import (
+    URI,
     CSeq,
     Headers,
     NameAddr,
     Request,
     Response,
-    URI,
     Via,
     build_response,
     parse_datagram,
@@ -51,8 +51,14 @@ class Clock:
         return out
 
 
-def make_request(method: str, branch: str = "z9hG4bKabc123", transport: str = "UDP",
-                 host: str = "192.0.2.20", seq: int = 1, rport: bool = False) -> Request:
+def make_request(
+    method: str,
+    branch: str = "z9hG4bKabc123",
+    transport: str = "UDP",
+    host: str = "192.0.2.20",
+    seq: int = 1,
+    rport: bool = False,
+) -> Request:
     via_params: dict[str, str | None] = {"branch": branch}
     if rport:
         via_params["rport"] = None
@@ -80,6 +86,7 @@ def sent_times(events: list[tuple[float, Event]]) -> list[float]:
 
 
 # --- INVITE client (§17.1.1) --------------------------------------------------
+
 
 def test_invite_client_timer_a_doubles_and_timer_b_times_out() -> None:
     layer = TransactionLayer()
@@ -174,6 +181,7 @@ def test_invite_client_timer_b_on_reliable_transport() -> None:
 
 # --- non-INVITE client (§17.1.2) -----------------------------------------------
 
+
 def test_non_invite_client_timer_e_caps_at_t2_and_timer_f() -> None:
     layer = TransactionLayer()
     clock = Clock(layer)
@@ -263,7 +271,10 @@ def test_response_matching_uses_branch_and_method() -> None:
 
 # --- INVITE server (§17.2.1) ----------------------------------------------------
 
-def recv_invite(layer: TransactionLayer, now: float = 0.0, transport: str = "UDP", **kw: object) -> tuple[Request, list[Event]]:
+
+def recv_invite(
+    layer: TransactionLayer, now: float = 0.0, transport: str = "UDP", **kw: object
+) -> tuple[Request, list[Event]]:
     inv = wire(make_request("INVITE", transport=transport, **kw))  # type: ignore[arg-type]
     assert isinstance(inv, Request)
     return inv, layer.receive(inv, UAC, transport, now)
@@ -404,6 +415,7 @@ def test_invite_server_response_state_errors() -> None:
 
 # --- non-INVITE server (§17.2.2) -------------------------------------------------
 
+
 def test_non_invite_server_trying_absorbs_then_replays_and_timer_j() -> None:
     layer = TransactionLayer()
     clock = Clock(layer)
@@ -464,6 +476,7 @@ def test_response_destination_uses_received_and_rport() -> None:
 
 # --- CANCEL (§9) -------------------------------------------------------------------
 
+
 def test_cancel_before_final_response() -> None:
     layer = TransactionLayer()
     inv, events = recv_invite(layer)
@@ -516,6 +529,7 @@ def test_uac_cancel_race_with_200() -> None:
 
 # --- RFC 2543 peers ---------------------------------------------------------------
 
+
 def test_rfc2543_request_without_magic_cookie() -> None:
     layer = TransactionLayer()
     data = (Path(__file__).parent / "torture" / "inv2543.dat").read_bytes()
@@ -529,8 +543,12 @@ def test_rfc2543_request_without_magic_cookie() -> None:
     with pytest.raises(LookupError):
         layer.send_response(busy, 0.4)  # no branch: the TU names the transaction
     layer.send_response(busy, 0.4, transaction=key)
-    ack_text = data.split(b"\r\n\r\n")[0].replace(b"INVITE sip:UserB", b"ACK sip:UserB").replace(b"56 INVITE", b"56 ACK")
-    ack_text = ack_text.replace(b"To: sip:+16505552222@ss1.example.net;user=phone", b"To: sip:+16505552222@ss1.example.net;user=phone;tag=t2543")
+    ack_text = (
+        data.split(b"\r\n\r\n")[0].replace(b"INVITE sip:UserB", b"ACK sip:UserB").replace(b"56 INVITE", b"56 ACK")
+    )
+    ack_text = ack_text.replace(
+        b"To: sip:+16505552222@ss1.example.net;user=phone", b"To: sip:+16505552222@ss1.example.net;user=phone;tag=t2543"
+    )
     ack = parse_datagram(ack_text + b"\r\nContent-Length: 0\r\n\r\n")
     assert layer.receive(ack, UAC, "UDP", 0.5) == []
     assert layer.get(key).state is State.CONFIRMED  # type: ignore[union-attr]

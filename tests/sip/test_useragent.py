@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sip.dialog import build_ack_for_2xx
-from sip.message import NameAddr, Request, Response, URI, build_response, parse_datagram
+from sip.message import URI, NameAddr, Request, Response, build_response, parse_datagram
 from sip.transaction import (
     InvalidTransactionState,
     RequestReceived,
@@ -22,8 +22,9 @@ from tests.sip.test_transaction import UAC, UAS, make_request
 T1, T2 = 0.5, 4.0
 
 
-def arrive(core: UserAgentCore, data: bytes, source: tuple[str, int], now: float,
-           transport: str = "UDP") -> list[UAEvent]:
+def arrive(
+    core: UserAgentCore, data: bytes, source: tuple[str, int], now: float, transport: str = "UDP"
+) -> list[UAEvent]:
     return core.receive(parse_datagram(data), source, transport, now)
 
 
@@ -63,6 +64,7 @@ def answer(core: UserAgentCore, invite: RequestReceived, now: float) -> Response
 
 
 # --- 2xx retransmission (§13.3.1.4) -------------------------------------------------
+
 
 @pytest.mark.parametrize("transport", ["UDP", "TCP"])
 def test_2xx_retransmitted_at_t1_doubling_to_t2_then_ack_timeout_at_64_t1(transport: str) -> None:
@@ -113,6 +115,7 @@ def test_a_bye_stops_the_2xx_retransmission_when_the_ack_was_lost() -> None:
 
 
 # --- ACK for a 2xx, repeated (§13.2.2.4) ----------------------------------------------
+
 
 def uac_with_answered_invite(core: UserAgentCore) -> tuple[Request, TransactionKey, Response]:
     invite = make_request("INVITE", branch="z9hG4bKout")
@@ -168,6 +171,7 @@ def test_a_client_transaction_timeout_reaches_the_tu_once() -> None:
 
 # --- CANCEL (§9.2) ----------------------------------------------------------------
 
+
 def test_cancel_of_a_ringing_invite_200_to_cancel_487_to_invite() -> None:
     core = UserAgentCore(TimerConfig(t1=T1, t2=T2))
     invite = incoming_invite(core)
@@ -179,7 +183,8 @@ def test_cancel_of_a_ringing_invite_200_to_cancel_487_to_invite() -> None:
     events = arrive(core, cancel.serialise(), UAC, 0.5)
     answers = [parse_datagram(d) for d in sent(events)]
     assert [(r.status, r.cseq.method, r.to.tag) for r in answers] == [  # type: ignore[union-attr]
-        (200, "CANCEL", "ring-tag"), (487, "INVITE", "ring-tag"),
+        (200, "CANCEL", "ring-tag"),
+        (487, "INVITE", "ring-tag"),
     ]
     (cancelled,) = for_tu(events)
     assert isinstance(cancelled, InviteCancelled)

@@ -31,7 +31,10 @@ SipNodeFactory = Callable[..., Awaitable[RunningNode]]
 def sip_node(node_factory: Any) -> SipNodeFactory:
     async def start(**overrides: Any) -> RunningNode:
         settings = {
-            "sip_enabled": True, "sip_port": 0, "sip_domain": DOMAIN, "sip_accounts": ACCOUNTS,
+            "sip_enabled": True,
+            "sip_port": 0,
+            "sip_domain": DOMAIN,
+            "sip_accounts": ACCOUNTS,
             # sipp answers the first challenge whatever its algorithm
             "sip_digest_algorithms": ["MD5"],
             **overrides,
@@ -58,9 +61,19 @@ def sipp_binary() -> str:
 async def run_sipp(args: list[str], cwd: Path, timeout: float = 30) -> tuple[int, str]:
     """sipp's exit status is 0 only when every call of the scenario succeeded."""
     process = await asyncio.create_subprocess_exec(
-        sipp_binary(), *args, "-i", "127.0.0.1", "-nostdin", "-timeout", str(int(timeout)),
-        "-timeout_error", "-trace_err", "-trace_msg",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=cwd,
+        sipp_binary(),
+        *args,
+        "-i",
+        "127.0.0.1",
+        "-nostdin",
+        "-timeout",
+        str(int(timeout)),
+        "-timeout_error",
+        "-trace_err",
+        "-trace_msg",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
     )
     try:
         out, _ = await asyncio.wait_for(process.communicate(), timeout + 15)

@@ -48,9 +48,7 @@ def baresip_sip_port() -> int:
     pytest.fail("no two consecutive free ports for baresip")
 
 
-async def test_baresip_registers_and_answers_an_app_call(
-    sip_node: SipNodeFactory, tmp_path: Path
-) -> None:
+async def test_baresip_registers_and_answers_an_app_call(sip_node: SipNodeFactory, tmp_path: Path) -> None:
     node = await sip_node()
     gateway = node.node.sip
     assert gateway is not None

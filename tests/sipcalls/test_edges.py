@@ -52,8 +52,9 @@ async def test_a_flood_from_one_address_is_dropped(sip_node: SipNodeFactory) -> 
         flood.settimeout(0.5)
         for _ in range(50):
             options = build("OPTIONS", "sip:voip.test")
-            options.headers.insert_first("Via", Via("UDP", "127.0.0.1", flood.getsockname()[1],
-                                                    {"branch": generate_branch()}))
+            options.headers.insert_first(
+                "Via", Via("UDP", "127.0.0.1", flood.getsockname()[1], {"branch": generate_branch()})
+            )
             flood.sendto(bytes(options), ("127.0.0.1", gateway.port))
         await asyncio.sleep(0.3)
         answers = 0

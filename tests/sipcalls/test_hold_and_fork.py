@@ -17,7 +17,12 @@ from apnsim import APNsSimulator
 from tests.conftest import RunningNode
 from tests.ports import free_port
 from tests.sipcalls.conftest import (
-    SipNodeFactory, finished, scenario, sip_port, start_sipp, wait_bound,
+    SipNodeFactory,
+    finished,
+    scenario,
+    sip_port,
+    start_sipp,
+    wait_bound,
 )
 from tests.test_call_pushes import VOIP_TOPIC, invites_for
 from voip.clock import now_ms
@@ -26,16 +31,36 @@ pytestmark = pytest.mark.interop
 
 
 @pytest.fixture
-async def pushing_sip_node(sip_node: SipNodeFactory, apns: tuple[APNsSimulator, dict[str, str]]) -> AsyncIterator[tuple[RunningNode, APNsSimulator]]:
+async def pushing_sip_node(
+    sip_node: SipNodeFactory, apns: tuple[APNsSimulator, dict[str, str]]
+) -> AsyncIterator[tuple[RunningNode, APNsSimulator]]:
     sim, settings = apns
     yield await sip_node(**settings), sim
 
 
 async def register_push_phone(node: RunningNode, phone_port: int, token: str, cwd: Path) -> None:
     sipp = start_sipp(
-        [f"127.0.0.1:{sip_port(node)}", "-sf", scenario("register_push_contact.xml"), "-s", "alice",
-         "-au", "alice", "-ap", "wonderland", "-key", "contact_port", str(phone_port),
-         "-key", "token", token, "-m", "1", "-p", "0"],
+        [
+            f"127.0.0.1:{sip_port(node)}",
+            "-sf",
+            scenario("register_push_contact.xml"),
+            "-s",
+            "alice",
+            "-au",
+            "alice",
+            "-ap",
+            "wonderland",
+            "-key",
+            "contact_port",
+            str(phone_port),
+            "-key",
+            "token",
+            token,
+            "-m",
+            "1",
+            "-p",
+            "0",
+        ],
         cwd,
     )
     await finished(sipp)

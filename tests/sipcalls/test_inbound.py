@@ -6,15 +6,20 @@ import asyncio
 from pathlib import Path
 
 import orjson
+import pytest
 
 from apnsim import APNsSimulator
 from tests.conftest import register
-from tests.test_call_pushes import VOIP_TOPIC, invites_for
 from tests.sipcalls.conftest import (
-    APP_SDP, SipNodeFactory, finished, messages_log, scenario, sip_port, start_sipp,
+    APP_SDP,
+    SipNodeFactory,
+    finished,
+    messages_log,
+    scenario,
+    sip_port,
+    start_sipp,
 )
-
-import pytest
+from tests.test_call_pushes import VOIP_TOPIC, invites_for
 
 pytestmark = pytest.mark.interop
 

@@ -9,7 +9,11 @@ import pytest
 from tests.conftest import DeviceClient
 from tests.ports import free_port
 from tests.sipcalls.conftest import (
-    SipNodeFactory, finished, scenario, start_sipp, wait_bound,
+    SipNodeFactory,
+    finished,
+    scenario,
+    start_sipp,
+    wait_bound,
 )
 
 pytestmark = pytest.mark.interop
@@ -59,13 +63,14 @@ async def test_app_cancels_while_the_sip_callee_rings(sip_node: SipNodeFactory, 
     assert any(e.get("received") == 487 for e in timeline)
 
 
-@pytest.mark.parametrize(("name", "frame", "reason"), [
-    ("uas_busy.xml", "call.declined", "remote_ended"),
-    ("uas_not_found.xml", "call.failed", "failed"),
-])
-async def test_sip_callee_refuses(
-    sip_node: SipNodeFactory, tmp_path: Path, name: str, frame: str, reason: str
-) -> None:
+@pytest.mark.parametrize(
+    ("name", "frame", "reason"),
+    [
+        ("uas_busy.xml", "call.declined", "remote_ended"),
+        ("uas_not_found.xml", "call.failed", "failed"),
+    ],
+)
+async def test_sip_callee_refuses(sip_node: SipNodeFactory, tmp_path: Path, name: str, frame: str, reason: str) -> None:
     node = await sip_node()
     bob = await node.device("bob", "bob-phone")
     port = free_port()
@@ -81,7 +86,8 @@ async def test_sip_callee_refuses(
 async def test_trunk_number_with_digest(sip_node: SipNodeFactory, tmp_path: Path) -> None:
     port = free_port()
     node = await sip_node(
-        sip_trunk_host=f"127.0.0.1:{port}", sip_trunk_username="trunkuser",
+        sip_trunk_host=f"127.0.0.1:{port}",
+        sip_trunk_username="trunkuser",
         sip_trunk_password="trunksecret",
     )
     bob = await node.device("bob", "bob-phone")

@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import register as register_app_device
 from tests.ports import free_port
 from tests.sipcalls.conftest import (
-    SipNodeFactory, finished, messages_log, scenario, sip_port, start_sipp, wait_bound,
+    SipNodeFactory,
+    finished,
+    messages_log,
+    scenario,
+    sip_port,
+    start_sipp,
+    wait_bound,
 )
 from tests.sipcalls.uac import build, register, send, sip_client
-
-import pytest
 
 pytestmark = pytest.mark.interop
 
@@ -27,9 +33,24 @@ async def registered_sipp_phone(
     phone = start_sipp(["-sn", "uas", "-p", str(phone_port), "-m", "1", *extra], tmp_path / "phone")
     await wait_bound(phone_port, phone)
     registrar = start_sipp(
-        [f"127.0.0.1:{node_port}", "-sf", scenario("register_contact.xml"), "-s", "alice",
-         "-au", "alice", "-ap", "wonderland", "-key", "contact_port", str(phone_port),
-         "-m", "1", "-p", "0"],
+        [
+            f"127.0.0.1:{node_port}",
+            "-sf",
+            scenario("register_contact.xml"),
+            "-s",
+            "alice",
+            "-au",
+            "alice",
+            "-ap",
+            "wonderland",
+            "-key",
+            "contact_port",
+            str(phone_port),
+            "-m",
+            "1",
+            "-p",
+            "0",
+        ],
         tmp_path / "register",
     )
     await finished(registrar)
@@ -63,8 +84,17 @@ async def test_sip_peer_call_forks_to_the_registered_phone(sip_node: SipNodeFact
     media_port = free_port()
     _, phone = await registered_sipp_phone(sip_port(node), tmp_path, "-mp", str(media_port))
     peer = start_sipp(
-        [f"127.0.0.1:{sip_port(node)}", "-sf", scenario("peer_calls_app_answers.xml"), "-s", "alice",
-         "-m", "1", "-p", "0"],
+        [
+            f"127.0.0.1:{sip_port(node)}",
+            "-sf",
+            scenario("peer_calls_app_answers.xml"),
+            "-s",
+            "alice",
+            "-m",
+            "1",
+            "-p",
+            "0",
+        ],
         tmp_path / "peer",
     )
     output = await finished(peer)
@@ -76,13 +106,12 @@ async def test_sip_peer_call_forks_to_the_registered_phone(sip_node: SipNodeFact
     assert not node.node.sip.legs  # type: ignore[union-attr]
 
 
-async def test_fork_rings_app_devices_and_phone_first_answer_wins(
-    sip_node: SipNodeFactory, tmp_path: Path
-) -> None:
+async def test_fork_rings_app_devices_and_phone_first_answer_wins(sip_node: SipNodeFactory, tmp_path: Path) -> None:
     node = await sip_node()
     phone_port = free_port()
-    phone = start_sipp(["-sf", scenario("uas_rings_until_cancel.xml"), "-p", str(phone_port), "-m", "1"],
-                       tmp_path / "phone")
+    phone = start_sipp(
+        ["-sf", scenario("uas_rings_until_cancel.xml"), "-p", str(phone_port), "-m", "1"], tmp_path / "phone"
+    )
     await wait_bound(phone_port, phone)
     async with sip_client() as client:
         ok = await register(client, sip_port(node), "alice", "wonderland", f"<sip:alice@127.0.0.1:{phone_port}>")
@@ -100,8 +129,10 @@ async def test_fork_rings_app_devices_and_phone_first_answer_wins(
 async def test_push_parameters_make_a_device_record(sip_node: SipNodeFactory) -> None:
     node = await sip_node()
     stores = node.node.stores
-    contact = (f"<sip:alice@127.0.0.1:5999;pn-provider=apns.dev;pn-prid={TOKEN}"
-               ";pn-param=ABCDE12345.com.example.caller.voip>;+sip.instance=\"<urn:uuid:1>\"")
+    contact = (
+        f"<sip:alice@127.0.0.1:5999;pn-provider=apns.dev;pn-prid={TOKEN}"
+        ';pn-param=ABCDE12345.com.example.caller.voip>;+sip.instance="<urn:uuid:1>"'
+    )
     async with sip_client() as client:
         ok = await register(client, sip_port(node), "alice", "wonderland", contact)
         assert ok.status == 200 and "expires=" in str(ok.headers.get("Contact"))
@@ -113,8 +144,9 @@ async def test_push_parameters_make_a_device_record(sip_node: SipNodeFactory) ->
         assert record["sip"]["team_id"] == "ABCDE12345"
         # A refresh with a new token keeps the same device (the instance id).
         new_token = "cd" * 32
-        again = await register(client, sip_port(node), "alice", "wonderland",
-                               contact.replace(TOKEN, new_token).replace("apns.dev", "apns"))
+        again = await register(
+            client, sip_port(node), "alice", "wonderland", contact.replace(TOKEN, new_token).replace("apns.dev", "apns")
+        )
         assert again.status == 200
         devices = await stores.devices.registered("alice")
         assert list(devices) == [device_id]
@@ -136,10 +168,12 @@ async def test_register_refusals(sip_node: SipNodeFactory) -> None:
         brief = await register(client, port, "alice", "wonderland", "<sip:alice@127.0.0.1:5998>", expires=5)
         assert brief.status == 423 and brief.headers.get("Min-Expires") == "60"
         # carol may not register alice's address
-        as_carol = build("REGISTER", "sip:voip.test", user="carol", to="sip:alice@voip.test",
-                         contact="<sip:alice@127.0.0.1:5998>")
+        as_carol = build(
+            "REGISTER", "sip:voip.test", user="carol", to="sip:alice@voip.test", contact="<sip:alice@127.0.0.1:5998>"
+        )
         challenge = await send(client, port, as_carol)
         from sip.digest import authorize
+
         refused = await send(client, port, authorize(as_carol, challenge, "carol", "looking-glass"))
         assert refused.status == 403
     assert not (await node.node.stores.devices.reachable("alice"))[1]

@@ -34,8 +34,12 @@ async def run(name: str, *args: str, home: Path) -> str:
     interop.started(name)
     home.mkdir(parents=True, exist_ok=True)
     process = await asyncio.create_subprocess_exec(
-        tool(name), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "HOME": str(home)}, cwd=home,  # sessions go to ~/.sipvicious
+        tool(name),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "HOME": str(home)},
+        cwd=home,  # sessions go to ~/.sipvicious
     )
     try:
         out, _ = await asyncio.wait_for(process.communicate(), 60)
@@ -50,9 +54,7 @@ async def keys(node: RunningNode, pattern: str) -> list[bytes]:
     return [k async for k in node.node.connections.client.scan_iter(match=f"{node.node.stores.keys.prefix}{pattern}")]
 
 
-async def test_sipvicious_scan_finds_nothing_and_changes_nothing(
-    sip_node: SipNodeFactory, tmp_path: Path
-) -> None:
+async def test_sipvicious_scan_finds_nothing_and_changes_nothing(sip_node: SipNodeFactory, tmp_path: Path) -> None:
     # Loopback untrusted, so INVITEs must authenticate as from anywhere else; a rate
     # limit high enough that every probe is answered rather than dropped.
     node = await sip_node(sip_trusted_networks=[], sip_rate=10_000, sip_burst=10_000)

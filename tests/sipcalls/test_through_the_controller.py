@@ -36,7 +36,8 @@ async def state_entries(node: RunningNode, call_id: str) -> list[dict[str, Any]]
 def transitions(logs: list[dict[str, Any]], call_id: str) -> list[dict[str, Any]]:
     return [
         {k: v for k, v in e.items() if k not in ("call_id", "device", "timestamp")}
-        for e in logs if e["event"] == "call.transition" and e.get("call_id") == call_id
+        for e in logs
+        if e["event"] == "call.transition" and e.get("call_id") == call_id
     ]
 
 
@@ -67,12 +68,16 @@ async def test_a_sip_cancel_is_the_same_hang_up_as_an_apps(sip_node: SipNodeFact
         app_frames = await cancelled_frames([phone, tablet], by_app)
 
     assert sip_frames == app_frames == [{"type": "call.cancelled", "state": "cancelled", "reason": "remote_ended"}] * 2
-    assert transitions(logs, by_sip) == transitions(logs, by_app) == [
-        {"event": "call.transition", "log_level": "info", "state": "cancelled", "previous": "ringing"}
-    ]
-    assert await state_entries(node, by_sip) == await state_entries(node, by_app) == [
-        {"event": "state", "from": "ringing", "to": "cancelled", "action": "hangup", "party": "caller"}
-    ]
+    assert (
+        transitions(logs, by_sip)
+        == transitions(logs, by_app)
+        == [{"event": "call.transition", "log_level": "info", "state": "cancelled", "previous": "ringing"}]
+    )
+    assert (
+        await state_entries(node, by_sip)
+        == await state_entries(node, by_app)
+        == [{"event": "state", "from": "ringing", "to": "cancelled", "action": "hangup", "party": "caller"}]
+    )
     assert calls_total("cancelled", "remote_ended") == before + 2
 
 

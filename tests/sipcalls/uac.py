@@ -36,9 +36,17 @@ async def sip_client() -> AsyncIterator[SipEndpoint]:
         await endpoint.close()
 
 
-def build(method: str, uri: str, *, user: str = "tester", to: str | None = None,
-          to_tag: str | None = None, contact: str | None = None,
-          headers: list[tuple[str, str]] | None = None, body: bytes = b"") -> Request:
+def build(
+    method: str,
+    uri: str,
+    *,
+    user: str = "tester",
+    to: str | None = None,
+    to_tag: str | None = None,
+    contact: str | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+) -> Request:
     h = Headers()
     h.add("From", NameAddr(parse_uri(f"sip:{user}@{DOMAIN}"), params={"tag": generate_tag()}))
     target = NameAddr(parse_uri(to or uri))
@@ -58,10 +66,17 @@ async def send(client: SipEndpoint, port: int, request: Request) -> Response:
     return await client.send_request(request, ("127.0.0.1", port), "UDP")
 
 
-async def register(client: SipEndpoint, port: int, user: str, password: str, contact: str,
-                   expires: int = 300) -> Response:
-    request = build("REGISTER", f"sip:{DOMAIN}", user=user, to=f"sip:{user}@{DOMAIN}",
-                    contact=contact, headers=[("Expires", str(expires))])
+async def register(
+    client: SipEndpoint, port: int, user: str, password: str, contact: str, expires: int = 300
+) -> Response:
+    request = build(
+        "REGISTER",
+        f"sip:{DOMAIN}",
+        user=user,
+        to=f"sip:{user}@{DOMAIN}",
+        contact=contact,
+        headers=[("Expires", str(expires))],
+    )
     response = await send(client, port, request)
     if response.status == 401:
         response = await send(client, port, authorize(request, response, user, password))

@@ -12,10 +12,10 @@ from voip.devicesim.events import Event, EventLog
 from voip.devicesim.phone import CallRefused, MustReport, Phone, Policy, StatusRetry, always_report
 
 __all__ = [
+    "END_REASONS",
     "Backend",
     "CXCallEndedReason",
     "CallRefused",
-    "END_REASONS",
     "Event",
     "EventLog",
     "MustReport",

@@ -58,15 +58,17 @@ class EventLog:
                 future.set_result(event)
         return event
 
-    def find(self, kind: str | None = None, *, device: str | None = None,
-             call_id: str | None = None, **detail: Any) -> list[Event]:
+    def find(
+        self, kind: str | None = None, *, device: str | None = None, call_id: str | None = None, **detail: Any
+    ) -> list[Event]:
         return [e for e in self.events if e.matches(kind, device, call_id, detail)]
 
     def kinds(self, *, device: str | None = None, call_id: str | None = None) -> list[str]:
         return [e.kind for e in self.find(device=device, call_id=call_id)]
 
-    async def wait_for(self, kind: str, *, device: str | None = None, call_id: str | None = None,
-                       timeout: float = 5.0, **detail: Any) -> Event:
+    async def wait_for(
+        self, kind: str, *, device: str | None = None, call_id: str | None = None, timeout: float = 5.0, **detail: Any
+    ) -> Event:
         """The first matching event, already recorded or still to come."""
         for event in self.events:
             if event.matches(kind, device, call_id, detail):
@@ -76,7 +78,7 @@ class EventLog:
         self._waiters.append(waiter)
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             seen = [(e.at, e.device, e.kind, e.call_id) for e in self.events[-15:]]
             raise AssertionError(
                 f"no {kind} (device={device}, call_id={call_id}, {detail}) within {timeout}s; last: {seen}"

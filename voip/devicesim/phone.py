@@ -118,8 +118,7 @@ class Phone:
     def events(self, kind: str | None = None, *, call_id: str | None = None, **detail: Any) -> list[Event]:
         return self.log.find(kind, device=self.device_id, call_id=call_id, **detail)
 
-    async def wait_for(self, kind: str, *, call_id: str | None = None, timeout: float = 5.0,
-                       **detail: Any) -> Event:
+    async def wait_for(self, kind: str, *, call_id: str | None = None, timeout: float = 5.0, **detail: Any) -> Event:
         return await self.log.wait_for(kind, device=self.device_id, call_id=call_id, timeout=timeout, **detail)
 
     async def install(self, *, online: bool = True) -> None:
@@ -133,13 +132,16 @@ class Phone:
         environment = self.apns_device.environment.value if self.apns_device else "sandbox"
         response = await self._http.put(
             f"{self.backend.base_url}/v1/devices/{self.device_id}",
-            json={"voip_token": self.token, "apns_environment": environment,
-                  "bundle_id": self.backend.bundle_id},
+            json={"voip_token": self.token, "apns_environment": environment, "bundle_id": self.backend.bundle_id},
             headers={"Authorization": f"Bearer {self.bearer()}"},
         )
         response.raise_for_status()
-        self._record("registered", token=f"…{self.token[-8:]}", environment=environment,
-                     online=self.apns_device.online if self.apns_device else None)
+        self._record(
+            "registered",
+            token=f"…{self.token[-8:]}",
+            environment=environment,
+            online=self.apns_device.online if self.apns_device else None,
+        )
         record: dict[str, Any] = response.json()
         return record
 
@@ -256,8 +258,11 @@ class Phone:
                 # The same UUID again: CallKit answers callUUIDAlreadyExists, nothing new rings.
                 self._record("callkit.duplicate", call_id, phase=known.phase)
             elif self.must_report(delivery):
-                self._report_placeholder(call_id, known.ended_reason or CXCallEndedReason.FAILED,
-                                         why="invite for a call that already ended here")
+                self._report_placeholder(
+                    call_id,
+                    known.ended_reason or CXCallEndedReason.FAILED,
+                    why="invite for a call that already ended here",
+                )
             return
         caller = payload.get("caller", {}).get("display_name") or payload.get("caller", {}).get("id", "?")
         reported = self.must_report(delivery)
@@ -328,8 +333,14 @@ class Phone:
             self._record("status.failed", call_id, http=response.status_code, error=str(body)[:120])
             retry_after = body.get("retry_after") if isinstance(body, dict) else None
             return None, float(retry_after) if isinstance(retry_after, int | float) else None
-        self._record("status.checked", call_id, http=response.status_code, state=body.get("state"),
-                     end_call=body["end_call"], reason=body.get("reason"))
+        self._record(
+            "status.checked",
+            call_id,
+            http=response.status_code,
+            state=body.get("state"),
+            end_call=body["end_call"],
+            reason=body.get("reason"),
+        )
         return body, None
 
     # ---- CallKit ---------------------------------------------------------------------
@@ -357,8 +368,14 @@ class Phone:
         was = call.phase
         call.phase, call.ended_at, call.ended_reason = "ended", self.log.now(), reason
         self._cancel_policy(call_id)
-        self._record("callkit.ended", shown_as or call_id, reason=reason.value, was=was,
-                     lasted=round(call.ended_at - call.reported_at, 3), placeholder=shown_as is not None)
+        self._record(
+            "callkit.ended",
+            shown_as or call_id,
+            reason=reason.value,
+            was=was,
+            lasted=round(call.ended_at - call.reported_at, 3),
+            placeholder=shown_as is not None,
+        )
         return True
 
     def _end_by_user(self, call_id: str) -> None:

@@ -10,6 +10,7 @@ not get every node restarted at once.
 from __future__ import annotations
 
 import asyncio
+
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,7 +27,7 @@ CHECK_TIMEOUT = 2.0
 async def _outcome(name: str, check: ReadinessCheck) -> str:
     try:
         await asyncio.wait_for(check(), CHECK_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         outcome = f"timed out after {CHECK_TIMEOUT:g} s"
     except Exception as exc:
         # Probes are unauthenticated: the kind of failure only, the details go to the log.

@@ -43,7 +43,7 @@ class Position:
         return f"{self.created_at}:{self.call_id}"
 
     @classmethod
-    def decode(cls, cursor: str) -> "Position":
+    def decode(cls, cursor: str) -> Position:
         score, _, call_id = cursor.partition(":")
         if not (score.isascii() and score.isdigit()) or len(score) > 16 or not call_id or len(call_id) > 64:
             raise BadCursor("cursor: not one this API returned")

@@ -69,10 +69,15 @@ async def simulator_pushes(request: Request) -> Response:
     limit = _limit(request)
     simulator = node_of(request).apns_simulator
     if simulator is None:
-        return JSONResponse(
-            {"simulator": False, "note": NOT_SIMULATED, "endpoint": None, "received": 0, "pushes": []}
-        )
+        return JSONResponse({"simulator": False, "note": NOT_SIMULATED, "endpoint": None, "received": 0, "pushes": []})
     records = [r for r in simulator.log.requests if r.method == "POST" and r.path.startswith("/3/device/")]
     newest = [push_view(simulator, r) for r in reversed(records[-limit:])]
-    return JSONResponse({"simulator": True, "note": SIMULATED, "endpoint": simulator.endpoint,
-                         "received": len(records), "pushes": newest})
+    return JSONResponse(
+        {
+            "simulator": True,
+            "note": SIMULATED,
+            "endpoint": simulator.endpoint,
+            "received": len(records),
+            "pushes": newest,
+        }
+    )

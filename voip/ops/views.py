@@ -113,8 +113,9 @@ def _with_verdict(call: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]
     if entry.get("event") != "status_check" or entry.get("state") not in CallState._value2member_map_:
         return entry
     # Checks recorded before the entry named the party: only the caller's device was the caller.
-    party = entry.get("party") or ("caller" if entry.get("device") == call["caller_device"]
-                                   and entry.get("via") == "bearer" else "callee")
+    party = entry.get("party") or (
+        "caller" if entry.get("device") == call["caller_device"] and entry.get("via") == "bearer" else "callee"
+    )
     given = verdict(
         CallState(entry["state"]),
         party=Party.CALLER if party == "caller" else Party.CALLEE,
@@ -126,8 +127,9 @@ def _with_verdict(call: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]
     return {**entry, "end_call": given.end_call, "reason": given.reason.value if given.reason else None}
 
 
-def _device_view(device_id: str, record: dict[str, Any], presence: bytes | None,
-                 last_push: bytes | None, now: int) -> dict[str, Any]:
+def _device_view(
+    device_id: str, record: dict[str, Any], presence: bytes | None, last_push: bytes | None, now: int
+) -> dict[str, Any]:
     token = record.get("voip_token")
     since = record.get("token_registered_at")
     node, _, expires = presence.decode().rpartition("|") if presence else ("", "", "0")
@@ -173,6 +175,11 @@ async def summary(request: Request) -> Response:
     calls, more = await _index(node).page(CallFilter(since=since, until=until), limit=SUMMARY_CALLS)
     timelines = await node.stores.ops.timelines([call["call_id"] for call in calls])
     return JSONResponse(
-        {"since": since, "until": until, "truncated": more is not None, **summarize(calls, timelines),
-         "redis": node.epoch.summary()}
+        {
+            "since": since,
+            "until": until,
+            "truncated": more is not None,
+            **summarize(calls, timelines),
+            "redis": node.epoch.summary(),
+        }
     )

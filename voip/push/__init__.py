@@ -23,6 +23,7 @@ from voip.push.payloads import (
 )
 
 __all__ = [
+    "PAYLOAD_LIMITS",
     "APNsConfig",
     "APNsNotifier",
     "APNsSender",
@@ -30,7 +31,6 @@ __all__ = [
     "Environment",
     "Notifier",
     "Outcome",
-    "PAYLOAD_LIMITS",
     "Push",
     "PushKind",
     "PushRequest",

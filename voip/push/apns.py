@@ -7,9 +7,10 @@ import random
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 from aioapns import APNs
@@ -97,19 +98,34 @@ class APNsSender:
         context.set_alpn_protocols(["h2"])
         sandbox = environment == Environment.SANDBOX
         if config.cert_file:
-            client = APNs(client_cert=config.cert_file, topic=config.bundle_id,
-                          max_connections=config.max_connections, use_sandbox=sandbox,
-                          ssl_context=context)
+            client = APNs(
+                client_cert=config.cert_file,
+                topic=config.bundle_id,
+                max_connections=config.max_connections,
+                use_sandbox=sandbox,
+                ssl_context=context,
+            )
         else:
             # aioapns wants the key to build its own per-connection JWTs; our
             # connections never ask for them (see apns_token).
-            client = APNs(key=key_pem, key_id=config.key_id, team_id=config.team_id,
-                          topic=config.bundle_id, max_connections=config.max_connections,
-                          use_sandbox=sandbox, ssl_context=context)
+            client = APNs(
+                key=key_pem,
+                key_id=config.key_id,
+                team_id=config.team_id,
+                topic=config.bundle_id,
+                max_connections=config.max_connections,
+                use_sandbox=sandbox,
+                ssl_context=context,
+            )
         self.protocol_class: type[APNsConnection] = type(
-            f"APNs{environment.title()}Connection", (APNsConnection,),
-            {"APNS_SERVER": self.host, "APNS_PORT": self.port,
-             "ping_interval": config.ping_interval, "ping_timeout": config.ping_timeout},
+            f"APNs{environment.title()}Connection",
+            (APNsConnection,),
+            {
+                "APNS_SERVER": self.host,
+                "APNS_PORT": self.port,
+                "ping_interval": config.ping_interval,
+                "ping_timeout": config.ping_timeout,
+            },
         )
         client.pool.protocol_class = self.protocol_class
         self.client = client
@@ -141,9 +157,9 @@ class APNsSender:
             headers.append(("apns-collapse-id", request.collapse_id))
         return headers
 
-    async def attempt(self, headers: list[tuple[str, str]], body: bytes, end: float,
-                      response_timeout: float) -> tuple[Response | AttemptFailure | None,
-                                                        APNsConnection | None]:
+    async def attempt(
+        self, headers: list[tuple[str, str]], body: bytes, end: float, response_timeout: float
+    ) -> tuple[Response | AttemptFailure | None, APNsConnection | None]:
         """Write the request once and wait for its answer. `None`: the deadline came first
         and nothing was written."""
         loop = asyncio.get_running_loop()
@@ -199,11 +215,18 @@ class APNsNotifier:
         key_pem = None if config.cert_file else config.private_key()
         if not config.cert_file:
             if not (key_pem and config.key_id and config.team_id):
-                raise ValueError("APNs needs a key (key_file or key_pem, key_id, team_id) "
-                                 "or a cert_file")
-        self.tokens = (ProviderTokens(key_pem, config.key_id or "", config.team_id or "",
-                                      clock=config.clock, refresh_after=config.token_refresh_after)
-                       if key_pem else None)
+                raise ValueError("APNs needs a key (key_file or key_pem, key_id, team_id) or a cert_file")
+        self.tokens = (
+            ProviderTokens(
+                key_pem,
+                config.key_id or "",
+                config.team_id or "",
+                clock=config.clock,
+                refresh_after=config.token_refresh_after,
+            )
+            if key_pem
+            else None
+        )
         self._senders = {env: APNsSender(config, env, key_pem) for env in Environment}
         self._rng = rng or random.Random()
 
@@ -247,27 +270,48 @@ class APNsNotifier:
             case PushKind.INVITE:
                 assert push.caller is not None and push.status_url is not None
                 return payloads.voip_invite(
-                    bundle_id=bundle_id, device_token=token, environment=environment, call_id=push.call_id,
-                    caller=push.caller, ring_deadline=push.deadline, status_url=push.status_url,
-                    now=now, apns_id=address.get("apns_id"),
+                    bundle_id=bundle_id,
+                    device_token=token,
+                    environment=environment,
+                    call_id=push.call_id,
+                    caller=push.caller,
+                    ring_deadline=push.deadline,
+                    status_url=push.status_url,
+                    now=now,
+                    apns_id=address.get("apns_id"),
                 )
             case PushKind.CANCEL:
                 assert push.reason is not None
                 return payloads.call_cancellation(
-                    bundle_id=bundle_id, device_token=token, environment=environment, call_id=push.call_id,
-                    reason=push.reason, ring_deadline=push.deadline, now=now,
+                    bundle_id=bundle_id,
+                    device_token=token,
+                    environment=environment,
+                    call_id=push.call_id,
+                    reason=push.reason,
+                    ring_deadline=push.deadline,
+                    now=now,
                 )
             case PushKind.ENDED:
                 assert push.reason is not None
                 return payloads.call_ended(
-                    bundle_id=bundle_id, device_token=token, environment=environment, call_id=push.call_id,
-                    reason=push.reason, deadline=push.deadline, now=now,
+                    bundle_id=bundle_id,
+                    device_token=token,
+                    environment=environment,
+                    call_id=push.call_id,
+                    reason=push.reason,
+                    deadline=push.deadline,
+                    now=now,
                 )
             case PushKind.MISSED_ALERT:
                 assert push.caller is not None
                 return payloads.missed_call_alert(
-                    bundle_id=bundle_id, device_token=token, environment=environment, call_id=push.call_id,
-                    caller=push.caller, deadline=push.deadline, now=now,
+                    bundle_id=bundle_id,
+                    device_token=token,
+                    environment=environment,
+                    call_id=push.call_id,
+                    caller=push.caller,
+                    deadline=push.deadline,
+                    now=now,
                 )
 
     async def notify(self, push: Push) -> PushResult:
@@ -282,17 +326,31 @@ class APNsNotifier:
 
         def finish(outcome: Outcome, cause: str | None = None, drop_token: TokenDrop | None = None) -> PushResult:
             result = PushResult(
-                apns_id=request.apns_id, device_token=request.device_token,
-                environment=request.environment, push_type=request.push_type,
-                outcome=outcome, status=status, reason=reason, timestamp=timestamp,
-                latency_ms=(time.perf_counter() - started) * 1000, attempts=attempts,
-                likely_cause=cause, drop_token=drop_token,
+                apns_id=request.apns_id,
+                device_token=request.device_token,
+                environment=request.environment,
+                push_type=request.push_type,
+                outcome=outcome,
+                status=status,
+                reason=reason,
+                timestamp=timestamp,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                attempts=attempts,
+                likely_cause=cause,
+                drop_token=drop_token,
             )
             if outcome != Outcome.ACCEPTED:
-                log.info("apns push not accepted", apns_id=request.apns_id,
-                         environment=str(request.environment), push_type=str(request.push_type),
-                         outcome=str(outcome), status=status, reason=reason, attempts=attempts,
-                         token_tail=request.device_token[-8:])
+                log.info(
+                    "apns push not accepted",
+                    apns_id=request.apns_id,
+                    environment=str(request.environment),
+                    push_type=str(request.push_type),
+                    outcome=str(outcome),
+                    status=status,
+                    reason=reason,
+                    attempts=attempts,
+                    token_tail=request.device_token[-8:],
+                )
             return result
 
         refused = payloads.check(request)
@@ -312,10 +370,8 @@ class APNsNotifier:
             if attempts >= self.config.max_attempts:
                 break
             authorization = self.tokens.header() if self.tokens else None
-            headers = (base_headers + [("authorization", authorization)]
-                       if authorization else base_headers)
-            answer, connection = await sender.attempt(headers, request.payload, end,
-                                                      self.config.response_timeout)
+            headers = base_headers + [("authorization", authorization)] if authorization else base_headers
+            answer, connection = await sender.attempt(headers, request.payload, end, self.config.response_timeout)
             if answer is None:
                 return finish(Outcome.EXPIRED, "the deadline passed before APNs accepted the push")
             if isinstance(answer, CutByDeadline):
@@ -334,8 +390,7 @@ class APNsNotifier:
                 attempts += 1
                 status = answer.status
                 reason, timestamp = answer.error()
-                if (reason == "ExpiredProviderToken" and self.tokens is not None
-                        and authorization is not None):
+                if reason == "ExpiredProviderToken" and self.tokens is not None and authorization is not None:
                     if connection is not None:
                         connection.retire()  # a new token on the old connection may be refused
                     if self.tokens.expired(authorization):
@@ -347,8 +402,7 @@ class APNsNotifier:
                 if verdict.outcome is not None:
                     return finish(verdict.outcome, verdict.likely_cause, verdict.drop_token)
                 cause = verdict.likely_cause
-            delay = self._rng.uniform(0, min(self.config.backoff_max,
-                                             self.config.backoff_base * 2 ** backoffs))
+            delay = self._rng.uniform(0, min(self.config.backoff_max, self.config.backoff_base * 2**backoffs))
             backoffs += 1
             if loop.time() + delay >= end:
                 return finish(Outcome.EXPIRED, f"the deadline came before the next retry; {cause}")

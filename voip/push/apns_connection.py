@@ -93,8 +93,10 @@ class Response:
             return None, None
         reason = data.get("reason")
         timestamp = data.get("timestamp")
-        return (str(reason) if reason is not None else None,
-                int(timestamp) if isinstance(timestamp, (int, float)) else None)
+        return (
+            str(reason) if reason is not None else None,
+            int(timestamp) if isinstance(timestamp, (int, float)) else None,
+        )
 
 
 class StreamSlots(ChannelPool):
@@ -189,8 +191,9 @@ class APNsConnection(APNsTLSClientProtocol):
     def is_busy(self) -> bool:
         return self.closing or self.free_channels.is_busy
 
-    async def open_stream(self, headers: list[tuple[str, str]], body: bytes, *,
-                          not_after: float | None = None) -> asyncio.Future[Response]:
+    async def open_stream(
+        self, headers: list[tuple[str, str]], body: bytes, *, not_after: float | None = None
+    ) -> asyncio.Future[Response]:
         """Write one request, unless the loop's clock is past `not_after`; the future
         resolves with its response or an AttemptFailure."""
         while True:
@@ -306,7 +309,8 @@ class APNsConnection(APNsTLSClientProtocol):
         self.free_channels.release()
         if stream is not None and not stream.future.done():
             failure: AttemptFailure = (
-                Unprocessed("REFUSED_STREAM") if event.error_code == ErrorCodes.REFUSED_STREAM
+                Unprocessed("REFUSED_STREAM")
+                if event.error_code == ErrorCodes.REFUSED_STREAM
                 else StreamResetByPeer(str(event.error_code))
             )
             stream.future.set_exception(failure)

@@ -22,15 +22,21 @@ def likely_cause(request: PushRequest, status: int, reason: str | None) -> str |
     env = request.environment
     match reason:
         case "BadDeviceToken":
-            return (f"the token is not a {env} token: a sandbox/production mismatch (the app "
-                    f"registered it with the {_other(env)} environment, e.g. a debug build "
-                    f"vs TestFlight/App Store), or it is malformed")
+            return (
+                f"the token is not a {env} token: a sandbox/production mismatch (the app "
+                f"registered it with the {_other(env)} environment, e.g. a debug build "
+                f"vs TestFlight/App Store), or it is malformed"
+            )
         case "DeviceTokenNotForTopic" if request.push_type == PushType.VOIP:
-            return (f"the token was not issued for {request.topic}: an ordinary APNs token "
-                    f"stored as a PushKit VoIP token, or a token of another app")
+            return (
+                f"the token was not issued for {request.topic}: an ordinary APNs token "
+                f"stored as a PushKit VoIP token, or a token of another app"
+            )
         case "DeviceTokenNotForTopic":
-            return (f"the token was not issued for {request.topic}: a PushKit VoIP token sent "
-                    f"to the plain topic (alert pushes need the app's ordinary APNs token)")
+            return (
+                f"the token was not issued for {request.topic}: a PushKit VoIP token sent "
+                f"to the plain topic (alert pushes need the app's ordinary APNs token)"
+            )
         case "TopicDisallowed":
             return f"the auth key may not push to {request.topic}"
         case "BadTopic" | "MissingTopic":
@@ -40,11 +46,15 @@ def likely_cause(request: PushRequest, status: int, reason: str | None) -> str |
         case "ExpiredToken":
             return "the token expired; drop it if it predates timestamp"
         case "InvalidProviderToken":
-            return ("APNS_KEY_ID / APNS_TEAM_ID do not match the .p8 key, the key was revoked, "
-                    "or the key is not enabled for APNs")
+            return (
+                "APNS_KEY_ID / APNS_TEAM_ID do not match the .p8 key, the key was revoked, "
+                "or the key is not enabled for APNs"
+            )
         case "MissingProviderToken":
-            return ("no provider token: APNs did not accept a client certificate for this "
-                    "topic and no auth key is configured")
+            return (
+                "no provider token: APNs did not accept a client certificate for this "
+                "topic and no auth key is configured"
+            )
         case "ExpiredProviderToken":
             return "APNs calls even a fresh provider token expired: this server's clock is behind"
         case "Forbidden":
@@ -53,8 +63,17 @@ def likely_cause(request: PushRequest, status: int, reason: str | None) -> str |
             return f"the payload is {len(request.payload)} bytes, over APNs's limit for {request.push_type}"
         case "BadCollapseId":
             return "apns-collapse-id (the call id) is over 64 bytes"
-        case "BadExpirationDate" | "BadPriority" | "InvalidPushType" | "BadMessageId" | "BadPayload" \
-                | "PayloadEmpty" | "DuplicateHeaders" | "BadPath" | "MethodNotAllowed":
+        case (
+            "BadExpirationDate"
+            | "BadPriority"
+            | "InvalidPushType"
+            | "BadMessageId"
+            | "BadPayload"
+            | "PayloadEmpty"
+            | "DuplicateHeaders"
+            | "BadPath"
+            | "MethodNotAllowed"
+        ):
             return "a bug in the push sender: it built a request APNs does not accept"
         case "TooManyRequests":
             return "too many pushes to this device token in a short time"

@@ -10,7 +10,7 @@ connections the pool opens.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -24,9 +24,15 @@ DEFAULT_REFRESH_AFTER = 50 * 60
 class ProviderTokens:
     """Issues the `authorization` header value; never logs or reprs the key or the token."""
 
-    def __init__(self, key_pem: str, key_id: str, team_id: str, *,
-                 clock: Callable[[], float] = time.time,
-                 refresh_after: float = DEFAULT_REFRESH_AFTER) -> None:
+    def __init__(
+        self,
+        key_pem: str,
+        key_id: str,
+        team_id: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        refresh_after: float = DEFAULT_REFRESH_AFTER,
+    ) -> None:
         if not MIN_REFRESH_INTERVAL <= refresh_after < MAX_TOKEN_AGE:
             raise ValueError("refresh_after must lie in [20 min, 60 min)")
         key = serialization.load_pem_private_key(key_pem.encode(), password=None)
@@ -76,8 +82,9 @@ class ProviderTokens:
 
     def _issue(self, now: float, *, forced: bool) -> None:
         issued_at = int(now)
-        token = jwt.encode({"iss": self.team_id, "iat": issued_at}, self._key,
-                           algorithm="ES256", headers={"kid": self.key_id})
+        token = jwt.encode(
+            {"iss": self.team_id, "iat": issued_at}, self._key, algorithm="ES256", headers={"kid": self.key_id}
+        )
         self._header = f"bearer {token}"
         self._issued_at = float(issued_at)
         self._forced = forced

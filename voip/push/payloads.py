@@ -40,8 +40,15 @@ def _body(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(payload)
 
 
-def _voip_push(bundle_id: str, device_token: str, environment: Environment | str, call_id: str,
-               payload: dict[str, Any], deadline: float, apns_id: str | None) -> PushRequest:
+def _voip_push(
+    bundle_id: str,
+    device_token: str,
+    environment: Environment | str,
+    call_id: str,
+    payload: dict[str, Any],
+    deadline: float,
+    apns_id: str | None,
+) -> PushRequest:
     """A PushKit push about one call: the call id is the collapse id, so a newer push for
     the call replaces an older one that APNs still holds."""
     return PushRequest(
@@ -59,9 +66,18 @@ def _voip_push(bundle_id: str, device_token: str, environment: Environment | str
     )
 
 
-def voip_invite(*, bundle_id: str, device_token: str, environment: Environment | str,
-                call_id: str, caller: Caller, ring_deadline: float, status_url: str,
-                now: float | None = None, apns_id: str | None = None) -> PushRequest:
+def voip_invite(
+    *,
+    bundle_id: str,
+    device_token: str,
+    environment: Environment | str,
+    call_id: str,
+    caller: Caller,
+    ring_deadline: float,
+    status_url: str,
+    now: float | None = None,
+    apns_id: str | None = None,
+) -> PushRequest:
     """PushKit invite: rings the phone. Expires, and stops being retried, at `ring_deadline`
     (UNIX seconds); a phone that rings after the caller gave up is a ghost call."""
     now = time.time() if now is None else now
@@ -76,9 +92,17 @@ def voip_invite(*, bundle_id: str, device_token: str, environment: Environment |
     return _voip_push(bundle_id, device_token, environment, call_id, payload, ring_deadline, apns_id)
 
 
-def call_cancellation(*, bundle_id: str, device_token: str, environment: Environment | str,
-                      call_id: str, reason: str, ring_deadline: float,
-                      now: float | None = None, apns_id: str | None = None) -> PushRequest:
+def call_cancellation(
+    *,
+    bundle_id: str,
+    device_token: str,
+    environment: Environment | str,
+    call_id: str,
+    reason: str,
+    ring_deadline: float,
+    now: float | None = None,
+    apns_id: str | None = None,
+) -> PushRequest:
     """PushKit cancellation of a ringing call. It shares the invite's collapse id and
     expiration: to a device that is offline, APNs keeps one push per token, so the
     cancellation replaces the stored invite instead of following it."""
@@ -87,9 +111,17 @@ def call_cancellation(*, bundle_id: str, device_token: str, environment: Environ
     return _voip_push(bundle_id, device_token, environment, call_id, payload, ring_deadline, apns_id)
 
 
-def call_ended(*, bundle_id: str, device_token: str, environment: Environment | str,
-               call_id: str, reason: str, deadline: float, now: float | None = None,
-               apns_id: str | None = None) -> PushRequest:
+def call_ended(
+    *,
+    bundle_id: str,
+    device_token: str,
+    environment: Environment | str,
+    call_id: str,
+    reason: str,
+    deadline: float,
+    now: float | None = None,
+    apns_id: str | None = None,
+) -> PushRequest:
     """PushKit hang-up of an answered call, for a device in the call whose WebSocket is
     gone: the cancellation's shape, `type: "call.ended"`, so an app that handles one
     handles both. Retried, and kept by APNs, until `deadline`."""
@@ -98,10 +130,18 @@ def call_ended(*, bundle_id: str, device_token: str, environment: Environment | 
     return _voip_push(bundle_id, device_token, environment, call_id, payload, deadline, apns_id)
 
 
-def missed_call_alert(*, bundle_id: str, device_token: str, environment: Environment | str,
-                      call_id: str, caller: Caller, deadline: float, now: float | None = None,
-                      apns_id: str | None = None,
-                      lifetime: int = MISSED_CALL_ALERT_LIFETIME) -> PushRequest:
+def missed_call_alert(
+    *,
+    bundle_id: str,
+    device_token: str,
+    environment: Environment | str,
+    call_id: str,
+    caller: Caller,
+    deadline: float,
+    now: float | None = None,
+    apns_id: str | None = None,
+    lifetime: int = MISSED_CALL_ALERT_LIFETIME,
+) -> PushRequest:
     """A visible notification after an unanswered call; `device_token` is the app's
     ordinary APNs token, not the VoIP one. Retried until `deadline`; kept by APNs for
     an offline device for `lifetime` seconds."""
@@ -131,9 +171,10 @@ def check(request: PushRequest) -> tuple[str, str] | None:
     """(reason, likely cause) if APNs would refuse the request for its shape, else None."""
     limit = PAYLOAD_LIMITS[request.push_type]
     if len(request.payload) > limit:
-        return ("PayloadTooLarge",
-                f"the {request.push_type} payload is {len(request.payload)} bytes; "
-                f"APNs accepts at most {limit}")
+        return (
+            "PayloadTooLarge",
+            f"the {request.push_type} payload is {len(request.payload)} bytes; APNs accepts at most {limit}",
+        )
     if request.collapse_id is not None and len(request.collapse_id.encode()) > COLLAPSE_ID_LIMIT:
         return "BadCollapseId", f"apns-collapse-id is over {COLLAPSE_ID_LIMIT} bytes"
     return None

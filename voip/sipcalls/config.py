@@ -70,9 +70,7 @@ class SipConfig:
             "tls_ca_file": settings.sip_tls_ca_file,
             # Every node shares the JWT secret, so a digest nonce issued by one node is
             # accepted by the node that gets the retry.
-            "digest_secret": hmac.new(
-                settings.jwt_secret.encode(), b"sip-digest-nonces", hashlib.sha256
-            ).digest(),
+            "digest_secret": hmac.new(settings.jwt_secret.encode(), b"sip-digest-nonces", hashlib.sha256).digest(),
         }
         values.update(overrides)
         return cls(**values)
@@ -101,9 +99,7 @@ class SipConfig:
         return self.domain or self.advertised_host
 
     def is_local_domain(self, uri: URI) -> bool:
-        return uri.host.lower().strip("[]") in {
-            h.lower() for h in (self.domain, self.public_host, self.host) if h
-        }
+        return uri.host.lower().strip("[]") in {h.lower() for h in (self.domain, self.public_host, self.host) if h}
 
     def is_trusted(self, address: str) -> bool:
         try:

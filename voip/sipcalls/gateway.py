@@ -68,14 +68,25 @@ class SipGateway(TransactionUser):
         self.forks: dict[tuple[str, str], OutboundLeg] = {}  # (call id, device) -> leg
         self.tasks = BackgroundTasks("sip")
         self.registrar = Registrar(
-            config, self.endpoint, stores, bus, self.tasks,
-            node_id=node_id, max_devices=max_devices, on_frame=self._phone_frame,
+            config,
+            self.endpoint,
+            stores,
+            bus,
+            self.tasks,
+            node_id=node_id,
+            max_devices=max_devices,
+            on_frame=self._phone_frame,
             on_bound=self._phone_bound,
         )
         self.ringing = RingingIndex(stores.sip)
         self.leg_context = LegContext(
-            endpoint=self.endpoint, dialogs=self.dialogs, calls=controller, bus=bus,
-            config=config, tasks=self.tasks, forget=self.forget,
+            endpoint=self.endpoint,
+            dialogs=self.dialogs,
+            calls=controller,
+            bus=bus,
+            config=config,
+            tasks=self.tasks,
+            forget=self.forget,
         )
         # The node drains: new calls and registrations go to another node; dialogs go on.
         self.draining = False
@@ -90,8 +101,13 @@ class SipGateway(TransactionUser):
 
     async def start(self) -> None:
         await self.endpoint.start(self)
-        log.info("sip.started", host=self.config.host, port=self.endpoint.port, domain=self.config.realm,
-                 tls_port=self.endpoint.tls_port if self.config.tls_enabled else None)
+        log.info(
+            "sip.started",
+            host=self.config.host,
+            port=self.endpoint.port,
+            domain=self.config.realm,
+            tls_port=self.endpoint.tls_port if self.config.tls_enabled else None,
+        )
 
     async def stop(self) -> None:
         await self.registrar.close()
@@ -142,8 +158,12 @@ class SipGateway(TransactionUser):
             case "REGISTER":
                 await self.registrar.handle(event)
             case "OPTIONS":
-                self.endpoint.reply(event, 200, to_tag=generate_tag(),
-                                    headers=[("Allow", ALLOW + ", REGISTER"), ("Accept", "application/sdp")])
+                self.endpoint.reply(
+                    event,
+                    200,
+                    to_tag=generate_tag(),
+                    headers=[("Allow", ALLOW + ", REGISTER"), ("Accept", "application/sdp")],
+                )
             case "BYE":
                 self.endpoint.reply(event, 481, to_tag=generate_tag())
             case _:
@@ -224,8 +244,13 @@ class SipGateway(TransactionUser):
                 pass  # ended meanwhile
             return
         leg = OutboundLeg(
-            self.leg_context, call_id=call.call_id, callee=call.callee_user, device=leg_device,
-            target=target, caller=call.caller_user, sdp=sdp,
+            self.leg_context,
+            call_id=call.call_id,
+            callee=call.callee_user,
+            device=leg_device,
+            target=target,
+            caller=call.caller_user,
+            sdp=sdp,
         )
         self.legs[leg.sip_call_id] = leg
         await leg.attach()
@@ -271,8 +296,14 @@ class SipGateway(TransactionUser):
         if (call.call_id, device) in self.forks or not await self.ringing.claim(user, call, device):
             return  # INVITEd already, here or through another node
         leg = OutboundLeg(
-            self.leg_context, call_id=call.call_id, callee=user, device=device, target=parse_uri(binding.contact),
-            caller=call.caller, sdp=call.sdp, fork=True,
+            self.leg_context,
+            call_id=call.call_id,
+            callee=user,
+            device=device,
+            target=parse_uri(binding.contact),
+            caller=call.caller,
+            sdp=call.sdp,
+            fork=True,
             route=[parse_name_addr(hop) for hop in binding.path],
         )
         if binding.transport in STREAM_TRANSPORTS and not binding.path:

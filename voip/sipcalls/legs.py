@@ -28,7 +28,18 @@ import structlog
 from sip.dialog import Dialog, DialogState, DialogTable
 from sip.digest import DigestError, authorize
 from sip.endpoint import STREAM_TRANSPORTS, ClientTransaction, SipEndpoint
-from sip.message import URI, CSeq, Headers, NameAddr, ParseError, Request, Response, build_response, generate_tag, parse_uri
+from sip.message import (
+    URI,
+    CSeq,
+    Headers,
+    NameAddr,
+    ParseError,
+    Request,
+    Response,
+    build_response,
+    generate_tag,
+    parse_uri,
+)
 from sip.transaction import Addr, RequestReceived
 from voip.bus import Bus
 from voip.calls import Action
@@ -115,10 +126,16 @@ class Leg:
 
     async def note(self, **entry: Any) -> None:
         """Keep SIP facts on the call's timeline, next to the app's."""
-        await self.ctx.calls.note(self.call_id, {
-            "event": "sip", "call_id_sip": self.sip_call_id, "leg": self.device,
-            "direction": self.direction, **entry,
-        })
+        await self.ctx.calls.note(
+            self.call_id,
+            {
+                "event": "sip",
+                "call_id_sip": self.sip_call_id,
+                "leg": self.device,
+                "direction": self.direction,
+                **entry,
+            },
+        )
 
     async def act(self, action: Action, *, sdp: str | None = None) -> bool:
         """The leg's own device acts (e.g. the peer's CANCEL or BYE: a hang-up)."""
@@ -185,8 +202,9 @@ class Leg:
         elif method == "INVITE":
             # A session refresh (RFC 4028) or hold: the media is the app's business, so
             # the session description stays the one agreed.
-            ok = endpoint.reply(event, 200, headers=[("Contact", self.local_contact(event))],
-                                body=self.session_sdp(), content_type=SDP)
+            ok = endpoint.reply(
+                event, 200, headers=[("Contact", self.local_contact(event))], body=self.session_sdp(), content_type=SDP
+            )
             dialog.response_sent(event.request, ok)
         elif method in ("OPTIONS", "UPDATE", "INFO"):
             endpoint.reply(event, 200)
@@ -209,8 +227,11 @@ class InboundLeg(Leg):
 
     def __init__(self, context: LegContext, event: RequestReceived, *, caller: str, callee: str) -> None:
         super().__init__(
-            context, sip_call_id=event.request.call_id, call_id=str(uuid.uuid4()),
-            user=caller, device=leg_device_for(event.request.call_id),
+            context,
+            sip_call_id=event.request.call_id,
+            call_id=str(uuid.uuid4()),
+            user=caller,
+            device=leg_device_for(event.request.call_id),
         )
         self.event = event
         self.invite = event.request
@@ -235,7 +256,10 @@ class InboundLeg(Leg):
         await self.ctx.bus.attach(self.user, self.device, self.deliver)
         try:
             await self.ctx.calls.start_call(
-                Caller(self.user, self.device), self.callee, self.call_id, sdp=offer,
+                Caller(self.user, self.device),
+                self.callee,
+                self.call_id,
+                sdp=offer,
                 caller_name=self.invite.from_.display_name,
             )
         except CallRefused as exc:
@@ -340,7 +364,7 @@ class InboundLeg(Leg):
         # §15: the callee may not send BYE before the ACK, or before the 2xx gave up on it.
         try:
             await asyncio.wait_for(self.acked.wait(), 64 * self.ctx.endpoint.timers.t1)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         await self.send_bye()
         await self.finish()
@@ -377,8 +401,11 @@ class OutboundLeg(Leg):
         route: list[NameAddr] | None = None,
     ) -> None:
         super().__init__(
-            context, sip_call_id=f"{uuid.uuid4().hex}@{context.config.realm}",
-            call_id=call_id, user=callee, device=device,
+            context,
+            sip_call_id=f"{uuid.uuid4().hex}@{context.config.realm}",
+            call_id=call_id,
+            user=callee,
+            device=device,
         )
         self.fork = fork
         if fork:
@@ -440,8 +467,7 @@ class OutboundLeg(Leg):
             if self.giving_up:
                 self.tx.cancel()
             response = await self.tx
-            if (response.status in (401, 407) and not challenged and not self.giving_up
-                    and config.trunk_username):
+            if response.status in (401, 407) and not challenged and not self.giving_up and config.trunk_username:
                 try:
                     invite = authorize(invite, response, config.trunk_username, config.trunk_password)
                 except DigestError:

@@ -29,9 +29,9 @@ from sip.endpoint import SipEndpoint
 from sip.message import NameAddr, Request, generate_tag
 from sip.transaction import RequestReceived
 from voip.bus import Bus
+from voip.clock import now_ms
 from voip.devices import ApnsEnvironment, DeviceRecord, Registration, SipRegistration, register
 from voip.sipcalls.config import SipConfig
-from voip.clock import now_ms
 from voip.stores import Stores
 from voip.tasks import BackgroundTasks
 
@@ -121,12 +121,16 @@ class Registrar:
         self.on_frame = on_frame
         self.on_bound = on_bound
         self.digest = DigestServer(
-            config.realm, config.digest_secret, algorithms=config.digest_algorithms,
+            config.realm,
+            config.digest_secret,
+            algorithms=config.digest_algorithms,
             nonce_ttl=config.nonce_ttl,
         )
         self.nonce_counts = stores.nonces
         # (user, device) -> (deliver, expiry timer) for bindings held on this node
-        self._attached: dict[tuple[str, str], tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.TimerHandle]] = {}
+        self._attached: dict[
+            tuple[str, str], tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.TimerHandle]
+        ] = {}
         self.tasks = tasks
 
     # Credentials ------------------------------------------------------------------------
@@ -156,23 +160,27 @@ class Registrar:
         if not result.ok:
             return result
         # qop is required (DigestServer.qop): a verified result always names its count.
-        if result.nonce is None or result.nc is None or not await self.nonce_counts.consume(
-            result.nonce, result.nc, self.digest.count_ttl
+        if (
+            result.nonce is None
+            or result.nc is None
+            or not await self.nonce_counts.consume(result.nonce, result.nc, self.digest.count_ttl)
         ):
             return AuthResult(False, result.username, stale=True, reason="nonce count replayed")
         return result
 
     def challenge(self, event: RequestReceived, result: AuthResult, *, proxy: bool = False) -> None:
         now = time.time()
-        response = self.digest.challenge(
-            event.request, now, stale=result.stale, proxy=proxy, to_tag=generate_tag()
-        )
+        response = self.digest.challenge(event.request, now, stale=result.stale, proxy=proxy, to_tag=generate_tag())
         budget = self.endpoint.answer_budget(event)
         if budget is not None and len(response.serialise()) > budget:
             # A stranger's small datagram: the first algorithm alone, so that the answer
             # stays within twice the request's size (or is not sent at all).
             response = self.digest.challenge(
-                event.request, now, stale=result.stale, proxy=proxy, to_tag=response.to.tag,
+                event.request,
+                now,
+                stale=result.stale,
+                proxy=proxy,
+                to_tag=response.to.tag,
                 algorithms=self.digest.algorithms[:1],
             )
         self.endpoint.send_response(response, event.transaction)
@@ -218,8 +226,9 @@ class Registrar:
         for contact in contacts:
             expires = min(_int(contact.params.get("expires"), default), self.config.max_expires)
             if 0 < expires < self.config.min_expires:
-                self.endpoint.reply(event, 423, to_tag=generate_tag(),
-                                    headers=[("Min-Expires", str(self.config.min_expires))])
+                self.endpoint.reply(
+                    event, 423, to_tag=generate_tag(), headers=[("Min-Expires", str(self.config.min_expires))]
+                )
                 return
         for contact in contacts:
             expires = min(_int(contact.params.get("expires"), default), self.config.max_expires)
@@ -231,18 +240,23 @@ class Registrar:
                 bound.append(device_id)
         current = await self.bindings(user)
         now = now_ms()
-        self.endpoint.reply(event, 200, to_tag=generate_tag(), headers=[
-            *(("Contact", f"<{b.contact}>;expires={max(0, (b.expires_at - now) // 1000)}")
-              for b in current.values()),
-            *(("Path", path) for path in request.paths),  # RFC 3327 §5.3: the Path we stored
-        ])
+        self.endpoint.reply(
+            event,
+            200,
+            to_tag=generate_tag(),
+            headers=[
+                *(
+                    ("Contact", f"<{b.contact}>;expires={max(0, (b.expires_at - now) // 1000)}")
+                    for b in current.values()
+                ),
+                *(("Path", path) for path in request.paths),  # RFC 3327 §5.3: the Path we stored
+            ],
+        )
         # After the 200: a phone woken by a push hears its REGISTER answered, then the call.
         for device_id in bound:
             self.tasks.spawn(self.on_bound(user, device_id), f"registered:{device_id}")
 
-    async def _bind(
-        self, user: str, device_id: str, contact: NameAddr, expires: int, event: RequestReceived
-    ) -> None:
+    async def _bind(self, user: str, device_id: str, contact: NameAddr, expires: int, event: RequestReceived) -> None:
         request = event.request
         binding = Binding(
             device_id=device_id,
@@ -268,7 +282,9 @@ class Registrar:
         record = register(
             DeviceRecord.from_stored(previous) if previous else None,
             Registration(
-                push.voip_token, push.apns_environment, push.bundle_id,
+                push.voip_token,
+                push.apns_environment,
+                push.bundle_id,
                 sip=SipRegistration(binding.contact, binding.expires_at, push.team_id),
             ),
             now_ms(),

@@ -21,10 +21,17 @@ from voip.clock import now_ms
 from voip.stores import SipStore
 
 # Frames after which a device of the callee has nothing left to ring for.
-RINGING_OVER = frozenset({
-    "call.answered", "call.answered_elsewhere", "call.declined", "call.cancelled",
-    "call.missed", "call.failed", "call.ended",
-})
+RINGING_OVER = frozenset(
+    {
+        "call.answered",
+        "call.answered_elsewhere",
+        "call.declined",
+        "call.cancelled",
+        "call.missed",
+        "call.failed",
+        "call.ended",
+    }
+)
 GRACE_MS = 60_000
 
 

@@ -21,8 +21,21 @@ from voip.stores.sip import SipStore
 from voip.stores.sockets import SocketStore
 
 __all__ = [
-    "CallError", "CallRecord", "CallRefused", "CallStore", "CalleeLimits", "DeviceStore", "EpochStore",
-    "KeyLayout", "NonceCounts", "OpsStore", "PresenceStore", "PushLog", "SipStore", "SocketStore", "Stores",
+    "CallError",
+    "CallRecord",
+    "CallRefused",
+    "CallStore",
+    "CalleeLimits",
+    "DeviceStore",
+    "EpochStore",
+    "KeyLayout",
+    "NonceCounts",
+    "OpsStore",
+    "PresenceStore",
+    "PushLog",
+    "SipStore",
+    "SocketStore",
+    "Stores",
     "Transition",
 ]
 
@@ -45,8 +58,15 @@ class Stores:
 
     @classmethod
     def open(
-        cls, redis: Redis, prefix: str, *, retention: int, ops_feed: bool = True,
-        wait_replicas: int = 0, wait_timeout_ms: int = 100, status_pipe: RedisPipe | None = None,
+        cls,
+        redis: Redis,
+        prefix: str,
+        *,
+        retention: int,
+        ops_feed: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+        status_pipe: RedisPipe | None = None,
     ) -> Stores:
         keys = KeyLayout(prefix)
         ops_channel = keys.ops_channel if ops_feed else ""
@@ -54,8 +74,13 @@ class Stores:
             keys=keys,
             ops_channel=ops_channel,
             calls=CallStore(
-                redis, keys, retention=retention, ops_channel=ops_channel,
-                wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms, status_pipe=status_pipe,
+                redis,
+                keys,
+                retention=retention,
+                ops_channel=ops_channel,
+                wait_replicas=wait_replicas,
+                wait_timeout_ms=wait_timeout_ms,
+                status_pipe=status_pipe,
             ),
             devices=DeviceStore(redis, keys),
             push_log=PushLog(redis, keys, retention=retention, ops_channel=ops_channel),

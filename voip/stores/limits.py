@@ -33,16 +33,23 @@ class CalleeLimits:
         """Count the call against its callee's limits, in one script on the callee's slot;
         raises CallRefused over a limit. With `reach`, also returns the callee's devices
         and those connected now (DeviceStore.reachable), read in the same round trip."""
+
         def read(pipe: Any) -> None:
             if reach:
                 pipe.hgetall(self._keys.devices(callee_user))
                 pipe.hgetall(self._keys.presence(callee_user))
 
-        (reason, retry_after), *devices_presence = await batch(self._redis, [(
-            self._admit,
-            [self._keys.ringing(callee_user), self._keys.call_starts(callee_user)],
-            [call_id, now, ring_deadline, max_ringing, per_minute],
-        )], read)
+        (reason, retry_after), *devices_presence = await batch(
+            self._redis,
+            [
+                (
+                    self._admit,
+                    [self._keys.ringing(callee_user), self._keys.call_starts(callee_user)],
+                    [call_id, now, ring_deadline, max_ringing, per_minute],
+                )
+            ],
+            read,
+        )
         if reason != b"ok":
             raise CallRefused(reason.decode(), int(retry_after))
         if not reach:

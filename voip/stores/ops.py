@@ -29,9 +29,7 @@ class OpsStore:
                 pipe.lrange(self._keys.timeline(call_id), 0, -1)
             return [[orjson.loads(e) for e in raw] for raw in await pipe.execute()]
 
-    async def user_devices(
-        self, user: str
-    ) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
+    async def user_devices(self, user: str) -> tuple[dict[bytes, bytes], dict[bytes, bytes], dict[bytes, bytes]]:
         """The user's device records, presence and last pushes, as stored (by device id)."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._keys.devices(user))
@@ -59,8 +57,14 @@ class OpsStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for bucket in range(BUCKETS):
                 pipe.zrange(
-                    self._keys.calls_bucket(bucket), ceiling, floor,
-                    desc=True, byscore=True, withscores=True, offset=0, num=count,
+                    self._keys.calls_bucket(bucket),
+                    ceiling,
+                    floor,
+                    desc=True,
+                    byscore=True,
+                    withscores=True,
+                    offset=0,
+                    num=count,
                 )
             found = cast(list[list[tuple[bytes, float]]], await pipe.execute())
         # Each bucket's newest `count`: the merged newest `count` are among them. Ties in a

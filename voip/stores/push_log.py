@@ -37,8 +37,13 @@ class PushLog:
         call_key, timeline_key = self._keys.call(call_id), self._keys.timeline(call_id)
         scripts: list[Scripted] = []
         if cancelled is not None:
-            scripts.append((self._record_cancellation, [self._keys.cancellations(call_id), call_key],
-                            [cancelled[0], cancelled[1], self._retention]))
+            scripts.append(
+                (
+                    self._record_cancellation,
+                    [self._keys.cancellations(call_id), call_key],
+                    [cancelled[0], cancelled[1], self._retention],
+                )
+            )
 
         def queue(pipe: Any) -> None:
             queue_timeline(pipe, timeline_key, self._ops_channel, call_id, [entry])
@@ -53,11 +58,7 @@ class PushLog:
         if read_back_for is None:
             return None, None
         fields, cancelled_at = replies[-2], replies[-1]
-        call = (
-            CallRecord.from_hash(call_id, {k.decode(): v.decode() for k, v in fields.items()})
-            if fields
-            else None
-        )
+        call = CallRecord.from_hash(call_id, {k.decode(): v.decode() for k, v in fields.items()}) if fields else None
         return call, int(cancelled_at) if cancelled_at else None
 
     async def record_last_push(self, user_id: str, device_id: str, entry: dict[str, Any]) -> None:
