@@ -307,8 +307,8 @@ def redis_process(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
     kills them all at the end."""
     started: list[RedisProcess] = []
 
-    def start(*options: str) -> RedisProcess:
-        server = RedisProcess(tmp_path / f"redis-{len(started)}", *options)
+    def start(*options: str, password: str = "") -> RedisProcess:
+        server = RedisProcess(tmp_path / f"redis-{len(started)}", *options, password=password)
         started.append(server)
         server.start()
         return server

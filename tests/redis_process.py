@@ -19,11 +19,12 @@ AOF = ("--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
 
 
 class RedisProcess:
-    def __init__(self, directory: Path, *options: str) -> None:
+    def __init__(self, directory: Path, *options: str, password: str = "") -> None:
         self.directory = directory
-        self.options = options or NO_PERSISTENCE
+        self.options = (options or NO_PERSISTENCE) + (("--requirepass", password) if password else ())
+        self.password = password or None
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://:{password}@127.0.0.1:{self.port}/0" if password else f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> None:
@@ -34,7 +35,8 @@ class RedisProcess:
              "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log"), *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                             socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -23,6 +23,7 @@ from voip.log_throttle import RepeatedLog
 from voip.ops.feed import OpsFeed
 from voip.presence import Presence
 from voip.push import APNsConfig, APNsNotifier, Notifier
+from voip import redis_pool
 from voip.redis_conn import RedisConnections
 from voip.redis_pipe import RedisPipe
 from voip.settings import Settings
@@ -160,7 +161,12 @@ class Node:
         )
 
     async def start(self) -> None:
-        await self.connections.client.ping()
+        try:
+            await self.connections.client.ping()
+        except redis_pool.UNAVAILABLE as exc:
+            # A wrong CA, password or address in REDIS_URL shows here first: one line that says which.
+            log.error("node.redis_unreachable", error=str(exc) or type(exc).__name__)
+            raise
         await self.epoch.start()
         await self.bus.start()
         if self.sip is not None:

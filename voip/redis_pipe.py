@@ -9,6 +9,11 @@ what the status endpoint needs: EVALSHA, with SCRIPT LOAD on NOSCRIPT.
 Requests from concurrent handlers share one connection and go out back to back;
 Redis answers in order, so each reply resolves the oldest waiting future.
 
+It reads a `redis://`, `rediss://` or `unix://` URL by redis-py's own rules, so that it
+reaches Redis exactly as the node's pool does: TLS with the `ssl_*` query parameters
+(redis-py builds the context), the URL's username and password, and its
+`socket_timeout` and `socket_connect_timeout` over the node's own timeout.
+
 Behind Sentinel the pipe is given `locate`, which asks the Sentinels for the master on
 every (re)connect, and `master_only`: a fresh connection that finds a replica (ROLE), or
 a reply of READONLY (a master demoted under us), drops the connection and retries once.
@@ -17,12 +22,13 @@ a reply of READONLY (a master demoted under us), drops the connection and retrie
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 # How to reach Redis: {"host", "port"} or {"path"}, optional "password", "username", "db".
@@ -66,6 +72,15 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(ConnectionError("Redis connection lost"))
 
 
+def _tls_context(options: Address) -> ssl.SSLContext | None:
+    """The context redis-py's pool would use for these URL options (its defaults: the
+    certificate and the host name checked), made now, so a missing file stops start-up."""
+    if options.get("connection_class") is not SSLConnection:
+        return None
+    tls = {name: value for name, value in options.items() if name.startswith("ssl_")}
+    return SSLConnection(**tls).ssl_context.get()
+
+
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(TimeoutError("no reply from Redis in time"))
@@ -86,8 +101,11 @@ class RedisPipe:
             self._options["password"] = password
         self._locate = locate
         self._master_only = master_only
+        self._tls = _tls_context(self._options)
         # Seconds to wait for a reply: a stopped Redis must cost a 503, not a hung request.
-        self._timeout = timeout
+        # As in redis-py's from_url, a timeout in the URL wins over the node's.
+        self._timeout: float | None = self._options.get("socket_timeout", timeout)
+        self._connect_timeout: float | None = self._options.get("socket_connect_timeout", timeout)
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
@@ -100,17 +118,19 @@ class RedisPipe:
                 return self._protocol
             loop = asyncio.get_running_loop()
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(self._connect_timeout):
                     options = await self._locate() if self._locate is not None else self._options
                     if "path" in options:
                         _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
                     else:
                         _, protocol = await loop.create_connection(
-                            _Protocol, options.get("host", "127.0.0.1"), options.get("port", 6379)
+                            _Protocol, options.get("host", "127.0.0.1"), options.get("port", 6379), ssl=self._tls
                         )
+            except TimeoutError:  # an OSError too, but no reason worth a message
+                raise TimeoutError(f"no connection to Redis in {self._connect_timeout} s") from None
             except RedisConnectionError as exc:  # no Sentinel knows a master right now
                 raise ConnectionError(f"no Redis master: {exc}") from None
-            except OSError as exc:  # refused, or the socket file gone with its server
+            except OSError as exc:  # refused, the socket file gone with its server, TLS refused
                 raise ConnectionError(f"Redis unreachable: {exc.strerror or exc}") from exc
             setup: list[bytes] = []
             if options.get("password"):
