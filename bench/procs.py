@@ -63,6 +63,8 @@ class Cluster:
     server_cpu: int
     # Empty: REDIS_URL from the environment, else a private redis-server.
     redis_url: str = ""
+    # `host:port,...`: the nodes go to this Redis Cluster instead (REDIS_CLUSTER_NODES).
+    redis_cluster_nodes: str = ""
     prefix: str = field(default_factory=lambda: f"bench-{secrets.token_hex(5)}:")
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     nodes: list[NodeProcess] = field(default_factory=list)
@@ -75,7 +77,7 @@ class Cluster:
 
     def __enter__(self) -> "Cluster":
         self.redis_url = self.redis_url or os.environ.get("REDIS_URL", "")
-        if not self.redis_url:
+        if not (self.redis_url or self.redis_cluster_nodes):
             # Started from the load generator's CPU: the child inherits its affinity.
             self._private = PrivateRedis().start()
             self.redis_url = self._private.url
@@ -90,6 +92,7 @@ class Cluster:
             **os.environ,
             **(env or {}),
             "BENCH_REDIS_URL": self.redis_url,
+            **({"REDIS_CLUSTER_NODES": self.redis_cluster_nodes} if self.redis_cluster_nodes else {}),
             "BENCH_PREFIX": self.prefix,
             "BENCH_SECRET": self.secret,
             "BENCH_NODE_ID": f"bench-{name}",
@@ -124,7 +127,12 @@ class Cluster:
         for node in self.nodes:
             node.stop()
         try:
-            client = redis.Redis.from_url(self.redis_url)
+            client: redis.Redis | redis.RedisCluster
+            if self.redis_cluster_nodes:  # it splits a many-key DEL by slot
+                host, port = self.redis_cluster_nodes.split(",")[0].rsplit(":", 1)
+                client = redis.RedisCluster(host=host, port=int(port))
+            else:
+                client = redis.Redis.from_url(self.redis_url)
             keys = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
             for start in range(0, len(keys), 500):
                 client.delete(*keys[start : start + 500])

@@ -1,7 +1,14 @@
-"""Part 1: `GET /v1/calls/{id}/status` throughput against a bare route of the same app."""
+"""Part 1: `GET /v1/calls/{id}/status` throughput against a bare route of the same app.
+
+`python -m bench --status` runs this part alone: on `--redis-url` (a `rediss://` one
+included; default REDIS_URL, else a private redis-server), where the status script goes
+through the node's own pipe (voip/redis_pipe.py), or with `--redis-cluster` on a local
+Redis Cluster (tests/redis_cluster.py), where it goes through redis-py's cluster client."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -86,3 +93,35 @@ def report(results: dict[str, list[LoadResult]], connections: int, seconds: floa
         )
     lines.append("target: status req/s >= 0.50 x bare")
     return lines
+
+
+def main(*, quick: bool, redis_url: str, redis_cluster: bool, connections: int = 32, calls: int = 4) -> None:
+    from bench.http_load import wrk_binary
+    from bench.noise import Noise
+    from bench.procs import cpu_plan
+
+    wrk_binary()  # fail before starting anything
+    server_cpu, load_cpu = cpu_plan()
+    if load_cpu >= 0:
+        os.sched_setaffinity(0, {load_cpu})  # Redis and wrk inherit it; the node takes the other
+    rounds, seconds, warmup = (1, 3.0, 1.0) if quick else (3, 6.0, 2.0)
+    noise = Noise()
+    cluster_nodes = None
+    if redis_cluster:
+        from tests.redis_cluster import LocalCluster
+
+        cluster_nodes = LocalCluster().start()
+    try:
+        startup_nodes = cluster_nodes.startup_nodes if cluster_nodes else ""
+        with Cluster(server_cpu, redis_url=redis_url, redis_cluster_nodes=startup_nodes) as cluster:
+            node = cluster.start_node("a")
+            path = "Redis Cluster, redis-py's cluster client" if cluster_nodes else f"{cluster.redis_url.split('?')[0]}, the pipe"
+            print(f"# status endpoint on {path}; node on CPU {server_cpu}, load and Redis on CPU {load_cpu}")
+            call_ids = asyncio.run(make_calls(cluster, node, calls))
+            results = measure(node, workloads(cluster, call_ids), rounds=rounds, seconds=seconds,
+                              warmup=warmup, connections=connections)
+            print("\n".join(report(results, connections, seconds)), flush=True)
+    finally:
+        if cluster_nodes is not None:
+            cluster_nodes.stop()
+    print(noise.report())
