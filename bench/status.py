@@ -115,11 +115,18 @@ def main(*, quick: bool, redis_url: str, redis_cluster: bool, connections: int =
         startup_nodes = cluster_nodes.startup_nodes if cluster_nodes else ""
         with Cluster(server_cpu, redis_url=redis_url, redis_cluster_nodes=startup_nodes) as cluster:
             node = cluster.start_node("a")
-            path = "Redis Cluster, redis-py's cluster client" if cluster_nodes else f"{cluster.redis_url.split('?')[0]}, the pipe"
+            where = cluster.redis_url.split("?")[0]
+            path = "Redis Cluster, redis-py's cluster client" if cluster_nodes else f"{where}, the pipe"
             print(f"# status endpoint on {path}; node on CPU {server_cpu}, load and Redis on CPU {load_cpu}")
             call_ids = asyncio.run(make_calls(cluster, node, calls))
-            results = measure(node, workloads(cluster, call_ids), rounds=rounds, seconds=seconds,
-                              warmup=warmup, connections=connections)
+            results = measure(
+                node,
+                workloads(cluster, call_ids),
+                rounds=rounds,
+                seconds=seconds,
+                warmup=warmup,
+                connections=connections,
+            )
             print("\n".join(report(results, connections, seconds)), flush=True)
     finally:
         if cluster_nodes is not None:

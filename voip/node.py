@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from apnsim import APNsSimulator
+from voip import redis_pool
 from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.call_pushes import CallPushes
@@ -23,7 +24,6 @@ from voip.log_throttle import RepeatedLog
 from voip.ops.feed import OpsFeed
 from voip.presence import Presence
 from voip.push import APNsConfig, APNsNotifier, Notifier
-from voip import redis_pool
 from voip.redis_conn import RedisConnections
 from voip.redis_pipe import RedisPipe
 from voip.settings import Settings

@@ -4,7 +4,6 @@ a real redis-server on a TLS port with a CA made for the test."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import subprocess
@@ -13,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import hiredis
 import httpx
@@ -39,8 +37,9 @@ def certificates(tmp_path: Path) -> Certificates:
     return make_certificates(tmp_path / "tls")
 
 
-def tls_redis(redis_process: Callable[..., RedisProcess], certificates: Certificates,
-              password: str = "") -> tuple[RedisProcess, str]:
+def tls_redis(
+    redis_process: Callable[..., RedisProcess], certificates: Certificates, password: str = ""
+) -> tuple[RedisProcess, str]:
     """A redis-server with a TLS port, and the `rediss://` URL that trusts its CA."""
     port, options = tls_options(certificates)
     server = redis_process(*options, password=password)
@@ -97,12 +96,18 @@ def test_a_wrong_ca_stops_the_node_at_start_up_with_a_clear_error(
 ) -> None:
     _, url = tls_redis(redis_process, certificates)
     _, _, other_ca = make_ca(tmp_path / "other", "other-ca")
-    env = {**os.environ, "REDIS_URL": url.replace(str(certificates.ca), str(other_ca)),
-           "VOIP_REDIS_PREFIX": prefix, "VOIP_JWT_SECRET": SECRET, "PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "REDIS_URL": url.replace(str(certificates.ca), str(other_ca)),
+        "VOIP_REDIS_PREFIX": prefix,
+        "VOIP_JWT_SECRET": SECRET,
+        "PORT": str(free_port()),
+    }
     for variable in ("APNS_KEY_FILE", "APNS_ENDPOINT", "VOIP_CONFIG", "SIP_ENABLED"):
         env.pop(variable, None)
-    finished = subprocess.run([sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env,
-                              capture_output=True, timeout=60)
+    finished = subprocess.run(
+        [sys.executable, "-m", "voip", "run"], cwd=tmp_path, env=env, capture_output=True, timeout=60
+    )
     output = (finished.stdout + finished.stderr).decode(errors="replace")
     assert finished.returncode != 0, output
     events = [orjson.loads(line) for line in output.splitlines() if line.startswith("{")]
@@ -157,8 +162,10 @@ async def test_a_socket_timeout_in_the_url_bounds_the_pipe_on_a_paused_redis(
             server.pause()  # SIGSTOP: the connection stays open, nothing answers
             try:
                 started = time.monotonic()
-                response = await http.get(f"/v1/calls/{uuid.uuid4()}/status",
-                                          headers={"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"})
+                response = await http.get(
+                    f"/v1/calls/{uuid.uuid4()}/status",
+                    headers={"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"},
+                )
                 elapsed = time.monotonic() - started
                 # A new connection: TCP is accepted by the kernel, the TLS handshake never ends.
                 connect_started = time.monotonic()
