@@ -81,7 +81,7 @@ async def test_invite_ack_bye_between_two_endpoints(pair, transport: str) -> Non
 
 
 async def test_reinvite_within_the_dialog(pair) -> None:  # type: ignore[no-untyped-def]
-    uas, uas_tu, uac, _ = pair
+    uas, _uas_tu, uac, _ = pair
     invite = invite_request(uas.contact("UDP"), uac.contact("UDP"), "call-reinvite")
     response = await uac.send_request(invite)
     dialog = Dialog.uac(invite, response)
@@ -242,7 +242,7 @@ def raw_invite(port: int, branch: str = "z9hG4bKraw1", call_id: str = "raw-call"
 
 
 async def test_2xx_retransmitted_until_ack_and_rport_filled(pair) -> None:  # type: ignore[no-untyped-def]
-    uas, uas_tu, _, _ = pair
+    uas, _uas_tu, _, _ = pair
     sock, proto = await raw_udp()
     try:
         port = sock.get_extra_info("sockname")[1]
@@ -274,7 +274,7 @@ async def test_2xx_retransmitted_until_ack_and_rport_filled(pair) -> None:  # ty
 
 async def test_no_ack_reports_ack_timeout(pair) -> None:  # type: ignore[no-untyped-def]
     uas, uas_tu, _, _ = pair
-    sock, proto = await raw_udp()
+    sock, _proto = await raw_udp()
     try:
         port = sock.get_extra_info("sockname")[1]
         sock.sendto(raw_invite(port, call_id="no-ack"), ("127.0.0.1", uas.port))

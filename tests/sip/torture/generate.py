@@ -155,6 +155,7 @@ vias = "".join(
             "Via  : ",
         ]
         + ["Via: "] * 16,
+        strict=True,
     )
 )
 M["longreq"] = msg(
@@ -280,7 +281,7 @@ M["unreason"] = msg(
 )
 
 M["noreason"] = msg("""
-SIP/2.0 100 
+SIP/2.0 100\x20
 Via: SIP/2.0/UDP 192.0.2.105;branch=z9hG4bK2398ndaoe
 Call-ID: noreason.asndj203insdf99223ndf
 CSeq: 35 INVITE
