@@ -362,7 +362,7 @@ class Chaos:
         callees = [
             Phone(backend, user, f"{user}-{side}", policy=policy, log=self.log)
             for user, pair in policies.items()
-            for side, policy in zip("ab", pair)
+            for side, policy in zip("ab", pair, strict=True)
         ]
         self.phones = callers + callees
         for phone in self.phones:

@@ -61,7 +61,7 @@ def run_wrk(
             command += ["-H", f"{name}: {value}"]
         # Bounded: wrk stops after -d; the timeout only guards a hung wrk.
         output = subprocess.run(
-            command + [base_url], capture_output=True, text=True, check=True, timeout=seconds + 30
+            [*command, base_url], capture_output=True, text=True, check=True, timeout=seconds + 30
         ).stdout
     finally:
         Path(script.name).unlink(missing_ok=True)

@@ -148,7 +148,7 @@ async def _watched_run(
     created = [sum(1 for cid, event in op.entries if event == "created") for op in ops]
     mine = [sum(1 for cid, _ in op.entries if cid in call_ids) for op in ops]
     delays = [d for op in ops for d in op.delays_ms]
-    created_delays = [d for op in ops for (_, e), d in zip(op.entries, op.delays_ms) if e == "created"]
+    created_delays = [d for op in ops for (_, e), d in zip(op.entries, op.delays_ms, strict=True) if e == "created"]
     result = FeedResult(
         rate,
         count,

@@ -299,7 +299,7 @@ async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
     assert notifier.tokens is not None
     authorization = notifier.tokens.header()  # the same JWT for both clients
     sender = notifier.sender(Environment.SANDBOX)
-    bare_requests = [(sender.headers(r) + [("authorization", authorization)], r.payload) for r in pool]
+    bare_requests = [([*sender.headers(r), ("authorization", authorization)], r.payload) for r in pool]
     bare = await BareH2.connect(host, int(port), info["ca_file"])
     await notifier.connect(Environment.SANDBOX)
 
@@ -384,7 +384,8 @@ def throughput_report(rounds: list[Round], plan: Plan) -> list[str]:
                     f"{name}: one full core each would allow {1e6 / cpu:.0f}/s client-side, "
                     f"{1e6 / sim_cpu:.0f}/s simulator-side: the ceiling is {side}"
                 )
-    return lines + [
+    return [
+        *lines,
         "(CPU columns: median CPU per push over the rounds, client process and simulator process;",
         " core: share of the round each process ran; runq: share it was runnable but waiting for a CPU)",
         *ceilings,

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import httpx
@@ -31,6 +32,7 @@ from voip.settings import load_settings
 
 TOPIC = "com.example.caller.voip"
 BATCH = 50  # requests at once
+DRAIN_TIMEOUT = 60.0  # seconds; pushes to the local simulator take milliseconds
 
 
 async def used_memory(client: aioredis.Redis) -> int:
@@ -39,7 +41,10 @@ async def used_memory(client: aioredis.Redis) -> int:
 
 async def drained(node: Node) -> None:
     """Every push in flight has its answer on the timeline."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT
     while node.pushes._sending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pushes still in flight after {DRAIN_TIMEOUT} s")
         await asyncio.sleep(0.01)
 
 
@@ -58,6 +63,9 @@ async def measure(devices: int, calls: int) -> dict[str, Any]:
         uv = uvicorn.Server(config)
         serving = asyncio.create_task(uv.serve())
         while not uv.started:
+            if serving.done():
+                serving.result()  # its error, if it raised
+                raise RuntimeError("the server stopped before it started")
             await asyncio.sleep(0.01)
         port = uv.servers[0].sockets[0].getsockname()[1]
         node: Node = app.state.node
@@ -118,7 +126,7 @@ async def _run(node: Node, client: aioredis.Redis, http: httpx.AsyncClient, devi
 
     figures: dict[str, Any] = {"devices": devices, "calls": f"{calls} answered, {calls} cancelled"}
     started = time.monotonic()
-    last = [(await batches(calls, BATCH, lambda i: one_call(i, answered)))[-1] for answered in (True, False)]
+    last = [(await batches(calls, BATCH, partial(one_call, answered=answered)))[-1] for answered in (True, False)]
     await drained(node)
     figures["seconds"] = round(time.monotonic() - started, 1)
     # Keys that die within a minute of a call's start (the callee's ringing and

@@ -53,7 +53,9 @@ async def _paced(rate: float, count: int, send: Callable[[int], Awaitable[None]]
 
 async def _wait_for(done: Callable[[], bool]) -> None:
     deadline = time.perf_counter() + DRAIN_TIMEOUT
-    while not done() and time.perf_counter() < deadline:
+    while not done():
+        if time.perf_counter() >= deadline:
+            return  # the caller reports what never arrived
         await asyncio.sleep(0.01)
 
 

@@ -190,7 +190,7 @@ async def sipp(target: str, args: list[str], work: Path, timeout: float = 60) ->
 
 
 async def full_cycles(target: str, rate: float, calls: int, work: Path, user: str = "alice") -> SippRun:
-    rc, row, wall = await sipp(
+    _rc, row, wall = await sipp(
         target,
         ["-sn", "uac", "-s", user, "-r", str(rate), "-m", str(calls), "-d", "0", "-l", str(calls)],
         work,

@@ -366,7 +366,7 @@ class Dialog:
         # Strict route: parameters not allowed in a Request-URI are dropped
         # (§19.1.1: method, maddr, ttl, transport, lr are; headers are not).
         strict = replace(first, headers=None)
-        return strict, routes[1:] + [NameAddr(self.remote_target)]
+        return strict, [*routes[1:], NameAddr(self.remote_target)]
 
     def terminate(self) -> None:
         self.state = DialogState.TERMINATED

@@ -959,7 +959,7 @@ def _parse_start_line(line: str) -> Request | Response:
     if line[:4].upper() == "SIP/":
         version, sp, rest = line.partition(" ")
         version = _check_version(version)
-        code, sp2, reason = rest.partition(" ")
+        code, _, reason = rest.partition(" ")
         if not sp or len(code) != 3 or not _is_digits(code) or not 100 <= int(code) <= 699:
             raise ParseError(f"invalid status line {line!r}")
         return Response(status=int(code), reason=reason, version=version)

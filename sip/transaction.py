@@ -25,7 +25,6 @@ from __future__ import annotations
 import enum
 import heapq
 from dataclasses import dataclass, field, replace
-from typing import Union
 
 from .message import (
     CSeq,
@@ -172,7 +171,7 @@ class TransportError:
     request: Request
 
 
-Event = Union[SendMessage, RequestReceived, ResponseReceived, TransactionTimeout, TransportError]
+Event = SendMessage | RequestReceived | ResponseReceived | TransactionTimeout | TransportError
 
 
 # --- Transactions ------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Union
 
 from .message import Request, Response, build_response, generate_tag
 from .transaction import (
@@ -73,7 +72,7 @@ class StrayResponse:
     received: ResponseReceived
 
 
-UAEvent = Union[Event, AckTimeout, InviteCancelled, StrayResponse]
+UAEvent = Event | AckTimeout | InviteCancelled | StrayResponse
 
 # A 2xx to INVITE and its ACK share the Call-ID, the CSeq number and the To tag.
 AckKey = tuple[str, int, str]

@@ -110,7 +110,7 @@ class SentinelRedis:
         votes: dict[int, int] = {}
         for watcher in self.watchers:
             try:
-                host, port = watcher.client.execute_command("SENTINEL", "get-master-addr-by-name", self.master_name)
+                _host, port = watcher.client.execute_command("SENTINEL", "get-master-addr-by-name", self.master_name)
             except (redis.RedisError, TypeError, ValueError):
                 continue
             votes[int(port)] = votes.get(int(port), 0) + 1

@@ -169,7 +169,7 @@ async def test_someone_elses_call_is_an_unknown_call(scene: Any) -> None:
 
 async def test_errors_do_not_disturb_the_same_devices_own_call(scene: Any) -> None:
     # Bad frames on a socket that is itself in a call leave that call alone.
-    node, mallory, caller, callee, call_id = scene
+    node, _mallory, caller, callee, call_id = scene
     for text, *_ in CASES[:12]:
         await caller.socket.send(text)
         assert (await caller.next())["type"] == "error"

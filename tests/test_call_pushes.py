@@ -295,7 +295,7 @@ async def test_hang_up_reaches_the_answering_device_whose_socket_died(
 
 async def test_hang_up_reaches_the_caller_whose_socket_died(pushing: tuple[RunningNode, APNsSimulator]) -> None:
     node, sim = pushing
-    call_id, caller, callee, alices, bobs = await answered_call(node, sim)
+    call_id, caller, callee, alices, _bobs = await answered_call(node, sim)
     await socket_dies(node, caller)
 
     assert (await callee.request({"type": "call.hangup", "call_id": call_id}))["type"] == "ack"
@@ -308,7 +308,7 @@ async def test_hang_up_reaches_the_caller_whose_socket_died(pushing: tuple[Runni
 
 async def test_no_hang_up_push_to_a_device_whose_socket_is_open(pushing: tuple[RunningNode, APNsSimulator]) -> None:
     node, sim = pushing
-    call_id, caller, callee, alices, bobs = await answered_call(node, sim)
+    call_id, caller, callee, _alices, bobs = await answered_call(node, sim)
 
     assert (await caller.request({"type": "call.hangup", "call_id": call_id}))["type"] == "ack"
     await callee.expect("call.ended", call_id=call_id, reason="remote_ended")

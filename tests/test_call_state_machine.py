@@ -172,6 +172,6 @@ def test_callkit_reason_mapping_is_one_to_one() -> None:
 
 def test_every_state_after_ringing_has_a_notice_for_each_party() -> None:
     assert set(NOTICES) == set(CallState) - {S.RINGING}
-    for state, (to_caller, to_callee) in NOTICES.items():
+    for to_caller, to_callee in NOTICES.values():
         assert to_caller.startswith("call.") and to_callee.startswith("call.")
     assert NOTICES[S.ANSWERED] == ("call.answered", "call.answered_elsewhere")

@@ -152,7 +152,7 @@ async def test_status_unreachable_the_app_retries_with_backoff_and_ends_the_call
 
         ended = await bob.wait_for("callkit.ended", call_id=call_id, timeout=10)
         assert ended.detail["reason"] == "unanswered" and ended.detail["was"] == "ringing"
-        [expired] = bob.events("ring.expired", call_id=call_id)
+        [_expired] = bob.events("ring.expired", call_id=call_id)
         kinds = bob.log.kinds(device="b-phone", call_id=call_id)
         assert kinds.index("ring.expired") == kinds.index("callkit.ended") - 1
         # Asked again and again, doubling the wait up to the cap, never a verdict.
@@ -160,7 +160,8 @@ async def test_status_unreachable_the_app_retries_with_backoff_and_ends_the_call
         retries = [e.detail["after"] for e in bob.events("status.retry", call_id=call_id)]
         assert len(failed) >= 4 and not bob.events("status.checked", call_id=call_id)
         assert retries[:3] == [0.2, 0.4, 0.8] and all(after <= 0.8 for after in retries)
-        for before, after, pause in zip(failed, failed[1:], retries):
+        # The last failure may or may not be followed by a retry before the deadline.
+        for before, after, pause in zip(failed, failed[1:], retries, strict=False):
             assert after.at - before.at >= pause - 0.01
         # The deadline is the push's expires_at: nothing ended the call before it.
         [push] = bob.apns_device.inbox

@@ -9,7 +9,7 @@ from tests import interop
 
 
 def test_starting_a_program_without_the_marker_fails() -> None:
-    with pytest.raises(pytest.fail.Exception, match="mark it @pytest.mark.interop"):
+    with pytest.raises(pytest.fail.Exception, match=r"mark it @pytest\.mark\.interop"):
         interop.started("sipp")
 
 

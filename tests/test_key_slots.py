@@ -31,6 +31,9 @@ def _scripts() -> dict[str, str]:
 async def test_every_script_touches_one_slot(redis_url: str, redis: Redis, prefix: str) -> None:
     seen: list[tuple[str, list[bytes]]] = []
     monitoring = asyncio.Event()
+    # MONITOR shows commands in order: once the marker is seen, all before it are.
+    marker = redis.register_script("return 1")
+    marked = asyncio.Event()
 
     async def monitor() -> None:
         async with Redis.from_url(redis_url).monitor() as m:
@@ -43,6 +46,8 @@ async def test_every_script_touches_one_slot(redis_url: str, redis: Redis, prefi
                 args = [p.strip('"') for p in parts]
                 numkeys = int(args[2])
                 seen.append((args[1], [a.encode() for a in args[3 : 3 + numkeys]]))
+                if args[1] == marker.sha:
+                    marked.set()
 
     watcher = asyncio.create_task(monitor())
     await monitoring.wait()
@@ -74,12 +79,9 @@ async def test_every_script_touches_one_slot(redis_url: str, redis: Redis, prefi
         await stores.devices.put("bob", "b1", {"voip_token": "t", "updated_at": now}, 10)
         await stores.devices.drop_voip_token("bob", "b1", "t", None)
         await stores.nonces.consume("nonce", 1, 30)
-        # MONITOR shows commands in order: once the marker is seen, all before it are.
-        marker = redis.register_script("return 1")
         await marker(keys=[f"{prefix}marker"])
         async with asyncio.timeout(10):
-            while not any(sha == marker.sha for sha, _ in seen):
-                await asyncio.sleep(0.02)
+            await marked.wait()
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)

@@ -86,21 +86,23 @@ async def test_answer_crossing_a_cancel_ends_in_one_outcome(redis: Redis, redis_
             await client.aclose()
 
 
+async def _timeout(calls: CallStore, call_id: str) -> str | None:
+    try:
+        return (await calls.transition(call_id, Action.TIMEOUT, node="n")).call.state.value
+    except CallError:
+        return None
+
+
 async def test_timeout_crossing_an_answer_fires_at_most_once(redis: Redis, redis_url: str, prefix: str) -> None:
     clients = [Redis.from_url(redis_url) for _ in range(3)]
     stores = [Stores.open(client, prefix, retention=600).calls for client in clients]
     try:
         for _ in range(50):
             call_id = await _ringing_call(stores[0], 1)
-
-            async def timeout(calls: CallStore) -> str | None:
-                try:
-                    return (await calls.transition(call_id, Action.TIMEOUT, node="n")).call.state.value
-                except CallError:
-                    return None
-
             results = await asyncio.gather(
-                timeout(stores[0]), timeout(stores[1]), _attempt(stores[2], call_id, Action.ANSWER, "bob", "b0")
+                _timeout(stores[0], call_id),
+                _timeout(stores[1], call_id),
+                _attempt(stores[2], call_id, Action.ANSWER, "bob", "b0"),
             )
             assert sum(r is not None for r in results) == 1, results
     finally:

@@ -40,7 +40,7 @@ async def test_ringing_says_keep_ringing(node: RunningNode) -> None:
 
 
 async def test_answered_keeps_the_answering_device_and_ends_the_others(node: RunningNode) -> None:
-    call_id, caller, phone, _ = await ringing_call(node)
+    call_id, _caller, phone, _ = await ringing_call(node)
     await phone.request({"type": "call.answer", "call_id": call_id})
     _, on_phone = await status(node, call_id, device_id="b1")
     assert on_phone["end_call"] is False and on_phone["answered_by_device"] == "b1"
@@ -158,7 +158,7 @@ async def test_a_declined_call_reads_in_each_sides_words_without_a_device(node: 
 
 
 async def test_a_device_that_is_not_the_askers_in_this_call_is_refused(node: RunningNode) -> None:
-    call_id, caller, phone, _ = await ringing_call(node)
+    call_id, _caller, phone, _ = await ringing_call(node)
     await node.device("alice", "a2")  # alice's, but not the device that placed the call
     await phone.request({"type": "call.answer", "call_id": call_id})
     await register(node, "bob", "b-later")  # bob's, registered after the call was offered

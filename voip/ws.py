@@ -397,7 +397,6 @@ class DeviceConnection:
             log.exception("ws.after_call_started_failed", user=self.user_id, device=self.device_id)
 
     async def _dispatch(self, message: ClientMessage) -> dict[str, Any] | None:
-        me = Caller(self.user_id, self.device_id)
         ack = {"type": FrameType.ACK, "id": message.id}
         match message:
             case CallStart():

@@ -74,7 +74,7 @@ async def test_ring_timeouts_fire_on_a_cluster(cluster_node: Any) -> None:
     caller = await node_a.device("alice", "a1")
     phones = [await node_b.device(f"bob{n}", "b1") for n in range(6)]
     call_ids = [(await caller.request({"type": "call.start", "callee": f"bob{n}"}))["call_id"] for n in range(6)]
-    for phone, call_id in zip(phones, call_ids):
+    for phone, call_id in zip(phones, call_ids, strict=True):
         assert (await phone.expect("call.missed", call_id=call_id, timeout=3))["reason"] == "unanswered"
     for call_id in call_ids:
         await caller.expect("call.missed", call_id=call_id)

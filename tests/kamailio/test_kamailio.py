@@ -277,7 +277,7 @@ async def test_a_node_killed_mid_run_new_calls_reach_the_survivor_and_its_calls_
     # A call the survivor holds, answered before the other node dies and hung up after.
     (kept_cid,) = call_ids(0, 1)
     kept = start_sipp(
-        uac(kamailio, str(SCENARIOS / "peer_calls_app_hangs_up.xml")) + ["-cid_str", kept_cid],
+        [*uac(kamailio, str(SCENARIOS / "peer_calls_app_hangs_up.xml")), "-cid_str", kept_cid],
         tmp_path / "kept",
     )
     kept_call = (await phones[nodes[0].node.node_id].expect("call.incoming", timeout=10))["call_id"]
@@ -301,7 +301,7 @@ async def test_a_node_killed_mid_run_new_calls_reach_the_survivor_and_its_calls_
 
     async def call(cid: str, name: str) -> None:
         sipp = start_sipp(
-            uac(kamailio, str(SCENARIOS / "peer_calls_app_answers.xml")) + ["-cid_str", cid],
+            [*uac(kamailio, str(SCENARIOS / "peer_calls_app_answers.xml")), "-cid_str", cid],
             tmp_path / name,
         )
         incoming = await alice.expect("call.incoming", timeout=10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -87,7 +88,7 @@ async def test_backoff_is_jittered_and_keeps_the_apns_id(make_notifier: MakeNoti
     assert (result.outcome, result.attempts) == (Outcome.ACCEPTED, 6)
     records = requests_for(sim, request.apns_id)
     assert len(records) == 6 and {r.header("apns-id") for r in records} == {request.apns_id}
-    gaps = [b.received_at - a.received_at for a, b in zip(records, records[1:])]
+    gaps = [b.received_at - a.received_at for a, b in pairwise(records)]
     assert len({round(g, 4) for g in gaps}) > 1
     assert all(g < 0.08 + 0.1 for g in gaps)
     assert len(device.inbox) == 1
@@ -194,7 +195,7 @@ async def test_concurrent_pushes_on_a_connection_that_goes_silent(
 
     assert all(r.outcome == Outcome.ACCEPTED for r in results)
     await asyncio.sleep(0.3)
-    for device, request in zip(devices, requests):
+    for device, request in zip(devices, requests, strict=True):
         assert [d.push.apns_id for d in device.inbox] == [request.apns_id]
 
 
@@ -213,7 +214,7 @@ async def test_concurrent_pushes_on_a_connection_that_goes_away(
 
     assert all(r.outcome == Outcome.ACCEPTED for r in results)
     await asyncio.sleep(0.3)
-    for device, request in zip(devices, requests):
+    for device, request in zip(devices, requests, strict=True):
         assert [d.push.apns_id for d in device.inbox] == [request.apns_id]
 
 
@@ -232,7 +233,7 @@ async def test_concurrent_pushes_on_a_connection_that_is_reset(make_notifier: Ma
 
     assert all(r.outcome == Outcome.ACCEPTED for r in results)
     assert len(sim.connections) == 2
-    for device, request, result in zip(devices, requests, results):
+    for device, request, result in zip(devices, requests, results, strict=True):
         records = requests_for(sim, request.apns_id)
         # An attempt written just before the reset may die in the socket unread, so
         # APNs can have seen fewer requests than we wrote, never more.

@@ -135,7 +135,7 @@ async def test_600_concurrent_device_puts_on_a_small_pool_get_201_or_503_never_5
         if response.status_code == 503:
             assert_unavailable(response)
     # A 201 is the truth: its device is in Redis.
-    created = [u for u, r in zip(users, responses) if r.status_code == 201]
+    created = [u for u, r in zip(users, responses, strict=True) if r.status_code == 201]
     async with redis.pipeline(transaction=False) as pipe:
         for user in created:
             pipe.hexists(node.node.stores.keys.devices(user), "d1")
@@ -155,8 +155,8 @@ async def test_concurrent_websocket_connects_on_a_small_pool_leak_no_subscriptio
     codes = Counter(code for _, code in outcomes)
     assert set(codes) <= {"hello", 1013}, codes
     assert codes[1013] > 0, codes
-    accepted = [u for u, (_, code) in zip(users, outcomes) if code == "hello"]
-    refused = [u for u, (_, code) in zip(users, outcomes) if code == 1013]
+    accepted = [u for u, (_, code) in zip(users, outcomes, strict=True) if code == "hello"]
+    refused = [u for u, (_, code) in zip(users, outcomes, strict=True) if code == 1013]
     channels = {u: node.node.bus.channel(u) for u in users}
 
     # A refused socket left nothing behind: no subscription (in Redis or in the bus),

@@ -4,6 +4,7 @@ half-sent requests, bodies with missing bytes, more connections than the node ta
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -195,7 +196,7 @@ async def test_connections_over_the_cap_get_503_websockets_too(limited_node: int
                 if again.recv(65536).startswith(b"HTTP/1.1 200"):
                     break
             assert time.monotonic() < deadline, "a freed connection must make room"
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
     finally:
         for sock in held:
             sock.close()

@@ -295,7 +295,7 @@ async def test_register_over_tls_with_digest(
         assert not await tls_node.node.sip.registrar.bindings("alice")  # type: ignore[union-attr]
 
     async with baresip(tmp_path / "phone", tls_node, node_tls, phone_tls) as phone:
-        device_id, binding = await bound(tls_node, phone)
+        _device_id, binding = await bound(tls_node, phone)
         assert binding.transport == "TLS"
         assert binding.contact.endswith(f"@127.0.0.1:{tls_listener(phone)};transport=tls")
         host, port = binding.source.rsplit(":", 1)

@@ -62,7 +62,7 @@ def test_uac_ack_for_2xx() -> None:
 def test_end_to_end_invite_200_ack_between_two_layers() -> None:
     uac, uas = TransactionLayer(), TransactionLayer()
     inv = make_request("INVITE")
-    ikey, out = uac.send_request(inv, UAS, "UDP", 0.0)
+    _ikey, out = uac.send_request(inv, UAS, "UDP", 0.0)
     (up,) = uas.receive(wire(out[0].message), UAC, "UDP", 0.01)  # type: ignore[union-attr]
     assert up.request.method == "INVITE"  # type: ignore[union-attr]
     ok = build_response(up.request, 200, to_tag="t")  # type: ignore[union-attr]

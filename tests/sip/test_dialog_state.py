@@ -44,7 +44,7 @@ def pair(record_routes: list[NameAddr] = ()) -> tuple[Dialog, Dialog, Request]: 
 
 
 def test_uac_and_uas_state_mirror_each_other() -> None:
-    uac, uas, inv = pair([rr("p1.example.com"), rr("p2.example.com")])
+    uac, uas, _inv = pair([rr("p1.example.com"), rr("p2.example.com")])
     assert uac.id == DialogId("call-1", "ft1", "bobtag")
     assert uas.id == DialogId("call-1", "bobtag", "ft1")
     assert uac.state is uas.state is DialogState.CONFIRMED
@@ -227,7 +227,7 @@ def test_in_dialog_bye_over_two_transaction_layers() -> None:
     table.add(uas)
     uac_layer, uas_layer = TransactionLayer(), TransactionLayer()
     bye = uac.create_request("BYE", via=Via("UDP", UAC[0], UAC[1], {"branch": "z9hG4bKbye2"}))
-    key, out = uac_layer.send_request(bye, UAS, "UDP", 0.0)
+    _key, out = uac_layer.send_request(bye, UAS, "UDP", 0.0)
     (up,) = uas_layer.receive(wire(out[0].message), UAC, "UDP", 0.01)  # type: ignore[union-attr]
     dialog, rejection = table.match(up.request)  # type: ignore[union-attr]
     assert dialog is uas and rejection is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -81,7 +82,7 @@ async def test_invite_ack_bye_between_two_endpoints(pair, transport: str) -> Non
 
 
 async def test_reinvite_within_the_dialog(pair) -> None:  # type: ignore[no-untyped-def]
-    uas, uas_tu, uac, _ = pair
+    uas, _uas_tu, uac, _ = pair
     invite = invite_request(uas.contact("UDP"), uac.contact("UDP"), "call-reinvite")
     response = await uac.send_request(invite)
     dialog = Dialog.uac(invite, response)
@@ -120,7 +121,9 @@ async def test_answer_after_ringing_and_cancel_before_provisional_waits(pair) ->
     uas_tu.answer_after = None
     invite = invite_request(uas.contact("UDP"), uac.contact("UDP"), "call-later")
     tx = uac.send_request(invite)
+    deadline = time.monotonic() + 5
     while "call-later" not in uas_tu.pending:
+        assert time.monotonic() < deadline, "the INVITE never reached the UAS's TU"
         await asyncio.sleep(0.01)
     assert uas_tu.answer("call-later")
     response = await tx
@@ -242,7 +245,7 @@ def raw_invite(port: int, branch: str = "z9hG4bKraw1", call_id: str = "raw-call"
 
 
 async def test_2xx_retransmitted_until_ack_and_rport_filled(pair) -> None:  # type: ignore[no-untyped-def]
-    uas, uas_tu, _, _ = pair
+    uas, _uas_tu, _, _ = pair
     sock, proto = await raw_udp()
     try:
         port = sock.get_extra_info("sockname")[1]
@@ -274,7 +277,7 @@ async def test_2xx_retransmitted_until_ack_and_rport_filled(pair) -> None:  # ty
 
 async def test_no_ack_reports_ack_timeout(pair) -> None:  # type: ignore[no-untyped-def]
     uas, uas_tu, _, _ = pair
-    sock, proto = await raw_udp()
+    sock, _proto = await raw_udp()
     try:
         port = sock.get_extra_info("sockname")[1]
         sock.sendto(raw_invite(port, call_id="no-ack"), ("127.0.0.1", uas.port))
@@ -372,7 +375,10 @@ def test_token_bucket_refills_per_source() -> None:
 
 
 def test_error_response_and_next_hop() -> None:
-    head = "INVITE sip:x SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\r\nf: <sip:a@b>;tag=1\r\nt: <sip:c@d>\r\ni: c1\r\nCSeq: 1 INVITE"
+    head = (
+        "INVITE sip:x SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+        "f: <sip:a@b>;tag=1\r\nt: <sip:c@d>\r\ni: c1\r\nCSeq: 1 INVITE"
+    )
     data = error_response(head, 400, "bad")
     assert data is not None
     response = parse_datagram(data)

@@ -123,7 +123,7 @@ def test_mutated_torture_messages_only_raise_parse_error(seed: bytes, data: st.D
 def test_stream_parser_never_raises_other_errors(seed: bytes, cuts: list[int]) -> None:
     p = StreamParser()
     pos = 0
-    for cut in cuts + [len(seed)]:
+    for cut in [*cuts, len(seed)]:
         p.feed(seed[pos : pos + cut])
         pos += cut
         try:

@@ -174,7 +174,7 @@ def test_invite_client_reliable_no_retransmit_and_zero_timer_d() -> None:
 def test_invite_client_timer_b_on_reliable_transport() -> None:
     layer = TransactionLayer(TimerConfig(t1=0.1))
     clock = Clock(layer)
-    key, _ = layer.send_request(make_request("INVITE", transport="TCP"), UAS, "TCP", 0.0)
+    _key, _ = layer.send_request(make_request("INVITE", transport="TCP"), UAS, "TCP", 0.0)
     fired = clock.run_until(6.41)
     assert [(round(t, 2), e.timer) for t, e in fired if isinstance(e, TransactionTimeout)] == [(6.4, "B")]
 
@@ -197,7 +197,7 @@ def test_non_invite_client_proceeding_retransmits_every_t2() -> None:
     layer = TransactionLayer()
     clock = Clock(layer)
     req = make_request("BYE")
-    key, _ = layer.send_request(req, UAS, "UDP", 0.0)
+    _key, _ = layer.send_request(req, UAS, "UDP", 0.0)
     clock.run_until(0.6)  # one retransmission at 0.5; next E due at 1.5
     layer.receive(wire(build_response(wire(req), 100)), UAS, "UDP", 0.6)  # type: ignore[arg-type]
     fired = clock.run_until(14.0)
@@ -283,7 +283,7 @@ def recv_invite(
 def test_invite_server_sends_100_trying_after_200ms_unless_tu_answers() -> None:
     layer = TransactionLayer()
     clock = Clock(layer)
-    inv, events = recv_invite(layer)
+    _inv, events = recv_invite(layer)
     assert [type(e) for e in events] == [RequestReceived]
     fired = clock.run_until(1.0)
     assert [(t, m.status) for t, e in fired if isinstance(e, SendMessage) for m in [e.message]] == [(0.2, 100)]  # type: ignore[union-attr]

@@ -48,7 +48,7 @@ async def readyz(request: Request) -> Response:
         )
     checks = node.readiness_checks
     outcomes = await asyncio.gather(*(_outcome(name, check) for name, check in checks.items()))
-    results = dict(zip(checks, outcomes))
+    results = dict(zip(checks, outcomes, strict=True))
     ready = all(outcome == "ok" for outcome in outcomes)
     body: dict[str, object] = {"status": "ready" if ready else "not_ready", "checks": results}
     if node.readiness_details:

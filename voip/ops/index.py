@@ -103,7 +103,7 @@ class CallIndex:
             batch = await self._entries(where, position, wanted)
             calls = await self._load([call_id for call_id, _ in batch]) if batch else []
             gone = []
-            for (call_id, created_at), raw in zip(batch, calls):
+            for (call_id, created_at), raw in zip(batch, calls, strict=True):
                 examined += 1
                 position = Position(created_at, call_id)
                 if not raw:

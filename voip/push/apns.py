@@ -370,7 +370,7 @@ class APNsNotifier:
             if attempts >= self.config.max_attempts:
                 break
             authorization = self.tokens.header() if self.tokens else None
-            headers = base_headers + [("authorization", authorization)] if authorization else base_headers
+            headers = [*base_headers, ("authorization", authorization)] if authorization else base_headers
             answer, connection = await sender.attempt(headers, request.payload, end, self.config.response_timeout)
             if answer is None:
                 return finish(Outcome.EXPIRED, "the deadline passed before APNs accepted the push")

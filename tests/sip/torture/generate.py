@@ -16,7 +16,7 @@ def sdp(ip_o, ip_c=None, t="0 0", s=True, tline=True):
     if tline:
         lines.append(f"t={t}")
     lines += ["m=audio 49217 RTP/AVP 0 12", "m=video 3227 RTP/AVP 31", "a=rtpmap:31 LPC"]
-    return "".join(l + "\r\n" for l in lines)
+    return "".join(line + "\r\n" for line in lines)
 
 
 def msg(head: str, body: str | bytes = "") -> bytes:
@@ -64,10 +64,13 @@ m:"Quoted string \\"\\"" <sip:jdrosen@example.com> ; newparam =
 # intmeth: the To display name carries raw BEL, NUL and DEL octets, the From
 # parameter UTF-8 Cyrillic, the extension header a UTF-8 BOM and CJK text.
 intmeth_head = (
-    "!interesting-Method0123456789_*+`.%indeed'~ sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com SIP/2.0\n"
+    "!interesting-Method0123456789_*+`.%indeed'~ "
+    "sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com"
+    " SIP/2.0\n"
     "Via: SIP/2.0/TCP host1.example.com;branch=z9hG4bK-.!%66*_+`'~\n"
     'To: "BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f" <sip:1_unusual.URI~(to-be!sure)&isn\'t+it$/crazy?,/;;*@example.com>\n'
-    "From: token1~` token2'+_ token3*%!.- <sip:mundane@example.com>;fromParam''~+*_!.-%=\"\u0440\u0430\u0431\u043e\u0442\u0430\u044e\u0449\u0438\u0439\";tag=_token~1'+`*%!-.\n"
+    "From: token1~` token2'+_ token3*%!.- <sip:mundane@example.com>;fromParam''~+*_!.-%="
+    '"\u0440\u0430\u0431\u043e\u0442\u0430\u044e\u0449\u0438\u0439";tag=_token~1\'+`*%!-.\n'
     "Call-ID: intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{\n"
     "CSeq: 139122385 !interesting-Method0123456789_*+`.%indeed'~\n"
     "Max-Forwards: 255\n"
@@ -155,15 +158,20 @@ vias = "".join(
             "Via  : ",
         ]
         + ["Via: "] * 16,
+        strict=True,
     )
 )
 M["longreq"] = msg(
     "INVITE sip:user@example.com SIP/2.0\n"
-    f'To: "I have a user name of {"extreme" * 10} proportion"<sip:user@example.com:6000;unknownparam1=very{"long" * 20}value;longparam{"name" * 25}=shortvalue;very{"long" * 25}ParameterNameWithNoValue>\n'
-    f"F: sip:{'amazinglylongcallername' * 5}@example.net;tag=12{'982' * 50}424;unknownheaderparam{'name' * 20}=unknowheaderparam{'value' * 15};unknownValueless{'paramname' * 10}\n"
+    f'To: "I have a user name of {"extreme" * 10} proportion"<sip:user@example.com:6000;'
+    f"unknownparam1=very{'long' * 20}value;longparam{'name' * 25}=shortvalue;"
+    f"very{'long' * 25}ParameterNameWithNoValue>\n"
+    f"F: sip:{'amazinglylongcallername' * 5}@example.net;tag=12{'982' * 50}424;"
+    f"unknownheaderparam{'name' * 20}=unknowheaderparam{'value' * 15};unknownValueless{'paramname' * 10}\n"
     f"Call-ID: longreq.one{'really' * 20}longcallid\n"
     "CSeq: 3882340 INVITE\n"
-    f"Unknown-{'Long' * 20}-Name: unknown-{'long' * 20}-value; unknown-{'long' * 20}-parameter-name = unknown-{'long' * 20}-parameter-value\n"
+    f"Unknown-{'Long' * 20}-Name: unknown-{'long' * 20}-value; "
+    f"unknown-{'long' * 20}-parameter-name = unknown-{'long' * 20}-parameter-value\n"
     + vias
     + f"Via: SIP/2.0/TCP host.example.com;received=192.0.2.5;branch=very{'long' * 50}branchvalue\n"
     "Max-Forwards: 70\n"
@@ -245,13 +253,18 @@ mp_prefix = (
 mp_suffix = b"\r\n--7a9cbec02ceef655--\r\n"
 blob_len = 553 - len(mp_prefix) - len(mp_suffix)
 blob = bytes(((i * 131) + 0x30) % 256 for i in range(blob_len))
+# The Identity header's value, split only to keep the source lines short.
+identity = (
+    "r5mwreLuyDRYBi/0TiPwEsY3rEVsk/G2WxhgTV1PF7hHuLIK0YWVKZhKv9Mj8UeXqkMVbnVq37CD+813gvYjcBUaZngQmXc9WNZSDNGCzA+f"
+    "Wl9MEUHWIZo1CeJebdY/XlgKeTa0Olvq0rt70Q5jiSfbqMJmQFteeivUhkMWYUA="
+)
 M["mpart01"] = msg(
-    """
+    f"""
 MESSAGE sip:kumiko@example.org SIP/2.0
 Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-d87543-4dade06d0bdb11ee-1--d87543-;rport
 Max-Forwards: 70
 Route: <sip:127.0.0.1:5080>
-Identity: r5mwreLuyDRYBi/0TiPwEsY3rEVsk/G2WxhgTV1PF7hHuLIK0YWVKZhKv9Mj8UeXqkMVbnVq37CD+813gvYjcBUaZngQmXc9WNZSDNGCzA+fWl9MEUHWIZo1CeJebdY/XlgKeTa0Olvq0rt70Q5jiSfbqMJmQFteeivUhkMWYUA=
+Identity: {identity}
 Contact: <sip:fluffy@127.0.0.1:5070>
 To: <sip:kumiko@example.org>
 From: <sip:fluffy@example.com>;tag=2fb0dcc9
@@ -267,7 +280,9 @@ Content-Length: 553
 )
 
 M["unreason"] = msg(
-    "SIP/2.0 200 = 2**3 * 5**2 \u043d\u043e \u0441\u0442\u043e \u0434\u0435\u0432\u044f\u043d\u043e\u0441\u0442\u043e \u0434\u0435\u0432\u044f\u0442\u044c - \u043f\u0440\u043e\u0441\u0442\u043e\u0435\n"
+    "SIP/2.0 200 = 2**3 * 5**2 \u043d\u043e \u0441\u0442\u043e "
+    "\u0434\u0435\u0432\u044f\u043d\u043e\u0441\u0442\u043e \u0434\u0435\u0432\u044f\u0442\u044c - "
+    "\u043f\u0440\u043e\u0441\u0442\u043e\u0435\n"
     "Via: SIP/2.0/UDP 192.0.2.198;branch=z9hG4bK1324923\n"
     "Call-ID: unreason.1234ksdfak3j2erwedfsASdf\n"
     "CSeq: 35 INVITE\n"
@@ -280,7 +295,7 @@ M["unreason"] = msg(
 )
 
 M["noreason"] = msg("""
-SIP/2.0 100 
+SIP/2.0 100\x20
 Via: SIP/2.0/UDP 192.0.2.105;branch=z9hG4bK2398ndaoe
 Call-ID: noreason.asndj203insdf99223ndf
 CSeq: 35 INVITE
@@ -785,7 +800,8 @@ Call-ID: inv2543.1717@ift.client.example.com
 CSeq: 56 INVITE
 Content-Type: application/sdp
 """,
-    "v=0\r\no=mhandley 29739 7272939 IN IP4 192.0.2.5\r\ns=-\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\nm=audio 49217 RTP/AVP 0\r\n",
+    "v=0\r\no=mhandley 29739 7272939 IN IP4 192.0.2.5\r\ns=-\r\nc=IN IP4 192.0.2.5\r\n"
+    "t=0 0\r\nm=audio 49217 RTP/AVP 0\r\n",
 )
 
 for name, data in M.items():
