@@ -1,5 +1,6 @@
-"""`python -m bench [--quick] [--profile]` (and `--status`, `--push`, `--sip`, `--ops`, `--wait`, `--chaos`, `--scale`): every figure printed next to its baseline
-from the same run (see docs/benchmarks.md)."""
+"""`python -m bench [--quick] [--profile]` (and `--status`, `--push`, `--sip`, `--ops`,
+`--wait`, `--chaos`, `--scale`): every figure printed next to its baseline from the same
+run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -61,12 +62,22 @@ def main() -> None:
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
     parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
-    parser.add_argument("--wait", action="store_true", help="only what WAIT 1 costs call creation (bench/redis_wait.py)")
-    parser.add_argument("--chaos", action="store_true", help="the chaos run (bench/chaos.py); exits 1 if an invariant broke")
+    parser.add_argument(
+        "--wait", action="store_true", help="only what WAIT 1 costs call creation (bench/redis_wait.py)"
+    )
+    parser.add_argument(
+        "--chaos", action="store_true", help="the chaos run (bench/chaos.py); exits 1 if an invariant broke"
+    )
     parser.add_argument("--status", action="store_true", help="only the status endpoint vs bare (bench/status.py)")
     parser.add_argument("--redis-cluster", action="store_true", help="--status: on a local Redis Cluster")
-    parser.add_argument("--scale", action="store_true", help="calls/s on 1 and 2 nodes, Redis per call (bench/scale.py)")
-    parser.add_argument("--redis-url", default="", help="--scale, --status: the Redis to run on (default: REDIS_URL, else a private one)")
+    parser.add_argument(
+        "--scale", action="store_true", help="calls/s on 1 and 2 nodes, Redis per call (bench/scale.py)"
+    )
+    parser.add_argument(
+        "--redis-url",
+        default="",
+        help="--scale, --status: the Redis to run on (default: REDIS_URL, else a private one)",
+    )
     parser.add_argument("--seconds", type=float, default=180.0, help="--chaos: how long the phones call (default 180)")
     parser.add_argument("--seed", type=int, default=1, help="--chaos: what to break, in which order")
     args = parser.parse_args()
@@ -114,11 +125,22 @@ def main() -> None:
         print("\n".join(status.report(results, plan.connections, plan.seconds)), flush=True)
         if args.profile:
             bearer = loads[1]
-            print("\n".join(profile_during(
-                node_a.process.pid, plan.seconds,
-                lambda: run_wrk(node_a.base_url, bearer.paths, connections=plan.connections,
-                                seconds=plan.seconds, headers=bearer.headers),
-            )), flush=True)
+            print(
+                "\n".join(
+                    profile_during(
+                        node_a.process.pid,
+                        plan.seconds,
+                        lambda: run_wrk(
+                            node_a.base_url,
+                            bearer.paths,
+                            connections=plan.connections,
+                            seconds=plan.seconds,
+                            headers=bearer.headers,
+                        ),
+                    )
+                ),
+                flush=True,
+            )
         node_b = cluster.start_node("b")
         rows, floors = _run(_latencies(cluster, node_a.ws_url, node_b.ws_url, plan))
         print("\n".join(setup_latency.report(rows, floors)))

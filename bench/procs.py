@@ -75,7 +75,7 @@ class Cluster:
     def auth(self) -> Authenticator:
         return Authenticator(self.secret)
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         self.redis_url = self.redis_url or os.environ.get("REDIS_URL", "")
         if not (self.redis_url or self.redis_cluster_nodes):
             # Started from the load generator's CPU: the child inherits its affinity.
@@ -100,7 +100,10 @@ class Cluster:
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "bench.server", "--cpu", str(self.server_cpu if cpu is None else cpu)],
-                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=log,
             )
         assert process.stdout is not None
         line = process.stdout.readline().decode()

@@ -56,7 +56,7 @@ def workloads(cluster: Cluster, call_ids: list[str]) -> list[Workload]:
         Workload("status+bearer", status, {"Authorization": f"Bearer {auth.mint(CALLEE, 'device')}"}),
         Workload(
             "status+cap",
-            [f"{p}&cap={auth.capability(c, CALLEE_DEVICE, expires)}" for p, c in zip(status, call_ids)],
+            [f"{p}&cap={auth.capability(c, CALLEE_DEVICE, expires)}" for p, c in zip(status, call_ids, strict=True)],
             {},
         ),
     ]
@@ -81,7 +81,8 @@ def measure(
 def report(results: dict[str, list[LoadResult]], connections: int, seconds: float) -> list[str]:
     bare = median([r.rps for r in results["bare"]])
     lines = [
-        f"## status endpoint vs bare route (wrk -t1 -c{connections}, {seconds:.0f}s x {len(results['bare'])} rounds, median)",
+        f"## status endpoint vs bare route (wrk -t1 -c{connections}, {seconds:.0f}s"
+        f" x {len(results['bare'])} rounds, median)",
         f"{'route':<16}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}   rounds req/s",
     ]
     for name, runs in results.items():

@@ -9,15 +9,15 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import structlog
 import redis.asyncio as aioredis
+import structlog
 import uvicorn
 import websockets
 
@@ -45,6 +45,7 @@ structlog.configure(
     ]
 )
 
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
     interop.running(item)
@@ -68,9 +69,7 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def apns(
-    tmp_path: Path, running_nodes: list[RunningNode]
-) -> AsyncIterator[tuple[APNsSimulator, dict[str, str]]]:
+async def apns(tmp_path: Path, running_nodes: list[RunningNode]) -> AsyncIterator[tuple[APNsSimulator, dict[str, str]]]:
     """An APNs simulator, and the APNS_* settings that point a node at it. The nodes
     stop before it does, whichever fixture a test named first: a node stopping waits
     for its pushes in flight (up to VOIP_DRAIN_SECONDS), and a push to a simulator
@@ -79,14 +78,17 @@ async def apns(
         key = sim.create_key("TEAM000001", "KEY0000001")
         key_file = tmp_path / "AuthKey.p8"
         key_file.write_text(key.private_pem)
-        yield sim, {
-            "apns_key_file": str(key_file),
-            "apns_key_id": key.key_id,
-            "apns_team_id": key.team_id,
-            "apns_bundle_id": BUNDLE,
-            "apns_endpoint": sim.endpoint,
-            "apns_ca_file": str(sim.ca_file),
-        }
+        yield (
+            sim,
+            {
+                "apns_key_file": str(key_file),
+                "apns_key_id": key.key_id,
+                "apns_team_id": key.team_id,
+                "apns_bundle_id": BUNDLE,
+                "apns_endpoint": sim.endpoint,
+                "apns_ca_file": str(sim.ca_file),
+            },
+        )
         await stop_nodes(running_nodes)
 
 
@@ -137,7 +139,7 @@ class RunningNode:
         self.clients.append(client)
         return client
 
-    async def device(self, user: str, device: str, **connect: Any) -> "DeviceClient":
+    async def device(self, user: str, device: str, **connect: Any) -> DeviceClient:
         token = self.auth.mint(user, "device")
         socket = await websockets.connect(
             f"{self.ws_url}?device_id={device}",
@@ -157,7 +159,7 @@ class RunningNode:
         self.server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self.task), 8)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for t in asyncio.all_tasks():
                 t.print_stack()
             raise
@@ -200,7 +202,7 @@ class DeviceClient:
         while True:
             try:
                 frame = await self._receive(max(0.01, deadline - loop.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(
                     f"{self.device}: no {type_} {fields} within {timeout}s; backlog {self.backlog}"
                 ) from None
@@ -226,7 +228,7 @@ class DeviceClient:
         assert not self.backlog, f"{self.device} has unexpected frames: {self.backlog}"
         try:
             frame = await self._receive(seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"{self.device} got an unexpected frame: {frame}")
 

@@ -31,12 +31,25 @@ class RedisProcess:
         interop.started("redis-server")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log"), *self.options],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+                *self.options,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                             socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1, socket_connect_timeout=1
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 import structlog
+
 from apnsim import APNsSimulator
 from voip import redis_pool
 from voip.auth import Authenticator
@@ -114,9 +115,13 @@ class Node:
         connections = RedisConnections.from_settings(settings)
         status_pipe = connections.status_pipe()
         stores = Stores.open(
-            connections.client, settings.redis_prefix, retention=settings.call_retention,
-            ops_feed=settings.ops_feed, wait_replicas=settings.redis_wait_replicas,
-            wait_timeout_ms=settings.redis_wait_timeout_ms, status_pipe=status_pipe,
+            connections.client,
+            settings.redis_prefix,
+            retention=settings.call_retention,
+            ops_feed=settings.ops_feed,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+            status_pipe=status_pipe,
         )
         bus = Bus(connections.client, settings.redis_prefix)
         checks: dict[str, ReadinessCheck] = {"redis": connections.client.ping}
@@ -132,16 +137,28 @@ class Node:
             checks["apns"] = apns.connect
             notifier = apns
         pushes = CallPushes(
-            notifier, stores.calls, stores.devices, stores.push_log, bus, auth,
-            public_url=settings.public_url or f"http://{settings.host}:{settings.port}", node=settings.node_id,
+            notifier,
+            stores.calls,
+            stores.devices,
+            stores.push_log,
+            bus,
+            auth,
+            public_url=settings.public_url or f"http://{settings.host}:{settings.port}",
+            node=settings.node_id,
             clock=parts.clock,
         )
         # The gateway acts on calls through the controller, and the controller places calls
         # to SIP callees through the gateway: the controller builds it from itself.
         controller = CallController(
-            stores.calls, stores.limits, bus, pushes=pushes, clock=parts.clock, node=settings.node_id,
+            stores.calls,
+            stores.limits,
+            bus,
+            pushes=pushes,
+            clock=parts.clock,
+            node=settings.node_id,
             outbound=partial(_sip_gateway, settings, stores, bus) if settings.sip_enabled else None,
-            ring_timeout=settings.ring_timeout, max_ringing_per_callee=settings.max_ringing_per_callee,
+            ring_timeout=settings.ring_timeout,
+            max_ringing_per_callee=settings.max_ringing_per_callee,
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
         )
         sip = controller.outbound if isinstance(controller.outbound, SipGateway) else None
@@ -149,8 +166,17 @@ class Node:
         # Notices a Redis that came back empty; reads how Redis keeps data (docs/deploy.md).
         epoch = EpochWatcher(stores.epoch, node=settings.node_id, interval=settings.redis_epoch_interval)
         return cls(
-            settings, auth=auth, connections=connections, status_pipe=status_pipe, stores=stores, bus=bus,
-            apns_simulator=apns_simulator, notifier=notifier, pushes=pushes, controller=controller, sip=sip,
+            settings,
+            auth=auth,
+            connections=connections,
+            status_pipe=status_pipe,
+            stores=stores,
+            bus=bus,
+            apns_simulator=apns_simulator,
+            notifier=notifier,
+            pushes=pushes,
+            controller=controller,
+            sip=sip,
             timeouts=RingTimeouts(controller, clock=parts.clock),
             epoch=epoch,
             presence=Presence(stores.presence, stores.sockets, settings.node_id),
@@ -187,18 +213,30 @@ class Node:
             self.sip.draining = True
         loop = asyncio.get_running_loop()
         started = loop.time()
-        log.warning("node.draining", sockets=len(self.sockets), pushes=self.pushes.in_flight,
-                    sip_transactions=self._sip_in_flight(), drain_seconds=self.settings.drain_seconds)
+        log.warning(
+            "node.draining",
+            sockets=len(self.sockets),
+            pushes=self.pushes.in_flight,
+            sip_transactions=self._sip_in_flight(),
+            drain_seconds=self.settings.drain_seconds,
+        )
         await self.timeouts.stop()
         deadline = started + self.settings.drain_seconds
-        while (self.pushes.in_flight or self._sip_in_flight()) and loop.time() < deadline:
+        # Two counts owned by other parts (pushes, SIP transactions), read every 50 ms
+        # until the drain's deadline: no event would tell both.
+        while (self.pushes.in_flight or self._sip_in_flight()) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         closing = [asyncio.create_task(close(), name="drain:close-socket") for close in list(self.sockets.values())]
         if closing:
             await asyncio.wait(closing)
         await self.deliveries.flush()
-        log.warning("node.drained", seconds=round(loop.time() - started, 3), sockets_closed=len(closing),
-                    pushes_left=self.pushes.in_flight, sip_transactions_left=self._sip_in_flight())
+        log.warning(
+            "node.drained",
+            seconds=round(loop.time() - started, 3),
+            sockets_closed=len(closing),
+            pushes_left=self.pushes.in_flight,
+            sip_transactions_left=self._sip_in_flight(),
+        )
 
     def _sip_in_flight(self) -> int:
         return self.sip.endpoint.transactions_in_flight() if self.sip is not None else 0
@@ -224,8 +262,12 @@ class Node:
 
 def _sip_gateway(settings: Settings, stores: Stores, bus: Bus, controller: CallController) -> SipGateway:
     return SipGateway(
-        SipConfig.from_settings(settings), stores=stores, bus=bus, controller=controller,
-        node_id=settings.node_id, max_devices=settings.max_devices_per_user,
+        SipConfig.from_settings(settings),
+        stores=stores,
+        bus=bus,
+        controller=controller,
+        node_id=settings.node_id,
+        max_devices=settings.max_devices_per_user,
     )
 
 
@@ -234,8 +276,11 @@ async def _start_simulator() -> APNsSimulator:
     # whole flow, pushes included, with no Apple account.
     simulator = APNsSimulator()
     await simulator.start()
-    log.warning("apns.simulator", endpoint=simulator.endpoint,
-                note="no APNS_KEY_FILE: VoIP pushes go to the bundled APNs simulator")
+    log.warning(
+        "apns.simulator",
+        endpoint=simulator.endpoint,
+        note="no APNS_KEY_FILE: VoIP pushes go to the bundled APNs simulator",
+    )
     return simulator
 
 

@@ -191,4 +191,3 @@ class RedisPipe:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
-
