@@ -367,7 +367,9 @@ def queue_timeline(pipe: Any, key: str, ops_channel: str, call_id: str, entries:
         pipe.rpush(key, *encoded)
     if ops_channel:
         for entry in encoded:
-            pipe.publish(ops_channel, b'{"call_id":"%s","entry":%s}' % (call_id.encode(), entry))
+            # Not pipe.publish: redis-py's cluster pipeline refuses it by name, though any
+            # cluster node takes a PUBLISH and passes it to every other.
+            pipe.execute_command("PUBLISH", ops_channel, b'{"call_id":"%s","entry":%s}' % (call_id.encode(), entry))
 
 
 def _decoded(call_id: str, fields: dict[bytes, bytes]) -> CallRecord | None:
