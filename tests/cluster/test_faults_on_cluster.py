@@ -34,8 +34,9 @@ pytestmark = pytest.mark.interop
 RING = 2.0
 CALLS = 80
 GAP = 0.25  # seconds between call starts
-# After the ring deadline (or the failover's end, for a deadline inside it): a bucket's
-# lease taken just before the kill runs out (5 s, TimeoutWorker's lease_ms), then a tick.
+# After the ring deadline (or the failover's end, for a deadline inside it): timeouts a
+# node leased but could not fire during the outage wait out their lease (RingTimeouts'
+# lease_ms, 5 s), then a tick.
 MISSED_SLACK = 6.0
 # After kill_primary() returns (the cluster settled), a new call.start must succeed within this.
 RECOVERY = 5.0
