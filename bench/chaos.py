@@ -61,7 +61,10 @@ class Plan:
     seed: int = 1
     ring_timeout: float = 5.0
     callers: int = 4
-    down_after_ms: int = 1000
+    # A Sentinel that takes a busy master for down fails over again while the killed one
+    # is still rejoining; with 1000 ms, a loaded 2-CPU machine saw a second, unasked
+    # failover and 11 s of split brain (docs/deploy.md, "What a failover can lose").
+    down_after_ms: int = 2000
 
 
 # ---- the balancer -------------------------------------------------------------------

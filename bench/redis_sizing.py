@@ -39,8 +39,7 @@ async def used_memory(client: aioredis.Redis) -> int:
 
 async def drained(node: Node) -> None:
     """Every push in flight has its answer on the timeline."""
-    assert node.controller.pushes is not None
-    while node.controller.pushes._sending:
+    while node.pushes._sending:
         await asyncio.sleep(0.01)
 
 

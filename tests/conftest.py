@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from tests.redis_cluster import LocalCluster
 from tests.redis_process import RedisProcess
 from voip.app import create_app
 from voip.auth import Authenticator
-from voip.node import Node
+from voip.node import Node, NodeParts
 from voip.redis_server import PrivateRedis
 from voip.settings import Settings, load_settings
 
@@ -233,12 +234,16 @@ class DeviceClient:
         await self.socket.close()
 
 
-async def start_node(settings: Settings) -> RunningNode:
-    app = create_app(settings)
+async def start_node(settings: Settings, parts: NodeParts = NodeParts()) -> RunningNode:
+    """A node in this process, built with `parts` where given. Its listener is bound
+    first, so the node is built knowing its port (it goes into every push's status_url)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    settings = settings.model_copy(update={"port": port})
+    app = create_app(settings, parts)
     config = uvicorn.Config(
         app,
-        host="127.0.0.1",
-        port=0,
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_frame_bytes,
         log_config=None,
@@ -246,15 +251,11 @@ async def start_node(settings: Settings) -> RunningNode:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    node: Node = app.state.node
-    if not settings.public_url and node.controller.pushes is not None:
-        node.controller.pushes.public_url = f"http://127.0.0.1:{port}"
     return RunningNode(app.state.node, server, task, f"http://127.0.0.1:{port}", Authenticator(settings.jwt_secret))
 
 
@@ -274,8 +275,9 @@ async def stop_nodes(nodes: list[RunningNode]) -> None:
 async def node_factory(
     redis_url: str, prefix: str, redis: aioredis.Redis, running_nodes: list[RunningNode]
 ) -> AsyncIterator[Any]:
-    async def factory(**overrides: Any) -> RunningNode:
-        running = await start_node(make_settings(redis_url, prefix, **overrides))
+    async def factory(*, parts: NodeParts = NodeParts(), **overrides: Any) -> RunningNode:
+        """`overrides` are settings; `parts` the node's parts given instead of built."""
+        running = await start_node(make_settings(redis_url, prefix, **overrides), parts)
         running_nodes.append(running)
         return running
 

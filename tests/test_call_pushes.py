@@ -256,7 +256,7 @@ async def socket_dies(node: RunningNode, client: Any) -> None:
 
 
 async def pushes_settled(node: RunningNode) -> None:
-    pushes = node.node.controller.pushes
+    pushes = node.node.pushes
     assert pushes is not None and await pushes.tasks.wait(10) == 0
 
 

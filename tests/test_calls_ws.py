@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 from tests.conftest import RunningNode
+from voip.clock import ManualClock
+from voip.node import NodeParts
 
 
 async def test_answered_call_from_start_to_hangup(node: RunningNode) -> None:
@@ -53,6 +55,7 @@ async def test_answered_call_from_start_to_hangup(node: RunningNode) -> None:
     assert ended["reason"] == "remote_ended"
     await ipad.silent()
 
+    await node.node.deliveries.flush()  # "delivered" entries are written in batches
     timeline = await node.node.stores.calls.timeline(call_id)
     events = [(e["event"], e.get("to")) for e in timeline]
     assert events[0] == ("created", None)
@@ -92,12 +95,22 @@ async def test_decline_on_one_device_ends_the_call_everywhere(node: RunningNode)
 
 
 async def test_ring_timeout_makes_a_missed_call(node_factory) -> None:
-    node = await node_factory(ring_timeout=0.5)
+    clock = ManualClock()
+    node = await node_factory(ring_timeout=45, parts=NodeParts(clock=clock))
     caller = await node.device("alice", "a1")
     phone = await node.device("bob", "b1")
-    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    started = await caller.request({"type": "call.start", "callee": "bob"})
+    call_id = started["call_id"]
+    assert started["ring_deadline"] == clock.now_ms() + 45_000
     await phone.expect("call.incoming", call_id=call_id)
-    assert (await phone.expect("call.missed", call_id=call_id, timeout=3))["reason"] == "unanswered"
+    # A millisecond before its deadline the poller looks, and leaves the call ringing.
+    await clock.sleepers()
+    clock.advance(44_999)
+    await clock.sleepers()
+    call = await node.node.stores.calls.get(call_id)
+    assert call is not None and call.state == "ringing"
+    clock.advance(200)  # its next look, a poll interval later, finds the call due
+    assert (await phone.expect("call.missed", call_id=call_id))["reason"] == "unanswered"
     assert (await caller.expect("call.missed", call_id=call_id))["state"] == "missed"
     call = await node.node.stores.calls.get(call_id)
     assert call is not None and call.state == "missed"

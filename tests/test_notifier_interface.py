@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import RunningNode, register
-from voip.call_pushes import CallPushes
+from voip.node import NodeParts
 from voip.push import Environment, Outcome, Push, PushKind, PushResult, PushType, TokenDrop
 
 
@@ -46,12 +46,11 @@ async def next_push(pager: Pager) -> Push:
 
 
 async def test_call_pushes_drive_another_platform_unchanged(node_factory: Any) -> None:
-    node: RunningNode = await node_factory()
     phone_token, stale_token = "aa" * 32, "bb" * 32
     pager = Pager(known={phone_token})
-    node.node.controller.pushes = CallPushes(
-        pager, node.node.stores.calls, node.node.stores.devices, node.node.stores.push_log, node.node.bus, node.node.auth, public_url=node.base_url, node=node.node.node_id,
-    )
+    node: RunningNode = await node_factory(parts=NodeParts(notifier=pager))
+    # The node was built around the pager: no APNs of any kind.
+    assert node.node.apns_simulator is None and "apns" not in node.node.readiness_checks
     await register(node, "bob", "b-phone", voip_token=phone_token)
     await register(node, "bob", "b-pager", voip_token=stale_token)
     ipad = await node.device("bob", "b-ipad")  # connected, no token: told over its socket
@@ -91,7 +90,7 @@ async def test_call_pushes_drive_another_platform_unchanged(node_factory: Any) -
     assert set(cancels) == {phone_token, stale_token}
     cancel = cancels[phone_token]
     assert (cancel.kind, cancel.address, cancel.reason) == (PushKind.CANCEL, invite.address, "declined_elsewhere")
-    assert await node.node.controller.pushes.wait(5) == 0
+    assert await node.node.pushes.wait(5) == 0
     kinds = [(e["kind"], e["device"], e["outcome"]) for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "push"]
     assert sorted(kinds) == [("cancel", "b-pager", "rejected"), ("cancel", "b-phone", "accepted"),
                              ("invite", "b-pager", "rejected"), ("invite", "b-phone", "accepted")]

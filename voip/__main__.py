@@ -51,14 +51,17 @@ def run(args: argparse.Namespace) -> None:
             lifespan="on",
             **server_options(settings),
         )
-        node = app.state.node
 
+        # The node exists once the server has started it (its lifespan).
         def ready(port: int) -> None:
-            base_url = node.settings.public_url or f"http://{settings.host}:{port}"
-            banner.show(node, base_url, private_redis=private_redis is not None)
+            base_url = settings.public_url or f"http://{settings.host}:{port}"
+            banner.show(app.state.node, base_url, private_redis=private_redis is not None)
+
+        async def drain() -> None:
+            await app.state.node.drain()
 
         # SIGTERM drains the node, then the process exits 0 through this `finally`.
-        DrainingServer(config, drain=node.drain, on_ready=ready).run()
+        DrainingServer(config, drain=drain, on_ready=ready).run()
     finally:
         if private_redis:
             private_redis.stop()

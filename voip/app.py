@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from voip import api, home, metrics, metrics_route, openapi, ops
-from voip.node import Node
-from voip.ops.health import add_readiness_check, add_readiness_detail
+from voip import api, home, metrics, metrics_route, openapi
+from voip.node import Node, NodeParts
+from voip.ops.routes import routes as ops_routes
 from voip.redis_pool import UNAVAILABLE
 from voip.settings import Settings
 from voip.ws import device_socket
@@ -47,11 +47,14 @@ async def _redis_unavailable(request: Request, exc: Exception) -> Response:
 _ERROR_NAMES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
-def create_app(settings: Settings) -> Starlette:
-    node = Node(settings)
+def create_app(settings: Settings, parts: NodeParts = NodeParts()) -> Starlette:
+    """The node is built and started when the server starts (`app.state.node` from then
+    on), and stopped when it stops."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        node = await Node.build(settings, parts)
+        app.state.node = node
         await node.start()
         try:
             yield
@@ -67,7 +70,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_route.metrics, methods=["GET"]),
         WebSocketRoute("/v1/ws", device_socket),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
-        *ops.routes(),
+        *ops_routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -78,7 +81,4 @@ def create_app(settings: Settings) -> Starlette:
             Exception: _server_error,
         },
     )
-    app.state.node = node
-    add_readiness_check(app, "apns", node.apns_ready)
-    add_readiness_detail(app, "redis", node.epoch.readiness_detail)
     return app

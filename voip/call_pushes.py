@@ -19,7 +19,6 @@ what a platform's answers mean, is the notifier's business (`voip/push/`).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +31,7 @@ from voip import metrics
 from voip.auth import Authenticator
 from voip.bus import Bus
 from voip.calls import Party, verdict
+from voip.clock import Clock
 from voip.protocol import FrameType
 from voip.push import Caller, Notifier, Outcome, Push, PushKind, PushResult, TokenDrop
 from voip.stores import CallRecord, CallStore, DeviceStore, PushLog
@@ -66,6 +66,7 @@ class CallPushes:
         *,
         public_url: str,
         node: str,
+        clock: Clock,
     ) -> None:
         self.notifier = notifier
         self.calls = calls
@@ -75,6 +76,7 @@ class CallPushes:
         self.auth = auth
         self.public_url = public_url
         self.node = node
+        self.clock = clock
         self._sending: dict[str, set[asyncio.Task[Any]]] = {}
         self.tasks = BackgroundTasks("push")
 
@@ -105,13 +107,13 @@ class CallPushes:
         result, current, cancelled_at = await self._send(call, device_id, push)
         if result.outcome is not Outcome.ACCEPTED:
             return
-        accepted_at = int(time.time() * 1000)
+        accepted_at = self.clock.now_ms()
         # The call may have ended, on any node, while APNs was being retried. If a
         # cancellation reached APNs before this invite did, the invite displaced it in
         # APNs's store: cancel again, or an offline phone wakes to a ghost call.
         if current is None or cancelled_at is None or cancelled_at > accepted_at:
             return
-        reason = _reason_for(current, device_id)
+        reason = _reason_for(current, device_id, self.clock.now_ms())
         if reason is not None:
             await self._send(current, device_id, self._cancellation(current, push.address, reason))
 
@@ -122,7 +124,7 @@ class CallPushes:
             task.cancel()
         knowing = set(knowing)
         for device_id, address in addresses.items():
-            reason = _reason_for(call, device_id)
+            reason = _reason_for(call, device_id, self.clock.now_ms())
             if device_id in knowing or reason is None:
                 continue
             push = self._cancellation(call, address, reason)
@@ -143,7 +145,7 @@ class CallPushes:
         address = None if device_id in online or record is None else self.notifier.address(record, PushKind.ENDED)
         if address is None:
             return
-        push = Push(PushKind.ENDED, call.call_id, address, deadline=time.time() + HANG_UP_LIFETIME, reason=reason)
+        push = Push(PushKind.ENDED, call.call_id, address, deadline=self.clock.now_ms() / 1000 + HANG_UP_LIFETIME, reason=reason)
         await self._send(call, device_id, push, user_id=user_id)
 
     def missed(self, call: CallRecord, devices: dict[str, dict[str, Any]], caller_name: str) -> None:
@@ -154,12 +156,12 @@ class CallPushes:
                 continue
             push = Push(
                 PushKind.MISSED_ALERT, call.call_id, address,
-                deadline=time.time() + MISSED_ALERT_RETRY_WINDOW, caller=caller,
+                deadline=self.clock.now_ms() / 1000 + MISSED_ALERT_RETRY_WINDOW, caller=caller,
             )
             self._spawn(call.call_id, f"missed_alert:{call.call_id}:{device_id}", self._send(call, device_id, push))
 
     def _cancellation(self, call: CallRecord, address: dict[str, Any], reason: str) -> Push:
-        deadline = max(call.ring_deadline / 1000, time.time() + CANCELLATION_GRACE)
+        deadline = max(call.ring_deadline / 1000, self.clock.now_ms() / 1000 + CANCELLATION_GRACE)
         return Push(PushKind.CANCEL, call.call_id, address, deadline=deadline, reason=reason)
 
     @property
@@ -199,7 +201,7 @@ class CallPushes:
         metrics.PUSHES.labels(kind, result.outcome.value, result.reason or "").inc()
         metrics.PUSH_LATENCY.labels(kind).observe(result.latency_ms / 1000)
         entry: dict[str, Any] = {
-            "at": int(time.time() * 1000),
+            "at": self.clock.now_ms(),
             "event": "push",
             "kind": kind,
             "device": device_id,
@@ -268,7 +270,7 @@ class CallPushes:
         await self._bookkeep(
             lambda: self.calls.append_timeline(
                 call.call_id,
-                [{"at": int(time.time() * 1000), "event": "token", "device": device_id, "node": self.node,
+                [{"at": self.clock.now_ms(), "event": "token", "device": device_id, "node": self.node,
                   "dropped": dropped, "reason": result.reason}],
             ),
             call.call_id, device_id, "token",
@@ -281,10 +283,10 @@ class CallPushes:
             )
 
 
-def _reason_for(call: CallRecord, device_id: str) -> str | None:
+def _reason_for(call: CallRecord, device_id: str, now_ms: int) -> str | None:
     """The status endpoint's reason for this callee device, or None if it should keep the call."""
     told = verdict(
         call.state, party=Party.CALLEE, device_id=device_id, answered_by_device=call.answered_by_device,
-        ring_deadline_ms=call.ring_deadline, now_ms=int(time.time() * 1000),
+        ring_deadline_ms=call.ring_deadline, now_ms=now_ms,
     )
     return told.reason.value if told.end_call and told.reason is not None else None

@@ -24,7 +24,7 @@ from voip.log_throttle import RepeatedLog
 from voip.protocol import FrameType
 from voip.tasks import stop_task
 from voip.call_pushes import CallPushes
-from voip.clock import now_ms
+from voip.clock import Clock
 from voip.stores import CalleeLimits, CallError, CallRecord, CallStore, Transition
 
 log = structlog.get_logger(__name__)
@@ -48,6 +48,16 @@ class OutboundCallees(Protocol):
         ...
 
 
+class NoOutbound:
+    """Every callee is an app user (no SIP on this node)."""
+
+    def leg_for(self, callee: str) -> str | None:
+        return None
+
+    async def place(self, call: CallRecord, leg_device: str, sdp: str | None) -> None:
+        raise AssertionError("no leg was named, so none is placed")
+
+
 class CallController:
     def __init__(
         self,
@@ -56,6 +66,9 @@ class CallController:
         bus: Bus,
         *,
         node: str,
+        pushes: CallPushes,
+        clock: Clock,
+        outbound: Callable[[CallController], OutboundCallees] | None = None,
         ring_timeout: float,
         max_ringing_per_callee: int = 3,
         calls_per_callee_per_minute: int = 20,
@@ -67,8 +80,10 @@ class CallController:
         self.ring_timeout_ms = int(ring_timeout * 1000)
         self.max_ringing_per_callee = max_ringing_per_callee
         self.calls_per_callee_per_minute = calls_per_callee_per_minute
-        self.outbound: OutboundCallees | None = None
-        self.pushes: CallPushes | None = None  # None: this node sends no pushes
+        self.pushes = pushes
+        self.clock = clock
+        # Built from the controller, since it acts on calls through it (the SIP gateway).
+        self.outbound: OutboundCallees = outbound(self) if outbound is not None else NoOutbound()
 
     async def start_call(
         self,
@@ -86,8 +101,8 @@ class CallController:
         if callee == caller.user_id:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
-        leg = self.outbound.leg_for(callee) if self.outbound is not None else None
-        created_at = now_ms()
+        leg = self.outbound.leg_for(callee)
+        created_at = self.clock.now_ms()
         ring_deadline = created_at + self.ring_timeout_ms
         # Before anything rings or any push leaves: a flood of calls to one callee must
         # not become a flood of pushes to their phone. Raises CallRefused.
@@ -101,8 +116,7 @@ class CallController:
             targets = [leg]
         else:
             targets = sorted(set(devices) | online)
-            if self.pushes is not None:
-                pushes = self.pushes.addresses(devices)
+            pushes = self.pushes.addresses(devices)
         name = display_name(caller_name, caller.user_id)
         incoming: dict[str, Any] = {
             "type": FrameType.CALL_INCOMING,
@@ -159,10 +173,10 @@ class CallController:
             return transition.call
         if on_started is not None:
             await on_started(call)
-        if leg is not None and self.outbound is not None:
+        if leg is not None:
             await self.outbound.place(call, leg, sdp)
             return call
-        if pushes and self.pushes is not None:
+        if pushes:
             # The pushes leave the moment the call exists, in the background: a phone
             # asleep is the common case, and nothing here waits for APNs.
             self.pushes.invite(call, pushes, call.caller_name)
@@ -227,7 +241,7 @@ class CallController:
 
     async def note(self, call_id: str, entry: dict[str, Any]) -> None:
         """Keep a fact about the call (e.g. a SIP message) on its timeline, next to its changes."""
-        await self.calls.append_timeline(call_id, [{"at": now_ms(), **entry, "node": self.node}])
+        await self.calls.append_timeline(call_id, [{"at": self.clock.now_ms(), **entry, "node": self.node}])
 
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
         call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id)
@@ -261,9 +275,9 @@ class CallController:
         The acting device is not told: it has its `ack`."""
         call = transition.call
         metrics.CALLS.labels(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
-        if transition.previous is CallState.RINGING and self.pushes is not None:
+        if transition.previous is CallState.RINGING:
             await self._push_ending(call, actor)
-        if transition.previous is CallState.ANSWERED and call.state.is_final and self.pushes is not None:
+        if transition.previous is CallState.ANSWERED and call.state.is_final:
             self._push_hang_up(call, actor)
         to_caller, to_callee = NOTICES[call.state]
         base: dict[str, Any] = {"call_id": call.call_id, "state": call.state.value}
@@ -321,7 +335,6 @@ class CallController:
                 await self.bus.deliver_local(user, frame, exclude=exclude)
 
     async def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
-        assert self.pushes is not None
         pushes, online, devices = await self.calls.ending_context(call)
         # Connected devices hear the outcome over their WebSocket; the device that acted
         # knows it already. Every other device that got an invite gets a cancellation.
@@ -340,7 +353,6 @@ class CallController:
             (call.caller_user, call.caller_device, CALLER_REASON[call.state].value),
             (call.callee_user, call.answered_by_device or "", FINAL_REASON[call.state].value),
         ]
-        assert self.pushes is not None
         self.pushes.hung_up(call, [
             (user, device, reason) for user, device, reason in parties
             if device and (actor is None or (actor.user_id, actor.device_id) != (user, device))
@@ -352,8 +364,11 @@ class RingTimeouts:
     dies takes no timeouts with it: its leases run out and another node fires them. A
     node that stops (a drain) hands its leases back, so no timeout waits for them."""
 
-    def __init__(self, controller: CallController, *, interval: float = 0.2, lease_ms: int = 5000) -> None:
+    def __init__(
+        self, controller: CallController, *, clock: Clock, interval: float = 0.2, lease_ms: int = 5000
+    ) -> None:
         self._controller = controller
+        self._clock = clock
         self._interval = interval
         self._lease_ms = lease_ms
         self._task: asyncio.Task[None] | None = None
@@ -369,17 +384,18 @@ class RingTimeouts:
         held, self._held = self._held, []
         if held:
             try:
-                await self._controller.calls.release_timeouts(held, now_ms())
+                await self._controller.calls.release_timeouts(held, self._clock.now_ms())
                 log.info("timeouts.released", count=len(held))
             except Exception:  # their leases run out instead, lease_ms late
                 log.warning("timeouts.release_failed", count=len(held), exc_info=True)
 
     async def _run(self) -> None:
-        calls = self._controller.calls
+        calls, clock = self._controller.calls, self._clock
         while True:
             try:
                 self._held = await calls.claim_due_timeouts(
-                    now_ms(), self._lease_ms, node=self._controller.node, bucket_lease_ms=int(self._interval * 1000)
+                    clock.now_ms(), self._lease_ms, node=self._controller.node,
+                    bucket_lease_ms=int(self._interval * 1000),
                 )
                 while self._held:
                     await self._controller.fire_timeout(self._held[0])
@@ -390,4 +406,4 @@ class RingTimeouts:
                 self._poll_failed.failed()
             else:
                 self._poll_failed.ok()
-            await asyncio.sleep(self._interval)
+            await clock.sleep(self._interval)

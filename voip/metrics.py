@@ -40,6 +40,11 @@ REDIS_LATENCY = Histogram(
     "Redis round trip of the call-status endpoint",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
 )
+DELIVERY_LOG_DROPPED = Counter(
+    "voip_delivery_log_dropped_total",
+    "\"delivered\" timeline entries never written: queue_full (Redis away too long), unwritten (retries ran out)",
+    ["reason"],
+)
 PUSHES = Counter(
     "voip_pushes_total", "Pushes sent to APNs by kind, outcome and APNs reason", ["kind", "outcome", "reason"]
 )

@@ -271,14 +271,11 @@ class DeviceConnection:
             except Exception:
                 return
             if "call_id" in frame and frame["type"] not in (FrameType.ACK, FrameType.ERROR, FrameType.CALL_SIGNAL):
-                try:
-                    await self.node.stores.calls.append_timeline(
-                        frame["call_id"],
-                        [{"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
-                          "device": self.device_id, "node": self.node.node_id}],
-                    )
-                except Exception:  # Redis away: the frame went out; only its trace is lost
-                    log.warning("ws.timeline_failed", call_id=frame["call_id"], device=self.device_id, exc_info=True)
+                self.node.deliveries.record(
+                    frame["call_id"],
+                    {"at": int(time.time() * 1000), "event": "delivered", "type": frame["type"],
+                     "device": self.device_id, "node": self.node.node_id},
+                )
 
     async def _read(self) -> None:
         limit = self.node.settings.ws_max_frame_bytes

@@ -58,6 +58,11 @@ async def test_a_call_across_two_nodes_on_a_cluster(cluster_node: Any) -> None:
     assert (await caller.expect("call.ended", call_id=call_id))["reason"] == "remote_ended"
     listed = (await ops_get(node_a, "/v1/ops/calls")).json()["calls"]
     assert [c["call_id"] for c in listed] == [call_id]
+    for node in (node_a, node_b):  # a batch of "delivered" entries: one pipeline over the slots
+        await node.node.deliveries.flush()
+    delivered = {(e["type"], e["device"], e["node"])
+                 for e in await node_a.node.stores.calls.timeline(call_id) if e["event"] == "delivered"}
+    assert {("call.started", "a1", node_a.node.node_id), ("call.incoming", "b1", node_b.node.node_id)} <= delivered
 
 
 async def test_ring_timeouts_fire_on_a_cluster(cluster_node: Any) -> None:

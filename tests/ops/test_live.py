@@ -12,7 +12,7 @@ import websockets
 
 from tests.conftest import RunningNode
 from tests.ops.conftest import operator, place_call
-from voip.ops.feed import OpsFeed, feed_of
+from voip.ops.feed import OpsFeed
 
 
 async def watch(node: RunningNode, **connect: Any) -> Any:
@@ -61,10 +61,10 @@ async def test_a_call_on_node_a_shows_up_live_on_node_b(node_factory: Any) -> No
         await by_token.close()
     # The last operator gone, node B no longer listens to the ops channel.
     for _ in range(50):
-        if feed_of(node_b.server.config.app).watchers == 0:
+        if node_b.node.ops_feed.watchers == 0:
             break
         await asyncio.sleep(0.02)
-    assert feed_of(node_b.server.config.app).watchers == 0
+    assert node_b.node.ops_feed.watchers == 0
 
 
 async def test_a_slow_operator_is_dropped_and_the_others_get_everything(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from prometheus_client import REGISTRY
 
 from tests.conftest import RunningNode
+from voip.node import NodeParts
 from voip.ops import health
 
 
@@ -20,7 +22,7 @@ async def test_ready_when_redis_and_apns_answer(node: RunningNode) -> None:
     assert (await node.http().get("/healthz")).status_code == 200
 
 
-async def test_a_failing_or_hanging_check_makes_the_node_not_ready(node: RunningNode, monkeypatch) -> None:
+async def test_a_failing_or_hanging_check_makes_the_node_not_ready(node_factory: Any, monkeypatch) -> None:
     async def apns_unreachable() -> None:
         raise ConnectionRefusedError("api.sandbox.push.apple.com:443 refused")
 
@@ -28,9 +30,9 @@ async def test_a_failing_or_hanging_check_makes_the_node_not_ready(node: Running
         await asyncio.sleep(60)
 
     monkeypatch.setattr(health, "CHECK_TIMEOUT", 0.2)
-    app = node.server.config.app
-    health.add_readiness_check(app, "apns", apns_unreachable)
-    health.add_readiness_check(app, "slow", hangs)
+    node: RunningNode = await node_factory(
+        parts=NodeParts(readiness_checks={"apns": apns_unreachable, "slow": hangs})
+    )
     def failures() -> float:
         return REGISTRY.get_sample_value("voip_readiness_failures_total", {"check": "apns"}) or 0.0
 
@@ -50,7 +52,7 @@ async def test_a_failing_or_hanging_check_makes_the_node_not_ready(node: Running
 async def test_not_ready_when_apns_is_unreachable(node: RunningNode) -> None:
     # The node's APNs (here its bundled simulator) goes away: no warm connection can be had.
     assert node.node.apns_simulator is not None
-    await node.node.notifier.aclose()  # type: ignore[union-attr]
+    await node.node.notifier.aclose()
     await node.node.apns_simulator.stop()
     response = await node.http().get("/readyz")
     assert response.status_code == 503

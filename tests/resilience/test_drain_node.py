@@ -14,8 +14,8 @@ from sip.dialog import Dialog
 from tests.conftest import DeviceClient, RunningNode
 from tests.sipcalls.conftest import APP_SDP, SipNodeFactory, sip_node, sip_port  # noqa: F401 (fixture)
 from tests.sipcalls.uac import build, send, sip_client
+from voip.clock import SYSTEM_CLOCK, now_ms
 from voip.controller import RingTimeouts
-from voip.clock import now_ms
 from voip.stores import CallStore
 
 
@@ -111,7 +111,7 @@ async def test_ring_timeout_leases_are_handed_back_when_a_node_stops_firing(node
     await bob.expect("call.incoming", call_id=call_id)
 
     stuck = _StuckFiring(draining.node.stores.calls)
-    holder = RingTimeouts(stuck, interval=0.05)  # type: ignore[arg-type]
+    holder = RingTimeouts(stuck, clock=SYSTEM_CLOCK, interval=0.05)  # type: ignore[arg-type]
     holder.start()
     await asyncio.wait_for(stuck.claimed.wait(), 10)
     stores = draining.node.stores

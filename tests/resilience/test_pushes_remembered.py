@@ -129,7 +129,7 @@ async def test_node_stop_waits_for_pushes_in_flight_and_records_them(
     for phone in phones:
         held = await sim.wait_for(lambda r, t=phone.token: r.token == t, timeout=10)
         assert not held.answered
-    assert node.node.controller.pushes is not None and node.node.controller.pushes.in_flight == 3
+    assert node.node.pushes.in_flight == 3
 
     stopping = time.monotonic()
     await node.stop()

@@ -1,4 +1,5 @@
-"""`GET /v1/ops/live`: every timeline entry of every call, from every node, as it happens.
+"""The ops feed behind `GET /v1/ops/live` (voip/ops/live.py): every timeline entry of
+every call, from every node, as it happens.
 
 A node subscribes to the ops channel once, while at least one operator watches, and
 fans each entry out to its operators' sockets. Each socket has its own bounded queue: an
@@ -10,23 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import structlog
 from redis.asyncio import Redis
-from starlette.applications import Starlette
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voip.log_throttle import RepeatedLog
-from voip.node import Node
 from voip.ops import metrics
-from voip.ops.access import Refused, refuse, socket_operator
 from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
 QUEUE_LIMIT = 512
-CLOSE_TOO_SLOW = 1013  # "try again later": the page reconnects and reloads
 
 
 class Subscriber:
@@ -115,67 +110,3 @@ class OpsFeed:
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
-
-
-def feed_of(app: Starlette) -> OpsFeed:
-    feed: OpsFeed | None = getattr(app.state, "ops_feed", None)
-    if feed is None:
-        node: Node = app.state.node
-        feed = app.state.ops_feed = OpsFeed(node.connections.client, node.stores.ops_channel)
-    return feed
-
-
-async def live(websocket: WebSocket) -> None:
-    node: Node = websocket.app.state.node
-    try:
-        await socket_operator(websocket, node)
-        if not node.stores.ops_channel:
-            raise Refused(503, "feed_disabled", "the ops feed is off on this node (VOIP_OPS_FEED)")
-    except Refused as refused:
-        await refuse(websocket, refused)
-        return
-    feed = feed_of(websocket.app)
-    try:
-        subscriber = await feed.join()
-    except Exception:
-        log.warning("ops_feed.join_failed", exc_info=True)
-        await refuse(websocket, Refused(503, "unavailable", "the ops feed is unavailable"))
-        return
-    metrics.LIVE_OPERATORS.inc()
-    try:
-        await websocket.accept()
-        hello = {"type": "hello", "node": node.node_id, "server_time": int(time.time() * 1000)}
-        await websocket.send_json(hello)
-        await _serve(websocket, subscriber)
-    finally:
-        metrics.LIVE_OPERATORS.dec()
-        await feed.leave(subscriber)
-
-
-async def _serve(websocket: WebSocket, subscriber: Subscriber) -> None:
-    reader = asyncio.create_task(_until_closed(websocket))
-    writer = asyncio.create_task(_write(websocket, subscriber))
-    try:
-        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        reader.cancel()
-        writer.cancel()
-        await asyncio.gather(reader, writer, return_exceptions=True)
-
-
-async def _until_closed(websocket: WebSocket) -> None:
-    """Operators only listen; anything they send is read and ignored."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while (await websocket.receive())["type"] != "websocket.disconnect":
-            pass
-
-
-async def _write(websocket: WebSocket, subscriber: Subscriber) -> None:
-    while (frame := await subscriber.queue.get()) is not None:
-        try:
-            await websocket.send_text(frame)
-        except Exception:
-            return
-    metrics.LIVE_DROPPED.inc()
-    with contextlib.suppress(Exception):
-        await websocket.close(code=CLOSE_TOO_SLOW, reason="too slow: reconnect and reload")

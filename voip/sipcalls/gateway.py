@@ -90,13 +90,10 @@ class SipGateway(TransactionUser):
 
     async def start(self) -> None:
         await self.endpoint.start(self)
-        self.controller.outbound = self
         log.info("sip.started", host=self.config.host, port=self.endpoint.port, domain=self.config.realm,
                  tls_port=self.endpoint.tls_port if self.config.tls_enabled else None)
 
     async def stop(self) -> None:
-        if self.controller.outbound is self:
-            self.controller.outbound = None
         await self.registrar.close()
         for leg in list(self.legs.values()):
             await leg.detach()

@@ -304,9 +304,26 @@ class CallStore:
 
     async def append_timeline(self, call_id: str, entries: list[dict[str, Any]]) -> None:
         """Append entries to the call's timeline, and publish them to operators."""
+        await self.append_timelines([(call_id, entry) for entry in entries])
+
+    async def append_timelines(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """Append `(call_id, entry)` pairs, of any number of calls, in one pipeline; each
+        call's entries keep their order, and each is published to operators."""
+        by_call: dict[str, list[dict[str, Any]]] = {}
+        for call_id, entry in entries:
+            by_call.setdefault(call_id, []).append(entry)
+        # redis-py refuses PUBLISH in a cluster pipeline: there each goes on its own, after.
+        in_pipe = not clustered(self._redis)
         async with self._redis.pipeline(transaction=False) as pipe:
-            queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel, call_id, entries)
+            for call_id, call_entries in by_call.items():
+                queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel if in_pipe else "",
+                               call_id, call_entries)
             await pipe.execute()
+        if self._ops_channel and not in_pipe:
+            await asyncio.gather(*(
+                self._redis.publish(self._ops_channel, ops_message(call_id, orjson.dumps(entry)))
+                for call_id, entry in entries
+            ))
 
     async def claim_due_timeouts(
         self, now: int, lease_ms: int, *, node: str, bucket_lease_ms: int = 200,
@@ -368,8 +385,13 @@ def queue_timeline(pipe: Any, key: str, ops_channel: str, call_id: str, entries:
     if ops_channel:
         for entry in encoded:
             # Not pipe.publish: redis-py's cluster pipeline refuses it by name, though any
-            # cluster node takes a PUBLISH and passes it to every other.
-            pipe.execute_command("PUBLISH", ops_channel, b'{"call_id":"%s","entry":%s}' % (call_id.encode(), entry))
+            # cluster node takes a PUBLISH and passes it to every other (the push log's
+            # batch() queues its timeline entry on a cluster pipeline).
+            pipe.execute_command("PUBLISH", ops_channel, ops_message(call_id, entry))
+
+
+def ops_message(call_id: str, encoded_entry: bytes) -> bytes:
+    return b'{"call_id":"%s","entry":%s}' % (call_id.encode(), encoded_entry)
 
 
 def _decoded(call_id: str, fields: dict[bytes, bytes]) -> CallRecord | None:
