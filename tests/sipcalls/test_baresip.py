@@ -38,16 +38,33 @@ def baresip_binary() -> str:
     return path
 
 
-async def test_baresip_registers_and_answers_an_app_call(sip_node: SipNodeFactory, tmp_path: Path) -> None:
+def baresip_sip_port() -> int:
+    """A port for baresip's `sip_listen`: it listens for TLS on the next port too, so that
+    one is handed out here as well, never later to another server."""
+    for _ in range(100):
+        port = free_port()
+        if free_port() == port + 1:
+            return port
+    pytest.fail("no two consecutive free ports for baresip")
+
+
+async def test_baresip_registers_and_answers_an_app_call(
+    sip_node: SipNodeFactory, tmp_path: Path
+) -> None:
     node = await sip_node()
     gateway = node.node.sip
     assert gateway is not None
-    phone_port = free_port()
+    phone_port = baresip_sip_port()
     (tmp_path / "config").write_text(CONFIG.format(port=phone_port))
     (tmp_path / "accounts").write_text(ACCOUNT.format(node_port=sip_port(node)))
     process = await asyncio.create_subprocess_exec(
-        baresip_binary(), "-f", str(tmp_path), "-t", "60",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        baresip_binary(),
+        "-f",
+        str(tmp_path),
+        "-t",
+        "60",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         for _ in range(100):
