@@ -19,7 +19,6 @@ what a platform's answers mean, is the notifier's business (`voip/push/`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -30,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from voip import metrics
 from voip.auth import Authenticator
 from voip.bus import Bus
-from voip.calls import Party, verdict
+from voip.calls import CallState, Party, verdict
 from voip.clock import Clock
 from voip.protocol import FrameType
 from voip.push import Caller, Notifier, Outcome, Push, PushKind, PushResult, TokenDrop
@@ -117,18 +116,30 @@ class CallPushes:
         if reason is not None:
             await self._send(current, device_id, self._cancellation(current, push.address, reason))
 
-    def end(self, call: CallRecord, addresses: dict[str, dict[str, Any]], knowing: Iterable[str]) -> None:
-        """The call left ringing: stop its invites on this node and cancel every device
-        that was pushed and does not know yet."""
+    def end(self, call: CallRecord, acted: str | None) -> None:
+        """The call left ringing: stop its invites on this node and, in the background,
+        cancel every device that was pushed and does not know yet (`acted`: the callee's
+        device that ended it, which does); a missed call also alerts the callee."""
         for task in self._sending.pop(call.call_id, set()):
             task.cancel()
-        knowing = set(knowing)
+        self._spawn(call.call_id, f"end:{call.call_id}", self._end(call, acted))
+
+    async def _end(self, call: CallRecord, acted: str | None) -> None:
+        # Retried like the bookkeeping: the call has already changed in Redis, and no one
+        # else will ever send these (a timeout fired again finds the call ended).
+        addresses, online, devices = await self._bookkeep(
+            lambda: self.calls.ending_context(call), call.call_id, "", "cancel"
+        )
+        # Connected devices hear the outcome over their WebSocket.
+        knowing = online | ({acted} if acted else set())
         for device_id, address in addresses.items():
             reason = _reason_for(call, device_id, self.clock.now_ms())
             if device_id in knowing or reason is None:
                 continue
             push = self._cancellation(call, address, reason)
             self._spawn(call.call_id, f"cancel:{call.call_id}:{device_id}", self._send(call, device_id, push))
+        if call.state is CallState.MISSED:
+            self.missed(call, devices, call.caller_name)
 
     def hung_up(self, call: CallRecord, parties: list[tuple[str, str, str]]) -> None:
         """An answered call ended: send `call.ended` to each (user, device, reason) in the

@@ -276,7 +276,7 @@ class CallController:
         call = transition.call
         metrics.CALLS.labels(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
         if transition.previous is CallState.RINGING:
-            await self._push_ending(call, actor)
+            self._push_ending(call, actor)
         if transition.previous is CallState.ANSWERED and call.state.is_final:
             self._push_hang_up(call, actor)
         to_caller, to_callee = NOTICES[call.state]
@@ -334,16 +334,10 @@ class CallController:
                 exclude = [call.answered_by_device or ""] if call.state is CallState.ANSWERED else []
                 await self.bus.deliver_local(user, frame, exclude=exclude)
 
-    async def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
-        pushes, online, devices = await self.calls.ending_context(call)
-        # Connected devices hear the outcome over their WebSocket; the device that acted
-        # knows it already. Every other device that got an invite gets a cancellation.
-        knowing = set(online)
-        if actor is not None and actor.user_id == call.callee_user:
-            knowing.add(actor.device_id)
-        self.pushes.end(call, pushes, knowing)
-        if call.state is CallState.MISSED:
-            self.pushes.missed(call, devices, call.caller_name)
+    def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
+        # The device that acted knows already; the pushes find who else does.
+        acted = actor.device_id if actor is not None and actor.user_id == call.callee_user else None
+        self.pushes.end(call, acted)
 
 
     def _push_hang_up(self, call: CallRecord, actor: Caller | None) -> None:
@@ -392,17 +386,30 @@ class RingTimeouts:
     async def _run(self) -> None:
         calls, clock = self._controller.calls, self._clock
         while True:
+            failed = False
             try:
-                self._held = await calls.claim_due_timeouts(
+                claimed = await calls.claim_due_timeouts(
                     clock.now_ms(), self._lease_ms, node=self._controller.node,
                     bucket_lease_ms=int(self._interval * 1000),
                 )
-                while self._held:
-                    await self._controller.fire_timeout(self._held[0])
-                    self._held.pop(0)
+                self._held += [call_id for call_id in claimed if call_id not in self._held]
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis away for a moment: the deadlines wait in Redis
+                failed = True
+            # A timeout that could not fire (its shard failing over) stays held and goes
+            # again next tick: dropped, it would wait out its own lease, and the callee's
+            # sleeping phone its cancellation, lease_ms after Redis is back.
+            for call_id in list(self._held):
+                try:
+                    await self._controller.fire_timeout(call_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    failed = True
+                else:
+                    self._held.remove(call_id)
+            if failed:
                 self._poll_failed.failed()
             else:
                 self._poll_failed.ok()

@@ -14,15 +14,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from typing import cast
+from typing import Any, cast
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from voip import redis_pool
 from voip.redis_pipe import Address, RedisPipe
 from voip.settings import Settings, sentinel_addresses
+
+
+class ClusterConnection(Connection):
+    """A cluster node's connection. When a primary dies under a command, redis-py's
+    cluster client can disconnect the connection while the command is being written, and
+    the write then fails as an AttributeError on the writer gone (None). That is a dropped
+    connection: raised as one, the client retries it against the new slot map, and what
+    is left over is a 503, never a 500."""
+
+    async def _send_packed_command(self, command: Any) -> None:
+        try:
+            await super()._send_packed_command(command)
+        except AttributeError as exc:
+            if self._writer is not None or exc.obj is not None:
+                raise
+            raise RedisConnectionError("connection closed while the command was written") from exc
 
 
 @dataclass
@@ -44,6 +61,11 @@ class RedisConnections:
                 password=password, max_connections=settings.redis_pool_size,
                 **{k: v for k, v in options.items() if k != "retry"},
             )
+            # RedisCluster takes no connection class: its nodes, and the ones it finds
+            # later, are built from these shared keyword arguments.
+            cluster.connection_kwargs["connection_class"] = ClusterConnection
+            for node in cluster.startup_nodes:
+                node.connection_class = ClusterConnection
             # RedisCluster offers the commands the stores use; they tell it apart where it
             # matters (stores/layout.py: clustered()).
             return cls(cast(Redis, cluster), None, settings)

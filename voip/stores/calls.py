@@ -12,13 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from redis.asyncio import Redis
 
 from voip.calls import Action, CallState, Party, transitions_for
 from voip.clock import now_ms
+from voip.redis_pool import UNAVAILABLE
 from voip.redis_pipe import RedisPipe
 from voip.stores.layout import BUCKETS, KeyLayout, Scripted, batch, clustered, load_script
 from voip.stores.presence import online_devices
+
+log = structlog.get_logger(__name__)
 
 # Ring-deadline buckets a node works each tick: a whole round takes BUCKETS / this ticks
 # (0.8 s at RingTimeouts' 0.2 s), fewer with more nodes sharing the round.
@@ -233,14 +237,21 @@ class CallStore:
             raise CallError(detail.decode(), call)
         assert call is not None
         previous = CallState(detail.decode())
-        if previous is CallState.RINGING and call.state is not CallState.RINGING:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                if call.state.is_final:
-                    pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
-                pipe.zrem(self._keys.ringing(call.callee_user), call_id)
-                await pipe.execute()
-        elif call.state.is_final:
-            await self._redis.zrem(self._keys.ring_deadlines(call_id), call_id)
+        try:
+            if previous is CallState.RINGING and call.state is not CallState.RINGING:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    if call.state.is_final:
+                        pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
+                    pipe.zrem(self._keys.ringing(call.callee_user), call_id)
+                    await pipe.execute()
+            elif call.state.is_final:
+                await self._redis.zrem(self._keys.ring_deadlines(call_id), call_id)
+        except UNAVAILABLE:
+            # The call has moved: its devices must hear of it, whatever became of these
+            # indexes (other slots, maybe on a shard failing over). Both mend themselves:
+            # the deadline fires into the call's state check and is forgotten, and the
+            # callee's ringing set drops calls past their deadline.
+            log.warning("call.indexes_not_updated", call_id=call_id, exc_info=True)
         return Transition(previous=previous, call=call)
 
     async def record_event(
@@ -384,7 +395,10 @@ def queue_timeline(pipe: Any, key: str, ops_channel: str, call_id: str, entries:
         pipe.rpush(key, *encoded)
     if ops_channel:
         for entry in encoded:
-            pipe.publish(ops_channel, ops_message(call_id, entry))
+            # Not pipe.publish: redis-py's cluster pipeline refuses it by name, though any
+            # cluster node takes a PUBLISH and passes it to every other (the push log's
+            # batch() queues its timeline entry on a cluster pipeline).
+            pipe.execute_command("PUBLISH", ops_channel, ops_message(call_id, entry))
 
 
 def ops_message(call_id: str, encoded_entry: bytes) -> bytes:

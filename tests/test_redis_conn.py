@@ -1,0 +1,35 @@
+"""A cluster node's connection that the client disconnects while a command is being
+written (a primary dying under it) fails as a dropped connection, which the cluster
+client retries and a node answers 503, not as an AttributeError (a 500)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tests.conftest import make_settings
+from voip.redis_conn import ClusterConnection, RedisConnections
+
+
+async def test_a_write_on_a_connection_closed_under_it_is_a_dropped_connection(redis_url: str) -> None:
+    address = urlparse(redis_url)
+    connection = ClusterConnection(host=address.hostname or "127.0.0.1", port=address.port or 6379, socket_timeout=2)
+    await connection.connect()
+    await connection.send_command("PING")
+    assert await connection.read_response() in (b"PONG", "PONG")
+    await connection.disconnect()  # as the cluster client does when the node fails
+    with pytest.raises(RedisConnectionError):
+        await connection._send_packed_command(connection.pack_command("PING"))
+
+
+async def test_the_cluster_client_builds_every_node_connection_as_a_cluster_connection() -> None:
+    connections = RedisConnections.from_settings(
+        make_settings("", "t", redis_cluster_nodes="127.0.0.1:7000,127.0.0.1:7001")
+    )
+    cluster = connections.client
+    assert cluster.connection_kwargs["connection_class"] is ClusterConnection  # type: ignore[attr-defined]
+    assert cluster.nodes_manager.connection_kwargs is cluster.connection_kwargs  # type: ignore[attr-defined]
+    assert [node.connection_class for node in cluster.startup_nodes] == [ClusterConnection] * 2  # type: ignore[attr-defined]
+    await connections.aclose()
