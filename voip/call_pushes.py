@@ -97,8 +97,12 @@ class CallPushes:
         caller = Caller(id=call.caller_user, display_name=caller_name)
         for device_id, address in addresses.items():
             push = Push(
-                PushKind.INVITE, call.call_id, address, deadline=call.ring_deadline / 1000,
-                caller=caller, status_url=self.status_url(call, device_id),
+                PushKind.INVITE,
+                call.call_id,
+                address,
+                deadline=call.ring_deadline / 1000,
+                caller=caller,
+                status_url=self.status_url(call, device_id),
             )
             self._spawn(call.call_id, f"invite:{call.call_id}:{device_id}", self._invite(call, device_id, push))
 
@@ -145,8 +149,9 @@ class CallPushes:
         """An answered call ended: send `call.ended` to each (user, device, reason) in the
         call that has a VoIP token and no socket on any node, in the background."""
         for user_id, device_id, reason in parties:
-            self._spawn(call.call_id, f"ended:{call.call_id}:{device_id}",
-                        self._hang_up(call, user_id, device_id, reason))
+            self._spawn(
+                call.call_id, f"ended:{call.call_id}:{device_id}", self._hang_up(call, user_id, device_id, reason)
+            )
 
     async def _hang_up(self, call: CallRecord, user_id: str, device_id: str, reason: str) -> None:
         devices, online = await self._bookkeep(
@@ -156,7 +161,9 @@ class CallPushes:
         address = None if device_id in online or record is None else self.notifier.address(record, PushKind.ENDED)
         if address is None:
             return
-        push = Push(PushKind.ENDED, call.call_id, address, deadline=self.clock.now_ms() / 1000 + HANG_UP_LIFETIME, reason=reason)
+        push = Push(
+            PushKind.ENDED, call.call_id, address, deadline=self.clock.now_ms() / 1000 + HANG_UP_LIFETIME, reason=reason
+        )
         await self._send(call, device_id, push, user_id=user_id)
 
     def missed(self, call: CallRecord, devices: dict[str, dict[str, Any]], caller_name: str) -> None:
@@ -166,8 +173,11 @@ class CallPushes:
             if address is None:
                 continue
             push = Push(
-                PushKind.MISSED_ALERT, call.call_id, address,
-                deadline=self.clock.now_ms() / 1000 + MISSED_ALERT_RETRY_WINDOW, caller=caller,
+                PushKind.MISSED_ALERT,
+                call.call_id,
+                address,
+                deadline=self.clock.now_ms() / 1000 + MISSED_ALERT_RETRY_WINDOW,
+                caller=caller,
             )
             self._spawn(call.call_id, f"missed_alert:{call.call_id}:{device_id}", self._send(call, device_id, push))
 
@@ -236,8 +246,15 @@ class CallPushes:
             self._record(call, user_id, device_id, kind, result, entry), f"record:{kind}:{call.call_id}:{device_id}"
         )
         current, cancelled_at = await asyncio.shield(record)
-        log.info("push.sent", call_id=call.call_id, device=device_id, kind=kind,
-                 outcome=result.outcome.value, status=result.status, reason=result.reason)
+        log.info(
+            "push.sent",
+            call_id=call.call_id,
+            device=device_id,
+            kind=kind,
+            outcome=result.outcome.value,
+            status=result.status,
+            reason=result.reason,
+        )
         # Devices keep one token that can be dropped: the one VoIP pushes go to.
         if push.kind is not PushKind.MISSED_ALERT and (drop := result.drop_token) is not None:
             await self._drop_token(call, user_id, device_id, result, drop)
@@ -254,12 +271,8 @@ class CallPushes:
                 call.call_id,
                 entry,
                 read_back_for=device_id if kind == "invite" else None,
-                last_push=(user_id, device_id, {**entry, "call_id": call.call_id})
-                if kind != "missed_alert"
-                else None,
-                cancelled=(device_id, entry["at"])
-                if kind == "cancel" and result.outcome is Outcome.ACCEPTED
-                else None,
+                last_push=(user_id, device_id, {**entry, "call_id": call.call_id}) if kind != "missed_alert" else None,
+                cancelled=(device_id, entry["at"]) if kind == "cancel" and result.outcome is Outcome.ACCEPTED else None,
             )
 
         current, cancelled_at = await self._bookkeep(append, call.call_id, device_id, kind)
@@ -267,8 +280,13 @@ class CallPushes:
 
     async def _bookkeep(self, step: Any, call_id: str, device_id: str, kind: str) -> Any:
         return await retry_bounded(
-            step, what="push.bookkeeping", retry_on=TRANSIENT_REDIS_ERRORS, within=BOOKKEEPING_WINDOW,
-            call_id=call_id, device=device_id, kind=kind,
+            step,
+            what="push.bookkeeping",
+            retry_on=TRANSIENT_REDIS_ERRORS,
+            within=BOOKKEEPING_WINDOW,
+            call_id=call_id,
+            device=device_id,
+            kind=kind,
         )
 
     async def _drop_token(
@@ -276,15 +294,27 @@ class CallPushes:
     ) -> None:
         dropped = await self._bookkeep(
             lambda: self.devices.drop_voip_token(user_id, device_id, result.device_token, drop.registered_before),
-            call.call_id, device_id, "token",
+            call.call_id,
+            device_id,
+            "token",
         )
         await self._bookkeep(
             lambda: self.calls.append_timeline(
                 call.call_id,
-                [{"at": self.clock.now_ms(), "event": "token", "device": device_id, "node": self.node,
-                  "dropped": dropped, "reason": result.reason}],
+                [
+                    {
+                        "at": self.clock.now_ms(),
+                        "event": "token",
+                        "device": device_id,
+                        "node": self.node,
+                        "dropped": dropped,
+                        "reason": result.reason,
+                    }
+                ],
             ),
-            call.call_id, device_id, "token",
+            call.call_id,
+            device_id,
+            "token",
         )
         if dropped:
             await self.bus.publish(
@@ -297,7 +327,11 @@ class CallPushes:
 def _reason_for(call: CallRecord, device_id: str, now_ms: int) -> str | None:
     """The status endpoint's reason for this callee device, or None if it should keep the call."""
     told = verdict(
-        call.state, party=Party.CALLEE, device_id=device_id, answered_by_device=call.answered_by_device,
-        ring_deadline_ms=call.ring_deadline, now_ms=now_ms,
+        call.state,
+        party=Party.CALLEE,
+        device_id=device_id,
+        answered_by_device=call.answered_by_device,
+        ring_deadline_ms=call.ring_deadline,
+        now_ms=now_ms,
     )
     return told.reason.value if told.end_call and told.reason is not None else None

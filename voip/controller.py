@@ -18,14 +18,14 @@ import structlog
 
 from voip import metrics
 from voip.bus import Bus
+from voip.call_pushes import CallPushes
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
+from voip.clock import Clock
 from voip.display_names import display_name
 from voip.log_throttle import RepeatedLog
 from voip.protocol import FrameType
-from voip.tasks import stop_task
-from voip.call_pushes import CallPushes
-from voip.clock import Clock
 from voip.stores import CalleeLimits, CallError, CallRecord, CallStore, Transition
+from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -107,8 +107,12 @@ class CallController:
         # Before anything rings or any push leaves: a flood of calls to one callee must
         # not become a flood of pushes to their phone. Raises CallRefused.
         devices, online = await self.limits.admit(
-            call_id, callee, now=created_at, ring_deadline=ring_deadline,
-            max_ringing=self.max_ringing_per_callee, per_minute=self.calls_per_callee_per_minute,
+            call_id,
+            callee,
+            now=created_at,
+            ring_deadline=ring_deadline,
+            max_ringing=self.max_ringing_per_callee,
+            per_minute=self.calls_per_callee_per_minute,
             reach=leg is None,
         )
         pushes: dict[str, dict[str, Any]] = {}
@@ -211,7 +215,11 @@ class CallController:
         busy: bool = False,
     ) -> Transition:
         transition = await self.calls.transition(
-            call_id, action, user=user_id, device=device_id, node=self.node,
+            call_id,
+            action,
+            user=user_id,
+            device=device_id,
+            node=self.node,
             note={"busy": True} if busy else None,
         )
         log.info(
@@ -313,7 +321,6 @@ class CallController:
         )
         await asyncio.gather(*publishes)
 
-
     async def retell_endings(self, users: list[str], since_ms: int) -> None:
         """After a bus gap (a Redis failover): tell this node's devices how the calls to
         their users ended, or that one was answered elsewhere, if that happened in the
@@ -326,8 +333,7 @@ class CallController:
                     continue
                 if (call.ended_at or call.ring_deadline) < since_ms - 1000 and call.state is not CallState.ANSWERED:
                     continue
-                frame: dict[str, Any] = {"call_id": call_id, "state": call.state.value,
-                                         "type": NOTICES[call.state][1]}
+                frame: dict[str, Any] = {"call_id": call_id, "state": call.state.value, "type": NOTICES[call.state][1]}
                 if call.state.is_final:
                     frame["reason"] = FINAL_REASON[call.state].value
                     frame["ended_at"] = call.ended_at
@@ -339,7 +345,6 @@ class CallController:
         acted = actor.device_id if actor is not None and actor.user_id == call.callee_user else None
         self.pushes.end(call, acted)
 
-
     def _push_hang_up(self, call: CallRecord, actor: Caller | None) -> None:
         # The devices in the call, less the one that ended it: a device whose socket is
         # gone would otherwise never hear the hang-up (the pushes check presence).
@@ -347,10 +352,14 @@ class CallController:
             (call.caller_user, call.caller_device, CALLER_REASON[call.state].value),
             (call.callee_user, call.answered_by_device or "", FINAL_REASON[call.state].value),
         ]
-        self.pushes.hung_up(call, [
-            (user, device, reason) for user, device, reason in parties
-            if device and (actor is None or (actor.user_id, actor.device_id) != (user, device))
-        ])
+        self.pushes.hung_up(
+            call,
+            [
+                (user, device, reason)
+                for user, device, reason in parties
+                if device and (actor is None or (actor.user_id, actor.device_id) != (user, device))
+            ],
+        )
 
 
 class RingTimeouts:
@@ -389,7 +398,9 @@ class RingTimeouts:
             failed = False
             try:
                 claimed = await calls.claim_due_timeouts(
-                    clock.now_ms(), self._lease_ms, node=self._controller.node,
+                    clock.now_ms(),
+                    self._lease_ms,
+                    node=self._controller.node,
                     bucket_lease_ms=int(self._interval * 1000),
                 )
                 self._held += [call_id for call_id in claimed if call_id not in self._held]

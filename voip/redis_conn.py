@@ -13,7 +13,6 @@ too: no hand-written pipe (docs/benchmarks.md has the figures). Otherwise they a
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
@@ -52,13 +51,16 @@ class RedisConnections:
     settings: Settings
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "RedisConnections":
+    def from_settings(cls, settings: Settings) -> RedisConnections:
         password = settings.redis_password or None
         if settings.redis_cluster_nodes:
             options = redis_pool.connection_options(settings)
             cluster = RedisCluster(
-                startup_nodes=[ClusterNode(host, port) for host, port in sentinel_addresses(settings.redis_cluster_nodes)],
-                password=password, max_connections=settings.redis_pool_size,
+                startup_nodes=[
+                    ClusterNode(host, port) for host, port in sentinel_addresses(settings.redis_cluster_nodes)
+                ],
+                password=password,
+                max_connections=settings.redis_pool_size,
                 **{k: v for k, v in options.items() if k != "retry"},
             )
             # RedisCluster takes no connection class: its nodes, and the ones it finds
@@ -78,8 +80,10 @@ class RedisConnections:
             # redis-py has no blocking Sentinel pool: its size bounds it, and a request
             # that finds it full fails at once (MaxConnectionsError: 503, as Redis down).
             client = sentinel.master_for(
-                settings.redis_sentinel_master, password=password,
-                max_connections=settings.redis_pool_size, **redis_pool.connection_options(settings),
+                settings.redis_sentinel_master,
+                password=password,
+                max_connections=settings.redis_pool_size,
+                **redis_pool.connection_options(settings),
             )
             return cls(client, sentinel, settings)
         options = redis_pool.pool_options(settings)
@@ -100,8 +104,11 @@ class RedisConnections:
             return None
         if self.sentinel is not None:
             return RedisPipe(locate=self.master_address, master_only=True, timeout=self.settings.redis_command_timeout)
-        return RedisPipe(self.settings.redis_url, password=self.settings.redis_password or None,
-                         timeout=self.settings.redis_command_timeout)
+        return RedisPipe(
+            self.settings.redis_url,
+            password=self.settings.redis_password or None,
+            timeout=self.settings.redis_command_timeout,
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -67,14 +67,17 @@ class Outcome:
 
 @pytest.fixture
 async def two_nodes(
-    redis_cluster: LocalCluster, prefix: str, running_nodes: list[RunningNode],
+    redis_cluster: LocalCluster,
+    prefix: str,
+    running_nodes: list[RunningNode],
     apns: tuple[APNsSimulator, dict[str, str]],
 ) -> AsyncIterator[tuple[RunningNode, RunningNode, APNsSimulator]]:
     sim, push_settings = apns
     nodes = []
     for _ in range(2):
-        settings = make_settings("", prefix, redis_cluster_nodes=redis_cluster.startup_nodes,
-                                 ring_timeout=RING, **push_settings)
+        settings = make_settings(
+            "", prefix, redis_cluster_nodes=redis_cluster.startup_nodes, ring_timeout=RING, **push_settings
+        )
         nodes.append(await start_node(settings))
         running_nodes.append(nodes[-1])
     yield nodes[0], nodes[1], sim
@@ -93,7 +96,8 @@ async def _until_done(frame: dict[str, Any], send: Any, deadline: float, tried: 
 
 async def _status(node: RunningNode, callee: Callee, call_id: str) -> dict[str, Any] | None:
     response = await node.http().get(
-        f"/v1/calls/{call_id}/status", params={"device_id": "b-ipad"},
+        f"/v1/calls/{call_id}/status",
+        params={"device_id": "b-ipad"},
         headers={"Authorization": f"Bearer {node.auth.mint(callee.user, 'device')}"},
     )
     return response.json() if response.status_code == 200 else None
@@ -101,15 +105,17 @@ async def _status(node: RunningNode, callee: Callee, call_id: str) -> dict[str, 
 
 def _cancellations(sim: APNsSimulator, call_id: str, token: str) -> list[Any]:
     return [
-        r for r in sim.requests
-        if r.status == 200 and r.token == token and r.body
-        and orjson.loads(r.body).get("call_id") == call_id and orjson.loads(r.body).get("type") == "call.cancelled"
+        r
+        for r in sim.requests
+        if r.status == 200
+        and r.token == token
+        and r.body
+        and orjson.loads(r.body).get("call_id") == call_id
+        and orjson.loads(r.body).get("type") == "call.cancelled"
     ]
 
 
-async def _one_call(
-    n: int, caller: DeviceClient, callee: Callee, node: RunningNode, sim: APNsSimulator
-) -> Outcome:
+async def _one_call(n: int, caller: DeviceClient, callee: Callee, node: RunningNode, sim: APNsSimulator) -> Outcome:
     outcome = Outcome(n, time.monotonic())
     # During the failover a reply may take the cluster client's retries, not only one command timeout.
     started = await caller.request({"type": "call.start", "callee": callee.user}, timeout=15)
@@ -122,18 +128,26 @@ async def _one_call(
     if kind == "answer":
         # Both connected devices answer at once, as from the push: exactly one may win.
         await asyncio.sleep(0.3)
-        replies = await asyncio.gather(*(
-            _until_done({"type": "call.answer", "call_id": call_id}, device.request, outcome.deadline, outcome.notes)
-            for device in (callee.phone, callee.tablet)
-        ))
+        replies = await asyncio.gather(
+            *(
+                _until_done(
+                    {"type": "call.answer", "call_id": call_id}, device.request, outcome.deadline, outcome.notes
+                )
+                for device in (callee.phone, callee.tablet)
+            )
+        )
         outcome.answers = sum(reply["type"] == "ack" for reply in replies)
         if outcome.answers:
-            reply = await _until_done({"type": "call.hangup", "call_id": call_id}, caller.request, time.time() + 10, outcome.notes)
+            reply = await _until_done(
+                {"type": "call.hangup", "call_id": call_id}, caller.request, time.time() + 10, outcome.notes
+            )
             assert reply["type"] == "ack", (n, reply)
             outcome.ended_by_hangup = True
     elif kind == "hangup":
         await asyncio.sleep(0.3)
-        reply = await _until_done({"type": "call.hangup", "call_id": call_id}, caller.request, outcome.deadline, outcome.notes)
+        reply = await _until_done(
+            {"type": "call.hangup", "call_id": call_id}, caller.request, outcome.deadline, outcome.notes
+        )
         outcome.ended_by_hangup = reply["type"] == "ack"
     if not outcome.ended_by_hangup:
         # No answer and no hang-up: the ring deadline must end it, on whichever node leases its bucket.
@@ -155,8 +169,13 @@ async def _one_call(
         await asyncio.sleep(0.1)
     outcome.cancelled_at = time.time()
     reason = orjson.loads(cancels[0].body)["reason"]
-    assert reason == ("remote_ended" if kind == "hangup" and outcome.ended_by_hangup else
-                      "answered_elsewhere" if outcome.answers else "unanswered"), (n, kind, reason)
+    assert reason == (
+        "remote_ended"
+        if kind == "hangup" and outcome.ended_by_hangup
+        else "answered_elsewhere"
+        if outcome.answers
+        else "unanswered"
+    ), (n, kind, reason)
     return outcome
 
 
@@ -168,8 +187,14 @@ async def test_calls_survive_a_killed_primary_and_a_reshard(
     for n in range(CALLS):
         ipad = sim.add_device(VOIP_TOPIC, online=False)
         await register(node_a, f"bob{n}", "b-ipad", voip_token=ipad.token)
-        callees.append(Callee(f"bob{n}", await node_b.device(f"bob{n}", "b-phone"),
-                              await node_a.device(f"bob{n}", "b-tablet"), ipad.token))
+        callees.append(
+            Callee(
+                f"bob{n}",
+                await node_b.device(f"bob{n}", "b-phone"),
+                await node_a.device(f"bob{n}", "b-tablet"),
+                ipad.token,
+            )
+        )
         callers.append(await (node_a if n % 2 else node_b).device(f"alice{n}", "a-phone"))
 
     chaos_done = asyncio.Event()
@@ -213,7 +238,10 @@ async def test_calls_survive_a_killed_primary_and_a_reshard(
         if outcome.missed_at:
             # A deadline that fell inside the outage is due once the cluster serves its bucket again.
             assert outcome.missed_at <= max(outcome.deadline, settled_wall[0]) + MISSED_SLACK, (outcome, settled_wall)
-            assert outcome.cancelled_at <= max(outcome.deadline, settled_wall[0]) + MISSED_SLACK, (outcome, settled_wall)
+            assert outcome.cancelled_at <= max(outcome.deadline, settled_wall[0]) + MISSED_SLACK, (
+                outcome,
+                settled_wall,
+            )
     answered = [o for o in outcomes if o.answers]
     assert answered, "no call was answered"
     assert [o for o in outcomes if o.missed_at], "no call rang out"

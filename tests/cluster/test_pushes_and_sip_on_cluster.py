@@ -58,8 +58,9 @@ async def test_an_invite_push_and_its_cancellation_on_a_cluster(
 
 
 async def test_a_sip_peer_calls_an_app_on_a_cluster(cluster_node: Any, tmp_path: Path) -> None:
-    node = await cluster_node(sip_enabled=True, sip_port=0, sip_domain=DOMAIN, sip_accounts=ACCOUNTS,
-                              sip_digest_algorithms=["MD5"])
+    node = await cluster_node(
+        sip_enabled=True, sip_port=0, sip_domain=DOMAIN, sip_accounts=ACCOUNTS, sip_digest_algorithms=["MD5"]
+    )
     alice = await node.device("alice", "alice-phone")
     sipp = start_sipp(uac(sip_port(node), "peer_calls_app_answers.xml"), tmp_path)
 

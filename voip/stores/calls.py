@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 
 from voip.calls import Action, CallState, Party, transitions_for
 from voip.clock import now_ms
-from voip.redis_pool import UNAVAILABLE
 from voip.redis_pipe import RedisPipe
+from voip.redis_pool import UNAVAILABLE
 from voip.stores.layout import BUCKETS, KeyLayout, Scripted, batch, clustered, load_script
 from voip.stores.presence import online_devices
 
@@ -48,7 +48,7 @@ class CallRecord:
     retention: int = 0
 
     @classmethod
-    def from_hash(cls, call_id: str, fields: dict[str, Any]) -> "CallRecord":
+    def from_hash(cls, call_id: str, fields: dict[str, Any]) -> CallRecord:
         def optional_int(name: str) -> int | None:
             value = fields.get(name)
             return int(value) if value not in (None, "") else None
@@ -98,8 +98,15 @@ class Transition:
 
 class CallStore:
     def __init__(
-        self, redis: Redis, keys: KeyLayout, *, retention: int, ops_channel: str,
-        wait_replicas: int = 0, wait_timeout_ms: int = 100, status_pipe: RedisPipe | None = None,
+        self,
+        redis: Redis,
+        keys: KeyLayout,
+        *,
+        retention: int,
+        ops_channel: str,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+        status_pipe: RedisPipe | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -174,8 +181,15 @@ class CallStore:
         script: Scripted = (
             self._create,
             [*self._call_keys(call_id), self._keys.pushes(call_id)],
-            [orjson.dumps(fields), orjson.dumps(entry), ttl, self._ops_channel, call_id,
-             orjson.dumps(pushes_json), *((channel, message) if in_script else ("", ""))],
+            [
+                orjson.dumps(fields),
+                orjson.dumps(entry),
+                ttl,
+                self._ops_channel,
+                call_id,
+                orjson.dumps(pushes_json),
+                *((channel, message) if in_script else ("", "")),
+            ],
         )
 
         def index(pipe: Any) -> None:
@@ -212,11 +226,7 @@ class CallStore:
                 for party in (Party.CALLER, Party.CALLEE)
             }
         else:
-            moves = {
-                Party.SYSTEM.value: {
-                    k.value: v.value for k, v in transitions_for(action, Party.SYSTEM).items()
-                }
-            }
+            moves = {Party.SYSTEM.value: {k.value: v.value for k, v in transitions_for(action, Party.SYSTEM).items()}}
         status, detail, raw = await self._transition(
             keys=self._call_keys(call_id),
             args=[
@@ -327,18 +337,27 @@ class CallStore:
         in_pipe = not clustered(self._redis)
         async with self._redis.pipeline(transaction=False) as pipe:
             for call_id, call_entries in by_call.items():
-                queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel if in_pipe else "",
-                               call_id, call_entries)
+                queue_timeline(
+                    pipe, self._keys.timeline(call_id), self._ops_channel if in_pipe else "", call_id, call_entries
+                )
             await pipe.execute()
         if self._ops_channel and not in_pipe:
-            await asyncio.gather(*(
-                self._redis.publish(self._ops_channel, ops_message(call_id, orjson.dumps(entry)))
-                for call_id, entry in entries
-            ))
+            await asyncio.gather(
+                *(
+                    self._redis.publish(self._ops_channel, ops_message(call_id, orjson.dumps(entry)))
+                    for call_id, entry in entries
+                )
+            )
 
     async def claim_due_timeouts(
-        self, now: int, lease_ms: int, *, node: str, bucket_lease_ms: int = 200,
-        buckets: list[int] | None = None, limit: int = 100,
+        self,
+        now: int,
+        lease_ms: int,
+        *,
+        node: str,
+        bucket_lease_ms: int = 200,
+        buckets: list[int] | None = None,
+        limit: int = 100,
     ) -> list[str]:
         """Lease the due ring timeouts of a few buckets: by default the next BUCKETS_PER_TICK
         of this node's round, each unless another node leased it in the last
@@ -348,11 +367,15 @@ class CallStore:
             start = self._next_bucket
             self._next_bucket = (start + BUCKETS_PER_TICK) % BUCKETS
             buckets = [(start + i) % BUCKETS for i in range(BUCKETS_PER_TICK)]
-        replies = await asyncio.gather(*(
-            self._claim(keys=[self._keys.ring_bucket(b), self._keys.ring_lease(b)],
-                        args=[now, lease_ms, limit, node, bucket_lease_ms])
-            for b in buckets
-        ))
+        replies = await asyncio.gather(
+            *(
+                self._claim(
+                    keys=[self._keys.ring_bucket(b), self._keys.ring_lease(b)],
+                    args=[now, lease_ms, limit, node, bucket_lease_ms],
+                )
+                for b in buckets
+            )
+        )
         return [call_id.decode() for due in replies for call_id in due]
 
     async def forget_timeout(self, call_id: str) -> None:
