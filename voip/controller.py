@@ -18,16 +18,19 @@ import structlog
 
 from voip import metrics
 from voip.bus import Bus
-from voip.call_pushes import CallPushes
+from voip.call_pushes import TRANSIENT_REDIS_ERRORS, CallPushes
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.clock import Clock
 from voip.display_names import display_name
 from voip.log_throttle import RepeatedLog
 from voip.protocol import FrameType
 from voip.stores import CalleeLimits, CallError, CallRecord, CallStore, Transition
-from voip.tasks import stop_task
+from voip.tasks import retry_bounded, stop_task
 
 log = structlog.get_logger(__name__)
+# Seconds a transition's frames are retried while Redis fails over; the status endpoint and
+# the pushes tell a device that missed them.
+ANNOUNCE_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,9 +302,9 @@ class CallController:
             if sdp is not None:
                 answered["sdp"] = sdp
             await asyncio.gather(
-                self.bus.publish(call.caller_user, answered, only=[call.caller_device]),
-                self.bus.publish(call.callee_user, answered, only=[call.answered_by_device or ""]),
-                self.bus.publish(
+                self._tell(call.caller_user, answered, only=[call.caller_device]),
+                self._tell(call.callee_user, answered, only=[call.answered_by_device or ""]),
+                self._tell(
                     call.callee_user,
                     {**base, "type": to_callee, "device_id": call.answered_by_device},
                     exclude=[call.answered_by_device or ""],
@@ -311,15 +314,31 @@ class CallController:
         publishes = []
         if actor is None or actor.user_id != call.caller_user:
             to_caller_frame = {**base, "type": to_caller, "reason": CALLER_REASON[call.state].value}
-            publishes.append(self.bus.publish(call.caller_user, to_caller_frame, only=[call.caller_device]))
+            publishes.append(self._tell(call.caller_user, to_caller_frame, only=[call.caller_device]))
         # After an answer only the device in the call is told; the others heard
         # "answered elsewhere" already.
         callee_only = [call.answered_by_device or ""] if transition.previous is CallState.ANSWERED else None
         exclude = [actor.device_id] if actor is not None and actor.user_id == call.callee_user else []
-        publishes.append(
-            self.bus.publish(call.callee_user, {**base, "type": to_callee}, only=callee_only, exclude=exclude)
-        )
+        publishes.append(self._tell(call.callee_user, {**base, "type": to_callee}, only=callee_only, exclude=exclude))
         await asyncio.gather(*publishes)
+
+    async def _tell(
+        self, user_id: str, frame: dict[str, Any], *, only: list[str] | None = None, exclude: list[str] | None = None
+    ) -> None:
+        """Publish what a transition means for a party. The transition has happened: a
+        publish that fails (Redis failing over) is retried for a while, then logged, and
+        never turns the actor's reply into an error that it would retry."""
+        try:
+            await retry_bounded(
+                lambda: self.bus.publish(user_id, frame, only=only, exclude=exclude or ()),
+                what="call.announce",
+                retry_on=TRANSIENT_REDIS_ERRORS,
+                within=ANNOUNCE_RETRY_SECONDS,
+                call_id=frame["call_id"],
+                user=user_id,
+            )
+        except TRANSIENT_REDIS_ERRORS:
+            log.error("call.announce_failed", call_id=frame["call_id"], user=user_id, type=frame["type"])
 
     async def retell_endings(self, users: list[str], since_ms: int) -> None:
         """After a bus gap (a Redis failover): tell this node's devices how the calls to
