@@ -168,7 +168,8 @@ via = st.builds(
     transport=st.sampled_from(["UDP", "TCP", "TLS", "WS"]),
     host=host,
     port=port,
-    params=st.builds(lambda b, extra: {"branch": "z9hG4bK" + b, **extra}, token, params),
+    # The branch last: a drawn parameter may be named "branch" too, with no value.
+    params=st.builds(lambda b, extra: {**extra, "branch": "z9hG4bK" + b}, token, params),
 )
 extra_header = st.tuples(
     token.map(lambda t: "X-" + t),
