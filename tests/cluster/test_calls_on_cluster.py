@@ -5,35 +5,15 @@ a callee's bus channel away under a subscribed node."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from tests.conftest import RunningNode, make_settings, start_node, stop_nodes
 from tests.ops.conftest import ops_get
 from tests.redis_cluster import LocalCluster
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture
-async def cluster_node(
-    redis_cluster: LocalCluster, prefix: str, running_nodes: list[RunningNode]
-) -> AsyncIterator[Any]:
-    async def factory(**overrides: Any) -> RunningNode:
-        settings = make_settings("", prefix, redis_cluster_nodes=redis_cluster.startup_nodes, **overrides)
-        running = await start_node(settings)
-        running_nodes.append(running)
-        return running
-
-    yield factory
-    await stop_nodes(running_nodes)
-    for node in redis_cluster.live_primaries():
-        with node.client() as client:
-            for key in client.scan_iter(match=f"{prefix}*", count=500):
-                client.delete(key)
 
 
 async def test_a_call_across_two_nodes_on_a_cluster(cluster_node: Any) -> None:

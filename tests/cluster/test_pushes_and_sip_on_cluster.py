@@ -3,7 +3,6 @@ the push log, the SIP legs and the digest nonces live on its shards."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,27 +10,12 @@ import orjson
 import pytest
 
 from apnsim import APNsSimulator
-from tests.conftest import RunningNode, make_settings, register, start_node, stop_nodes
-from tests.redis_cluster import LocalCluster
+from tests.conftest import register
 from tests.sipcalls.conftest import ACCOUNTS, APP_SDP, DOMAIN, finished, sip_port, start_sipp
 from tests.sipcalls.test_inbound import CALLER, uac
 from tests.test_call_pushes import VOIP_TOPIC, invites_for, pushes_on_timeline
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture
-async def cluster_node(
-    redis_cluster: LocalCluster, prefix: str, running_nodes: list[RunningNode]
-) -> AsyncIterator[Any]:
-    async def factory(**overrides: Any) -> RunningNode:
-        settings = make_settings("", prefix, redis_cluster_nodes=redis_cluster.startup_nodes, **overrides)
-        running = await start_node(settings)
-        running_nodes.append(running)
-        return running
-
-    yield factory
-    await stop_nodes(running_nodes)
 
 
 async def test_an_invite_push_and_its_cancellation_on_a_cluster(
