@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from voip import redis_pool
@@ -39,6 +39,12 @@ class ClusterConnection(Connection):
             if self._writer is not None or exc.obj is not None:
                 raise
             raise RedisConnectionError("connection closed while the command was written") from exc
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The Sentinel pool, waiting up to `VOIP_REDIS_POOL_TIMEOUT` for a free connection as
+    the pool without Sentinel does. redis-py's own fails at once when every connection is
+    busy: 98 of 100 concurrent requests on a pool of 3 were refused with 503."""
 
 
 @dataclass
@@ -77,13 +83,11 @@ class RedisConnections:
                 sentinel_addresses(settings.redis_sentinels),
                 sentinel_kwargs={"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
             )
-            # redis-py has no blocking Sentinel pool: its size bounds it, and a request
-            # that finds it full fails at once (MaxConnectionsError: 503, as Redis down).
             client = sentinel.master_for(
                 settings.redis_sentinel_master,
+                connection_pool_class=BlockingSentinelPool,
                 password=password,
-                max_connections=settings.redis_pool_size,
-                **redis_pool.connection_options(settings),
+                **redis_pool.pool_options(settings),
             )
             return cls(client, sentinel, settings)
         options = redis_pool.pool_options(settings)
