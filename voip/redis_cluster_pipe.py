@@ -189,6 +189,8 @@ class ClusterPipe:
                 link = await self._link(node)
                 if not asking:
                     return await self._wait(self._write(link, command))
+                # Written back to back, with no await between: no other request's command
+                # may take the one-command ASKING allowance on this connection.
                 ok, reply = self._write(link, _ASKING), self._write(link, command)
                 return (await asyncio.gather(self._wait(ok), self._wait(reply)))[1]
             except ConnectionError:  # refused, dropped, or no primary known for the slot
