@@ -28,6 +28,7 @@ class LoadResult:
     errors: int  # non-2xx responses plus socket errors
     p50_ms: float
     p99_ms: float
+    server_cpu_s: float = 0.0  # CPU the server process used meanwhile, where the caller measured it
 
 
 def wrk_binary() -> str:

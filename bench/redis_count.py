@@ -2,7 +2,8 @@
 
 A round trip is one write of a request to Redis whose replies the node then waits for: one
 `send_packed_command` of redis-py (a single command, or a whole pipeline, which redis-py
-packs into one write), or one `RedisPipe._send` (the status endpoint's own connection).
+packs into one write), or one `RedisPipe._send` or `ClusterPipe._write` (the status
+endpoint's own connection, on one Redis or a cluster; an ASK's ASKING counts apart).
 Health-check PINGs go through the same call, so they count too. Subscriber connections
 only read once subscribed; what they read is not a round trip.
 
@@ -26,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from voip.redis_cluster_pipe import ClusterPipe
 from voip.redis_pipe import RedisPipe
 
 PATH = "/bench/redis-round-trips"
@@ -73,6 +75,7 @@ def install(round_trips: RoundTrips) -> Route:
     """Wraps both ways a node writes to Redis; returns the bench route that reads the tally."""
     send_packed = AbstractConnection.send_packed_command
     pipe_send = RedisPipe._send
+    cluster_write = ClusterPipe._write
 
     async def counted_send_packed(
         self: AbstractConnection, command: bytes | str | Iterable[bytes], check_health: bool = True
@@ -90,8 +93,13 @@ def install(round_trips: RoundTrips) -> Route:
         round_trips.count(command)
         return await pipe_send(self, protocol, command)
 
+    def counted_cluster_write(self: ClusterPipe, link: Any, command: bytes) -> Any:
+        round_trips.count(command)
+        return cluster_write(self, link, command)
+
     AbstractConnection.send_packed_command = counted_send_packed  # type: ignore[method-assign]
     RedisPipe._send = counted_pipe_send  # type: ignore[method-assign]
+    ClusterPipe._write = counted_cluster_write  # type: ignore[method-assign]
 
     async def endpoint(request: Request) -> JSONResponse:
         if request.method == "POST":

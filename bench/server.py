@@ -52,6 +52,10 @@ def main() -> None:
         **({"ops_feed": os.environ["BENCH_OPS_FEED"] != "0"} if "BENCH_OPS_FEED" in os.environ else {}),
     )
     logs.configure(settings.log_level)  # as `python -m voip run` does
+    if os.environ.get("BENCH_STATUS_PIPE") == "0":  # bench/status.py: redis-py's client, to compare
+        from voip.redis_conn import RedisConnections
+
+        RedisConnections.status_pipe = lambda self: None  # type: ignore[method-assign,assignment,return-value]
     app = create_app(settings)
     app.router.routes.append(Route(BARE_PATH, bare, methods=["GET"]))
     if os.environ.get("BENCH_COUNT_ROUND_TRIPS") == "1":  # bench/scale.py

@@ -3,11 +3,15 @@
 `python -m bench --status` runs this part alone: on `--redis-url` (a `rediss://` one
 included; default REDIS_URL, else a private redis-server), where the status script goes
 through the node's own pipe (voip/redis_pipe.py), or with `--redis-cluster` on a local
-Redis Cluster (tests/redis_cluster.py), where it goes through redis-py's cluster client."""
+Redis Cluster (tests/redis_cluster.py), with two nodes measured in the same rounds: one
+with the cluster pipe (voip/redis_cluster_pipe.py), as a node runs there, and one whose
+status script goes through redis-py's cluster client (`BENCH_STATUS_PIPE=0`), each
+against its own bare route."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 import uuid
@@ -27,6 +31,8 @@ class Workload:
     name: str
     paths: list[str]
     headers: dict[str, str]
+    node: NodeProcess | None = None  # None: the node `measure` is given
+    baseline: str = "bare"  # the workload its ratio is to
 
 
 async def make_calls(cluster: Cluster, node: NodeProcess, count: int) -> list[str]:
@@ -47,53 +53,93 @@ async def make_calls(cluster: Cluster, node: NodeProcess, count: int) -> list[st
     return call_ids
 
 
-def workloads(cluster: Cluster, call_ids: list[str]) -> list[Workload]:
+def workloads(
+    cluster: Cluster, call_ids: list[str], *, node: NodeProcess | None = None, tag: str = ""
+) -> list[Workload]:
+    """The bare route and the status endpoint (bearer, capability) on `node`; `tag`
+    names them apart from another node's, whose bare route is its own baseline."""
     auth = cluster.auth
     expires = int(time.time()) + 3600
     status = [f"/v1/calls/{c}/status?device_id={CALLEE_DEVICE}" for c in call_ids]
+    prefix = f"{tag} " if tag else ""
+    bare = f"{prefix}bare"
     return [
-        Workload("bare", [BARE_PATH], {}),
-        Workload("status+bearer", status, {"Authorization": f"Bearer {auth.mint(CALLEE, 'device')}"}),
+        Workload(bare, [BARE_PATH], {}, node, bare),
         Workload(
-            "status+cap",
+            f"{prefix}status+bearer", status, {"Authorization": f"Bearer {auth.mint(CALLEE, 'device')}"}, node, bare
+        ),
+        Workload(
+            f"{prefix}status+cap",
             [f"{p}&cap={auth.capability(c, CALLEE_DEVICE, expires)}" for p, c in zip(status, call_ids, strict=True)],
             {},
+            node,
+            bare,
         ),
     ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(
     node: NodeProcess, loads: list[Workload], *, rounds: int, seconds: float, warmup: float, connections: int
 ) -> dict[str, list[LoadResult]]:
-    """Interleaved rounds, so that drift on the machine hits every workload alike."""
+    """Interleaved rounds, so that drift on the machine hits every workload alike; each
+    run also with the CPU its node used, which other processes on the machine hardly change."""
     for load in loads:
-        run_wrk(node.base_url, load.paths, connections=connections, seconds=warmup, headers=load.headers)
+        url = (load.node or node).base_url
+        run_wrk(url, load.paths, connections=connections, seconds=warmup, headers=load.headers)
     results: dict[str, list[LoadResult]] = {load.name: [] for load in loads}
     for _ in range(rounds):
         for load in loads:
-            result = run_wrk(node.base_url, load.paths, connections=connections, seconds=seconds, headers=load.headers)
+            server = load.node or node
+            before = cpu_seconds(server.process.pid)
+            result = run_wrk(
+                server.base_url, load.paths, connections=connections, seconds=seconds, headers=load.headers
+            )
+            result = dataclasses.replace(result, server_cpu_s=cpu_seconds(server.process.pid) - before)
             if result.errors:
                 raise RuntimeError(f"{load.name}: {result.errors} failed requests of {result.requests}")
             results[load.name].append(result)
     return results
 
 
-def report(results: dict[str, list[LoadResult]], connections: int, seconds: float) -> list[str]:
-    bare = median([r.rps for r in results["bare"]])
+def report(
+    results: dict[str, list[LoadResult]], connections: int, seconds: float, loads: list[Workload] | None = None
+) -> list[str]:
+    """One line a workload: its median req/s and the ratio to its baseline's ("bare",
+    unless `loads` names another); then the node's CPU per request, and the same ratio from
+    it (what a node alone on its CPU would reach: other processes move req/s far more)."""
+    baselines = {load.name: load.baseline for load in loads or []}
+    width = max(16, *(len(name) + 2 for name in results))
     lines = [
         f"## status endpoint vs bare route (wrk -t1 -c{connections}, {seconds:.0f}s"
-        f" x {len(results['bare'])} rounds, median)",
-        f"{'route':<16}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}   rounds req/s",
+        f" x {len(next(iter(results.values())))} rounds, median)",
+        f"{'route':<{width}}{'req/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'CPU us/req':>12}{'CPU ratio':>11}   rounds req/s",
     ]
     for name, runs in results.items():
         rps = median([r.rps for r in runs])
+        baseline = results[baselines.get(name, "bare")]
+        cpu, bare_cpu = cpu_per_request(runs), cpu_per_request(baseline)
         lines.append(
-            f"{name:<16}{rps:>10.0f}{ratio(rps, bare):>8.2f}"
+            f"{name:<{width}}{rps:>10.0f}{ratio(rps, median([r.rps for r in baseline])):>8.2f}"
             f"{median([r.p50_ms for r in runs]):>9.2f}{median([r.p99_ms for r in runs]):>9.2f}"
+            f"{cpu:>12.0f}{ratio(bare_cpu, cpu):>11.2f}"
             f"   {' '.join(f'{r.rps:.0f}' for r in runs)}"
         )
     lines.append("target: status req/s >= 0.50 x bare")
     return lines
+
+
+def cpu_per_request(runs: list[LoadResult]) -> float:
+    """Microseconds of the node's CPU per request, over all the runs."""
+    requests = sum(r.requests for r in runs)
+    return sum(r.server_cpu_s for r in runs) / requests * 1e6 if requests else float("nan")
 
 
 def main(*, quick: bool, redis_url: str, redis_cluster: bool, connections: int = 32, calls: int = 4) -> None:
@@ -115,20 +161,28 @@ def main(*, quick: bool, redis_url: str, redis_cluster: bool, connections: int =
     try:
         startup_nodes = cluster_nodes.startup_nodes if cluster_nodes else ""
         with Cluster(server_cpu, redis_url=redis_url, redis_cluster_nodes=startup_nodes) as cluster:
-            node = cluster.start_node("a")
-            where = cluster.redis_url.split("?")[0]
-            path = "Redis Cluster, redis-py's cluster client" if cluster_nodes else f"{where}, the pipe"
-            print(f"# status endpoint on {path}; node on CPU {server_cpu}, load and Redis on CPU {load_cpu}")
-            call_ids = asyncio.run(make_calls(cluster, node, calls))
-            results = measure(
-                node,
-                workloads(cluster, call_ids),
-                rounds=rounds,
-                seconds=seconds,
-                warmup=warmup,
-                connections=connections,
-            )
-            print("\n".join(report(results, connections, seconds)), flush=True)
+            placement = f"nodes on CPU {server_cpu}, load and Redis on CPU {load_cpu}"
+            if cluster_nodes:
+                node = cluster.start_node("pipe")
+                # A second node reads the same calls; it idles while the first is measured.
+                client = cluster.start_node("client", env={"BENCH_STATUS_PIPE": "0"})
+                print(
+                    "# status endpoint on a Redis Cluster (3 primaries, 3 replicas): 'pipe' through the cluster"
+                    " pipe, 'client' through redis-py's cluster client, each against its own node's bare route;"
+                    f" {placement}"
+                )
+                call_ids = asyncio.run(make_calls(cluster, node, calls))
+                loads = [
+                    *workloads(cluster, call_ids, node=node, tag="pipe"),
+                    *workloads(cluster, call_ids, node=client, tag="client"),
+                ]
+            else:
+                node = cluster.start_node("a")
+                print(f"# status endpoint on {cluster.redis_url.split('?')[0]}, the pipe; {placement}")
+                call_ids = asyncio.run(make_calls(cluster, node, calls))
+                loads = workloads(cluster, call_ids)
+            results = measure(node, loads, rounds=rounds, seconds=seconds, warmup=warmup, connections=connections)
+            print("\n".join(report(results, connections, seconds, loads)), flush=True)
     finally:
         if cluster_nodes is not None:
             cluster_nodes.stop()

@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from tests.redis_tls import Certificates, make_ca, make_certificates
+from voip.redis_cluster_pipe import ClusterPipe
 from voip.redis_conn import ClusterConnection, ClusterTLSConnection, RedisConnections, SentinelTLSConnection
 from voip.redis_tls import TLSConnection
 from voip.settings import Settings, SettingsError, load_settings
@@ -189,7 +190,8 @@ async def test_a_tls_cluster_builds_every_node_connection_over_tls(certificates:
     assert connections.tls is not None and connections.tls.server_name == "redis.internal"
     context = connections.tls.context
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    assert connections.status_pipe() is None
+    pipe = connections.status_pipe()  # the cluster pipe, with the same context and name
+    assert isinstance(pipe, ClusterPipe) and pipe._tls is context and pipe._tls_server_name == "redis.internal"
     await connections.aclose()
 
 

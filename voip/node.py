@@ -27,7 +27,7 @@ from voip.ops.feed import OpsFeed
 from voip.presence import Presence
 from voip.push import APNsConfig, APNsNotifier, Notifier
 from voip.redis_conn import RedisConnections
-from voip.redis_pipe import RedisPipe
+from voip.redis_pipe import StatusPipe
 from voip.settings import Settings
 from voip.sipcalls import SipConfig, SipGateway
 from voip.stores import Stores
@@ -67,7 +67,7 @@ class Node:
         *,
         auth: Authenticator,
         connections: RedisConnections,
-        status_pipe: RedisPipe | None,
+        status_pipe: StatusPipe | None,
         stores: Stores,
         bus: Bus,
         apns_simulator: APNsSimulator | None,

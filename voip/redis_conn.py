@@ -1,17 +1,18 @@
 """Every Redis connection of a node is built here: the redis-py pool, the status
-endpoint's pipe (voip/redis_pipe.py) and, through the pool, the bus's pub/sub.
+endpoint's pipe (voip/redis_pipe.py, voip/redis_cluster_pipe.py) and, through the pool,
+the bus's pub/sub.
 
 With `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER` set, each of them asks the Sentinels
 for the current master whenever it (re)connects, so all three follow a failover
 (docs/deploy.md#redis-sentinel). With `REDIS_CLUSTER_NODES`, `client` is redis-py's
 cluster client (MOVED and ASK followed, the slot map re-read after a failover), the bus
-subscribes through it shard by shard (voip/shards.py), and the status endpoint uses it
-too: no hand-written pipe (docs/benchmarks.md has the figures). Otherwise they all go to
-`REDIS_URL`.
+subscribes through it shard by shard (voip/shards.py), and the status endpoint has a
+pipe of its own that follows the slot map (voip/redis_cluster_pipe.py; docs/benchmarks.md
+has the figures). Otherwise they all go to `REDIS_URL`.
 
 With TLS on (REDIS_TLS, or a rediss:// REDIS_URL) every one of them speaks TLS: the
 cluster's nodes, those it finds later included; the Sentinels (REDIS_SENTINEL_TLS) and
-the master they name; the pipe (voip/redis_tls.py, docs/deploy.md#tls-to-redis).
+the master they name; the pipes (voip/redis_tls.py, docs/deploy.md#tls-to-redis).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from voip import redis_pool
-from voip.redis_pipe import Address, RedisPipe
+from voip.redis_cluster_pipe import ClusterPipe
+from voip.redis_pipe import Address, RedisPipe, StatusPipe
 from voip.redis_tls import RedisTLS, TLSConnection, url_context, url_tls_options
 from voip.settings import Settings, sentinel_addresses
 
@@ -129,11 +131,16 @@ class RedisConnections:
         host, port = await self.sentinel.discover_master(self.settings.redis_sentinel_master)
         return {"host": host, "port": int(port), "password": self.settings.redis_password or None}
 
-    def status_pipe(self) -> RedisPipe | None:
-        """None on a cluster: the status script goes through the cluster client."""
-        if self.settings.redis_cluster_nodes:
-            return None
+    def status_pipe(self) -> StatusPipe:
         timeout = self.settings.redis_command_timeout
+        if self.settings.redis_cluster_nodes:
+            return ClusterPipe(
+                sentinel_addresses(self.settings.redis_cluster_nodes),
+                password=self.settings.redis_password or None,
+                timeout=timeout,
+                tls=self.tls.context if self.tls is not None else None,
+                tls_server_name=self.tls.server_name if self.tls is not None else None,
+            )
         if self.sentinel is not None:
             return RedisPipe(
                 locate=self.master_address,

@@ -29,7 +29,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -203,3 +203,12 @@ class RedisPipe:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+
+
+class StatusPipe(Protocol):
+    """What the status endpoint needs of its connection: a RedisPipe on one Redis or
+    Sentinel, a ClusterPipe (voip/redis_cluster_pipe.py) on a cluster."""
+
+    async def evalsha(self, sha: str, script: bytes | str, keys: list[str], args: list[Any]) -> Any: ...
+
+    def close(self) -> None: ...

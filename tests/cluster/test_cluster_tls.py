@@ -23,6 +23,7 @@ from tests.conftest import SECRET, RunningNode, make_settings, start_node, stop_
 from tests.ports import free_port
 from tests.redis_cluster import LocalCluster
 from tests.redis_tls import Certificates, make_ca, make_certificates, start_up_error
+from voip.redis_cluster_pipe import ClusterPipe
 from voip.redis_conn import ClusterTLSConnection
 
 pytestmark = pytest.mark.interop
@@ -90,6 +91,12 @@ async def test_a_call_across_two_nodes_on_a_tls_cluster(
         )
         assert status.status_code == 200, status.text
         assert status.json()["state"] == "answered"
+        # The status endpoint's own pipe, one connection per primary, over TLS too.
+        pipe = node_b.node.status_pipe
+        assert isinstance(pipe, ClusterPipe) and pipe._links
+        for link in pipe._links.values():
+            assert link.transport is not None
+            assert link.transport.get_extra_info("ssl_object").server_hostname == SERVER_NAME
 
         # The write is in the cluster, where the call's slot lives (read with the test's own client).
         key = node_a.node.stores.keys.call(call_id)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from voip.redis_pipe import RedisPipe
+from voip.redis_pipe import StatusPipe
 from voip.stores.calls import CallError, CallRecord, CallRefused, CallStore, Transition
 from voip.stores.devices import DeviceStore
 from voip.stores.epoch import EpochStore
@@ -66,7 +66,7 @@ class Stores:
         ops_feed: bool = True,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
-        status_pipe: RedisPipe | None = None,
+        status_pipe: StatusPipe | None = None,
     ) -> Stores:
         keys = KeyLayout(prefix)
         ops_channel = keys.ops_channel if ops_feed else ""

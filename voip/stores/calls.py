@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from voip.calls import Action, CallState, Party, transitions_for
 from voip.clock import now_ms
-from voip.redis_pipe import RedisPipe
+from voip.redis_pipe import StatusPipe
 from voip.redis_pool import UNAVAILABLE
 from voip.stores.layout import BUCKETS, KeyLayout, Scripted, batch, clustered, load_script
 from voip.stores.presence import online_devices
@@ -106,7 +106,7 @@ class CallStore:
         ops_channel: str,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
-        status_pipe: RedisPipe | None = None,
+        status_pipe: StatusPipe | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
