@@ -27,6 +27,10 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,  # refused, dropped, no pooled connection in time, loading
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,  # a replica, during a failover
+    # The cluster client gave up on a slot (CLUSTERDOWN, or redirections without end:
+    # redis-py 8.1 sends ASKING and the redirected command on two pooled connections, so
+    # a key already moved in a migrating slot loops MOVED/ASK until "TTL exhausted").
+    redis.exceptions.ClusterError,
     ConnectionError,
     TimeoutError,
 )

@@ -124,6 +124,34 @@ async def test_a_half_migrated_slot_is_followed_by_asking(cluster_node: Any, red
     assert len(checks) == 3
 
 
+async def test_a_read_through_redis_py_during_a_migration_is_never_a_500(
+    cluster_node: Any, redis_cluster: LocalCluster
+) -> None:
+    # redis-py 8.1's cluster client sends ASKING and the redirected command on two pooled
+    # connections when the target has several idle ones, and loops MOVED/ASK until it gives
+    # up with ClusterError("TTL exhausted"): that is Redis unavailable for now (503), not a 500.
+    node = await cluster_node()
+    call_id = await ringing_call(node)
+    slot = slot_of_call(redis_cluster, node, call_id)
+    source = redis_cluster.owner(slot)
+    target = elsewhere(redis_cluster, source)
+    operator = {"Authorization": f"Bearer {node.auth.mint('ops', 'operator')}"}
+    client = node.http()
+    # Several idle connections to every primary, the target's among them.
+    await asyncio.gather(*(client.get("/v1/ops/calls", headers=operator) for _ in range(16)))
+    migration = redis_cluster.begin_migration(slot, target)
+    try:
+        migration.move(keys_in_slot(source, slot))
+        answers = [await client.get(f"/v1/ops/calls/{call_id}", headers=operator) for _ in range(4)]
+    finally:
+        await asyncio.to_thread(migration.finish)
+    assert {a.status_code for a in answers} <= {200, 503}, [(a.status_code, a.text[:200]) for a in answers]
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.json()["error"] == "unavailable" and answer.headers["Retry-After"]
+    assert (await client.get(f"/v1/ops/calls/{call_id}", headers=operator)).status_code == 200
+
+
 async def test_a_call_split_by_a_migration_is_503_until_it_is_whole(
     cluster_node: Any, redis_cluster: LocalCluster
 ) -> None:
