@@ -12,6 +12,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from tests.ops.conftest import ops_get
 from tests.redis_cluster import LocalCluster
+from tests.test_ring_claims import one_call_per_bucket, record_writes
+from voip.clock import now_ms
+from voip.stores.layout import BUCKETS, KeyLayout
 
 pytestmark = pytest.mark.interop
 
@@ -58,6 +61,36 @@ async def test_ring_timeouts_fire_on_a_cluster(cluster_node: Any) -> None:
         assert (await phone.expect("call.missed", call_id=call_id, timeout=3))["reason"] == "unanswered"
     for call_id in call_ids:
         await caller.expect("call.missed", call_id=call_id)
+
+
+async def test_a_ticks_ring_claims_go_to_each_shard_in_one_pipeline(
+    cluster_node: Any, redis_cluster: LocalCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node_a, node_b = await cluster_node(), await cluster_node()
+    for node in (node_a, node_b):
+        await node.node.timeouts.stop()  # the test ticks for them...
+    await asyncio.sleep(0.3)  # ...once their own ticks' bucket leases (0.2 s) are over
+    redis_cluster.wait_settled()
+    keys, now = KeyLayout(prefix), now_ms()
+    due = one_call_per_bucket()
+    for bucket, call_id in due.items():
+        await node_a.node.connections.client.zadd(keys.ring_bucket(bucket), {call_id: now - 1})
+    shards = {redis_cluster.owner(redis_cluster.slot_of(keys.ring_bucket(b))).port for b in range(BUCKETS)}
+    assert len(shards) == 3
+    claim = node_a.node.stores.calls._claim
+    for primary in redis_cluster.live_primaries():  # as after the nodes' first ticks
+        with primary.client() as client:
+            client.script_load(claim.script)
+
+    written = record_writes(monkeypatch)
+    by_a = await node_a.node.stores.calls.claim_due_timeouts(now, 5000, node="a", buckets=list(range(8)))
+    written.clear()
+    by_b = await node_b.node.stores.calls.claim_due_timeouts(now, 5000, node="b", buckets=list(range(BUCKETS)))
+    # b's 16 claims: one write to each shard, together the 16 (a round trip per shard, at once).
+    claims = [w.count(claim.sha.encode()) for w in written if claim.sha.encode() in w]
+    assert len(claims) == len(shards) and sum(claims) == BUCKETS, claims
+    # a's buckets were leased to a, with the timeouts in them: each due timeout went to one node.
+    assert len(by_a) == 8 and sorted(by_a + by_b) == sorted(due.values())
 
 
 async def test_the_bus_follows_a_resharded_channel(cluster_node: Any, redis_cluster: LocalCluster) -> None:
