@@ -19,7 +19,7 @@ from voip.calls import Action, CallState, Party, transitions_for
 from voip.clock import now_ms
 from voip.redis_pipe import RedisPipe
 from voip.redis_pool import UNAVAILABLE
-from voip.stores.layout import BUCKETS, KeyLayout, Scripted, batch, clustered, load_script, run_scripts
+from voip.stores.layout import BUCKETS, KeyLayout, Scripted, batch, clustered, load_script
 from voip.stores.presence import online_devices
 
 log = structlog.get_logger(__name__)
@@ -361,14 +361,14 @@ class CallStore:
     ) -> list[str]:
         """Lease the due ring timeouts of a few buckets: by default the next BUCKETS_PER_TICK
         of this node's round, each unless another node leased it in the last
-        `bucket_lease_ms`. One script per bucket, all in one pipeline: BUCKETS_PER_TICK
-        commands a tick, however many nodes and buckets, in one round trip on one Redis and
-        one per shard they are on on a cluster (docs/deploy.md#redis-cluster)."""
+        `bucket_lease_ms`. One script per bucket: BUCKETS_PER_TICK commands a tick, however
+        many nodes and buckets, in one pipeline on one Redis (one round trip); on a cluster
+        concurrently, a round trip each (batch(); docs/deploy.md#redis-cluster)."""
         if buckets is None:
             start = self._next_bucket
             self._next_bucket = (start + BUCKETS_PER_TICK) % BUCKETS
             buckets = [(start + i) % BUCKETS for i in range(BUCKETS_PER_TICK)]
-        replies = await run_scripts(
+        replies = await batch(
             self._redis,
             [
                 (

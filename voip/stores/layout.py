@@ -30,8 +30,8 @@ tag: the keys one script or MULTI touches share it, so each touches one slot
 
 The ring deadlines and the calls index are spread over BUCKETS hash-tagged buckets, so
 that on a cluster no one shard holds them all; a node works a few buckets a tick, each
-under a short lease (lua/claim_timeouts.lua, CallStore.claim_due_timeouts), their claims
-in one pipeline (run_scripts).
+under a short lease (lua/claim_timeouts.lua, CallStore.claim_due_timeouts); a tick's
+claims are one batch(): one round trip on one Redis.
 
 Channels:
 
@@ -69,9 +69,11 @@ def clustered(redis: Redis) -> bool:
 async def batch(redis: Redis, scripts: list[Scripted], queue: Callable[[Any], object] | None = None) -> list[Any]:
     """The scripts' replies, then those of the commands `queue` puts on a pipeline, in that
     order. On one Redis: one pipeline, one round trip, the scripts as bare EVALSHAs. On a
-    cluster the scripts run first, concurrently, then the rest as one cluster pipeline (a
-    round trip per shard it touches): the rest is on other shards, and in one pipeline with
-    the scripts it could land before their writes (a call's ring deadline before the call)."""
+    cluster redis-py refuses scripts in a pipeline (its issue #2914): the scripts run first,
+    concurrently, then the rest as one cluster pipeline (a round trip per shard it touches).
+    A cluster pipeline that meets a dead primary closes every connection of the client, and
+    the commands in flight on the healthy shards fail with them (ClusterDownError); a single
+    command only drops the dead shard's: keep the scripts, and what runs often, out of one."""
     if clustered(redis):
         ran = list(await asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in scripts)))
         if queue is not None:
@@ -81,38 +83,14 @@ async def batch(redis: Redis, scripts: list[Scripted], queue: Callable[[Any], ob
         return ran
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in scripts:
-            queue_script(pipe, script, keys, args)
+            # A bare EVALSHA: passed as `client=pipe`, redis-py sends SCRIPT EXISTS first.
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         if queue is not None:
             queue(pipe)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
-    return await _loaded(scripts, replies)
-
-
-async def run_scripts(redis: Redis, scripts: list[Scripted]) -> list[Any]:
-    """The scripts' replies, in order, from one pipeline of bare EVALSHAs: on one Redis one
-    round trip; on a cluster redis-py's cluster pipeline, which sends each shard its share
-    at once (a round trip per shard the scripts' slots are on, concurrent) and follows
-    MOVED and ASK per command."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for script, keys, args in scripts:
-            queue_script(pipe, script, keys, args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-    return await _loaded(scripts, replies)
-
-
-def queue_script(pipe: Any, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
-    """Queue a bare EVALSHA. Not `script(client=pipe)`, which sends SCRIPT EXISTS first,
-    nor `pipe.evalsha`, which redis-py's cluster pipeline refuses by name, though it routes
-    an EVALSHA by its keys like any keyed command."""
-    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-
-async def _loaded(scripts: list[Scripted], replies: list[Any]) -> list[Any]:
-    """`replies` (the scripts' first, then any others) with every NOSCRIPT answered again,
-    or the first error raised."""
     for index, (script, keys, args) in enumerate(scripts):
-        # A Redis that lost its script cache (restarted, failed over) answered NOSCRIPT,
-        # and that script alone did not run: run it again through redis-py, which loads it.
+        # A Redis that lost its script cache (restarted, failed over) answered NOSCRIPT;
+        # the rest ran: run that script again through redis-py, which loads it.
         if isinstance(replies[index], NoScriptError):
             replies[index] = await script(keys=keys, args=args)
     for reply in replies:
