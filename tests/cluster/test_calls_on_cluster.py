@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from tests.ops.conftest import ops_get
@@ -92,6 +93,31 @@ async def test_a_ticks_ring_claims_on_a_cluster_are_single_commands_and_lease_on
     assert claims == [1] * BUCKETS, claims
     # a's buckets were leased to a, with the timeouts in them: each due timeout went to one node.
     assert len(by_a) == 8 and sorted(by_a + by_b) == sorted(due.values())
+
+
+async def test_a_large_timeline_batch_reaches_operators_through_a_small_pool(
+    cluster_node: Any, redis_cluster: LocalCluster, prefix: str
+) -> None:
+    # A delivery log batch of many calls' entries: each entry published on its own took a
+    # connection of its own at once, past the pool's size (MaxConnectionsError).
+    node = await cluster_node(redis_pool_size=4)
+    channel = KeyLayout(prefix).ops_channel
+    listener = Redis(host="127.0.0.1", port=redis_cluster.live_nodes()[-1].port)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(channel)
+    try:
+        entries = [(f"call-{n % 20}", {"at": n, "event": "delivered"}) for n in range(200)]
+        await node.node.stores.calls.append_timelines(entries)
+        heard = 0
+        async with asyncio.timeout(10):
+            while heard < len(entries):
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                heard += message is not None
+        timeline = await node.node.stores.calls.timeline("call-7")
+        assert [e["at"] for e in timeline] == list(range(7, 200, 20))
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
 
 
 async def test_the_bus_follows_a_resharded_channel(cluster_node: Any, redis_cluster: LocalCluster) -> None:

@@ -6,7 +6,6 @@ that created it: every node applies those, never its own settings. Keys: layout.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -333,7 +332,8 @@ class CallStore:
         by_call: dict[str, list[dict[str, Any]]] = {}
         for call_id, entry in entries:
             by_call.setdefault(call_id, []).append(entry)
-        # redis-py refuses PUBLISH in a cluster pipeline: there each goes on its own, after.
+        # On a cluster the entries go to operators after the timelines are written, in a
+        # pipeline of their own (a PUBLISH on any node reaches every node).
         in_pipe = not clustered(self._redis)
         async with self._redis.pipeline(transaction=False) as pipe:
             for call_id, call_entries in by_call.items():
@@ -342,12 +342,13 @@ class CallStore:
                 )
             await pipe.execute()
         if self._ops_channel and not in_pipe:
-            await asyncio.gather(
-                *(
-                    self._redis.publish(self._ops_channel, ops_message(call_id, orjson.dumps(entry)))
-                    for call_id, entry in entries
-                )
-            )
+            # Not a PUBLISH each, all at once: each took a connection of its own, and a
+            # delivery log batch (64 entries and more) emptied the pool of the node that
+            # took them (MaxConnectionsError; `python -m bench --scale --redis-cluster`).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for call_id, entry in entries:
+                    pipe.execute_command("PUBLISH", self._ops_channel, ops_message(call_id, orjson.dumps(entry)))
+                await pipe.execute()
 
     async def claim_due_timeouts(
         self,
