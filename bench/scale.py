@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -461,7 +462,13 @@ def run(plan: Plan, redis_url: str = "", *, redis_cluster: bool = False) -> Repo
             rig = Rig(cluster, pair, [pid] if pid is not None else [], commands_of([client]))
             redis_name = "one Redis"
         rig.start()
-        return asyncio.run(measure(rig, plan, tmp, sip=local is None, redis_name=redis_name))
+        try:
+            return asyncio.run(measure(rig, plan, tmp, sip=local is None, redis_name=redis_name))
+        except Exception:
+            for node in rig.nodes:  # what the nodes said, before their logs go with the run
+                errors = [line for line in node.log_path.read_text().splitlines() if "error" in line.lower()]
+                print(f"# {node.node_id}: last error lines of {len(errors)}", *errors[-20:], sep="\n", file=sys.stderr)
+            raise
 
 
 def main(quick: bool = False, redis_url: str = "", redis_cluster: bool = False) -> None:
