@@ -466,8 +466,14 @@ def run(plan: Plan, redis_url: str = "", *, redis_cluster: bool = False) -> Repo
             return asyncio.run(measure(rig, plan, tmp, sip=local is None, redis_name=redis_name))
         except Exception:
             for node in rig.nodes:  # what the nodes said, before their logs go with the run
-                errors = [line for line in node.log_path.read_text().splitlines() if "error" in line.lower()]
-                print(f"# {node.node_id}: last error lines of {len(errors)}", *errors[-20:], sep="\n", file=sys.stderr)
+                lines = node.log_path.read_text().splitlines()
+                errors = [line for line in lines if '"level": "error"' in line or '"level": "warning"' in line]
+                print(
+                    f"# {node.node_id}: last warnings and errors of {len(errors)}",
+                    *errors[-20:],
+                    sep="\n",
+                    file=sys.stderr,
+                )
             raise
 
 
