@@ -12,6 +12,12 @@ What a cluster does to a client, on demand:
 
 The bus port is given with `--cluster-port` (Redis 7), also from tests/ports.py: the
 default, port + 10000, would often land in the ephemeral range or past 65535.
+
+`LocalCluster(tls=certificates)` serves TLS only (`--port 0`, `--tls-port`): clients, the
+cluster bus (`--tls-cluster yes`) and replication (`--tls-replication yes`), and asks
+clients for a certificate (tests/redis_tls.py). `password=` sets `requirepass` (and
+`masterauth`, for the replicas). The helpers' own clients and redis-cli reach the nodes
+the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from redis.crc import key_slot
 
 from tests import interop
 from tests.ports import free_port
+from tests.redis_tls import Certificates, cli_tls_args, client_tls_options, server_tls_args
 from voip.redis_server import redis_server_binary
 
 SLOTS = 16384
@@ -42,13 +49,22 @@ class ClusterNode:
     bus_port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    tls: Certificates | None = None
+    password: str = ""
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password or None,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            **(client_tls_options(self.tls) if self.tls is not None else {}),
+        )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -98,6 +114,8 @@ class LocalCluster:
     primaries: int = 3
     replicas_per_primary: int = 1
     node_timeout_ms: int = 2000
+    tls: Certificates | None = None
+    password: str = ""
     nodes: list[ClusterNode] = field(default_factory=list)
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="voip-cluster-")))
 
@@ -111,7 +129,9 @@ class LocalCluster:
     def start(self, timeout: float = 60) -> LocalCluster:
         interop.started("redis-server --cluster-enabled")
         for index in range(self.primaries * (1 + self.replicas_per_primary)):
-            node = ClusterNode(free_port(), free_port(), self.directory / f"node-{index}")
+            node = ClusterNode(
+                free_port(), free_port(), self.directory / f"node-{index}", tls=self.tls, password=self.password
+            )
             node.directory.mkdir(parents=True)
             self.nodes.append(node)
             self._spawn(node)
@@ -278,11 +298,20 @@ class LocalCluster:
 
     # -- inside --------------------------------------------------------------------
     def _spawn(self, node: ClusterNode) -> None:
+        if self.tls is not None:
+            listen = (
+                *("--port", "0", "--tls-port", str(node.port)),
+                *("--tls-cluster", "yes", "--tls-replication", "yes"),
+                *server_tls_args(self.tls, client_certificates=True),
+            )
+        else:
+            listen = ("--port", str(node.port))
+        auth = ("--requirepass", self.password, "--masterauth", self.password) if self.password else ()
         node.process = subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port",
-                str(node.port),
+                *listen,
+                *auth,
                 "--bind",
                 "127.0.0.1",
                 "--cluster-enabled",
@@ -315,7 +344,10 @@ class LocalCluster:
         )
 
     def _cli(self, *args: str) -> str:
-        result = subprocess.run(["redis-cli", *args], capture_output=True, text=True, timeout=120)
+        connect = cli_tls_args(self.tls) if self.tls is not None else ()
+        if self.password:
+            connect += ("-a", self.password, "--no-auth-warning")
+        result = subprocess.run(["redis-cli", *connect, *args], capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise RuntimeError(f"redis-cli {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result.stdout

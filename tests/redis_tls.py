@@ -1,5 +1,6 @@
-"""A CA and a server certificate for a redis-server of a test's own on a TLS port
-(`redis-server --tls-port`), made with `cryptography` in the test's directory."""
+"""A CA, a server certificate and a client certificate for redis-servers of a test's own
+on TLS ports (`redis-server --tls-port`: one Redis, a cluster's nodes, a Sentinel set),
+made with `cryptography` in the test's directory."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import datetime
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from structlog.testing import capture_logs
 
 from tests.ports import free_port
 from tests.redis_process import NO_PERSISTENCE
+from voip.node import START_FAILURES, Node
+from voip.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,9 @@ class Certificates:
     ca: Path
     cert: Path
     key: Path
+    # For a client of a Redis that asks for one (`--tls-auth-clients yes`).
+    client_cert: Path
+    client_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -68,42 +77,51 @@ def make_ca(directory: Path, name: str = "test-ca") -> tuple[x509.Certificate, e
     return cert, key, path
 
 
-def make_certificates(directory: Path) -> Certificates:
-    """A CA, and a certificate it signed for 127.0.0.1 and localhost."""
-    ca_cert, ca_key, ca_path = make_ca(directory)
+def _issue(
+    directory: Path,
+    name: str,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    names: list[x509.GeneralName],
+) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_name("redis"))
-        .issuer_name(ca_cert.subject)
+        .subject_name(_name(name))
+        .issuer_name(ca[0].subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.DNSName("localhost"),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
     )
-    (directory / "redis.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key, directory / "redis.key")
-    return Certificates(ca_path, directory / "redis.pem", directory / "redis.key")
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca[1], hashes.SHA256())
+    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, directory / f"{name}.key")
+    return directory / f"{name}.pem", directory / f"{name}.key"
 
 
-def tls_options(certificates: Certificates) -> tuple[int, tuple[str, ...]]:
-    """A free TLS port, and the redis-server arguments that serve it (clients need no
-    certificate of their own). The plain port stays, for the test's own look inside."""
-    port = free_port()
-    return port, (
-        "--tls-port",
-        str(port),
+def make_certificates(directory: Path, server_names: tuple[str, ...] = ()) -> Certificates:
+    """A CA, a server certificate it signed for 127.0.0.1 and localhost (and
+    `server_names`), and a client certificate. Without extended key usage, the server's
+    certificate also serves as a client's: cluster nodes and Sentinels present it to
+    each other."""
+    ca_cert, ca_key, ca_path = make_ca(directory)
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+        *(x509.DNSName(name) for name in server_names),
+    ]
+    cert, key = _issue(directory, "redis", (ca_cert, ca_key), names)
+    client_cert, client_key = _issue(directory, "client", (ca_cert, ca_key), [])
+    return Certificates(ca_path, cert, key, client_cert, client_key)
+
+
+def server_tls_args(certificates: Certificates, *, client_certificates: bool = False) -> tuple[str, ...]:
+    """redis-server's (or a Sentinel's) certificate, key and CA, and whether clients must
+    show a certificate of their own; the TLS port is the caller's."""
+    return (
         "--tls-cert-file",
         str(certificates.cert),
         "--tls-key-file",
@@ -111,6 +129,53 @@ def tls_options(certificates: Certificates) -> tuple[int, tuple[str, ...]]:
         "--tls-ca-cert-file",
         str(certificates.ca),
         "--tls-auth-clients",
-        "no",
-        *NO_PERSISTENCE,
+        "yes" if client_certificates else "no",
     )
+
+
+def client_tls_options(certificates: Certificates) -> dict[str, Any]:
+    """redis-py keyword arguments for a test's own look at a TLS Redis."""
+    return {
+        "ssl": True,
+        "ssl_ca_certs": str(certificates.ca),
+        "ssl_certfile": str(certificates.client_cert),
+        "ssl_keyfile": str(certificates.client_key),
+    }
+
+
+def cli_tls_args(certificates: Certificates) -> tuple[str, ...]:
+    return (
+        "--tls",
+        "--cacert",
+        str(certificates.ca),
+        "--cert",
+        str(certificates.client_cert),
+        "--key",
+        str(certificates.client_key),
+    )
+
+
+def tls_options(certificates: Certificates) -> tuple[int, tuple[str, ...]]:
+    """A free TLS port, and the redis-server arguments that serve it (clients need no
+    certificate of their own). The plain port stays, for the test's own look inside."""
+    port = free_port()
+    return port, ("--tls-port", str(port), *server_tls_args(certificates), *NO_PERSISTENCE)
+
+
+async def start_up_error(settings: Settings) -> str:
+    """The one line a node built from `settings` logs when it cannot start on its Redis
+    (`node.redis_unreachable`), with what it had built closed again."""
+    node = await Node.build(settings)
+    try:
+        with capture_logs() as logs:
+            with pytest.raises(START_FAILURES):
+                await node.start()
+    finally:
+        await node.notifier.aclose()
+        if node.apns_simulator is not None:
+            await node.apns_simulator.stop()
+        if node.status_pipe is not None:
+            node.status_pipe.close()
+        await node.connections.aclose()
+    [line] = [entry for entry in logs if entry["event"] == "node.redis_unreachable"]
+    return str(line["error"])

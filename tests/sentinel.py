@@ -5,6 +5,12 @@ package beyond redis-server), on loopback ports from tests/ports.py.
 `failover()` kills the master with SIGKILL (or asks for `SENTINEL FAILOVER`), waits for
 the Sentinels to name a new master, and brings the old one back as its replica, so the
 set can fail over again.
+
+`SentinelRedis(tls=certificates)`: the master and replicas serve TLS only (`--port 0`,
+`--tls-port`, `--tls-replication yes`); each Sentinel listens on a plain port and a TLS
+port (`tls_port`) and speaks TLS to the data nodes and the other Sentinels. `password`
+is the data nodes' `requirepass` (the Sentinels' `auth-pass`), `sentinel_password` the
+Sentinels' own `requirepass` (their `sentinel-pass` to each other).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import redis
 
 from tests import interop
 from tests.ports import free_port
+from tests.redis_tls import Certificates, client_tls_options, server_tls_args
 from voip.redis_server import redis_server_binary
 
 MASTER_NAME = "voipmaster"
@@ -31,10 +38,22 @@ MASTER_NAME = "voipmaster"
 class _Server:
     port: int
     process: subprocess.Popen[bytes] | None = None
+    # How the test's own client reaches it: over TLS, with a password.
+    tls: Certificates | None = None
+    password: str = ""
+    # A Sentinel's TLS port, beside its plain `port`.
+    tls_port: int | None = None
 
     @property
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password or None,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            **(client_tls_options(self.tls) if self.tls is not None else {}),
+        )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -47,6 +66,9 @@ class SentinelRedis:
     replicas: int = 1
     sentinels: int = 3
     master_name: str = MASTER_NAME
+    tls: Certificates | None = None
+    password: str = ""
+    sentinel_password: str = ""
     data: list[_Server] = field(default_factory=list)
     watchers: list[_Server] = field(default_factory=list)
     _dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="voip-sentinel-")))
@@ -56,9 +78,26 @@ class SentinelRedis:
     def sentinel_setting(self) -> str:
         return ",".join(f"127.0.0.1:{s.port}" for s in self.watchers)
 
-    def settings(self) -> dict[str, str]:
-        """The node settings (field names) that point at this set."""
-        return {"redis_sentinels": self.sentinel_setting, "redis_sentinel_master": self.master_name}
+    @property
+    def sentinel_tls_setting(self) -> str:
+        return ",".join(f"127.0.0.1:{s.tls_port}" for s in self.watchers)
+
+    def settings(self) -> dict[str, str | bool]:
+        """The node settings (field names) that point at this set: over TLS to the
+        Sentinels' TLS ports, with the passwords, when the set has them."""
+        settings: dict[str, str | bool] = {
+            "redis_sentinels": self.sentinel_setting,
+            "redis_sentinel_master": self.master_name,
+        }
+        if self.tls is not None:
+            settings.update(
+                redis_sentinels=self.sentinel_tls_setting, redis_tls=True, redis_tls_ca_file=str(self.tls.ca)
+            )
+        if self.password:
+            settings["redis_password"] = self.password
+        if self.sentinel_password:
+            settings["redis_sentinel_password"] = self.sentinel_password
+        return settings
 
     def env(self) -> dict[str, str]:
         return {"REDIS_SENTINELS": self.sentinel_setting, "REDIS_SENTINEL_MASTER": self.master_name}
@@ -66,17 +105,19 @@ class SentinelRedis:
     # -- life ----------------------------------------------------------------------
     def start(self, timeout: float = 30) -> SentinelRedis:
         interop.started("redis-sentinel")
-        master = _Server(free_port())
+        master = self._data_server(free_port())
         self._start_data(master, replica_of=None)
         self.data.append(master)
         for _ in range(self.replicas):
-            replica = _Server(free_port())
+            replica = self._data_server(free_port())
             self._start_data(replica, replica_of=master.port)
             self.data.append(replica)
         for server in self.data:
             self._wait_ping(server, timeout)
         for index in range(self.sentinels):
-            watcher = _Server(free_port())
+            watcher = _Server(free_port(), password=self.sentinel_password)
+            if self.tls is not None:
+                watcher.tls_port = free_port()
             self._start_sentinel(watcher, index, master.port)
             self.watchers.append(watcher)
         deadline = time.monotonic() + timeout
@@ -125,9 +166,11 @@ class SentinelRedis:
         """Block until every replica has the master's writes so far; returns how many did."""
         return int(self.master().client.execute_command("WAIT", self.replicas, timeout_ms))
 
-    def failover(self, *, kill: bool = True, timeout: float = 30) -> float:
+    def failover(self, *, kill: bool = True, timeout: float = 30, settle: bool = True) -> float:
         """Lose the master (SIGKILL) or hand it over (SENTINEL FAILOVER); returns the
-        seconds until the Sentinels named the new master, which then answers as one."""
+        seconds until the Sentinels named the new master, which then answers as one.
+        `settle=False` returns then, with the killed master left dead: the set's last
+        failover, 10 to 20 s sooner than waiting for the Sentinels to count it again."""
         old = self.master()
         began = time.monotonic()
         if kill:
@@ -145,6 +188,8 @@ class SentinelRedis:
                 raise RuntimeError(f"no failover within {timeout}s: {self.describe()}")
             time.sleep(0.02)
         elapsed = time.monotonic() - began
+        if not settle:
+            return elapsed
         if kill:
             # Back empty, as a replica of the new master: the set can fail over again. Not
             # promotable until it holds the data: on a loaded machine a Sentinel has taken
@@ -167,11 +212,22 @@ class SentinelRedis:
         return f"data {' '.join(parts)}; sentinels say {self.master_port()}"
 
     # -- inside --------------------------------------------------------------------
+    def _data_server(self, port: int) -> _Server:
+        return _Server(port, tls=self.tls, password=self.password)
+
     def _start_data(self, server: _Server, replica_of: int | None, *, promotable: bool = True) -> None:
+        if self.tls is not None:
+            listen = [
+                *("--port", "0", "--tls-port", str(server.port), "--tls-replication", "yes"),
+                *server_tls_args(self.tls),
+            ]
+        else:
+            listen = ["--port", str(server.port)]
+        if self.password:
+            listen += ["--requirepass", self.password, "--masterauth", self.password]
         args = [
             redis_server_binary(),
-            "--port",
-            str(server.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -199,15 +255,28 @@ class SentinelRedis:
         )
 
     def _start_sentinel(self, watcher: _Server, index: int, master_port: int) -> None:
+        name = self.master_name
+        lines = [
+            f"port {watcher.port}",
+            "bind 127.0.0.1",
+            f"dir {self._dir}",
+            f"logfile {self._dir / f'sentinel-{index}.log'}",
+            f"sentinel monitor {name} 127.0.0.1 {master_port} {self.sentinels // 2 + 1}",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1",
+        ]
+        if self.tls is not None:
+            options = server_tls_args(self.tls)
+            lines += [f"tls-port {watcher.tls_port}", "tls-replication yes"]
+            # The same options as redis-server's flags, as lines of a config file.
+            lines += [f"{options[i].removeprefix('--')} {options[i + 1]}" for i in range(0, len(options), 2)]
+        if self.password:
+            lines.append(f"sentinel auth-pass {name} {self.password}")
+        if self.sentinel_password:
+            lines += [f"requirepass {self.sentinel_password}", f"sentinel sentinel-pass {self.sentinel_password}"]
         conf = self._dir / f"sentinel-{index}.conf"  # Sentinel rewrites its file: one each
-        conf.write_text(
-            f"port {watcher.port}\nbind 127.0.0.1\ndir {self._dir}\n"
-            f"logfile {self._dir / f'sentinel-{index}.log'}\n"
-            f"sentinel monitor {self.master_name} 127.0.0.1 {master_port} {self.sentinels // 2 + 1}\n"
-            f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
-            f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}\n"
-            f"sentinel parallel-syncs {self.master_name} 1\n"
-        )
+        conf.write_text("\n".join(lines) + "\n")
         watcher.process = subprocess.Popen(
             [redis_server_binary(), str(conf), "--sentinel"],
             stdout=subprocess.DEVNULL,
@@ -246,9 +315,8 @@ class SentinelRedis:
 
     def _is_master(self, port: int) -> bool:
         try:
-            return bool(
-                redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).execute_command("ROLE")[0] == b"master"
-            )
+            with self._data_server(port).client as client:
+                return bool(client.execute_command("ROLE")[0] == b"master")
         except redis.RedisError:
             return False
 

@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 import structlog
+from redis.exceptions import RedisClusterException
 
 from apnsim import APNsSimulator
 from voip import redis_pool
@@ -32,6 +33,10 @@ from voip.sipcalls import SipConfig, SipGateway
 from voip.stores import Stores
 
 log = structlog.get_logger(__name__)
+
+# What a node's first PING may meet: Redis unavailable, or the cluster client's
+# "cannot be connected" (with the reason: a wrong CA, password or address).
+START_FAILURES: tuple[type[Exception], ...] = (*redis_pool.UNAVAILABLE, RedisClusterException)
 
 # The embedded APNs simulator's provider key: it exists only inside this process.
 SIMULATOR_TEAM_ID = "SIMTEAM001"
@@ -189,8 +194,8 @@ class Node:
     async def start(self) -> None:
         try:
             await self.connections.client.ping()
-        except redis_pool.UNAVAILABLE as exc:
-            # A wrong CA, password or address in REDIS_URL shows here first: one line that says which.
+        except START_FAILURES as exc:
+            # A wrong CA, password or address shows here first: one line that says which.
             log.error("node.redis_unreachable", error=str(exc) or type(exc).__name__)
             raise
         await self.epoch.start()

@@ -14,6 +14,10 @@ reaches Redis exactly as the node's pool does: TLS with the `ssl_*` query parame
 (redis-py builds the context), the URL's username and password, and its
 `socket_timeout` and `socket_connect_timeout` over the node's own timeout.
 
+A TLS context may be given instead (`tls`, and `server_hostname` to check the
+certificate against another name than the host): the node's, when TLS is set by
+REDIS_TLS rather than by the URL (voip/redis_tls.py).
+
 Behind Sentinel the pipe is given `locate`, which asks the Sentinels for the master on
 every (re)connect, and `master_only`: a fresh connection that finds a replica (ROLE), or
 a reply of READONLY (a master demoted under us), drops the connection and retries once.
@@ -95,13 +99,17 @@ class RedisPipe:
         locate: Callable[[], Awaitable[Address]] | None = None,
         master_only: bool = False,
         timeout: float | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self._options: Address = dict(parse_url(url)) if url else {}
         if password and not self._options.get("password"):
             self._options["password"] = password
         self._locate = locate
         self._master_only = master_only
-        self._tls = _tls_context(self._options)
+        # A context given (the node's, voip/redis_tls.py) wins over the URL's.
+        self._tls = tls if tls is not None else _tls_context(self._options)
+        self._server_hostname = server_hostname if self._tls is not None else None
         # Seconds to wait for a reply: a stopped Redis must cost a 503, not a hung request.
         # As in redis-py's from_url, a timeout in the URL wins over the node's.
         self._timeout: float | None = self._options.get("socket_timeout", timeout)
@@ -124,7 +132,11 @@ class RedisPipe:
                         _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
                     else:
                         _, protocol = await loop.create_connection(
-                            _Protocol, options.get("host", "127.0.0.1"), options.get("port", 6379), ssl=self._tls
+                            _Protocol,
+                            options.get("host", "127.0.0.1"),
+                            options.get("port", 6379),
+                            ssl=self._tls,
+                            server_hostname=self._server_hostname,
                         )
             except TimeoutError:  # an OSError too, but no reason worth a message
                 raise TimeoutError(f"no connection to Redis in {self._connect_timeout} s") from None

@@ -154,6 +154,23 @@ class Settings(BaseSettings):
     # Redis Cluster (issue 11, item 1; docs/deploy.md#redis-cluster): with it, REDIS_URL is not used.
     redis_cluster_nodes: str = Field("", validation_alias=_env("redis_cluster_nodes", "REDIS_CLUSTER_NODES"))
     redis_password: str = Field("", validation_alias=_env("redis_password", "REDIS_PASSWORD"), repr=False)
+    # TLS to Redis on every path (issue 11, item 1; docs/deploy.md#tls-to-redis). Unset: what
+    # REDIS_URL's scheme says (rediss:// is TLS). After loading, always a bool.
+    redis_tls: bool | None = Field(None, validation_alias=_env("redis_tls", "REDIS_TLS"))
+    redis_tls_ca_file: str = Field("", validation_alias=_env("redis_tls_ca_file", "REDIS_TLS_CA_FILE"))
+    redis_tls_cert_file: str = Field("", validation_alias=_env("redis_tls_cert_file", "REDIS_TLS_CERT_FILE"))
+    redis_tls_key_file: str = Field("", validation_alias=_env("redis_tls_key_file", "REDIS_TLS_KEY_FILE"))
+    redis_tls_server_name: str = Field(
+        "",
+        max_length=253,
+        pattern=r"^[A-Za-z0-9.:-]*$",
+        validation_alias=_env("redis_tls_server_name", "REDIS_TLS_SERVER_NAME"),
+    )
+    # Sentinels may listen with or without TLS, and with a password of their own.
+    redis_sentinel_tls: bool | None = Field(None, validation_alias=_env("redis_sentinel_tls", "REDIS_SENTINEL_TLS"))
+    redis_sentinel_password: str = Field(
+        "", validation_alias=_env("redis_sentinel_password", "REDIS_SENTINEL_PASSWORD"), repr=False
+    )
     redis_wait_replicas: int = Field(
         0, ge=0, le=16, validation_alias=_env("redis_wait_replicas", "VOIP_REDIS_WAIT_REPLICAS")
     )
@@ -191,6 +208,7 @@ class Settings(BaseSettings):
             if self.redis_wait_replicas:
                 # WAIT needs the writes' own connection; a cluster spreads them over shards.
                 raise ValueError("VOIP_REDIS_WAIT_REPLICAS: not supported with REDIS_CLUSTER_NODES")
+        _check_redis_tls(self)
         if self.environment == "production":
             if not self.apns_key_file:
                 raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8)")
@@ -207,10 +225,11 @@ class Settings(BaseSettings):
             self.node_id = f"{socket.gethostname()}-{os.getpid()}"
         return self
 
-    @field_validator("sip_tls_port", mode="before")
+    @field_validator("sip_tls_port", "redis_tls", "redis_sentinel_tls", mode="before")
     @classmethod
     def _unset_port(cls, value: object) -> object:
-        # SIP_TLS_PORT="" in the environment means unset, like the file settings beside it.
+        # SIP_TLS_PORT="" (or REDIS_TLS="") in the environment means unset, like the file
+        # settings beside it.
         return None if value == "" else value
 
     @classmethod
@@ -279,6 +298,67 @@ def _check_sip_tls(settings: Settings) -> None:
             ssl.create_default_context(cafile=settings.sip_tls_ca_file)
         except (ssl.SSLError, OSError) as exc:
             raise ValueError(f"SIP_TLS_CA_FILE: not PEM certificates ({_tls_reason(exc)})") from None
+
+
+REDIS_TLS_FILES = {
+    "REDIS_TLS_CA_FILE": "redis_tls_ca_file",
+    "REDIS_TLS_CERT_FILE": "redis_tls_cert_file",
+    "REDIS_TLS_KEY_FILE": "redis_tls_key_file",
+}
+
+
+def _check_redis_tls(settings: Settings) -> None:
+    """REDIS_TLS agrees with REDIS_URL's scheme; TLS files only with TLS on, readable and
+    loadable now; the Sentinel settings only with Sentinels. Leaves both flags as bools."""
+    scheme = settings.redis_url.partition("://")[0].lower() if settings.redis_url else ""
+    if settings.redis_tls is None:
+        settings.redis_tls = scheme == "rediss"
+    elif scheme == "rediss" and not settings.redis_tls:
+        raise ValueError("REDIS_TLS: false, but REDIS_URL is rediss://, which is TLS")
+    elif scheme and scheme != "rediss" and settings.redis_tls:
+        raise ValueError(f"REDIS_TLS: true, but REDIS_URL is {scheme}://; TLS is rediss://")
+    if not settings.redis_sentinels:
+        for env, value in (
+            ("REDIS_SENTINEL_TLS", settings.redis_sentinel_tls is not None),
+            ("REDIS_SENTINEL_PASSWORD", bool(settings.redis_sentinel_password)),
+        ):
+            if value:
+                raise ValueError(f"{env}: only with REDIS_SENTINELS")
+    if settings.redis_sentinel_tls is None:
+        settings.redis_sentinel_tls = settings.redis_tls
+    if settings.redis_tls and not (scheme or settings.redis_sentinels or settings.redis_cluster_nodes):
+        raise ValueError(
+            "REDIS_TLS: needs REDIS_URL (rediss://), REDIS_CLUSTER_NODES or REDIS_SENTINELS; "
+            "the private development Redis has no TLS"
+        )
+    given = [env for env, name in REDIS_TLS_FILES.items() if getattr(settings, name)]
+    if settings.redis_tls_server_name:
+        given.append("REDIS_TLS_SERVER_NAME")
+    if given and not (settings.redis_tls or settings.redis_sentinel_tls):
+        raise ValueError(f"{given[0]}: set, but TLS to Redis is off (REDIS_TLS)")
+    if settings.redis_tls_server_name and not (settings.redis_cluster_nodes or settings.redis_sentinels):
+        # Only addresses the node is handed (cluster nodes, the master) need another name.
+        raise ValueError(
+            "REDIS_TLS_SERVER_NAME: only with REDIS_CLUSTER_NODES or REDIS_SENTINELS (REDIS_URL names its host)"
+        )
+    if bool(settings.redis_tls_cert_file) != bool(settings.redis_tls_key_file):
+        raise ValueError("REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE: both or neither")
+    for env, name in REDIS_TLS_FILES.items():
+        path = getattr(settings, name)
+        if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
+            raise ValueError(f"{env}: not a readable file: {path}")
+    if settings.redis_tls_ca_file:
+        try:
+            ssl.create_default_context(cafile=settings.redis_tls_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"REDIS_TLS_CA_FILE: not PEM certificates ({_tls_reason(exc)})") from None
+    if settings.redis_tls_cert_file:
+        try:
+            ssl.create_default_context().load_cert_chain(settings.redis_tls_cert_file, settings.redis_tls_key_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE: not a PEM certificate and its key ({_tls_reason(exc)})"
+            ) from None
 
 
 def _tls_reason(exc: OSError) -> str:

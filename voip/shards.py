@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
 from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
-
-# What of a cluster node's connection options a plain client takes (host, port, password,
-# timeouts, TLS): the cluster client keeps its own bookkeeping there too.
-_REDIS_OPTIONS = frozenset(inspect.signature(Redis.__init__).parameters) - {"self"}
 
 # Seconds between tries to place a shard's channels again while the cluster settles.
 REPLACE_RETRY = 0.25
@@ -83,7 +78,9 @@ class ShardedPubSub:
             if node.name in self._shards:
                 await self._shards[node.name][0].ssubscribe(channel)
                 return
-            client = Redis(**{k: v for k, v in node.connection_kwargs.items() if k in _REDIS_OPTIONS})
+            # Connections as the cluster client makes them for this node: its class (TLS,
+            # voip/redis_conn.py) and options (address, password, timeouts).
+            client = Redis.from_pool(ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs))
             pubsub = client.pubsub()
             await pubsub.ssubscribe(channel)  # connects: the reader needs the connection
             task = asyncio.create_task(self._read(node.name, pubsub), name=f"shard-{node.name}")

@@ -146,6 +146,25 @@ async def test_node_stop_waits_for_pushes_in_flight_and_records_them(
     assert recorded == ["b-0", "b-1", "b-2"], (took, timeline)
 
 
+async def test_node_stop_waits_for_pushes_no_longer_than_the_drain_seconds(
+    own_redis: RedisProcess, prefix: str, apns: tuple[APNsSimulator, dict[str, str]]
+) -> None:
+    sim, apns_settings = apns
+    node = await start_node(make_settings(own_redis.url, prefix, drain_seconds=0.5, **apns_settings))
+    phone = sim.add_device(VOIP_TOPIC, online=False)
+    await register(node, "bob", "b-0", voip_token=phone.token)
+    sim.inject(Fault.slow(2.5), token=phone.token)  # under the notifier's 3 s response timeout
+    caller = await node.device("alice", "a1")
+    await caller.request({"type": "call.start", "callee": "bob"})
+    await sim.wait_for(lambda r: r.token == phone.token, timeout=10)
+    assert node.node.pushes.in_flight == 1
+
+    stopping = time.monotonic()
+    await node.stop()
+    # The bound, not APNs: 0.5 s for the push, then the rest of the shutdown.
+    assert time.monotonic() - stopping < 2.0
+
+
 async def test_a_failed_background_task_is_logged_by_name_and_never_left_unretrieved() -> None:
     loop = asyncio.get_running_loop()
     unretrieved: list[dict[str, Any]] = []

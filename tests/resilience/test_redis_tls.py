@@ -182,3 +182,21 @@ async def test_a_socket_timeout_in_the_url_bounds_the_pipe_on_a_paused_redis(
     finally:
         fresh.close()
         await stop_nodes([node])
+
+
+async def test_redis_tls_ca_file_serves_a_rediss_url_that_names_no_ca(
+    redis_process: Callable[..., RedisProcess], certificates: Certificates, prefix: str
+) -> None:
+    _, url = tls_redis(redis_process, certificates)
+    bare = url.split("?", 1)[0]  # rediss://127.0.0.1:<port>/0: only the system's CAs would be trusted
+    node = await start_node(make_settings(bare, prefix, redis_tls_ca_file=str(certificates.ca)))
+    try:
+        await register(node, "bob", "b1")  # the pool
+        code, body = await status(node, str(uuid.uuid4()), device_id="b1")  # the pipe
+        assert code == 404, body
+        pipe = node.node.status_pipe
+        assert pipe is not None and pipe._protocol is not None and pipe._protocol.transport is not None
+        assert pipe._protocol.transport.get_extra_info("ssl_object") is not None
+        assert node.node.connections.client.connection_pool.connection_kwargs["ssl_ca_certs"] == str(certificates.ca)
+    finally:
+        await stop_nodes([node])

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import structlog
 
 from tests.conftest import RunningNode, make_settings, start_node
 from tests.ports import free_port
+from tests.resilience.test_redis_down import put_devices
 from tests.sentinel import SentinelRedis, _Server
 from voip import logs
 from voip.redis_pipe import RedisPipe
@@ -220,6 +222,19 @@ async def test_call_creation_waits_for_a_replica_when_asked(sentinel_set: Sentin
         assert await asyncio.to_thread(replica.client.hget, key, "state") == b"ringing"
     finally:
         await node.stop()
+
+
+async def test_a_busy_sentinel_pool_waits_for_a_connection(sentinel_set: SentinelRedis) -> None:
+    # Three connections (one is the bus's) for 100 requests at once, each allowed to wait
+    # 10 s: every request gets its turn, none is refused for want of a connection.
+    prefix = f"test-{uuid.uuid4().hex[:10]}:"
+    settings = make_settings("", prefix, redis_pool_size=3, redis_pool_timeout=10, **sentinel_set.settings())
+    node = await start_node(settings)
+    try:
+        responses = await put_devices(node.base_url, [f"busy-{i}" for i in range(100)])
+    finally:
+        await node.stop()
+    assert Counter(r.status_code for r in responses) == {201: 100}
 
 
 @pytest.mark.parametrize(

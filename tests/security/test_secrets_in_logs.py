@@ -3,8 +3,9 @@ its own process, SIP on), logging at info and at debug (where every library says
 everything), and is driven through every route and socket with credentials minted here:
 devices, the status endpoint by bearer and by capability, WebSockets by header and by
 `?access_token=` (accepted and refused), the operators' API and live feed (ticket, header,
-query), metrics, a SIP REGISTER with digest, pushes through the APNs simulator. Then every
-line it wrote is searched for every one of those secrets."""
+query), metrics, a SIP REGISTER and an INVITE from an untrusted source with digest (and
+that INVITE's credentials replayed), pushes through the APNs simulator. Then every line it
+wrote is searched for every one of those secrets."""
 
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ async def logged_node(
         "SIP_PORT": str(sip_port),
         "SIP_DOMAIN": DOMAIN,
         "SIP_ACCOUNTS": orjson.dumps({"carol": password}).decode(),
+        # Loopback is not trusted: an INVITE must carry Proxy-Authorization (407 first).
+        "SIP_TRUSTED_NETWORKS": '["198.51.100.0/24"]',
         **{name.upper(): value for name, value in apns_settings.items()},
     }
     env.pop("VOIP_CONFIG", None)
@@ -188,11 +191,12 @@ async def drive_http_and_sockets(node: LoggedNode) -> None:
         assert wrong.status_code == 401
 
         # Operators' API, metrics, the rest
-        for path in ("/v1/ops/calls", f"/v1/ops/calls/{call_id}", "/v1/ops/devices/bob", "/v1/ops/summary", "/metrics"):
+        ops_paths = ("/v1/ops/calls", f"/v1/ops/calls/{call_id}", "/v1/ops/devices/bob", "/v1/ops/summary")
+        for path in (*ops_paths, "/v1/ops/simulator/pushes", "/metrics"):
             assert (await http.get(path, headers=as_ops)).status_code == 200, path
         assert (await http.get("/metrics", headers={"Authorization": f"Bearer {bob}"})).status_code == 403
         assert (await http.get("/v1/ops/calls", params={"access_token": operator_query})).status_code == 401
-        for path in ("/healthz", "/readyz", "/openapi.json", "/ops", "/ops/ops.js"):
+        for path in ("/", "/healthz", "/readyz", "/openapi.json", "/ops", "/ops/ops.js"):
             assert (await http.get(path)).status_code == 200, path
 
         # The caller gives up: a cancellation push, entries on the live feeds
@@ -239,6 +243,20 @@ async def drive_sip(node: LoggedNode) -> None:
                 f"SIP HA1 ({credentials.algorithm})",
                 compute_ha1("carol", credentials.realm, node.password, credentials.algorithm),
             )
+
+        # An INVITE from outside the trusted networks: 407, then Proxy-Authorization (to
+        # nobody: 404 once authenticated), then the same header replayed (407 stale).
+        invite = build("INVITE", f"sip:nobody@{DOMAIN}", user="carol", contact=str(client.contact()))
+        challenge = await send(client, node.sip_port, invite)
+        assert challenge.status == 407
+        invite = authorize(invite, challenge, "carol", node.password)
+        assert (await send(client, node.sip_port, invite)).status == 404
+        proxy_authorization = str(invite.headers.get("Proxy-Authorization"))
+        node.minted("SIP digest response (INVITE)", parse_credentials(proxy_authorization).response)
+        replay = build(
+            "INVITE", f"sip:nobody@{DOMAIN}", user="carol", headers=[("Proxy-Authorization", proxy_authorization)]
+        )
+        assert (await send(client, node.sip_port, replay)).status == 407
     node.minted("SIP password", node.password)
 
 
@@ -269,6 +287,7 @@ async def test_no_secret_reaches_any_log_line(logged_node: LoggedNode) -> None:
     if logged_node.level == "debug":  # websockets prints every handshake header
         assert any(m.lower().startswith("< authorization: ") for m in messages)
     assert any(line.get("event") == "sip.registered" for line in lines)
+    assert any(line.get("event") == "sip.invite_challenged" for line in lines)
     assert len(logged_node.secrets) >= 15
 
     assert scan(logged_node) == []

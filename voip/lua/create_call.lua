@@ -2,8 +2,15 @@
 -- ARGV: fields (JSON object), first timeline entry (JSON), ttl seconds,
 --       operators' channel ("" for none), call id, pushes (JSON {device: JSON}),
 --       the callee's sharded bus channel and the call.incoming envelope ("" for none;
---       on a cluster the store publishes it itself, the channel being in another slot).
+--       on a cluster the store publishes it itself, the channel being in another slot),
+--       this attempt's id (also among the fields).
+-- A client that lost the connection under this script resends it (redis-py does, on a
+-- dropped connection): the call it finds is then its own, and that is a success, not a
+-- taken id. Returns 1 created (now or by this same attempt), 0 the id is taken.
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'attempt') == ARGV[9] then
+    return 1
+  end
   return 0
 end
 local fields = cjson.decode(ARGV[1])

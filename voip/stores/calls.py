@@ -150,6 +150,7 @@ class CallStore:
     ) -> bool:
         """Create the call if its id is free; `announce` is published (channel, message)
         by the same script once the call exists."""
+        attempt = random.getrandbits(64).to_bytes(8, "big").hex()
         fields = {
             "state": CallState.RINGING.value,
             "caller_user": caller_user,
@@ -160,6 +161,8 @@ class CallStore:
             "origin_node": node,
             "caller_name": caller_name or caller_user,
             "retention": self.retention,
+            # Tells a resent script (after a dropped connection) from a second call with this id.
+            "attempt": attempt,
         }
         entry = {
             "at": created_at,
@@ -188,6 +191,7 @@ class CallStore:
                 call_id,
                 orjson.dumps(pushes_json),
                 *((channel, message) if in_script else ("", "")),
+                attempt,
             ],
         )
 

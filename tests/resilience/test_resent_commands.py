@@ -1,0 +1,133 @@
+"""A command whose reply is lost is sent again by redis-py (one reconnect and resend on a
+dropped connection, voip/redis_pool.py; the cluster client does the same after a failover).
+The resend must not turn a success into a refusal: a call created by the first send is the
+caller's own call, not a taken id (seen as `call_exists` in the cluster fault test)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from voip import redis_pool
+from voip.settings import load_settings
+from voip.stores import Stores
+
+
+class ReplyDropper:
+    """A TCP proxy to Redis that, once armed, forwards the next request that contains
+    `marker` and then closes the client's connection instead of passing Redis's reply:
+    the command ran, its reply is lost."""
+
+    def __init__(self, upstream: str, marker: bytes) -> None:
+        self.upstream = upstream
+        self.marker = marker
+        self.armed = False
+        self.dropped = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        parts = urlsplit(self.upstream)
+        if parts.scheme == "unix":
+            redis_r, redis_w = await asyncio.open_unix_connection(parts.path)
+        else:
+            redis_r, redis_w = await asyncio.open_connection(parts.hostname, parts.port or 6379)
+        drop_next_reply = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                if self.armed and self.marker in data:
+                    self.armed = False
+                    drop_next_reply.set()
+                redis_w.write(data)
+                await redis_w.drain()
+
+        async def downstream() -> None:
+            while data := await redis_r.read(65536):
+                if drop_next_reply.is_set():
+                    self.dropped += 1
+                    return
+                client_w.write(data)
+                await client_w.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        for writer in (client_w, redis_w):
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+@pytest.fixture
+async def dropper(redis_url: str) -> AsyncIterator[tuple[ReplyDropper, Redis]]:
+    if urlsplit(redis_url).path.strip("/") not in ("", "0") and not redis_url.startswith("unix"):
+        pytest.fail("the proxy speaks to database 0 only")
+    proxy = ReplyDropper(redis_url, b"EVALSHA")
+    port = await proxy.start()
+    # The node's own pool options: the resend under test is redis-py's, as configured there.
+    settings = load_settings(redis_url=f"redis://127.0.0.1:{port}")
+    client = Redis(
+        connection_pool=BlockingConnectionPool.from_url(settings.redis_url, **redis_pool.pool_options(settings))
+    )
+    yield proxy, client
+    await client.aclose()
+    await proxy.aclose()
+
+
+async def test_a_create_whose_reply_was_lost_is_the_callers_own_call(
+    dropper: tuple[ReplyDropper, Redis], redis: Redis, prefix: str
+) -> None:
+    proxy, client = dropper
+    calls = Stores.open(client, prefix, retention=600).calls
+
+    async def create(call_id: str) -> bool:
+        return await calls.create(
+            call_id,
+            caller_user="alice",
+            caller_device="a1",
+            callee_user="bob",
+            ring_deadline=2**41,
+            node="n",
+            targets=["b1"],
+            created_at=1,
+        )
+
+    # The script is loaded first: a NOSCRIPT answer would mean the script never ran.
+    assert await create(str(uuid.uuid4()))
+    call_id = str(uuid.uuid4())
+    proxy.armed = True
+    created = await create(call_id)
+    assert proxy.dropped == 1, "the reply was not dropped: the test proves nothing"
+    assert created
+    call = await Stores.open(redis, prefix, retention=600).calls.get(call_id)
+    assert call is not None and call.caller_device == "a1"
+    # A second create with the same id is still refused: the id is taken.
+    again = await calls.create(
+        call_id,
+        caller_user="mallory",
+        caller_device="m1",
+        callee_user="bob",
+        ring_deadline=2**41,
+        node="n",
+        targets=["b1"],
+        created_at=2,
+    )
+    assert not again
+    timeline = await calls.timeline(call_id)
+    assert [e["event"] for e in timeline] == ["created"]
