@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from tests.ops.conftest import ops_get
 from tests.redis_cluster import LocalCluster
 from tests.test_ring_claims import one_call_per_bucket, record_writes
+from voip import redis_pool
 from voip.clock import now_ms
 from voip.stores.layout import BUCKETS, KeyLayout
 
@@ -118,6 +119,36 @@ async def test_a_large_timeline_batch_reaches_operators_through_a_small_pool(
     finally:
         await pubsub.aclose()
         await listener.aclose()
+
+
+async def test_a_device_connects_to_a_shard_whose_last_subscriber_left_a_while_ago(
+    cluster_node: Any, redis_cluster: LocalCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shard's pub/sub connection with no channel left, idle past the health-check
+    # interval: the next SSUBSCRIBE pinged on it while its reader was reading it
+    # ("read() called while another coroutine is already waiting"), and the device's
+    # WebSocket got a 500 (found by python -m bench --scale --redis-cluster).
+    monkeypatch.setattr(redis_pool, "HEALTH_CHECK_INTERVAL", 0.2)
+    node, caller_node = await cluster_node(), await cluster_node()
+    own = redis_cluster.owner(redis_cluster.slot_of(f"{prefix}bus")).port
+    user = next(
+        f"bob{n}"
+        for n in range(100)
+        if redis_cluster.owner(redis_cluster.slot_of(node.node.bus.channel(f"bob{n}"))).port != own
+    )
+    phone = await node.device(user, "b1")
+    await phone.socket.close()
+    async with asyncio.timeout(5):
+        while True:  # the node unsubscribes once the socket is gone
+            if node.node.bus.channel(user).encode() not in node.node.bus._pubsub.shard_channels:
+                break
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # past the health-check interval
+
+    phone = await node.device(user, "b1")
+    caller = await caller_node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": user}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
 
 
 async def test_the_bus_follows_a_resharded_channel(cluster_node: Any, redis_cluster: LocalCluster) -> None:
