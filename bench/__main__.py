@@ -69,7 +69,12 @@ def main() -> None:
         "--chaos", action="store_true", help="the chaos run (bench/chaos.py); exits 1 if an invariant broke"
     )
     parser.add_argument("--status", action="store_true", help="only the status endpoint vs bare (bench/status.py)")
-    parser.add_argument("--redis-cluster", action="store_true", help="--status: on a local Redis Cluster")
+    parser.add_argument(
+        "--redis-cluster",
+        "--cluster",
+        action="store_true",
+        help="--status, --scale: on a local Redis Cluster (6 redis-servers, tests/redis_cluster.py)",
+    )
     parser.add_argument(
         "--scale", action="store_true", help="calls/s on 1 and 2 nodes, Redis per call (bench/scale.py)"
     )
@@ -86,7 +91,7 @@ def main() -> None:
     if args.scale:
         from bench import scale
 
-        return scale.main(quick=args.quick, redis_url=args.redis_url)
+        return scale.main(quick=args.quick, redis_url=args.redis_url, redis_cluster=args.redis_cluster)
     if args.chaos:
         from bench import chaos
 

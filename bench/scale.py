@@ -1,24 +1,29 @@
 """Scale-out on one machine: calls per second with one node and with two (separate node
-processes, one Redis), and what one call set-up costs Redis.
+processes, one Redis or one Redis Cluster), and what one call set-up costs Redis.
 
     python -m bench --scale [--quick] [--redis-url URL]      (about 2 min; --quick about 40 s)
+    python -m bench --scale --redis-cluster [--quick]        (parts 1 and 2 on a local Redis
+                                                              Cluster, tests/redis_cluster.py)
 
 1. App-to-app calls/s: closed loop, `callers` WebSocket devices each with one `call.start`
    in flight; a call counts once its `call.started` is back. Callers and callees are spread
    over the nodes (half the calls cross nodes with two); every `call.incoming` must arrive.
    Calls are left ringing (ring timeout 600 s), so a run is set-up work only. With one
-   node, the node has a CPU and everything else (this load generator, Redis) the other;
-   with two, one node per CPU and the rest wherever the kernel puts it. CPU per call of
-   each process (/proc/<pid>/stat) says where the time went.
+   node, the node has a CPU and everything else (this load generator, Redis: every
+   redis-server of a cluster) the other; with two, one node per CPU and the rest wherever
+   the kernel puts it. CPU per call of each process (/proc/<pid>/stat; "redis" sums a
+   cluster's six) says where the time went.
 2. Redis per app-to-app call set-up, `calls` calls one after another:
    - round trips, counted inside every node (bench/redis_count.py: each write of a
      command or a pipeline that the node then waits on), by kind;
    - commands Redis executed, from `INFO commandstats` deltas (commands inside a script
-     count too; INFO itself does not);
+     count too; INFO itself does not), on a cluster summed over its primaries (a replica
+     runs its primary's writes again: that is replication, not the nodes' commands);
    each minus the same count over an idle window as long (heartbeats, ring-timeout claims).
 3. Full SIP calls/s (sipp UAC: INVITE, 200 from an app that answers over WebSocket, a VoIP
    push per call, ACK, BYE), one sipp per node at an equal share of the rate, rates rising
-   until a call fails: the highest rate with none failed.
+   until a call fails: the highest rate with none failed. Not run on a cluster: parts 1
+   and 2 are what a cluster changes for a node (its cluster client, a round trip per shard).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import asyncio
 import contextlib
 import os
 import secrets
+import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +51,10 @@ from bench.procs import Cluster, NodeProcess
 from bench.redis_count import PATH as ROUND_TRIPS
 from bench.sip import AutoAnswer, full_cycles
 from tests.ports import free_port
+from tests.redis_cluster import LocalCluster
+from voip.stores.calls import BUCKETS_PER_TICK
+
+CLAIM = "EVALSHA:claim_timeouts"  # a ring-timeout tick's bucket claim (redis_count.kind_of)
 
 NODE_ENV = {
     # One device makes thousands of calls: the per-socket frame limit guards against a
@@ -79,6 +90,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {who: sum(cpu_seconds(pid) for pid in group) for who, group in pids.items()}
+
+
 def _pin(pid: int, cpus: set[int]) -> None:
     with contextlib.suppress(OSError):  # a Redis on another machine, or a single CPU
         os.sched_setaffinity(pid, cpus)
@@ -108,6 +123,14 @@ class PerCall:
     commands: float
     round_trip_kinds: dict[str, float] = field(default_factory=dict)
     command_kinds: dict[str, float] = field(default_factory=dict)
+    # The idle window's ring-timeout claims, over all nodes: their round trips and scripts.
+    claim_round_trips: int = 0
+    claim_scripts: int = 0
+
+    @property
+    def claim_round_trips_per_tick(self) -> float:
+        """Every tick claims BUCKETS_PER_TICK buckets, a script each: that counts the ticks."""
+        return self.claim_round_trips * BUCKETS_PER_TICK / max(self.claim_scripts, 1)
 
 
 @dataclass
@@ -117,13 +140,18 @@ class SipRun:
     rows: list[str]
 
 
-class Rig:
-    """Two bench nodes on one Redis; a run uses the first `n` of them."""
+# What Redis has executed so far, by command (INFO commandstats; on a cluster, its primaries').
+Commands = Callable[[], Counter[str]]
 
-    def __init__(self, cluster: Cluster, cpus: tuple[int, int], redis_pid: int | None) -> None:
+
+class Rig:
+    """Two bench nodes on one Redis or one Redis Cluster; a run uses the first `n` of them."""
+
+    def __init__(self, cluster: Cluster, cpus: tuple[int, int], redis_pids: list[int], commands: Commands) -> None:
         self.cluster = cluster
         self.cpus = cpus  # (first node's CPU, second node's CPU)
-        self.redis_pid = redis_pid
+        self.redis_pids = redis_pids  # the redis-servers on this machine: measured and placed
+        self.commands = commands
         self.nodes: list[NodeProcess] = []
         self.sip_ports: list[int] = []
         self.tag = secrets.token_hex(3)
@@ -138,14 +166,14 @@ class Rig:
         """One node: it has its CPU to itself. Two: one node per CPU, the rest shares."""
         load = {self.cpus[1]} if nodes == 1 else set(self.cpus)
         os.sched_setaffinity(0, load)
-        if self.redis_pid is not None:
-            _pin(self.redis_pid, load)
+        for pid in self.redis_pids:
+            _pin(pid, load)
 
-    def processes(self, nodes: int) -> dict[str, int]:
-        pids = {f"node {i}": node.process.pid for i, node in enumerate(self.nodes[:nodes])}
-        pids["load"] = os.getpid()
-        if self.redis_pid is not None:
-            pids["redis"] = self.redis_pid
+    def processes(self, nodes: int) -> dict[str, list[int]]:
+        pids = {f"node {i}": [node.process.pid] for i, node in enumerate(self.nodes[:nodes])}
+        pids["load"] = [os.getpid()]
+        if self.redis_pids:
+            pids["redis"] = self.redis_pids
         return pids
 
 
@@ -203,9 +231,9 @@ async def app_calls(rig: Rig, nodes: int, plan: Plan) -> AppRun:
     loops = [asyncio.create_task(caller(k, socket)) for k, socket in enumerate(callers)]
     try:
         await asyncio.sleep(plan.warmup)
-        calls0, cpu0, t0 = started[0], {who: cpu_seconds(pid) for who, pid in pids.items()}, time.perf_counter()
+        calls0, cpu0, t0 = started[0], _cpu(pids), time.perf_counter()
         await asyncio.sleep(plan.seconds)
-        calls1, cpu1, t1 = started[0], {who: cpu_seconds(pid) for who, pid in pids.items()}, time.perf_counter()
+        calls1, cpu1, t1 = started[0], _cpu(pids), time.perf_counter()
         stop.set()
         await asyncio.gather(*loops)
         await _all_incoming(seen, started[0])
@@ -225,7 +253,7 @@ async def app_calls(rig: Rig, nodes: int, plan: Plan) -> AppRun:
 
 
 def _commandstats(client: redis.Redis) -> Counter[str]:
-    stats: dict[str, dict[str, Any]] = client.info("commandstats")  # type: ignore[assignment]
+    stats: dict[str, dict[str, Any]] = client.info("commandstats")
     return Counter(
         {
             name.removeprefix("cmdstat_"): int(values["calls"])
@@ -233,6 +261,11 @@ def _commandstats(client: redis.Redis) -> Counter[str]:
             if name != "cmdstat_info"
         }
     )
+
+
+def commands_of(clients: list[redis.Redis]) -> Commands:
+    """One connection each, kept: a new one would add its own hand-shake's commands."""
+    return lambda: sum((_commandstats(client) for client in clients), Counter())
 
 
 async def _round_trips(http: httpx.AsyncClient, rig: Rig, nodes: int, start: bool) -> Counter[str]:
@@ -258,13 +291,12 @@ async def per_call(rig: Rig, nodes: int, plan: Plan) -> PerCall:
     callers, callees = await _connect_pairs(rig, nodes, nodes, nodes, tag)
     seen = [0]
     readers = [asyncio.create_task(_callee(socket, seen)) for socket in callees]
-    client = redis.Redis.from_url(rig.cluster.redis_url)
     windows: list[tuple[Counter[str], Counter[str]]] = []
     try:
         async with httpx.AsyncClient(timeout=10) as http:
             for busy in (True, False):
                 await _round_trips(http, rig, nodes, start=True)
-                commands0 = _commandstats(client)
+                commands0 = rig.commands()
                 began = time.perf_counter()
                 if busy:
                     for i in range(plan.calls):
@@ -275,11 +307,10 @@ async def per_call(rig: Rig, nodes: int, plan: Plan) -> PerCall:
                 else:
                     await asyncio.sleep(elapsed)
                 trips = await _round_trips(http, rig, nodes, start=False)
-                windows.append((trips, _commandstats(client) - commands0))
+                windows.append((trips, rig.commands() - commands0))
             for node in rig.nodes[:nodes]:
                 (await http.post(f"{node.base_url}{ROUND_TRIPS}?on=0")).raise_for_status()
     finally:
-        client.close()
         for socket in callers + callees:
             await socket.close()
         await asyncio.gather(*readers, return_exceptions=True)
@@ -293,6 +324,8 @@ async def per_call(rig: Rig, nodes: int, plan: Plan) -> PerCall:
         commands=(sum(busy_commands.values()) - sum(idle_commands.values())) / plan.calls,
         round_trip_kinds=_per_call(busy_trips, idle_trips, plan.calls),
         command_kinds=_per_call(busy_commands, idle_commands, plan.calls),
+        claim_round_trips=sum(n for kind, n in idle_trips.items() if CLAIM in kind),
+        claim_scripts=sum(n * kind.count(CLAIM) for kind, n in idle_trips.items()),
     )
 
 
@@ -336,9 +369,10 @@ class Report:
     app: list[AppRun]
     counts: list[PerCall]
     sip: list[SipRun]
+    redis: str = "one Redis"  # or "Redis Cluster, 3 primaries + 3 replicas"
 
     def lines(self) -> list[str]:
-        lines = ["## app-to-app call set-ups per second (closed loop; CPU µs per call by process)"]
+        lines = [f"## app-to-app call set-ups per second on {self.redis} (closed loop; CPU µs per call by process)"]
         who = sorted({name for run in self.app for name in run.cpu_ms})
         lines.append(f"{'nodes':>5}{'calls':>8}{'calls/s':>9}{'lost':>6}" + "".join(f"{w:>9}" for w in who))
         for run in self.app:
@@ -348,7 +382,7 @@ class Report:
             )
         if len(self.app) == 2:
             lines.append(f"2 nodes / 1 node: {self.app[1].rate / self.app[0].rate:.2f} (goal >= 1.6)")
-        lines.append("## Redis per app-to-app call set-up (minus an idle window as long)")
+        lines.append(f"## Redis per app-to-app call set-up on {self.redis} (minus an idle window as long)")
         for count in self.counts:
             lines.append(
                 f"{count.nodes} node(s), {count.calls} calls: {count.round_trips:.2f} round trips"
@@ -356,17 +390,24 @@ class Report:
             )
             lines += [f"  round trip  {kind:<44}{n:6.2f}" for kind, n in count.round_trip_kinds.items()]
             lines += [f"  command     {kind:<44}{n:6.2f}" for kind, n in count.command_kinds.items()]
+            lines.append(
+                f"  ring-timeout claims in the idle window: {count.claim_scripts} scripts in"
+                f" {count.claim_round_trips} round trips, {count.claim_round_trips_per_tick:.2f} round trips"
+                f" per tick of {BUCKETS_PER_TICK} claims"
+            )
+        if not self.sip:
+            return lines
         lines.append("## full SIP calls (sipp UAC -> node -> app answers; a push each), one sipp per node")
         lines.append("| nodes | rate (calls/s) | calls | ok / failed | INVITE->200 avg ms |")
         lines.append("| ---: | ---: | ---: | ---: | ---: |")
-        for run in self.sip:
-            lines += run.rows
-        lines += [f"sustained with no failed call, {run.nodes} node(s): {run.sustained:g} calls/s" for run in self.sip]
+        for sip in self.sip:
+            lines += sip.rows
+        lines += [f"sustained with no failed call, {sip.nodes} node(s): {sip.sustained:g} calls/s" for sip in self.sip]
         return lines
 
 
-async def measure(rig: Rig, plan: Plan, work: Path) -> Report:
-    report = Report([], [], [])
+async def measure(rig: Rig, plan: Plan, work: Path, *, sip: bool = True, redis_name: str = "one Redis") -> Report:
+    report = Report([], [], [], redis_name)
     for nodes in (1, 2):
         rig.place_load(nodes)
         report.app.append(await app_calls(rig, nodes, plan))
@@ -374,7 +415,7 @@ async def measure(rig: Rig, plan: Plan, work: Path) -> Report:
     rig.place_load(2)
     for nodes in (1, 2):
         report.counts.append(await per_call(rig, nodes, plan))
-    for nodes in (1, 2):
+    for nodes in (1, 2) if sip else ():
         rig.place_load(nodes)
         report.sip.append(await sip_calls(rig, nodes, plan, work))
     return report
@@ -394,23 +435,53 @@ def _redis_pid(url: str) -> int | None:
     )
 
 
-def run(plan: Plan, redis_url: str = "") -> Report:
+def run(plan: Plan, redis_url: str = "", *, redis_cluster: bool = False) -> Report:
+    """On `redis_url` (default REDIS_URL, else a private Redis), or with `redis_cluster` on a
+    local Redis Cluster of six redis-servers (parts 1 and 2 only)."""
     cpus = sorted(os.sched_getaffinity(0))
     pair = (cpus[-1], cpus[0]) if len(cpus) > 1 else (cpus[0], cpus[0])
-    os.sched_setaffinity(0, {pair[1]})  # a private Redis starts on the load generator's CPU
-    with Cluster(pair[0], redis_url=redis_url) as cluster, tempfile.TemporaryDirectory(prefix="voip-scale-") as tmp:
-        rig = Rig(cluster, pair, _redis_pid(cluster.redis_url))
+    os.sched_setaffinity(0, {pair[1]})  # a private Redis or cluster starts on the load generator's CPU
+    with contextlib.ExitStack() as stack:
+        local = stack.enter_context(LocalCluster()) if redis_cluster else None
+        cluster = stack.enter_context(
+            Cluster(pair[0], redis_url=redis_url, redis_cluster_nodes=local.startup_nodes if local else "")
+        )
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="voip-scale-")))
+        if local is not None:
+            primaries = [primary.client() for primary in local.live_primaries()]
+            for client in primaries:
+                stack.callback(client.close)
+            pids = [node.process.pid for node in local.nodes if node.process is not None]
+            rig = Rig(cluster, pair, pids, commands_of(primaries))
+            redis_name = (
+                f"Redis Cluster, {local.primaries} primaries + {local.primaries * local.replicas_per_primary} replicas"
+            )
+        else:
+            client = stack.enter_context(redis.Redis.from_url(cluster.redis_url))
+            pid = _redis_pid(cluster.redis_url)
+            rig = Rig(cluster, pair, [pid] if pid is not None else [], commands_of([client]))
+            redis_name = "one Redis"
         rig.start()
-        return asyncio.run(measure(rig, plan, Path(tmp)))
+        try:
+            return asyncio.run(measure(rig, plan, tmp, sip=local is None, redis_name=redis_name))
+        except Exception:
+            for node in rig.nodes:  # what the nodes said, before their logs go with the run
+                lines = node.log_path.read_text().splitlines()
+                errors = [line for line in lines if '"level": "error"' in line or '"level": "warning"' in line]
+                print(
+                    f"# {node.node_id}: last warnings and errors of {len(errors)}",
+                    *errors[-20:],
+                    sep="\n",
+                    file=sys.stderr,
+                )
+            raise
 
 
-def main(quick: bool = False, redis_url: str = "") -> None:
+def main(quick: bool = False, redis_url: str = "", redis_cluster: bool = False) -> None:
     began, noise = time.monotonic(), Noise()
-    print(
-        f"# scale bench: {os.cpu_count()} CPUs; Redis {redis_url or os.environ.get('REDIS_URL') or 'private'}",
-        flush=True,
-    )
-    report = run(QUICK if quick else Plan(), redis_url)
+    where = "a local Redis Cluster" if redis_cluster else redis_url or os.environ.get("REDIS_URL") or "private"
+    print(f"# scale bench: {os.cpu_count()} CPUs; Redis {where}", flush=True)
+    report = run(QUICK if quick else Plan(), redis_url, redis_cluster=redis_cluster)
     print("\n".join(report.lines()))
     print(noise.report())
     print(f"# done in {time.monotonic() - began:.0f}s")

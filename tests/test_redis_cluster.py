@@ -6,6 +6,7 @@ test leaves it whole (killed nodes restarted), whatever the one before did to it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,7 @@ from redis.asyncio.cluster import ClusterNode as ClientNode
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AskError
+from redis.exceptions import AskError, RedisError
 
 from tests.redis_cluster import SLOTS, LocalCluster
 
@@ -101,6 +102,53 @@ async def test_a_killed_primary_is_replaced_by_its_replica_and_the_client_keeps_
         direct.execute_command("READONLY")
         assert redis_cluster.wait_replicated(promoted) == 1
         assert direct.get(keys[0]) == b"after"
+
+
+async def test_a_cluster_pipeline_that_meets_a_dead_primary_cuts_commands_in_flight_elsewhere(
+    redis_cluster: LocalCluster, client: RedisCluster
+) -> None:
+    """Why a node keeps its scripts, and its ring-timeout claims, out of cluster pipelines
+    (voip/stores/layout.py, batch()): a single command that meets a dead primary drops
+    that shard's connections only; a cluster pipeline closes every connection of the
+    client, so a script in flight on a healthy shard loses its reply and is sent again:
+    it runs twice (or fails, while the cluster is still down)."""
+    keys = keys_on_every_primary(redis_cluster)
+    victim = redis_cluster.owner(redis_cluster.slot_of(keys[0]))
+    healthy = [k for k in keys if redis_cluster.owner(redis_cluster.slot_of(k)).port != victim.port][:2]
+    # Counts its runs, slowly: half a second on a healthy shard.
+    slow_count = client.register_script(
+        "local t = redis.call('TIME') repeat local n = redis.call('TIME') "
+        "until (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 500000 return redis.call('INCR', KEYS[1])"
+    )
+    other = RedisCluster(
+        startup_nodes=[ClientNode("127.0.0.1", victim.port)],
+        protocol=3,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=20),
+    )
+    await other.initialize()
+    for each in (client, other):
+        await each.set(keys[0], "x", ex=60)  # both know the victim, and will not hear it died
+    killed, _, _ = await asyncio.to_thread(redis_cluster.kill_primary, victim)
+    try:
+        # The client meets the dead primary with a single command while its script runs.
+        running = asyncio.create_task(slow_count(keys=[healthy[0]], client=client))
+        await asyncio.sleep(0.2)
+        await client.get(keys[0])
+        assert await running == 1
+        # The other client meets it with a pipeline.
+        running = asyncio.create_task(slow_count(keys=[healthy[1]], client=other))
+        await asyncio.sleep(0.2)
+        async with other.pipeline(transaction=False) as pipe:
+            pipe.get(keys[0])
+            await pipe.execute()
+        with contextlib.suppress(RedisError):  # or failed, if the cluster were down
+            await running
+        assert await client.get(healthy[1]) == "2"  # ran twice
+    finally:
+        await client.delete(*healthy)
+        await other.aclose()
+        await asyncio.to_thread(redis_cluster.restart, killed)
 
 
 async def test_a_reshard_moves_slots_under_a_client_that_follows_moved(

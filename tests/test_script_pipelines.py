@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from voip.stores import Stores
-from voip.stores.layout import KeyLayout
+from voip.stores.layout import BUCKETS, KeyLayout, bucket_of
 
 pytestmark = pytest.mark.interop  # its own redis-server: SCRIPT FLUSH must not reach other tests
 
@@ -77,5 +77,25 @@ async def test_presence_renewal_and_a_cancellation_record_survive_a_flushed_scri
         await stores.push_log.record_answer("call-1", entry, cancelled=("ipad", 1234))
         assert await redis.hget("t:{c:call-1}:cancellations", "ipad") == b"1234"
         assert len(await stores.calls.timeline("call-1")) == 1  # the entry written once, not again
+    finally:
+        await redis.aclose()
+
+
+async def test_a_ticks_ring_claims_survive_a_flushed_script_cache(redis_process: Any) -> None:
+    server = redis_process()
+    redis = Redis.from_url(server.url)
+    try:
+        stores = Stores.open(redis, "t:", retention=60)
+        keys, now = KeyLayout("t:"), int(time.time() * 1000)
+        due = {f"call-{n}": bucket_of(f"call-{n}") for n in range(8)}
+        for call_id, bucket in due.items():
+            await redis.zadd(keys.ring_bucket(bucket), {call_id: now - 1})
+        claimed = await stores.calls.claim_due_timeouts(now, 5000, node="n1", buckets=list(range(BUCKETS)))
+        assert sorted(claimed) == sorted(due)
+        await redis.script_flush()
+        await redis.zadd(keys.ring_deadlines("late"), {"late": now - 1})
+        # Every claim in the pipeline answered NOSCRIPT: each runs again, loaded, once.
+        claimed = await stores.calls.claim_due_timeouts(now, 5000, node="n1", buckets=list(range(BUCKETS)))
+        assert claimed == ["late"]
     finally:
         await redis.aclose()

@@ -79,8 +79,13 @@ class ShardedPubSub:
                 await self._shards[node.name][0].ssubscribe(channel)
                 return
             # Connections as the cluster client makes them for this node: its class (TLS,
-            # voip/redis_conn.py) and options (address, password, timeouts).
-            client = Redis.from_pool(ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs))
+            # voip/redis_conn.py) and options (address, password, timeouts), but no health
+            # check. A pub/sub left with no channel is health-checked by redis-py when it next
+            # subscribes: a PING read while the shard's reader reads too, which fails ("read()
+            # called while another coroutine is already waiting"), and the device's WebSocket
+            # with it. The reader notices a dropped connection itself.
+            options = {**node.connection_kwargs, "health_check_interval": 0}
+            client = Redis.from_pool(ConnectionPool(connection_class=node.connection_class, **options))
             pubsub = client.pubsub()
             await pubsub.ssubscribe(channel)  # connects: the reader needs the connection
             task = asyncio.create_task(self._read(node.name, pubsub), name=f"shard-{node.name}")

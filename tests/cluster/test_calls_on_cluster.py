@@ -8,10 +8,15 @@ import asyncio
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from tests.ops.conftest import ops_get
 from tests.redis_cluster import LocalCluster
+from tests.test_ring_claims import one_call_per_bucket, record_writes
+from voip import redis_pool
+from voip.clock import now_ms
+from voip.stores.layout import BUCKETS, KeyLayout
 
 pytestmark = pytest.mark.interop
 
@@ -58,6 +63,92 @@ async def test_ring_timeouts_fire_on_a_cluster(cluster_node: Any) -> None:
         assert (await phone.expect("call.missed", call_id=call_id, timeout=3))["reason"] == "unanswered"
     for call_id in call_ids:
         await caller.expect("call.missed", call_id=call_id)
+
+
+async def test_a_ticks_ring_claims_on_a_cluster_are_single_commands_and_lease_once(
+    cluster_node: Any, redis_cluster: LocalCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node_a, node_b = await cluster_node(), await cluster_node()
+    for node in (node_a, node_b):
+        await node.node.timeouts.stop()  # the test ticks for them...
+    await asyncio.sleep(0.3)  # ...once their own ticks' bucket leases (0.2 s) are over
+    redis_cluster.wait_settled()
+    keys, now = KeyLayout(prefix), now_ms()
+    due = one_call_per_bucket()
+    for bucket, call_id in due.items():
+        await node_a.node.connections.client.zadd(keys.ring_bucket(bucket), {call_id: now - 1})
+    shards = {redis_cluster.owner(redis_cluster.slot_of(keys.ring_bucket(b))).port for b in range(BUCKETS)}
+    assert len(shards) == 3
+    claim = node_a.node.stores.calls._claim
+    for primary in redis_cluster.live_primaries():  # as after the nodes' first ticks
+        with primary.client() as client:
+            client.script_load(claim.script)
+
+    written = record_writes(monkeypatch)
+    by_a = await node_a.node.stores.calls.claim_due_timeouts(now, 5000, node="a", buckets=list(range(8)))
+    written.clear()
+    by_b = await node_b.node.stores.calls.claim_due_timeouts(now, 5000, node="b", buckets=list(range(BUCKETS)))
+    # b's 16 claims, each on its own (concurrent), never in a cluster pipeline, which would
+    # close every connection of the client when it meets a dead primary (layout.batch()).
+    claims = [w.count(claim.sha.encode()) for w in written if claim.sha.encode() in w]
+    assert claims == [1] * BUCKETS, claims
+    # a's buckets were leased to a, with the timeouts in them: each due timeout went to one node.
+    assert len(by_a) == 8 and sorted(by_a + by_b) == sorted(due.values())
+
+
+async def test_a_large_timeline_batch_reaches_operators_through_a_small_pool(
+    cluster_node: Any, redis_cluster: LocalCluster, prefix: str
+) -> None:
+    # A delivery log batch of many calls' entries: each entry published on its own took a
+    # connection of its own at once, past the pool's size (MaxConnectionsError).
+    node = await cluster_node(redis_pool_size=4)
+    channel = KeyLayout(prefix).ops_channel
+    listener = Redis(host="127.0.0.1", port=redis_cluster.live_nodes()[-1].port)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(channel)
+    try:
+        entries = [(f"call-{n % 20}", {"at": n, "event": "delivered"}) for n in range(200)]
+        await node.node.stores.calls.append_timelines(entries)
+        heard = 0
+        async with asyncio.timeout(10):
+            while heard < len(entries):
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                heard += message is not None
+        timeline = await node.node.stores.calls.timeline("call-7")
+        assert [e["at"] for e in timeline] == list(range(7, 200, 20))
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()
+
+
+async def test_a_device_connects_to_a_shard_whose_last_subscriber_left_a_while_ago(
+    cluster_node: Any, redis_cluster: LocalCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shard's pub/sub connection with no channel left, idle past the health-check
+    # interval: the next SSUBSCRIBE pinged on it while its reader was reading it
+    # ("read() called while another coroutine is already waiting"), and the device's
+    # WebSocket got a 500 (found by python -m bench --scale --redis-cluster).
+    monkeypatch.setattr(redis_pool, "HEALTH_CHECK_INTERVAL", 0.2)
+    node, caller_node = await cluster_node(), await cluster_node()
+    own = redis_cluster.owner(redis_cluster.slot_of(f"{prefix}bus")).port
+    user = next(
+        f"bob{n}"
+        for n in range(100)
+        if redis_cluster.owner(redis_cluster.slot_of(node.node.bus.channel(f"bob{n}"))).port != own
+    )
+    phone = await node.device(user, "b1")
+    await phone.socket.close()
+    async with asyncio.timeout(5):
+        while True:  # the node unsubscribes once the socket is gone
+            if node.node.bus.channel(user).encode() not in node.node.bus._pubsub.shard_channels:
+                break
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # past the health-check interval
+
+    phone = await node.device(user, "b1")
+    caller = await caller_node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": user}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
 
 
 async def test_the_bus_follows_a_resharded_channel(cluster_node: Any, redis_cluster: LocalCluster) -> None:

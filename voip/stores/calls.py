@@ -6,7 +6,6 @@ that created it: every node applies those, never its own settings. Keys: layout.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -337,7 +336,8 @@ class CallStore:
         by_call: dict[str, list[dict[str, Any]]] = {}
         for call_id, entry in entries:
             by_call.setdefault(call_id, []).append(entry)
-        # redis-py refuses PUBLISH in a cluster pipeline: there each goes on its own, after.
+        # On a cluster the entries go to operators after the timelines are written, in a
+        # pipeline of their own (a PUBLISH on any node reaches every node).
         in_pipe = not clustered(self._redis)
         async with self._redis.pipeline(transaction=False) as pipe:
             for call_id, call_entries in by_call.items():
@@ -346,12 +346,13 @@ class CallStore:
                 )
             await pipe.execute()
         if self._ops_channel and not in_pipe:
-            await asyncio.gather(
-                *(
-                    self._redis.publish(self._ops_channel, ops_message(call_id, orjson.dumps(entry)))
-                    for call_id, entry in entries
-                )
-            )
+            # Not a PUBLISH each, all at once: each took a connection of its own, and a
+            # delivery log batch (64 entries and more) emptied the pool of the node that
+            # took them (MaxConnectionsError; `python -m bench --scale --redis-cluster`).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for call_id, entry in entries:
+                    pipe.execute_command("PUBLISH", self._ops_channel, ops_message(call_id, orjson.dumps(entry)))
+                await pipe.execute()
 
     async def claim_due_timeouts(
         self,
@@ -365,20 +366,23 @@ class CallStore:
     ) -> list[str]:
         """Lease the due ring timeouts of a few buckets: by default the next BUCKETS_PER_TICK
         of this node's round, each unless another node leased it in the last
-        `bucket_lease_ms`. One script per bucket, concurrent: BUCKETS_PER_TICK commands a
-        tick, however many nodes and buckets (docs/deploy.md#redis-cluster)."""
+        `bucket_lease_ms`. One script per bucket: BUCKETS_PER_TICK commands a tick, however
+        many nodes and buckets, in one pipeline on one Redis (one round trip); on a cluster
+        concurrently, a round trip each (batch(); docs/deploy.md#redis-cluster)."""
         if buckets is None:
             start = self._next_bucket
             self._next_bucket = (start + BUCKETS_PER_TICK) % BUCKETS
             buckets = [(start + i) % BUCKETS for i in range(BUCKETS_PER_TICK)]
-        replies = await asyncio.gather(
-            *(
-                self._claim(
-                    keys=[self._keys.ring_bucket(b), self._keys.ring_lease(b)],
-                    args=[now, lease_ms, limit, node, bucket_lease_ms],
+        replies = await batch(
+            self._redis,
+            [
+                (
+                    self._claim,
+                    [self._keys.ring_bucket(b), self._keys.ring_lease(b)],
+                    [now, lease_ms, limit, node, bucket_lease_ms],
                 )
                 for b in buckets
-            )
+            ],
         )
         return [call_id.decode() for due in replies for call_id in due]
 

@@ -30,7 +30,8 @@ tag: the keys one script or MULTI touches share it, so each touches one slot
 
 The ring deadlines and the calls index are spread over BUCKETS hash-tagged buckets, so
 that on a cluster no one shard holds them all; a node works a few buckets a tick, each
-under a short lease (lua/claim_timeouts.lua, CallStore.claim_due_timeouts).
+under a short lease (lua/claim_timeouts.lua, CallStore.claim_due_timeouts); a tick's
+claims are one batch(): one round trip on one Redis.
 
 Channels:
 
@@ -69,7 +70,10 @@ async def batch(redis: Redis, scripts: list[Scripted], queue: Callable[[Any], ob
     """The scripts' replies, then those of the commands `queue` puts on a pipeline, in that
     order. On one Redis: one pipeline, one round trip, the scripts as bare EVALSHAs. On a
     cluster redis-py refuses scripts in a pipeline (its issue #2914): the scripts run first,
-    concurrently, then the rest as one cluster pipeline (a round trip per shard it touches)."""
+    concurrently, then the rest as one cluster pipeline (a round trip per shard it touches).
+    A cluster pipeline that meets a dead primary closes every connection of the client, and
+    the commands in flight on the healthy shards fail with them (ClusterDownError); a single
+    command only drops the dead shard's: keep the scripts, and what runs often, out of one."""
     if clustered(redis):
         ran = list(await asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in scripts)))
         if queue is not None:
