@@ -1,5 +1,9 @@
 """Shared fixtures: a real Redis (REDIS_URL, else a private redis-server), and real nodes
-served by uvicorn on loopback, each test under a key prefix of its own."""
+served by uvicorn on loopback, each test under a key prefix of its own.
+
+A module marked `on_cluster_too` runs each of its tests twice: on that one Redis
+(`[redis]`) and on a real Redis Cluster (`[cluster]`, marked interop), the same test code.
+The `backend` fixture says which; `node_factory`, `node` and `redis` follow it."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -20,6 +24,7 @@ import redis.asyncio as aioredis
 import structlog
 import uvicorn
 import websockets
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from apnsim import APNsSimulator
 from tests import interop
@@ -97,9 +102,51 @@ def prefix() -> str:
     return f"test-{uuid.uuid4().hex[:10]}:"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("on_cluster_too"):
+        cluster = pytest.param("cluster", marks=pytest.mark.interop)
+        metafunc.parametrize("backend", ["redis", cluster], indirect=True)
+
+
 @pytest.fixture
-async def redis(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which Redis this test's nodes use: "redis" (one server) or "cluster"."""
+    return str(getattr(request, "param", "redis"))
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One Redis Cluster for every test on the "cluster" backend, each under its own prefix.
+    They only use it: the tests that kill, restart or reshard a cluster have their
+    module's own (`redis_cluster`)."""
+    cluster = LocalCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(keep_logs_in=tmp_path_factory.mktemp("shared-cluster-logs"))
+
+
+@pytest.fixture
+def redis_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings that point a node at this test's Redis: REDIS_URL or REDIS_CLUSTER_NODES."""
+    if backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("shared_cluster")
+        return {"redis_url": "", "redis_cluster_nodes": cluster.startup_nodes}
+    return {"redis_url": request.getfixturevalue("redis_url")}
+
+
+@pytest.fixture
+async def redis(redis_settings: dict[str, str], prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of this test's Redis; the test's keys are deleted afterwards (on a cluster,
+    from every primary)."""
+    client: aioredis.Redis
+    if nodes := redis_settings.get("redis_cluster_nodes"):
+        addresses = [address.rsplit(":", 1) for address in nodes.split(",")]
+        # RedisCluster has the commands the tests use on one Redis, as in voip/redis_conn.py.
+        cluster = await RedisCluster(startup_nodes=[ClusterNode(h, int(p)) for h, p in addresses]).initialize()
+        client = cast(aioredis.Redis, cluster)
+    else:
+        client = aioredis.Redis.from_url(redis_settings["redis_url"])
     yield client
     async for key in client.scan_iter(match=f"{prefix}*", count=500):
         await client.delete(key)
@@ -275,11 +322,12 @@ async def stop_nodes(nodes: list[RunningNode]) -> None:
 
 @pytest.fixture
 async def node_factory(
-    redis_url: str, prefix: str, redis: aioredis.Redis, running_nodes: list[RunningNode]
+    redis_settings: dict[str, str], prefix: str, redis: aioredis.Redis, running_nodes: list[RunningNode]
 ) -> AsyncIterator[Any]:
     async def factory(*, parts: NodeParts = NodeParts(), **overrides: Any) -> RunningNode:
         """`overrides` are settings; `parts` the node's parts given instead of built."""
-        running = await start_node(make_settings(redis_url, prefix, **overrides), parts)
+        settings = make_settings(prefix=prefix, **{**redis_settings, **overrides})
+        running = await start_node(settings, parts)
         running_nodes.append(running)
         return running
 

@@ -146,6 +146,7 @@ class LocalCluster:
             "--cluster-yes",
         )
         self.wait_settled(timeout)
+        self.wait_synced(timeout)
         return self
 
     def stop(self, keep_logs_in: Path | None = None) -> None:
@@ -212,9 +213,31 @@ class LocalCluster:
             time.sleep(0.05)
         raise RuntimeError(f"the cluster did not settle within {timeout}s: {problem}")
 
+    def wait_synced(self, timeout: float = 30) -> None:
+        """Until every primary's replicas hold its writes. A replica freshly synced gets no
+        write for up to a second (a diskless sync streams only after the replica's first
+        ACK): a primary killed then takes them with it."""
+        deadline = time.monotonic() + timeout
+        for primary in self.live_primaries():
+            while (held := self.wait_replicated(primary, 1000)) < self.replicas_per_primary:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{held} replica(s) of {primary.address} in sync within {timeout}s")
+
     def wait_replicated(self, primary: ClusterNode, timeout_ms: int = 2000) -> int:
-        """Until `primary`'s replicas hold its writes so far; returns how many do."""
+        """Until `primary`'s replicas hold its writes so far; returns how many do. WAIT counts
+        from its own connection's last write: hence one, to a key of `primary`'s own slots."""
         with primary.client() as client:
+            served = [
+                (int(start), int(end))
+                for start, end, owner, *_ in client.execute_command("CLUSTER", "SLOTS")
+                if int(owner[1]) == primary.port
+            ]
+            key = next(
+                key
+                for key in (f"replicated:{{{n}}}" for n in range(SLOTS * 16))
+                if any(start <= self.slot_of(key) <= end for start, end in served)
+            )
+            client.set(key, "1", px=max(timeout_ms, 1000))
             return int(client.execute_command("WAIT", self.replicas_per_primary, timeout_ms))
 
     # -- what is done to it --------------------------------------------------------

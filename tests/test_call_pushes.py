@@ -13,6 +13,8 @@ import pytest
 from apnsim import APNsSimulator, Device, Fault
 from tests.conftest import BUNDLE, RunningNode, register
 
+pytestmark = pytest.mark.on_cluster_too
+
 VOIP_TOPIC = f"{BUNDLE}.voip"
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from tests.conftest import RunningNode
 from voip.clock import ManualClock
 from voip.node import NodeParts
 from voip.stores.calls import BUCKETS_PER_TICK
 from voip.stores.layout import BUCKETS
+
+pytestmark = pytest.mark.on_cluster_too
 
 
 async def test_answered_call_from_start_to_hangup(node: RunningNode) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import pytest
+
 from voip.clock import ManualClock
 from voip.node import NodeParts
+
+pytestmark = pytest.mark.on_cluster_too
 
 
 async def test_caller_and_callee_on_different_nodes(node_factory: Any) -> None:

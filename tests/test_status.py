@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import DeviceClient, RunningNode, register
 
+pytestmark = pytest.mark.on_cluster_too
+
 
 def bearer(node: RunningNode, user: str, role: str = "device") -> dict[str, str]:
     return {"Authorization": f"Bearer {node.auth.mint(user, role)}"}  # type: ignore[arg-type]

@@ -186,7 +186,7 @@ class Node:
             epoch=epoch,
             presence=Presence(stores.presence, stores.sockets, settings.node_id),
             deliveries=DeliveryLog(stores.calls),
-            ops_feed=OpsFeed(connections.client, stores.ops_channel),
+            ops_feed=OpsFeed(connections.client, stores.ops_channel, node_id=settings.node_id),
             readiness_checks={**checks, **parts.readiness_checks},
             readiness_details={"redis": epoch.readiness_detail},
         )

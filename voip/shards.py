@@ -21,7 +21,9 @@ from typing import Any
 import structlog
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from voip.tasks import stop_task
 
@@ -29,6 +31,21 @@ log = structlog.get_logger(__name__)
 
 # Seconds between tries to place a shard's channels again while the cluster settles.
 REPLACE_RETRY = 0.25
+
+
+def node_client(node: ClusterNode) -> Redis:
+    """A client of one cluster node for a pub/sub connection, its connections made as the
+    cluster client makes that node's (its class, TLS in voip/redis_conn.py, and options:
+    address, password, timeouts), but with no reconnect of their own: a dropped connection
+    is raised at once, and the caller subscribes again wherever the slot map says now.
+    (redis-py's default retries the same node three times with backoff: a killed primary
+    was noticed about 3 s late, longer for a host that does not answer.) No health check
+    either: a pub/sub left with no channel is health-checked by redis-py when it next
+    subscribes, a PING read while the reader reads too, which fails ("read() called while
+    another coroutine is already waiting") and the device's WebSocket with it; the reader
+    notices a dropped connection itself."""
+    options = {**node.connection_kwargs, "retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
+    return Redis.from_pool(ConnectionPool(connection_class=node.connection_class, **options))
 
 
 class ShardedPubSub:
@@ -78,15 +95,7 @@ class ShardedPubSub:
             if node.name in self._shards:
                 await self._shards[node.name][0].ssubscribe(channel)
                 return
-            # Connections as the cluster client makes them for this node: its class (TLS,
-            # voip/redis_conn.py) and options (address, password, timeouts), but no health
-            # check. A pub/sub left with no channel is health-checked by redis-py when it next
-            # subscribes: a PING read while the shard's reader reads too, which fails ("read()
-            # called while another coroutine is already waiting"), and the device's WebSocket
-            # with it. The reader notices a dropped connection itself.
-            options = {**node.connection_kwargs, "health_check_interval": 0}
-            client = Redis.from_pool(ConnectionPool(connection_class=node.connection_class, **options))
-            pubsub = client.pubsub()
+            pubsub = node_client(node).pubsub()
             await pubsub.ssubscribe(channel)  # connects: the reader needs the connection
             task = asyncio.create_task(self._read(node.name, pubsub), name=f"shard-{node.name}")
             self._shards[node.name] = (pubsub, task)

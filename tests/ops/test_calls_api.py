@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from tests.conftest import RunningNode, register
 from tests.ops.conftest import ops_get, place_call
 from voip.clock import now_ms
+
+pytestmark = pytest.mark.on_cluster_too
 
 
 async def test_listing_newest_first_by_state_user_and_time(node: RunningNode) -> None:

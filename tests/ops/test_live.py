@@ -7,12 +7,15 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 import websockets
 
 from tests.conftest import RunningNode
 from tests.ops.conftest import operator, place_call
 from voip.ops.feed import OpsFeed
+
+pytestmark = pytest.mark.on_cluster_too
 
 
 async def watch(node: RunningNode, **connect: Any) -> Any:

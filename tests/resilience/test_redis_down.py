@@ -24,6 +24,8 @@ from websockets.exceptions import ConnectionClosed
 
 from apnsim import APNsSimulator
 from tests.conftest import SECRET, RunningNode, make_settings, register, start_node
+from tests.ops.conftest import place_call
+from tests.ops.test_live import watch
 from tests.ports import free_port
 from tests.redis_process import RedisProcess
 from tests.test_call_pushes import invites_for, phone
@@ -258,6 +260,36 @@ async def test_a_stopped_redis_costs_a_bounded_503_not_a_hung_request(own_redis:
         assert elapsed < 3 * command_timeout, elapsed
         again = await http.put("/v1/devices/b1", json={}, headers=bearer("bob"))
         assert again.status_code == 200, again.text
+
+
+async def test_the_live_feed_says_hello_again_after_a_redis_restart_and_goes_on(
+    own_redis: RedisProcess, own_node: Any
+) -> None:
+    node = await own_node()
+    caller = await node.device("alice", "a1")
+    socket = await watch(node)
+    try:
+        own_redis.kill()
+        own_redis.start()
+        # redis-py reconnects and subscribes again; the operator is told to read the snapshot again.
+        async with asyncio.timeout(15):
+            while (frame := orjson.loads(await socket.recv()))["type"] != "hello":
+                pass
+        assert frame["node"] == node.node.node_id
+        async with asyncio.timeout(15):  # the caller's socket may have been closed by the outage
+            while True:
+                try:
+                    call_id = await place_call(caller, "nobody")
+                    break
+                except (AssertionError, ConnectionClosed):
+                    await asyncio.sleep(0.2)
+                    caller = await node.device("alice", "a1")
+        async with asyncio.timeout(5):
+            while (frame := orjson.loads(await socket.recv())).get("call_id") != call_id:
+                pass
+        assert frame["entry"]["event"] == "created"
+    finally:
+        await socket.close()
 
 
 # Item 5: Redis down, as a node process sees it -------------------------------------------

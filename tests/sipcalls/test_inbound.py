@@ -21,7 +21,7 @@ from tests.sipcalls.conftest import (
 )
 from tests.test_call_pushes import VOIP_TOPIC, invites_for
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.on_cluster_too]
 
 CALLER = "sip:+15551234@pbx.example"
 

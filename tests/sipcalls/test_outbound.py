@@ -16,7 +16,7 @@ from tests.sipcalls.conftest import (
     wait_bound,
 )
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.on_cluster_too]
 
 
 async def place(bob: DeviceClient, callee: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -38,8 +37,7 @@ async def live(websocket: WebSocket) -> None:
     metrics.LIVE_OPERATORS.inc()
     try:
         await websocket.accept()
-        hello = {"type": "hello", "node": node.node_id, "server_time": int(time.time() * 1000)}
-        await websocket.send_json(hello)
+        await websocket.send_text(feed.hello())
         await _serve(websocket, subscriber)
     finally:
         metrics.LIVE_OPERATORS.dec()

@@ -38,7 +38,7 @@ Channels:
 | Channel | Published by | Kind |
 |---|---|---|
 | `{u:<user_id>}:bus` | voip/bus.py, lua/create_call.lua | sharded (SPUBLISH/SSUBSCRIBE): the user's frames, to whichever node holds their devices |
-| `ops` | the call scripts, stores/calls.py | plain PUBLISH: every timeline entry, for operators' live feed. It is published from inside each call's script, on that call's shard; a sharded channel would have to hash to every call's slot at once. On a cluster a plain PUBLISH reaches every node |
+| `ops` | the call scripts, stores/calls.py | plain PUBLISH: every timeline entry, for operators' live feed. It is published from inside each call's script, on that call's shard; a sharded channel would have to hash to every call's slot at once. On a cluster a plain PUBLISH reaches every node, so a node's one subscription may sit on any of them, and moves to another at once when its node dies (voip/ops/feed.py) |
 """
 
 from __future__ import annotations
