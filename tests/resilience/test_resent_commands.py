@@ -15,8 +15,9 @@ import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from voip import redis_pool
+from voip.calls import Action, CallState
 from voip.settings import load_settings
-from voip.stores import Stores
+from voip.stores import CallError, Stores
 
 
 class ReplyDropper:
@@ -131,3 +132,40 @@ async def test_a_create_whose_reply_was_lost_is_the_callers_own_call(
     assert not again
     timeline = await calls.timeline(call_id)
     assert [e["event"] for e in timeline] == ["created"]
+
+
+async def test_a_transition_whose_reply_was_lost_is_done_once_and_acknowledged(
+    dropper: tuple[ReplyDropper, Redis], prefix: str
+) -> None:
+    proxy, client = dropper
+    calls = Stores.open(client, prefix, retention=600).calls
+
+    async def ringing() -> str:
+        call_id = str(uuid.uuid4())
+        assert await calls.create(
+            call_id,
+            caller_user="alice",
+            caller_device="a1",
+            callee_user="bob",
+            ring_deadline=2**41,
+            node="n",
+            targets=["b1"],
+            created_at=1,
+        )
+        return call_id
+
+    # The script is loaded first: a NOSCRIPT answer would mean the script never ran.
+    await calls.transition(await ringing(), Action.ANSWER, user="bob", device="b1", node="n")
+    call_id = await ringing()
+    proxy.armed = True
+    transition = await calls.transition(call_id, Action.ANSWER, user="bob", device="b1", node="n")
+    assert proxy.dropped == 1, "the reply was not dropped: the test proves nothing"
+    assert (transition.previous, transition.call.state) == (CallState.RINGING, CallState.ANSWERED)
+    states = [e for e in await calls.timeline(call_id) if e["event"] == "state"]
+    assert len(states) == 1
+    # Another device's answer is still refused: the resend rule is for the same attempt only.
+    with pytest.raises(CallError) as refused:
+        await calls.transition(call_id, Action.ANSWER, user="bob", device="b2", node="n")
+    assert refused.value.code == "invalid_state"
+    hangup = await calls.transition(call_id, Action.HANGUP, user="alice", device="a1", node="n")
+    assert (hangup.previous, hangup.call.state.is_final) == (CallState.ANSWERED, True)

@@ -1,7 +1,7 @@
 -- Move a call to its next state, atomically, if the actor may. KEYS: call hash, timeline.
 -- ARGV: moves (JSON {party: {from: to}}), user, device, now_ms, node, action,
 --       retention seconds (for a call that does not carry its own), note (JSON object
---       or ""), operators' channel ("" for none), call id.
+--       or ""), operators' channel ("" for none), call id, this attempt's id.
 -- The TTLs follow the call's own retention, set by the node that created it: a node with
 -- other settings must not shorten or stretch another node's call.
 -- The party is found here, from the call itself, so that a check and its move are one step.
@@ -13,6 +13,12 @@ end
 local call = {}
 for i = 1, #raw, 2 do
   call[raw[i]] = raw[i + 1]
+end
+-- A resend of this very attempt (redis-py sends again after a dropped connection, the
+-- cluster client after a failover) finds its own move done: it is answered as the first
+-- send was, not refused as a move from the state it left.
+if ARGV[11] and call.move_attempt == ARGV[11] then
+  return {'ok', call.move_from, cjson.encode(call)}
 end
 local user, device = ARGV[2], ARGV[3]
 local party = 'system'
@@ -37,7 +43,7 @@ if (party == 'caller' and device ~= call.caller_device)
   return {'err', 'not_in_call', cjson.encode(call)}
 end
 local now, previous = ARGV[4], call.state
-local changes = {'state', target}
+local changes = {'state', target, 'move_attempt', ARGV[11], 'move_from', previous}
 if target == 'answered' then
   changes[#changes + 1] = 'answered_by_device'
   changes[#changes + 1] = device

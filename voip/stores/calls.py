@@ -243,6 +243,7 @@ class CallStore:
                 orjson.dumps(note) if note else "",
                 self._ops_channel,
                 call_id,
+                random.getrandbits(64).to_bytes(8, "big").hex(),
             ],
         )
         call = CallRecord.from_hash(call_id, orjson.loads(raw)) if raw else None
