@@ -31,6 +31,7 @@ SYSTEM_TOOLS = {
     "chromium": "chromium",
     "haproxy": "haproxy",
     "kamailio": "kamailio",
+    "redis-sentinel": "redis-sentinel",
 }
 
 

@@ -1,6 +1,7 @@
 """A Sentinel-managed Redis for tests and the chaos run: a master, replicas and three
-Sentinels, all real redis-server processes (`redis-server <conf> --sentinel`, so no
-package beyond redis-server), on loopback ports from tests/ports.py.
+Sentinels, all real processes: `redis-server` for the data nodes and Debian's
+`redis-sentinel <conf>` (package redis-sentinel, which dev.py installs) for the Sentinels,
+on loopback ports from tests/ports.py.
 
 `failover()` kills the master with SIGKILL (or asks for `SENTINEL FAILOVER`), waits for
 the Sentinels to name a new master, and brings the old one back as its replica, so the
@@ -32,6 +33,13 @@ from tests.redis_tls import Certificates, client_tls_options, server_tls_args
 from voip.redis_server import redis_server_binary
 
 MASTER_NAME = "voipmaster"
+
+
+def sentinel_binary() -> str:
+    found = shutil.which("redis-sentinel")
+    if found is None:
+        raise RuntimeError("redis-sentinel is not installed (Debian: apt-get install redis-sentinel; dev.py does)")
+    return found
 
 
 @dataclass
@@ -278,7 +286,7 @@ class SentinelRedis:
         conf = self._dir / f"sentinel-{index}.conf"  # Sentinel rewrites its file: one each
         conf.write_text("\n".join(lines) + "\n")
         watcher.process = subprocess.Popen(
-            [redis_server_binary(), str(conf), "--sentinel"],
+            [sentinel_binary(), str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
