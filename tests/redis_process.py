@@ -64,6 +64,10 @@ class RedisProcess:
         finally:
             client.close()
 
+    def client(self) -> redis.Redis:
+        """A plain client of this server (the test's admin): `with process.client() as c`."""
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
+
     def log(self) -> str:
         path = self.directory / "redis.log"
         return path.read_text(errors="replace") if path.exists() else ""

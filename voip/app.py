@@ -33,7 +33,7 @@ async def _redis_unavailable(request: Request, exc: Exception) -> Response:
     """Redis refused, dropped, timed out, or every pooled connection stayed busy: the
     request may work in a moment, so 503 with Retry-After, never a 500."""
     node: Node = request.app.state.node
-    node.redis_unavailable.failed(route=request.url.path)
+    node.redis_unavailable.failed(route=request.url.path, error=type(exc).__name__)
     metrics.REDIS_UNAVAILABLE.labels("http").inc()
     retry_after = node.settings.redis_retry_after
     return api.JSONResponse(

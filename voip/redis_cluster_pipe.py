@@ -34,6 +34,7 @@ from typing import Any
 
 import hiredis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import OutOfMemoryError
 
 from voip.redis_pipe import _command, _expire, _Protocol
 
@@ -207,6 +208,8 @@ class ClusterPipe:
                 redirected_to, asking = None, False
             except hiredis.ReplyError as exc:
                 assert node is not None  # a reply came from it
+                if str(exc).startswith("OOM"):
+                    raise OutOfMemoryError(str(exc)) from None
                 decision = decide(str(exc), node)
                 if decision.step is Step.FAIL:
                     raise

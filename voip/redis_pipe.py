@@ -34,6 +34,7 @@ from typing import Any, Protocol, cast
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 
 # How to reach Redis: {"host", "port"} or {"path"}, optional "password", "username", "db".
 Address = dict[str, Any]
@@ -191,6 +192,8 @@ class RedisPipe:
                     raise
             except hiredis.ReplyError as exc:
                 message = str(exc)
+                if message.startswith("OOM"):
+                    raise OutOfMemoryError(message) from None
                 if not attempts_left or not message.startswith(("NOSCRIPT", "READONLY")):
                     raise
                 if message.startswith("NOSCRIPT"):

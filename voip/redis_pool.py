@@ -27,6 +27,9 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,  # refused, dropped, no pooled connection in time, loading
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,  # a replica, during a failover
+    # Redis at its maxmemory with noeviction (docs/deploy.md): writes are refused until
+    # memory is freed or raised. Nothing is lost; the request may be tried again.
+    redis.exceptions.OutOfMemoryError,
     # The cluster client gave up on a slot (CLUSTERDOWN, or redirections without end:
     # redis-py 8.1 sends ASKING and the redirected command on two pooled connections, so
     # a key already moved in a migrating slot loops MOVED/ASK until "TTL exhausted").

@@ -262,6 +262,39 @@ async def test_a_stopped_redis_costs_a_bounded_503_not_a_hung_request(own_redis:
         assert again.status_code == 200, again.text
 
 
+async def test_a_redis_at_its_maxmemory_costs_503s_not_500s_and_nothing_after(
+    own_redis: RedisProcess, own_node: Any
+) -> None:
+    # noeviction at maxmemory (docs/deploy.md's policy): Redis refuses writes with OOM.
+    # That is Redis unavailable for now: a 503 with Retry-After on every path, the status
+    # endpoint's own pipe included, and service again once memory is there.
+    node = await own_node()
+    await register(node, "bob", "b1")
+    caller = await node.device("alice", "a1")
+    phone = await node.device("bob", "b1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.expect("call.incoming", call_id=call_id)
+    with own_redis.client() as admin:
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", str(used // 2))
+        try:
+            async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as http:
+                assert_unavailable(await http.put("/v1/devices/b2", json={}, headers=bearer("bob")))
+                assert_unavailable(
+                    await http.get(f"/v1/calls/{call_id}/status", params={"device_id": "b1"}, headers=bearer("bob"))
+                )
+            refused = await caller.request({"type": "call.start", "callee": "bob"})
+            assert (refused["type"], refused["code"]) == ("error", "unavailable"), refused
+        finally:
+            admin.config_set("maxmemory", "0")
+    async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as http:
+        status = await http.get(f"/v1/calls/{call_id}/status", params={"device_id": "b1"}, headers=bearer("bob"))
+        assert (status.status_code, status.json()["state"]) == (200, "ringing"), status.text
+    answered = await phone.request({"type": "call.answer", "call_id": call_id})
+    assert answered["type"] == "ack", answered
+
+
 async def test_the_live_feed_says_hello_again_after_a_redis_restart_and_goes_on(
     own_redis: RedisProcess, own_node: Any
 ) -> None:
