@@ -12,6 +12,7 @@ import pytest
 
 from apnsim import APNsSimulator, Device, Fault
 from tests.conftest import BUNDLE, RunningNode, register
+from voip.ws import UNHEARD_WINDOW
 
 pytestmark = pytest.mark.on_cluster_too
 
@@ -317,3 +318,35 @@ async def test_no_hang_up_push_to_a_device_whose_socket_is_open(pushing: tuple[R
     await pushes_settled(node)
     assert ended_pushes(sim, call_id) == []
     assert [d.push.payload["type"] for d in bobs.inbox] == ["call.incoming"]
+
+
+async def test_a_socket_that_closes_as_its_cancellation_goes_out_gets_the_push(
+    pushing: tuple[RunningNode, APNsSimulator],
+) -> None:
+    # The chaos run saw it: the phone was connected when the caller hung up, so the ending
+    # sent it no push, and its app closed the socket (going to sleep) as call.cancelled
+    # went out, unread. It rang on until the deadline. Now the push goes after all.
+    node, sim = pushing
+    sleeper, stays = phone(sim), phone(sim)
+    await register(node, "bob", "b-phone", voip_token=sleeper.token)
+    await register(node, "bob", "b-ipad", voip_token=stays.token)
+    caller = await node.device("alice", "a1")
+    closing = await node.device("bob", "b-phone")
+    staying = await node.device("bob", "b-ipad")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await invites_for(sim, call_id, count=2)
+    await closing.expect("call.incoming", call_id=call_id)
+    await staying.expect("call.incoming", call_id=call_id)
+
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    await closing.socket.close()  # unread: whatever came after call.incoming
+    [cancel] = await invites_for(sim, call_id, "call.cancelled")
+    assert cancel.token == sleeper.token
+    assert orjson.loads(cancel.body)["reason"] == "remote_ended"
+    # The device that read its frame and stays connected gets none; nor one twice.
+    await staying.expect("call.cancelled", call_id=call_id)
+    await asyncio.sleep(UNHEARD_WINDOW + 0.3)
+    await staying.socket.close()
+    await pushes_settled(node)
+    cancels = [r for r in sim.requests if r.body and orjson.loads(r.body).get("type") == "call.cancelled"]
+    assert [r.token for r in cancels] == [sleeper.token]

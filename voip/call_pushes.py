@@ -145,6 +145,24 @@ class CallPushes:
         if call.state is CallState.MISSED:
             self.missed(call, devices, call.caller_name)
 
+    def unheard(self, call_id: str, device_id: str) -> None:
+        """`device_id`'s socket closed as its frame ending `call_id` went out (voip/ws.py):
+        it may never have read it, and the ending skipped it as connected. If an invite
+        woke it and no cancellation went to it, one goes now: a wasted push at worst,
+        never a phone ringing on for a call that is over."""
+        self._spawn(call_id, f"unheard:{call_id}:{device_id}", self._unheard(call_id, device_id))
+
+    async def _unheard(self, call_id: str, device_id: str) -> None:
+        call, addresses, cancelled = await self._bookkeep(
+            lambda: self.calls.cancellation_context(call_id), call_id, device_id, "cancel"
+        )
+        address = addresses.get(device_id)
+        if call is None or address is None or device_id in cancelled:
+            return
+        reason = _reason_for(call, device_id, self.clock.now_ms())
+        if reason is not None:
+            await self._send(call, device_id, self._cancellation(call, address, reason))
+
     def hung_up(self, call: CallRecord, parties: list[tuple[str, str, str]]) -> None:
         """An answered call ended: send `call.ended` to each (user, device, reason) in the
         call that has a VoIP token and no socket on any node, in the background."""

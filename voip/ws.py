@@ -56,6 +56,14 @@ EVICT = "socket.evict"
 CLOSE_TRY_AGAIN_LATER = 1013
 OUTBOX_LIMIT = 256
 CLOSE_GRACE = 2.0  # seconds the frames queued before a close get to go out
+# A socket that closes this soon after a frame ending a ringing call went out to it may
+# have closed unread (an app going to sleep as the caller hangs up): that device gets the
+# cancellation push the ending skipped it for (CallPushes.unheard). A bound on the
+# frame's trip and the app's read; the app dedupes a cancellation for a call it ended.
+UNHEARD_WINDOW = 1.0
+ENDINGS = frozenset(
+    {FrameType.CALL_CANCELLED, FrameType.CALL_ANSWERED_ELSEWHERE, FrameType.CALL_DECLINED, FrameType.CALL_MISSED}
+)
 
 
 class Close(NamedTuple):
@@ -172,8 +180,14 @@ class DeviceConnection:
         self._close_after_reply: Close | None = None
         self.socket_id = f"{device_id}|{uuid.uuid4().hex}"
         self.ended = asyncio.Event()
+        self._endings_sent: dict[str, float] = {}  # call id -> when its ending frame went out
+        self._gone = False
 
     async def deliver(self, frame: dict[str, Any]) -> None:
+        if self._gone:  # between the socket's end and the bus letting go of it
+            if frame.get("type") in ENDINGS:
+                self._unheard([frame["call_id"]])
+            return
         if frame.get("type") == EVICT:
             if frame.get("socket") == self.socket_id and self.closing is None:
                 log.info("ws.evicted", user=self.user_id, device=self.device_id)
@@ -231,7 +245,25 @@ class DeviceConnection:
             if self.closing is not None and not writer.done():
                 with contextlib.suppress(Exception):
                     await self.websocket.close(code=self.closing.code, reason=self.closing.reason)
+            self._gone = True
+            self._unheard(self._endings_unread())
             self.ended.set()
+
+    def _endings_unread(self) -> list[str]:
+        """Calls whose ending frame this device may not have read: still queued, or sent
+        within UNHEARD_WINDOW of the socket's end."""
+        since = time.monotonic() - UNHEARD_WINDOW
+        calls = {call_id for call_id, at in self._endings_sent.items() if at >= since}
+        while not self.outbox.empty():
+            frame = self.outbox.get_nowait()
+            if isinstance(frame, dict) and frame.get("type") in ENDINGS:
+                calls.add(frame["call_id"])
+        return sorted(calls)
+
+    def _unheard(self, call_ids: list[str]) -> None:
+        for call_id in call_ids:
+            log.info("ws.ending_unheard", call_id=call_id, user=self.user_id, device=self.device_id)
+            self.controller.pushes.unheard(call_id, self.device_id)
 
     def _reconnect_elsewhere(self) -> None:
         if self.closing is None:
@@ -264,6 +296,10 @@ class DeviceConnection:
                 with contextlib.suppress(Exception):
                     await self.websocket.close(code=frame.code, reason=frame.reason)
                 return
+            if frame.get("type") in ENDINGS:
+                now = time.monotonic()
+                self._endings_sent = {c: at for c, at in self._endings_sent.items() if at >= now - UNHEARD_WINDOW}
+                self._endings_sent[frame["call_id"]] = now
             try:
                 await self.websocket.send_text(orjson.dumps(frame).decode())
             except Exception:

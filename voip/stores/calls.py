@@ -419,6 +419,20 @@ class CallStore:
             {k.decode(): orjson.loads(v) for k, v in devices.items()},
         )
 
+    async def cancellation_context(self, call_id: str) -> tuple[CallRecord | None, dict[str, dict[str, Any]], set[str]]:
+        """The call, the invite pushes it sent and the devices APNs took a cancellation
+        for, in one round trip (one slot)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.call(call_id))
+            pipe.hgetall(self._keys.pushes(call_id))
+            pipe.hkeys(self._keys.cancellations(call_id))
+            fields, pushes, cancelled = await pipe.execute()
+        return (
+            _decoded(call_id, fields),
+            {k.decode(): orjson.loads(v) for k, v in pushes.items()},
+            {device.decode() for device in cancelled},
+        )
+
 
 def queue_timeline(pipe: Any, key: str, ops_channel: str, call_id: str, entries: list[dict[str, Any]]) -> None:
     """Queue on `pipe`: the entries onto the timeline at `key`, each published to operators."""
