@@ -468,7 +468,7 @@ async def measure(
             )
             rows.append(row)
             print(row.line(), flush=True)
-            if not row.sustained:
+            if row.node.failed or row.node.ok < row.node.calls:
                 break  # past the ceiling: the calls left ringing would only load the next rate
         lines += summary(rows, idle_per_s * 1000)
         lines.append(trips[0])
