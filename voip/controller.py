@@ -250,10 +250,6 @@ class CallController:
         await self.announce(transition)
         return transition
 
-    async def note(self, call_id: str, entry: dict[str, Any]) -> None:
-        """Keep a fact about the call (e.g. a SIP message) on its timeline, next to its changes."""
-        await self.calls.append_timeline(call_id, [{"at": self.clock.now_ms(), **entry, "node": self.node}])
-
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
         call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id)
         frame = {"type": FrameType.CALL_SIGNAL, "call_id": call_id, "from_device": device_id, "payload": payload}
