@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from voip import metrics
-from voip.bus import Bus
+from voip.bus import Addressed, Bus
 from voip.call_pushes import TRANSIENT_REDIS_ERRORS, CallPushes
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.clock import Clock
@@ -297,44 +297,48 @@ class CallController:
             answered = {**base, "type": FrameType.CALL_ANSWERED, "device_id": call.answered_by_device}
             if sdp is not None:
                 answered["sdp"] = sdp
-            await asyncio.gather(
-                self._tell(call.caller_user, answered, only=[call.caller_device]),
-                self._tell(call.callee_user, answered, only=[call.answered_by_device or ""]),
-                self._tell(
-                    call.callee_user,
-                    {**base, "type": to_callee, "device_id": call.answered_by_device},
-                    exclude=[call.answered_by_device or ""],
-                ),
+            await self._tell(
+                [
+                    (call.caller_user, answered, [call.caller_device], ()),
+                    (call.callee_user, answered, [call.answered_by_device or ""], ()),
+                    (
+                        call.callee_user,
+                        {**base, "type": to_callee, "device_id": call.answered_by_device},
+                        None,
+                        [call.answered_by_device or ""],
+                    ),
+                ]
             )
             return
-        publishes = []
+        frames: list[Addressed] = []
         if actor is None or actor.user_id != call.caller_user:
             to_caller_frame = {**base, "type": to_caller, "reason": CALLER_REASON[call.state].value}
-            publishes.append(self._tell(call.caller_user, to_caller_frame, only=[call.caller_device]))
+            frames.append((call.caller_user, to_caller_frame, [call.caller_device], ()))
         # After an answer only the device in the call is told; the others heard
         # "answered elsewhere" already.
         callee_only = [call.answered_by_device or ""] if transition.previous is CallState.ANSWERED else None
         exclude = [actor.device_id] if actor is not None and actor.user_id == call.callee_user else []
-        publishes.append(self._tell(call.callee_user, {**base, "type": to_callee}, only=callee_only, exclude=exclude))
-        await asyncio.gather(*publishes)
+        frames.append((call.callee_user, {**base, "type": to_callee}, callee_only, exclude))
+        await self._tell(frames)
 
-    async def _tell(
-        self, user_id: str, frame: dict[str, Any], *, only: list[str] | None = None, exclude: list[str] | None = None
-    ) -> None:
-        """Publish what a transition means for a party. The transition has happened: a
-        publish that fails (Redis failing over) is retried for a while, then logged, and
-        never turns the actor's reply into an error that it would retry."""
+    async def _tell(self, frames: list[Addressed]) -> None:
+        """Publish what a transition means for each party, in one round trip. The
+        transition has happened: a publish that fails (Redis failing over) is retried for
+        a while, then logged, and never turns the actor's reply into an error that it
+        would retry. A retry may tell a device twice; a device takes a frame twice as once."""
+        call_id = frames[0][1]["call_id"]
         try:
             await retry_bounded(
-                lambda: self.bus.publish(user_id, frame, only=only, exclude=exclude or ()),
+                lambda: self.bus.publish_many(frames),
                 what="call.announce",
                 retry_on=TRANSIENT_REDIS_ERRORS,
                 within=ANNOUNCE_RETRY_SECONDS,
-                call_id=frame["call_id"],
-                user=user_id,
+                call_id=call_id,
+                users=sorted({user_id for user_id, *_ in frames}),
             )
         except TRANSIENT_REDIS_ERRORS:
-            log.error("call.announce_failed", call_id=frame["call_id"], user=user_id, type=frame["type"])
+            for user_id, frame, *_ in frames:
+                log.error("call.announce_failed", call_id=call_id, user=user_id, type=frame["type"])
 
     async def retell_endings(self, users: list[str], since_ms: int) -> None:
         """After a bus gap (a Redis failover): tell this node's devices how the calls to
