@@ -252,14 +252,14 @@ class CallStore:
         assert call is not None
         previous = CallState(detail.decode())
         try:
-            if previous is CallState.RINGING and call.state is not CallState.RINGING:
+            if previous is CallState.RINGING:
+                # Only a ringing call can time out: its deadline goes when it leaves
+                # ringing, answered too, so an answered call's end needs no round trip
+                # here and no timeout fires for it later, only to be refused.
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    if call.state.is_final:
-                        pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
+                    pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
                     pipe.zrem(self._keys.ringing(call.callee_user), call_id)
                     await pipe.execute()
-            elif call.state.is_final:
-                await self._redis.zrem(self._keys.ring_deadlines(call_id), call_id)
         except UNAVAILABLE:
             # The call has moved: its devices must hear of it, whatever became of these
             # indexes (other slots, maybe on a shard failing over). Both mend themselves:
