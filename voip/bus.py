@@ -159,6 +159,10 @@ class Bus:
                 self._pubsub.shard_channels.pop(channel.encode(), None)
                 self._unsubscribe_failed.failed()
 
+    def attached(self, user_id: str, device_id: str) -> bool:
+        """Does this node hold the device now (a socket, a SIP leg or a registered phone)?"""
+        return bool(self._local.get(user_id, {}).get(device_id))
+
     def subscribed_users(self) -> int:
         """Users with a subscription here, or one on its way."""
         return len(self._local)

@@ -149,6 +149,8 @@ class CallPushes:
         """An answered call ended: send `call.ended` to each (user, device, reason) in the
         call that has a VoIP token and no socket on any node, in the background."""
         for user_id, device_id, reason in parties:
+            if self.bus.attached(user_id, device_id):
+                continue  # connected to this node: it hears the hang-up on its socket
             self._spawn(
                 call.call_id, f"ended:{call.call_id}:{device_id}", self._hang_up(call, user_id, device_id, reason)
             )

@@ -166,7 +166,7 @@ class CallController:
             caller_name=name,
             retention=self.calls.retention,
         )
-        metrics.CALLS.labels(CallState.RINGING.value, "").inc()
+        metrics.calls_counter(CallState.RINGING.value, "").inc()
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
         if not targets:
             # Nobody to ring: the call is missed now rather than after a silent ring timeout.
@@ -281,7 +281,7 @@ class CallController:
         """Tell the devices of both parties what the transition means for each of them.
         The acting device is not told: it has its `ack`."""
         call = transition.call
-        metrics.CALLS.labels(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
+        metrics.calls_counter(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
         if transition.previous is CallState.RINGING:
             self._push_ending(call, actor)
         if transition.previous is CallState.ANSWERED and call.state.is_final:
