@@ -91,7 +91,11 @@ class Bus:
     async def publish_many(self, frames: list[Addressed]) -> None:
         """Several frames, to any users, in one round trip: one pipeline of SPUBLISH. On a
         cluster, where each channel lives on its own shard, one SPUBLISH each, concurrently."""
-        if len(frames) == 1 or clustered(self._redis):
+        if len(frames) == 1:
+            user_id, frame, only, exclude = frames[0]
+            await self.publish(user_id, frame, only=only, exclude=exclude)
+            return
+        if clustered(self._redis):
             await asyncio.gather(
                 *(self.publish(user_id, frame, only=only, exclude=exclude) for user_id, frame, only, exclude in frames)
             )
