@@ -283,7 +283,7 @@ class CallController:
         call = transition.call
         metrics.calls_counter(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
         if transition.previous is CallState.RINGING:
-            self._push_ending(call, actor)
+            self._push_ending(call, actor, transition.pushed)
         if transition.previous is CallState.ANSWERED and call.state.is_final:
             self._push_hang_up(call, actor)
         to_caller, to_callee = NOTICES[call.state]
@@ -359,10 +359,10 @@ class CallController:
                 exclude = [call.answered_by_device or ""] if call.state is CallState.ANSWERED else []
                 await self.bus.deliver_local(user, frame, exclude=exclude)
 
-    def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
+    def _push_ending(self, call: CallRecord, actor: Caller | None, pushed: frozenset[str] | None) -> None:
         # The device that acted knows already; the pushes find who else does.
         acted = actor.device_id if actor is not None and actor.user_id == call.callee_user else None
-        self.pushes.end(call, acted)
+        self.pushes.end(call, acted, pushed)
 
     def _push_hang_up(self, call: CallRecord, actor: Caller | None) -> None:
         # The devices in the call, less the one that ended it: a device whose socket is

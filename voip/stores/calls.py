@@ -93,6 +93,8 @@ class CallRefused(CallError):
 class Transition:
     previous: CallState
     call: CallRecord
+    # A call that left ringing: the devices its invite pushes went to (None: not read).
+    pushed: frozenset[str] | None = None
 
 
 class CallStore:
@@ -230,8 +232,8 @@ class CallStore:
             }
         else:
             moves = {Party.SYSTEM.value: {k.value: v.value for k, v in transitions_for(action, Party.SYSTEM).items()}}
-        status, detail, raw = await self._transition(
-            keys=self._call_keys(call_id),
+        status, detail, raw, *more = await self._transition(
+            keys=[*self._call_keys(call_id), self._keys.pushes(call_id)],
             args=[
                 orjson.dumps(moves),
                 user,
@@ -266,7 +268,8 @@ class CallStore:
             # the deadline fires into the call's state check and is forgotten, and the
             # callee's ringing set drops calls past their deadline.
             log.warning("call.indexes_not_updated", call_id=call_id, exc_info=True)
-        return Transition(previous=previous, call=call)
+        pushed = frozenset(device.decode() for device in more[0]) if more else None
+        return Transition(previous=previous, call=call, pushed=pushed)
 
     async def record_event(
         self,
