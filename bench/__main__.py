@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--profile]` (and `--status`, `--push`, `--sip`, `--ops`,
-`--wait`, `--chaos`, `--scale`): every figure printed next to its baseline from the same
+"""`python -m bench [--quick] [--profile]` (and `--status`, `--push`, `--sip`, `--sip-pair`,
+`--ops`, `--wait`, `--chaos`, `--scale`): every figure printed next to its baseline from the same
 run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="about 30 s instead of about 3 min")
-    parser.add_argument("--profile", action="store_true", help="py-spy the node under status load")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the node under status load (with --sip, --push: under theirs)"
+    )
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
     parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
@@ -83,6 +85,18 @@ def main() -> None:
         default="",
         help="--scale, --status: the Redis to run on (default: REDIS_URL, else a private one)",
     )
+    parser.add_argument(
+        "--sip-pair",
+        nargs="+",
+        metavar="CHECKOUT",
+        default=[],
+        help="this node and other checkouts' side by side under sipp (bench/sip_pair.py)",
+    )
+    parser.add_argument("--rounds", type=int, default=6, help="--sip-pair: rounds (default 6)")
+    parser.add_argument(
+        "--rates", default="", help="--sip: these calls/s (comma-separated) instead of the ladder; --sip-pair: its rate"
+    )
+    parser.add_argument("--profile-raw", default="", help="--sip --profile: also keep py-spy's raw stacks in this file")
     parser.add_argument("--seconds", type=float, default=180.0, help="--chaos: how long the phones call (default 180)")
     parser.add_argument("--seed", type=int, default=1, help="--chaos: what to break, in which order")
     args = parser.parse_args()
@@ -108,10 +122,20 @@ def main() -> None:
         from bench import push
 
         return push.main(quick=args.quick, profile=args.profile)
+    if args.sip_pair:
+        from bench import sip_pair
+
+        rates = [float(r) for r in args.rates.split(",")] if args.rates else [20.0]
+        return sip_pair.main(args.sip_pair, rate=rates[0], rounds=args.rounds)
     if args.sip:
         from bench import sip
 
-        return sip.main()
+        return sip.main(
+            quick=args.quick,
+            rates=tuple(float(r) for r in args.rates.split(",")) if args.rates else (),
+            profile=args.profile,
+            profile_raw=args.profile_raw,
+        )
     plan = QUICK if args.quick else FULL
     wrk_binary()  # fail before starting anything
     server_cpu, load_cpu = cpu_plan()

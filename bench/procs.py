@@ -31,6 +31,13 @@ def cpu_plan() -> tuple[int, int]:
     return cpus[1], cpus[0]
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time `pid` has used so far, user and system."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 @dataclass
 class NodeProcess:
     node_id: str

@@ -9,9 +9,11 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 TOP = 15
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def py_spy() -> str | None:
@@ -19,36 +21,65 @@ def py_spy() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("py-spy")
 
 
-def profile_during(pid: int, seconds: float, load: Callable[[], object]) -> list[str]:
+@dataclass
+class Spy:
+    """py-spy recording a process for a fixed time, its stacks going to `out`."""
+
+    process: subprocess.Popen[bytes]
+    out: Path
+    seconds: float
+
+    def collect(self, focus: str = "call_status", raw_copy: Path | None = None) -> list[str]:
+        """Waits for the recording to end; its summary (`summarise`)."""
+        try:
+            _, err = self.process.communicate(timeout=self.seconds + 30)
+            if self.process.returncode != 0 or not self.out.exists():
+                return [f"(py-spy failed: {err.decode().strip()[-300:]})"]
+            raw = self.out.read_text()
+            if raw_copy is not None:
+                raw_copy.write_text(raw)
+            return summarise(raw, focus)
+        finally:
+            shutil.rmtree(self.out.parent, ignore_errors=True)
+
+
+def spy_on(pid: int, seconds: float) -> Spy | None:
+    """Starts recording `pid` for `seconds` (None: py-spy is not installed)."""
     binary = py_spy()
     if binary is None:
-        return ["(py-spy not installed: `.venv/bin/pip install py-spy` for a profile)"]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "stacks.txt"
-        spy = subprocess.Popen(
-            [
-                binary,
-                "record",
-                "-p",
-                str(pid),
-                "-d",
-                str(max(1, round(seconds))),
-                "-r",
-                "250",
-                "--nolineno",
-                "--format",
-                "raw",
-                "-o",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        load()
-        _, err = spy.communicate(timeout=seconds + 30)
-        if spy.returncode != 0 or not out.exists():
-            return [f"(py-spy failed: {err.decode().strip()[-300:]})"]
-        return summarise(out.read_text())
+        return None
+    out = Path(tempfile.mkdtemp(prefix="bench-spy-")) / "stacks.txt"
+    process = subprocess.Popen(
+        [
+            binary,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(max(1, round(seconds))),
+            "-r",
+            "250",
+            "--nolineno",
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return Spy(process, out, seconds)
+
+
+NOT_INSTALLED = "(py-spy not installed: `.venv/bin/pip install py-spy` for a profile)"
+
+
+def profile_during(pid: int, seconds: float, load: Callable[[], object]) -> list[str]:
+    spy = spy_on(pid, seconds)
+    if spy is None:
+        return [NOT_INSTALLED]
+    load()
+    return spy.collect()
 
 
 def _short(frame: str) -> str:
@@ -57,7 +88,7 @@ def _short(frame: str) -> str:
     if not match:
         return frame
     path = re.sub(r".*/(site-packages|lib/python3\.\d+)/", "", match[2])
-    path = re.sub(r".*/work/main/", "", path)
+    path = path.removeprefix(f"{ROOT}/")
     return f"{match[1]} ({path})"
 
 

@@ -47,7 +47,7 @@ from websockets.asyncio.client import ClientConnection
 
 from bench import devices
 from bench.noise import Noise
-from bench.procs import Cluster, NodeProcess
+from bench.procs import Cluster, NodeProcess, cpu_seconds
 from bench.redis_count import PATH as ROUND_TRIPS
 from bench.sip import AutoAnswer, full_cycles
 from tests.ports import free_port
@@ -82,12 +82,6 @@ class Plan:
 
 
 QUICK = Plan(seconds=1.5, warmup=0.5, callers=8, callees=8, calls=50, sip_rates=(20,), sip_seconds=1.0)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:

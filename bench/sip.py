@@ -1,21 +1,32 @@
-"""The SIP gateway under sipp: full calls per second one node sustains, and memory per
-ringing call; sipp against a sipp UAS at the same rates for the tool's own ceiling.
+"""The SIP gateway under sipp: full calls per second one node sustains, the node's CPU
+per call, and memory per ringing call; sipp against a sipp UAS at the same rates for the
+tool's own ceiling and CPU per call.
 
-    python -m bench --sip      (about 90 s)
+    python -m bench --sip [--quick] [--rates 100,200] [--profile [--profile-raw FILE]]
+                               (about 3 min; --quick about 40 s)
 
 1. Full cycles: sipp's built-in UAC INVITEs `alice` on the node. alice has a device
-   registered with a VoIP token (so every call sends a push, to the node's bundled APNs
-   simulator) and connected over WebSocket, where an asyncio client here answers every
-   `call.incoming` with SDP. The node sends 200, sipp ACKs and BYEs. Per rate: calls
-   sipp counted successful and failed, its INVITE -> 200 time, and the calls the app saw
-   answered and ended. A rate is sustained when no call failed.
-2. The same UAC against `sipp -sn uas` (answers at once): the ceiling of sipp itself.
+   registered with a VoIP token (so every call sends a push, to an APNs simulator in a
+   process of its own, `bench/apns_sim.py`) and connected over WebSocket, where an
+   asyncio client here answers every `call.incoming` with SDP. The node sends 200, sipp
+   ACKs and BYEs. Per rate: calls sipp counted successful and failed, its INVITE -> 200
+   time, the run's wall time, the calls the app saw answered and ended, and the node's
+   CPU per call (/proc/<pid>/stat over the run, less the idle node's own CPU over as
+   long). A rate is sustained when no call failed and the node kept pace: every call
+   ended within PACE_SLACK of the last INVITE (sipp counts a call answered seconds late
+   as successful).
+2. The same UAC against `sipp -sn uas` (answers at once) after each rate: the ceiling of
+   sipp itself, and the UAS process's CPU per call, the baseline the node's is set against.
 3. Memory: the node's RSS (VmRSS) with N calls ringing (INVITEd, nobody answering, a push
-   each) against the same node just before; then sipp CANCELs them all.
+   each) against the same node just before; then sipp CANCELs them all. Not with --quick.
+   Then Redis round trips per full call, counted inside the node (bench/redis_count.py).
+4. --profile: py-spy samples the node under full calls at PROFILE_RATE first (a run of its
+   own: the sampling slows the node); --profile-raw keeps the raw stacks.
 
-The node is pinned to one CPU, sipp, the app device and Redis to the other. The node's
-per-source SIP rate limit is lifted (SIP_RATE/SIP_BURST): sipp is a single source; so is
-the WebSocket frame limit (VOIP_WS_RATE/BURST), as one device answers every call.
+The node is pinned to one CPU, sipp, the app device, the simulator and Redis to the
+other. The node's per-source SIP rate limit is lifted (SIP_RATE/SIP_BURST): sipp is a
+single source; so is the WebSocket frame limit (VOIP_WS_RATE/BURST), as one device
+answers every call.
 """
 
 from __future__ import annotations
@@ -27,22 +38,35 @@ import os
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
 from bench import devices
+from bench.apns_sim import runq_seconds
 from bench.noise import Noise
-from bench.procs import Cluster, NodeProcess, cpu_plan
+from bench.procs import Cluster, NodeProcess, cpu_plan, cpu_seconds
+from bench.profile import NOT_INSTALLED, spy_on
+from bench.push import SimProcess
+from bench.redis_count import PATH as ROUND_TRIPS
 from tests.ports import free_port
 from voip.stores.layout import BUCKETS, KeyLayout
 
-RATES = (10, 25, 50, 75, 100, 150)  # calls per second
+RATES = (25, 50, 100, 150, 200, 250, 300, 400)  # calls per second
+QUICK_RATES = (50, 100)
 SECONDS = 5.0  # of INVITEs per rate
+IDLE_SECONDS = 2.0  # the idle node's own CPU (heartbeats, ring-timeout ticks), measured once
+PROFILE_RATE = 50  # calls per second under py-spy: one the node sustains
+PROFILE_SECONDS = 8.0
+COUNT_CALLS, COUNT_RATE = 50, 25  # calls whose Redis round trips are counted
+PACE_SLACK = 1.0  # seconds past the last INVITE by which every call of a rate has ended
+GOAL_MS, GOAL_RATE = 4.0, 250.0  # issue 12: node CPU per full SIP call, calls/s per core
 RINGING = 500
 APP_SDP = (
     "v=0\r\no=app 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -254,13 +278,136 @@ async def _count_ringing(cluster: Cluster) -> int:
         await client.aclose()
 
 
-async def measure(cluster: Cluster, node: NodeProcess, sip_port: int, work: Path) -> list[str]:
+@dataclass(frozen=True)
+class Usage:
+    """A process's CPU and run-queue seconds at one instant."""
+
+    cpu: float
+    runq: float
+    at: float
+
+    @classmethod
+    def of(cls, pid: int) -> Usage:
+        return cls(cpu_seconds(pid), runq_seconds(str(pid)), time.perf_counter())
+
+
+@dataclass(frozen=True)
+class RateRow:
+    node: SippRun
+    base: SippRun
+    pushes: int  # requests the APNs simulator received in the node's window
+    sim_cpu_ms: float  # the simulator's CPU per call
+    node_cpu_ms: float  # per call, the idle node's own CPU over the window taken off
+    node_core: float  # share of the window the node ran
+    node_runq: float  # share of the window it was runnable but waited for a CPU
+    uas_cpu_ms: float  # sipp's UAS, per call
+    answered: int
+    ended: int
+
+    @property
+    def kept_pace(self) -> bool:
+        """The calls ended within PACE_SLACK of the last INVITE: a node that cannot keep up
+        answers late, and sipp still counts those calls as successful."""
+        return self.node.seconds <= self.node.calls / self.node.rate + PACE_SLACK
+
+    @property
+    def sustained(self) -> bool:
+        return self.node.failed == 0 and self.node.ok == self.node.calls and self.kept_pace
+
+    def line(self) -> str:
+        node, base = self.node, self.base
+        times = self.node_cpu_ms / self.uas_cpu_ms if self.uas_cpu_ms else float("nan")
+        return (
+            f"| {node.rate:g} | {node.calls} | {node.ok} / {node.failed} | {node.invite_to_200_ms:.1f}"
+            f" | {node.seconds:.1f} | {self.node_cpu_ms:.2f} | {self.node_core:.0%} | {self.node_runq:.0%}"
+            f" | {self.pushes / node.calls:.2f} | {self.sim_cpu_ms:.2f}"
+            f" | {self.answered} / {self.ended} | {base.ok} / {base.failed} | {base.invite_to_200_ms:.1f}"
+            f" | {self.uas_cpu_ms:.3f} | {times:.0f} |"
+        )
+
+
+HEADER = [
+    "| rate (calls/s) | calls | node: ok / failed | node: INVITE->200 avg ms | node: wall s | node: CPU ms/call"
+    " | node: core | node: runq | pushes / call | APNs sim: CPU ms/call | app answered / ended"
+    " | sipp UAS: ok / failed | sipp UAS: INVITE->200 avg ms | sipp UAS: CPU ms/call | node / UAS CPU |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+]
+
+
+def summary(rows: list[RateRow], idle_ms_per_s: float) -> list[str]:
+    sustained = [row for row in rows if row.sustained]
+    best = max((row.node.rate for row in sustained), default=0.0)
+    lines = [f"sustained with no failed call, keeping pace: {best:g} calls/s (goal >= {GOAL_RATE:g})"]
+    if sustained:
+        costs = sorted(row.node_cpu_ms for row in sustained)
+        uas = sorted(row.uas_cpu_ms for row in sustained)
+        mid = costs[len(costs) // 2]
+        lines.append(
+            f"node CPU per call over the sustained rates: {costs[0]:.2f}-{costs[-1]:.2f} ms, median {mid:.2f}"
+            f" (goal <= {GOAL_MS:g}; one core at the median: {1000 / mid:.0f} calls/s);"
+            f" sipp UAS {uas[0]:.3f}-{uas[-1]:.3f} ms"
+        )
+    lines.append(f"(the idle node's own {idle_ms_per_s:.1f} ms CPU per second is taken off each window)")
+    return lines
+
+
+async def _profile(node: NodeProcess, target: str, work: Path, raw_copy: Path | None) -> list[str]:
+    spy = spy_on(node.process.pid, PROFILE_SECONDS)
+    if spy is None:
+        return [NOT_INSTALLED]
+    await full_cycles(target, PROFILE_RATE, int(PROFILE_RATE * PROFILE_SECONDS), work / "profile")
+    lines = spy.collect(focus="SipEndpoint._datagram", raw_copy=raw_copy)
+    head = f"### profile: sipp full calls at {PROFILE_RATE}/s for {PROFILE_SECONDS:g} s (py-spy, 250 Hz)"
+    return [head, *lines]
+
+
+async def round_trips_per_call(node: NodeProcess, target: str, work: Path) -> list[str]:
+    """Redis round trips per full SIP call, counted inside the node (bench/redis_count.py),
+    less those of an idle window as long (heartbeats, ring-timeout ticks)."""
+    url = f"{node.base_url}{ROUND_TRIPS}"
+    windows: list[Counter[str]] = []
+    async with httpx.AsyncClient(timeout=10) as http:
+        for busy in (True, False):
+            (await http.post(f"{url}?on=1")).raise_for_status()
+            began = time.perf_counter()
+            if busy:
+                await full_cycles(target, COUNT_RATE, COUNT_CALLS, work / "count")
+                elapsed = time.perf_counter() - began
+            else:
+                await asyncio.sleep(elapsed)
+            response = await http.get(url)
+            response.raise_for_status()
+            windows.append(Counter(response.json()["kinds"]))
+        (await http.post(f"{url}?on=0")).raise_for_status()
+    busy_kinds, idle_kinds = windows
+    total = (sum(busy_kinds.values()) - sum(idle_kinds.values())) / COUNT_CALLS
+    lines = [f"Redis round trips per full SIP call: {total:.2f} ({COUNT_CALLS} calls at {COUNT_RATE}/s)"]
+    for kind in sorted(busy_kinds | idle_kinds, key=lambda k: idle_kinds[k] - busy_kinds[k]):
+        if busy_kinds[kind] != idle_kinds[kind]:
+            lines.append(f"  {(busy_kinds[kind] - idle_kinds[kind]) / COUNT_CALLS:6.2f}  {kind}")
+    return lines
+
+
+async def measure(
+    cluster: Cluster,
+    node: NodeProcess,
+    sim: SimProcess,
+    sip_port: int,
+    work: Path,
+    *,
+    rates: tuple[float, ...] = RATES,
+    memory: bool = True,
+    profile: bool = False,
+    profile_raw: Path | None = None,
+) -> list[str]:
+    """Prints the profile and the table as it goes; returns the summary lines."""
     lines: list[str] = []
     await devices.register(node.base_url, cluster.auth, "alice", "alice-app")
     await devices.register(node.base_url, cluster.auth, "bob", "bob-asleep")  # rung by push only
     app = AutoAnswer(await devices.connect(node.ws_url, cluster.auth, "alice", "alice-app"))
     reader = asyncio.create_task(app.run())
     target = f"127.0.0.1:{sip_port}"
+    pid = node.process.pid
 
     uas_port = free_port()
     uas = subprocess.Popen(
@@ -270,39 +417,63 @@ async def measure(cluster: Cluster, node: NodeProcess, sip_port: int, work: Path
         stderr=subprocess.DEVNULL,
     )
     try:
-        # Memory first, on a node no overload has left a backlog in.
-        before, peak, ringing = await ringing_memory(cluster, node, target, work / "memory")
-        per_call = (peak - before) / max(ringing, 1)
-        memory = (
-            f"memory: RSS {before / 1024:.1f} MiB idle, {peak / 1024:.1f} MiB with {ringing} calls ringing"
-            f" -> {per_call:.1f} KiB per ringing call"
-        )
-        print(memory, flush=True)
-        lines.append(
-            "| rate (calls/s) | calls | node: ok / failed | node: INVITE->200 avg ms | node: wall s"
-            " | app answered / ended | sipp UAS: ok / failed | sipp UAS: INVITE->200 avg ms |"
-        )
-        lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        sustained = 0.0
-        for rate in RATES:
+        memory_line = ""
+        if memory:
+            # Memory first, on a node no overload has left a backlog in.
+            idle_kib, peak, ringing = await ringing_memory(cluster, node, target, work / "memory")
+            per_call = (peak - idle_kib) / max(ringing, 1)
+            memory_line = (
+                f"memory: RSS {idle_kib / 1024:.1f} MiB idle, {peak / 1024:.1f} MiB with {ringing} calls ringing"
+                f" -> {per_call:.1f} KiB per ringing call"
+            )
+            print(memory_line, flush=True)
+        else:
+            # The warm-up the memory run does: lazy imports and caches, not per call.
+            await full_cycles(target, 50, 50, work / "warm")
+        trips = await round_trips_per_call(node, target, work)
+        print("\n".join(trips), flush=True)
+        if profile:
+            print("\n".join(await _profile(node, target, work, profile_raw)), flush=True)
+        await asyncio.sleep(1.0)
+        idle0 = Usage.of(pid)
+        await asyncio.sleep(IDLE_SECONDS)
+        idle1 = Usage.of(pid)
+        idle_per_s = (idle1.cpu - idle0.cpu) / (idle1.at - idle0.at)
+        print("\n".join(HEADER), flush=True)
+        rows: list[RateRow] = []
+        for rate in rates:
             calls = int(rate * SECONDS)
             answered0, ended0 = app.answered, app.ended
+            before, sim0 = Usage.of(pid), sim.ask("stats")
             node_run = await full_cycles(target, rate, calls, work / f"node-{rate}")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the last calls' timeline entries go out in batches
+            after, sim1 = Usage.of(pid), sim.ask("stats")
+            sim.ask("clear")  # its records of every push: memory stays flat
+            uas0 = cpu_seconds(uas.pid)
             base = await full_cycles(f"127.0.0.1:{uas_port}", rate, calls, work / f"uas-{rate}")
-            if node_run.failed == 0 and node_run.ok == calls:
-                sustained = max(sustained, rate)
-            failed = node_run.failed > 0 or node_run.ok < calls
-            lines.append(
-                f"| {rate} | {calls} | {node_run.ok} / {node_run.failed} | {node_run.invite_to_200_ms:.1f}"
-                f" | {node_run.seconds:.1f} | {app.answered - answered0} / {app.ended - ended0}"
-                f" | {base.ok} / {base.failed} | {base.invite_to_200_ms:.1f} |"
+            uas1 = cpu_seconds(uas.pid)
+            wall = after.at - before.at
+            busy = after.cpu - before.cpu
+            row = RateRow(
+                node=node_run,
+                base=base,
+                pushes=sim1["requests"] - sim0["requests"],
+                sim_cpu_ms=(sim1["cpu_s"] - sim0["cpu_s"]) * 1000 / calls,
+                node_cpu_ms=max(busy - idle_per_s * wall, 0.0) * 1000 / calls,
+                node_core=busy / wall,
+                node_runq=(after.runq - before.runq) / wall,
+                uas_cpu_ms=(uas1 - uas0) * 1000 / calls,
+                answered=app.answered - answered0,
+                ended=app.ended - ended0,
             )
-            print(lines[-1], flush=True)
-            if failed:
+            rows.append(row)
+            print(row.line(), flush=True)
+            if row.node.failed or row.node.ok < row.node.calls:
                 break  # past the ceiling: the calls left ringing would only load the next rate
-        lines.append(f"sustained with no failed call: {sustained:g} calls/s")
-        lines.append(memory)
+        lines += summary(rows, idle_per_s * 1000)
+        lines.append(trips[0])
+        if memory_line:
+            lines.append(memory_line)
     finally:
         uas.terminate()
         uas.wait(5)
@@ -311,7 +482,9 @@ async def measure(cluster: Cluster, node: NodeProcess, sip_port: int, work: Path
     return lines
 
 
-def main() -> None:
+def main(*, quick: bool = False, rates: tuple[float, ...] = (), profile: bool = False, profile_raw: str = "") -> None:
+    """`quick`: two rates and no memory run; `rates`: these instead of RATES; `profile`:
+    py-spy the node under sipp at PROFILE_RATE first."""
     server_cpu, load_cpu = cpu_plan()
     if load_cpu >= 0:
         os.sched_setaffinity(0, {load_cpu})
@@ -332,9 +505,27 @@ def main() -> None:
     )
     began, noise = time.monotonic(), Noise()
     print(f"# SIP bench: node on CPU {server_cpu}; sipp, app device and Redis on CPU {load_cpu}", flush=True)
-    with Cluster(server_cpu) as cluster, tempfile.TemporaryDirectory(prefix="voip-sip-bench-") as tmp:
-        node = cluster.start_node("sip")
-        lines = asyncio.run(measure(cluster, node, sip_port, Path(tmp)))
-    print("\n".join(lines[-2:]))
+    # The APNs simulator in a process of its own, on the load CPU: in production the far
+    # end of a push is Apple's, not the node's CPU.
+    sim = SimProcess(load_cpu)
+    try:
+        with Cluster(server_cpu) as cluster, tempfile.TemporaryDirectory(prefix="voip-sip-bench-") as tmp:
+            node = cluster.start_node("sip", env={**sim.settings(), "BENCH_COUNT_ROUND_TRIPS": "1"})
+            lines = asyncio.run(
+                measure(
+                    cluster,
+                    node,
+                    sim,
+                    sip_port,
+                    Path(tmp),
+                    rates=rates or (QUICK_RATES if quick else RATES),
+                    memory=not quick,
+                    profile=profile,
+                    profile_raw=Path(profile_raw) if profile_raw else None,
+                )
+            )
+    finally:
+        sim.stop()
+    print("\n".join(lines))
     print(noise.report())
     print(f"# done in {time.monotonic() - began:.0f}s")

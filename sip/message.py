@@ -292,7 +292,9 @@ class URI:
 
 
 def _format_params(params: dict[str, str | None]) -> str:
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+    if not params:
+        return ""
+    return "".join([f";{k}" if v is None else f";{k}={v}" for k, v in params.items()])
 
 
 def _parse_port(text: str) -> int:
@@ -690,6 +692,10 @@ def _parse_small_int(name: str, value: str, limit: int) -> int:
 
 HeaderValue = str | Via | NameAddr | CSeq
 
+# Header name as asked for -> its key (lower case, compact forms expanded).
+_KEYS: dict[str, str] = {}
+_KEYS_KEPT = 512
+
 
 class Headers:
     """Ordered, case-insensitive multi-map of header fields.
@@ -708,9 +714,14 @@ class Headers:
 
     @staticmethod
     def _key(name: str) -> str:
-        key = name.lower()
-        long = COMPACT_FORMS.get(key)
-        return long.lower() if long else key
+        key = _KEYS.get(name)
+        if key is None:
+            key = name.lower()
+            long = COMPACT_FORMS.get(key)
+            key = long.lower() if long else key
+            if len(_KEYS) < _KEYS_KEPT:  # the names the code asks for: a few dozen
+                _KEYS[name] = key
+        return key
 
     def add(self, name: str, value: HeaderValue) -> None:
         self._items.append((self._key(name), canonical_name(name), value))
@@ -882,7 +893,7 @@ class _MessageBase:
 
     def _serialise(self, start_line: str) -> bytes:
         lines = [start_line]
-        for name, value in self.headers:
+        for _, name, value in self.headers._items:
             if name == "Content-Length":
                 continue
             lines.append(f"{name}: {value}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import heapq
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from .message import (
     CSeq,
@@ -123,8 +124,9 @@ class SendMessage:
     transport: str
     transaction: TransactionKey | None = None
 
-    @property
+    @cached_property
     def data(self) -> bytes:
+        # Serialised once, however many look (an amplification budget, then the wire).
         return self.message.serialise()
 
 

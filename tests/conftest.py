@@ -186,6 +186,20 @@ class RunningNode:
         self.clients.append(client)
         return client
 
+    async def timeline(
+        self, call_id: str, until: Callable[[list[dict[str, Any]]], bool] = lambda _: True, timeout: float = 10
+    ) -> list[dict[str, Any]]:
+        """The call's timeline once `until` holds of it (or as it is after `timeout`): the
+        node writes `delivered` and `sip` entries in batches (voip/delivery_log.py)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            await self.node.deliveries.flush()
+            entries = await self.node.stores.calls.timeline(call_id)
+            if until(entries) or loop.time() >= deadline:
+                return entries
+            await asyncio.sleep(0.02)
+
     async def device(self, user: str, device: str, **connect: Any) -> DeviceClient:
         token = self.auth.mint(user, "device")
         socket = await websockets.connect(

@@ -129,6 +129,33 @@ async def test_no_cancellation_for_a_device_that_knows(pushing: tuple[RunningNod
     assert len([r for r in sim.requests if r.token == online_phone.token]) == 1  # the invite only
 
 
+async def test_no_ending_read_when_the_invites_went_only_to_the_device_that_answered(
+    pushing: tuple[RunningNode, APNsSimulator],
+) -> None:
+    """The transition says where the invites went: nobody else to cancel, nothing to read."""
+    node, sim = pushing
+    only_phone = phone(sim, online=True)
+    await register(node, "bob", "b-phone", voip_token=only_phone.token)
+    caller = await node.device("alice", "a1")
+    bob = await node.device("bob", "b-phone")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await invites_for(sim, call_id)
+    calls = node.node.stores.calls
+    reads: list[str] = []
+    read = calls.ending_context
+
+    async def counted(call: Any) -> Any:
+        reads.append(call.call_id)
+        return await read(call)
+
+    calls.ending_context = counted  # type: ignore[method-assign]  # counts the real reads
+    await bob.request({"type": "call.answer", "call_id": call_id})
+    await caller.expect("call.answered", call_id=call_id)
+    await asyncio.sleep(0.3)
+    assert reads == []
+    assert len([r for r in sim.requests if r.token == only_phone.token]) == 1  # the invite only
+
+
 async def test_missed_call_cancels_and_alerts(node_factory: Any, apns: tuple[APNsSimulator, dict[str, str]]) -> None:
     sim, settings = apns
     node = await node_factory(ring_timeout=0.5, **settings)

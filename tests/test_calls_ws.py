@@ -44,6 +44,9 @@ async def test_answered_call_from_start_to_hangup(node: RunningNode) -> None:
     await phone.expect("call.answered", call_id=call_id, device_id="b-phone")
     elsewhere = await ipad.expect("call.answered_elsewhere", call_id=call_id)
     assert elsewhere["device_id"] == "b-phone"
+    # Answered, it can no longer time out: its ring deadline is gone already.
+    redis = node.node.connections.client
+    assert await redis.zscore(node.node.stores.keys.ring_deadlines(call_id), call_id) is None
 
     await caller.request({"type": "call.signal", "call_id": call_id, "payload": {"ice": "cand-1"}})
     relayed = await phone.expect("call.signal", call_id=call_id)

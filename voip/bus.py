@@ -31,7 +31,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from voip.log_throttle import RepeatedLog
 from voip.shards import ShardedPubSub
-from voip.stores.layout import KeyLayout
+from voip.stores.layout import KeyLayout, clustered
 from voip.tasks import stop_task
 
 log = structlog.get_logger(__name__)
@@ -39,6 +39,8 @@ log = structlog.get_logger(__name__)
 SUBSCRIBE_TIMEOUT = 5.0
 
 Deliver = Callable[[dict[str, Any]], Awaitable[None]]
+# A frame for a user's devices: (user id, frame, only these devices or None for all, not these).
+Addressed = tuple[str, dict[str, Any], Iterable[str] | None, Iterable[str]]
 # Called once the bus is subscribed again after a gap: (users with devices here, gap start ms).
 Recovered = Callable[[list[str], int], Awaitable[None]]
 
@@ -85,6 +87,23 @@ class Bus:
         exclude: Iterable[str] = (),
     ) -> None:
         await self._redis.spublish(self.channel(user_id), self.envelope(frame, only=only, exclude=exclude))
+
+    async def publish_many(self, frames: list[Addressed]) -> None:
+        """Several frames, to any users, in one round trip: one pipeline of SPUBLISH. On a
+        cluster, where each channel lives on its own shard, one SPUBLISH each, concurrently."""
+        if len(frames) == 1:
+            user_id, frame, only, exclude = frames[0]
+            await self.publish(user_id, frame, only=only, exclude=exclude)
+            return
+        if clustered(self._redis):
+            await asyncio.gather(
+                *(self.publish(user_id, frame, only=only, exclude=exclude) for user_id, frame, only, exclude in frames)
+            )
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id, frame, only, exclude in frames:
+                pipe.spublish(self.channel(user_id), self.envelope(frame, only=only, exclude=exclude))
+            await pipe.execute()
 
     @staticmethod
     def envelope(frame: dict[str, Any], *, only: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> bytes:
@@ -143,6 +162,10 @@ class Bus:
                 # redis-py resubscribes what it remembers after a reconnect: forget it.
                 self._pubsub.shard_channels.pop(channel.encode(), None)
                 self._unsubscribe_failed.failed()
+
+    def attached(self, user_id: str, device_id: str) -> bool:
+        """Does this node hold the device now (a socket, a SIP leg or a registered phone)?"""
+        return bool(self._local.get(user_id, {}).get(device_id))
 
     def subscribed_users(self) -> int:
         """Users with a subscription here, or one on its way."""
@@ -207,13 +230,11 @@ class Bus:
         if not devices:
             return
         envelope = orjson.loads(data)
-        only, exclude = envelope["only"], set(envelope["exclude"])
-        targets = [
-            deliver
-            for device_id, handlers in devices.items()
-            if (only is None or device_id in only) and device_id not in exclude
-            for deliver in handlers
-        ]
+        only, exclude = envelope["only"], envelope["exclude"]
+        # Looked up, not scanned, when the frame names its devices: a SIP trunk's caller
+        # id may hold a leg device per call in progress.
+        chosen = devices.items() if only is None else ((d, devices[d]) for d in dict.fromkeys(only) if d in devices)
+        targets = [deliver for device_id, handlers in chosen if device_id not in exclude for deliver in handlers]
         for deliver in targets:
             try:
                 await deliver(envelope["frame"])

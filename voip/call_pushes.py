@@ -120,12 +120,16 @@ class CallPushes:
         if reason is not None:
             await self._send(current, device_id, self._cancellation(current, push.address, reason))
 
-    def end(self, call: CallRecord, acted: str | None) -> None:
+    def end(self, call: CallRecord, acted: str | None, pushed: frozenset[str] | None = None) -> None:
         """The call left ringing: stop its invites on this node and, in the background,
         cancel every device that was pushed and does not know yet (`acted`: the callee's
-        device that ended it, which does); a missed call also alerts the callee."""
+        device that ended it, which does); a missed call also alerts the callee.
+        `pushed`: the devices the invites went to, when known (the transition read them):
+        if that is only `acted`, there is no one to cancel and nothing to read."""
         for task in self._sending.pop(call.call_id, set()):
             task.cancel()
+        if call.state is not CallState.MISSED and pushed is not None and pushed <= {acted}:
+            return
         self._spawn(call.call_id, f"end:{call.call_id}", self._end(call, acted))
 
     async def _end(self, call: CallRecord, acted: str | None) -> None:
@@ -167,6 +171,8 @@ class CallPushes:
         """An answered call ended: send `call.ended` to each (user, device, reason) in the
         call that has a VoIP token and no socket on any node, in the background."""
         for user_id, device_id, reason in parties:
+            if self.bus.attached(user_id, device_id):
+                continue  # connected to this node: it hears the hang-up on its socket
             self._spawn(
                 call.call_id, f"ended:{call.call_id}:{device_id}", self._hang_up(call, user_id, device_id, reason)
             )

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from voip import metrics
-from voip.bus import Bus
+from voip.bus import Addressed, Bus
 from voip.call_pushes import TRANSIENT_REDIS_ERRORS, CallPushes
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.clock import Clock
@@ -166,7 +166,7 @@ class CallController:
             caller_name=name,
             retention=self.calls.retention,
         )
-        metrics.CALLS.labels(CallState.RINGING.value, "").inc()
+        metrics.calls_counter(CallState.RINGING.value, "").inc()
         log.info("call.created", call_id=call_id, caller=caller.user_id, callee=callee, targets=len(targets))
         if not targets:
             # Nobody to ring: the call is missed now rather than after a silent ring timeout.
@@ -250,10 +250,6 @@ class CallController:
         await self.announce(transition)
         return transition
 
-    async def note(self, call_id: str, entry: dict[str, Any]) -> None:
-        """Keep a fact about the call (e.g. a SIP message) on its timeline, next to its changes."""
-        await self.calls.append_timeline(call_id, [{"at": self.clock.now_ms(), **entry, "node": self.node}])
-
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
         call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id)
         frame = {"type": FrameType.CALL_SIGNAL, "call_id": call_id, "from_device": device_id, "payload": payload}
@@ -285,9 +281,9 @@ class CallController:
         """Tell the devices of both parties what the transition means for each of them.
         The acting device is not told: it has its `ack`."""
         call = transition.call
-        metrics.CALLS.labels(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
+        metrics.calls_counter(call.state.value, FINAL_REASON[call.state].value if call.state.is_final else "").inc()
         if transition.previous is CallState.RINGING:
-            self._push_ending(call, actor)
+            self._push_ending(call, actor, transition.pushed)
         if transition.previous is CallState.ANSWERED and call.state.is_final:
             self._push_hang_up(call, actor)
         to_caller, to_callee = NOTICES[call.state]
@@ -301,44 +297,48 @@ class CallController:
             answered = {**base, "type": FrameType.CALL_ANSWERED, "device_id": call.answered_by_device}
             if sdp is not None:
                 answered["sdp"] = sdp
-            await asyncio.gather(
-                self._tell(call.caller_user, answered, only=[call.caller_device]),
-                self._tell(call.callee_user, answered, only=[call.answered_by_device or ""]),
-                self._tell(
-                    call.callee_user,
-                    {**base, "type": to_callee, "device_id": call.answered_by_device},
-                    exclude=[call.answered_by_device or ""],
-                ),
+            await self._tell(
+                [
+                    (call.caller_user, answered, [call.caller_device], ()),
+                    (call.callee_user, answered, [call.answered_by_device or ""], ()),
+                    (
+                        call.callee_user,
+                        {**base, "type": to_callee, "device_id": call.answered_by_device},
+                        None,
+                        [call.answered_by_device or ""],
+                    ),
+                ]
             )
             return
-        publishes = []
+        frames: list[Addressed] = []
         if actor is None or actor.user_id != call.caller_user:
             to_caller_frame = {**base, "type": to_caller, "reason": CALLER_REASON[call.state].value}
-            publishes.append(self._tell(call.caller_user, to_caller_frame, only=[call.caller_device]))
+            frames.append((call.caller_user, to_caller_frame, [call.caller_device], ()))
         # After an answer only the device in the call is told; the others heard
         # "answered elsewhere" already.
         callee_only = [call.answered_by_device or ""] if transition.previous is CallState.ANSWERED else None
         exclude = [actor.device_id] if actor is not None and actor.user_id == call.callee_user else []
-        publishes.append(self._tell(call.callee_user, {**base, "type": to_callee}, only=callee_only, exclude=exclude))
-        await asyncio.gather(*publishes)
+        frames.append((call.callee_user, {**base, "type": to_callee}, callee_only, exclude))
+        await self._tell(frames)
 
-    async def _tell(
-        self, user_id: str, frame: dict[str, Any], *, only: list[str] | None = None, exclude: list[str] | None = None
-    ) -> None:
-        """Publish what a transition means for a party. The transition has happened: a
-        publish that fails (Redis failing over) is retried for a while, then logged, and
-        never turns the actor's reply into an error that it would retry."""
+    async def _tell(self, frames: list[Addressed]) -> None:
+        """Publish what a transition means for each party, in one round trip. The
+        transition has happened: a publish that fails (Redis failing over) is retried for
+        a while, then logged, and never turns the actor's reply into an error that it
+        would retry. A retry may tell a device twice; a device takes a frame twice as once."""
+        call_id = frames[0][1]["call_id"]
         try:
             await retry_bounded(
-                lambda: self.bus.publish(user_id, frame, only=only, exclude=exclude or ()),
+                lambda: self.bus.publish_many(frames),
                 what="call.announce",
                 retry_on=TRANSIENT_REDIS_ERRORS,
                 within=ANNOUNCE_RETRY_SECONDS,
-                call_id=frame["call_id"],
-                user=user_id,
+                call_id=call_id,
+                users=sorted({user_id for user_id, *_ in frames}),
             )
         except TRANSIENT_REDIS_ERRORS:
-            log.error("call.announce_failed", call_id=frame["call_id"], user=user_id, type=frame["type"])
+            for user_id, frame, *_ in frames:
+                log.error("call.announce_failed", call_id=call_id, user=user_id, type=frame["type"])
 
     async def retell_endings(self, users: list[str], since_ms: int) -> None:
         """After a bus gap (a Redis failover): tell this node's devices how the calls to
@@ -359,10 +359,10 @@ class CallController:
                 exclude = [call.answered_by_device or ""] if call.state is CallState.ANSWERED else []
                 await self.bus.deliver_local(user, frame, exclude=exclude)
 
-    def _push_ending(self, call: CallRecord, actor: Caller | None) -> None:
+    def _push_ending(self, call: CallRecord, actor: Caller | None, pushed: frozenset[str] | None) -> None:
         # The device that acted knows already; the pushes find who else does.
         acted = actor.device_id if actor is not None and actor.user_id == call.callee_user else None
-        self.pushes.end(call, acted)
+        self.pushes.end(call, acted, pushed)
 
     def _push_hang_up(self, call: CallRecord, actor: Caller | None) -> None:
         # The devices in the call, less the one that ended it: a device whose socket is

@@ -1,9 +1,13 @@
-"""Delivery traces: the "delivered" timeline entry of each frame a device's socket wrote
-about a call, written for the whole node in batches.
+"""Timeline entries written for the whole node in batches: the "delivered" entry of each
+frame a device's socket wrote about a call, and the SIP legs' notes of what they sent and
+received (voip/sipcalls/legs.py).
 
-A socket's writer hands its entry over and goes on at once: its next frame never waits on
-Redis, and one pipeline carries every entry queued meanwhile, whatever the sockets and
-calls (one round trip per call set-up fewer than one per frame; docs/benchmarks.md).
+A writer hands its entry over and goes on at once: a socket's next frame, a SIP leg's
+next message, never waits on Redis, and one pipeline carries every entry queued
+meanwhile, whatever the sockets and calls (one round trip per call set-up fewer than one
+per frame; three per full SIP call fewer than one per note; docs/benchmarks.md). An
+entry reaches the timeline up to FLUSH_INTERVAL after it was recorded, so it may follow
+entries written after it; its `at` says when it happened.
 """
 
 from __future__ import annotations

@@ -61,14 +61,34 @@ SIP_MESSAGES = Counter(
 )
 
 
+_SIP_CHILDREN: dict[tuple[str, str, str], Any] = {}
+_CALLS_CHILDREN: dict[tuple[str, str], Any] = {}
+# Children remembered at most: the methods and statuses peers send are theirs to choose.
+_CHILDREN_KEPT = 512
+
+
+def calls_counter(state: str, reason: str) -> Any:
+    """CALLS' labelled child, resolved once (`labels()` takes a lock on every call)."""
+    child = _CALLS_CHILDREN.get((state, reason))
+    if child is None:
+        child = _CALLS_CHILDREN[(state, reason)] = CALLS.labels(state, reason)
+    return child
+
+
 def count_sip_message(direction: str, message: Any) -> None:
     """The SIP endpoint's observer: requests by method, responses by method and status."""
     status = getattr(message, "status", None)
     if status is None:
-        SIP_MESSAGES.labels(direction, message.method, "").inc()
-        return
-    try:
-        method = message.cseq.method
-    except Exception:  # a response without a usable CSeq is still counted
-        method = "?"
-    SIP_MESSAGES.labels(direction, method, str(status)).inc()
+        labels = (direction, message.method, "")
+    else:
+        try:
+            method = message.cseq.method
+        except Exception:  # a response without a usable CSeq is still counted
+            method = "?"
+        labels = (direction, method, str(status))
+    child = _SIP_CHILDREN.get(labels)
+    if child is None:
+        child = SIP_MESSAGES.labels(*labels)
+        if len(_SIP_CHILDREN) < _CHILDREN_KEPT:
+            _SIP_CHILDREN[labels] = child
+    child.inc()

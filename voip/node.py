@@ -100,7 +100,8 @@ class Node:
         self.timeouts = timeouts
         self.epoch = epoch
         self.presence = presence
-        # Each socket's "delivered" timeline entries, written in batches for the whole node.
+        # Timeline entries written in batches for the whole node: each socket's "delivered"
+        # entries, the SIP legs' notes.
         self.deliveries = deliveries
         self.ops_feed = ops_feed
         self.readiness_checks = dict(readiness_checks)
@@ -152,6 +153,9 @@ class Node:
             node=settings.node_id,
             clock=parts.clock,
         )
+        # Timeline entries written in batches for the whole node: each socket's "delivered"
+        # entries, the SIP legs' notes.
+        deliveries = DeliveryLog(stores.calls)
         # The gateway acts on calls through the controller, and the controller places calls
         # to SIP callees through the gateway: the controller builds it from itself.
         controller = CallController(
@@ -161,7 +165,7 @@ class Node:
             pushes=pushes,
             clock=parts.clock,
             node=settings.node_id,
-            outbound=partial(_sip_gateway, settings, stores, bus) if settings.sip_enabled else None,
+            outbound=partial(_sip_gateway, settings, stores, bus, deliveries) if settings.sip_enabled else None,
             ring_timeout=settings.ring_timeout,
             max_ringing_per_callee=settings.max_ringing_per_callee,
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
@@ -185,7 +189,7 @@ class Node:
             timeouts=RingTimeouts(controller, clock=parts.clock),
             epoch=epoch,
             presence=Presence(stores.presence, stores.sockets, settings.node_id),
-            deliveries=DeliveryLog(stores.calls),
+            deliveries=deliveries,
             ops_feed=OpsFeed(connections.client, stores.ops_channel, node_id=settings.node_id),
             readiness_checks={**checks, **parts.readiness_checks},
             readiness_details={"redis": epoch.readiness_detail},
@@ -265,13 +269,16 @@ class Node:
         await self.connections.aclose()
 
 
-def _sip_gateway(settings: Settings, stores: Stores, bus: Bus, controller: CallController) -> SipGateway:
+def _sip_gateway(
+    settings: Settings, stores: Stores, bus: Bus, deliveries: DeliveryLog, controller: CallController
+) -> SipGateway:
     return SipGateway(
         SipConfig.from_settings(settings),
         stores=stores,
         bus=bus,
         controller=controller,
         node_id=settings.node_id,
+        timeline=deliveries,
         max_devices=settings.max_devices_per_user,
     )
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from redis.asyncio import BlockingConnectionPool, Connection, ConnectionPool, Redis
+from redis.asyncio import Connection, ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -49,7 +49,7 @@ class ClusterConnection(Connection):
             raise RedisConnectionError("connection closed while the command was written") from exc
 
 
-class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+class BlockingSentinelPool(SentinelConnectionPool, redis_pool.QuickCheckout):
     """The Sentinel pool, waiting up to `VOIP_REDIS_POOL_TIMEOUT` for a free connection as
     the pool without Sentinel does. redis-py's own fails at once when every connection is
     busy: 98 of 100 concurrent requests on a pool of 3 were refused with 503."""
@@ -122,7 +122,7 @@ class RedisConnections:
             options["password"] = password  # a password in REDIS_URL wins over this one
         if settings.redis_tls:
             options.update(url_tls_options(settings))  # the URL's ssl_* win over these
-        pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
+        pool = redis_pool.QuickCheckout.from_url(settings.redis_url, **options)
         return cls(Redis(connection_pool=pool), None, settings)
 
     async def master_address(self) -> Address:

@@ -66,6 +66,28 @@ def pool_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+class QuickCheckout(BlockingConnectionPool):
+    """redis-py's blocking pool, whose checkout takes an idle connection at once when
+    nobody is waiting for one. redis-py's own goes through its condition, a timeout and
+    its observability hooks for every command: about a third of a round trip's CPU
+    (docs/benchmarks.md#full-sip-calls-issue-12). With anyone waiting, or in redis-py's
+    maintenance mode, the checkout is redis-py's, so a waiter keeps its turn."""
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        # A Python without Condition._waiters: always redis-py's way.
+        waiting = getattr(self._condition, "_waiters", True)
+        if not self._available_connections or waiting or getattr(self, "_in_maintenance", False):
+            return await super().get_connection()  # type: ignore[no-untyped-call]  # redis-py's, untyped
+        connection = self._available_connections.pop()
+        self._in_use_connections.add(connection)
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+
 def connect(settings: Settings) -> Redis:
     """The node's client: one bounded, blocking pool, made once."""
-    return Redis(connection_pool=BlockingConnectionPool.from_url(settings.redis_url, **pool_options(settings)))
+    return Redis(connection_pool=QuickCheckout.from_url(settings.redis_url, **pool_options(settings)))

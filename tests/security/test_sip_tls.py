@@ -346,7 +346,7 @@ async def test_app_call_to_a_sips_uri_goes_over_tls(
         call_id = (await bob.request({"type": "call.start", "callee": target}))["call_id"]
         await bob.expect("call.answered", timeout=10, call_id=call_id)
         assert ("TLS", ("127.0.0.1", tls_listener(phone))) in node_conns(tls_node)
-        sent = next(e for e in await tls_node.node.stores.calls.timeline(call_id) if e.get("sent") == "INVITE")
+        sent = next(e for e in await tls_node.timeline(call_id) if e.get("sent") == "INVITE")
         assert sent["target"] == target
         await hang_up(tls_node, bob, call_id, phone)
 
@@ -383,7 +383,7 @@ async def test_a_tls_peer_calls_an_app_user(
             return "Call established" in phone.log()
 
         await wait_for(established, "baresip did not hear our 200 over TLS", phone)
-        received = next(e for e in await tls_node.node.stores.calls.timeline(call_id) if e.get("received") == "INVITE")
+        received = next(e for e in await tls_node.timeline(call_id) if e.get("received") == "INVITE")
         host, port = received["source"].rsplit(":", 1)
         assert ("TLS", (host, int(port))) in node_conns(tls_node)  # the INVITE came over TLS
         await asyncio.sleep(0.3)  # baresip's ACK

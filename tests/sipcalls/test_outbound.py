@@ -41,7 +41,7 @@ async def test_app_calls_a_sip_uri_that_answers(sip_node: SipNodeFactory, tmp_pa
     assert reply["state"] == "ended"
     await finished(sipp)  # sipp got its BYE
 
-    timeline = await node.node.stores.calls.timeline(call_id)
+    timeline = await node.timeline(call_id, lambda t: any(e.get("sent") == "BYE" for e in t))
     sip = [e for e in timeline if e["event"] == "sip"]
     assert [e.get("sent") or e.get("received") for e in sip] == ["INVITE", 200, "BYE"]
     assert not node.node.sip.legs  # type: ignore[union-attr]
@@ -59,7 +59,7 @@ async def test_app_cancels_while_the_sip_callee_rings(sip_node: SipNodeFactory, 
     reply = await bob.request({"type": "call.hangup", "call_id": call_id})
     assert reply["state"] == "cancelled"
     await finished(sipp)  # CANCEL, 487, ACK
-    timeline = await node.node.stores.calls.timeline(call_id)
+    timeline = await node.timeline(call_id, lambda t: any(e.get("received") == 487 for e in t))
     assert any(e.get("received") == 487 for e in timeline)
 
 

@@ -1,11 +1,14 @@
--- Move a call to its next state, atomically, if the actor may. KEYS: call hash, timeline.
+-- Move a call to its next state, atomically, if the actor may. KEYS: call hash, timeline,
+-- the call's invite pushes (hash: device id -> address).
 -- ARGV: moves (JSON {party: {from: to}}), user, device, now_ms, node, action,
 --       retention seconds (for a call that does not carry its own), note (JSON object
 --       or ""), operators' channel ("" for none), call id, this attempt's id.
 -- The TTLs follow the call's own retention, set by the node that created it: a node with
 -- other settings must not shorten or stretch another node's call.
 -- The party is found here, from the call itself, so that a check and its move are one step.
--- Returns {"ok", previous state, call JSON} or {"err", code, call JSON or ""}.
+-- Returns {"ok", previous state, call JSON} or {"err", code, call JSON or ""}; a call that
+-- leaves ringing also gets the devices its invites went to: {"ok", "ringing", call JSON,
+-- device ids}, so that ending it needs no read when they all know already.
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then
   return {'err', 'unknown_call', ''}
@@ -80,5 +83,8 @@ else
   local ttl = 7 * 86400 + retention
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
+end
+if previous == 'ringing' then
+  return {'ok', previous, cjson.encode(call), redis.call('HKEYS', KEYS[3])}
 end
 return {'ok', previous, cjson.encode(call)}

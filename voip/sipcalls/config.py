@@ -9,6 +9,7 @@ import ipaddress
 import re
 import ssl
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from sip.message import URI, ParseError, parse_uri
@@ -101,12 +102,17 @@ class SipConfig:
     def is_local_domain(self, uri: URI) -> bool:
         return uri.host.lower().strip("[]") in {h.lower() for h in (self.domain, self.public_host, self.host) if h}
 
+    @cached_property
+    def _trusted(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        # Parsed once: every SIP message asks (an ip_network costs more than the test).
+        return tuple(ipaddress.ip_network(net, strict=False) for net in self.trusted_networks)
+
     def is_trusted(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
-        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.trusted_networks)
+        return any(ip in net for net in self._trusted)
 
     def target_uri(self, callee: str) -> URI | None:
         """The URI to INVITE for `callee`: a `sip:`/`sips:` URI as given, or a number that

@@ -18,6 +18,7 @@ from voip import metrics
 from voip.bus import Bus
 from voip.calls import Action, CallState
 from voip.controller import CallController
+from voip.delivery_log import DeliveryLog
 from voip.protocol import FrameType
 from voip.sipcalls.config import SipConfig
 from voip.sipcalls.legs import ALLOW, InboundLeg, Leg, LegContext, OutboundLeg, caller_id
@@ -42,8 +43,10 @@ class SipGateway(TransactionUser):
         bus: Bus,
         controller: CallController,
         node_id: str,
+        timeline: DeliveryLog,
         max_devices: int = 10,
     ) -> None:
+        """`timeline`: the node's batched timeline writer, where the legs' notes go."""
         self.config = config
         self.stores = stores
         self.controller = controller
@@ -86,6 +89,7 @@ class SipGateway(TransactionUser):
             bus=bus,
             config=config,
             tasks=self.tasks,
+            timeline=timeline,
             forget=self.forget,
         )
         # The node drains: new calls and registrations go to another node; dialogs go on.

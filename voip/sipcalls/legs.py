@@ -44,6 +44,7 @@ from sip.transaction import Addr, RequestReceived
 from voip.bus import Bus
 from voip.calls import Action
 from voip.controller import CallController, Caller
+from voip.delivery_log import DeliveryLog
 from voip.protocol import FrameType
 from voip.sipcalls.config import SipConfig
 from voip.stores import CallError, CallRefused
@@ -94,8 +95,9 @@ def our_contact(endpoint: SipEndpoint, transport: str, secure: bool) -> NameAddr
 class LegContext:
     """What a leg needs from its node: the endpoint it sends through, the dialogs it
     adds and removes, the controller it acts through (it never changes a call itself),
-    the bus it hears its frames on, the SIP settings, its background tasks, and how it
-    leaves the gateway's tables when it ends."""
+    the bus it hears its frames on, the SIP settings, its background tasks, the node's
+    batched timeline writer its notes go to, and how it leaves the gateway's tables when
+    it ends."""
 
     endpoint: SipEndpoint
     dialogs: DialogTable
@@ -103,6 +105,7 @@ class LegContext:
     bus: Bus
     config: SipConfig
     tasks: BackgroundTasks
+    timeline: DeliveryLog
     forget: Callable[[Leg], None]
 
 
@@ -124,16 +127,21 @@ class Leg:
         # certificate we could not verify, can only be reached that way.
         self.flow: tuple[Addr, str] | None = None
 
-    async def note(self, **entry: Any) -> None:
-        """Keep SIP facts on the call's timeline, next to the app's."""
-        await self.ctx.calls.note(
+    def note(self, **entry: Any) -> None:
+        """Keep SIP facts on the call's timeline, next to the app's. Written with the node's
+        next batch of timeline entries (voip/delivery_log.py): no SIP message waits on
+        Redis for its note, and a busy node writes many calls' notes in one round trip."""
+        calls = self.ctx.calls
+        self.ctx.timeline.record(
             self.call_id,
             {
+                "at": calls.clock.now_ms(),
                 "event": "sip",
                 "call_id_sip": self.sip_call_id,
                 "leg": self.device,
                 "direction": self.direction,
                 **entry,
+                "node": calls.node,
             },
         )
 
@@ -171,7 +179,7 @@ class Leg:
         dialog.receive_response(bye, response)
         dialog.terminate()
         self.ctx.dialogs.remove(dialog)
-        await self.note(sent="BYE", status=response.status)
+        self.note(sent="BYE", status=response.status)
 
     def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         return self.ctx.tasks.spawn(work, f"{self.direction}:{what}:{self.call_id}")
@@ -196,7 +204,7 @@ class Leg:
         endpoint = self.ctx.endpoint
         if method == "BYE":
             endpoint.reply(event, 200)
-            await self.note(received="BYE")
+            self.note(received="BYE")
             await self.act(Action.HANGUP)
             await self.finish()
         elif method == "INVITE":
@@ -276,7 +284,7 @@ class InboundLeg(Leg):
         finally:
             self.started.set()
         src = self.event.source
-        await self.note(received="INVITE", sip_from=str(self.invite.from_.uri), source=f"{src[0]}:{src[1]}")
+        self.note(received="INVITE", sip_from=str(self.invite.from_.uri), source=f"{src[0]}:{src[1]}")
 
     async def deliver(self, frame: dict[str, Any]) -> None:
         if frame.get("call_id") != self.call_id or self.finished:
@@ -327,7 +335,7 @@ class InboundLeg(Leg):
         else:
             self.dialog.response_sent(self.invite, ok)
         self.ctx.endpoint.send_response(ok, self.event.transaction)
-        self.spawn(self.note(sent=200), "note")
+        self.note(sent=200)
 
     async def _end_after_cancel(self) -> None:
         await self.act(Action.HANGUP)
@@ -351,11 +359,8 @@ class InboundLeg(Leg):
 
     def end_with(self, status: int) -> None:
         self.reject(status)
-        self.spawn(self._noted_finish(sent=status), "finish")
-
-    async def _noted_finish(self, **entry: Any) -> None:
-        await self.note(**entry)
-        await self.finish()
+        self.note(sent=status)
+        self.spawn(self.finish(), "finish")
 
     def on_ack(self) -> None:
         self.acked.set()
@@ -372,7 +377,7 @@ class InboundLeg(Leg):
     async def cancelled(self) -> None:
         """The peer's CANCEL: the endpoint has answered 200 and 487 already."""
         await self.started.wait()
-        await self.note(received="CANCEL")
+        self.note(received="CANCEL")
         await self.act(Action.HANGUP)
         await self.finish()
 
@@ -458,7 +463,7 @@ class OutboundLeg(Leg):
             await super().detach()
 
     async def run(self) -> None:
-        await self.note(sent="INVITE", target=str(self.target))
+        self.note(sent="INVITE", target=str(self.target))
         invite = self.invite
         config = self.ctx.config
         challenged = False
@@ -492,7 +497,7 @@ class OutboundLeg(Leg):
         status = response.status
         if self.ringing_reported is not None:
             await asyncio.wait([self.ringing_reported])
-        await self.note(received=status, synthetic=bool(self.tx and self.tx.synthetic))
+        self.note(received=status, synthetic=bool(self.tx and self.tx.synthetic))
         if 200 <= status < 300:
             self.dialog = Dialog.uac(self.invite, response)
             self.ctx.dialogs.add(self.dialog)

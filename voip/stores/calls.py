@@ -93,6 +93,8 @@ class CallRefused(CallError):
 class Transition:
     previous: CallState
     call: CallRecord
+    # A call that left ringing: the devices its invite pushes went to (None: not read).
+    pushed: frozenset[str] | None = None
 
 
 class CallStore:
@@ -230,8 +232,8 @@ class CallStore:
             }
         else:
             moves = {Party.SYSTEM.value: {k.value: v.value for k, v in transitions_for(action, Party.SYSTEM).items()}}
-        status, detail, raw = await self._transition(
-            keys=self._call_keys(call_id),
+        status, detail, raw, *more = await self._transition(
+            keys=[*self._call_keys(call_id), self._keys.pushes(call_id)],
             args=[
                 orjson.dumps(moves),
                 user,
@@ -252,21 +254,22 @@ class CallStore:
         assert call is not None
         previous = CallState(detail.decode())
         try:
-            if previous is CallState.RINGING and call.state is not CallState.RINGING:
+            if previous is CallState.RINGING:
+                # Only a ringing call can time out: its deadline goes when it leaves
+                # ringing, answered too, so an answered call's end needs no round trip
+                # here and no timeout fires for it later, only to be refused.
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    if call.state.is_final:
-                        pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
+                    pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
                     pipe.zrem(self._keys.ringing(call.callee_user), call_id)
                     await pipe.execute()
-            elif call.state.is_final:
-                await self._redis.zrem(self._keys.ring_deadlines(call_id), call_id)
         except UNAVAILABLE:
             # The call has moved: its devices must hear of it, whatever became of these
             # indexes (other slots, maybe on a shard failing over). Both mend themselves:
             # the deadline fires into the call's state check and is forgotten, and the
             # callee's ringing set drops calls past their deadline.
             log.warning("call.indexes_not_updated", call_id=call_id, exc_info=True)
-        return Transition(previous=previous, call=call)
+        pushed = frozenset(device.decode() for device in more[0]) if more else None
+        return Transition(previous=previous, call=call, pushed=pushed)
 
     async def record_event(
         self,

@@ -21,7 +21,7 @@ tag: the keys one script or MULTI touches share it, so each touches one slot
 | `{u:<user_id>}:sip_ha1` | hash: "<realm>\|<algorithm>" -> HA1 | user | stores/sip.py | none |
 | `{u:<user_id>}:sip_ringing` | hash: call_id -> JSON ringing call | user | stores/sip.py | the longest ring |
 | `{u:<user_id>}:sip_fork:<call_id>:<device_id>` | string: this phone was INVITEd | user | stores/sip.py | the ring |
-| `{rt:<n>}:ring_deadlines` | zset: call_id by ring deadline (ms), bucket n = crc32(call_id) % 16 | bucket | stores/calls.py | none (entries leave when fired or ended) |
+| `{rt:<n>}:ring_deadlines` | zset: call_id by ring deadline (ms), bucket n = crc32(call_id) % 16 | bucket | stores/calls.py | none (entries leave when the call stops ringing, or the timeout fires) |
 | `{rt:<n>}:lease` | string: the node working bucket n now | bucket | stores/calls.py | one tick (RingTimeouts' interval) |
 | `{ci:<n>}:calls` | zset: call_id by creation (ms), operators' index, bucket n as above | bucket | stores/calls.py, stores/ops.py | none (trimmed past the longest call's life on each creation) |
 | `sip_nonce:<nonce>` | string: the highest digest nonce count accepted | itself | stores/nonces.py | SIP_NONCE_TTL |
