@@ -2,7 +2,7 @@
 processes, one Redis or one Redis Cluster), and what one call set-up costs Redis.
 
     python -m bench --scale [--quick] [--redis-url URL]      (about 2 min; --quick about 40 s)
-    python -m bench --scale --redis-cluster [--quick]        (parts 1 and 2 on a local Redis
+    python -m bench --scale --redis-cluster [--quick]        (the same on a local Redis
                                                               Cluster, tests/redis_cluster.py)
 
 1. App-to-app calls/s: closed loop, `callers` WebSocket devices each with one `call.start`
@@ -14,16 +14,18 @@ processes, one Redis or one Redis Cluster), and what one call set-up costs Redis
    the kernel puts it. CPU per call of each process (/proc/<pid>/stat; "redis" sums a
    cluster's six) says where the time went.
 2. Redis per app-to-app call set-up, `calls` calls one after another:
-   - round trips, counted inside every node (bench/redis_count.py: each write of a
-     command or a pipeline that the node then waits on), by kind;
+   - round trips, counted inside every node (bench/redis_count.py) two ways: writes (each
+     write of a command or a pipeline that the node then waits on; on a cluster one per
+     shard), by kind; and waits (replies waited for one after another: writes sent at once
+     are one), by piece of work: the set-up's own (CallController.start_call), the
+     timeline batches of the delivery log, anything else a wait per write;
    - commands Redis executed, from `INFO commandstats` deltas (commands inside a script
      count too; INFO itself does not), on a cluster summed over its primaries (a replica
      runs its primary's writes again: that is replication, not the nodes' commands);
    each minus the same count over an idle window as long (heartbeats, ring-timeout claims).
 3. Full SIP calls/s (sipp UAC: INVITE, 200 from an app that answers over WebSocket, a VoIP
    push per call, ACK, BYE), one sipp per node at an equal share of the rate, rates rising
-   until a call fails: the highest rate with none failed. Not run on a cluster: parts 1
-   and 2 are what a cluster changes for a node (its cluster client, a round trip per shard).
+   until a call fails: the highest rate with none failed.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from websockets.asyncio.client import ClientConnection
 from bench import devices
 from bench.noise import Noise
 from bench.procs import Cluster, NodeProcess, cpu_seconds
+from bench.redis_count import CLAIMS, SET_UP
 from bench.redis_count import PATH as ROUND_TRIPS
 from bench.sip import AutoAnswer, full_cycles
 from tests.ports import free_port
@@ -113,18 +116,43 @@ class AppRun:
 class PerCall:
     nodes: int
     calls: int
-    round_trips: float
+    round_trips: float  # writes
     commands: float
+    # Waits, all of them (the set-up's own, timeline batches, the rest), and the set-up's own.
+    waits: float = 0.0
+    set_up_waits: float = 0.0
     round_trip_kinds: dict[str, float] = field(default_factory=dict)
+    wait_kinds: dict[str, float] = field(default_factory=dict)
     command_kinds: dict[str, float] = field(default_factory=dict)
-    # The idle window's ring-timeout claims, over all nodes: their round trips and scripts.
+    # The idle window's ring-timeout claims, over all nodes: their writes and scripts, and
+    # the waits of the ticks that claimed.
     claim_round_trips: int = 0
     claim_scripts: int = 0
+    claim_waits: int = 0
+    claim_ticks: int = 0
 
     @property
     def claim_round_trips_per_tick(self) -> float:
         """Every tick claims BUCKETS_PER_TICK buckets, a script each: that counts the ticks."""
         return self.claim_round_trips * BUCKETS_PER_TICK / max(self.claim_scripts, 1)
+
+    @property
+    def claim_waits_per_tick(self) -> float:
+        return self.claim_waits / max(self.claim_ticks, 1)
+
+
+@dataclass
+class Tally:
+    """A node's count (bench/redis_count.py), or several nodes' summed."""
+
+    writes: Counter[str] = field(default_factory=Counter)
+    waits: Counter[str] = field(default_factory=Counter)
+    work: Counter[str] = field(default_factory=Counter)
+
+    def add(self, reply: dict[str, Any]) -> None:
+        self.writes.update(reply["kinds"])
+        self.waits.update(reply["waits"])
+        self.work.update(reply["work"])
 
 
 @dataclass
@@ -262,15 +290,15 @@ def commands_of(clients: list[redis.Redis]) -> Commands:
     return lambda: sum((_commandstats(client) for client in clients), Counter())
 
 
-async def _round_trips(http: httpx.AsyncClient, rig: Rig, nodes: int, start: bool) -> Counter[str]:
-    total: Counter[str] = Counter()
+async def _round_trips(http: httpx.AsyncClient, rig: Rig, nodes: int, start: bool) -> Tally:
+    total = Tally()
     for node in rig.nodes[:nodes]:
         if start:
             response = await http.post(f"{node.base_url}{ROUND_TRIPS}?on=1")
         else:
             response = await http.get(f"{node.base_url}{ROUND_TRIPS}")
         response.raise_for_status()
-        total.update(response.json()["kinds"])
+        total.add(response.json())
     return total
 
 
@@ -285,7 +313,7 @@ async def per_call(rig: Rig, nodes: int, plan: Plan) -> PerCall:
     callers, callees = await _connect_pairs(rig, nodes, nodes, nodes, tag)
     seen = [0]
     readers = [asyncio.create_task(_callee(socket, seen)) for socket in callees]
-    windows: list[tuple[Counter[str], Counter[str]]] = []
+    windows: list[tuple[Tally, Counter[str]]] = []
     try:
         async with httpx.AsyncClient(timeout=10) as http:
             for busy in (True, False):
@@ -311,15 +339,22 @@ async def per_call(rig: Rig, nodes: int, plan: Plan) -> PerCall:
     (busy_trips, busy_commands), (idle_trips, idle_commands) = windows
     if seen[0] != plan.calls:
         raise RuntimeError(f"{plan.calls - seen[0]} call.incoming frames never arrived")
+    if busy_trips.work[SET_UP] != plan.calls:
+        raise RuntimeError(f"{busy_trips.work[SET_UP]} set-ups counted for {plan.calls} calls")
     return PerCall(
         nodes=nodes,
         calls=plan.calls,
-        round_trips=(sum(busy_trips.values()) - sum(idle_trips.values())) / plan.calls,
+        round_trips=(busy_trips.writes.total() - idle_trips.writes.total()) / plan.calls,
         commands=(sum(busy_commands.values()) - sum(idle_commands.values())) / plan.calls,
-        round_trip_kinds=_per_call(busy_trips, idle_trips, plan.calls),
+        waits=(busy_trips.waits.total() - idle_trips.waits.total()) / plan.calls,
+        set_up_waits=busy_trips.waits[SET_UP] / plan.calls,
+        round_trip_kinds=_per_call(busy_trips.writes, idle_trips.writes, plan.calls),
+        wait_kinds=_per_call(busy_trips.waits, idle_trips.waits, plan.calls),
         command_kinds=_per_call(busy_commands, idle_commands, plan.calls),
-        claim_round_trips=sum(n for kind, n in idle_trips.items() if CLAIM in kind),
-        claim_scripts=sum(n * kind.count(CLAIM) for kind, n in idle_trips.items()),
+        claim_round_trips=sum(n for kind, n in idle_trips.writes.items() if CLAIM in kind),
+        claim_scripts=sum(n * kind.count(CLAIM) for kind, n in idle_trips.writes.items()),
+        claim_waits=idle_trips.waits[CLAIMS],
+        claim_ticks=idle_trips.work[CLAIMS],
     )
 
 
@@ -379,19 +414,23 @@ class Report:
         lines.append(f"## Redis per app-to-app call set-up on {self.redis} (minus an idle window as long)")
         for count in self.counts:
             lines.append(
-                f"{count.nodes} node(s), {count.calls} calls: {count.round_trips:.2f} round trips"
-                f" (goal <= 3), {count.commands:.2f} commands executed"
+                f"{count.nodes} node(s), {count.calls} calls: {count.set_up_waits:.2f} waits in the set-up"
+                f" (goal <= 3); {count.waits:.2f} waits and {count.round_trips:.2f} writes in all,"
+                f" {count.commands:.2f} commands executed"
             )
-            lines += [f"  round trip  {kind:<44}{n:6.2f}" for kind, n in count.round_trip_kinds.items()]
-            lines += [f"  command     {kind:<44}{n:6.2f}" for kind, n in count.command_kinds.items()]
+            lines += [f"  wait        {kind:<52}{n:6.2f}" for kind, n in count.wait_kinds.items()]
+            lines += [f"  write       {kind:<52}{n:6.2f}" for kind, n in count.round_trip_kinds.items()]
+            lines += [f"  command     {kind:<52}{n:6.2f}" for kind, n in count.command_kinds.items()]
             lines.append(
                 f"  ring-timeout claims in the idle window: {count.claim_scripts} scripts in"
-                f" {count.claim_round_trips} round trips, {count.claim_round_trips_per_tick:.2f} round trips"
-                f" per tick of {BUCKETS_PER_TICK} claims"
+                f" {count.claim_round_trips} writes, {count.claim_round_trips_per_tick:.2f} writes and"
+                f" {count.claim_waits_per_tick:.2f} waits per tick of {BUCKETS_PER_TICK} claims"
             )
         if not self.sip:
             return lines
-        lines.append("## full SIP calls (sipp UAC -> node -> app answers; a push each), one sipp per node")
+        lines.append(
+            f"## full SIP calls on {self.redis} (sipp UAC -> node -> app answers; a push each), one sipp per node"
+        )
         lines.append("| nodes | rate (calls/s) | calls | ok / failed | INVITE->200 avg ms |")
         lines.append("| ---: | ---: | ---: | ---: | ---: |")
         for sip in self.sip:
@@ -400,7 +439,7 @@ class Report:
         return lines
 
 
-async def measure(rig: Rig, plan: Plan, work: Path, *, sip: bool = True, redis_name: str = "one Redis") -> Report:
+async def measure(rig: Rig, plan: Plan, work: Path, *, redis_name: str = "one Redis") -> Report:
     report = Report([], [], [], redis_name)
     for nodes in (1, 2):
         rig.place_load(nodes)
@@ -409,7 +448,7 @@ async def measure(rig: Rig, plan: Plan, work: Path, *, sip: bool = True, redis_n
     rig.place_load(2)
     for nodes in (1, 2):
         report.counts.append(await per_call(rig, nodes, plan))
-    for nodes in (1, 2) if sip else ():
+    for nodes in (1, 2):
         rig.place_load(nodes)
         report.sip.append(await sip_calls(rig, nodes, plan, work))
     return report
@@ -431,7 +470,7 @@ def _redis_pid(url: str) -> int | None:
 
 def run(plan: Plan, redis_url: str = "", *, redis_cluster: bool = False) -> Report:
     """On `redis_url` (default REDIS_URL, else a private Redis), or with `redis_cluster` on a
-    local Redis Cluster of six redis-servers (parts 1 and 2 only)."""
+    local Redis Cluster of six redis-servers."""
     cpus = sorted(os.sched_getaffinity(0))
     pair = (cpus[-1], cpus[0]) if len(cpus) > 1 else (cpus[0], cpus[0])
     os.sched_setaffinity(0, {pair[1]})  # a private Redis or cluster starts on the load generator's CPU
@@ -457,7 +496,7 @@ def run(plan: Plan, redis_url: str = "", *, redis_cluster: bool = False) -> Repo
             redis_name = "one Redis"
         rig.start()
         try:
-            return asyncio.run(measure(rig, plan, tmp, sip=local is None, redis_name=redis_name))
+            return asyncio.run(measure(rig, plan, tmp, redis_name=redis_name))
         except Exception:
             for node in rig.nodes:  # what the nodes said, before their logs go with the run
                 lines = node.log_path.read_text().splitlines()

@@ -1,6 +1,7 @@
 """`python -m bench --scale`, tiny (bench/scale.py): two node processes on one private Redis,
 and on a local Redis Cluster (`--redis-cluster`), so that the bench does not rot; and the
-figure it exists for, round trips per app-to-app call set-up, counted inside the nodes."""
+figures it exists for, Redis round trips per app-to-app call set-up counted inside the
+nodes: writes, and waits (replies waited for one after another)."""
 
 from __future__ import annotations
 
@@ -35,14 +36,18 @@ def test_scale_bench_runs_and_counts_redis_per_call(redis_url: str) -> None:
         # window's count is subtracted.
         assert traces < 1, count
         assert count.round_trips <= 3, count
+        # A set-up waits on the two; on one Redis every write is a wait of its own.
+        assert count.set_up_waits == 2, count
+        assert count.waits == pytest.approx(count.round_trips), count
         assert count.commands > 10
         # A tick's 4 claims in one pipeline (when the idle window held a tick).
         assert count.claim_scripts == 0 or count.claim_round_trips_per_tick == 1, count
+        assert count.claim_ticks == 0 or count.claim_waits_per_tick == 1, count
     assert [sip.sustained for sip in report.sip] == [10, 10], report.lines()
 
 
 def test_scale_bench_runs_on_a_redis_cluster() -> None:
-    plan = Plan(seconds=0.5, warmup=0.2, callers=4, callees=4, calls=20)
+    plan = Plan(seconds=0.5, warmup=0.2, callers=4, callees=4, calls=20, sip_rates=(10,), sip_seconds=1.0)
     report = run(plan, redis_cluster=True)
     print("\n".join(report.lines()))
     assert [run.nodes for run in report.app] == [1, 2]
@@ -50,14 +55,17 @@ def test_scale_bench_runs_on_a_redis_cluster() -> None:
         assert app.calls > 0 and app.lost_incoming == 0
         assert set(app.cpu_ms) >= {"node 0", "load", "redis"}
     for count in report.counts:
-        # On a cluster a script and the commands that went with it are two round trips, and
-        # call.incoming is published after create_call, to the callee's shard.
-        assert count.round_trip_kinds["EVALSHA:admit_call"] == 1
-        assert count.round_trip_kinds["HGETALL+HGETALL"] == 1
+        # Admission with the callee's devices, one write to the callee's shard; creation;
+        # then at once, a write per shard, call.incoming to the callee's and the indexes
+        # (SPUBLISH only with the ones that share its shard): three waits.
+        assert count.round_trip_kinds["EVALSHA:admit_call+HGETALL+HGETALL"] == 1
         assert count.round_trip_kinds["EVALSHA:create_call"] == 1
-        assert count.round_trip_kinds["SPUBLISH"] == 1
+        spublish = sum(n for kind, n in count.round_trip_kinds.items() if kind.startswith("SPUBLISH"))
+        assert spublish == pytest.approx(1), count
         assert "SCRIPT" not in count.round_trip_kinds
+        assert count.set_up_waits == 3, count
         assert count.commands > 10
-        # A tick's 4 claims, each on its own.
-        assert count.claim_scripts == 0 or 3 <= count.claim_round_trips_per_tick <= 4, count
-    assert report.sip == []
+        # A tick's 4 claims, a pipeline per shard they touch, all at once.
+        assert count.claim_scripts == 0 or 1 <= count.claim_round_trips_per_tick <= 3, count
+        assert count.claim_ticks == 0 or count.claim_waits_per_tick == 1, count
+    assert [sip.sustained for sip in report.sip] == [10, 10], report.lines()

@@ -107,11 +107,11 @@ async def test_a_killed_primary_is_replaced_by_its_replica_and_the_client_keeps_
 async def test_a_cluster_pipeline_that_meets_a_dead_primary_cuts_commands_in_flight_elsewhere(
     redis_cluster: LocalCluster, client: RedisCluster
 ) -> None:
-    """Why a node keeps its scripts, and its ring-timeout claims, out of cluster pipelines
-    (voip/stores/layout.py, batch()): a single command that meets a dead primary drops
-    that shard's connections only; a cluster pipeline closes every connection of the
-    client, so a script in flight on a healthy shard loses its reply and is sent again:
-    it runs twice (or fails, while the cluster is still down)."""
+    """Why a node's batches do not use redis-py's cluster pipeline (voip/stores/layout.py,
+    on_shards(); tests/cluster/test_shard_batches.py): a single command that meets a dead
+    primary drops that shard's connections only; a cluster pipeline closes every
+    connection of the client, so a script in flight on a healthy shard loses its reply and
+    is sent again: it runs twice (or fails, while the cluster is still down)."""
     keys = keys_on_every_primary(redis_cluster)
     victim = redis_cluster.owner(redis_cluster.slot_of(keys[0]))
     healthy = [k for k in keys if redis_cluster.owner(redis_cluster.slot_of(k)).port != victim.port][:2]

@@ -1,12 +1,15 @@
 """A cluster node's connection that the client disconnects while a command is being
 written (a primary dying under it) fails as a dropped connection, which the cluster
-client retries and a node answers 503, not as an AttributeError (a 500)."""
+client retries and a node answers 503, not as an AttributeError or, under uvloop, a
+RuntimeError (a 500)."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlparse
 
 import pytest
+import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import make_settings
@@ -22,6 +25,28 @@ async def test_a_write_on_a_connection_closed_under_it_is_a_dropped_connection(r
     await connection.disconnect()  # as the cluster client does when the node fails
     with pytest.raises(RedisConnectionError):
         await connection._send_packed_command(connection.pack_command("PING"))
+
+
+def test_a_write_on_a_transport_closed_under_it_is_a_dropped_connection_under_uvloop(redis_url: str) -> None:
+    """uvloop, the deployed server's loop, refuses a write on a closed transport with a
+    RuntimeError where asyncio's own loop drops it silently."""
+
+    async def write_after_close() -> None:
+        address = urlparse(redis_url)
+        host, port = address.hostname or "127.0.0.1", address.port or 6379
+        connection = ClusterConnection(host=host, port=port, socket_timeout=2)
+        await connection.connect()
+        assert connection._writer is not None
+        connection._writer.transport.close()  # as a disconnect elsewhere does, the writer still set
+        await asyncio.sleep(0.05)  # closed, not only closing
+        try:
+            with pytest.raises(RedisConnectionError):
+                await connection._send_packed_command(connection.pack_command("PING"))
+        finally:
+            await connection.disconnect()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(write_after_close())
 
 
 async def test_the_cluster_client_builds_every_node_connection_as_a_cluster_connection() -> None:

@@ -1,5 +1,5 @@
 """A ring-timeout tick's claims: one script per bucket, all in one pipeline, so one round
-trip on one Redis (on a cluster each goes on its own: tests/cluster/test_calls_on_cluster.py);
+trip on one Redis (on a cluster a pipeline per shard: tests/cluster/test_calls_on_cluster.py);
 and however nodes' ticks interleave, each due timeout is leased to one node."""
 
 from __future__ import annotations

@@ -36,15 +36,22 @@ from voip.settings import Settings, sentinel_addresses
 class ClusterConnection(Connection):
     """A cluster node's connection. When a primary dies under a command, redis-py's
     cluster client can disconnect the connection while the command is being written, and
-    the write then fails as an AttributeError on the writer gone (None). That is a dropped
-    connection: raised as one, the client retries it against the new slot map, and what
-    is left over is a 503, never a 500."""
+    the write then fails as an AttributeError on the writer gone (None); under uvloop (the
+    deployed server's loop), a writer whose transport was closed a moment before fails as
+    RuntimeError ("the handler is closed"): a node past its capacity on a cluster met it
+    in a new connection's hand-shake (`python -m bench --scale --redis-cluster`, the SIP
+    part), a 500 for the request. Both are a dropped connection: raised as one, the client
+    retries it against the new slot map, and what is left over is a 503, never a 500."""
 
     async def _send_packed_command(self, command: Any) -> None:
         try:
             await super()._send_packed_command(command)
         except AttributeError as exc:
             if self._writer is not None or exc.obj is not None:
+                raise
+            raise RedisConnectionError("connection closed while the command was written") from exc
+        except RuntimeError as exc:
+            if self._writer is None or not self._writer.transport.is_closing():
                 raise
             raise RedisConnectionError("connection closed while the command was written") from exc
 

@@ -180,7 +180,7 @@ class CallStore:
         pushes_json = {device: orjson.dumps(target).decode() for device, target in (pushes or {}).items()}
         channel, message = announce or ("", b"")
         # A script on a cluster may publish only to its own slot's sharded channels: there
-        # the callee's channel is told after the script, by SPUBLISH routed to its shard.
+        # the callee's channel is told after the script, from the callee's shard.
         in_script = not clustered(self._redis)
         script: Scripted = (
             self._create,
@@ -209,9 +209,22 @@ class CallStore:
                 # effort: past the timeout the call goes ahead, unreplicated.
                 pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
 
-        created, *_ = await batch(self._redis, [script], index)
-        if created and channel and not in_script:
-            await self._redis.spublish(channel, message)
+        if in_script:
+            created, *_ = await batch(self._redis, [script], index)
+            return bool(created)
+        # On a cluster, two waits: the script, then at once the callee's call.incoming and
+        # the indexes (a write per shard). Not the index before the call exists: an
+        # operator's listing that met it then would drop it as the entry of a gone call
+        # (voip/ops/index.py); not call.incoming before: the callee would answer no call.
+        (created,) = await batch(self._redis, [script])
+        if created:
+
+            def announce_and_index(pipe: Any) -> None:
+                if channel:
+                    pipe.spublish(channel, message)
+                index(pipe)
+
+            await batch(self._redis, [], announce_and_index)
         return bool(created)
 
     async def transition(
@@ -258,10 +271,12 @@ class CallStore:
                 # Only a ringing call can time out: its deadline goes when it leaves
                 # ringing, answered too, so an answered call's end needs no round trip
                 # here and no timeout fires for it later, only to be refused.
-                async with self._redis.pipeline(transaction=False) as pipe:
+
+                def unring(pipe: Any) -> None:
                     pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
                     pipe.zrem(self._keys.ringing(call.callee_user), call_id)
-                    await pipe.execute()
+
+                await batch(self._redis, [], unring)
         except UNAVAILABLE:
             # The call has moved: its devices must hear of it, whatever became of these
             # indexes (other slots, maybe on a shard failing over). Both mend themselves:
@@ -340,23 +355,17 @@ class CallStore:
         by_call: dict[str, list[dict[str, Any]]] = {}
         for call_id, entry in entries:
             by_call.setdefault(call_id, []).append(entry)
-        # On a cluster the entries go to operators after the timelines are written, in a
-        # pipeline of their own (a PUBLISH on any node reaches every node).
-        in_pipe = not clustered(self._redis)
-        async with self._redis.pipeline(transaction=False) as pipe:
+
+        def write(pipe: Any) -> None:
+            # On a cluster each call's PUBLISHes go with its RPUSH, on its shard, after it
+            # (batch()): a write per shard for the whole batch. Not a PUBLISH each on its own:
+            # each took a connection of its own, and a delivery log batch (64 entries and
+            # more) emptied the pool of the node that took them (MaxConnectionsError;
+            # `python -m bench --scale --redis-cluster`).
             for call_id, call_entries in by_call.items():
-                queue_timeline(
-                    pipe, self._keys.timeline(call_id), self._ops_channel if in_pipe else "", call_id, call_entries
-                )
-            await pipe.execute()
-        if self._ops_channel and not in_pipe:
-            # Not a PUBLISH each, all at once: each took a connection of its own, and a
-            # delivery log batch (64 entries and more) emptied the pool of the node that
-            # took them (MaxConnectionsError; `python -m bench --scale --redis-cluster`).
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for call_id, entry in entries:
-                    pipe.execute_command("PUBLISH", self._ops_channel, ops_message(call_id, orjson.dumps(entry)))
-                await pipe.execute()
+                queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel, call_id, call_entries)
+
+        await batch(self._redis, [], write)
 
     async def claim_due_timeouts(
         self,
@@ -372,7 +381,7 @@ class CallStore:
         of this node's round, each unless another node leased it in the last
         `bucket_lease_ms`. One script per bucket: BUCKETS_PER_TICK commands a tick, however
         many nodes and buckets, in one pipeline on one Redis (one round trip); on a cluster
-        concurrently, a round trip each (batch(); docs/deploy.md#redis-cluster)."""
+        a pipeline per shard, all at once (one wait; batch(), docs/deploy.md#redis-cluster)."""
         if buckets is None:
             start = self._next_bucket
             self._next_bucket = (start + BUCKETS_PER_TICK) % BUCKETS
@@ -401,21 +410,25 @@ class CallStore:
         for call_id in call_ids:
             by_bucket.setdefault(self._keys.ring_deadlines(call_id), []).append(call_id)
         if by_bucket:
-            async with self._redis.pipeline(transaction=False) as pipe:
+
+            def lower(pipe: Any) -> None:
                 for key, ids in by_bucket.items():
                     pipe.zadd(key, dict.fromkeys(ids, now), xx=True, lt=True)
-                await pipe.execute()
+
+            await batch(self._redis, [], lower)
 
     async def ending_context(
         self, call: CallRecord
     ) -> tuple[dict[str, dict[str, Any]], set[str], dict[str, dict[str, Any]]]:
         """What ending a call needs, in one round trip: the invite pushes it sent, the
         callee's devices connected now, and the callee's device records."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+
+        def read(pipe: Any) -> None:
             pipe.hgetall(self._keys.pushes(call.call_id))
             pipe.hgetall(self._keys.presence(call.callee_user))
             pipe.hgetall(self._keys.devices(call.callee_user))
-            pushes, presence, devices = await pipe.execute()
+
+        pushes, presence, devices = await batch(self._redis, [], read)
         return (
             {k.decode(): orjson.loads(v) for k, v in pushes.items()},
             online_devices(presence),
@@ -444,9 +457,8 @@ def queue_timeline(pipe: Any, key: str, ops_channel: str, call_id: str, entries:
         pipe.rpush(key, *encoded)
     if ops_channel:
         for entry in encoded:
-            # Not pipe.publish: redis-py's cluster pipeline refuses it by name, though any
-            # cluster node takes a PUBLISH and passes it to every other (the push log's
-            # batch() queues its timeline entry on a cluster pipeline).
+            # Any cluster node takes a PUBLISH and passes it to every other: batch() sends
+            # it with the RPUSH before it, on the timeline's shard.
             pipe.execute_command("PUBLISH", ops_channel, ops_message(call_id, entry))
 
 

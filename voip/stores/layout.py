@@ -31,7 +31,7 @@ tag: the keys one script or MULTI touches share it, so each touches one slot
 The ring deadlines and the calls index are spread over BUCKETS hash-tagged buckets, so
 that on a cluster no one shard holds them all; a node works a few buckets a tick, each
 under a short lease (lua/claim_timeouts.lua, CallStore.claim_due_timeouts); a tick's
-claims are one batch(): one round trip on one Redis.
+claims are one batch(): one round trip on one Redis, a write per shard at once on a cluster.
 
 Channels:
 
@@ -45,14 +45,25 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.commands.core import AsyncCoreCommands, AsyncScript
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ConnectionError,
+    MaxConnectionsError,
+    NoScriptError,
+    SlotNotCoveredError,
+    TimeoutError,
+    TryAgainError,
+)
 
 # A script to run: (script, keys, args).
 Scripted = tuple[AsyncScript, list[str], list[Any]]
@@ -69,18 +80,15 @@ def clustered(redis: Redis) -> bool:
 async def batch(redis: Redis, scripts: list[Scripted], queue: Callable[[Any], object] | None = None) -> list[Any]:
     """The scripts' replies, then those of the commands `queue` puts on a pipeline, in that
     order. On one Redis: one pipeline, one round trip, the scripts as bare EVALSHAs. On a
-    cluster redis-py refuses scripts in a pipeline (its issue #2914): the scripts run first,
-    concurrently, then the rest as one cluster pipeline (a round trip per shard it touches).
-    A cluster pipeline that meets a dead primary closes every connection of the client, and
-    the commands in flight on the healthy shards fail with them (ClusterDownError); a single
-    command only drops the dead shard's: keep the scripts, and what runs often, out of one."""
+    cluster: one pipelined write per shard touched, holding that shard's scripts then its
+    commands in the order given, the shards at once (on_shards()): one wait. A command
+    therefore runs after the scripts and commands before it on its own slot; nothing is
+    ordered across shards (CallStore.create publishes call.incoming after its script)."""
     if clustered(redis):
-        ran = list(await asyncio.gather(*(script(keys=keys, args=args) for script, keys, args in scripts)))
+        queued = Queued()
         if queue is not None:
-            async with redis.pipeline(transaction=False) as pipe:
-                queue(pipe)
-                ran += await pipe.execute()
-        return ran
+            queue(queued)
+        return await on_shards(cast(RedisCluster, redis), scripts, queued.commands)
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in scripts:
             # A bare EVALSHA: passed as `client=pipe`, redis-py sends SCRIPT EXISTS first.
@@ -93,6 +101,110 @@ async def batch(redis: Redis, scripts: list[Scripted], queue: Callable[[Any], ob
         # the rest ran: run that script again through redis-py, which loads it.
         if isinstance(replies[index], NoScriptError):
             replies[index] = await script(keys=keys, args=args)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+# A command queued for a cluster: its words and redis-py's options for its reply.
+Command = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+class Queued(AsyncCoreCommands):
+    """Commands written down, not sent: the pipeline a `queue` of batch() fills on a cluster."""
+
+    _is_async_client: Literal[True] = True
+    _event_dispatcher: Any = None  # the commands' protocol asks for one; nothing is sent
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Queued:
+        self.commands.append((args, options))
+        return self
+
+
+# Sent to any node: every node of a cluster passes a plain PUBLISH on to all the others.
+_ANY_NODE = frozenset({"PUBLISH"})
+# A command that met one of these in its shard's pipeline is sent again on its own through
+# the cluster client, which follows it: a slot moved or migrating (MOVED, ASK, TRYAGAIN), a
+# shard failing over or gone (the client reads the slot map again, then retries).
+_SEND_AGAIN = (AskError, TryAgainError, ClusterDownError, ConnectionError, TimeoutError)
+
+
+@dataclass
+class _Step:
+    command: PipelineCommand
+    node: ClusterNode | None  # None: its slot is not in the client's map; sent on its own
+    again: Callable[[], Awaitable[Any]]
+    script: bool
+
+
+async def on_shards(redis: RedisCluster, scripts: list[Scripted], commands: list[Command]) -> list[Any]:
+    """Scripts and commands on a cluster: one pipeline per primary they touch (its scripts
+    first, then its commands, each group in the order given), all written at once, so the
+    whole costs one wait, whatever the shards. Keyed commands name their key (or sharded
+    channel) first; a PUBLISH goes with the command before it (a timeline's entries are
+    published after they are written).
+
+    Not redis-py's cluster pipeline: that one, meeting a dead primary, closes every
+    connection of the client, and the scripts and commands in flight on healthy shards lose
+    their replies (docs/deploy.md#redis-cluster). Here each shard's pipeline is on one
+    connection of that shard's own pool; what fails on one shard is sent again on its own
+    (MOVED and the like, a dropped connection: _SEND_AGAIN; NOSCRIPT for a script, which
+    redis-py then loads), and what ran elsewhere stays answered."""
+    await redis.initialize()  # nothing once the slot map is known; after a failure, read again
+    steps: list[_Step] = []
+
+    def placed(key: Any) -> ClusterNode | None:
+        try:
+            return redis.get_node_from_key(key)
+        except SlotNotCoveredError:
+            return None
+
+    for script, keys, args in scripts:
+        steps.append(
+            _Step(
+                PipelineCommand(len(steps), "EVALSHA", script.sha, len(keys), *keys, *args),
+                placed(keys[0]),
+                partial(script, keys=keys, args=args),
+                True,
+            )
+        )
+    for words, options in commands:
+        if str(words[0]).upper() in _ANY_NODE:
+            node = steps[-1].node if steps else redis.get_random_node()
+        else:
+            node = placed(words[1])
+        steps.append(
+            _Step(
+                PipelineCommand(len(steps), *words, **options),
+                node,
+                partial(redis.execute_command, *words, **options),
+                False,
+            )
+        )
+    shards: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
+    for step in steps:
+        if step.node is not None:
+            shards.setdefault(step.node.name, (step.node, []))[1].append(step.command)
+    written = await asyncio.gather(
+        *(node.execute_pipeline(pipelined) for node, pipelined in shards.values()), return_exceptions=True
+    )
+    for (_, pipelined), outcome in zip(shards.values(), written, strict=True):
+        if isinstance(outcome, BaseException):
+            # The write failed (or the pool was empty): none of the shard's replies came.
+            if isinstance(outcome, MaxConnectionsError) or not isinstance(outcome, (ConnectionError, TimeoutError)):
+                raise outcome
+            for command in pipelined:
+                command.result = outcome
+    replies: list[Any] = []
+    for step in steps:
+        reply = step.command.result
+        if step.node is None or isinstance(reply, _SEND_AGAIN) or (step.script and isinstance(reply, NoScriptError)):
+            reply = await step.again()
+        replies.append(reply)
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
