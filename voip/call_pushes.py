@@ -140,11 +140,16 @@ class CallPushes:
         )
         # Connected devices hear the outcome over their WebSocket.
         knowing = online | ({acted} if acted else set())
-        for device_id, address in addresses.items():
-            reason = _reason_for(call, device_id, self.clock.now_ms())
-            if device_id in knowing or reason is None:
-                continue
-            push = self._cancellation(call, address, reason)
+        reasons = {
+            device_id: reason
+            for device_id in addresses
+            if device_id not in knowing and (reason := _reason_for(call, device_id, self.clock.now_ms())) is not None
+        }
+        claimed = await self._bookkeep(
+            lambda: self.calls.claim_cancellations(call.call_id, sorted(reasons), self.node), call.call_id, "", "cancel"
+        )
+        for device_id in claimed:
+            push = self._cancellation(call, addresses[device_id], reasons[device_id])
             self._spawn(call.call_id, f"cancel:{call.call_id}:{device_id}", self._send(call, device_id, push))
         if call.state is CallState.MISSED:
             self.missed(call, devices, call.caller_name)
@@ -164,7 +169,12 @@ class CallPushes:
         if call is None or address is None or device_id in cancelled:
             return
         reason = _reason_for(call, device_id, self.clock.now_ms())
-        if reason is not None:
+        if reason is None:
+            return
+        claimed = await self._bookkeep(
+            lambda: self.calls.claim_cancellations(call_id, [device_id], self.node), call_id, device_id, "cancel"
+        )
+        if claimed:
             await self._send(call, device_id, self._cancellation(call, address, reason))
 
     def hung_up(self, call: CallRecord, parties: list[tuple[str, str, str]]) -> None:

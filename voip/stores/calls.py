@@ -435,6 +435,21 @@ class CallStore:
             {k.decode(): orjson.loads(v) for k, v in devices.items()},
         )
 
+    async def claim_cancellations(self, call_id: str, devices: list[str], node: str) -> list[str]:
+        """Which of `devices` this node is the one to send a cancellation to: an ending and
+        a socket that closed unread (voip/ws.py) may both want to, on any nodes."""
+        if not devices:
+            return []
+        key = self._keys.cancel_claims(call_id)
+
+        def claim(pipe: Any) -> None:
+            for device in devices:
+                pipe.hsetnx(key, device, node)
+            pipe.expire(key, self.retention)
+
+        *won, _ = await batch(self._redis, [], claim)
+        return [device for device, first in zip(devices, won, strict=True) if first]
+
     async def cancellation_context(self, call_id: str) -> tuple[CallRecord | None, dict[str, dict[str, Any]], set[str]]:
         """The call, the invite pushes it sent and the devices APNs took a cancellation
         for, in one round trip (one slot)."""

@@ -11,6 +11,7 @@ tag: the keys one script or MULTI touches share it, so each touches one slot
 | `{c:<call_id>}:timeline` | list: JSON transitions, pushes, status checks | call | stores/calls.py | as the call |
 | `{c:<call_id>}:pushes` | hash: device_id -> JSON invite push target | call | stores/calls.py | as the call at creation |
 | `{c:<call_id>}:cancellations` | hash: device_id -> when APNs took its cancellation (ms) | call | stores/push_log.py | as the call |
+| `{c:<call_id>}:cancel_claims` | hash: device_id -> node that sends its cancellation (the ending's, or an unheard ending's: one of them) | call | stores/calls.py | retention |
 | `{u:<user_id>}:devices` | hash: device_id -> JSON device record | user | stores/devices.py | none (deleted with the device) |
 | `{u:<user_id>}:presence` | hash: device_id -> "<node>\|<expires_ms>" | user | stores/presence.py | entries expire by their own stamp (voip/presence.py) |
 | `{u:<user_id>}:last_push` | hash: device_id -> JSON last push and its answer | user | stores/push_log.py | retention |
@@ -257,6 +258,9 @@ class KeyLayout:
 
     def cancellations(self, call_id: str) -> str:
         return f"{self.prefix}{{c:{call_id}}}:cancellations"
+
+    def cancel_claims(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:cancel_claims"
 
     def devices(self, user_id: str) -> str:
         return f"{self.prefix}{{u:{user_id}}}:devices"
