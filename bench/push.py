@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +59,7 @@ from bench.setup_latency import _paced
 from bench.stats import median, percentile, ratio
 from voip.auth import Authenticator
 from voip.push import APNsConfig, APNsNotifier, Caller, Environment, PushRequest, voip_invite
+from voip.push.apns_connection import lean_h2
 
 T = TypeVar("T")
 
@@ -134,20 +135,23 @@ class SimProcess:
 
 
 class BareH2(asyncio.Protocol):
-    """The least an HTTP/2 client can do: h2's state machine, a future per stream."""
+    """The least an HTTP/2 client can do: h2's state machine, a future per stream. `lean`:
+    h2 driven as our connections drive it (`lean_h2`), else with h2's defaults."""
 
-    def __init__(self) -> None:
+    def __init__(self, lean: bool = False) -> None:
         self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        if lean:
+            lean_h2(self.h2)
         self.transport: Any = None  # uvloop's SSL transport is not an asyncio.Transport
         self.streams: dict[int, tuple[asyncio.Future[int], list[int]]] = {}
         self.changed = asyncio.Event()  # settings or window changed: blocked senders look again
         self.loop = asyncio.get_running_loop()
 
     @classmethod
-    async def connect(cls, host: str, port: int, ca_file: str) -> BareH2:
+    async def connect(cls, host: str, port: int, ca_file: str, *, lean: bool = False) -> BareH2:
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_connection(
-            cls, host, port, ssl=client_ssl_context(ca_file), server_hostname=host
+            lambda: cls(lean), host, port, ssl=client_ssl_context(ca_file), server_hostname=host
         )
         return protocol
 
@@ -189,7 +193,7 @@ class BareH2(asyncio.Protocol):
             if not future.done():
                 future.set_exception(ConnectionError(str(exc)))
 
-    async def send(self, headers: list[tuple[str, str]], body: bytes) -> int:
+    async def send(self, headers: Sequence[tuple[str, str] | tuple[bytes, bytes]], body: bytes) -> int:
         """One request; its :status."""
         while (
             len(self.streams) >= self.h2.remote_settings.max_concurrent_streams
@@ -212,6 +216,10 @@ class BareH2(asyncio.Protocol):
 
 
 # part 1: the measurement
+
+# The baseline first: a bare client with h2's defaults; then one driving h2 as ours does
+# (`lean_h2`), which tells h2's share from the sender's own.
+CLIENTS = ("bare h2", "bare h2, lean", "APNsNotifier.send")
 
 
 @dataclass
@@ -299,22 +307,36 @@ async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
     assert notifier.tokens is not None
     authorization = notifier.tokens.header()  # the same JWT for both clients
     sender = notifier.sender(Environment.SANDBOX)
-    bare_requests = [([*sender.headers(r), ("authorization", authorization)], r.payload) for r in pool]
+    # The same requests: as any client would write them (plain tuples, h2's defaults), and
+    # as our sender shapes them for a lean h2 connection.
+    bare_requests = [
+        ([*((k.decode(), v.decode()) for k, v in sender.headers(r)), ("authorization", authorization)], r.payload)
+        for r in pool
+    ]
+    lean_requests = [([*sender.headers(r), (b"authorization", authorization.encode())], r.payload) for r in pool]
     bare = await BareH2.connect(host, int(port), info["ca_file"])
+    lean = await BareH2.connect(host, int(port), info["ca_file"], lean=True)
     await notifier.connect(Environment.SANDBOX)
 
     async def ours(i: int) -> bool:
         return (await notifier.send(pool[i % POOL])).status == 200
 
-    async def theirs(i: int) -> bool:
-        headers, body = bare_requests[i % POOL]
-        try:
-            return await bare.send(headers, body) == 200
-        except ConnectionError:
-            return False
+    def bare_client(client: BareH2, requests: list[Any]) -> Callable[[int], Awaitable[bool]]:
+        async def theirs(i: int) -> bool:
+            headers, body = requests[i % POOL]
+            try:
+                return await client.send(headers, body) == 200
+            except ConnectionError:
+                return False
 
-    clients = {"APNsNotifier.send": ours, "bare h2": theirs}
-    for send in clients.values():  # authenticate both connections: the stream limit goes 1 -> 1000
+        return theirs
+
+    clients = {
+        "APNsNotifier.send": ours,
+        "bare h2": bare_client(bare, bare_requests),
+        "bare h2, lean": bare_client(lean, lean_requests),
+    }
+    for send in clients.values():  # authenticate every connection: the stream limit goes 1 -> 1000
         if not await send(0):
             raise RuntimeError(f"the simulator refused the first push: {sim.ask('receipts')[:1]}")
     rounds: list[Round] = []
@@ -342,10 +364,11 @@ async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
                         )
                     )
         connections = sim.ask("stats")["connections"]
-        if connections != 2:
+        if connections != len(clients):
             print(f"# note: the simulator saw {connections} connections (one per client expected)")
     finally:
         bare.close()
+        lean.close()
         await notifier.aclose()
         sim.ask("clear")
     return rounds
@@ -363,7 +386,7 @@ def throughput_report(rounds: list[Round], plan: Plan) -> list[str]:
     ceilings: list[str] = []
     for concurrency in plan.concurrency:
         baseline: Round | None = None
-        for name in ("bare h2", "APNsNotifier.send"):
+        for name in CLIENTS:
             mine = [r for r in rounds if r.client == name and r.concurrency == concurrency]
             mid = sorted(mine, key=lambda r: r.rate)[len(mine) // 2]
             cpu = median([r.client_us_per_push for r in mine])

@@ -64,6 +64,33 @@ async def test_invite_headers_and_payload(notifier: APNsNotifier, sim: APNsSimul
     assert delivery.push.apns_id == request.apns_id
 
 
+async def test_header_blocks_index_what_repeats_and_nothing_unique(notifier: APNsNotifier, sim: APNsSimulator) -> None:
+    """The headers every push repeats, the provider token too, enter the HPACK table once
+    and are then one byte each; the values unique to a push never enter it (they would
+    evict the repeating ones) and go as plain literals, not Huffman-coded."""
+    device = sim.add_device(VOIP_TOPIC)
+    first, second = invite(device), invite(device)
+    for request in (first, second):
+        assert (await notifier.send(request)).outcome == Outcome.ACCEPTED
+        [record] = requests_for(sim, request.apns_id)
+        assert record.path == f"/3/device/{device.token}" and record.header("apns-id") == request.apns_id
+
+    [connection] = notifier.sender("sandbox").connections
+    encoder = connection.conn.encoder
+    table = dict(encoder.header_table.dynamic_entries)
+    assert table[b"authorization"].startswith(b"bearer ") and table[b"apns-topic"] == VOIP_TOPIC.encode()
+    unique_names = {b":path", b"apns-id", b"apns-collapse-id", b"apns-expiration"}
+    assert not unique_names & table.keys()
+    assert notifier.tokens is not None
+    headers = [*notifier.sender("sandbox").headers(second), (b"authorization", notifier.tokens.header().encode())]
+    block = encoder.encode(headers)
+    unique = [value for name, value in headers if name in unique_names]
+    assert all(value in block for value in unique)  # as they are: no Huffman coding
+    # The unique values, the three names of theirs outside HPACK's static table, and a
+    # byte or two per header: no room for the ~200-byte token.
+    assert len(block) <= sum(map(len, unique)) + len(b"apns-idapns-expirationapns-collapse-id") + 2 * len(headers)
+
+
 async def test_cancellation_replaces_a_stored_invite(notifier: APNsNotifier, sim: APNsSimulator) -> None:
     device = sim.add_device(VOIP_TOPIC, online=False)
     ring_deadline = time.time() + 30

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from aioapns import APNs
 from aioapns.exceptions import ConnectionError as ConnectFailure
+from hpack import NeverIndexedHeaderTuple
 
 from voip.push import payloads
 from voip.push.apns_connection import (
@@ -32,6 +33,7 @@ from voip.push.interface import (
     PushKind,
     PushRequest,
     PushResult,
+    PushType,
     TokenDrop,
 )
 
@@ -42,6 +44,7 @@ APPLE_HOSTS: dict[Environment, str] = {
     Environment.PRODUCTION: "api.push.apple.com",
 }
 APPLE_PORT = 443
+_PUSH_TYPES: dict[PushType, bytes] = {kind: kind.value.encode() for kind in PushType}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,7 +133,12 @@ class APNsSender:
         client.pool.protocol_class = self.protocol_class
         self.client = client
         self.pool = client.pool
-        self._authority = self.host if self.port == APPLE_PORT else f"{self.host}:{self.port}"
+        authority = self.host if self.port == APPLE_PORT else f"{self.host}:{self.port}"
+        self._constant: tuple[tuple[bytes, bytes], ...] = (
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":authority", authority.encode()),
+        )
 
     @property
     def connections(self) -> list[APNsConnection]:
@@ -140,48 +148,55 @@ class APNsSender:
         """Open a connection ahead of the first push."""
         await self.pool.acquire()
 
-    def headers(self, request: PushRequest) -> list[tuple[str, str]]:
+    def headers(self, request: PushRequest) -> list[tuple[bytes, bytes]]:
+        """The request's headers but `authorization`, shaped for HPACK (see
+        `apns_connection.lean_h2`): values that repeat from push to push are plain tuples,
+        which the connection indexes once and then sends as one byte each; values unique
+        to this push are never indexed, so they cannot push the repeating ones out of
+        APNs's 4 KB table."""
         headers = [
-            (":method", "POST"),
-            (":scheme", "https"),
-            (":authority", self._authority),
-            (":path", f"/3/device/{request.device_token}"),
-            ("apns-id", request.apns_id),
-            ("apns-topic", request.topic),
-            ("apns-push-type", request.push_type.value),
-            ("apns-priority", str(request.priority)),
+            *self._constant,
+            NeverIndexedHeaderTuple(b":path", b"/3/device/" + request.device_token.encode()),
+            NeverIndexedHeaderTuple(b"apns-id", request.apns_id.encode()),
+            (b"apns-topic", request.topic.encode()),
+            (b"apns-push-type", _PUSH_TYPES[request.push_type]),
+            (b"apns-priority", b"10" if request.priority == 10 else str(request.priority).encode()),
         ]
         if request.expiration is not None:
-            headers.append(("apns-expiration", str(request.expiration)))
+            headers.append(NeverIndexedHeaderTuple(b"apns-expiration", str(request.expiration).encode()))
         if request.collapse_id is not None:
-            headers.append(("apns-collapse-id", request.collapse_id))
+            headers.append(NeverIndexedHeaderTuple(b"apns-collapse-id", request.collapse_id.encode()))
         return headers
 
     async def attempt(
-        self, headers: list[tuple[str, str]], body: bytes, end: float, response_timeout: float
+        self, headers: list[tuple[bytes, bytes]], body: bytes, end: float, response_timeout: float
     ) -> tuple[Response | AttemptFailure | None, APNsConnection | None]:
         """Write the request once and wait for its answer. `None`: the deadline came first
         and nothing was written."""
         loop = asyncio.get_running_loop()
+        connection: APNsConnection | None = None
+        answer_by: float | None = None  # set once the request is written
         try:
-            async with asyncio.timeout_at(end):
-                connection = await self.pool.acquire()
-                if not isinstance(connection, APNsConnection):
+            # One timeout for both halves (a push's CPU counts): the deadline until the
+            # request is written, then the earlier of the deadline and the response timeout.
+            async with asyncio.timeout_at(end) as window:
+                pooled = await self.pool.acquire()
+                if not isinstance(pooled, APNsConnection):
                     raise NotSent("foreign connection")
+                connection = pooled
                 future = await connection.open_stream(headers, body, not_after=end)
-        except TimeoutError:
-            return None, None
-        except ConnectFailure:
-            return ConnectFailed("could not connect"), None
-        except NotSent as failure:
-            return (None if failure.reason == "DeadlinePassed" else failure), None
-        answer_by = min(end, loop.time() + response_timeout)
-        try:
-            async with asyncio.timeout_at(answer_by):
+                answer_by = min(end, loop.time() + response_timeout)
+                window.reschedule(answer_by)
                 return await future, connection
         except TimeoutError:
+            if answer_by is None or connection is None:
+                return None, None
             connection.abandon()
             return (CutByDeadline() if answer_by >= end else NoResponse()), connection
+        except ConnectFailure:
+            return ConnectFailed("could not connect"), None
+        except NotSent as failure:  # raised before the request is written, never by its future
+            return (None if failure.reason == "DeadlinePassed" else failure), None
         except AttemptFailure as failure:
             return failure, connection
 
@@ -370,7 +385,7 @@ class APNsNotifier:
             if attempts >= self.config.max_attempts:
                 break
             authorization = self.tokens.header() if self.tokens else None
-            headers = [*base_headers, ("authorization", authorization)] if authorization else base_headers
+            headers = [*base_headers, (b"authorization", authorization.encode())] if authorization else base_headers
             answer, connection = await sender.attempt(headers, request.payload, end, self.config.response_timeout)
             if answer is None:
                 return finish(Outcome.EXPIRED, "the deadline passed before APNs accepted the push")
