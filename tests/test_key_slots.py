@@ -70,7 +70,9 @@ async def test_every_script_touches_one_slot(redis_url: str, redis: Redis, prefi
         await stores.calls.record_event("c1", user="bob", device="b1", entry={"event": "ringing"})
         await stores.calls.status_check("c1", user="bob", device="b1", node="n", via="bearer", at=now)
         await stores.calls.claim_due_timeouts(now_ms(), 1000, node="n", buckets=list(range(BUCKETS)))
-        await stores.push_log.record_answer("c1", {"event": "push"}, cancelled=("b1", now))
+        await stores.push_log.record_answer(
+            "c1", {"event": "push"}, cancelled=("b1", now), last_push=("bob", "b1", {"event": "push"})
+        )
         await stores.calls.transition("c1", Action.TIMEOUT, node="n")
         await stores.presence.set("bob", "b1", "n", 5000)
         await stores.presence.renew({"bob": ["b1"], "alice": ["a1"]}, "n", 5000)

@@ -83,7 +83,7 @@ class Stores:
                 status_pipe=status_pipe,
             ),
             devices=DeviceStore(redis, keys),
-            push_log=PushLog(redis, keys, retention=retention, ops_channel=ops_channel),
+            push_log=PushLog(redis, keys, retention=retention, ops_channel=ops_channel, pipe=status_pipe),
             presence=PresenceStore(redis, keys),
             sockets=SocketStore(redis, keys, retention=retention),
             limits=CalleeLimits(redis, keys),
