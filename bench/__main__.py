@@ -78,6 +78,9 @@ def main() -> None:
         help="--status, --scale: on a local Redis Cluster (6 redis-servers, tests/redis_cluster.py)",
     )
     parser.add_argument(
+        "--pinned", action="store_true", help="--status: the node on one CPU, wrk and Redis on the other"
+    )
+    parser.add_argument(
         "--scale", action="store_true", help="calls/s on 1 and 2 nodes, Redis per call (bench/scale.py)"
     )
     parser.add_argument(
@@ -101,7 +104,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="--chaos: what to break, in which order")
     args = parser.parse_args()
     if args.status:
-        return status.main(quick=args.quick, redis_url=args.redis_url, redis_cluster=args.redis_cluster)
+        return status.main(
+            quick=args.quick, redis_url=args.redis_url, redis_cluster=args.redis_cluster, pinned=args.pinned
+        )
     if args.scale:
         from bench import scale
 
