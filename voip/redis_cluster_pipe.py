@@ -242,12 +242,7 @@ class ClusterPipe:
 
     # -- inside --------------------------------------------------------------------
     def _write(self, link: _Protocol, command: bytes) -> asyncio.Future[Any]:
-        if link.transport is None:
-            raise ConnectionError("Redis connection lost")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        link.waiting.append(future)
-        link.transport.write(command)
-        return future
+        return link.send(command)
 
     async def _wait(self, future: asyncio.Future[Any]) -> Any:
         expiry = future.get_loop().call_later(self._timeout, _expire, future)

@@ -53,10 +53,31 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
+        # Commands written by this turn of the event loop, sent as one write at its end:
+        # the requests a busy node handles together cost one syscall here, and Redis one
+        # read, instead of one each.
+        self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue `command`; its reply resolves the future. Commands queued back to back,
+        with no await between, reach Redis back to back (ASKING and its command)."""
+        if self.transport is None:
+            raise ConnectionError("Redis connection lost")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        if not self._outgoing:
+            future.get_loop().call_soon(self._flush)
+        self._outgoing.append(command)
+        return future
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if self.transport is not None:  # else connection_lost has failed their futures
+            self.transport.write(b"".join(outgoing))
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -71,6 +92,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._outgoing = []
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -167,11 +189,7 @@ class RedisPipe:
             return protocol
 
     async def _send(self, protocol: _Protocol, command: bytes) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if protocol.transport is None:
-            raise ConnectionError("Redis connection lost")
-        protocol.waiting.append(future)
-        protocol.transport.write(command)
+        future = protocol.send(command)
         if self._timeout is None:
             return await future
         expiry = future.get_loop().call_later(self._timeout, _expire, future)
