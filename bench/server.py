@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from voip import api, logs
+from voip import api, heap, logs
 from voip.app import create_app
 from voip.http_limits import server_options
 from voip.settings import load_settings
@@ -78,6 +78,7 @@ def main() -> None:
         lifespan="on",
         **server_options(settings),
     )
+    heap.settle()  # as `python -m voip run` does
     uvicorn.Server(config).run(sockets=[sock])
     sys.exit(0)
 

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> None:
     import structlog
     import uvicorn
 
-    from voip import banner, logs
+    from voip import banner, heap, logs
     from voip.app import create_app
     from voip.drain import DrainingServer
     from voip.http_limits import server_options
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> None:
         async def drain() -> None:
             await app.state.node.drain()
 
+        heap.settle()
         # SIGTERM drains the node, then the process exits 0 through this `finally`.
         DrainingServer(config, drain=drain, on_ready=ready).run()
     finally:
