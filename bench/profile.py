@@ -92,7 +92,7 @@ def _short(frame: str) -> str:
     return f"{match[1]} ({path})"
 
 
-def summarise(raw: str, focus: str = "call_status") -> list[str]:
+def summarise(raw: str, focus: str = "CallStatus.__call__") -> list[str]:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     under_focus: Counter[str] = Counter()  # what `focus` spends its time in, one level down
