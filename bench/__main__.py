@@ -1,6 +1,6 @@
-"""`python -m bench [--quick] [--profile]` (and `--status`, `--push`, `--sip`, `--sip-pair`,
-`--ops`, `--wait`, `--chaos`, `--scale`): every figure printed next to its baseline from the same
-run (see docs/benchmarks.md)."""
+"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--sip`,
+`--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`): every figure printed next to its
+baseline from the same run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the node under status load (with --sip, --push: under theirs)"
     )
+    parser.add_argument("--speed", action="store_true", help="issue 12's table, every row in one run (bench/speed.py)")
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
     parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
@@ -103,6 +104,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=180.0, help="--chaos: how long the phones call (default 180)")
     parser.add_argument("--seed", type=int, default=1, help="--chaos: what to break, in which order")
     args = parser.parse_args()
+    if args.speed:
+        from bench import speed
+
+        return speed.main(quick=args.quick)
     if args.status:
         return status.main(
             quick=args.quick, redis_url=args.redis_url, redis_cluster=args.redis_cluster, pinned=args.pinned

@@ -374,6 +374,12 @@ async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
     return rounds
 
 
+def summary(rounds: list[Round], client: str, concurrency: int) -> tuple[Round, float]:
+    """A client's median round by pushes/s, and its median CPU per push (us) over the rounds."""
+    mine = [r for r in rounds if r.client == client and r.concurrency == concurrency]
+    return sorted(mine, key=lambda r: r.rate)[len(mine) // 2], median([r.client_us_per_push for r in mine])
+
+
 def throughput_report(rounds: list[Round], plan: Plan) -> list[str]:
     lines = [
         f"## APNs push throughput, closed loop, one warm connection each "
@@ -388,8 +394,7 @@ def throughput_report(rounds: list[Round], plan: Plan) -> list[str]:
         baseline: Round | None = None
         for name in CLIENTS:
             mine = [r for r in rounds if r.client == name and r.concurrency == concurrency]
-            mid = sorted(mine, key=lambda r: r.rate)[len(mine) // 2]
-            cpu = median([r.client_us_per_push for r in mine])
+            mid, cpu = summary(rounds, name, concurrency)
             sim_cpu = median([r.sim_us_per_push for r in mine])
             if baseline is None:
                 baseline = mid

@@ -1,0 +1,178 @@
+"""`python -m bench --speed [--quick]`: issue 12's table, every row measured in one run.
+
+Each row's figure is a ratio or a per-call cost against a baseline measured in the same
+run (docs/benchmarks.md#issue-12-one-table-python--m-bench---speed). A row is a
+`measure(plan) -> Measured` function: the push and status rows call into bench/push.py
+and bench/status.py; the SIP call, app-to-app call and idle-socket rows are placeholders
+(`measure_sip_call`, `measure_app_call`, `measure_idle_sockets`) to point at their bench
+functions, and until then print "not measured in this run" rather than a number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bench import push, status
+from bench.noise import Noise
+from bench.procs import Cluster, cpu_plan
+from bench.stats import ratio
+
+
+@dataclass(frozen=True)
+class Plan:
+    push_rounds: int
+    push_seconds: float
+    push_warmup: float
+    status_rounds: int
+    status_seconds: float
+    status_warmup: float
+
+
+FULL = Plan(push_rounds=5, push_seconds=1.2, push_warmup=0.5, status_rounds=3, status_seconds=6, status_warmup=2)
+QUICK = Plan(push_rounds=2, push_seconds=0.7, push_warmup=0.2, status_rounds=1, status_seconds=3, status_warmup=1)
+
+PUSH_IN_FLIGHT = 100
+PUSH_GOAL = 0.9  # x the bare h2 client's pushes/s
+
+
+@dataclass(frozen=True)
+class Measured:
+    value: str  # the table's "measured" cell
+    met: bool | None = None  # None: not measured, or no goal to meet
+    lines: tuple[str, ...] = ()  # the measurement's own report, printed before the table
+
+
+NOT_MEASURED = Measured("not measured in this run")
+
+
+@dataclass(frozen=True)
+class Row:
+    work: str
+    today: str
+    goal: str
+    measure: Callable[[Plan], Awaitable[Measured]]
+
+
+# Placeholders, each to be pointed at the bench function of its row (node CPU per unit of
+# work against its baseline in the same run); until then they measure nothing.
+
+
+async def measure_sip_call(plan: Plan) -> Measured:
+    """A full SIP call with a push under sipp: node CPU per call, zero failed calls at the
+    rate (bench/sip.py)."""
+    return NOT_MEASURED
+
+
+async def measure_app_call(plan: Plan) -> Measured:
+    """An app-to-app call over WebSocket: node CPU per call."""
+    return NOT_MEASURED
+
+
+async def measure_idle_sockets(plan: Plan) -> Measured:
+    """Node memory per idle device WebSocket at 10,000 per node, opened in a storm."""
+    return NOT_MEASURED
+
+
+async def measure_push(plan: Plan) -> Measured:
+    """APNsNotifier.send against the bare h2 client, 100 in flight, one warm connection
+    each, interleaved rounds (bench/push.py, part 1): pushes/s and client CPU per push."""
+    server_cpu, load_cpu = cpu_plan()
+    sim = push.SimProcess(load_cpu)
+    try:
+        if server_cpu >= 0:
+            os.sched_setaffinity(0, {server_cpu})  # the clients get a CPU; the simulator has the other
+        shape = push.Plan(
+            rounds=plan.push_rounds,
+            seconds=plan.push_seconds,
+            warmup=plan.push_warmup,
+            concurrency=(PUSH_IN_FLIGHT,),
+            rates=(),
+        )
+        rounds = await push.throughput(sim, shape)
+    finally:
+        sim.stop()
+    ours, ours_cpu = push.summary(rounds, "APNsNotifier.send", PUSH_IN_FLIGHT)
+    bare, bare_cpu = push.summary(rounds, "bare h2", PUSH_IN_FLIGHT)
+    by_rate = ratio(ours.rate, bare.rate)
+    value = (
+        f"{by_rate:.2f} x bare h2 (pushes/s); client CPU per push {ours_cpu:.0f} us against "
+        f"{bare_cpu:.0f} us ({ratio(ours_cpu, bare_cpu):.2f} x)"
+    )
+    return Measured(value, by_rate >= PUSH_GOAL, tuple(push.throughput_report(rounds, shape)))
+
+
+async def measure_status(plan: Plan) -> Measured:
+    """The status endpoint against a bare route of the same app, node, wrk and Redis
+    unpinned (bench/status.py): req/s and node CPU per request."""
+    server_cpu, _ = status.placement(pinned=False)
+    connections = 32
+    with Cluster(server_cpu) as cluster:
+        node = cluster.start_node("status")
+        call_ids = await status.make_calls(cluster, node, 4)
+        loads = status.workloads(cluster, call_ids)
+        results = await asyncio.to_thread(
+            status.measure,
+            node,
+            loads,
+            rounds=plan.status_rounds,
+            seconds=plan.status_seconds,
+            warmup=plan.status_warmup,
+            connections=connections,
+        )
+    cells, met = [], True
+    for name in ("status+bearer", "status+cap"):
+        by_rps, by_cpu = status.ratios(results, name)
+        met = met and min(by_rps, by_cpu) >= status.GOAL
+        cells.append(f"{name.removeprefix('status+')} {by_rps:.2f} (req/s), {by_cpu:.2f} (CPU)")
+    value = f"{'; '.join(cells)} x bare"
+    return Measured(value, met, tuple(status.report(results, connections, plan.status_seconds, loads, pinned=False)))
+
+
+ROWS = (
+    Row("full SIP call with a push", "~13 ms", "<= 4 ms (>= 250 calls/s per core), no failed call", measure_sip_call),
+    Row("app-to-app call", "3.6 ms", "<= 2 ms", measure_app_call),
+    Row("idle device WebSocket, 10,000 per node", "35.6 KiB", "<= 24 KiB, 10,000 in a storm", measure_idle_sockets),
+    Row(f"push sent, {PUSH_IN_FLIGHT} in flight", "1.0 x bare h2 client", f">= {PUSH_GOAL} x", measure_push),
+    Row("status endpoint", "0.42-0.63 x bare", f">= {status.GOAL} x bare of the same app, unpinned", measure_status),
+)
+
+
+def table(rows: list[tuple[Row, Measured]]) -> list[str]:
+    def verdict(measured: Measured) -> str:
+        return "" if measured.met is None else " (met)" if measured.met else " (MISSED)"
+
+    return [
+        "## issue 12: node CPU per unit of work, each against its baseline in this run",
+        "| work | today | goal | measured |",
+        "|---|---|---|---|",
+        *(f"| {row.work} | {row.today} | {row.goal} | {m.value}{verdict(m)} |" for row, m in rows),
+    ]
+
+
+async def run(plan: Plan, rows: tuple[Row, ...] = ROWS) -> list[tuple[Row, Measured]]:
+    measured = []
+    for row in rows:
+        began = time.monotonic()
+        result = await row.measure(plan)
+        if result.lines:
+            print(f"### {row.work} ({time.monotonic() - began:.0f}s)", *result.lines, sep="\n", flush=True)
+        measured.append((row, result))
+    return measured
+
+
+def main(*, quick: bool = False) -> None:
+    from bench.__main__ import machine
+    from bench.http_load import wrk_binary
+
+    wrk_binary()  # fail before starting anything
+    plan = QUICK if quick else FULL
+    began, noise = time.monotonic(), Noise()
+    print(f"# voip bench --speed: {machine()}", flush=True)
+    rows = push._run(run(plan))
+    print("\n".join(table(rows)))
+    print(noise.report())
+    print(f"# done in {time.monotonic() - began:.0f}s")
