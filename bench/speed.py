@@ -36,7 +36,7 @@ FULL = Plan(push_rounds=5, push_seconds=1.2, push_warmup=0.5, status_rounds=3, s
 QUICK = Plan(push_rounds=2, push_seconds=0.7, push_warmup=0.2, status_rounds=1, status_seconds=3, status_warmup=1)
 
 PUSH_IN_FLIGHT = 100
-PUSH_GOAL = 0.9  # x the bare h2 client's pushes/s
+PUSH_GOAL = 0.9  # x the bare h2 client's pushes per CPU-second
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ async def measure_idle_sockets(plan: Plan) -> Measured:
 
 async def measure_push(plan: Plan) -> Measured:
     """APNsNotifier.send against the bare h2 client, 100 in flight, one warm connection
-    each, interleaved rounds (bench/push.py, part 1): pushes/s and client CPU per push."""
+    each, interleaved rounds (bench/push.py, part 1): client CPU per push, and pushes/s."""
     server_cpu, load_cpu = cpu_plan()
     sim = push.SimProcess(load_cpu)
     try:
@@ -97,12 +97,14 @@ async def measure_push(plan: Plan) -> Measured:
         sim.stop()
     ours, ours_cpu = push.summary(rounds, "APNsNotifier.send", PUSH_IN_FLIGHT)
     bare, bare_cpu = push.summary(rounds, "bare h2", PUSH_IN_FLIGHT)
-    by_rate = ratio(ours.rate, bare.rate)
+    # The table's unit is CPU per unit of work: pushes per CPU-second against the bare
+    # client's. Pushes/s, shown too, is the simulator's ceiling and the machine's noise.
+    by_cpu = ratio(bare_cpu, ours_cpu)
     value = (
-        f"{by_rate:.2f} x bare h2 (pushes/s); client CPU per push {ours_cpu:.0f} us against "
-        f"{bare_cpu:.0f} us ({ratio(ours_cpu, bare_cpu):.2f} x)"
+        f"{by_cpu:.2f} x bare h2 by CPU per push ({ours_cpu:.0f} against {bare_cpu:.0f} us), "
+        f"{ratio(ours.rate, bare.rate):.2f} x by pushes/s"
     )
-    return Measured(value, by_rate >= PUSH_GOAL, tuple(push.throughput_report(rounds, shape)))
+    return Measured(value, by_cpu >= PUSH_GOAL, tuple(push.throughput_report(rounds, shape)))
 
 
 async def measure_status(plan: Plan) -> Measured:
