@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,7 @@ from bench import devices
 from bench.apns_sim import runq_seconds
 from bench.noise import Noise
 from bench.procs import ROOT, Cluster, NodeProcess, cpu_plan
-from bench.profile import py_spy, summarise
+from bench.profile import Spy, spy_on
 from bench.setup_latency import _paced
 from bench.stats import median, percentile, ratio
 from voip.auth import Authenticator
@@ -548,7 +547,7 @@ async def call_to_wire(
     try:
         await run("warm-up", "pv", 20, 2 * PAIRS)  # the node's first push dials and authenticates
         for rate, count in plan.rates:
-            spy = _spy(node.process.pid, count / rate) if profile is not None and rate == plan.rates[-1][0] else None
+            spy = spy_on(node.process.pid, count / rate) if profile is not None and rate == plan.rates[-1][0] else None
             results.append(await run("with VoIP push", "pv", rate, count))
             if spy is not None and profile is not None:
                 profile += _spied(spy)
@@ -562,40 +561,8 @@ async def call_to_wire(
     return results
 
 
-def _spy(pid: int, seconds: float) -> tuple[subprocess.Popen[bytes], Path] | None:
-    binary = py_spy()
-    if binary is None:
-        return None
-    out = Path(tempfile.mkdtemp(prefix="bench-spy-")) / "stacks.txt"
-    process = subprocess.Popen(
-        [
-            binary,
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            str(max(1, round(seconds))),
-            "-r",
-            "250",
-            "--nolineno",
-            "--format",
-            "raw",
-            "-o",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    return process, out
-
-
-def _spied(spy: tuple[subprocess.Popen[bytes], Path]) -> list[str]:
-    process, out = spy
-    _, err = process.communicate(timeout=60)
-    if process.returncode != 0 or not out.exists():
-        return [f"(py-spy failed: {err.decode().strip()[-300:]})"]
-    lines = summarise(out.read_text(), focus="CallPushes._send")
-    shutil.rmtree(out.parent, ignore_errors=True)
+def _spied(spy: Spy) -> list[str]:
+    lines = spy.collect(focus="CallPushes._send")
     return [line.replace("of the node", "of the node, calls with a VoIP push") for line in lines]
 
 
