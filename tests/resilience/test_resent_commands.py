@@ -17,7 +17,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from voip import redis_pool
 from voip.calls import Action, CallState
 from voip.settings import load_settings
-from voip.stores import CallError, Stores
+from voip.stores import CallError, CallStore, Stores
 
 
 class ReplyDropper:
@@ -91,45 +91,35 @@ async def dropper(redis_url: str) -> AsyncIterator[tuple[ReplyDropper, Redis]]:
     await proxy.aclose()
 
 
+async def create(calls: CallStore, call_id: str, caller: str = "alice", device: str = "a1") -> bool:
+    return await calls.create(
+        call_id,
+        caller_user=caller,
+        caller_device=device,
+        callee_user="bob",
+        ring_deadline=2**41,
+        node="n",
+        targets=["b1"],
+        created_at=1,
+    )
+
+
 async def test_a_create_whose_reply_was_lost_is_the_callers_own_call(
     dropper: tuple[ReplyDropper, Redis], redis: Redis, prefix: str
 ) -> None:
     proxy, client = dropper
     calls = Stores.open(client, prefix, retention=600).calls
-
-    async def create(call_id: str) -> bool:
-        return await calls.create(
-            call_id,
-            caller_user="alice",
-            caller_device="a1",
-            callee_user="bob",
-            ring_deadline=2**41,
-            node="n",
-            targets=["b1"],
-            created_at=1,
-        )
-
     # The script is loaded first: a NOSCRIPT answer would mean the script never ran.
-    assert await create(str(uuid.uuid4()))
+    assert await create(calls, str(uuid.uuid4()))
     call_id = str(uuid.uuid4())
     proxy.armed = True
-    created = await create(call_id)
+    created = await create(calls, call_id)
     assert proxy.dropped == 1, "the reply was not dropped: the test proves nothing"
     assert created
     call = await Stores.open(redis, prefix, retention=600).calls.get(call_id)
     assert call is not None and call.caller_device == "a1"
     # A second create with the same id is still refused: the id is taken.
-    again = await calls.create(
-        call_id,
-        caller_user="mallory",
-        caller_device="m1",
-        callee_user="bob",
-        ring_deadline=2**41,
-        node="n",
-        targets=["b1"],
-        created_at=2,
-    )
-    assert not again
+    assert not await create(calls, call_id, caller="mallory", device="m1")
     timeline = await calls.timeline(call_id)
     assert [e["event"] for e in timeline] == ["created"]
 
@@ -142,16 +132,7 @@ async def test_a_transition_whose_reply_was_lost_is_done_once_and_acknowledged(
 
     async def ringing() -> str:
         call_id = str(uuid.uuid4())
-        assert await calls.create(
-            call_id,
-            caller_user="alice",
-            caller_device="a1",
-            callee_user="bob",
-            ring_deadline=2**41,
-            node="n",
-            targets=["b1"],
-            created_at=1,
-        )
+        assert await create(calls, call_id)
         return call_id
 
     # The script is loaded first: a NOSCRIPT answer would mean the script never ran.
