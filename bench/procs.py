@@ -91,9 +91,16 @@ class Cluster:
         return self
 
     def start_node(
-        self, name: str, timeout: float = 20, *, cpu: int | None = None, env: dict[str, str] | None = None
+        self,
+        name: str,
+        timeout: float = 20,
+        *,
+        cpu: int | None = None,
+        env: dict[str, str] | None = None,
+        root: Path = ROOT,
     ) -> NodeProcess:
-        """`cpu`: pin this node there instead of the server CPU; `env`: its own settings."""
+        """`cpu`: pin this node there instead of the server CPU; `env`: its own settings;
+        `root`: the checkout it runs from (bench/sip_pair.py compares two)."""
         log_path = self._tmp / f"{name}.log"
         env = {
             **os.environ,
@@ -107,8 +114,8 @@ class Cluster:
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "bench.server", "--cpu", str(self.server_cpu if cpu is None else cpu)],
-                cwd=ROOT,
-                env=env,
+                cwd=root,
+                env={**env, "PYTHONPATH": str(root)} if root != ROOT else env,
                 stdout=subprocess.PIPE,
                 stderr=log,
             )

@@ -20,11 +20,8 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,44 +46,6 @@ class Variant:
     cpu_ms: list[float] = field(default_factory=list)
 
 
-def start_node(cluster: Cluster, variant: Variant, env: dict[str, str], timeout: float = 20) -> NodeProcess:
-    """Cluster.start_node, from the variant's own checkout."""
-    log_path = Path(tempfile.mkdtemp(prefix="voip-pair-")) / f"{variant.label}.log"
-    full = {
-        **os.environ,
-        **env,
-        "PYTHONPATH": str(variant.root),
-        "BENCH_REDIS_URL": cluster.redis_url,
-        "BENCH_PREFIX": cluster.prefix,
-        "BENCH_SECRET": cluster.secret,
-        "BENCH_NODE_ID": f"bench-{variant.label}",
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.server", "--cpu", str(cluster.server_cpu)],
-            cwd=variant.root,
-            env=full,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-    assert process.stdout is not None
-    line = process.stdout.readline().decode()
-    if not line.startswith("PORT "):
-        process.kill()
-        raise RuntimeError(f"node {variant.label} did not start: {log_path.read_text()[-2000:]}")
-    node = NodeProcess(f"bench-{variant.label}", process, int(line.split()[1]), log_path)
-    cluster.nodes.append(node)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{node.base_url}/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return node
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"node {variant.label} not healthy: {log_path.read_text()[-2000:]}")
-
-
 async def measure(variants: list[Variant], sim: SimProcess, rate: float, seconds: float, rounds: int) -> list[str]:
     work = Path(tempfile.mkdtemp(prefix="voip-pair-sipp-"))
     for variant in variants:
@@ -103,7 +62,7 @@ async def measure(variants: list[Variant], sim: SimProcess, rate: float, seconds
             "VOIP_WS_RATE": "100000",
             "VOIP_WS_BURST": "100000",
         }
-        variant.node = start_node(variant.cluster, variant, env)
+        variant.node = variant.cluster.start_node(variant.label, env=env, root=variant.root)
         await devices.register(variant.node.base_url, variant.cluster.auth, "alice", "alice-app")
         variant.app = AutoAnswer(await devices.connect(variant.node.ws_url, variant.cluster.auth, "alice", "alice-app"))
         variant.target = f"127.0.0.1:{port}"
