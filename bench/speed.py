@@ -3,8 +3,8 @@
 Each row's figure is a ratio or a per-call cost against a baseline measured in the same
 run (docs/benchmarks.md#issue-12-one-table-python--m-bench---speed). A row is a
 `measure(plan) -> Measured` function: the push and status rows call into bench/push.py
-and bench/status.py; the SIP call, app-to-app call and idle-socket rows are placeholders
-(`measure_sip_call`, `measure_app_call`, `measure_idle_sockets`) to point at their bench
+and bench/status.py, the SIP call row into bench/sip.py; the app-to-app call and idle-socket
+rows are placeholders (`measure_app_call`, `measure_idle_sockets`) to point at their bench
 functions, and until then print "not measured in this run" rather than a number.
 """
 
@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench import push, status
+from bench import push, sip, status
 from bench.noise import Noise
 from bench.procs import Cluster, cpu_plan
 from bench.stats import ratio
@@ -30,10 +30,27 @@ class Plan:
     status_rounds: int
     status_seconds: float
     status_warmup: float
+    sip_rates: tuple[float, ...] = sip.QUICK_RATES  # the ladder of calls/s, up to the first failed call
 
 
-FULL = Plan(push_rounds=5, push_seconds=1.2, push_warmup=0.5, status_rounds=3, status_seconds=6, status_warmup=2)
-QUICK = Plan(push_rounds=2, push_seconds=0.7, push_warmup=0.2, status_rounds=1, status_seconds=3, status_warmup=1)
+FULL = Plan(
+    push_rounds=5,
+    push_seconds=1.2,
+    push_warmup=0.5,
+    status_rounds=3,
+    status_seconds=6,
+    status_warmup=2,
+    sip_rates=sip.RATES,
+)
+QUICK = Plan(
+    push_rounds=2,
+    push_seconds=0.7,
+    push_warmup=0.2,
+    status_rounds=1,
+    status_seconds=3,
+    status_warmup=1,
+    sip_rates=sip.QUICK_RATES,
+)
 
 PUSH_IN_FLIGHT = 100
 PUSH_GOAL = 0.9  # x the bare h2 client's pushes per CPU-second
@@ -62,9 +79,23 @@ class Row:
 
 
 async def measure_sip_call(plan: Plan) -> Measured:
-    """A full SIP call with a push under sipp: node CPU per call, zero failed calls at the
-    rate (bench/sip.py)."""
-    return NOT_MEASURED
+    """A full SIP call with a push under sipp (bench/sip.py, its ladder of rates up to the
+    first failed call, no memory run): node CPU per call over the rates sustained with no
+    failed call, against a sipp UAS's at the same rates in this run."""
+    result = await sip.run(rates=plan.sip_rates, memory=False)
+    return sip_verdict(result.rows, tuple(result.lines))
+
+
+def sip_verdict(rows: list[sip.RateRow], lines: tuple[str, ...] = ()) -> Measured:
+    verdict = sip.Verdict.of(rows)
+    if not verdict.node_ms:
+        return Measured(f"no rate sustained (ladder {', '.join(f'{r.node.rate:g}' for r in rows)})", False, lines)
+    node, uas = verdict.node_median, verdict.uas_median
+    value = (
+        f"{node:.2f} ms/call ({ratio(node, uas):.0f} x sipp UAS's {uas:.3f} ms), "
+        f"{verdict.best_rate:g} calls/s with no failed call"
+    )
+    return Measured(value, verdict.met, lines)
 
 
 async def measure_app_call(plan: Plan) -> Measured:

@@ -1,12 +1,15 @@
 """`python -m bench --speed` (bench/speed.py): issue 12's table. The rows not wired yet say
 so instead of printing a number, and the push row runs, tiny, so that it does not rot
-(the status row needs wrk, which the test environment does not install)."""
+(the status row needs wrk, which the test environment does not install); the SIP row's
+verdict is judged from a ladder's rows as bench/sip.py makes them (sipp itself is run by
+the bench, not here)."""
 
 from __future__ import annotations
 
+import math
 import os
 
-from bench import speed
+from bench import sip, speed
 
 TINY = speed.Plan(
     push_rounds=1, push_seconds=0.2, push_warmup=0.1, status_rounds=1, status_seconds=1, status_warmup=0.5
@@ -14,10 +17,11 @@ TINY = speed.Plan(
 
 
 async def test_every_row_of_the_issue_is_in_the_table_and_placeholders_measure_nothing() -> None:
-    placeholders = (speed.measure_sip_call, speed.measure_app_call, speed.measure_idle_sockets)
+    placeholders = (speed.measure_app_call, speed.measure_idle_sockets)
     rows = [row for row in speed.ROWS if row.measure in placeholders]
     measured = await speed.run(TINY, tuple(rows))
-    assert [m for _, m in measured] == [speed.NOT_MEASURED] * 3
+    assert [m for _, m in measured] == [speed.NOT_MEASURED] * 2
+    assert speed.ROWS[0].measure is speed.measure_sip_call
 
     lines = speed.table([(row, speed.NOT_MEASURED) for row in speed.ROWS])
     assert lines[1] == "| work | today | goal | measured |"
@@ -42,3 +46,31 @@ async def test_the_push_row_compares_the_sender_with_the_bare_client_in_one_run(
     report = "\n".join(measured.lines)
     for client in ("bare h2 ", "bare h2, lean ", "APNsNotifier.send "):
         assert f"\n{client}" in report
+
+
+def _rate(rate: float, *, node_ms: float, uas_ms: float, failed: int = 0, late: bool = False) -> sip.RateRow:
+    calls = int(rate * sip.SECONDS)
+    wall = calls / rate + (sip.PACE_SLACK * 2 if late else 0.2)
+    node = sip.SippRun("node", rate, calls, calls - failed, failed, wall, 3.0)
+    base = sip.SippRun("uas", rate, calls, calls, 0, calls / rate, 0.1)
+    return sip.RateRow(node, base, calls, 1.0, node_ms, 0.5, 0.1, uas_ms, calls - failed, calls - failed)
+
+
+def test_the_sip_row_judges_only_the_rates_sustained_with_no_failed_call_against_the_uas_of_the_same_run() -> None:
+    rows = [
+        _rate(50, node_ms=5.0, uas_ms=0.5),
+        _rate(100, node_ms=3.0, uas_ms=0.3),
+        _rate(150, node_ms=2.0, uas_ms=0.2, late=True),  # sipp's calls ended, but the node fell behind
+        _rate(200, node_ms=1.0, uas_ms=0.2, failed=3),
+    ]
+    measured = speed.sip_verdict(rows)
+    assert measured.value == "4.00 ms/call (10 x sipp UAS's 0.400 ms), 100 calls/s with no failed call"
+    assert measured.met is False  # 100 calls/s is short of the goal's 250
+
+    fast = [_rate(rate, node_ms=3.5, uas_ms=0.35) for rate in (100, 250)]
+    assert speed.sip_verdict(fast).met is True
+    assert speed.sip_verdict([_rate(250, node_ms=4.5, uas_ms=0.35)]).met is False  # the rate, not the CPU
+
+    none = speed.sip_verdict([_rate(50, node_ms=1.0, uas_ms=0.1, failed=1)])
+    assert none.met is False and none.value == "no rate sustained (ladder 50)"
+    assert math.isnan(sip.Verdict.of([]).node_median)
