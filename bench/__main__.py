@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--sip`,
+"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--sip`, `--app-calls`,
 `--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`): every figure printed next to its
 baseline from the same run (see docs/benchmarks.md)."""
 
@@ -63,6 +63,11 @@ def main() -> None:
     )
     parser.add_argument("--speed", action="store_true", help="issue 12's table, every row in one run (bench/speed.py)")
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
+    parser.add_argument(
+        "--app-calls",
+        action="store_true",
+        help="app-to-app calls over WebSocket: node CPU per call vs a bare echo (bench/app_calls.py)",
+    )
     parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
     parser.add_argument(
@@ -108,6 +113,10 @@ def main() -> None:
         from bench import speed
 
         return speed.main(quick=args.quick)
+    if args.app_calls:
+        from bench import app_calls
+
+        return app_calls.main(quick=args.quick)
     if args.status:
         return status.main(
             quick=args.quick, redis_url=args.redis_url, redis_cluster=args.redis_cluster, pinned=args.pinned

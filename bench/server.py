@@ -1,4 +1,5 @@
-"""One bench node in its own process: the real app, plus a bare route as the baseline.
+"""One bench node in its own process: the real app, plus a bare route and a bare WebSocket
+echo as baselines.
 
     python -m bench.server --cpu 1      (settings from BENCH_* environment variables)
 
@@ -15,7 +16,8 @@ import sys
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voip import api, heap, logs
 from voip.app import create_app
@@ -23,11 +25,25 @@ from voip.http_limits import server_options
 from voip.settings import load_settings
 
 BARE_PATH = "/bench/bare"
+ECHO_PATH = "/bench/echo"
 
 
 async def bare(request: Request) -> Response:
     # Same response class as the status endpoint, so the baseline differs only by the work.
     return api.JSONResponse({"status": "ok", "server_time": 0})
+
+
+async def echo(websocket: WebSocket) -> None:
+    """A text frame `<k> <payload>` comes back as k frames of the payload: the baseline of
+    bench/app_calls.py, the same frames in and out as a call, with no call behind them."""
+    await websocket.accept()
+    try:
+        while True:
+            count, _, payload = (await websocket.receive_text()).partition(" ")
+            for _ in range(int(count)):
+                await websocket.send_text(payload)
+    except WebSocketDisconnect:
+        return
 
 
 def main() -> None:
@@ -58,6 +74,7 @@ def main() -> None:
         RedisConnections.status_pipe = lambda self: None  # type: ignore[method-assign,assignment,return-value]
     app = create_app(settings)
     app.router.routes.append(Route(BARE_PATH, bare, methods=["GET"]))
+    app.router.routes.append(WebSocketRoute(ECHO_PATH, echo))
     if os.environ.get("BENCH_COUNT_ROUND_TRIPS") == "1":  # bench/scale.py
         from bench.redis_count import RoundTrips, install
 

@@ -3,9 +3,9 @@
 Each row's figure is a ratio or a per-call cost against a baseline measured in the same
 run (docs/benchmarks.md#issue-12-one-table-python--m-bench---speed). A row is a
 `measure(plan) -> Measured` function: the push and status rows call into bench/push.py
-and bench/status.py, the SIP call row into bench/sip.py; the app-to-app call and idle-socket
-rows are placeholders (`measure_app_call`, `measure_idle_sockets`) to point at their bench
-functions, and until then print "not measured in this run" rather than a number.
+and bench/status.py, the SIP call row into bench/sip.py, the app-to-app call row into
+bench/app_calls.py; the idle-socket row is a placeholder (`measure_idle_sockets`) to point at
+its bench function, and until then prints "not measured in this run" rather than a number.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench import push, sip, status
+from bench import app_calls, push, sip, status
 from bench.noise import Noise
 from bench.procs import Cluster, cpu_plan
 from bench.stats import ratio
@@ -31,6 +31,7 @@ class Plan:
     status_seconds: float
     status_warmup: float
     sip_rates: tuple[float, ...] = sip.QUICK_RATES  # the ladder of calls/s, up to the first failed call
+    app_calls: app_calls.Plan = app_calls.QUICK
 
 
 FULL = Plan(
@@ -41,6 +42,7 @@ FULL = Plan(
     status_seconds=6,
     status_warmup=2,
     sip_rates=sip.RATES,
+    app_calls=app_calls.FULL,
 )
 QUICK = Plan(
     push_rounds=2,
@@ -50,6 +52,7 @@ QUICK = Plan(
     status_seconds=3,
     status_warmup=1,
     sip_rates=sip.QUICK_RATES,
+    app_calls=app_calls.QUICK,
 )
 
 PUSH_IN_FLIGHT = 100
@@ -99,8 +102,15 @@ def sip_verdict(rows: list[sip.RateRow], lines: tuple[str, ...] = ()) -> Measure
 
 
 async def measure_app_call(plan: Plan) -> Measured:
-    """An app-to-app call over WebSocket: node CPU per call."""
-    return NOT_MEASURED
+    """An app-to-app call over WebSocket (bench/app_calls.py): node CPU per call, against the
+    same node echoing a call's frames over bare WebSockets in the same run."""
+    result = await app_calls.run(plan.app_calls)
+    return app_call_verdict(result)
+
+
+def app_call_verdict(result: app_calls.Result) -> Measured:
+    value = f"{result.call_ms:.2f} ms/call ({ratio(result.call_ms, result.echo_ms):.1f} x a bare echo of its frames)"
+    return Measured(value, result.met, tuple(result.lines()))
 
 
 async def measure_idle_sockets(plan: Plan) -> Measured:

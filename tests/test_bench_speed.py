@@ -6,10 +6,17 @@ the bench, not here)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import socket
 
-from bench import sip, speed
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+
+from bench import app_calls, server, sip, speed
 
 TINY = speed.Plan(
     push_rounds=1, push_seconds=0.2, push_warmup=0.1, status_rounds=1, status_seconds=1, status_warmup=0.5
@@ -17,11 +24,11 @@ TINY = speed.Plan(
 
 
 async def test_every_row_of_the_issue_is_in_the_table_and_placeholders_measure_nothing() -> None:
-    placeholders = (speed.measure_app_call, speed.measure_idle_sockets)
+    placeholders = (speed.measure_idle_sockets,)
     rows = [row for row in speed.ROWS if row.measure in placeholders]
     measured = await speed.run(TINY, tuple(rows))
-    assert [m for _, m in measured] == [speed.NOT_MEASURED] * 2
-    assert speed.ROWS[0].measure is speed.measure_sip_call
+    assert [m for _, m in measured] == [speed.NOT_MEASURED]
+    assert [row.measure for row in speed.ROWS[:2]] == [speed.measure_sip_call, speed.measure_app_call]
 
     lines = speed.table([(row, speed.NOT_MEASURED) for row in speed.ROWS])
     assert lines[1] == "| work | today | goal | measured |"
@@ -74,3 +81,48 @@ def test_the_sip_row_judges_only_the_rates_sustained_with_no_failed_call_against
     none = speed.sip_verdict([_rate(50, node_ms=1.0, uas_ms=0.1, failed=1)])
     assert none.met is False and none.value == "no rate sustained (ladder 50)"
     assert math.isnan(sip.Verdict.of([]).node_median)
+
+
+async def test_the_echo_baseline_sends_as_many_frames_as_a_call_spread_over_the_frames_it_takes() -> None:
+    exchange = app_calls.Exchange(frames_in=3.0, frames_out=7.0, bytes_per_frame=150)
+    assert exchange.replies() == [3, 2, 2]
+    assert app_calls.Exchange(3.0, 2.0, 10).replies() == [1, 1, 0]
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    app = Starlette(routes=[WebSocketRoute(server.ECHO_PATH, server.echo)])
+    echo = uvicorn.Server(uvicorn.Config(app, ws="websockets-sansio", log_config=None, lifespan="off"))
+    serving = asyncio.create_task(echo.serve(sockets=[listener]))
+    try:
+        while not echo.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.01)
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}{server.ECHO_PATH}"
+        async with websockets.connect(url) as client:
+            await client.send("3 hello")
+            assert [await client.recv() for _ in range(3)] == ["hello"] * 3
+            await client.send("0 nothing back")
+            await client.send("1 x")
+            assert await client.recv() == "x"
+    finally:
+        echo.should_exit = True
+        await serving
+
+
+def test_the_app_call_row_is_the_median_call_against_the_median_echo_of_the_same_run() -> None:
+    windows = [
+        app_calls.Window("call", units=100, seconds=1.0, cpu_s=0.25),  # 2.5 ms a call
+        app_calls.Window("echo", units=1000, seconds=1.0, cpu_s=0.2),  # 0.2 ms an exchange
+        app_calls.Window("call", units=100, seconds=1.0, cpu_s=0.15),
+        app_calls.Window("echo", units=1000, seconds=1.0, cpu_s=0.2),
+        app_calls.Window("call", units=100, seconds=1.0, cpu_s=0.18),
+        app_calls.Window("echo", units=1000, seconds=1.0, cpu_s=0.3),
+    ]
+    result = app_calls.Result(windows, app_calls.Exchange(3.0, 7.0, 150), idle_ms_per_s=5.0)
+    measured = speed.app_call_verdict(result)
+    assert measured.value == "1.80 ms/call (9.0 x a bare echo of its frames)"
+    assert measured.met is True
+    assert "| 1 | call | 100 | 100 | 2.500 |" in measured.lines
+    slow = app_calls.Result(windows[:2], result.exchange, 5.0)
+    assert speed.app_call_verdict(slow).met is False
