@@ -103,7 +103,8 @@ class Device:
                     self.heard.remove(frame)
                     return frame
             self.arrived.clear()
-            await asyncio.wait_for(self.arrived.wait(), 10)
+            async with asyncio.timeout(10):  # not wait_for: on 3.11 it can swallow a cancel
+                await self.arrived.wait()
 
     async def close(self) -> None:
         await self.socket.close()
@@ -173,8 +174,9 @@ class Rig:
         self.idle_per_s = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
 
     async def _window(self, kind: str, loop: Callable[[int, list[int]], Awaitable[None]], plan: Plan) -> Window:
-        """`loop(k, done)` runs unit after unit, adding to done[0], until cancelled."""
-        done = [0]
+        """`loop(k, done)` runs unit after unit, adding to done[0], until done[1] is set
+        (then it ends after the unit in hand) or it is cancelled."""
+        done = [0, 0]
         pid = self.node.process.pid
         tasks = [asyncio.create_task(loop(k, done)) for k in range(PAIRS)]
         try:
@@ -182,10 +184,12 @@ class Rig:
             units0, cpu0, t0 = done[0], cpu_seconds(pid), time.perf_counter()
             await asyncio.sleep(plan.seconds)
             units1, cpu1, t1 = done[0], cpu_seconds(pid), time.perf_counter()
+            done[1] = 1
+            async with asyncio.timeout(15):
+                results = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
         failures = [r for r in results if isinstance(r, Exception)]
         if failures:
             raise failures[0]
@@ -205,7 +209,7 @@ class Rig:
 
         async def loop(k: int, done: list[int]) -> None:
             caller, callee = pairs[k]
-            while True:
+            while not done[1]:
                 await call(caller, callee, ids)
                 done[0] += 1
 
@@ -236,7 +240,7 @@ class Rig:
         async def loop(k: int, done: list[int]) -> None:
             # A pair's two sockets take turns, as the caller and the callee do in a call.
             pair = sockets[2 * k : 2 * k + 2]
-            while True:
+            while not done[1]:
                 for i, back in enumerate(replies):
                     socket = pair[i % 2]
                     await socket.send(f"{back} {payload}")
