@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--sip`, `--app-calls`,
+"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--sip`, `--app-calls`, `--sockets`,
 `--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`): every figure printed next to its
 baseline from the same run (see docs/benchmarks.md)."""
 
@@ -76,6 +76,15 @@ def main() -> None:
     parser.add_argument(
         "--chaos", action="store_true", help="the chaos run (bench/chaos.py); exits 1 if an invariant broke"
     )
+    parser.add_argument(
+        "--sockets",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="N",
+        help="N idle device WebSockets in a storm: errors, node KiB per socket (bench/sockets.py; 10,000)",
+    )
     parser.add_argument("--status", action="store_true", help="only the status endpoint vs bare (bench/status.py)")
     parser.add_argument(
         "--redis-cluster",
@@ -113,6 +122,10 @@ def main() -> None:
         from bench import speed
 
         return speed.main(quick=args.quick)
+    if args.sockets is not None:
+        from bench import sockets
+
+        return sockets.main(sockets=args.sockets, quick=args.quick)
     if args.app_calls:
         from bench import app_calls
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import sys
 
@@ -52,6 +53,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})
+    # Every socket is a descriptor: as many as the hard limit allows (bench/sockets.py).
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     settings = load_settings(
         # Empty with REDIS_SENTINELS in the environment (the chaos run, bench/chaos.py).
         redis_url=os.environ.get("BENCH_REDIS_URL", ""),

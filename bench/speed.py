@@ -4,8 +4,7 @@ Each row's figure is a ratio or a per-call cost against a baseline measured in t
 run (docs/benchmarks.md#issue-12-one-table-python--m-bench---speed). A row is a
 `measure(plan) -> Measured` function: the push and status rows call into bench/push.py
 and bench/status.py, the SIP call row into bench/sip.py, the app-to-app call row into
-bench/app_calls.py; the idle-socket row is a placeholder (`measure_idle_sockets`) to point at
-its bench function, and until then prints "not measured in this run" rather than a number.
+bench/app_calls.py, the idle-socket row into bench/sockets.py.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench import app_calls, push, sip, status
+from bench import app_calls, push, sip, sockets, status
 from bench.noise import Noise
 from bench.procs import Cluster, cpu_plan
 from bench.stats import ratio
@@ -32,6 +31,7 @@ class Plan:
     status_warmup: float
     sip_rates: tuple[float, ...] = sip.QUICK_RATES  # the ladder of calls/s, up to the first failed call
     app_calls: app_calls.Plan = app_calls.QUICK
+    sockets: int = sockets.QUICK_SOCKETS
 
 
 FULL = Plan(
@@ -43,6 +43,7 @@ FULL = Plan(
     status_warmup=2,
     sip_rates=sip.RATES,
     app_calls=app_calls.FULL,
+    sockets=sockets.SOCKETS,
 )
 QUICK = Plan(
     push_rounds=2,
@@ -53,6 +54,7 @@ QUICK = Plan(
     status_warmup=1,
     sip_rates=sip.QUICK_RATES,
     app_calls=app_calls.QUICK,
+    sockets=sockets.QUICK_SOCKETS,
 )
 
 PUSH_IN_FLIGHT = 100
@@ -66,7 +68,7 @@ class Measured:
     lines: tuple[str, ...] = ()  # the measurement's own report, printed before the table
 
 
-NOT_MEASURED = Measured("not measured in this run")
+NOT_MEASURED = Measured("not measured in this run")  # a row whose measurement could not run
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,14 @@ def app_call_verdict(result: app_calls.Result) -> Measured:
 
 
 async def measure_idle_sockets(plan: Plan) -> Measured:
-    """Node memory per idle device WebSocket at 10,000 per node, opened in a storm."""
-    return NOT_MEASURED
+    """Node memory per idle device WebSocket at 10,000 per node (2,000 with --quick), opened
+    in a storm with no error, against the same node before the storm (bench/sockets.py)."""
+    return idle_sockets_verdict(await sockets.run(plan.sockets))
+
+
+def idle_sockets_verdict(storm: sockets.Storm) -> Measured:
+    value = f"{storm.kib_per_socket:.1f} KiB at {storm.connected:,} sockets, {storm.error_count} errors in the storm"
+    return Measured(value, storm.met, tuple(storm.lines()))
 
 
 async def measure_push(plan: Plan) -> Measured:

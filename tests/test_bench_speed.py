@@ -1,14 +1,14 @@
-"""`python -m bench --speed` (bench/speed.py): issue 12's table. The rows not wired yet say
-so instead of printing a number, and the push row runs, tiny, so that it does not rot
-(the status row needs wrk, which the test environment does not install); the SIP row's
-verdict is judged from a ladder's rows as bench/sip.py makes them (sipp itself is run by
-the bench, not here)."""
+"""`python -m bench --speed` (bench/speed.py): issue 12's table. The push row runs, tiny, so
+that it does not rot (the status row needs wrk, which the test environment does not
+install); the SIP, app-to-app and idle-socket rows are judged from what their benches
+return (sipp, a node process and 10,000 sockets are the bench's to run, not the suite's)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import os
+import resource
 import socket
 
 import uvicorn
@@ -16,19 +16,22 @@ import websockets
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 
-from bench import app_calls, server, sip, speed
+from bench import app_calls, server, sip, sockets, speed
 
 TINY = speed.Plan(
     push_rounds=1, push_seconds=0.2, push_warmup=0.1, status_rounds=1, status_seconds=1, status_warmup=0.5
 )
 
 
-async def test_every_row_of_the_issue_is_in_the_table_and_placeholders_measure_nothing() -> None:
-    placeholders = (speed.measure_idle_sockets,)
-    rows = [row for row in speed.ROWS if row.measure in placeholders]
-    measured = await speed.run(TINY, tuple(rows))
-    assert [m for _, m in measured] == [speed.NOT_MEASURED]
-    assert [row.measure for row in speed.ROWS[:2]] == [speed.measure_sip_call, speed.measure_app_call]
+def test_every_row_of_the_issue_is_in_the_table_each_with_its_measurement() -> None:
+    assert [row.measure for row in speed.ROWS] == [
+        speed.measure_sip_call,
+        speed.measure_app_call,
+        speed.measure_idle_sockets,
+        speed.measure_push,
+        speed.measure_status,
+    ]
+    assert (speed.QUICK.sockets, speed.FULL.sockets) == (2_000, 10_000)
 
     lines = speed.table([(row, speed.NOT_MEASURED) for row in speed.ROWS])
     assert lines[1] == "| work | today | goal | measured |"
@@ -126,3 +129,28 @@ def test_the_app_call_row_is_the_median_call_against_the_median_echo_of_the_same
     assert "| 1 | call | 100 | 100 | 2.500 |" in measured.lines
     slow = app_calls.Result(windows[:2], result.exchange, 5.0)
     assert speed.app_call_verdict(slow).met is False
+
+
+def _storm(connected: int, errors: dict[str, int], kib: float) -> sockets.Storm:
+    before = 80_000
+    return sockets.Storm(2000, connected, errors, 10.0, before, before + round(kib * connected))
+
+
+def test_the_socket_row_needs_every_socket_of_the_storm_connected_and_the_memory_under_the_goal() -> None:
+    assert speed.idle_sockets_verdict(_storm(2000, {}, 21.5)).met is True
+    assert speed.idle_sockets_verdict(_storm(2000, {}, 30.0)).met is False
+    refused = speed.idle_sockets_verdict(_storm(1990, {"closed 1013 try again later": 10}, 21.5))
+    assert refused.met is False
+    assert refused.value == "21.5 KiB at 1,990 sockets, 10 errors in the storm"
+    assert "errors: closed 1013 try again later 10" in refused.lines[0]
+
+
+def test_the_socket_bench_raises_its_open_files_limit_only_up_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        assert sockets.raise_open_files(soft - 1) == soft  # never lowered
+        wanted = soft + 10 if hard == resource.RLIM_INFINITY else hard + 10
+        assert sockets.raise_open_files(wanted) == (wanted if hard == resource.RLIM_INFINITY else hard)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= min(wanted, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
