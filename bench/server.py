@@ -47,6 +47,32 @@ async def echo(websocket: WebSocket) -> None:
         return
 
 
+HEAP_PATH = "/bench/heap"
+
+
+def heap_route() -> Route:
+    """BENCH_TRACEMALLOC=<frames>: `GET /bench/heap?group=lineno|traceback` answers what was
+    allocated since the last call (tracemalloc snapshot diff, the top 40), for bench/sockets.py
+    --profile: what a node keeps per socket."""
+    import tracemalloc
+
+    tracemalloc.start(int(os.environ["BENCH_TRACEMALLOC"]))
+    last = [tracemalloc.take_snapshot()]
+
+    async def diff(request: Request) -> Response:
+        group = request.query_params.get("group", "lineno")
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        stats = snapshot.compare_to(last[0], "traceback" if group == "traceback" else "lineno")
+        last[0] = snapshot
+        lines = []
+        for stat in stats[:40]:
+            where = "\n    ".join(stat.traceback.format()[-12:]) if group == "traceback" else str(stat.traceback[0])
+            lines.append(f"{stat.size_diff / 1024:10.1f} KiB {stat.count_diff:8d} blocks  {where}")
+        return Response("\n".join(lines) + "\n", media_type="text/plain")
+
+    return Route(HEAP_PATH, diff, methods=["GET"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cpu", type=int, default=-1, help="pin to this CPU (-1: no pinning)")
@@ -79,6 +105,8 @@ def main() -> None:
     app = create_app(settings)
     app.router.routes.append(Route(BARE_PATH, bare, methods=["GET"]))
     app.router.routes.append(WebSocketRoute(ECHO_PATH, echo))
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        app.router.routes.append(heap_route())
     if os.environ.get("BENCH_COUNT_ROUND_TRIPS") == "1":  # bench/scale.py
         from bench.redis_count import RoundTrips, install
 
