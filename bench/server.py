@@ -24,6 +24,7 @@ from voip import api, heap, logs
 from voip.app import create_app
 from voip.http_limits import server_options
 from voip.settings import load_settings
+from voip.ws_protocol import LeanWebSocketProtocol
 
 BARE_PATH = "/bench/bare"
 ECHO_PATH = "/bench/echo"
@@ -118,7 +119,7 @@ def main() -> None:
     # The same uvicorn options as `python -m voip run` (uvloop and httptools when installed).
     config = uvicorn.Config(
         app,
-        ws="websockets-sansio",
+        ws=LeanWebSocketProtocol,
         ws_max_size=settings.ws_max_frame_bytes,
         ws_ping_interval=20,
         ws_ping_timeout=20,

@@ -27,6 +27,7 @@ from voip.devicesim import Backend, Event, EventLog, Phone, Policy
 from voip.node import Node
 from voip.redis_server import PrivateRedis
 from voip.settings import Settings, SettingsError, load_settings
+from voip.ws_protocol import LeanWebSocketProtocol
 
 RING_TIMEOUT = 3.0  # seconds; short, so the late-delivery scenario need not wait long
 
@@ -261,7 +262,7 @@ async def running_node(redis_url: str) -> AsyncIterator[tuple[Node, str]]:
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            ws="websockets-sansio",
+            ws=LeanWebSocketProtocol,
             log_config=None,
             access_log=False,
             lifespan="on",
