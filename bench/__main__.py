@@ -59,7 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="about 30 s instead of about 3 min")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy the node under status load (with --sip, --push: under theirs)"
+        "--profile",
+        action="store_true",
+        help="py-spy the node under status load (with --sip, --push, --app-calls: under theirs)",
     )
     parser.add_argument("--speed", action="store_true", help="issue 12's table, every row in one run (bench/speed.py)")
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
@@ -129,7 +131,7 @@ def main() -> None:
     if args.app_calls:
         from bench import app_calls
 
-        return app_calls.main(quick=args.quick)
+        return app_calls.main(quick=args.quick, profile=args.profile)
     if args.status:
         return status.main(
             quick=args.quick, redis_url=args.redis_url, redis_cluster=args.redis_cluster, pinned=args.pinned

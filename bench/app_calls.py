@@ -1,7 +1,7 @@
 """App-to-app calls over WebSocket: the node's CPU per call, against the same node echoing
 the same frames over bare WebSockets, in one run.
 
-    python -m bench --app-calls [--quick]           (about 40 s; --quick about 15 s)
+    python -m bench --app-calls [--quick] [--profile]     (about 40 s; --quick about 15 s)
 
 1. Calls: PAIRS caller/callee device pairs (asyncio clients in this process), each in a
    closed loop of whole calls: `call.start` -> `call.started`; the callee hears
@@ -15,7 +15,8 @@ the same frames over bare WebSockets, in one run.
    less the idle node's own (heartbeats, ring-timeout ticks) over as long; the figure is a
    median over rounds: CPU ms per call, and that over the echo's ms per call-sized exchange.
 
-The node has a CPU to itself; this process and Redis share the other.
+The node has a CPU to itself; this process and Redis share the other. --profile: py-spy
+samples the node through one more window of calls, after the measured rounds.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from websockets.asyncio.client import ClientConnection
 from bench import devices
 from bench.noise import Noise
 from bench.procs import Cluster, NodeProcess, cpu_plan, cpu_seconds
+from bench.profile import NOT_INSTALLED, spy_on
 from bench.server import ECHO_PATH
 from bench.stats import median, ratio
 
@@ -260,6 +262,7 @@ class Result:
     windows: list[Window]
     exchange: Exchange
     idle_ms_per_s: float
+    profile: tuple[str, ...] = ()
 
     def of(self, kind: str) -> list[Window]:
         return [w for w in self.windows if w.kind == kind]
@@ -291,10 +294,18 @@ class Result:
             f" frames {self.echo_ms:.3f} ms: {ratio(self.call_ms, self.echo_ms):.1f} x;"
             f" the idle node's own {self.idle_ms_per_s:.1f} ms CPU per second taken off each window"
         )
-        return lines
+        return [*lines, *self.profile]
 
 
-async def run(plan: Plan) -> Result:
+async def _profile(rig: Rig, plan: Plan) -> tuple[str, ...]:
+    spy = spy_on(rig.node.process.pid, plan.warmup + plan.seconds)
+    if spy is None:
+        return (NOT_INSTALLED,)
+    await rig.calls(plan)
+    return ("### profile: app-to-app calls (py-spy, 250 Hz)", *spy.collect(focus="DeviceConnection._handle"))
+
+
+async def run(plan: Plan, *, profile: bool = False) -> Result:
     """The whole bench in this event loop: Redis and the node started and stopped here;
     this process's CPU affinity restored."""
     server_cpu, load_cpu = cpu_plan()
@@ -309,18 +320,19 @@ async def run(plan: Plan) -> Result:
             for _ in range(plan.rounds):
                 windows.append(await rig.calls(plan))
                 windows.append(await rig.echo(plan))
-            return Result(windows, rig.exchange, rig.idle_per_s * 1000)
+            lines = await _profile(rig, plan) if profile else ()
+            return Result(windows, rig.exchange, rig.idle_per_s * 1000, lines)
     finally:
         os.sched_setaffinity(0, affinity)
 
 
-def main(*, quick: bool = False) -> None:
+def main(*, quick: bool = False, profile: bool = False) -> None:
     from bench.__main__ import _run, machine
 
     began, noise = time.monotonic(), Noise()
     server_cpu, load_cpu = cpu_plan()
     print(f"# app-to-app calls: {machine()}; node on CPU {server_cpu}, clients and Redis on {load_cpu}", flush=True)
-    result = _run(run(QUICK if quick else FULL))
+    result = _run(run(QUICK if quick else FULL, profile=profile))
     print("\n".join(result.lines()))
     print(noise.report())
     print(f"# done in {time.monotonic() - began:.0f}s")

@@ -66,6 +66,10 @@ async def test_a_served_socket_talks_through_the_lean_protocol_and_lets_its_hand
     (protocol,) = [p for p in node.server.server_state.connections if isinstance(p, LeanWebSocketProtocol)]
     assert isinstance(protocol.queue, LeanQueue) and isinstance(protocol.writable, LeanFlag)
     assert protocol.request is None and protocol.response is None  # type: ignore[comparison-overlap]
+    assert protocol.conn.parser.gi_code.co_name == "parse"  # type: ignore[attr-defined]
+    assert protocol.conn.parser.gi_frame.f_locals.get("request") is None  # type: ignore[attr-defined]
+    # Frames still parse through the swapped parser (tests/test_bad_input.py: too big ones close 1009).
+    assert (await phone.request({"type": "ping", "id": 8}))["type"] == "pong"
     (connection,) = [c for c in node.node.sockets if isinstance(c, DeviceConnection)]
     assert connection.outbox == []
     await phone.aclose()

@@ -5,7 +5,8 @@ connection, an asyncio.Queue of ASGI events (three deques and an Event's deque: 
 before any event), an asyncio.Event for "writable" (another deque), and the handshake's
 request and response, headers and all, for as long as the socket lives. This subclass keeps
 the same behaviour with a list and a future in place of each queue and event, and lets the
-handshake go once the socket is accepted (docs/benchmarks.md, the idle-socket row).
+handshake go once the socket is accepted, from its own attributes and from websockets'
+parser (docs/benchmarks.md, the idle-socket row).
 
 Used as uvicorn's `ws=` by `python -m voip run`, the demo, the bench nodes and the tests."""
 
@@ -16,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import Protocol
 
 T = TypeVar("T")
 
@@ -98,3 +100,18 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             # headers need not live as long as the socket.
             self.request = None  # type: ignore[assignment]
             self.response = None  # type: ignore[assignment]
+            self._parse_frames_only()
+
+    def _parse_frames_only(self) -> None:
+        """websockets' server parser is a generator that reads the handshake, then runs the
+        frame loop inside its own frame, which keeps the request alive. Waiting for a first
+        frame with nothing buffered (where a client that waited for the 101 always is), it
+        is swapped for the frame loop alone, as websockets itself swaps in discard(); a
+        client already part-way into a frame keeps the parser it has."""
+        conn = self.conn
+        frames = getattr(conn.parser, "gi_yieldfrom", None)
+        waiting = getattr(frames, "gi_yieldfrom", None)
+        code = getattr(waiting, "gi_code", None)
+        if code is not None and code.co_name == "at_eof" and not conn.reader.buffer:
+            conn.parser = Protocol.parse(conn)
+            next(conn.parser)  # start it: it waits for the first frame
