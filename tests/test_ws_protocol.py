@@ -1,11 +1,16 @@
 """voip/ws_protocol.py: uvicorn's WebSocket protocol with a list and a future in place of
 its queue and its "writable" event. They must behave as the asyncio ones do where the
 protocol uses them: order kept, a waiting getter woken, a cancelled getter leaving the
-others waiting; and a socket served through the protocol lets its handshake go."""
+others waiting; and a socket served through the protocol lets its handshake go. The
+device socket is served before the router (voip/app.py NodeApp); any other WebSocket path
+still meets the router."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
+import websockets
 
 from tests.conftest import RunningNode
 from voip.ws import DeviceConnection
@@ -73,3 +78,10 @@ async def test_a_served_socket_talks_through_the_lean_protocol_and_lets_its_hand
     (connection,) = [c for c in node.node.sockets if isinstance(c, DeviceConnection)]
     assert connection.outbox == []
     await phone.aclose()
+
+
+async def test_a_websocket_on_any_other_path_still_meets_the_router(node: RunningNode) -> None:
+    for path in ("/v1/ws/", "/v1/wss", "/healthz"):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(node.ws_url.replace("/v1/ws", path))
+        assert refused.value.response.status_code == 403  # uvicorn's answer to a route-less close
