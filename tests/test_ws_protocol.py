@@ -8,6 +8,7 @@ still meets the router."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import websockets
@@ -85,3 +86,25 @@ async def test_a_websocket_on_any_other_path_still_meets_the_router(node: Runnin
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(node.ws_url.replace("/v1/ws", path))
         assert refused.value.response.status_code == 403  # uvicorn's answer to a route-less close
+
+
+async def test_a_frame_the_bus_delivers_before_the_accept_waits_and_the_hello_still_comes(
+    node: RunningNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bus is attached before the socket is accepted (voip/ws.py open): a frame can
+    # arrive then. Written before the accept, it would fail and end all writing: the app
+    # would wait for its hello in vain while the node counted the socket as connected
+    # (the chaos run's sleeper, skipped by a cancellation push).
+    opened = DeviceConnection.open
+
+    async def open_then_a_frame(self: DeviceConnection, undo: Any) -> None:
+        await opened(self, undo)
+        await self.deliver({"type": "call.cancelled", "call_id": "early", "reason": "caller_cancelled"})
+        await asyncio.sleep(0.05)  # the accept is still to come: any writer would run now
+
+    monkeypatch.setattr(DeviceConnection, "open", open_then_a_frame)
+    phone = await node.device("bob", "bob-phone")  # hello, or it times out
+    early = await phone.expect("call.cancelled", call_id="early")
+    assert early["reason"] == "caller_cancelled"
+    assert (await phone.request({"type": "ping"}))["type"] == "pong"
+    await phone.aclose()

@@ -221,6 +221,7 @@ class DeviceConnection:
         "_gone",
         "_handling",
         "_room",
+        "_serving",
         "_writer",
         "_writing_over",
         "bucket",
@@ -247,6 +248,10 @@ class DeviceConnection:
         # The writer met a Close, or a send failed, or the socket ended: nothing more is
         # written, and what is queued stays queued (its endings count as unheard).
         self._writing_over = False
+        # Accepted and served: only then may the writer run. Frames the bus delivers before
+        # (it is attached before the socket is accepted) wait in the outbox; a write before
+        # the accept would fail and end all writing, the hello included.
+        self._serving = False
         self._room: asyncio.Future[None] | None = None  # send() waits here while the outbox is full
         self.bucket = TokenBucket(node.settings.ws_rate, node.settings.ws_burst)
         self.refused_in_a_row = 0
@@ -273,7 +278,7 @@ class DeviceConnection:
         self._wake_writer()
 
     def _wake_writer(self) -> None:
-        if self._writer is None and not self._writing_over:
+        if self._writer is None and self._serving and not self._writing_over:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def deliver(self, frame: dict[str, Any]) -> None:
@@ -314,8 +319,11 @@ class DeviceConnection:
     async def serve(self) -> None:
         metrics.WS_CONNECTIONS.inc()
         self.node.sockets[self] = self._drained
+        self._serving = True
+        # The hello first, before anything the bus delivered ahead of the accept.
+        self.outbox.insert(0, {"type": FrameType.HELLO, "node": self.node.node_id, "device_id": self.device_id})
+        self._wake_writer()
         try:
-            self._put({"type": FrameType.HELLO, "node": self.node.node_id, "device_id": self.device_id})
             if self.node.draining:  # accepted as the drain began: it may have missed this socket
                 self._reconnect_elsewhere()
             await self._read()
