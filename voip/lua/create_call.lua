@@ -3,7 +3,10 @@
 --       operators' channel ("" for none), call id, pushes (JSON {device: JSON}),
 --       the callee's sharded bus channel and the call.incoming envelope ("" for none;
 --       on a cluster the store publishes it itself, the channel being in another slot),
---       this attempt's id (also among the fields).
+--       this attempt's id (also among the fields),
+--       webhooks: "" off, or JSON {"ttl": outbox seconds} (docs/webhooks.md).
+-- Webhooks: KEYS[4] the call's outbox; call.created goes into it in this same step (the
+-- store adds the call to the due index in the same round trip).
 -- A client that lost the connection under this script resends it (redis-py does, on a
 -- dropped connection): the call it finds is then its own, and that is a success, not a
 -- taken id. Returns 1 created (now or by this same attempt), 0 the id is taken.
@@ -39,5 +42,15 @@ if ARGV[4] ~= '' then
 end
 if ARGV[7] ~= '' then
   redis.call('SPUBLISH', ARGV[7], ARGV[8])
+end
+if ARGV[10] and ARGV[10] ~= '' then
+  local spec = cjson.decode(ARGV[10])
+  local call = {}
+  for name, value in pairs(fields) do call[name] = tostring(value) end
+  local seq = redis.call('HINCRBY', KEYS[1], 'webhook_seq', 1)
+  redis.call('RPUSH', KEYS[4], cjson.encode({
+    seq = seq, type = 'call.created', at = tonumber(fields.created_at), call = call,
+  }))
+  redis.call('EXPIRE', KEYS[4], spec.ttl)
 end
 return 1

@@ -19,6 +19,7 @@ from voip.stores.presence import PresenceStore
 from voip.stores.push_log import PushLog
 from voip.stores.sip import SipStore
 from voip.stores.sockets import SocketStore
+from voip.stores.webhooks import WebhookOutbox
 
 __all__ = [
     "CallError",
@@ -37,6 +38,7 @@ __all__ = [
     "SocketStore",
     "Stores",
     "Transition",
+    "WebhookOutbox",
 ]
 
 
@@ -55,6 +57,7 @@ class Stores:
     nonces: NonceCounts
     ops: OpsStore
     epoch: EpochStore
+    webhooks: WebhookOutbox
 
     @classmethod
     def open(
@@ -67,6 +70,7 @@ class Stores:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
         status_pipe: StatusPipe | None = None,
+        webhooks_ttl: int = 0,
     ) -> Stores:
         keys = KeyLayout(prefix)
         ops_channel = keys.ops_channel if ops_feed else ""
@@ -81,6 +85,7 @@ class Stores:
                 wait_replicas=wait_replicas,
                 wait_timeout_ms=wait_timeout_ms,
                 status_pipe=status_pipe,
+                webhooks_ttl=webhooks_ttl,
             ),
             devices=DeviceStore(redis, keys),
             push_log=PushLog(redis, keys, retention=retention, ops_channel=ops_channel, pipe=status_pipe),
@@ -91,4 +96,5 @@ class Stores:
             nonces=NonceCounts(redis, keys),
             ops=OpsStore(redis, keys),
             epoch=EpochStore(redis, keys),
+            webhooks=WebhookOutbox(redis, keys, ttl=webhooks_ttl),
         )
