@@ -259,6 +259,7 @@ class WebhookDelivery:
         metrics.WEBHOOK_FAILING.labels(key).set(1)
         record = {
             "url": shown_url(url),
+            "url_key": key,
             "error": error,
             "failing_since": since,
             "last_attempt": now,
