@@ -103,8 +103,8 @@ class HttpReceiver:
                     % (status, len(answer), answer)
                 )
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
+            pass  # the client went, or the receiver stopped under it
         finally:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):

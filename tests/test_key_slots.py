@@ -89,8 +89,8 @@ async def test_every_script_touches_one_slot(redis_url: str, redis: Redis, prefi
         [(_, lease)] = await stores.webhooks.claim_due(now_ms(), 1000, list(range(BUCKETS)))
         taken = await stores.webhooks.take("c1", "token", 1000)
         assert taken is not None and len(taken.events) == 4  # created, ringing, push.failed, missed
-        await stores.webhooks.settle("c1", "token", {"k:sent": 4})
-        assert await stores.webhooks.reschedule("c1", lease, None)
+        assert await stores.webhooks.reschedule("c1", lease, lease + 1)
+        await stores.webhooks.settle("c1", "token", {"k:sent": 4}, lease + 1, None)
         await marker(keys=[f"{prefix}marker"])
         async with asyncio.timeout(10):
             await marked.wait()

@@ -66,11 +66,25 @@ class WebhookOutbox:
         cursors = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
         return Taken(events=list(events), cursors=cursors, state=state.decode() if state else "")
 
-    async def settle(self, call_id: str, token: str, cursors: dict[str, int]) -> tuple[int, str]:
-        """Record the URLs' cursors, let go of the lock: (events in the outbox now, state)."""
+    async def settle(
+        self, call_id: str, token: str, cursors: dict[str, int], lease: int, next_at: int | None
+    ) -> tuple[int, str]:
+        """Record the URLs' cursors, let go of the lock, and move the call in the due index
+        as reschedule() does, in one round trip (on a cluster, the two shards at once):
+        (events in the outbox now, the call's state). Moving it before knowing whether
+        events came in meanwhile is safe: each one's ZADD changed the score, so the move
+        does not happen and the call stays due."""
         lock, outbox, sent, call = self._call_keys(call_id)
-        length, state = await self._settle(
-            keys=[lock, sent, outbox, call], args=[token, orjson.dumps(cursors), self.ttl or 86400]
+        (length, state), _ = await batch(
+            self._redis,
+            [
+                (self._settle, [lock, sent, outbox, call], [token, orjson.dumps(cursors), self.ttl or 86400]),
+                (
+                    self._reschedule,
+                    [self._keys.webhooks_due(call_id)],
+                    [call_id, lease, "" if next_at is None else next_at],
+                ),
+            ],
         )
         return int(length), state.decode() if state else ""
 

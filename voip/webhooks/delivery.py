@@ -24,7 +24,7 @@ from voip import metrics
 from voip.clock import Clock
 from voip.log_throttle import RepeatedLog
 from voip.stores.layout import BUCKETS, bucket_of
-from voip.stores.webhooks import WebhookOutbox
+from voip.stores.webhooks import Taken, WebhookOutbox
 from voip.tasks import stop_task
 from voip.webhooks.events import GIVE_UP_MS, event_body, retry_delay_ms
 from voip.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature
@@ -35,6 +35,10 @@ log = structlog.get_logger(__name__)
 # often: its next event files it again at once, this only covers a node that died between
 # writing an event and filing the call (on a cluster the two are on different shards).
 RECHECK_MS = 30_000
+# A claim that meets another node's lock on the call looks again this much later.
+LOCKED_RETRY_MS = 200
+# Passes one claim makes over a call whose events keep coming in while it sends.
+MAX_PASSES = 8
 USER_AGENT = "voip-backend-webhooks/1"
 
 
@@ -74,7 +78,7 @@ class WebhookDelivery:
         interval: float = 0.2,
         lease_ms: int = 60_000,
         request_timeout: float = 10.0,
-        concurrency: int = 32,
+        concurrency: int = 8,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self._outbox = outbox
@@ -117,6 +121,8 @@ class WebhookDelivery:
     async def _run(self) -> None:
         per_tick = 4
         while True:
+            # Cleared before the claim: a kick that comes while it runs wakes the next one.
+            self._wake.clear()
             buckets = sorted(self._hot)
             self._hot.clear()
             for i in range(per_tick):
@@ -131,7 +137,6 @@ class WebhookDelivery:
                 raise
             except Exception:  # Redis away for a moment: the events wait in Redis
                 self._poll_failed.failed()
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             except TimeoutError:
@@ -163,38 +168,47 @@ class WebhookDelivery:
     async def _round(self, call_id: str, lease: int) -> None:
         async with self._slots:
             token = uuid.uuid4().hex
-            taken = await self._outbox.take(call_id, token, self._lease_ms)
-            if taken is None:  # another node is delivering it: look again soon
-                await self._outbox.reschedule(call_id, lease, self._clock.now_ms() + 1000)
-                return
-            events = [orjson.loads(raw) for raw in taken.events]
-            cursors: dict[str, int] = {}
-            next_due: int | None = None
-            started = self._clock.now_ms()
-            for url in self._urls:
-                key = url_key(url)
-                sent = int(taken.cursors.get(f"{key}:sent", 0))
-                if sent >= len(events):
-                    continue
-                if int(taken.cursors.get(f"{key}:next", 0)) > started:
-                    due = int(taken.cursors[f"{key}:next"])
-                    next_due = due if next_due is None else min(next_due, due)
-                    continue
-                sent, retry_at, fields = await self._send_from(call_id, url, key, events, sent, taken.cursors)
-                cursors.update(fields)
-                if retry_at is not None:
-                    next_due = retry_at if next_due is None else min(next_due, retry_at)
-            length, state = await self._outbox.settle(call_id, token, cursors)
-            now = self._clock.now_ms()
-            if next_due is not None:
-                after: int | None = next_due
-            elif length > len(events):
-                after = now  # filed while this round ran: its own ZADD made it due already
-            elif state in ("ringing", "answered"):
-                after = now + RECHECK_MS
-            else:
-                after = None  # final (or gone) and every URL has every event
-            await self._outbox.reschedule(call_id, lease, after)
+            # Events filed while a pass ran are sent by the next pass at once, under the
+            # same claim: a call's events come in bursts (created, ringing, answered).
+            for _ in range(MAX_PASSES):
+                taken = await self._outbox.take(call_id, token, self._lease_ms)
+                if taken is None:
+                    # Another node holds the call's lock; it goes on to the newest events
+                    # itself. Looked at again soon, in case it died.
+                    await self._outbox.reschedule(call_id, lease, self._clock.now_ms() + LOCKED_RETRY_MS)
+                    return
+                sent, next_due, cursors = await self._pass(call_id, taken)
+                if next_due is not None:
+                    after: int | None = next_due
+                elif taken.state in ("ringing", "answered"):
+                    after = self._clock.now_ms() + RECHECK_MS
+                else:
+                    after = None  # final (or gone) and every URL has every event
+                length, _ = await self._outbox.settle(call_id, token, cursors, lease, after)
+                if next_due is not None or length <= sent:
+                    return
+
+    async def _pass(self, call_id: str, taken: Taken) -> tuple[int, int | None, dict[str, int]]:
+        """Send each URL what it has not had: (events seen, when to try again (None: every
+        URL has them all), the cursor fields to write)."""
+        events = [orjson.loads(raw) for raw in taken.events]
+        cursors: dict[str, int] = {}
+        next_due: int | None = None
+        started = self._clock.now_ms()
+        for url in self._urls:
+            key = url_key(url)
+            sent = int(taken.cursors.get(f"{key}:sent", 0))
+            if sent >= len(events):
+                continue
+            due = int(taken.cursors.get(f"{key}:next", 0))
+            if due > started:  # backing off
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            sent, retry_at, fields = await self._send_from(call_id, url, key, events, sent, taken.cursors)
+            cursors.update(fields)
+            if retry_at is not None:
+                next_due = retry_at if next_due is None else min(next_due, retry_at)
+        return len(events), next_due, cursors
 
     async def _send_from(
         self, call_id: str, url: str, key: str, events: list[dict[str, Any]], sent: int, cursors: dict[str, str]
