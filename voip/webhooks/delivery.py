@@ -33,8 +33,9 @@ log = structlog.get_logger(__name__)
 
 # A call whose events are all delivered but which is not over yet is looked at again this
 # often: its next event files it again at once, this only covers a node that died between
-# writing an event and filing the call (on a cluster the two are on different shards).
-RECHECK_MS = 30_000
+# writing an event and filing the call (on a cluster the two are on different shards), at
+# the price of one look per live call per interval.
+RECHECK_MS = 120_000
 # A claim that meets another node's lock on the call looks again this much later.
 LOCKED_RETRY_MS = 200
 # Passes one claim makes over a call whose events keep coming in while it sends.
