@@ -121,16 +121,22 @@ class WebhookDelivery:
 
     async def _run(self) -> None:
         per_tick = 4
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
         while True:
             # Cleared before the claim: a kick that comes while it runs wakes the next one.
             self._wake.clear()
             buckets = sorted(self._hot)
             self._hot.clear()
-            for i in range(per_tick):
-                b = (self._next_bucket + i) % BUCKETS
-                if b not in buckets:
-                    buckets.append(b)
-            self._next_bucket = (self._next_bucket + per_tick) % BUCKETS
+            if loop.time() >= next_tick:
+                # The round over every bucket: other nodes' events, retries that came due.
+                # A kick between ticks claims only its own buckets: one script, not five.
+                next_tick = loop.time() + self._interval
+                for i in range(per_tick):
+                    b = (self._next_bucket + i) % BUCKETS
+                    if b not in buckets:
+                        buckets.append(b)
+                self._next_bucket = (self._next_bucket + per_tick) % BUCKETS
             try:
                 await self.deliver_due(buckets)
                 self._poll_failed.ok()
@@ -139,16 +145,17 @@ class WebhookDelivery:
             except Exception:  # Redis away for a moment: the events wait in Redis
                 self._poll_failed.failed()
             try:
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_tick - loop.time()))
             except TimeoutError:
                 pass
 
     async def deliver_due(self, buckets: Iterable[int] | None = None) -> int:
         """Claim the due calls of `buckets` (all by default) and start a delivery round for
         each, in the background; returns how many were claimed."""
-        claimed = await self._outbox.claim_due(
-            self._clock.now_ms(), self._lease_ms, list(range(BUCKETS)) if buckets is None else list(buckets)
-        )
+        chosen = list(range(BUCKETS)) if buckets is None else list(buckets)
+        if not chosen:
+            return 0
+        claimed = await self._outbox.claim_due(self._clock.now_ms(), self._lease_ms, chosen)
         for call_id, lease in claimed:
             task = asyncio.create_task(self._round(call_id, lease), name=f"webhook:{call_id}")
             self._rounds.add(task)
