@@ -4,7 +4,8 @@ ways (our small TURN client, tests/turn/client.py) and pass coturn's own
 `turnutils_uclient`; expired ones (by the node's injected clock), forged ones, and ones
 whose user or expiry was changed are refused with 401. And what an app must know: coturn
 checks the expiry when an allocation is made, so a call's relay outlives its credential,
-and only a new allocation needs a fresh one."""
+and only a new allocation needs a fresh one; what docs/deploy.md tells operators: a
+secret rotated with two `static-auth-secret`s, and `user-quota` counting per user id."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +61,8 @@ def _answers(port: int) -> bool:
     return True
 
 
-@pytest.fixture
-async def coturn(tmp_path: Path) -> AsyncIterator[Coturn]:
+@asynccontextmanager
+async def running_coturn(tmp_path: Path, *options: str, secrets: tuple[str, ...] = (SECRET,)) -> AsyncIterator[Coturn]:
     interop.started("turnserver")
     binary = shutil.which("turnserver")
     assert binary, "turnserver is not installed (python3 dev.py test installs Debian's coturn)"
@@ -75,7 +77,7 @@ async def coturn(tmp_path: Path) -> AsyncIterator[Coturn]:
         f"--min-port={relay}",
         f"--max-port={relay + RELAY_PORTS - 1}",
         "--use-auth-secret",
-        f"--static-auth-secret={SECRET}",
+        *(f"--static-auth-secret={secret}" for secret in secrets),
         f"--realm={REALM}",
         "--fingerprint",
         "--no-cli",
@@ -88,6 +90,7 @@ async def coturn(tmp_path: Path) -> AsyncIterator[Coturn]:
         "--verbose",  # sessions logged with their user names
         f"--pidfile={tmp_path / 'turnserver.pid'}",
         f"--userdb={tmp_path / 'turndb'}",
+        *options,
     ]
     with (tmp_path / "turnserver.out").open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -100,6 +103,12 @@ async def coturn(tmp_path: Path) -> AsyncIterator[Coturn]:
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait, 10)
+
+
+@pytest.fixture
+async def coturn(tmp_path: Path) -> AsyncIterator[Coturn]:
+    async with running_coturn(tmp_path) as running:
+        yield running
 
 
 async def ice_servers(node: Any, user: str) -> dict[str, Any]:
@@ -249,3 +258,45 @@ async def test_an_allocation_outlives_its_credential_but_a_new_one_needs_a_fresh
     node = await node_factory(parts=NodeParts(clock=clock), turn_uris=coturn.uris, turn_secret=SECRET, turn_ttl=60)
     server, username, credential = turn_entry(await ice_servers(node, "erin"))
     assert await asyncio.to_thread(outlives, server, username, credential, udp_peer) == [401, 401]
+
+
+def allocations(server: tuple[str, int], credentials: list[tuple[str, str]]) -> list[int]:
+    """Allocate with each credential in turn, all held at once: 200 or the refusal's code."""
+    clients, codes = [], []
+    try:
+        for username, credential in credentials:
+            client = TurnClient(server)
+            clients.append(client)
+            try:
+                client.allocate(username, credential)
+                codes.append(200)
+            except TurnRefused as refusal:
+                codes.append(refusal.code)
+        return codes
+    finally:
+        for client in clients:
+            client.close()
+
+
+async def test_a_secret_is_rotated_with_both_secrets_on_coturn(tmp_path: Path, node_factory: Any) -> None:
+    new_secret = "the-new-turn-secret-" + "n" * 20
+    async with running_coturn(tmp_path, secrets=(SECRET, new_secret)) as both:
+        old_node = await node_factory(turn_uris=both.uris, turn_secret=SECRET)
+        new_node = await node_factory(turn_uris=both.uris, turn_secret=new_secret)
+        old = turn_entry(await ice_servers(old_node, "frank"))
+        new = turn_entry(await ice_servers(new_node, "frank"))
+        assert old[2] != new[2]
+        assert await asyncio.to_thread(allocations, old[0], [old[1:], new[1:]]) == [200, 200]
+
+
+async def test_user_quota_counts_allocations_per_user_whatever_the_expiry(tmp_path: Path, node_factory: Any) -> None:
+    async with running_coturn(tmp_path, "--user-quota=1") as quota:
+        clock = ManualClock()
+        node = await node_factory(parts=NodeParts(clock=clock), turn_uris=quota.uris, turn_secret=SECRET)
+        first = turn_entry(await ice_servers(node, "gina"))
+        clock.advance(5_000)
+        later = turn_entry(await ice_servers(node, "gina"))
+        assert later[1] != first[1]  # another expiry, another user name
+        other = turn_entry(await ice_servers(node, "hal"))
+        codes = await asyncio.to_thread(allocations, first[0], [first[1:], first[1:], later[1:], other[1:]])
+        assert codes == [200, 486, 486, 200]
