@@ -32,6 +32,7 @@ SYSTEM_TOOLS = {
     "haproxy": "haproxy",
     "kamailio": "kamailio",
     "redis-sentinel": "redis-sentinel",
+    "turnserver": "coturn",
 }
 
 

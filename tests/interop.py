@@ -1,5 +1,5 @@
 """The `interop` marker: a test that starts a third-party program (sipp, baresip,
-Chromium, SIPVicious, Kamailio, HAProxy, an extra redis-server or redis-sentinel) or a node in a
+Chromium, SIPVicious, Kamailio, HAProxy, coturn, an extra redis-server or redis-sentinel) or a node in a
 process of its own. `python3 dev.py test -m "not interop"` is then the fast lane, and the
 whole suite stays what CI runs.
 

@@ -67,6 +67,7 @@ def create_app(settings: Settings, parts: NodeParts = NodeParts()) -> Starlette:
     routes = [
         Route("/v1/devices", api.list_devices, methods=["GET"]),
         Route("/v1/devices/{device_id}", api.device, methods=["PUT", "DELETE"]),
+        Route("/v1/ice-servers", api.ice_servers, methods=["GET"]),
         Route("/v1/calls/{call_id}/status", api.CallStatus(), methods=["GET"], name="call_status"),
         Route("/", home.index, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),

@@ -18,6 +18,7 @@ INDEX = {
         "health": {"href": "/healthz", "auth": "none"},
         "ready": {"href": "/readyz", "auth": "none"},
         "devices": {"href": "/v1/devices/{device_id}", "auth": "device token"},
+        "ice_servers": {"href": "/v1/ice-servers", "auth": "device token"},
         "call_status": {"href": "/v1/calls/{call_id}/status", "auth": "device token, or the push's capability"},
         "websocket": {"href": "/v1/ws?device_id={device_id}", "auth": "device token"},
         "ops_api": {"href": "/v1/ops/", "auth": "operator token"},

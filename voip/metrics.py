@@ -28,6 +28,10 @@ def status_check_counter(state: str, end_call: bool) -> Any:
     return child
 
 
+# GET /v1/ice-servers (issue 13, part 3): "turn" when the answer carried a TURN credential.
+ICE_SERVERS = Counter(
+    "voip_ice_servers_total", "ICE server lists handed to devices, by what they held: turn, stun or none", ["servers"]
+)
 WS_CONNECTIONS = Gauge("voip_ws_connections", "Device WebSocket connections open on this node")
 WS_ERRORS = Counter("voip_ws_errors_total", "Error frames sent to devices", ["code"])
 # Redis unavailable or busy (issue 9): requests answered 503, sockets closed 1013,
