@@ -357,6 +357,7 @@ class SipEndpoint:
         self._servers: list[asyncio.Server] = []
         self._conns: dict[tuple[str, Addr], _StreamConnection | WebSocketFlow] = {}
         self._next_flow_port = 65536  # made-up ports for WebSocket flows whose address is taken
+        self.websockets_open = 0
         self._connecting: dict[tuple[str, Addr], list[tuple[bytes, TransactionKey | None]]] = {}
         self._clients: dict[TransactionKey, ClientTransaction] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -480,6 +481,7 @@ class SipEndpoint:
             peer = (peer[0], self._next_flow_port)
         flow = WebSocketFlow(self, transport, peer, send, close)
         self._conns[(transport, peer)] = flow
+        self.websockets_open += 1
         self.stats["ws_opened"] += 1
         return flow
 
@@ -678,6 +680,7 @@ class SipEndpoint:
         key = (flow.name, flow.peer)
         if self._conns.get(key) is flow:
             del self._conns[key]
+        self.websockets_open -= 1
         self.stats["ws_closed"] += 1
         # Requests waiting on this flow can never be answered: they fail now (503).
         for tx_key, handle in list(self._clients.items()):

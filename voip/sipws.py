@@ -54,11 +54,16 @@ async def sip_socket(websocket: WebSocket) -> None:
     if node.draining:
         await _refused(websocket, 503, "draining: this node is shutting down; connect again", "draining")
         return
-    if SipSocket.open_count >= node.settings.sip_ws_max_connections:
+    if node.sip.endpoint.websockets_open >= node.settings.sip_ws_max_connections:
         await _refused(websocket, 503, "busy: too many SIP WebSockets on this node; connect again", "too_many")
         return
-    await websocket.accept(subprotocol=SUBPROTOCOL)
-    await SipSocket(websocket, node).serve()
+    connection = SipSocket(websocket, node)  # counted from here: no await between check and count
+    try:
+        await websocket.accept(subprotocol=SUBPROTOCOL)
+    except BaseException:
+        connection.flow.closed()
+        raise
+    await connection.serve()
 
 
 async def _refused(websocket: WebSocket, status: int, message: str, reason: str) -> None:
@@ -68,8 +73,6 @@ async def _refused(websocket: WebSocket, status: int, message: str, reason: str)
 
 class SipSocket:
     """One accepted socket: a reader feeding the SIP stack, a writer draining the outbox."""
-
-    open_count = 0  # per process, which is per node
 
     def __init__(self, websocket: WebSocket, node: Node) -> None:
         assert node.sip is not None
@@ -106,7 +109,6 @@ class SipSocket:
         self.outbox.put_nowait(self.closing)
 
     async def serve(self) -> None:
-        SipSocket.open_count += 1
         metrics.SIP_WS_CONNECTIONS.inc()
         writer = asyncio.create_task(self._write(), name="sip-ws:write")
         self.node.sockets[self] = self._drained
@@ -115,7 +117,6 @@ class SipSocket:
             await self._read()
         finally:
             self.node.sockets.pop(self, None)
-            SipSocket.open_count -= 1
             metrics.SIP_WS_CONNECTIONS.dec()
             self.flow.closed()
             if self.closing is not None:

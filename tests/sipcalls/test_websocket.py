@@ -287,3 +287,36 @@ async def test_openapi_describes_the_socket(sip_node: SipNodeFactory) -> None:
     assert sip["subprotocol"] == "sip"
     assert set(sip["refusals"]) == {"400", "404", "503"}
     assert {"1008", "1009"} <= set(sip["closes"])
+
+
+async def test_a_browser_registered_on_one_node_is_rung_from_another(sip_node: SipNodeFactory) -> None:
+    first, second = await sip_node(), await sip_node()
+    alice = await second.device("alice", "a-phone")
+    async with phone(first) as carol:
+        assert (await carol.register("carol", ACCOUNTS["carol"])).status == 200
+        started = await alice.request({"type": "call.start", "callee": "carol", "sdp": APP_SDP})
+        invite = await carol.next()  # through the bus to the node holding the socket
+        assert isinstance(invite, Request) and invite.method == "INVITE"
+        await carol.send(build_response(invite, 603, to_tag="brws3"))  # a fork declines with 603
+        ack = await carol.next()
+        assert isinstance(ack, Request) and ack.method == "ACK"
+    await alice.expect("call.declined", call_id=started["call_id"])
+
+
+async def test_a_draining_node_closes_sip_sockets_1012_and_refuses_new_ones(sip_node: SipNodeFactory) -> None:
+    node = await sip_node()
+    assert node.node.sip is not None
+    async with phone(node) as carol:
+        assert (await carol.register("carol", ACCOUNTS["carol"])).status == 200
+        await node.node.drain()
+        code, reason = await closed_with(carol.socket)
+    assert (code, reason) == (1012, "reconnect")
+    with pytest.raises(InvalidStatus) as refused:
+        await websockets.connect(sip_url(node), subprotocols=["sip"])  # type: ignore[list-item]
+    assert refused.value.response.status_code == 503
+    for _ in range(100):
+        if not await node.node.sip.registrar.bindings("carol"):
+            break
+        await asyncio.sleep(0.02)
+    assert await node.node.sip.registrar.bindings("carol") == {}
+    assert node.node.sip.endpoint.websockets_open == 0
