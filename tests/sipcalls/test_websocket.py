@@ -320,3 +320,26 @@ async def test_a_draining_node_closes_sip_sockets_1012_and_refuses_new_ones(sip_
         await asyncio.sleep(0.02)
     assert await node.node.sip.registrar.bindings("carol") == {}
     assert node.node.sip.endpoint.websockets_open == 0
+
+
+async def test_a_browser_caller_whose_socket_closes_while_ringing_cancels_the_call(sip_node: SipNodeFactory) -> None:
+    node = await sip_node()
+    alice = await node.device("alice", "a-phone")
+    async with phone(node) as carol:
+        invite = build(
+            "INVITE",
+            f"sip:alice@{DOMAIN}",
+            user="carol",
+            contact=f"<{CONTACT}>",
+            headers=[("Content-Type", "application/sdp")],
+            body=APP_SDP.encode(),
+        )
+        challenge = await carol.request(invite)
+        assert challenge.status == 407
+        await carol.send(authorize(invite, challenge, "carol", ACCOUNTS["carol"]))
+        incoming = await alice.expect("call.incoming")
+        assert incoming["caller"] == f"sip:carol@{DOMAIN}"
+    # The tab closed while alice's phone rang: nothing can reach the caller any more.
+    await alice.expect("call.cancelled", call_id=incoming["call_id"])
+    timeline = await node.timeline(incoming["call_id"], lambda t: any(e.get("flow") == "closed" for e in t))
+    assert any(e.get("flow") == "closed" for e in timeline)
