@@ -21,6 +21,7 @@ INDEX = {
         "ice_servers": {"href": "/v1/ice-servers", "auth": "device token"},
         "call_status": {"href": "/v1/calls/{call_id}/status", "auth": "device token, or the push's capability"},
         "websocket": {"href": "/v1/ws?device_id={device_id}", "auth": "device token"},
+        "sip_websocket": {"href": "/v1/sip", "auth": "SIP digest on each REGISTER and INVITE (subprotocol sip)"},
         "ops_api": {"href": "/v1/ops/", "auth": "operator token"},
         "simulator_pushes": {"href": "/v1/ops/simulator/pushes", "auth": "operator token"},
         "metrics": {"href": "/metrics", "auth": "operator token"},

@@ -527,6 +527,22 @@ WEBSOCKETS = {
         },
         "closes": {"1013": "Redis is unavailable: reconnect with backoff"},
     },
+    "/v1/sip": {
+        "summary": "SIP over WebSocket (RFC 7118) for browser softphones: one SIP message per "
+        "frame, Via transport WS or WSS, served by the node's SIP stack (SIP_ENABLED)",
+        "auth": "none on the socket: every REGISTER and INVITE answers a SIP digest challenge",
+        "subprotocol": "sip",
+        "refusals": {
+            "400": "the subprotocol is not sip",
+            "404": "SIP is not enabled on this node",
+            "503": "the node drains, or holds SIP_WS_MAX_CONNECTIONS SIP sockets already",
+        },
+        "closes": {
+            "1008": "not a SIP message, too many messages, or too slow to read",
+            "1009": "a frame over VOIP_WS_MAX_FRAME_BYTES",
+            "1012": "the node drains: reconnect (to another node) and register again",
+        },
+    },
     "/v1/ops/live": {
         "summary": "Every timeline entry of every call, from every node, as it happens",
         "auth": "operator bearer token in the Authorization header, or ticket query (one use, "

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     sip_tls_cert_file: str = Field("", validation_alias=_env("sip_tls_cert_file", "SIP_TLS_CERT_FILE"))
     sip_tls_key_file: str = Field("", validation_alias=_env("sip_tls_key_file", "SIP_TLS_KEY_FILE"))
     sip_tls_ca_file: str = Field("", validation_alias=_env("sip_tls_ca_file", "SIP_TLS_CA_FILE"))
+    # SIP over WebSocket (RFC 7118) at /v1/sip: sockets per node; beyond, 503.
+    sip_ws_max_connections: int = Field(
+        1000, ge=1, validation_alias=_env("sip_ws_max_connections", "SIP_WS_MAX_CONNECTIONS")
+    )
     # Limits on every channel (docs/operators.md#limits)
     max_ringing_per_callee: int = Field(
         3, ge=1, le=1000, validation_alias=_env("max_ringing_per_callee", "VOIP_MAX_RINGING_PER_CALLEE")
