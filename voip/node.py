@@ -22,6 +22,7 @@ from voip.clock import SYSTEM_CLOCK, Clock
 from voip.controller import CallController, RingTimeouts
 from voip.delivery_log import DeliveryLog
 from voip.epoch import EpochWatcher
+from voip.ice_servers import IceServers, parse_uris
 from voip.log_throttle import RepeatedLog
 from voip.ops.feed import OpsFeed
 from voip.presence import Presence
@@ -86,6 +87,7 @@ class Node:
         presence: Presence,
         deliveries: DeliveryLog,
         ops_feed: OpsFeed,
+        ice_servers: IceServers,
         readiness_checks: Mapping[str, ReadinessCheck],
         readiness_details: Mapping[str, ReadinessDetail],
         webhooks: WebhookDelivery | None = None,
@@ -116,6 +118,8 @@ class Node:
         self.webhooks = webhooks
         # VOIP_CALL_HOOK_URL: asked before a call rings (the controller holds it too).
         self.hook = hook
+        # STUN and TURN for apps' media, with TURN credentials minted per request.
+        self.ice_servers = ice_servers
         self.readiness_checks = dict(readiness_checks)
         self.readiness_details = dict(readiness_details)
         # Redis unavailable, however a request found out: one line per interval.
@@ -223,6 +227,9 @@ class Node:
             presence=Presence(stores.presence, stores.sockets, settings.node_id),
             deliveries=deliveries,
             ops_feed=OpsFeed(connections.client, stores.ops_channel, node_id=settings.node_id),
+            ice_servers=IceServers(
+                parse_uris(settings.turn_uris), settings.turn_secret, settings.turn_ttl, clock=parts.clock
+            ),
             readiness_checks={**checks, **parts.readiness_checks},
             readiness_details={"redis": epoch.readiness_detail},
             webhooks=webhooks,
