@@ -225,3 +225,27 @@ async def test_a_push_apns_refuses_is_a_push_failed_event(
     assert failed["push"]["device"] == "b-phone" and failed["push"]["kind"] == "invite"
     assert failed["push"]["reason"] == "BadDeviceToken"
     assert failed["call"]["call_id"] == call_id
+
+
+async def test_two_live_nodes_deliver_every_call_s_events_once_and_in_order(
+    node_factory: Any, receiver: HttpReceiver
+) -> None:
+    a = await node_factory(**webhook_settings(receiver.url))
+    b = await node_factory(**webhook_settings(receiver.url))
+    # Callers on one node, callees on the other: each call's events are filed by both.
+    alice = await a.device("alice", "a1")
+    bob = await b.device("bob", "b1")
+    calls = []
+    for _ in range(6):
+        call_id = (await alice.request({"type": "call.start", "callee": "bob"}))["call_id"]
+        await bob.expect("call.incoming", call_id=call_id)
+        assert (await bob.request({"type": "call.ringing", "call_id": call_id}))["type"] == "ack"
+        assert (await bob.request({"type": "call.answer", "call_id": call_id}))["type"] == "ack"
+        assert (await alice.request({"type": "call.hangup", "call_id": call_id}))["type"] == "ack"
+        calls.append(call_id)
+    for call_id in calls:
+        events = await wait_events(receiver, call_id, 4)
+        assert [e["type"] for e in events] == ["call.created", "call.ringing", "call.answered", "call.ended"]
+    await asyncio.sleep(0.5)
+    ids = Counter(checked(r)["id"] for r in receiver.received)
+    assert len(ids) == 24 and set(ids.values()) == {1}
