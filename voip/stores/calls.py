@@ -391,15 +391,14 @@ class CallStore:
             call_id,
             spec,
         ]
-        if spec:
-            (result, *_) = await batch(
-                self._redis, [(self._call_event, keys, args)], lambda pipe: self._due(pipe, call_id, at)
-            )
-        else:
-            result = await self._call_event(keys=keys, args=args)
+        result = await self._call_event(keys=keys, args=args)
         if result[0] != b"ok":
             raise CallError(result[1].decode())
         if spec and result[2]:
+            # Only the first device that rings files an event; the others' reports must not
+            # make the call due for nothing. The call is in the due index already (not over:
+            # looked at again every few minutes), so this is the fast path, not the record.
+            await batch(self._redis, [], lambda pipe: self._due(pipe, call_id, at))
             self._filed(call_id)
         return CallRecord.from_hash(call_id, orjson.loads(result[1])), bool(result[2])
 
