@@ -36,6 +36,9 @@ class Error(BaseModel):
 
 class Device(BaseModel):
     device_id: str
+    platform: Literal["ios", "android"] = Field(
+        "ios", description='Which push service reaches it: APNs or FCM; absent on iOS devices (then "ios")'
+    )
     voip_token: str | None
     apns_environment: Literal["sandbox", "production"]
     bundle_id: str | None
@@ -43,6 +46,9 @@ class Device(BaseModel):
     registered_at: int
     updated_at: int
     token_registered_at: int
+    fcm_token: str | None = Field(
+        None, description="Android only: the FCM registration token (null once FCM refused it)"
+    )
 
 
 class DeviceSaved(Device):

@@ -54,10 +54,12 @@ class OpsCallDetail(BaseModel):
 
 class OpsDevice(BaseModel):
     device_id: str
+    platform: Literal["ios", "android"]
     apns_environment: str | None
     bundle_id: str | None
     voip_token_prefix: str | None = Field(description="First 8 hex digits of the VoIP token")
     has_alert_token: bool
+    fcm_token_prefix: str | None = Field(description="Android: the first 8 characters of the FCM token")
     registered_at: int | None
     updated_at: int | None
     token_registered_at: int | None
