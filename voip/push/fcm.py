@@ -113,7 +113,8 @@ class FCMNotifier:
         token = device.get("fcm_token")
         return {"platform": PLATFORM, "token": token} if token else None
 
-    def request(self, push: Push, *, now: float | None = None) -> FCMRequest:
+    @staticmethod
+    def request(push: Push, *, now: float | None = None) -> FCMRequest:
         """The message's data, as strings: the fields of the APNs payload of the same push."""
         now = time.time() if now is None else now
         sent_at = str(int(now * 1000))
