@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from apnsim import Fault
+from fcmsim import Device as FCMDevice
 from voip import logs
 from voip.app import create_app
-from fcmsim import Device as FCMDevice
 from voip.devicesim import AndroidPhone, Backend, Event, EventLog, Phone, Policy
 from voip.node import Node
 from voip.redis_server import PrivateRedis
