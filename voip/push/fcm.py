@@ -202,7 +202,8 @@ class FCMNotifier:
             if left <= 0:
                 return finish(Outcome.EXPIRED, f"the deadline passed before FCM accepted the push; {cause}")
             try:
-                authorization = await asyncio.wait_for(self.tokens.header(), left)
+                # The cached token without a task; a refresh bounded by the deadline.
+                authorization = self.tokens.cached() or await asyncio.wait_for(self.tokens.header(), left)
             except TimeoutError:
                 return finish(Outcome.EXPIRED, "the deadline passed while fetching an access token")
             except AccessTokenError as exc:
