@@ -50,9 +50,8 @@ def text(node: Node, base_url: str, private_redis: bool) -> str:
             f"                 what it received: {node.fcm_simulator.endpoint}/sim/messages",
         ]
     elif node.settings.fcm_credentials_file:
-        lines.append(
-            f"  Android        to FCM ({node.settings.fcm_endpoint or 'Google'}), project {node.settings.fcm_project_id}"
-        )
+        endpoint = node.settings.fcm_endpoint or "Google"
+        lines.append(f"  Android        to FCM ({endpoint}), project {node.settings.fcm_project_id}")
     else:
         lines.append("  Android        off: no FCM_CREDENTIALS_FILE")
     if node.sip is not None:
