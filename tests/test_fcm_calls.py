@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from apnsim import APNsSimulator
 from fcmsim import ErrorCode, Fault, FCMSimulator, RecordedMessage, new_token
@@ -123,6 +124,8 @@ async def test_android_invite_is_a_high_priority_data_message(pushing: Pushing) 
     assert entry["platform"] == "android" and entry["message_id"] == message.name
     assert entry["outcome"] == "accepted" and entry["status"] == 200 and entry["kind"] == "invite"
     assert "apns_id" not in entry
+    labels = {"platform": "android", "kind": "invite", "outcome": "accepted", "reason": ""}
+    assert (REGISTRY.get_sample_value("voip_pushes_total", labels) or 0) >= 1
 
 
 async def test_offline_android_phone_wakes_to_the_cancellation_not_the_invite(pushing: Pushing) -> None:
