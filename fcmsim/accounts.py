@@ -146,6 +146,10 @@ class Accounts:
         self.issued += 1
         return 200, {"access_token": token, "expires_in": int(self.token_lifetime), "token_type": "Bearer"}
 
+    def issued_tokens(self) -> list[str]:
+        """The access tokens issued and not revoked (for tests that look for them in logs)."""
+        return list(self._tokens)
+
     def bearer(self, authorization: str | None) -> AccessToken | None:
         """The live access token an `authorization` header carries, else None."""
         scheme, _, token = (authorization or "").partition(" ")
