@@ -203,7 +203,8 @@ class FCMNotifier:
                 return finish(Outcome.EXPIRED, f"the deadline passed before FCM accepted the push; {cause}")
             try:
                 # The cached token without a task; a refresh bounded by the deadline.
-                authorization = self.tokens.cached() or await asyncio.wait_for(self.tokens.header(), left)
+                cached = self.tokens.cached()
+                authorization = cached if cached is not None else await asyncio.wait_for(self.tokens.header(), left)
             except TimeoutError:
                 return finish(Outcome.EXPIRED, "the deadline passed while fetching an access token")
             except AccessTokenError as exc:
