@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from apnsim import APNsSimulator
 from fcmsim import ErrorCode, Fault, FCMSimulator, RecordedMessage, new_token
 from tests.conftest import BUNDLE, RunningNode, register
+from tests.test_call_pushes import socket_dies
 
 pytestmark = pytest.mark.on_cluster_too
 
@@ -147,6 +148,25 @@ async def test_offline_android_phone_wakes_to_the_cancellation_not_the_invite(pu
     sim.set_online(device.token, True)
     assert [d.message.data["type"] for d in device.inbox] == ["call.cancelled"]
     assert [d.cause.value for d in device.dropped] == ["displaced"]
+
+
+async def test_hang_up_reaches_the_android_phone_whose_socket_died(pushing: Pushing) -> None:
+    node, sim = pushing
+    device = sim.add_device()
+    await register_android(node, "bob", "b-pixel", device.token)
+    caller = await node.device("alice", "a1")
+    callee = await node.device("bob", "b-pixel")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await callee.expect("call.incoming", call_id=call_id)
+    assert (await callee.request({"type": "call.answer", "call_id": call_id}))["type"] == "ack"
+    await caller.expect("call.answered", call_id=call_id)
+    await socket_dies(node, callee)
+
+    assert (await caller.request({"type": "call.hangup", "call_id": call_id}))["type"] == "ack"
+    [ended] = await messages_for(sim, call_id, "call.ended")
+    assert ended.data["reason"] == "remote_ended" and ended.android["collapse_key"] == call_id
+    assert [d.message.data["type"] for d in device.inbox] == ["call.incoming", "call.ended"]
+    await push_entries(node, call_id, 1, kind="ended", outcome="accepted", platform="android")
 
 
 async def test_an_unregistered_token_is_dropped_and_the_device_told(pushing: Pushing) -> None:
