@@ -115,6 +115,7 @@ MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
             ops.OpsSummary,
             OpsLiveTicket,
             ops.OpsSimulatorPushes,
+            ops.OpsSimulatorFCM,
         )
     ),
 ]
@@ -383,6 +384,32 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json("OpsSimulatorPushes", "The simulator's pushes, newest first"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                    "422": INVALID,
+                },
+            }
+        },
+        "/v1/ops/simulator/fcm": {
+            "get": {
+                "tags": ["ops"],
+                "operationId": "opsSimulatorFCM",
+                "summary": "What the bundled FCM simulator received (a node with no FCM credentials)",
+                "description": "With no FCM credentials (outside production) the node sends Android pushes to "
+                "its embedded FCM simulator and no real phone receives anything. Each message: its "
+                "android options, data (an invite's `status_url` included), the simulator's answer and "
+                "what became of it. Otherwise: `simulator: false` and no messages.",
+                "security": BEARER,
+                "parameters": [
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": 200},
+                        "Newest messages to return (default 50)",
+                    )
+                ],
+                "responses": {
+                    "200": _json("OpsSimulatorFCM", "The simulator's messages, newest first"),
                     "401": UNAUTHORIZED,
                     "403": FORBIDDEN_OPERATOR,
                     "422": INVALID,
