@@ -398,6 +398,7 @@ async def test_device_routes_need_a_device_token(node: RunningNode) -> None:
             ("PUT", "/v1/devices/d0"),
             ("DELETE", "/v1/devices/d0"),
             ("GET", "/v1/devices"),
+            ("GET", "/v1/ice-servers"),
         ):
             response = await client.request(method, path, json={"voip_token": "cd" * 32}, headers=headers)
             assert response.status_code == status, (method, path, headers, response.text)

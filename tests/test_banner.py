@@ -105,6 +105,7 @@ def test_the_banner_says_where_everything_is(banner_node: tuple[str, Path]) -> N
         "python3 dev.py token ops --role operator",
         "NO REAL PHONE RECEIVES ANYTHING",
         f"{base}/v1/ops/simulator/pushes",
+        f"{base.replace('http', 'ws', 1)}/v1/sip (subprotocol sip)",
     ):
         assert expected in block, (expected, block)
     # Every line but the banner's is a JSON log line.

@@ -271,5 +271,17 @@ async def device(request: Request) -> Response:
     return await delete_device(request)
 
 
+async def ice_servers(request: Request) -> Response:
+    """The STUN and TURN servers for this user's media, with a TURN credential that
+    expires in `ttl` seconds. Computed here (one HMAC), no Redis: coturn checks the
+    credential on its own with the shared secret."""
+    principal = authenticate(request, "device")
+    ice = node_of(request).ice_servers
+    answer = ice.for_user(principal.user_id)
+    metrics.ICE_SERVERS.labels("turn" if ice.turn else "stun" if ice.stun else "none").inc()
+    # A credential: no cache between the app and this node may keep it or hand it on.
+    return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})

@@ -16,6 +16,7 @@ from voip.node import Node, NodeParts
 from voip.ops.routes import routes as ops_routes
 from voip.redis_pool import UNAVAILABLE
 from voip.settings import Settings
+from voip.sipws import sip_socket
 from voip.ws import device_socket
 
 
@@ -67,11 +68,13 @@ def create_app(settings: Settings, parts: NodeParts = NodeParts()) -> Starlette:
     routes = [
         Route("/v1/devices", api.list_devices, methods=["GET"]),
         Route("/v1/devices/{device_id}", api.device, methods=["PUT", "DELETE"]),
+        Route("/v1/ice-servers", api.ice_servers, methods=["GET"]),
         Route("/v1/calls/{call_id}/status", api.CallStatus(), methods=["GET"], name="call_status"),
         Route("/", home.index, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", metrics_route.metrics, methods=["GET"]),
         WebSocketRoute("/v1/ws", device_socket),
+        WebSocketRoute("/v1/sip", sip_socket),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
         *ops_routes(),
     ]

@@ -60,6 +60,9 @@ def text(node: Node, base_url: str, private_redis: bool) -> str:
         lines.append(
             f"  SIP            on: {transports} {node.settings.sip_host}:{node.sip.port}, users sip:<user>@{domain}"
         )
+        lines.append(
+            f"  SIP WebSocket  {base_url.replace('http', 'ws', 1)}/v1/sip (subprotocol sip), for browser softphones"
+        )
     else:
         lines.append("  SIP            off (SIP_ENABLED=true to turn it on)")
     if private_redis:

@@ -5,7 +5,7 @@ Every event passes `redact` last, whoever logged it: callers should never log a 
 but uvicorn prints request paths with their query strings, the websockets library prints
 handshake headers at debug, and one careless `exc_info` can carry a header. So query
 string values, JWTs, Authorization header values, digest responses, status capabilities,
-passwords and private keys are replaced before a line is written.
+passwords, TURN credentials and private keys are replaced before a line is written.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ SECRET_KEYS = frozenset(
         "provider_token",
         "ticket",
         "sip_accounts",
+        "credential",
     }
 )
 
@@ -74,7 +75,7 @@ _RULES: list[_Rule] = [
     (re.compile(r"\b\d{9,12}\.[A-Za-z0-9_-]{24}(?![A-Za-z0-9_-])"), REDACTED),
     (
         re.compile(
-            r"""(?i)(?<![a-z0-9])((?:\w*_)?(?:password|passwd|secret|ha1|access_token|ticket))(['"]?\s*[:=]\s*(?:b?['"])?)[^\s'"&,;}]+"""
+            r"""(?i)(?<![a-z0-9])((?:\w*_)?(?:password|passwd|secret|ha1|access_token|ticket|credential))(['"]?\s*[:=]\s*(?:b?['"])?)[^\s'"&,;}]+"""
         ),
         rf"\1\2{REDACTED}",
     ),
@@ -97,6 +98,7 @@ _MARKERS = (
     "ha1",
     "access_token",
     "ticket",
+    "credential",
     "://",
 )
 _CAPABILITY = re.compile(r"\d{9,12}\.[A-Za-z0-9_-]{24}")

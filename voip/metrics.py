@@ -28,7 +28,17 @@ def status_check_counter(state: str, end_call: bool) -> Any:
     return child
 
 
+# GET /v1/ice-servers (issue 13, part 3): "turn" when the answer carried a TURN credential.
+ICE_SERVERS = Counter(
+    "voip_ice_servers_total", "ICE server lists handed to devices, by what they held: turn, stun or none", ["servers"]
+)
 WS_CONNECTIONS = Gauge("voip_ws_connections", "Device WebSocket connections open on this node")
+SIP_WS_CONNECTIONS = Gauge("voip_sip_ws_connections", "SIP-over-WebSocket (/v1/sip) connections open on this node")
+SIP_WS_CLOSED = Counter(
+    "voip_sip_ws_closed_total",
+    "SIP-over-WebSocket connections refused or closed by the node, by reason",
+    ["reason"],
+)
 WS_ERRORS = Counter("voip_ws_errors_total", "Error frames sent to devices", ["code"])
 # Redis unavailable or busy (issue 9): requests answered 503, sockets closed 1013,
 # WebSocket requests answered `unavailable`.

@@ -25,6 +25,7 @@ from voip.clock import SYSTEM_CLOCK, Clock
 from voip.controller import CallController, RingTimeouts
 from voip.delivery_log import DeliveryLog
 from voip.epoch import EpochWatcher
+from voip.ice_servers import IceServers, parse_uris
 from voip.log_throttle import RepeatedLog
 from voip.ops.feed import OpsFeed
 from voip.presence import Presence
@@ -87,6 +88,7 @@ class Node:
         presence: Presence,
         deliveries: DeliveryLog,
         ops_feed: OpsFeed,
+        ice_servers: IceServers,
         readiness_checks: Mapping[str, ReadinessCheck],
         readiness_details: Mapping[str, ReadinessDetail],
     ) -> None:
@@ -113,6 +115,8 @@ class Node:
         # entries, the SIP legs' notes.
         self.deliveries = deliveries
         self.ops_feed = ops_feed
+        # STUN and TURN for apps' media, with TURN credentials minted per request.
+        self.ice_servers = ice_servers
         self.readiness_checks = dict(readiness_checks)
         self.readiness_details = dict(readiness_details)
         # Redis unavailable, however a request found out: one line per interval.
@@ -220,6 +224,9 @@ class Node:
             presence=Presence(stores.presence, stores.sockets, settings.node_id),
             deliveries=deliveries,
             ops_feed=OpsFeed(connections.client, stores.ops_channel, node_id=settings.node_id),
+            ice_servers=IceServers(
+                parse_uris(settings.turn_uris), settings.turn_secret, settings.turn_ttl, clock=parts.clock
+            ),
             readiness_checks={**checks, **parts.readiness_checks},
             readiness_details={"redis": epoch.readiness_detail},
         )

@@ -76,6 +76,26 @@ class UnknownCall(BaseModel):
     server_time: int
 
 
+class IceServer(BaseModel):
+    """One RTCIceServer (W3C WebRTC): pass it to the peer connection as it is."""
+
+    urls: list[str] = Field(description="stun:, stuns:, turn: or turns: URIs (RFC 7064, RFC 7065)")
+    username: str | None = Field(
+        None, description="TURN only: `<expiry, unix seconds>:<user id>` (coturn's REST-API credentials)"
+    )
+    credential: str | None = Field(
+        None, description="TURN only: base64 HMAC-SHA1 of `username` under the TURN server's shared secret"
+    )
+
+
+class IceServers(BaseModel):
+    ice_servers: list[IceServer] = Field(
+        description="STUN URIs in one entry without credentials, TURN URIs in another with them; "
+        "empty when the deployment runs neither (ICE then uses host candidates only)"
+    )
+    ttl: int = Field(description="Seconds the TURN credential stays valid (TURN_TTL): ask again before then")
+
+
 class OpsLiveTicket(BaseModel):
     ticket: str = Field(description="Opens /v1/ops/live once: `?ticket=<ticket>`")
     expires_in: int = Field(description="Seconds it stays usable (VOIP_OPS_TICKET_TTL)")
@@ -105,6 +125,7 @@ MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
             Device,
             DeviceSaved,
             DeviceList,
+            IceServers,
             CallStatus,
             UnknownCall,
             Health,
@@ -228,6 +249,23 @@ def _paths() -> dict[str, Any]:
                     "503": UNAVAILABLE,
                 },
             },
+        },
+        "/v1/ice-servers": {
+            "get": {
+                "tags": ["devices"],
+                "operationId": "iceServers",
+                "summary": "STUN and TURN servers for this user's media, with a fresh TURN credential",
+                "description": "Pass `ice_servers` to the peer connection as its `iceServers`. The TURN "
+                "credential expires `ttl` seconds after this answer: fetch the list before each "
+                "call (or when less than a call's length is left) and never store it. Touches no "
+                "Redis. Cache-Control: no-store.",
+                "security": BEARER,
+                "responses": {
+                    "200": _json("IceServers", "The ICE servers"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_DEVICE,
+                },
+            }
         },
         "/v1/calls/{call_id}/status": {
             "get": {
@@ -521,6 +559,22 @@ WEBSOCKETS = {
             "403": "not a device token",
         },
         "closes": {"1013": "Redis is unavailable: reconnect with backoff"},
+    },
+    "/v1/sip": {
+        "summary": "SIP over WebSocket (RFC 7118) for browser softphones: one SIP message per "
+        "frame, Via transport WS or WSS, served by the node's SIP stack (SIP_ENABLED)",
+        "auth": "none on the socket: every REGISTER and INVITE answers a SIP digest challenge",
+        "subprotocol": "sip",
+        "refusals": {
+            "400": "the subprotocol is not sip",
+            "404": "SIP is not enabled on this node",
+            "503": "the node drains, or holds SIP_WS_MAX_CONNECTIONS SIP sockets already",
+        },
+        "closes": {
+            "1008": "not a SIP message, too many messages, or too slow to read",
+            "1009": "a frame over VOIP_WS_MAX_FRAME_BYTES",
+            "1012": "the node drains: reconnect (to another node) and register again",
+        },
     },
     "/v1/ops/live": {
         "summary": "Every timeline entry of every call, from every node, as it happens",

@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from voip.ice_servers import MIN_SECRET_BYTES, parse_uris
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_FILE = CONFIG_DIR / "default.toml"
 DEV_SECRET_FILE = Path(".voip") / "dev-secret"
@@ -110,6 +112,10 @@ class Settings(BaseSettings):
     sip_tls_cert_file: str = Field("", validation_alias=_env("sip_tls_cert_file", "SIP_TLS_CERT_FILE"))
     sip_tls_key_file: str = Field("", validation_alias=_env("sip_tls_key_file", "SIP_TLS_KEY_FILE"))
     sip_tls_ca_file: str = Field("", validation_alias=_env("sip_tls_ca_file", "SIP_TLS_CA_FILE"))
+    # SIP over WebSocket (RFC 7118) at /v1/sip: sockets per node; beyond, 503.
+    sip_ws_max_connections: int = Field(
+        1000, ge=1, validation_alias=_env("sip_ws_max_connections", "SIP_WS_MAX_CONNECTIONS")
+    )
     # Limits on every channel (docs/operators.md#limits)
     max_ringing_per_callee: int = Field(
         3, ge=1, le=1000, validation_alias=_env("max_ringing_per_callee", "VOIP_MAX_RINGING_PER_CALLEE")
@@ -190,6 +196,11 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(
         100, ge=1, le=10000, validation_alias=_env("redis_wait_timeout_ms", "VOIP_REDIS_WAIT_TIMEOUT_MS")
     )
+    # ICE servers for apps' media (issue 13, part 3; GET /v1/ice-servers): stun:, stuns:,
+    # turn:, turns: URIs (RFC 7064, RFC 7065); TURN credentials in coturn's REST-API form.
+    turn_uris: list[str] = Field([], max_length=32, validation_alias=_env("turn_uris", "TURN_URIS"))
+    turn_secret: str = Field("", validation_alias=_env("turn_secret", "TURN_SECRET"), repr=False)
+    turn_ttl: int = Field(86400, ge=60, le=604800, validation_alias=_env("turn_ttl", "TURN_TTL"))
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")
     )
@@ -223,6 +234,7 @@ class Settings(BaseSettings):
                 # WAIT needs the writes' own connection; a cluster spreads them over shards.
                 raise ValueError("VOIP_REDIS_WAIT_REPLICAS: not supported with REDIS_CLUSTER_NODES")
         _check_redis_tls(self)
+        _check_turn(self)
         if self.environment == "production":
             if not self.apns_key_file:
                 raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8)")
@@ -400,6 +412,21 @@ def _check_redis_tls(settings: Settings) -> None:
             raise ValueError(
                 f"REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE: not a PEM certificate and its key ({_tls_reason(exc)})"
             ) from None
+
+
+def _check_turn(settings: Settings) -> None:
+    """Every ICE URI parses; TURN URIs and the shared secret come together."""
+    try:
+        uris = parse_uris(settings.turn_uris)
+    except ValueError as exc:
+        raise ValueError(f"TURN_URIS: {exc}") from None
+    turn = any(uri.is_turn for uri in uris)
+    if turn and not settings.turn_secret:
+        raise ValueError("TURN_SECRET: needed with a turn: or turns: URI in TURN_URIS (coturn's static-auth-secret)")
+    if settings.turn_secret and not turn:
+        raise ValueError("TURN_SECRET: set, but TURN_URIS has no turn: or turns: URI")
+    if settings.turn_secret and len(settings.turn_secret.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"TURN_SECRET: a secret of {MIN_SECRET_BYTES} bytes or more is needed")
 
 
 def _tls_reason(exc: OSError) -> str:

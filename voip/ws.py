@@ -112,7 +112,7 @@ def _request_id(frame: Any) -> Any:
     return request_id if isinstance(request_id, (str, int)) else None
 
 
-async def _refuse(websocket: WebSocket, status: int, message: str) -> None:
+async def refuse(websocket: WebSocket, status: int, message: str) -> None:
     """Refuse before accepting: an HTTP response where the server can send one."""
     from starlette.responses import JSONResponse
 
@@ -129,17 +129,17 @@ async def device_socket(websocket: WebSocket) -> None:
     try:
         principal = _authenticate(websocket, node)
     except AuthError as exc:
-        await _refuse(websocket, 401, f"unauthorized: {exc}")
+        await refuse(websocket, 401, f"unauthorized: {exc}")
         return
     if principal.role != "device":
-        await _refuse(websocket, 403, "forbidden: device role required")
+        await refuse(websocket, 403, "forbidden: device role required")
         return
     device_id = websocket.query_params.get("device_id", "")
     if not DEVICE_ID.match(device_id):
-        await _refuse(websocket, 400, "bad_request: device_id query parameter missing or malformed")
+        await refuse(websocket, 400, "bad_request: device_id query parameter missing or malformed")
         return
     if node.draining:
-        await _refuse(websocket, 503, "draining: this node is shutting down; connect again")
+        await refuse(websocket, 503, "draining: this node is shutting down; connect again")
         return
     connection = DeviceConnection(websocket, node, principal.user_id, device_id)
     # Each setup step registers its undo as it starts: whichever step fails, or however

@@ -57,6 +57,7 @@ async def test_the_schema_is_valid_openapi_3_1(node: RunningNode) -> None:
     assert {
         "PUT /v1/devices/{device_id}",
         "GET /v1/calls/{call_id}/status",
+        "GET /v1/ice-servers",
         "GET /v1/ops/calls",
         "GET /v1/ops/calls/{call_id}",
         "GET /v1/ops/devices/{user}",

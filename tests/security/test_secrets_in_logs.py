@@ -3,8 +3,8 @@ its own process, SIP on), logging at info and at debug (where every library says
 everything), and is driven through every route and socket with credentials minted here:
 devices, the status endpoint by bearer and by capability, WebSockets by header and by
 `?access_token=` (accepted and refused), the operators' API and live feed (ticket, header,
-query), metrics, a SIP REGISTER and an INVITE from an untrusted source with digest (and
-that INVITE's credentials replayed), pushes through the APNs and FCM simulators. Then
+query), TURN credentials, metrics, a SIP REGISTER and an INVITE from an untrusted source with digest
+(and that INVITE's credentials replayed), pushes through the APNs and FCM simulators. Then
 every line it wrote is searched for every one of those secrets (the FCM service account's
 private key and OAuth2 access token among them)."""
 
@@ -40,6 +40,7 @@ from voip import logs
 from voip.auth import Authenticator
 
 DOMAIN = "voip.test"
+TURN_SECRET = "turn-secret-" + secrets.token_urlsafe(16)
 VOIP_TOPIC = "com.example.caller.voip"
 
 
@@ -92,6 +93,8 @@ async def logged_node(
         "SIP_ACCOUNTS": orjson.dumps({"carol": password}).decode(),
         # Loopback is not trusted: an INVITE must carry Proxy-Authorization (407 first).
         "SIP_TRUSTED_NETWORKS": '["198.51.100.0/24"]',
+        "TURN_URIS": '["stun:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=udp"]',
+        "TURN_SECRET": TURN_SECRET,
         **{name.upper(): value for name, value in apns_settings.items()},
         **{name.upper(): value for name, value in fcm_settings.items()},
     }
@@ -162,6 +165,13 @@ async def drive_http_and_sockets(node: LoggedNode) -> None:
         assert (await http.get("/v1/devices", headers={"Authorization": f"Bearer {bob}"})).status_code == 200
         assert (await http.get("/v1/devices", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
         assert (await http.get("/v1/devices", params={"access_token": expired})).status_code == 401
+
+        # TURN credentials: minted per request from TURN_SECRET
+        ice = await http.get("/v1/ice-servers", headers={"Authorization": f"Bearer {bob}"})
+        assert ice.status_code == 200, ice.text
+        node.minted("TURN credential", ice.json()["ice_servers"][1]["credential"])
+        node.minted("TURN_SECRET", TURN_SECRET)
+        assert (await http.get("/v1/ice-servers", params={"access_token": bob_query})).status_code == 401
 
         # Device WebSockets: header, query, refusals of both kinds
         caller = await hello(f"{node.ws}/v1/ws?device_id=a-phone", {"Authorization": f"Bearer {alice}"})
@@ -310,7 +320,7 @@ async def test_no_secret_reaches_any_log_line(logged_node: LoggedNode) -> None:
         assert any(m.lower().startswith("< authorization: ") for m in messages)
     assert any(line.get("event") == "sip.registered" for line in lines)
     assert any(line.get("event") == "sip.invite_challenged" for line in lines)
-    assert len(logged_node.secrets) >= 15
+    assert len(logged_node.secrets) >= 17
 
     assert scan(logged_node) == []
 

@@ -27,7 +27,7 @@ import structlog
 
 from sip.dialog import Dialog, DialogState, DialogTable
 from sip.digest import DigestError, authorize
-from sip.endpoint import STREAM_TRANSPORTS, ClientTransaction, SipEndpoint
+from sip.endpoint import FLOW_TRANSPORTS, ClientTransaction, SipEndpoint
 from sip.message import (
     URI,
     CSeq,
@@ -122,7 +122,7 @@ class Leg:
         self.device = device
         self.dialog: Dialog | None = None
         self.finished = False
-        # The peer's own TCP or TLS connection (its address, transport): requests to the
+        # The peer's own TCP, TLS or WebSocket connection (its address, transport): requests to the
         # peer go over it while it is open, as a phone behind NAT, or one whose TLS
         # certificate we could not verify, can only be reached that way.
         self.flow: tuple[Addr, str] | None = None
@@ -180,6 +180,26 @@ class Leg:
         dialog.terminate()
         self.ctx.dialogs.remove(dialog)
         self.note(sent="BYE", status=response.status)
+
+    async def flow_lost(self) -> None:
+        """The peer's WebSocket closed: it can hear nothing more, so its part of the call
+        ends as its own hang-up (a caller's cancel, a callee's hang-up once answered). A
+        fork still ringing is left to its INVITE, which has failed with a 503."""
+        if self.finished:
+            return
+        answered = self.dialog is not None and self.dialog.state is DialogState.CONFIRMED
+        if isinstance(self, OutboundLeg) and not answered:
+            return
+        self.note(flow="closed")
+        if isinstance(self, InboundLeg):
+            # Its INVITE transaction ends here: the 487 cannot go out, and failing to send
+            # ends the transaction rather than leaving it pending.
+            self.reject(487)
+        if self.dialog is not None:
+            self.dialog.terminate()
+            self.ctx.dialogs.remove(self.dialog)
+        await self.act(Action.HANGUP)
+        await self.finish()
 
     def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         return self.ctx.tasks.spawn(work, f"{self.direction}:{what}:{self.call_id}")
@@ -250,7 +270,7 @@ class InboundLeg(Leg):
         self.rang = False
         self.started = asyncio.Event()
         self.acked = asyncio.Event()
-        if event.transport in STREAM_TRANSPORTS:
+        if event.transport in FLOW_TRANSPORTS:
             self.flow = (event.source, event.transport)
 
     def session_sdp(self) -> bytes:
