@@ -158,6 +158,7 @@ async def test_hang_up_reaches_the_android_phone_whose_socket_died(pushing: Push
     callee = await node.device("bob", "b-pixel")
     call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
     await callee.expect("call.incoming", call_id=call_id)
+    await messages_for(sim, call_id)  # answered before it left, the invite would be called off
     assert (await callee.request({"type": "call.answer", "call_id": call_id}))["type"] == "ack"
     await caller.expect("call.answered", call_id=call_id)
     await socket_dies(node, callee)
