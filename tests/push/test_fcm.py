@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fcmsim import Fault, FCMSimulator, new_token
-from voip.push import Caller, FCMConfig, FCMNotifier, Outcome, Push, PushKind
+from voip.push import Caller, FCMConfig, FCMNotifier, Outcome, PlatformNotifiers, Push, PushKind
 from voip.push.fcm_auth import AccessTokenError, AccessTokens
 from voip.push.fcm_errors import judge, parse_error
 
@@ -168,3 +168,18 @@ async def test_the_android_address_and_no_missed_call_alert(make_notifier: MakeN
     assert notifier.address(device, PushKind.MISSED_ALERT) is None
     assert notifier.address({"voip_token": "ab" * 32}, PushKind.INVITE) is None
     assert notifier.address({"platform": "android", "fcm_token": None}, PushKind.INVITE) is None
+
+
+async def test_the_router_sends_each_platform_to_its_notifier(sim: FCMSimulator, make_notifier: MakeNotifier) -> None:
+    fcm = make_notifier()
+    only_ios = PlatformNotifiers({"ios": fcm})  # any notifier stands in for APNs here
+    both = PlatformNotifiers({"ios": fcm, "android": fcm})
+    android = {"platform": "android", "fcm_token": new_token()}
+    assert only_ios.address(android, PushKind.INVITE) is None  # a node without FCM: no address
+    assert both.address(android, PushKind.INVITE) == {"platform": "android", "token": android["fcm_token"]}
+    # A call pushed by a node with FCM, ended on one without: refused, never raised.
+    result = await only_ios.notify(invite(android["fcm_token"]))
+    assert result.outcome is Outcome.REJECTED and result.reason == "PlatformNotConfigured"
+    assert result.attempts == 0 and sim.messages == []
+    with pytest.raises(ValueError, match="iOS notifier is required"):
+        PlatformNotifiers({"android": fcm})
