@@ -82,8 +82,8 @@ async def mark_seen(request: Request) -> Response:
     """`POST /v1/calls/seen {"up_to": ms}`: missed calls started at or before `up_to` are
     seen, on every device: the user's other connected devices get `calls.seen`."""
     principal = authenticate(request, "device")
-    device_id = request.query_params.get("device_id", "")
-    if device_id and not DEVICE_ID.match(device_id):
+    device_id = request.query_params.get("device_id")
+    if device_id is not None and not DEVICE_ID.match(device_id):
         raise _invalid("device_id", "1-64 of A-Z a-z 0-9 . _ : -")
     body: SeenIn = await json_body(request, SeenIn)
     now = _now()
@@ -95,7 +95,7 @@ async def mark_seen(request: Request) -> Response:
     mark = await history.mark_seen(principal.user_id, min(body.up_to, now))
     unseen = await history.missed_unseen(principal.user_id, mark)
     frame = {"type": FrameType.CALLS_SEEN, "up_to": mark, "missed_unseen": unseen}
-    await node.bus.publish(principal.user_id, frame, exclude=[device_id] if device_id else ())
+    await node.bus.publish(principal.user_id, frame, exclude=[device_id] if device_id is not None else ())
     return JSONResponse({"up_to": mark, "missed_unseen": unseen})
 
 
