@@ -23,7 +23,7 @@ MISSED_STATES = frozenset({CallState.MISSED, CallState.CANCELLED})
 
 
 # Call ids are canonical UUIDs (voip/protocol.py, the SIP gateway's uuid4s).
-_CURSOR = re.compile(r"^([0-9]{1,16}):([0-9a-f-]{36})$")
+_CURSOR = re.compile(r"([0-9]{1,16}):([0-9a-f-]{36})")
 
 
 class BadCursor(ValueError):
@@ -43,7 +43,7 @@ class Cursor:
 
     @classmethod
     def decode(cls, raw: str) -> Cursor:
-        match = _CURSOR.match(raw)
+        match = _CURSOR.fullmatch(raw)
         if match is None:
             raise BadCursor("cursor: not one this API returned")
         return cls(int(match[1]), match[2])

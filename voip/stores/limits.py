@@ -55,11 +55,12 @@ class CalleeLimits:
                 pipe.hgetall(self._keys.presence(callee_user))
 
         keys = [self._keys.ringing(callee_user), self._keys.call_starts(callee_user)]
-        keys += [
-            self._keys.history(callee_user),
-            self._keys.availability(callee_user),
-            self._keys.in_call(callee_user),
-        ]
+        if reach:  # an app user: not a SIP address, which has no history or availability here
+            keys += [
+                self._keys.history(callee_user),
+                self._keys.availability(callee_user),
+                self._keys.in_call(callee_user),
+            ]
         (reason, retry_after, *in_call), *replies = await batch(
             self._redis,
             [(self._admit, keys, [call_id, now, ring_deadline, max_ringing, per_minute, self._history_ms])],
