@@ -130,10 +130,11 @@ async def test_pages_neither_repeat_nor_skip_while_calls_are_made(node_factory: 
     assert pages >= 8 and during, (pages, len(during))
 
 
-async def test_seen_marks_missed_calls_on_every_device(node: RunningNode) -> None:
+async def test_seen_marks_missed_calls_on_every_device(node_factory: Any) -> None:
+    node, other = await node_factory(), await node_factory()
     alice = await node.device("alice", "a1")
     phone = await node.device("bob", "b-phone")
-    ipad = await node.device("bob", "b-ipad")
+    ipad = await other.device("bob", "b-ipad")  # on another node
     missed = []
     for _ in range(2):
         call_id, _ = await call(alice, "bob")
