@@ -90,6 +90,8 @@ class IceServers(BaseModel):
         "empty when the deployment runs neither (ICE then uses host candidates only)"
     )
     ttl: int = Field(description="Seconds the TURN credential stays valid (TURN_TTL): ask again before then")
+
+
 class HistoryCall(BaseModel):
     call_id: str
     direction: Literal["outgoing", "incoming"]
