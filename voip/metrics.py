@@ -9,6 +9,11 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 disable_created_metrics()
 
 CALLS = Counter("voip_calls_total", "Calls that reached a state, by the reason given to devices", ["state", "reason"])
+CALLS_TURNED_AWAY = Counter(
+    "voip_calls_turned_away_total",
+    "New calls the callee's availability turned away before anything rang (reason: dnd, busy)",
+    ["reason"],
+)
 STATUS_CHECKS = Counter(
     "voip_status_checks_total",
     "Call-status requests by verdict; state unknown_call: the 404 for a call unknown or past retention",

@@ -137,6 +137,7 @@ class Node:
             connections.client,
             settings.redis_prefix,
             retention=settings.call_retention,
+            history_retention=settings.history_retention,
             ops_feed=settings.ops_feed,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     jwt_secret: str = Field("", validation_alias=_env("jwt_secret", "VOIP_JWT_SECRET"), repr=False)
     ring_timeout: float = Field(45, gt=0, le=600, validation_alias=_env("ring_timeout", "VOIP_RING_TIMEOUT"))
     call_retention: int = Field(86400, ge=60, validation_alias=_env("call_retention", "VOIP_CALL_RETENTION"))
+    history_retention: int = Field(
+        30 * 86400, ge=60, le=400 * 86400, validation_alias=_env("history_retention", "VOIP_HISTORY_RETENTION")
+    )
     max_devices_per_user: int = Field(
         10, ge=1, le=1000, validation_alias=_env("max_devices_per_user", "VOIP_MAX_DEVICES_PER_USER")
     )

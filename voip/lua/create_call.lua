@@ -1,4 +1,5 @@
--- Create a call if its id is free. KEYS: call hash, timeline, pushes hash.
+-- Create a call if its id is free. KEYS: call hash, timeline, pushes hash; the call's
+-- history record (optional).
 -- ARGV: fields (JSON object), first timeline entry (JSON), ttl seconds,
 --       operators' channel ("" for none), call id, pushes (JSON {device: JSON}),
 --       the callee's sharded bus channel and the call.incoming envelope ("" for none;
@@ -39,5 +40,14 @@ if ARGV[4] ~= '' then
 end
 if ARGV[7] ~= '' then
   redis.call('SPUBLISH', ARGV[7], ARGV[8])
+end
+-- Call history (KEYS[4], stores/history.py): the call as its parties' histories show it,
+-- written with its state, kept the call's own history retention.
+if KEYS[4] and tonumber(fields.history_retention or 0) > 0 then
+  local record = {}
+  for _, name in ipairs({'state', 'caller_user', 'callee_user', 'created_at', 'refused'}) do
+    if fields[name] ~= nil then record[name] = tostring(fields[name]) end
+  end
+  redis.call('SET', KEYS[4], cjson.encode(record), 'EX', fields.history_retention)
 end
 return 1

@@ -1,5 +1,5 @@
 -- Move a call to its next state, atomically, if the actor may. KEYS: call hash, timeline,
--- the call's invite pushes (hash: device id -> address).
+-- the call's invite pushes (hash: device id -> address); the call's history record (optional).
 -- ARGV: moves (JSON {party: {from: to}}), user, device, now_ms, node, action,
 --       retention seconds (for a call that does not carry its own), note (JSON object
 --       or ""), operators' channel ("" for none), call id, this attempt's id.
@@ -83,6 +83,16 @@ else
   local ttl = 7 * 86400 + retention
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
+end
+-- Call history (KEYS[4], stores/history.py): the call as its parties' histories show it,
+-- in the same step as its state, kept the call's own history retention from this change.
+if KEYS[4] and tonumber(call.history_retention or 0) > 0 then
+  local record = {}
+  for _, name in ipairs({'state', 'caller_user', 'callee_user', 'created_at', 'answered_at',
+                         'answered_by_device', 'ended_at', 'refused'}) do
+    record[name] = call[name]
+  end
+  redis.call('SET', KEYS[4], cjson.encode(record), 'EX', call.history_retention)
 end
 if previous == 'ringing' then
   return {'ok', previous, cjson.encode(call), redis.call('HKEYS', KEYS[3])}
