@@ -38,6 +38,9 @@ class Error(BaseModel):
 
 class Device(BaseModel):
     device_id: str
+    platform: Literal["ios", "android"] = Field(
+        "ios", description='Which push service reaches it: APNs or FCM; absent on iOS devices (then "ios")'
+    )
     voip_token: str | None
     apns_environment: Literal["sandbox", "production"]
     bundle_id: str | None
@@ -45,6 +48,9 @@ class Device(BaseModel):
     registered_at: int
     updated_at: int
     token_registered_at: int
+    fcm_token: str | None = Field(
+        None, description="Android only: the FCM registration token (null once FCM refused it)"
+    )
 
 
 class DeviceSaved(Device):
@@ -179,6 +185,7 @@ MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
             ops.OpsSummary,
             OpsLiveTicket,
             ops.OpsSimulatorPushes,
+            ops.OpsSimulatorFCM,
         )
     ),
 ]
@@ -561,6 +568,32 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json("OpsSimulatorPushes", "The simulator's pushes, newest first"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                    "422": INVALID,
+                },
+            }
+        },
+        "/v1/ops/simulator/fcm": {
+            "get": {
+                "tags": ["ops"],
+                "operationId": "opsSimulatorFCM",
+                "summary": "What the bundled FCM simulator received (a node with no FCM credentials)",
+                "description": "With no FCM credentials (outside production) the node sends Android pushes to "
+                "its embedded FCM simulator and no real phone receives anything. Each message: its "
+                "android options, data (an invite's `status_url` included), the simulator's answer and "
+                "what became of it. Otherwise: `simulator: false` and no messages.",
+                "security": BEARER,
+                "parameters": [
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": 200},
+                        "Newest messages to return (default 50)",
+                    )
+                ],
+                "responses": {
+                    "200": _json("OpsSimulatorFCM", "The simulator's messages, newest first"),
                     "401": UNAUTHORIZED,
                     "403": FORBIDDEN_OPERATOR,
                     "422": INVALID,
