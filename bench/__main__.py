@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--sip`,
+"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--fcm`, `--sip`,
 `--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`, `--webhooks`): every figure printed next to its
 baseline from the same run (see docs/benchmarks.md)."""
 
@@ -63,6 +63,9 @@ def main() -> None:
     )
     parser.add_argument("--speed", action="store_true", help="issue 12's table, every row in one run (bench/speed.py)")
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
+    parser.add_argument(
+        "--fcm", action="store_true", help="only FCM sends: our sender vs bare httpx on fcmsim (bench/fcm.py)"
+    )
     parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
     parser.add_argument(
@@ -137,6 +140,10 @@ def main() -> None:
         from bench import ops
 
         return ops.main(quick=args.quick)
+    if args.fcm:
+        from bench import fcm
+
+        return fcm.main(quick=args.quick)
     if args.push:
         from bench import push
 

@@ -27,6 +27,7 @@ import websockets
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from apnsim import APNsSimulator
+from fcmsim import FCMSimulator
 from tests import interop
 from tests.redis_cluster import LocalCluster
 from tests.redis_process import RedisProcess
@@ -92,6 +93,24 @@ async def apns(tmp_path: Path, running_nodes: list[RunningNode]) -> AsyncIterato
                 "apns_bundle_id": BUNDLE,
                 "apns_endpoint": sim.endpoint,
                 "apns_ca_file": str(sim.ca_file),
+            },
+        )
+        await stop_nodes(running_nodes)
+
+
+@pytest.fixture
+async def fcm(tmp_path: Path, running_nodes: list[RunningNode]) -> AsyncIterator[tuple[FCMSimulator, dict[str, str]]]:
+    """An FCM simulator on loopback, and the FCM_* settings that point a node at it: a
+    service-account key file it trusts. The nodes stop before it does (see `apns`)."""
+    async with FCMSimulator() as sim:
+        key_file = tmp_path / "fcm-service-account.json"
+        key_file.write_text(orjson.dumps(sim.create_service_account("test-project")).decode())
+        yield (
+            sim,
+            {
+                "fcm_credentials_file": str(key_file),
+                "fcm_project_id": "test-project",
+                "fcm_endpoint": sim.endpoint,
             },
         )
         await stop_nodes(running_nodes)

@@ -305,6 +305,10 @@ async def test_demo_runs_the_readme_story() -> None:
         "GET status_url -> 200 state=cancelled end_call=true reason=remote_ended",
         "reportCall(endedAt:reason: .remoteEnded)",
         "reportCall(endedAt:reason: .answeredElsewhere)",
-        "done: 3 scenarios, no ghost call",
+        "FCM: data message call.cancelled",
+        "the cancellation displaced the stored invite (same collapse_key: the call id)",
+        "Carol's phone woke to the cancellation and showed nothing: no ghost call",
+        "online, Carol's phone asked status_url, rang and answered",
+        "done: 4 scenarios, no ghost call",
     ):
         assert line in text, f"{line!r} missing from:\n{text}"

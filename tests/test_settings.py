@@ -3,6 +3,7 @@ no secret in any error, and the order defaults < VOIP_CONFIG file < environment.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,6 +60,9 @@ def failure(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
         ("VOIP_OPS_FEED", "perhaps"),
         ("APNS_BUNDLE_ID", "nodots"),
         ("APNS_ENDPOINT", "host-without-port"),
+        ("FCM_PROJECT_ID", "Has_Capitals"),
+        ("FCM_ENDPOINT", "fcm.googleapis.com"),
+        ("FCM_ENDPOINT", "https://fcm.googleapis.com/v1/projects"),
         ("SIP_ENABLED", "maybe"),
         ("SIP_PORT", "65536"),
         ("SIP_TRANSPORTS", '["SCTP"]'),
@@ -263,3 +267,52 @@ def test_redis_cluster_nodes_are_checked(monkeypatch: pytest.MonkeyPatch, env: d
 def test_redis_cluster_nodes_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_CLUSTER_NODES", "redis-a:6379, redis-b:6380")
     assert load_settings().redis_cluster_nodes == "redis-a:6379, redis-b:6380"
+
+
+def service_account_file(tmp_path: Path, **changes: object) -> Path:
+    from fcmsim import generate_service_account
+
+    key = {**generate_service_account("my-project", "https://oauth2.googleapis.com/token"), **changes}
+    path = tmp_path / "service-account.json"
+    path.write_text(json.dumps({k: v for k, v in key.items() if v is not None}))
+    return path
+
+
+def test_fcm_settings_are_checked_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    good = service_account_file(tmp_path)
+    monkeypatch.setenv("FCM_CREDENTIALS_FILE", str(good))
+    settings = load_settings()
+    assert settings.fcm_project_id == "my-project"  # the key's, when FCM_PROJECT_ID is not set
+    monkeypatch.setenv("FCM_PROJECT_ID", "other-project")
+    monkeypatch.setenv("FCM_ENDPOINT", "http://127.0.0.1:9999/")
+    settings = load_settings()
+    assert (settings.fcm_project_id, settings.fcm_endpoint) == ("other-project", "http://127.0.0.1:9999")
+    monkeypatch.delenv("FCM_PROJECT_ID")
+    monkeypatch.delenv("FCM_ENDPOINT")
+
+    not_json = tmp_path / "key.txt"
+    not_json.write_text("-----BEGIN PRIVATE KEY-----")
+    cases = {
+        str(tmp_path / "missing.json"): "FCM_CREDENTIALS_FILE: not a readable file",
+        str(not_json): "FCM_CREDENTIALS_FILE: not JSON",
+        str(service_account_file(tmp_path, type="authorized_user")): "FCM_CREDENTIALS_FILE: type is 'authorized_user'",
+        str(
+            service_account_file(tmp_path, private_key=None)
+        ): "FCM_CREDENTIALS_FILE: not a service-account key: no private_key",
+        str(
+            service_account_file(tmp_path, private_key="garbage")
+        ): "FCM_CREDENTIALS_FILE: its private_key does not load",
+        str(service_account_file(tmp_path, project_id=None)): "FCM_PROJECT_ID: needed, the key names no project_id",
+    }
+    for path, expected in cases.items():
+        message = failure(monkeypatch, FCM_CREDENTIALS_FILE=path)
+        assert message.startswith(expected), message
+        assert "PRIVATE KEY" not in message and "garbage" not in message
+
+
+def test_fcm_project_and_endpoint_only_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert failure(monkeypatch, FCM_PROJECT_ID="my-project").startswith(
+        "FCM_PROJECT_ID: only with FCM_CREDENTIALS_FILE"
+    )
+    monkeypatch.delenv("FCM_PROJECT_ID")
+    assert failure(monkeypatch, FCM_ENDPOINT="http://127.0.0.1:1").startswith("FCM_ENDPOINT: only with")

@@ -249,3 +249,17 @@ async def test_two_live_nodes_deliver_every_call_s_events_once_and_in_order(
     await asyncio.sleep(0.5)
     ids = Counter(checked(r)["id"] for r in receiver.received)
     assert len(ids) == 24 and set(ids.values()) == {1}
+
+
+async def test_a_call_do_not_disturb_turns_away_is_missed_with_reason_dnd(
+    node_factory: Any, receiver: HttpReceiver
+) -> None:
+    from tests.test_history import set_availability
+
+    node = await node_factory(**webhook_settings(receiver.url))
+    await set_availability(node, "bob", dnd=True, when_busy="ring")
+    alice = await node.device("alice", "a1")
+    started = await alice.request({"type": "call.start", "callee": "bob"})
+    events = await wait_events(receiver, started["call_id"], 2)
+    assert [e["type"] for e in events] == ["call.created", "call.missed"]
+    assert events[1]["call"]["reason"] == "dnd"

@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     minting.add_argument("--ttl", type=float, default=86400, help="seconds (default a day)")
     minting.add_argument("--name", default=None, help="the claim `name`: the display name callees see")
     minting.set_defaults(func=token)
-    commands.add_parser("demo", help="simulated phones against a node and the bundled APNs simulator").set_defaults(
-        func=demo
-    )
+    commands.add_parser(
+        "demo", help="simulated phones against a node and the bundled APNs and FCM simulators"
+    ).set_defaults(func=demo)
     args = parser.parse_args(argv)
     args.func(args)
 

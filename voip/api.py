@@ -8,7 +8,7 @@ import uuid
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from voip import metrics
 from voip.auth import AuthError, Principal
-from voip.devices import ApnsEnvironment, DeviceRecord, Registration, register
+from voip.devices import ApnsEnvironment, DeviceRecord, Platform, Registration, register
 from voip.node import Node
 from voip.status import StatusAnswer, StatusRow
 from voip.stores import CallError
@@ -27,6 +27,10 @@ DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
 MAX_BODY = 16 * 1024
 
 HexToken = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2}){32,100}$")]
+# FCM registration tokens are opaque (about 150-180 characters today) of URL-safe base64
+# and ':'; the bounds leave room for Google to lengthen them.
+FcmToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:-]{20,1024}$")]
+IOS_ONLY = ("voip_token", "apns_environment", "bundle_id", "alert_token")
 
 
 class JSONResponse(Response):
@@ -44,10 +48,24 @@ class ApiError(HTTPException):
 
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    platform: Platform = Field("ios", description='"ios" (APNs: voip_token, alert_token) or "android" (FCM: fcm_token)')
     voip_token: HexToken | None = None
     apns_environment: ApnsEnvironment = "production"
     bundle_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,155}$")] | None = None
     alert_token: HexToken | None = None
+    fcm_token: FcmToken | None = Field(None, description="Android only: the FCM registration token")
+
+    @model_validator(mode="after")
+    def _one_platform(self) -> DeviceIn:
+        # A token of the other platform would be pushed to the wrong service: refused
+        # (422) rather than stored and failing at the first call.
+        if self.platform == "ios" and self.fcm_token is not None:
+            raise ValueError('fcm_token: only with platform "android"')
+        if self.platform == "android":
+            given = [name for name in IOS_ONLY if name in self.model_fields_set]
+            if given:
+                raise ValueError(f'{", ".join(given)}: iOS only; platform "android" registers fcm_token')
+        return self
 
 
 def node_of(request: Request) -> Node:
@@ -116,7 +134,14 @@ async def put_device(request: Request) -> Response:
     previous = await node.stores.devices.get(principal.user_id, device_id)
     record = register(
         DeviceRecord.from_stored(previous) if previous else None,
-        Registration(body.voip_token, body.apns_environment, body.bundle_id, body.alert_token),
+        Registration(
+            body.voip_token,
+            body.apns_environment,
+            body.bundle_id,
+            body.alert_token,
+            platform=body.platform,
+            fcm_token=body.fcm_token,
+        ),
         now,
     ).stored()
     dropped = await node.stores.devices.put(principal.user_id, device_id, record, node.settings.max_devices_per_user)

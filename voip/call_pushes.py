@@ -264,17 +264,24 @@ class CallPushes:
         user_id = user_id or call.callee_user
         kind = push.kind.value
         result = await self.notifier.notify(push)
-        metrics.PUSHES.labels(kind, result.outcome.value, result.reason or "").inc()
-        metrics.PUSH_LATENCY.labels(kind).observe(result.latency_ms / 1000)
+        metrics.PUSHES.labels(result.platform, kind, result.outcome.value, result.reason or "").inc()
+        metrics.PUSH_LATENCY.labels(result.platform, kind).observe(result.latency_ms / 1000)
         entry: dict[str, Any] = {
             "at": self.clock.now_ms(),
             "event": "push",
             "kind": kind,
             "device": device_id,
             "node": self.node,
-            "apns_id": result.apns_id,
-            "environment": result.environment.value,
-            "push_type": result.push_type.value,
+        }
+        if result.platform == "ios":
+            entry["apns_id"] = result.apns_id
+            entry["environment"] = result.environment.value
+            entry["push_type"] = result.push_type.value
+        else:
+            # FCM: which service answered, and the name FCM gave the message.
+            entry["platform"] = result.platform
+            entry["message_id"] = result.message_id
+        entry |= {
             "outcome": result.outcome.value,
             "status": result.status,
             "reason": result.reason,
@@ -354,7 +361,9 @@ class CallPushes:
         self, call: CallRecord, user_id: str, device_id: str, result: PushResult, drop: TokenDrop
     ) -> None:
         dropped = await self._bookkeep(
-            lambda: self.devices.drop_voip_token(user_id, device_id, result.device_token, drop.registered_before),
+            lambda: self.devices.drop_voip_token(
+                user_id, device_id, result.device_token, drop.registered_before, field=result.token_field
+            ),
             call.call_id,
             device_id,
             "token",
@@ -370,6 +379,7 @@ class CallPushes:
                         "node": self.node,
                         "dropped": dropped,
                         "reason": result.reason,
+                        **({"platform": result.platform} if result.platform != "ios" else {}),
                     }
                 ],
             ),

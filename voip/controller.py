@@ -22,9 +22,10 @@ from voip.call_pushes import TRANSIENT_REDIS_ERRORS, CallPushes
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.clock import Clock
 from voip.display_names import display_name
+from voip.history import Refusal
 from voip.log_throttle import RepeatedLog
 from voip.protocol import FrameType
-from voip.stores import CalleeLimits, CallError, CallRecord, CallStore, Transition
+from voip.stores import CalleeLimits, CalleeUnavailable, CallError, CallRecord, CallStore, Transition
 from voip.tasks import retry_bounded, stop_task
 from voip.webhooks.events import EventType
 from voip.webhooks.hook import CallHook, Decision
@@ -133,17 +134,16 @@ class CallController:
         leg = self.outbound.leg_for(callee)
         created_at = self.clock.now_ms()
         ring_deadline = created_at + self.ring_timeout_ms
+        name = display_name(caller_name, caller.user_id)
         # Before anything rings or any push leaves: a flood of calls to one callee must
-        # not become a flood of pushes to their phone. Raises CallRefused.
-        devices, online = await self.limits.admit(
-            call_id,
-            callee,
-            now=created_at,
-            ring_deadline=ring_deadline,
-            max_ringing=self.max_ringing_per_callee,
-            per_minute=self.calls_per_callee_per_minute,
-            reach=leg is None,
-        )
+        # not become a flood of pushes to their phone. Raises CallRefused. The callee's
+        # availability is read in the same step (do-not-disturb, busy).
+        try:
+            devices, online = await self._admit(caller, callee, call_id, created_at, ring_deadline, reach=leg is None)
+        except CalleeUnavailable as exc:
+            return await self._turned_away(
+                caller, callee, call_id, Refusal(exc.reason), name, created_at, ring_deadline, on_started
+            )
         if self.hook is not None:
             # After the limits: a flood of calls to one callee is not a flood of requests
             # to the app's backend either.
@@ -158,7 +158,9 @@ class CallController:
             if not decision.ring:
                 await self._record_rejected(caller, callee, call_id, created_at, ring_deadline, caller_name, decision)
                 raise CallRejected(call_id, decision.reason)
-            caller_name = decision.caller_name or caller_name
+            if decision.caller_name:
+                caller_name = decision.caller_name
+                name = display_name(caller_name, caller.user_id)
             if decision.custom is not None:
                 custom = decision.custom
         pushes: dict[str, dict[str, Any]] = {}
@@ -167,7 +169,6 @@ class CallController:
         else:
             targets = sorted(set(devices) | online)
             pushes = self.pushes.addresses(devices)
-        name = display_name(caller_name, caller.user_id)
         incoming: dict[str, Any] = {
             "type": FrameType.CALL_INCOMING,
             "call_id": call_id,
@@ -232,6 +233,82 @@ class CallController:
             # The pushes leave the moment the call exists, in the background: a phone
             # asleep is the common case, and nothing here waits for APNs.
             self.pushes.invite(call, pushes, call.caller_name, custom)
+        return call
+
+    async def _admit(
+        self, caller: Caller, callee: str, call_id: str, created_at: int, ring_deadline: int, *, reach: bool
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """CalleeLimits.admit; a "busy" that names only calls no longer answered (their
+        end never reached the in-call set) forgets them and asks once more."""
+        for attempt in (1, 2):
+            try:
+                return await self.limits.admit(
+                    call_id,
+                    callee,
+                    now=created_at,
+                    ring_deadline=ring_deadline,
+                    max_ringing=self.max_ringing_per_callee,
+                    per_minute=self.calls_per_callee_per_minute,
+                    reach=reach,
+                    caller_user=caller.user_id,
+                )
+            except CalleeUnavailable as exc:
+                if attempt == 2 or exc.reason != Refusal.BUSY or await self._still_in_call(exc.in_call):
+                    raise
+                await self.limits.forget_in_call(callee, exc.in_call)
+        raise AssertionError("the second attempt returns or raises")
+
+    async def _still_in_call(self, call_ids: list[str]) -> bool:
+        calls = [await self.calls.get(call_id) for call_id in call_ids]
+        return any(call is not None and call.state is CallState.ANSWERED for call in calls)
+
+    async def _turned_away(
+        self,
+        caller: Caller,
+        callee: str,
+        call_id: str,
+        refusal: Refusal,
+        name: str,
+        created_at: int,
+        ring_deadline: int,
+        on_started: Callable[[CallRecord], Awaitable[None]] | None,
+    ) -> CallRecord:
+        """The callee's availability turned the call away: nothing rings and no push
+        leaves. The call is made and missed at once, so both parties' histories hold it
+        (with `reason` "dnd" or "busy"), and only the caller is told: `call.declined`."""
+        created = await self.calls.create(
+            call_id,
+            caller_user=caller.user_id,
+            caller_device=caller.device_id,
+            callee_user=callee,
+            ring_deadline=ring_deadline,
+            node=self.node,
+            targets=[],
+            created_at=created_at,
+            caller_name=name,
+            refused=refusal.value,
+        )
+        if not created:
+            raise CallError("call_exists")
+        metrics.calls_counter(CallState.RINGING.value, "").inc()
+        # Webhooks: call.missed with reason "dnd" or "busy", not "unanswered".
+        transition = await self.calls.transition(
+            call_id, Action.TIMEOUT, node=self.node, note={"why": refusal.value}, webhook_reason=refusal.value
+        )
+        call = transition.call
+        metrics.calls_counter(call.state.value, FINAL_REASON[call.state].value).inc()
+        metrics.CALLS_TURNED_AWAY.labels(refusal.value).inc()
+        log.info("call.turned_away", call_id=call_id, caller=caller.user_id, callee=callee, reason=refusal.value)
+        if on_started is not None:
+            await on_started(call)
+        frame = {
+            "type": FrameType.CALL_DECLINED,
+            "call_id": call_id,
+            "state": call.state.value,
+            "reason": refusal.value,
+            "ended_at": call.ended_at,
+        }
+        await self._tell([(caller.user_id, frame, [caller.device_id], ())])
         return call
 
     async def _record_rejected(

@@ -9,6 +9,11 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 disable_created_metrics()
 
 CALLS = Counter("voip_calls_total", "Calls that reached a state, by the reason given to devices", ["state", "reason"])
+CALLS_TURNED_AWAY = Counter(
+    "voip_calls_turned_away_total",
+    "New calls the callee's availability turned away before anything rang (reason: dnd, busy)",
+    ["reason"],
+)
 STATUS_CHECKS = Counter(
     "voip_status_checks_total",
     "Call-status requests by verdict; state unknown_call: the 404 for a call unknown or past retention",
@@ -56,12 +61,14 @@ DELIVERY_LOG_DROPPED = Counter(
     ["reason"],
 )
 PUSHES = Counter(
-    "voip_pushes_total", "Pushes sent to APNs by kind, outcome and APNs reason", ["kind", "outcome", "reason"]
+    "voip_pushes_total",
+    "Pushes by platform (ios: APNs, android: FCM), kind, outcome and the service's reason",
+    ["platform", "kind", "outcome", "reason"],
 )
 PUSH_LATENCY = Histogram(
     "voip_push_seconds",
-    "From handing a push to the sender to APNs's final answer",
-    ["kind"],
+    "From handing a push to the sender to the push service's final answer",
+    ["platform", "kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SIP_MESSAGES = Counter(

@@ -5,6 +5,8 @@ nothing but Redis."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -14,6 +16,7 @@ import structlog
 from redis.exceptions import RedisClusterException
 
 from apnsim import APNsSimulator
+from fcmsim import FCMSimulator, generate_service_account
 from voip import redis_pool
 from voip.auth import Authenticator
 from voip.bus import Bus
@@ -26,7 +29,8 @@ from voip.ice_servers import IceServers, parse_uris
 from voip.log_throttle import RepeatedLog
 from voip.ops.feed import OpsFeed
 from voip.presence import Presence
-from voip.push import APNsConfig, APNsNotifier, Notifier
+from voip.push import APNsConfig, APNsNotifier, FCMConfig, FCMNotifier, Notifier, PlatformNotifiers
+from voip.push.fcm import GOOGLE_ENDPOINT
 from voip.redis_conn import RedisConnections
 from voip.redis_pipe import StatusPipe
 from voip.settings import Settings, webhook_url_list
@@ -44,6 +48,8 @@ START_FAILURES: tuple[type[Exception], ...] = (*redis_pool.UNAVAILABLE, RedisClu
 # The embedded APNs simulator's provider key: it exists only inside this process.
 SIMULATOR_TEAM_ID = "SIMTEAM001"
 SIMULATOR_KEY_ID = "SIMKEY0001"
+# The embedded FCM simulator's project; its service-account key exists only in this process.
+FCM_SIMULATOR_PROJECT = "voip-dev-sim"
 
 # Seconds a call's webhook outbox is kept after its last event: deliveries retry for up to
 # a day (voip/webhooks/events.py), and a day more covers a node that claimed late.
@@ -60,7 +66,7 @@ class NodeParts:
     """Parts a node may be given instead of building them from its settings."""
 
     notifier: Notifier | None = None
-    """`None`: APNs from the settings, or the bundled simulator without credentials."""
+    """`None`: APNs and FCM from the settings, or the bundled simulators without credentials."""
     readiness_checks: Mapping[str, ReadinessCheck] = field(default_factory=dict)
     """Added to (or replacing) the node's own checks."""
     clock: Clock = SYSTEM_CLOCK
@@ -78,6 +84,7 @@ class Node:
         stores: Stores,
         bus: Bus,
         apns_simulator: APNsSimulator | None,
+        fcm_simulator: FCMSimulator | None,
         notifier: Notifier,
         pushes: CallPushes,
         controller: CallController,
@@ -102,6 +109,8 @@ class Node:
         self.bus = bus
         # Set only without APNs credentials: pushes then go to this in-process simulator.
         self.apns_simulator = apns_simulator
+        # Set only without FCM credentials (outside production): Android pushes go here.
+        self.fcm_simulator = fcm_simulator
         self.notifier = notifier
         self.pushes = pushes
         self.controller = controller
@@ -141,6 +150,7 @@ class Node:
             connections.client,
             settings.redis_prefix,
             retention=settings.call_retention,
+            history_retention=settings.history_retention,
             ops_feed=settings.ops_feed,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
@@ -167,6 +177,7 @@ class Node:
         bus = Bus(connections.client, settings.redis_prefix)
         checks: dict[str, ReadinessCheck] = {"redis": connections.client.ping}
         apns_simulator: APNsSimulator | None = None
+        fcm_simulator: FCMSimulator | None = None
         notifier: Notifier
         if parts.notifier is not None:
             notifier = parts.notifier
@@ -176,7 +187,25 @@ class Node:
             apns = APNsNotifier(_apns_config(settings, apns_simulator))
             # Readiness: a warm connection to APNs in each environment.
             checks["apns"] = apns.connect
-            notifier = apns
+            platforms: dict[str, Notifier] = {"ios": apns}
+            fcm_config: FCMConfig | None = None
+            if settings.fcm_credentials_file:
+                fcm_config = _fcm_config(settings)
+            elif settings.environment != "production":
+                fcm_simulator = await _start_fcm_simulator()
+                fcm_config = FCMConfig(
+                    project_id=FCM_SIMULATOR_PROJECT,
+                    credentials=fcm_simulator.trust(_simulator_service_account()),
+                    endpoint=fcm_simulator.endpoint,
+                )
+            else:
+                log.warning("fcm.off", note="no FCM_CREDENTIALS_FILE: Android devices get no pushes")
+            if fcm_config is not None:
+                fcm = FCMNotifier(fcm_config)
+                # Readiness: an OAuth2 access token in hand.
+                checks["fcm"] = fcm.connect
+                platforms["android"] = fcm
+            notifier = PlatformNotifiers(platforms)
         pushes = CallPushes(
             notifier,
             stores.calls,
@@ -218,6 +247,7 @@ class Node:
             stores=stores,
             bus=bus,
             apns_simulator=apns_simulator,
+            fcm_simulator=fcm_simulator,
             notifier=notifier,
             pushes=pushes,
             controller=controller,
@@ -305,6 +335,8 @@ class Node:
         await self.notifier.aclose()
         if self.apns_simulator is not None:
             await self.apns_simulator.stop()
+        if self.fcm_simulator is not None:
+            await self.fcm_simulator.stop()
         await self.deliveries.stop()
         if self.webhooks is not None:
             # What it had in flight is delivered again by whichever node claims it next.
@@ -342,6 +374,36 @@ async def _start_simulator() -> APNsSimulator:
         note="no APNS_KEY_FILE: VoIP pushes go to the bundled APNs simulator",
     )
     return simulator
+
+
+async def _start_fcm_simulator() -> FCMSimulator:
+    # No credentials: Android pushes go to the bundled FCM simulator, with a throwaway
+    # service account; no Firebase project needed.
+    simulator = FCMSimulator()
+    await simulator.start()
+    log.warning(
+        "fcm.simulator",
+        endpoint=simulator.endpoint,
+        note="no FCM_CREDENTIALS_FILE: Android pushes go to the bundled FCM simulator",
+    )
+    return simulator
+
+
+@functools.cache
+def _simulator_service_account() -> dict[str, Any]:
+    """One throwaway key per process (an RSA key costs tens of ms to make); each embedded
+    simulator trusts it with its own token_uri."""
+    return generate_service_account(FCM_SIMULATOR_PROJECT, "http://127.0.0.1/token")
+
+
+def _fcm_config(settings: Settings) -> FCMConfig:
+    with open(settings.fcm_credentials_file) as key_file:
+        credentials = json.load(key_file)
+    return FCMConfig(
+        project_id=settings.fcm_project_id,
+        credentials=credentials,
+        endpoint=settings.fcm_endpoint or GOOGLE_ENDPOINT,
+    )
 
 
 def _apns_config(settings: Settings, simulator: APNsSimulator | None) -> APNsConfig:

@@ -52,6 +52,7 @@ class FrameType(StrEnum):
     CALL_FAILED = "call.failed"
     CALL_ENDED = "call.ended"
     DEVICE_REREGISTER = "device.reregister"
+    CALLS_SEEN = "calls.seen"
     RECONNECT = "reconnect"
 
 

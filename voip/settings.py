@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     jwt_secret: str = Field("", validation_alias=_env("jwt_secret", "VOIP_JWT_SECRET"), repr=False)
     ring_timeout: float = Field(45, gt=0, le=600, validation_alias=_env("ring_timeout", "VOIP_RING_TIMEOUT"))
     call_retention: int = Field(86400, ge=60, validation_alias=_env("call_retention", "VOIP_CALL_RETENTION"))
+    history_retention: int = Field(
+        30 * 86400, ge=60, le=400 * 86400, validation_alias=_env("history_retention", "VOIP_HISTORY_RETENTION")
+    )
     max_devices_per_user: int = Field(
         10, ge=1, le=1000, validation_alias=_env("max_devices_per_user", "VOIP_MAX_DEVICES_PER_USER")
     )
@@ -67,6 +71,18 @@ class Settings(BaseSettings):
         "", pattern=r"^$|^[^:\s]+:\d{1,5}$", validation_alias=_env("apns_endpoint", "APNS_ENDPOINT")
     )
     apns_ca_file: str = Field("", validation_alias=_env("apns_ca_file", "APNS_CA_FILE"))
+    # Android over FCM HTTP v1 (voip/push/fcm.py, docs/push.md#android-fcm)
+    fcm_credentials_file: str = Field("", validation_alias=_env("fcm_credentials_file", "FCM_CREDENTIALS_FILE"))
+    fcm_project_id: str = Field(
+        "",
+        pattern=r"^$|^[a-z][a-z0-9-]{4,28}[a-z0-9]$",
+        validation_alias=_env("fcm_project_id", "FCM_PROJECT_ID"),
+    )
+    fcm_endpoint: str = Field(
+        "",
+        pattern=r"^$|^https?://[^/\s:]+(:\d{1,5})?/?$",
+        validation_alias=_env("fcm_endpoint", "FCM_ENDPOINT"),
+    )
     # SIP gateway (voip/sipcalls, docs/sip-gateway.md)
     sip_enabled: bool = Field(False, validation_alias=_env("sip_enabled", "SIP_ENABLED"))
     sip_host: str = Field("127.0.0.1", validation_alias=_env("sip_host", "SIP_HOST"))
@@ -213,6 +229,7 @@ class Settings(BaseSettings):
                 raise ValueError("APNS_KEY_ID, APNS_TEAM_ID: both are needed with APNS_KEY_FILE")
         if self.apns_ca_file and not Path(self.apns_ca_file).is_file():
             raise ValueError(f"APNS_CA_FILE: no such file: {self.apns_ca_file}")
+        _check_fcm(self)
         _check_sip_tls(self)
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
             raise ValueError("REDIS_SENTINELS, REDIS_SENTINEL_MASTER: both or neither")
@@ -304,6 +321,33 @@ def sentinel_addresses(value: str) -> list[tuple[str, int]]:
             raise ValueError(f"not host:port: {entry!r}")
         addresses.append((host.removeprefix("[").removesuffix("]"), int(port)))
     return addresses
+
+
+def _check_fcm(settings: Settings) -> None:
+    """The key file is a readable service-account key; the project comes from it unless
+    FCM_PROJECT_ID says otherwise; the other FCM settings only with a key."""
+    if not settings.fcm_credentials_file:
+        for env, value in (("FCM_PROJECT_ID", settings.fcm_project_id), ("FCM_ENDPOINT", settings.fcm_endpoint)):
+            if value:
+                raise ValueError(f"{env}: only with FCM_CREDENTIALS_FILE (without it: the bundled FCM simulator)")
+        return
+    from voip.push.fcm_auth import check_service_account  # google-auth only when FCM is configured
+
+    path = Path(settings.fcm_credentials_file)
+    if not (path.is_file() and os.access(path, os.R_OK)):
+        raise ValueError(f"FCM_CREDENTIALS_FILE: not a readable file: {path}")
+    try:
+        info = check_service_account(json.loads(path.read_text()))
+    except json.JSONDecodeError:
+        raise ValueError("FCM_CREDENTIALS_FILE: not JSON") from None
+    except ValueError as exc:
+        raise ValueError(f"FCM_CREDENTIALS_FILE: {exc}") from None
+    if not settings.fcm_project_id:
+        project = info.get("project_id")
+        if not isinstance(project, str) or not project:
+            raise ValueError("FCM_PROJECT_ID: needed, the key names no project_id")
+        settings.fcm_project_id = project
+    settings.fcm_endpoint = settings.fcm_endpoint.rstrip("/")
 
 
 SIP_TLS_SETTINGS = {

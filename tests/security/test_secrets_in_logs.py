@@ -3,9 +3,10 @@ its own process, SIP on), logging at info and at debug (where every library says
 everything), and is driven through every route and socket with credentials minted here:
 devices, the status endpoint by bearer and by capability, WebSockets by header and by
 `?access_token=` (accepted and refused), the operators' API and live feed (ticket, header,
-query), TURN credentials, metrics, a SIP REGISTER and an INVITE from an untrusted source with digest (and
-that INVITE's credentials replayed), pushes through the APNs simulator. Then every line it
-wrote is searched for every one of those secrets."""
+query), TURN credentials, metrics, a SIP REGISTER and an INVITE from an untrusted source with digest
+(and that INVITE's credentials replayed), pushes through the APNs and FCM simulators. Then
+every line it wrote is searched for every one of those secrets (the FCM service account's
+private key and OAuth2 access token among them)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from apnsim import APNsSimulator
+from fcmsim import FCMSimulator
 from sip.digest import authorize, compute_ha1, parse_credentials
 from tests.conftest import SECRET
 from tests.ports import free_port
@@ -49,6 +51,8 @@ class LoggedNode:
     log_file: Path
     sim: APNsSimulator
     key_pem: str
+    fcm: FCMSimulator
+    fcm_key_pem: str
     password: str
     level: str
     secrets: dict[str, str] = field(default_factory=dict)  # what -> value
@@ -69,8 +73,10 @@ async def logged_node(
     prefix: str,
     tmp_path: Path,
     apns: tuple[APNsSimulator, dict[str, str]],
+    fcm: tuple[FCMSimulator, dict[str, str]],
 ) -> AsyncIterator[LoggedNode]:
     sim, apns_settings = apns
+    fcm_sim, fcm_settings = fcm
     port, sip_port = free_port(), free_port()
     password = "pw-" + secrets.token_urlsafe(12)
     env = {
@@ -90,6 +96,7 @@ async def logged_node(
         "TURN_URIS": '["stun:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=udp"]',
         "TURN_SECRET": TURN_SECRET,
         **{name.upper(): value for name, value in apns_settings.items()},
+        **{name.upper(): value for name, value in fcm_settings.items()},
     }
     env.pop("VOIP_CONFIG", None)
     log_file = tmp_path / "node.log"
@@ -109,7 +116,8 @@ async def logged_node(
                     pass
                 await asyncio.sleep(0.1)
         key_pem = Path(apns_settings["apns_key_file"]).read_text()
-        yield LoggedNode(base, sip_port, log_file, sim, key_pem, password, request.param)
+        fcm_key_pem = orjson.loads(Path(fcm_settings["fcm_credentials_file"]).read_bytes())["private_key"]
+        yield LoggedNode(base, sip_port, log_file, sim, key_pem, fcm_sim, fcm_key_pem, password, request.param)
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait, 10)
@@ -147,6 +155,13 @@ async def drive_http_and_sockets(node: LoggedNode) -> None:
             json={"voip_token": phone.token, "apns_environment": "sandbox"},
         )
         assert put.status_code == 201, put.text
+        pixel = node.fcm.add_device()
+        android = await http.put(
+            "/v1/devices/b-pixel",
+            headers={"Authorization": f"Bearer {bob}"},
+            json={"platform": "android", "fcm_token": pixel.token},
+        )
+        assert android.status_code == 201, android.text
         assert (await http.get("/v1/devices", headers={"Authorization": f"Bearer {bob}"})).status_code == 200
         assert (await http.get("/v1/devices", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
         assert (await http.get("/v1/devices", params={"access_token": expired})).status_code == 401
@@ -185,6 +200,10 @@ async def drive_http_and_sockets(node: LoggedNode) -> None:
         invite = await node.sim.wait_for(
             lambda r: r.status == 200 and orjson.loads(r.body or b"{}").get("call_id") == call_id, timeout=10
         )
+        fcm_invite = await node.fcm.wait_for(lambda m: m.status == 200 and m.data.get("call_id") == call_id, 10)
+        node.minted("capability (from the FCM message)", httpx.URL(fcm_invite.data["status_url"]).params["cap"])
+        for number, token in enumerate(node.fcm.accounts.issued_tokens()):
+            node.minted(f"FCM access token {number}", token)
         status_url = orjson.loads(invite.body)["status_url"]
         node.minted("capability (from the push)", httpx.URL(status_url).params["cap"])
         node.minted("APNs provider token", (invite.header("authorization") or "").partition(" ")[2])
@@ -275,6 +294,8 @@ def scan(node: LoggedNode) -> list[str]:
     found = [f"{what}: {value[:12]}…" for what, value in node.secrets.items() if value and value in text]
     key_lines = [line for line in node.key_pem.splitlines() if not line.startswith("-----")]
     found += ["APNs private key" for line in key_lines if line in text]
+    fcm_key_lines = [line for line in node.fcm_key_pem.splitlines() if not line.startswith("-----")]
+    found += ["FCM service-account private key" for line in fcm_key_lines if line in text]
     if SECRET in text:
         found.append("VOIP_JWT_SECRET")
     return found
@@ -294,6 +315,7 @@ async def test_no_secret_reaches_any_log_line(logged_node: LoggedNode) -> None:
     assert any('"WebSocket /v1/ws?device_id=[redacted]&access_token=[redacted]" 401' in m for m in messages)
     assert any("/v1/ops/live?ticket=[redacted]" in m for m in messages)
     assert any(line.get("logger") == "aioapns" for line in lines)
+    assert any(line.get("event") == "fcm.access_token" for line in lines)  # google-auth's exchange happened
     if logged_node.level == "debug":  # websockets prints every handshake header
         assert any(m.lower().startswith("< authorization: ") for m in messages)
     assert any(line.get("event") == "sip.registered" for line in lines)

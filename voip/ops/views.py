@@ -132,20 +132,23 @@ def _device_view(
     device_id: str, record: dict[str, Any], presence: bytes | None, last_push: bytes | None, now: int
 ) -> dict[str, Any]:
     token = record.get("voip_token")
+    fcm_token = record.get("fcm_token")
     since = record.get("token_registered_at")
     node, _, expires = presence.decode().rpartition("|") if presence else ("", "", "0")
     online = bool(presence) and expires.isascii() and expires.isdigit() and int(expires) > now
     return {
         "device_id": device_id,
+        "platform": record.get("platform", "ios"),
         "apns_environment": record.get("apns_environment"),
         "bundle_id": record.get("bundle_id"),
         # Enough to tell tokens apart in a support case; the token itself stays private.
         "voip_token_prefix": token[:8] if token else None,
         "has_alert_token": bool(record.get("alert_token")),
+        "fcm_token_prefix": fcm_token[:8] if fcm_token else None,
         "registered_at": record.get("registered_at"),
         "updated_at": record.get("updated_at"),
         "token_registered_at": since,
-        "token_age_ms": now - since if token and isinstance(since, int) else None,
+        "token_age_ms": now - since if (token or fcm_token) and isinstance(since, int) else None,
         "online": online,
         "connected_node": node if online else None,
         "last_push": readable_push(orjson.loads(last_push)) if last_push else None,

@@ -1,6 +1,8 @@
-"""Push delivery for calls: the `Notifier` interface and its APNs implementation."""
+"""Push delivery for calls: the `Notifier` interface, its APNs and FCM implementations,
+and the router between them by device platform."""
 
 from voip.push.apns import APNsConfig, APNsNotifier, APNsSender
+from voip.push.fcm import FCMConfig, FCMNotifier
 from voip.push.interface import (
     Caller,
     Environment,
@@ -21,6 +23,7 @@ from voip.push.payloads import (
     missed_call_alert,
     voip_invite,
 )
+from voip.push.platforms import PlatformNotifiers
 
 __all__ = [
     "PAYLOAD_LIMITS",
@@ -29,8 +32,11 @@ __all__ = [
     "APNsSender",
     "Caller",
     "Environment",
+    "FCMConfig",
+    "FCMNotifier",
     "Notifier",
     "Outcome",
+    "PlatformNotifiers",
     "Push",
     "PushKind",
     "PushRequest",

@@ -139,6 +139,13 @@ class PushResult:
     likely_cause: str | None = None
     drop_token: TokenDrop | None = None
     """Set when the platform's answer says the token itself is no good."""
+    platform: str = "ios"
+    """Which service answered: "ios" (APNs; the fields above are its) or "android" (FCM:
+    `apns_id` is empty, `environment` and `push_type` are placeholders)."""
+    message_id: str | None = None
+    """FCM: the message's name (`projects/<p>/messages/<id>`) once accepted."""
+    token_field: str = "voip_token"
+    """The device record's field that holds `device_token` (`fcm_token` on Android)."""
 
 
 class Notifier(Protocol):

@@ -325,7 +325,10 @@ class InboundLeg(Leg):
         elif kind == FrameType.CALL_ANSWERED:
             await self.answer(frame.get("sdp"))
         elif kind == FrameType.CALL_DECLINED:
-            self.end_with(486 if frame.get("busy") else 603)
+            # The callee's availability (voip/history.py Refusal): do-not-disturb is 480
+            # Temporarily Unavailable, busy 486 Busy Here; a device's decline is 603.
+            reason = frame.get("reason")
+            self.end_with(480 if reason == "dnd" else 486 if frame.get("busy") or reason == "busy" else 603)
         elif kind == FrameType.CALL_MISSED:
             self.end_with(480)
         elif kind == FrameType.CALL_FAILED:

@@ -90,6 +90,18 @@ class CallRefused(CallError):
         self.retry_after = retry_after
 
 
+class CalleeUnavailable(CallError):
+    """A new call the callee's availability turns away before anything rings: `reason`
+    "dnd" (do-not-disturb) or "busy" (when_busy "reject", in an answered call: `in_call`,
+    their ids as the callee's index holds them). Not told to the caller as an error: the
+    controller records the call as missed and tells the caller `call.declined`."""
+
+    def __init__(self, reason: str, in_call: list[str] | None = None) -> None:
+        super().__init__("callee_unavailable")
+        self.reason = reason
+        self.in_call = in_call or []
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     previous: CallState
@@ -109,11 +121,15 @@ class CallStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
         status_pipe: StatusPipe | None = None,
+        history_retention: int = 30 * 86400,
         webhooks_ttl: int = 0,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self.retention = retention
+        # VOIP_HISTORY_RETENTION: kept with each call, like `retention`, so that every node
+        # keeps its history record as long as the node that created it said.
+        self.history_retention = history_retention
         # Every timeline entry is also published here, from inside the same script, so
         # operators see each change live at no extra round trip ("": the feed is off).
         self._ops_channel = ops_channel
@@ -191,9 +207,11 @@ class CallStore:
         pushes: dict[str, dict[str, Any]] | None = None,
         caller_name: str = "",
         announce: tuple[str, bytes] | None = None,
+        refused: str = "",
     ) -> bool:
         """Create the call if its id is free; `announce` is published (channel, message)
-        by the same script once the call exists."""
+        by the same script once the call exists. `refused`: "dnd" or "busy", a call the
+        callee's availability turned away (kept for its history's `reason`)."""
         attempt = random.getrandbits(64).to_bytes(8, "big").hex()
         fields = {
             "state": CallState.RINGING.value,
@@ -207,7 +225,10 @@ class CallStore:
             "retention": self.retention,
             # Tells a resent script (after a dropped connection) from a second call with this id.
             "attempt": attempt,
+            "history_retention": self.history_retention,
         }
+        if refused:
+            fields["refused"] = refused
         entry = {
             "at": created_at,
             "event": "created",
@@ -230,6 +251,7 @@ class CallStore:
             [
                 *self._call_keys(call_id),
                 self._keys.pushes(call_id),
+                self._keys.history_record(call_id),
                 *([self._keys.webhooks(call_id)] if webhooks else []),
             ],
             [
@@ -307,7 +329,7 @@ class CallStore:
             moves = {Party.SYSTEM.value: {k.value: v.value for k, v in transitions_for(action, Party.SYSTEM).items()}}
         at = now_ms()
         webhooks = self._webhook_spec(**({"reason": webhook_reason} if webhook_reason else {}))
-        keys = [*self._call_keys(call_id), self._keys.pushes(call_id)]
+        keys = [*self._call_keys(call_id), self._keys.pushes(call_id), self._keys.history_record(call_id)]
         if webhooks:
             keys.append(self._keys.webhooks(call_id))
         args: list[Any] = [
@@ -348,16 +370,37 @@ class CallStore:
                 def unring(pipe: Any) -> None:
                     pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
                     pipe.zrem(self._keys.ringing(call.callee_user), call_id)
+                    if call.state is CallState.ANSWERED:
+                        self._queue_in_call(pipe, call, add=True)
 
                 await batch(self._redis, [], unring)
+            elif previous is CallState.ANSWERED and call.state.is_final:
+                await batch(self._redis, [], lambda pipe: self._queue_in_call(pipe, call, add=False))
         except UNAVAILABLE:
             # The call has moved: its devices must hear of it, whatever became of these
-            # indexes (other slots, maybe on a shard failing over). Both mend themselves:
-            # the deadline fires into the call's state check and is forgotten, and the
-            # callee's ringing set drops calls past their deadline.
+            # indexes (other slots, maybe on a shard failing over). All mend themselves:
+            # the deadline fires into the call's state check and is forgotten, the
+            # callee's ringing set drops calls past their deadline, and a stale in-call
+            # entry is checked against its call before it turns a call away.
             log.warning("call.indexes_not_updated", call_id=call_id, exc_info=True)
         pushed = frozenset(device.decode() for device in more[0]) if more else None
         return Transition(previous=previous, call=call, pushed=pushed)
+
+    def _queue_in_call(self, pipe: Any, call: CallRecord, *, add: bool) -> None:
+        """Both parties' in-call sets (when_busy "reject", lua/admit_call.lua), after the
+        call's script: in other slots than the call. Not exact: an end that is not recorded
+        here (the node gone in between) is found out when it would turn a call away, since
+        the controller checks the calls it names first (CallController._still_in_call)."""
+        for user in (call.caller_user, call.callee_user):
+            key = self._keys.in_call(user)
+            if add:
+                # No call stays answered longer than its hash lives (a week + retention).
+                until = now_ms() + (7 * 86400 + max(call.retention, self.retention)) * 1000
+                pipe.zadd(key, {call.call_id: until})
+                pipe.pexpireat(key, until, gt=True)
+                pipe.pexpireat(key, until, nx=True)
+            else:
+                pipe.zrem(key, call.call_id)
 
     async def record_event(
         self,
