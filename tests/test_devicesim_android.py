@@ -23,9 +23,16 @@ class World:
         self.phones: list[Phone] = []
 
     async def phone(
-        self, kind: type[Phone], user: str, device: str, *, online: bool = True, policy: Policy | None = None
+        self,
+        kind: type[Phone],
+        user: str,
+        device: str,
+        *,
+        online: bool = True,
+        policy: Policy | None = None,
+        name: str | None = None,
     ) -> Any:
-        phone = kind(self.backend, user, device, policy=policy, log=self.log)
+        phone = kind(self.backend, user, device, policy=policy, log=self.log, name=name)
         self.phones.append(phone)
         await phone.install(online=online)
         return phone
@@ -48,10 +55,10 @@ async def world(
 
 
 async def test_an_android_phone_is_rung_by_an_iphone_and_answers(world: World) -> None:
-    alice = await world.phone(Phone, "alice", "a-iphone")
+    alice = await world.phone(Phone, "alice", "a-iphone", name="Alice")
     await alice.open_app()
     bob: AndroidPhone = await world.phone(AndroidPhone, "bob", "b-pixel", policy=Policy.answer(after=0.1))
-    call_id = await alice.call("bob", caller_name="Alice")
+    call_id = await alice.call("bob")
 
     await bob.wait_for("callkit.connected", call_id=call_id)
     await alice.wait_for("callkit.connected", call_id=call_id)
