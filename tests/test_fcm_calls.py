@@ -125,7 +125,7 @@ async def test_android_invite_is_a_high_priority_data_message(pushing: Pushing) 
     assert entry["platform"] == "android" and entry["message_id"] == message.name
     assert entry["outcome"] == "accepted" and entry["status"] == 200 and entry["kind"] == "invite"
     assert "apns_id" not in entry
-    labels = {"platform": "android", "kind": "invite", "outcome": "accepted", "reason": ""}
+    labels = {"platform": "android", "app": "test-project", "kind": "invite", "outcome": "accepted", "reason": ""}
     assert (REGISTRY.get_sample_value("voip_pushes_total", labels) or 0) >= 1
 
 
