@@ -147,6 +147,13 @@ async def test_a_bundle_the_node_has_no_key_for_is_422_unknown_app(node_factory:
     assert unnamed.status_code == 422 and unnamed.json()["error"] == "unknown_app"
     assert unnamed.json()["bundle_id"] is None
     assert await node.node.stores.devices.get("bob", "phone") is None
+    # The answer is the Error of the OpenAPI schema that the node serves for this route.
+    spec = (await client.get("/openapi.json")).json()
+    documented = spec["paths"]["/v1/devices/{device_id}"]["put"]["responses"]["422"]
+    assert "unknown_app" in documented["description"]
+    error = spec["components"]["schemas"]["Error"]
+    assert documented["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Error"
+    assert set(unknown.json()) <= set(error["properties"]) and set(error["required"]) <= set(unknown.json())
 
     assert (
         await client.put("/v1/devices/phone", json={"voip_token": token, "bundle_id": BETA}, headers=headers)
