@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from apnsim import APNsSimulator, RecordedRequest, SigningKey
 from tests.conftest import RunningNode, register, stop_nodes
+from voip import banner
 from voip.push import APNsApps, APNsConfig, APNsNotifier, Caller, Outcome, Push, PushKind, voip_invite
 
 ALPHA, BETA = "com.example.alpha", "com.example.beta"
@@ -181,6 +182,8 @@ async def test_the_single_app_settings_are_one_app_beside_apns_apps(
     }
     node: RunningNode = await node_factory(**settings)
     assert node.node.apps is not None and node.node.apps.configured == [ALPHA, BETA]
+    # Where pushes go, in the start-up banner: every app's topic.
+    assert f"topic {ALPHA}.voip, {BETA}.voip" in banner.text(node.node, node.base_url, private_redis=False)
     phones = {bundle: sim.add_device(f"{bundle}.voip", environment="sandbox") for bundle in KEYS}
     await register(node, "bob", "b-old", voip_token=phones[ALPHA].token)  # no bundle_id: APNS_BUNDLE_ID's
     await register(node, "bob", "b-beta", voip_token=phones[BETA].token, bundle_id=BETA)
