@@ -203,7 +203,7 @@ class Node:
             pushes=pushes,
             clock=parts.clock,
             node=settings.node_id,
-            outbound=partial(_sip_gateway, settings, stores, bus, deliveries) if settings.sip_enabled else None,
+            outbound=partial(_sip_gateway, settings, stores, bus, deliveries, apps) if settings.sip_enabled else None,
             ring_timeout=settings.ring_timeout,
             max_ringing_per_callee=settings.max_ringing_per_callee,
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
@@ -315,7 +315,12 @@ class Node:
 
 
 def _sip_gateway(
-    settings: Settings, stores: Stores, bus: Bus, deliveries: DeliveryLog, controller: CallController
+    settings: Settings,
+    stores: Stores,
+    bus: Bus,
+    deliveries: DeliveryLog,
+    apps: APNsApps | None,
+    controller: CallController,
 ) -> SipGateway:
     return SipGateway(
         SipConfig.from_settings(settings),
@@ -325,6 +330,7 @@ def _sip_gateway(
         node_id=settings.node_id,
         timeline=deliveries,
         max_devices=settings.max_devices_per_user,
+        serves_app=apps.serves if apps is not None else None,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from voip.log_throttle import RepeatedLog
 from voip.push.apns import APNsNotifier
 from voip.push.interface import Environment, Outcome, Push, PushKind, PushResult, PushType
 
@@ -40,6 +41,8 @@ class APNsApps:
         self.notifiers = dict(notifiers)
         self.default = default
         self.any_app = any_app
+        # Devices of an app that left the settings: once per interval, with a count.
+        self._not_configured = RepeatedLog(log, "apns.app_not_configured")
 
     @property
     def configured(self) -> list[str]:
@@ -64,7 +67,7 @@ class APNsApps:
         notifier = self._notifier(bundle)
         if notifier is None:
             # Registered before its app left the settings (PUT /v1/devices refuses it now).
-            log.info("apns.app_not_configured", bundle_id=bundle, kind=kind.value)
+            self._not_configured.failed(bundle_id=bundle, kind=kind.value)
             return None
         address = notifier.address(device, kind)
         if address is not None:
