@@ -1,5 +1,5 @@
 """`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--fcm`, `--sip`,
-`--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`): every figure printed next to its
+`--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`, `--webhooks`): every figure printed next to its
 baseline from the same run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -69,6 +69,11 @@ def main() -> None:
     parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
     parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="node CPU per call with call-event webhooks on and off (bench/webhooks.py)",
+    )
+    parser.add_argument(
         "--wait", action="store_true", help="only what WAIT 1 costs call creation (bench/redis_wait.py)"
     )
     parser.add_argument(
@@ -127,6 +132,10 @@ def main() -> None:
         from bench import redis_wait
 
         return redis_wait.main()
+    if args.webhooks:
+        from bench import webhooks
+
+        return webhooks.main(quick=args.quick)
     if args.ops:
         from bench import ops
 

@@ -219,8 +219,9 @@ class RunningNode:
                 return entries
             await asyncio.sleep(0.02)
 
-    async def device(self, user: str, device: str, **connect: Any) -> DeviceClient:
-        token = self.auth.mint(user, "device")
+    async def device(self, user: str, device: str, *, name: str | None = None, **connect: Any) -> DeviceClient:
+        """`name`: the token's claim `name`, the display name the app's backend gives the user."""
+        token = self.auth.mint(user, "device", name=name)
         socket = await websockets.connect(
             f"{self.ws_url}?device_id={device}",
             additional_headers={"Authorization": f"Bearer {token}"},

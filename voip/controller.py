@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -27,6 +27,8 @@ from voip.log_throttle import RepeatedLog
 from voip.protocol import FrameType
 from voip.stores import CalleeLimits, CalleeUnavailable, CallError, CallRecord, CallStore, Transition
 from voip.tasks import retry_bounded, stop_task
+from voip.webhooks.events import EventType
+from voip.webhooks.hook import CallHook, Decision
 
 log = structlog.get_logger(__name__)
 # Seconds a transition's frames are retried while Redis fails over; the status endpoint and
@@ -38,6 +40,21 @@ ANNOUNCE_RETRY_SECONDS = 5.0
 class Caller:
     user_id: str
     device_id: str
+
+
+class CallRejected(CallError):
+    """The call hook (voip/webhooks/hook.py) refused the call, or gave no answer under
+    VOIP_CALL_HOOK_FAILURE=closed. `reason`: what the app's backend said, if anything.
+    The call is recorded (failed, reason call_rejected); nothing rang, no push left."""
+
+    def __init__(self, call_id: str, reason: str | None) -> None:
+        super().__init__("call_rejected")
+        self.call_id = call_id
+        self.reason = reason
+
+
+# The webhook event's reason for a call the hook refused.
+REJECTED = "call_rejected"
 
 
 class OutboundCallees(Protocol):
@@ -76,6 +93,7 @@ class CallController:
         ring_timeout: float,
         max_ringing_per_callee: int = 3,
         calls_per_callee_per_minute: int = 20,
+        hook: CallHook | None = None,
     ) -> None:
         self.calls = calls
         self.limits = limits
@@ -86,6 +104,8 @@ class CallController:
         self.calls_per_callee_per_minute = calls_per_callee_per_minute
         self.pushes = pushes
         self.clock = clock
+        # VOIP_CALL_HOOK_URL: asked before anything rings.
+        self.hook = hook
         # Built from the controller, since it acts on calls through it (the SIP gateway).
         self.outbound: OutboundCallees = outbound(self) if outbound is not None else NoOutbound()
 
@@ -97,11 +117,17 @@ class CallController:
         *,
         sdp: str | None = None,
         caller_name: str | None = None,
+        custom: dict[str, Any] | None = None,
+        source: Literal["ws", "sip"] = "ws",
         on_started: Callable[[CallRecord], Awaitable[None]] | None = None,
     ) -> CallRecord:
         """`sdp` is the caller's offer, passed to the callee's devices in `call.incoming`.
+        `caller_name`: the name the caller may be shown by, already chosen by who may
+        choose it (the token's claim, a trusted client or SIP network); the call hook's
+        answer overrides it. `custom`: the app's own data, to `call.incoming` and the push.
         `on_started` gets the call once it exists (already missed if nobody can take it)
-        and before any frame about it is published: the caller's reply goes out first."""
+        and before any frame about it is published: the caller's reply goes out first.
+        Raises CallRejected when the call hook refuses the call."""
         if callee == caller.user_id:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
@@ -118,6 +144,25 @@ class CallController:
             return await self._turned_away(
                 caller, callee, call_id, Refusal(exc.reason), name, created_at, ring_deadline, on_started
             )
+        if self.hook is not None:
+            # After the limits: a flood of calls to one callee is not a flood of requests
+            # to the app's backend either.
+            decision = await self.hook.decide(
+                call_id,
+                caller_user=caller.user_id,
+                caller_device=caller.device_id,
+                callee=callee,
+                source=source,
+                custom=custom,
+            )
+            if not decision.ring:
+                await self._record_rejected(caller, callee, call_id, created_at, ring_deadline, caller_name, decision)
+                raise CallRejected(call_id, decision.reason)
+            if decision.caller_name:
+                caller_name = decision.caller_name
+                name = display_name(caller_name, caller.user_id)
+            if decision.custom is not None:
+                custom = decision.custom
         pushes: dict[str, dict[str, Any]] = {}
         if leg is not None:
             targets = [leg]
@@ -134,6 +179,8 @@ class CallController:
         }
         if sdp is not None:
             incoming["sdp"] = sdp
+        if custom is not None:
+            incoming["custom"] = custom
         # The callee's devices are told from inside the script that creates the call:
         # no round trip between "the call exists" and "its devices know".
         announce = (self.bus.channel(callee), self.bus.envelope(incoming)) if targets and leg is None else None
@@ -185,7 +232,7 @@ class CallController:
         if pushes:
             # The pushes leave the moment the call exists, in the background: a phone
             # asleep is the common case, and nothing here waits for APNs.
-            self.pushes.invite(call, pushes, call.caller_name)
+            self.pushes.invite(call, pushes, call.caller_name, custom)
         return call
 
     async def _admit(
@@ -244,7 +291,10 @@ class CallController:
         if not created:
             raise CallError("call_exists")
         metrics.calls_counter(CallState.RINGING.value, "").inc()
-        transition = await self.calls.transition(call_id, Action.TIMEOUT, node=self.node, note={"why": refusal.value})
+        # Webhooks: call.missed with reason "dnd" or "busy", not "unanswered".
+        transition = await self.calls.transition(
+            call_id, Action.TIMEOUT, node=self.node, note={"why": refusal.value}, webhook_reason=refusal.value
+        )
         call = transition.call
         metrics.calls_counter(call.state.value, FINAL_REASON[call.state].value).inc()
         metrics.CALLS_TURNED_AWAY.labels(refusal.value).inc()
@@ -261,6 +311,38 @@ class CallController:
         await self._tell([(caller.user_id, frame, [caller.device_id], ())])
         return call
 
+    async def _record_rejected(
+        self,
+        caller: Caller,
+        callee: str,
+        call_id: str,
+        created_at: int,
+        ring_deadline: int,
+        caller_name: str | None,
+        decision: Decision,
+    ) -> None:
+        """A call the hook refused is kept like any other (the status endpoint, operators,
+        webhooks: call.created then call.failed, reason call_rejected), having rung nothing."""
+        created = await self.calls.create(
+            call_id,
+            caller_user=caller.user_id,
+            caller_device=caller.device_id,
+            callee_user=callee,
+            ring_deadline=ring_deadline,
+            node=self.node,
+            targets=[],
+            created_at=created_at,
+            caller_name=display_name(caller_name, caller.user_id),
+        )
+        if not created:
+            raise CallError("call_exists")
+        note: dict[str, Any] = {"why": REJECTED, "hook_answered": decision.answered}
+        if decision.reason:
+            note["reason"] = decision.reason
+        await self.calls.transition(call_id, Action.FAIL, node=self.node, note=note, webhook_reason=REJECTED)
+        metrics.calls_counter(CallState.FAILED.value, REJECTED).inc()
+        log.info("call.rejected", call_id=call_id, caller=caller.user_id, callee=callee, by_hook=decision.answered)
+
     async def ringing(self, user_id: str, device_id: str, call_id: str) -> CallRecord:
         call, first = await self.calls.record_event(
             call_id,
@@ -270,6 +352,7 @@ class CallController:
             require_state=CallState.RINGING,
             require_callee=True,
             once_field="first_ringing_at",
+            webhook=EventType.CALL_RINGING.value,
         )
         if first:  # the caller hears ringback once, however many devices ring
             await self.bus.publish(

@@ -181,13 +181,13 @@ def inbox(phone: Phone, call_id: str) -> list[str]:
 
 async def offline_phone(backend: Backend, log: EventLog, story: Narrator) -> tuple[Phone, Phone]:
     story.section("1. Bob's phone is asleep. Alice calls, then gives up.")
-    alice = Phone(backend, "alice", "alice-phone", log=log)
+    alice = Phone(backend, "alice", "alice-phone", log=log, name="Alice")
     await alice.install()
     await alice.open_app()
     bob = Phone(backend, "bob", "bob-phone", log=log)
     await bob.install(online=False)
 
-    call_id = await alice.call("bob", caller_name="Alice")
+    call_id = await alice.call("bob")
     await until(lambda: pending(bob) == "call.incoming", "APNs holds the invite")
     story.say("APNs", f"holds the invite for bob-phone (offline) until the ring deadline ({short(call_id)})")
     await asyncio.sleep(1.0)
@@ -212,7 +212,7 @@ async def late_invite(backend: Backend, alice: Phone, bob: Phone, story: Narrato
     story.section("2. An invite APNs delivers late: the status check ends it at once.")
     await bob.open_app()
     bob.lose_network()
-    call_id = await alice.call("bob", caller_name="Alice")
+    call_id = await alice.call("bob")
     await until(lambda: pending(bob) == "call.incoming", "APNs holds the invite")
     story.say("APNs", f"holds the invite for bob-phone ({short(call_id)})")
     await asyncio.sleep(1.0)
@@ -246,7 +246,7 @@ async def answered_elsewhere(backend: Backend, log: EventLog, alice: Phone, bob:
     bob.policy = Policy.answer(after=1.0)
     ipad = Phone(backend, "bob", "bob-ipad", log=log)
     await ipad.install()
-    call_id = await alice.call("bob", caller_name="Alice")
+    call_id = await alice.call("bob")
     await bob.wait_for("callkit.connected", call_id=call_id)
     await alice.wait_for("callkit.connected", call_id=call_id)
     ended = await ipad.wait_for("callkit.ended", call_id=call_id)

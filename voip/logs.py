@@ -45,6 +45,9 @@ SECRET_KEYS = frozenset(
         "provider_token",
         "ticket",
         "sip_accounts",
+        # Webhooks and the call hook (voip/webhooks/): a signature is a MAC of the secret.
+        "signature",
+        "voip_signature",
         "credential",
     }
 )
@@ -71,6 +74,8 @@ _RULES: list[_Rule] = [
     (re.compile(r"\?([^\s\"'<>#?]*=[^\s\"'<>#]*)"), _query),
     # A password in a URL's user info: redis://:pw@host, https://user:pw@host.
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@"), rf"\1{REDACTED}@"),
+    # A Voip-Signature's MAC, however it is printed: "t=1767225600,v1=<64 hex>".
+    (re.compile(r"(?i)\b(v1=)[0-9a-f]{16,}"), rf"\1{REDACTED}"),
     # A status capability: "<expiry seconds>.<24 base64url characters>".
     (re.compile(r"\b\d{9,12}\.[A-Za-z0-9_-]{24}(?![A-Za-z0-9_-])"), REDACTED),
     (
@@ -86,6 +91,7 @@ _RULES: list[_Rule] = [
 # cost a few substring tests instead of a pass per rule (~0.6 µs instead of ~5).
 _MARKERS = (
     "eyj",
+    "v1=",
     "?",
     "authori",
     "response",

@@ -111,3 +111,31 @@ def count_sip_message(direction: str, message: Any) -> None:
         if len(_SIP_CHILDREN) < _CHILDREN_KEPT:
             _SIP_CHILDREN[labels] = child
     child.inc()
+
+
+# Webhooks (docs/webhooks.md): every attempt to deliver an event, and the call hook.
+WEBHOOK_DELIVERIES = Counter(
+    "voip_webhook_deliveries_total",
+    "Webhook delivery attempts: delivered (2xx), failed (retried later), dropped (failing for 24 h)",
+    ["outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "voip_webhook_seconds",
+    "One webhook POST, sent to answered or failed",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WEBHOOK_FAILING = Gauge(
+    "voip_webhook_failing",
+    "1 while this node's last attempt to a webhook URL failed; `url` is the URL's hash (as on /ops)",
+    ["url"],
+)
+CALL_HOOK = Counter(
+    "voip_call_hook_total",
+    "Call-hook answers: ring, reject; failed_open / failed_closed: no usable answer, the policy applied",
+    ["outcome"],
+)
+CALL_HOOK_SECONDS = Histogram(
+    "voip_call_hook_seconds",
+    "The call hook's round trip",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

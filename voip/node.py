@@ -33,9 +33,11 @@ from voip.push import APNsApps, APNsConfig, APNsNotifier, FCMConfig, FCMNotifier
 from voip.push.fcm import GOOGLE_ENDPOINT
 from voip.redis_conn import RedisConnections
 from voip.redis_pipe import StatusPipe
-from voip.settings import Settings, apns_app_table, default_app
+from voip.settings import Settings, apns_app_table, default_app, webhook_url_list
 from voip.sipcalls import SipConfig, SipGateway
 from voip.stores import Stores
+from voip.webhooks.delivery import WebhookDelivery
+from voip.webhooks.hook import CallHook
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +50,10 @@ SIMULATOR_TEAM_ID = "SIMTEAM001"
 SIMULATOR_KEY_ID = "SIMKEY0001"
 # The embedded FCM simulator's project; its service-account key exists only in this process.
 FCM_SIMULATOR_PROJECT = "voip-dev-sim"
+
+# Seconds a call's webhook outbox is kept after its last event: deliveries retry for up to
+# a day (voip/webhooks/events.py), and a day more covers a node that claimed late.
+WEBHOOK_OUTBOX_TTL = 2 * 86400
 
 ReadinessCheck = Callable[[], Awaitable[object]]
 """`/readyz`: async, raises when the part is not ready."""
@@ -92,6 +98,8 @@ class Node:
         ice_servers: IceServers,
         readiness_checks: Mapping[str, ReadinessCheck],
         readiness_details: Mapping[str, ReadinessDetail],
+        webhooks: WebhookDelivery | None = None,
+        hook: CallHook | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = settings.node_id
@@ -119,6 +127,10 @@ class Node:
         # entries, the SIP legs' notes.
         self.deliveries = deliveries
         self.ops_feed = ops_feed
+        # VOIP_WEBHOOK_URLS: this node's share of delivering the outbox (any node delivers).
+        self.webhooks = webhooks
+        # VOIP_CALL_HOOK_URL: asked before a call rings (the controller holds it too).
+        self.hook = hook
         # STUN and TURN for apps' media, with TURN credentials minted per request.
         self.ice_servers = ice_servers
         self.readiness_checks = dict(readiness_checks)
@@ -137,6 +149,7 @@ class Node:
         # One pool per node, made once: no request builds a client.
         connections = RedisConnections.from_settings(settings)
         status_pipe = connections.status_pipe()
+        webhook_urls = webhook_url_list(settings.webhook_urls)
         stores = Stores.open(
             connections.client,
             settings.redis_prefix,
@@ -146,6 +159,24 @@ class Node:
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
             status_pipe=status_pipe,
+            webhooks_ttl=WEBHOOK_OUTBOX_TTL if webhook_urls else 0,
+        )
+        webhooks: WebhookDelivery | None = None
+        if webhook_urls:
+            webhooks = WebhookDelivery(
+                stores.webhooks, webhook_urls, settings.webhook_secret, clock=parts.clock, node=settings.node_id
+            )
+            # An event this node files is delivered at once, not at the next poll.
+            stores.calls.on_webhook = webhooks.kick
+        hook = (
+            CallHook(
+                settings.call_hook_url,
+                settings.webhook_secret,
+                timeout_ms=settings.call_hook_timeout_ms,
+                fail_open=settings.call_hook_failure == "open",
+            )
+            if settings.call_hook_url
+            else None
         )
         bus = Bus(connections.client, settings.redis_prefix)
         checks: dict[str, ReadinessCheck] = {"redis": connections.client.ping}
@@ -207,6 +238,7 @@ class Node:
             ring_timeout=settings.ring_timeout,
             max_ringing_per_callee=settings.max_ringing_per_callee,
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
+            hook=hook,
         )
         sip = controller.outbound if isinstance(controller.outbound, SipGateway) else None
         bus.on_recovered = controller.retell_endings
@@ -236,6 +268,8 @@ class Node:
             ),
             readiness_checks={**checks, **parts.readiness_checks},
             readiness_details={"redis": epoch.readiness_detail},
+            webhooks=webhooks,
+            hook=hook,
         )
 
     async def start(self) -> None:
@@ -252,6 +286,8 @@ class Node:
         self.timeouts.start()
         self.presence.start()
         self.deliveries.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     async def drain(self) -> None:
         """Leave the cluster gently (SIGTERM): refuse new sockets and new SIP calls and
@@ -308,6 +344,11 @@ class Node:
         if self.fcm_simulator is not None:
             await self.fcm_simulator.stop()
         await self.deliveries.stop()
+        if self.webhooks is not None:
+            # What it had in flight is delivered again by whichever node claims it next.
+            await self.webhooks.stop()
+        if self.hook is not None:
+            await self.hook.aclose()
         await self.bus.stop()
         if self.status_pipe is not None:
             self.status_pipe.close()

@@ -222,6 +222,18 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")
     )
+    # The app's own backend in the loop (docs/webhooks.md): names from tokens, the
+    # call-control hook, signed call-event webhooks.
+    trust_client_names: bool = Field(False, validation_alias=_env("trust_client_names", "VOIP_TRUST_CLIENT_NAMES"))
+    call_hook_url: str = Field("", validation_alias=_env("call_hook_url", "VOIP_CALL_HOOK_URL"), repr=False)
+    call_hook_timeout_ms: int = Field(
+        1000, ge=10, le=30000, validation_alias=_env("call_hook_timeout_ms", "VOIP_CALL_HOOK_TIMEOUT_MS")
+    )
+    call_hook_failure: Literal["open", "closed"] = Field(
+        "closed", validation_alias=_env("call_hook_failure", "VOIP_CALL_HOOK_FAILURE")
+    )
+    webhook_urls: str = Field("", validation_alias=_env("webhook_urls", "VOIP_WEBHOOK_URLS"), repr=False)
+    webhook_secret: str = Field("", validation_alias=_env("webhook_secret", "VOIP_WEBHOOK_SECRET"), repr=False)
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> Settings:
@@ -253,6 +265,7 @@ class Settings(BaseSettings):
                 # WAIT needs the writes' own connection; a cluster spreads them over shards.
                 raise ValueError("VOIP_REDIS_WAIT_REPLICAS: not supported with REDIS_CLUSTER_NODES")
         _check_redis_tls(self)
+        _check_app_backend(self)
         _check_turn(self)
         if self.environment == "production":
             if not (self.apns_key_file or self.apns_apps):
@@ -290,6 +303,29 @@ class Settings(BaseSettings):
         if extra := os.environ.get("VOIP_CONFIG"):
             files.append(Path(extra))
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files))
+
+
+def webhook_url_list(value: str) -> list[str]:
+    """VOIP_WEBHOOK_URLS: comma-separated http(s) URLs, blanks dropped."""
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
+def _http_url(name: str, url: str) -> None:
+    # The URL may carry a token of the app's: never echoed in the error.
+    if not re.match(r"^https?://[^/\s?#]+", url) or any(c.isspace() for c in url):
+        raise ValueError(f"{name}: not an http:// or https:// URL")
+
+
+def _check_app_backend(settings: Settings) -> None:
+    urls = webhook_url_list(settings.webhook_urls)
+    for url in urls:
+        _http_url("VOIP_WEBHOOK_URLS", url)
+    if settings.call_hook_url:
+        _http_url("VOIP_CALL_HOOK_URL", settings.call_hook_url)
+    if (urls or settings.call_hook_url) and len(settings.webhook_secret.encode()) < 16:
+        # The hook and the webhooks are signed with it: an unsigned request would be one
+        # anybody could forge.
+        raise ValueError("VOIP_WEBHOOK_SECRET: a secret of 16 bytes or more is needed with webhooks or a call hook")
 
 
 def sentinel_addresses(value: str) -> list[tuple[str, int]]:

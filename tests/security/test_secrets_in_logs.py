@@ -408,6 +408,9 @@ DIGEST = "0123456789abcdef0123456789abcdef"
         ('{"sip_trunk_password": "hunter2"}', "hunter2"),
         ("ha1=5f4dcc3b5aa765d61d8327deb882cf99", "5f4dcc3b5aa765d61d8327deb882cf99"),
         ("Error connecting to redis://:s3cr3t-pw@redis.internal:6379/0", "s3cr3t-pw"),
+        (f"Voip-Signature: t=1767225600,v1={'ab' * 32}", "ab" * 32),
+        ("webhook_secret='whsec-0123456789abcdef'", "whsec-0123456789abcdef"),
+        ("POST https://app.example.com/voip/events?key=app-token-123", "app-token-123"),
         (
             "key -----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----",
             "MIGTAgEAMBMGByqGSM49AgEGCCqGSM49",

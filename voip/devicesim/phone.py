@@ -85,8 +85,12 @@ class Phone:
         log: EventLog | None = None,
         must_report: MustReport = always_report,
         status_retry: StatusRetry | None = None,
+        name: str | None = None,
     ) -> None:
         self.backend = backend
+        # The user's display name as the app's backend gives it: the token's claim `name`,
+        # what callees are shown (a client's own caller_name is not trusted by default).
+        self.name = name
         self.user = user
         self.device_id = device_id
         self.policy = policy or Policy.ignore()
@@ -117,7 +121,7 @@ class Phone:
         return self._socket is not None and not self._deaf
 
     def bearer(self) -> str:
-        return self.backend.auth.mint(self.user, "device")
+        return self.backend.auth.mint(self.user, "device", name=self.name)
 
     def events(self, kind: str | None = None, *, call_id: str | None = None, **detail: Any) -> list[Event]:
         return self.log.find(kind, device=self.device_id, call_id=call_id, **detail)

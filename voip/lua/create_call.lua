@@ -4,7 +4,10 @@
 --       operators' channel ("" for none), call id, pushes (JSON {device: JSON}),
 --       the callee's sharded bus channel and the call.incoming envelope ("" for none;
 --       on a cluster the store publishes it itself, the channel being in another slot),
---       this attempt's id (also among the fields).
+--       this attempt's id (also among the fields),
+--       webhooks: "" off, or JSON {"ttl": outbox seconds} (docs/webhooks.md).
+-- Webhooks: KEYS[5] the call's outbox; call.created goes into it in this same step (the
+-- store adds the call to the due index in the same round trip).
 -- A client that lost the connection under this script resends it (redis-py does, on a
 -- dropped connection): the call it finds is then its own, and that is a success, not a
 -- taken id. Returns 1 created (now or by this same attempt), 0 the id is taken.
@@ -49,5 +52,15 @@ if KEYS[4] and tonumber(fields.history_retention or 0) > 0 then
     if fields[name] ~= nil then record[name] = tostring(fields[name]) end
   end
   redis.call('SET', KEYS[4], cjson.encode(record), 'EX', fields.history_retention)
+end
+if ARGV[10] and ARGV[10] ~= '' then
+  local spec = cjson.decode(ARGV[10])
+  local call = {}
+  for name, value in pairs(fields) do call[name] = tostring(value) end
+  local seq = redis.call('HINCRBY', KEYS[1], 'webhook_seq', 1)
+  redis.call('RPUSH', KEYS[5], cjson.encode({
+    seq = seq, type = 'call.created', at = tonumber(fields.created_at), call = call,
+  }))
+  redis.call('EXPIRE', KEYS[5], spec.ttl)
 end
 return 1

@@ -115,6 +115,22 @@ class RedisState(BaseModel):
     durability_warnings: list[str] = Field(description="What in Redis's settings could lose data")
 
 
+class WebhookFailure(BaseModel):
+    url: str = Field(description="Scheme, host and path: no query, no credentials")
+    url_key: str = Field(description="The URL's hash: the `url` label of voip_webhook_failing")
+    error: str = Field(description="The last attempt's error: timeout, HTTP 503, ConnectError...")
+    failing_since: int = Field(description="ms: the first failed attempt of the event it is stuck on")
+    last_attempt: int = Field(description="ms")
+    node: str = Field(description="The node that made the last attempt")
+
+
+class WebhooksState(BaseModel):
+    urls: int = Field(description="VOIP_WEBHOOK_URLS configured on this node (0: webhooks off here)")
+    failing: list[WebhookFailure] = Field(description="URLs whose last delivery attempt failed, from any node")
+    calls_filed: int = Field(description="Calls in the outbox's due index: events to send, or to look at again")
+    calls_due: int = Field(description="Of those, due now: a growing number means deliveries are behind")
+
+
 class OpsSummary(BaseModel):
     since: int
     until: int
@@ -128,6 +144,7 @@ class OpsSummary(BaseModel):
         " already ended: late pushes whose ghost call the verdict ended. Bearer checks are not counted"
     )
     redis: RedisState = Field(description="Redis durability and the deployment epoch (docs/deploy.md)")
+    webhooks: WebhooksState = Field(description="Call-event webhooks: failing URLs and the outbox (docs/webhooks.md)")
 
 
 class SimulatorPush(BaseModel):

@@ -17,6 +17,7 @@ from voip.node import Node
 from voip.ops.access import OPERATOR
 from voip.ops.index import BadCursor, CallFilter, CallIndex, Position, call_view
 from voip.ops.summary import summarize
+from voip.settings import webhook_url_list
 
 MAX_LIMIT = 200
 MAX_TIME = 2**53 - 1
@@ -184,5 +185,19 @@ async def summary(request: Request) -> Response:
             "truncated": more is not None,
             **summarize(calls, timelines),
             "redis": node.epoch.summary(),
+            "webhooks": await _webhooks(node, now),
         }
     )
+
+
+async def _webhooks(node: Node, now: int) -> dict[str, Any]:
+    """Failing webhook URLs (what any node last saw) and the outbox's backlog."""
+    outbox = node.stores.webhooks
+    failures = await outbox.failures()
+    filed, due = await outbox.backlog(now)
+    return {
+        "urls": len(webhook_url_list(node.settings.webhook_urls)),
+        "failing": sorted(failures.values(), key=lambda f: f.get("failing_since", 0)),
+        "calls_filed": filed,
+        "calls_due": due,
+    }

@@ -303,6 +303,7 @@ class APNsNotifier:
                     caller=push.caller,
                     ring_deadline=push.deadline,
                     status_url=push.status_url,
+                    custom=push.custom,
                     now=now,
                     apns_id=address.get("apns_id"),
                 )

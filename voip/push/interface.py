@@ -76,6 +76,9 @@ class Push:
     """Invites: where the woken app asks what to do."""
     reason: str | None = None
     """Cancellations and hang-ups: the status endpoint's reason for this device."""
+    custom: dict[str, Any] | None = None
+    """Invites: the app's own data for the call (`call.start`'s or the call hook's
+    `custom`, a JSON object of 1 KiB or less), passed through as the payload's `custom`."""
 
 
 @dataclass(frozen=True, slots=True)

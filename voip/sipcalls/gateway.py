@@ -246,7 +246,7 @@ class SipGateway(TransactionUser):
         if not devices and not online:
             self.endpoint.reply(event, 404, to_tag=generate_tag())
             return
-        leg = InboundLeg(self.leg_context, event, caller=caller, callee=callee)
+        leg = InboundLeg(self.leg_context, event, caller=caller, callee=callee, trusted=trusted)
         self.legs[request.call_id] = leg
         await leg.start()
 

@@ -43,7 +43,7 @@ from sip.message import (
 from sip.transaction import Addr, RequestReceived
 from voip.bus import Bus
 from voip.calls import Action
-from voip.controller import CallController, Caller
+from voip.controller import CallController, Caller, CallRejected
 from voip.delivery_log import DeliveryLog
 from voip.protocol import FrameType
 from voip.sipcalls.config import SipConfig
@@ -253,7 +253,9 @@ class Leg:
 class InboundLeg(Leg):
     direction = "inbound"
 
-    def __init__(self, context: LegContext, event: RequestReceived, *, caller: str, callee: str) -> None:
+    def __init__(
+        self, context: LegContext, event: RequestReceived, *, caller: str, callee: str, trusted: bool = False
+    ) -> None:
         super().__init__(
             context,
             sip_call_id=event.request.call_id,
@@ -264,6 +266,7 @@ class InboundLeg(Leg):
         self.event = event
         self.invite = event.request
         self.callee = callee
+        self.trusted = trusted
         self.to_tag = generate_tag()
         self.contact = our_contact(context.endpoint, event.transport, event.request.uri.scheme == "sips")
         self.answer_sdp = b""
@@ -288,8 +291,15 @@ class InboundLeg(Leg):
                 self.callee,
                 self.call_id,
                 sdp=offer,
-                caller_name=self.invite.from_.display_name,
+                # A trusted network's PBX vouches for its callers' names; anyone else is
+                # shown as the user it authenticated as.
+                caller_name=self.invite.from_.display_name if self.trusted else None,
+                source="sip",
             )
+        except CallRejected:
+            self.reject(403)  # the app's backend refused the call (the call hook)
+            await self.finish()
+            return
         except CallRefused as exc:
             if exc.reason == "callee_busy":
                 self.reject(486)

@@ -20,6 +20,7 @@ from voip.stores.presence import PresenceStore
 from voip.stores.push_log import PushLog
 from voip.stores.sip import SipStore
 from voip.stores.sockets import SocketStore
+from voip.stores.webhooks import WebhookOutbox
 
 __all__ = [
     "Availability",
@@ -42,6 +43,7 @@ __all__ = [
     "SocketStore",
     "Stores",
     "Transition",
+    "WebhookOutbox",
 ]
 
 
@@ -62,6 +64,7 @@ class Stores:
     epoch: EpochStore
     history: HistoryStore
     availability: AvailabilityStore
+    webhooks: WebhookOutbox
 
     @classmethod
     def open(
@@ -75,6 +78,7 @@ class Stores:
         wait_timeout_ms: int = 100,
         status_pipe: StatusPipe | None = None,
         history_retention: int = 30 * 86400,
+        webhooks_ttl: int = 0,
     ) -> Stores:
         keys = KeyLayout(prefix)
         ops_channel = keys.ops_channel if ops_feed else ""
@@ -90,6 +94,7 @@ class Stores:
                 wait_timeout_ms=wait_timeout_ms,
                 status_pipe=status_pipe,
                 history_retention=history_retention,
+                webhooks_ttl=webhooks_ttl,
             ),
             devices=DeviceStore(redis, keys),
             push_log=PushLog(redis, keys, retention=retention, ops_channel=ops_channel, pipe=status_pipe),
@@ -102,4 +107,5 @@ class Stores:
             epoch=EpochStore(redis, keys),
             history=HistoryStore(redis, keys, retention=history_retention),
             availability=AvailabilityStore(redis, keys),
+            webhooks=WebhookOutbox(redis, keys, ttl=webhooks_ttl),
         )

@@ -30,6 +30,11 @@ tag: the keys one script or MULTI touches share it, so each touches one slot
 | `{rt:<n>}:ring_deadlines` | zset: call_id by ring deadline (ms), bucket n = crc32(call_id) % 16 | bucket | stores/calls.py | none (entries leave when the call stops ringing, or the timeout fires) |
 | `{rt:<n>}:lease` | string: the node working bucket n now | bucket | stores/calls.py | one tick (RingTimeouts' interval) |
 | `{ci:<n>}:calls` | zset: call_id by creation (ms), operators' index, bucket n as above | bucket | stores/calls.py, stores/ops.py | none (trimmed past the longest call's life on each creation) |
+| `{c:<call_id>}:webhooks` | list: the call's webhook events (JSON), appended by the script that changes the call | call | lua/ (create_call, transition, call_event, webhook_event) | 2 days from the last event (deliveries retry for up to 24 h) |
+| `{c:<call_id>}:webhook_sent` | hash: per webhook URL (its hash) how many events it has, its failures, next attempt | call | stores/webhooks.py | as the outbox |
+| `{c:<call_id>}:webhook_lock` | string: the node delivering this call's events now (one at a time: in order) | call | stores/webhooks.py | the delivery lease |
+| `{wd:<n>}:webhooks_due` | zset: call_id by when its events are due (ms), bucket n as above; a claimed call's score is its lease | bucket | lua/, stores/webhooks.py | none (a call leaves once final and every event delivered) |
+| `webhook_failures` | hash: webhook URL (its hash) -> JSON: failing since, last error, for /ops | itself | stores/webhooks.py | none (an entry goes on the URL's next success) |
 | `sip_nonce:<nonce>` | string: the highest digest nonce count accepted | itself | stores/nonces.py | SIP_NONCE_TTL |
 | `ops_ticket:<sha256>` | string: an operator's one-use live-feed ticket | itself | stores/ops.py | VOIP_OPS_TICKET_TTL |
 | `epoch` | string: the deployment epoch, written once | itself | stores/epoch.py | none |
@@ -266,6 +271,25 @@ class KeyLayout:
 
     def cancel_claims(self, call_id: str) -> str:
         return f"{self.prefix}{{c:{call_id}}}:cancel_claims"
+
+    def webhooks(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:webhooks"
+
+    def webhook_sent(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:webhook_sent"
+
+    def webhook_lock(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:webhook_lock"
+
+    def webhooks_due_bucket(self, bucket: int) -> str:
+        return f"{self.prefix}{{wd:{bucket}}}:webhooks_due"
+
+    def webhooks_due(self, call_id: str) -> str:
+        """The bucket of the webhook due index that holds this call."""
+        return self.webhooks_due_bucket(bucket_of(call_id))
+
+    def webhook_failures(self) -> str:
+        return f"{self.prefix}webhook_failures"
 
     def devices(self, user_id: str) -> str:
         return f"{self.prefix}{{u:{user_id}}}:devices"

@@ -190,12 +190,24 @@ function renderSummary(summary) {
   $("delay-figures").textContent = delay.count
     ? `p50 ${seconds(delay.p50)} · p95 ${seconds(delay.p95)}` : "";
   renderRedis(summary.redis);
+  renderWebhooks(summary.webhooks);
   $("late-checks").textContent = String(summary.late_pushes_caught.status_checks);
   const lateCalls = summary.late_pushes_caught.calls;
   $("late-calls").textContent = `${lateCalls} call${lateCalls === 1 ? "" : "s"}`;
   $("window").textContent = `last ${Math.round((summary.until - summary.since) / 60000)} min` +
     (summary.truncated ? ` (newest ${summary.calls})` : "");
   refreshSimulator();
+}
+
+function renderWebhooks(webhooks) {
+  $("webhooks-failing").textContent = webhooks.urls ? String(webhooks.failing.length) : "off";
+  $("webhooks-backlog").textContent = webhooks.urls
+    ? `· ${webhooks.calls_due} call${webhooks.calls_due === 1 ? "" : "s"} due of ${webhooks.calls_filed} filed` : "";
+  $("webhooks-failures").replaceChildren(...webhooks.failing.map((f) => {
+    const item = document.createElement("li");
+    item.textContent = `${f.url}: ${f.error} since ${new Date(f.failing_since).toISOString()}`;
+    return item;
+  }));
 }
 
 // ---- the bundled APNs simulator ----------------------------------------------------
