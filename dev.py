@@ -110,7 +110,7 @@ def run_environment(environ: dict[str, str]) -> dict[str, str]:
     since SIP peers are half of the product. Anything set explicitly wins."""
     env = dict(environ)
     env.setdefault("VOIP_BANNER", "on")
-    embedded = not any(env.get(name) for name in ("REDIS_URL", "APNS_KEY_FILE", "VOIP_CONFIG"))
+    embedded = not any(env.get(name) for name in ("REDIS_URL", "APNS_KEY_FILE", "APNS_APPS", "VOIP_CONFIG"))
     if embedded and "SIP_ENABLED" not in env:
         env["SIP_ENABLED"] = "true"
         env.setdefault("SIP_PORT", "0")

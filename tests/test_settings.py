@@ -316,3 +316,99 @@ def test_fcm_project_and_endpoint_only_with_a_key(monkeypatch: pytest.MonkeyPatc
     )
     monkeypatch.delenv("FCM_PROJECT_ID")
     assert failure(monkeypatch, FCM_ENDPOINT="http://127.0.0.1:1").startswith("FCM_ENDPOINT: only with")
+
+
+# Several iOS apps (issue 14, item 6): APNS_APPS, a table keyed by bundle id.
+
+
+def _p8(path: Path) -> str:
+    from apnsim import generate_signing_key
+
+    path.write_text(generate_signing_key("TEAMAPPS01", "KEYAPPS001").private_pem)
+    return str(path)
+
+
+def test_apns_apps_from_the_environment_and_from_a_toml_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from voip.settings import apns_app_table, default_app
+
+    alpha, beta = _p8(tmp_path / "alpha.p8"), _p8(tmp_path / "beta.p8")
+    config = tmp_path / "voip.toml"
+    config.write_text(
+        f'[apns_apps."com.example.alpha"]\nkey_file = "{alpha}"\nkey_id = "KEYALPHA01"\nteam_id = "TEAMALPHA1"\n'
+    )
+    monkeypatch.setenv("VOIP_CONFIG", str(config))
+    from_file = load_settings()
+    assert list(apns_app_table(from_file)) == ["com.example.alpha"]
+    assert apns_app_table(from_file)["com.example.alpha"].key_id == "KEYALPHA01"
+    assert default_app(from_file) == "com.example.alpha"  # the only app serves devices that name none
+
+    both = {
+        name: {"key_file": path, "key_id": f"KEY{n}", "team_id": "TEAM1"}
+        for n, (name, path) in enumerate([("com.example.alpha", alpha), ("com.example.beta", beta)])
+    }
+    # The environment's table is merged into the file's, app by app: its entry for an app wins.
+    monkeypatch.setenv("APNS_APPS", json.dumps(both))
+    settings = load_settings()
+    assert sorted(apns_app_table(settings)) == ["com.example.alpha", "com.example.beta"]
+    assert apns_app_table(settings)["com.example.alpha"].key_id == "KEY0"
+    assert default_app(settings) is None  # two apps, neither is APNS_BUNDLE_ID
+
+    # The single-app settings are one more app, and APNS_BUNDLE_ID is then the default.
+    monkeypatch.delenv("VOIP_CONFIG")
+    monkeypatch.setenv("APNS_KEY_FILE", alpha)
+    monkeypatch.setenv("APNS_KEY_ID", "KEYSINGLE1")
+    monkeypatch.setenv("APNS_TEAM_ID", "TEAMSINGLE")
+    monkeypatch.setenv("APNS_APPS", json.dumps({"com.example.beta": both["com.example.beta"]}))
+    single = load_settings()
+    assert sorted(apns_app_table(single)) == ["com.example.beta", "com.example.caller"]
+    assert apns_app_table(single)["com.example.caller"].key_id == "KEYSINGLE1"
+    assert default_app(single) == "com.example.caller"
+
+
+@pytest.mark.parametrize(
+    ("apps", "says"),
+    [
+        (
+            {"com.example.alpha": {"key_id": "K1", "team_id": "T1"}},
+            "APNS_APPS (apns_apps): com.example.alpha: key_file",
+        ),
+        (
+            {"com.example.alpha": {"key_file": "KEY", "team_id": "T1"}},
+            "APNS_APPS (apns_apps): com.example.alpha: key_id",
+        ),
+        (
+            {"com.example.alpha": {"key_file": "KEY", "key_id": "K1"}},
+            "APNS_APPS (apns_apps): com.example.alpha: team_id",
+        ),
+        ({"com.example.alpha": {"key_file": "KEY", "key_id": "K 1", "team_id": "T1"}}, "com.example.alpha: key_id"),
+        ({"com.example.alpha": {"key_file": "KEY", "key_id": "K1", "team_id": "T1", "topic": "x"}}, "topic"),
+        ({"nodots": {"key_file": "KEY", "key_id": "K1", "team_id": "T1"}}, "APNS_APPS: not a bundle id: 'nodots'"),
+        ({"com.example.caller": {"key_file": "KEY", "key_id": "K1", "team_id": "T1"}}, "APNS_BUNDLE_ID's app"),
+        ({"com.example.alpha": {"key_file": "/nonexistent/k.p8", "key_id": "K1", "team_id": "T1"}}, "not a readable"),
+        ({"com.example.alpha": {"key_file": "NOTKEY", "key_id": "K1", "team_id": "T1"}}, "not a PEM P-256 private key"),
+        (["com.example.alpha"], "APNS_APPS (apns_apps): Input should be a valid dictionary"),
+    ],
+)
+def test_each_bad_app_is_one_line_naming_apns_apps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, apps: object, says: str
+) -> None:
+    key, not_key = _p8(tmp_path / "key.p8"), tmp_path / "notkey.p8"
+    not_key.write_text("-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWJ5dGVz\n-----END PRIVATE KEY-----\n")
+    raw = json.dumps(apps).replace('"KEY"', json.dumps(key)).replace('"NOTKEY"', json.dumps(str(not_key)))
+    env = {"APNS_APPS": raw}
+    if "APNS_BUNDLE_ID" in says:
+        env |= {"APNS_KEY_FILE": key, "APNS_KEY_ID": "K0", "APNS_TEAM_ID": "T0"}
+    message = failure(monkeypatch, **env)
+    assert message.startswith("APNS_APPS") and says in message, message
+    assert "c2VjcmV0" not in message and "PRIVATE KEY" not in message  # a key's bytes are never echoed
+
+
+def test_production_starts_with_apns_apps_instead_of_apns_key_file(
+    monkeypatch: pytest.MonkeyPatch, production: dict[str, str], tmp_path: Path
+) -> None:
+    monkeypatch.delenv("APNS_KEY_FILE")
+    key = _p8(tmp_path / "alpha.p8")
+    monkeypatch.setenv(
+        "APNS_APPS", json.dumps({"com.example.alpha": {"key_file": key, "key_id": "K1", "team_id": "T1"}})
+    )
+    assert load_settings().apns_apps["com.example.alpha"].key_file == key

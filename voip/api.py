@@ -130,6 +130,13 @@ async def put_device(request: Request) -> Response:
     device_id = device_id_of(request)
     body: DeviceIn = await json_body(request, DeviceIn)
     node = node_of(request)
+    if body.platform == "ios" and node.apps is not None and not node.apps.serves(body.bundle_id):
+        # Pushes to it could only fail (no key for its topic): refused now, not at its first call.
+        if body.bundle_id is None:
+            message = "bundle_id: needed, this service serves several iOS apps"
+        else:
+            message = f"bundle_id: {body.bundle_id} is not an app this service has APNs credentials for"
+        raise ApiError(422, "unknown_app", message, bundle_id=body.bundle_id)
     now = int(time.time() * 1000)
     previous = await node.stores.devices.get(principal.user_id, device_id)
     record = register(

@@ -40,9 +40,10 @@ def text(node: Node, base_url: str, private_redis: bool) -> str:
             f'                 "APNs simulator", or {base_url}/v1/ops/simulator/pushes',
         ]
     else:
+        apps = node.apps.configured if node.apps is not None else [node.settings.apns_bundle_id]
         lines.append(
             f"  Pushes         to APNs ({node.settings.apns_endpoint or 'Apple'}), topic "
-            f"{node.settings.apns_bundle_id}.voip"
+            + ", ".join(f"{bundle}.voip" for bundle in apps)
         )
     if node.fcm_simulator is not None:
         lines += [

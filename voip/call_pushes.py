@@ -264,8 +264,8 @@ class CallPushes:
         user_id = user_id or call.callee_user
         kind = push.kind.value
         result = await self.notifier.notify(push)
-        metrics.PUSHES.labels(result.platform, kind, result.outcome.value, result.reason or "").inc()
-        metrics.PUSH_LATENCY.labels(result.platform, kind).observe(result.latency_ms / 1000)
+        metrics.PUSHES.labels(result.platform, result.app, kind, result.outcome.value, result.reason or "").inc()
+        metrics.PUSH_LATENCY.labels(result.platform, result.app, kind).observe(result.latency_ms / 1000)
         entry: dict[str, Any] = {
             "at": self.clock.now_ms(),
             "event": "push",

@@ -313,6 +313,7 @@ def demo_settings(redis_url: str, port: int) -> Settings:
         ring_timeout=RING_TIMEOUT,
         # The story needs the bundled simulator, whatever the environment configures.
         apns_key_file="",
+        apns_apps={},
         apns_endpoint="",
         apns_ca_file="",
         fcm_credentials_file="",

@@ -60,15 +60,17 @@ DELIVERY_LOG_DROPPED = Counter(
     '"delivered" timeline entries never written: queue_full (Redis away too long), unwritten (retries ran out)',
     ["reason"],
 )
+# `app`: whose credentials sent the push, the iOS bundle id (one per configured app, or
+# per bundle registered under the bundled simulator) or the FCM project.
 PUSHES = Counter(
     "voip_pushes_total",
-    "Pushes by platform (ios: APNs, android: FCM), kind, outcome and the service's reason",
-    ["platform", "kind", "outcome", "reason"],
+    "Pushes by platform (ios: APNs, android: FCM), app (bundle id, FCM project), kind, outcome and reason",
+    ["platform", "app", "kind", "outcome", "reason"],
 )
 PUSH_LATENCY = Histogram(
     "voip_push_seconds",
     "From handing a push to the sender to the push service's final answer",
-    ["platform", "kind"],
+    ["platform", "app", "kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SIP_MESSAGES = Counter(

@@ -29,11 +29,11 @@ from voip.ice_servers import IceServers, parse_uris
 from voip.log_throttle import RepeatedLog
 from voip.ops.feed import OpsFeed
 from voip.presence import Presence
-from voip.push import APNsConfig, APNsNotifier, FCMConfig, FCMNotifier, Notifier, PlatformNotifiers
+from voip.push import APNsApps, APNsConfig, APNsNotifier, FCMConfig, FCMNotifier, Notifier, PlatformNotifiers
 from voip.push.fcm import GOOGLE_ENDPOINT
 from voip.redis_conn import RedisConnections
 from voip.redis_pipe import StatusPipe
-from voip.settings import Settings, webhook_url_list
+from voip.settings import Settings, apns_app_table, default_app, webhook_url_list
 from voip.sipcalls import SipConfig, SipGateway
 from voip.stores import Stores
 from voip.webhooks.delivery import WebhookDelivery
@@ -86,6 +86,7 @@ class Node:
         apns_simulator: APNsSimulator | None,
         fcm_simulator: FCMSimulator | None,
         notifier: Notifier,
+        apps: APNsApps | None,
         pushes: CallPushes,
         controller: CallController,
         sip: SipGateway | None,
@@ -112,6 +113,9 @@ class Node:
         # Set only without FCM credentials (outside production): Android pushes go here.
         self.fcm_simulator = fcm_simulator
         self.notifier = notifier
+        # The iOS apps this node pushes to, by bundle id; `None`: a notifier given in
+        # NodeParts, which serves whatever bundle a device registers.
+        self.apps = apps
         self.pushes = pushes
         self.controller = controller
         # SIP calls are served by the same process as HTTP and WebSocket (SIP_ENABLED).
@@ -179,13 +183,14 @@ class Node:
         apns_simulator: APNsSimulator | None = None
         fcm_simulator: FCMSimulator | None = None
         notifier: Notifier
+        apps: APNsApps | None = None
         if parts.notifier is not None:
             notifier = parts.notifier
         else:
-            if not settings.apns_key_file:
+            if not apns_app_table(settings):
                 apns_simulator = await _start_simulator()
-            apns = APNsNotifier(_apns_config(settings, apns_simulator))
-            # Readiness: a warm connection to APNs in each environment.
+            apns = apps = _apns_apps(settings, apns_simulator)
+            # Readiness: a warm connection to APNs in each environment, for every app.
             checks["apns"] = apns.connect
             platforms: dict[str, Notifier] = {"ios": apns}
             fcm_config: FCMConfig | None = None
@@ -229,7 +234,7 @@ class Node:
             pushes=pushes,
             clock=parts.clock,
             node=settings.node_id,
-            outbound=partial(_sip_gateway, settings, stores, bus, deliveries) if settings.sip_enabled else None,
+            outbound=partial(_sip_gateway, settings, stores, bus, deliveries, apps) if settings.sip_enabled else None,
             ring_timeout=settings.ring_timeout,
             max_ringing_per_callee=settings.max_ringing_per_callee,
             calls_per_callee_per_minute=settings.calls_per_callee_per_minute,
@@ -249,6 +254,7 @@ class Node:
             apns_simulator=apns_simulator,
             fcm_simulator=fcm_simulator,
             notifier=notifier,
+            apps=apps,
             pushes=pushes,
             controller=controller,
             sip=sip,
@@ -350,7 +356,12 @@ class Node:
 
 
 def _sip_gateway(
-    settings: Settings, stores: Stores, bus: Bus, deliveries: DeliveryLog, controller: CallController
+    settings: Settings,
+    stores: Stores,
+    bus: Bus,
+    deliveries: DeliveryLog,
+    apps: APNsApps | None,
+    controller: CallController,
 ) -> SipGateway:
     return SipGateway(
         SipConfig.from_settings(settings),
@@ -360,6 +371,7 @@ def _sip_gateway(
         node_id=settings.node_id,
         timeline=deliveries,
         max_devices=settings.max_devices_per_user,
+        serves_app=apps.serves if apps is not None else None,
     )
 
 
@@ -371,7 +383,7 @@ async def _start_simulator() -> APNsSimulator:
     log.warning(
         "apns.simulator",
         endpoint=simulator.endpoint,
-        note="no APNS_KEY_FILE: VoIP pushes go to the bundled APNs simulator",
+        note="no APNS_KEY_FILE or APNS_APPS: VoIP pushes go to the bundled APNs simulator",
     )
     return simulator
 
@@ -406,22 +418,33 @@ def _fcm_config(settings: Settings) -> FCMConfig:
     )
 
 
-def _apns_config(settings: Settings, simulator: APNsSimulator | None) -> APNsConfig:
+def _apns_apps(settings: Settings, simulator: APNsSimulator | None) -> APNsApps:
+    """One notifier per app of the settings (its own key, provider tokens, connections);
+    with the bundled simulator, one that serves every bundle (its key may push to any)."""
     if simulator is None:
-        return APNsConfig(
-            bundle_id=settings.apns_bundle_id,
-            key_id=settings.apns_key_id,
-            team_id=settings.apns_team_id,
-            key_file=settings.apns_key_file,
-            endpoint=settings.apns_endpoint or None,
-            ca_file=settings.apns_ca_file or None,
-        )
+        notifiers = {
+            bundle_id: APNsNotifier(
+                APNsConfig(
+                    bundle_id=bundle_id,
+                    key_id=app.key_id,
+                    team_id=app.team_id,
+                    key_file=app.key_file,
+                    endpoint=settings.apns_endpoint or None,
+                    ca_file=settings.apns_ca_file or None,
+                )
+            )
+            for bundle_id, app in apns_app_table(settings).items()
+        }
+        return APNsApps(notifiers, default=default_app(settings))
     key = simulator.create_key(SIMULATOR_TEAM_ID, SIMULATOR_KEY_ID)
-    return APNsConfig(
-        bundle_id=settings.apns_bundle_id,
-        key_id=key.key_id,
-        team_id=key.team_id,
-        key_pem=key.private_pem,
-        endpoint=simulator.endpoint,
-        ca_file=str(simulator.ca_file),
+    embedded = APNsNotifier(
+        APNsConfig(
+            bundle_id=settings.apns_bundle_id,
+            key_id=key.key_id,
+            team_id=key.team_id,
+            key_pem=key.private_pem,
+            endpoint=simulator.endpoint,
+            ca_file=str(simulator.ca_file),
+        )
     )
+    return APNsApps({}, default=settings.apns_bundle_id, any_app=embedded)

@@ -34,6 +34,9 @@ class Error(BaseModel):
     message: str
     detail: list[FieldError] | None = None
     retry_after: int | None = Field(None, description="With 503 `unavailable`: seconds to wait, as in `Retry-After`")
+    bundle_id: str | None = Field(
+        None, description="With 422 `unknown_app`: the bundle id refused (null: none given, and several apps served)"
+    )
 
 
 class Device(BaseModel):
@@ -280,7 +283,12 @@ def _paths() -> dict[str, Any]:
                     "401": UNAUTHORIZED,
                     "403": FORBIDDEN_DEVICE,
                     "413": _error("Body over 16 KiB"),
-                    "422": INVALID,
+                    "422": _error(
+                        "`validation_error`: the body is invalid, `detail` names the fields. `unknown_app`: "
+                        "an iOS device whose `bundle_id` is not an app this service has APNs credentials for "
+                        "(APNS_APPS, APNS_BUNDLE_ID), or none given when it serves several; without credentials "
+                        "(the bundled simulator) every bundle is served"
+                    ),
                     "503": UNAVAILABLE,
                 },
             },

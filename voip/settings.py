@@ -11,7 +11,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,18 @@ from voip.ice_servers import MIN_SECRET_BYTES, parse_uris
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_FILE = CONFIG_DIR / "default.toml"
 DEV_SECRET_FILE = Path(".voip") / "dev-secret"
+# An iOS bundle id (reverse DNS): APNS_BUNDLE_ID and the keys of APNS_APPS.
+BUNDLE_ID = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+class APNsApp(BaseModel):
+    """One iOS app's APNs token-auth key: an entry of APNS_APPS, keyed by its bundle id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_file: str = Field(min_length=1)
+    key_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$")
+    team_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$")
 
 
 def _env(*names: str) -> AliasChoices:
@@ -71,6 +83,9 @@ class Settings(BaseSettings):
         "", pattern=r"^$|^[^:\s]+:\d{1,5}$", validation_alias=_env("apns_endpoint", "APNS_ENDPOINT")
     )
     apns_ca_file: str = Field("", validation_alias=_env("apns_ca_file", "APNS_CA_FILE"))
+    # Several iOS apps (issue 14, item 6; docs/push.md#several-apps): bundle id -> its key.
+    # APNS_KEY_FILE (with APNS_BUNDLE_ID) is one more app of the same table.
+    apns_apps: dict[str, APNsApp] = Field({}, max_length=256, validation_alias=_env("apns_apps", "APNS_APPS"))
     # Android over FCM HTTP v1 (voip/push/fcm.py, docs/push.md#android-fcm)
     fcm_credentials_file: str = Field("", validation_alias=_env("fcm_credentials_file", "FCM_CREDENTIALS_FILE"))
     fcm_project_id: str = Field(
@@ -229,6 +244,7 @@ class Settings(BaseSettings):
                 raise ValueError("APNS_KEY_ID, APNS_TEAM_ID: both are needed with APNS_KEY_FILE")
         if self.apns_ca_file and not Path(self.apns_ca_file).is_file():
             raise ValueError(f"APNS_CA_FILE: no such file: {self.apns_ca_file}")
+        _check_apns_apps(self)
         _check_fcm(self)
         _check_sip_tls(self)
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
@@ -252,8 +268,8 @@ class Settings(BaseSettings):
         _check_app_backend(self)
         _check_turn(self)
         if self.environment == "production":
-            if not self.apns_key_file:
-                raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8)")
+            if not (self.apns_key_file or self.apns_apps):
+                raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8), or APNS_APPS")
             if not self.public_url:
                 raise ValueError("VOIP_PUBLIC_URL: production needs the URL apps reach this service at")
             if len(self.jwt_secret.encode()) < 32:
@@ -321,6 +337,53 @@ def sentinel_addresses(value: str) -> list[tuple[str, int]]:
             raise ValueError(f"not host:port: {entry!r}")
         addresses.append((host.removeprefix("[").removesuffix("]"), int(port)))
     return addresses
+
+
+def apns_app_table(settings: Settings) -> dict[str, APNsApp]:
+    """Every iOS app this node pushes to with credentials of its own, by bundle id:
+    APNS_KEY_FILE's (as APNS_BUNDLE_ID) and APNS_APPS's. Empty: no credentials, the bundled
+    simulator serves every bundle."""
+    table: dict[str, APNsApp] = {}
+    if settings.apns_key_file:
+        table[settings.apns_bundle_id] = APNsApp(
+            key_file=settings.apns_key_file, key_id=settings.apns_key_id, team_id=settings.apns_team_id
+        )
+    return table | settings.apns_apps
+
+
+def default_app(settings: Settings) -> str | None:
+    """The app of a device that registered no bundle id (and of the calls stored before
+    apps had one): APNS_BUNDLE_ID when this node serves it, else the only app, else none."""
+    table = apns_app_table(settings)
+    if not table or settings.apns_bundle_id in table:
+        return settings.apns_bundle_id
+    return next(iter(table)) if len(table) == 1 else None
+
+
+def _check_apns_apps(settings: Settings) -> None:
+    """Each app of APNS_APPS: a bundle id, a readable P-256 key, not APNS_KEY_FILE's app again."""
+    for bundle_id, app in settings.apns_apps.items():
+        if not BUNDLE_ID.match(bundle_id) or len(bundle_id) > 155:
+            raise ValueError(f"APNS_APPS: not a bundle id: {bundle_id!r}")
+        if settings.apns_key_file and bundle_id == settings.apns_bundle_id:
+            raise ValueError(f"APNS_APPS: {bundle_id} is APNS_BUNDLE_ID's app already (APNS_KEY_FILE); name it once")
+        path = Path(app.key_file)
+        if not (path.is_file() and os.access(path, os.R_OK)):
+            raise ValueError(f"APNS_APPS: {bundle_id}: key_file: not a readable file: {path}")
+        if not _is_p256_private_key(path.read_bytes()):
+            # Never the file's bytes: it is a secret.
+            raise ValueError(f"APNS_APPS: {bundle_id}: key_file: not a PEM P-256 private key (an APNs .p8): {path}")
+
+
+def _is_p256_private_key(pem: bytes) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
 
 
 def _check_fcm(settings: Settings) -> None:
@@ -515,6 +578,9 @@ def _one_line(exc: ValidationError) -> str:
     alias = field.validation_alias
     assert isinstance(alias, AliasChoices)  # every setting is declared with _env()
     env_name = alias.choices[-1]
+    if name == "apns_apps" and len(error["loc"]) > 1:  # inside the table: which app, which field
+        where = ": ".join(str(part) for part in error["loc"][1:])
+        return f"{env_name} ({name}): {where}: {message}"
     shown = "" if not field.repr else f" (got {error.get('input')!r})"  # secrets are never echoed
     return f"{env_name} ({name}): {message}{shown}"
 

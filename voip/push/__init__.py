@@ -1,7 +1,8 @@
 """Push delivery for calls: the `Notifier` interface, its APNs and FCM implementations,
-and the router between them by device platform."""
+the router between them by device platform, and the one between iOS apps by bundle id."""
 
 from voip.push.apns import APNsConfig, APNsNotifier, APNsSender
+from voip.push.apps import APNsApps
 from voip.push.fcm import FCMConfig, FCMNotifier
 from voip.push.interface import (
     Caller,
@@ -27,6 +28,7 @@ from voip.push.platforms import PlatformNotifiers
 
 __all__ = [
     "PAYLOAD_LIMITS",
+    "APNsApps",
     "APNsConfig",
     "APNsNotifier",
     "APNsSender",

@@ -188,6 +188,7 @@ class FCMNotifier:
                 platform=PLATFORM,
                 message_id=message_id,
                 token_field="fcm_token",
+                app=self.config.project_id,
             )
 
         size = sum(len(k.encode()) + len(v.encode()) for k, v in request.data.items())

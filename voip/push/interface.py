@@ -146,6 +146,8 @@ class PushResult:
     """FCM: the message's name (`projects/<p>/messages/<id>`) once accepted."""
     token_field: str = "voip_token"
     """The device record's field that holds `device_token` (`fcm_token` on Android)."""
+    app: str = ""
+    """Which app's credentials sent it (metrics' `app`): the iOS bundle id, the FCM project."""
 
 
 class Notifier(Protocol):

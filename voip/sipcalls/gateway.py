@@ -5,6 +5,7 @@ See docs/sip-gateway.md."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -45,8 +46,11 @@ class SipGateway(TransactionUser):
         node_id: str,
         timeline: DeliveryLog,
         max_devices: int = 10,
+        serves_app: Callable[[str], bool] | None = None,
     ) -> None:
-        """`timeline`: the node's batched timeline writer, where the legs' notes go."""
+        """`timeline`: the node's batched timeline writer, where the legs' notes go.
+        `serves_app`: whether pushes can reach an iOS bundle id (RFC 8599 `pn-param`);
+        `None`: any."""
         self.config = config
         self.stores = stores
         self.controller = controller
@@ -79,6 +83,7 @@ class SipGateway(TransactionUser):
             self.tasks,
             node_id=node_id,
             max_devices=max_devices,
+            serves_app=serves_app,
             on_frame=self._phone_frame,
             on_bound=self._phone_bound,
         )

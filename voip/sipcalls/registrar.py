@@ -109,6 +109,7 @@ class Registrar:
         max_devices: int,
         on_frame: FrameHandler,
         on_bound: BoundHandler,
+        serves_app: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         self.endpoint = endpoint
@@ -118,6 +119,8 @@ class Registrar:
         self.bus = bus
         self.node_id = node_id
         self.max_devices = max_devices
+        # The iOS apps pushes can reach (APNS_APPS); None: any (the bundled simulator).
+        self.serves_app = serves_app
         self.on_frame = on_frame
         self.on_bound = on_bound
         self.digest = DigestServer(
@@ -231,6 +234,13 @@ class Registrar:
                 self.endpoint.reply(
                     event, 423, to_tag=generate_tag(), headers=[("Min-Expires", str(self.config.min_expires))]
                 )
+                return
+            push = push_target(contact) if expires and self.serves_app is not None else None
+            if push is not None and self.serves_app is not None and not self.serves_app(push.bundle_id):
+                # RFC 8599 §5: a push service the registrar cannot use. Like PUT /v1/devices'
+                # 422 unknown_app: a phone registered for an app with no key would never ring.
+                log.info("sip.register_unknown_app", user=user, bundle_id=push.bundle_id)
+                self.endpoint.reply(event, 555, "Push Notification Service Not Supported", to_tag=generate_tag())
                 return
         for contact in contacts:
             expires = min(_int(contact.params.get("expires"), default), self.config.max_expires)
