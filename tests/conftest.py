@@ -63,6 +63,10 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
 
 SECRET = "test-secret-" + "x" * 32
 BUNDLE = "com.example.caller"
+# A node closes a connection idle for VOIP_HTTP_KEEP_ALIVE (5 s); httpx keeps one for 5 s
+# too. A request that reuses a connection just as the node closes it fails with ReadError,
+# so test clients let theirs go well before the node does.
+CLIENT_LIMITS = httpx.Limits(keepalive_expiry=1.0)
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +205,7 @@ class RunningNode:
         return self.base_url.replace("http://", "ws://") + "/v1/ws"
 
     def http(self) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(base_url=self.base_url, timeout=10)
+        client = httpx.AsyncClient(base_url=self.base_url, timeout=10, limits=CLIENT_LIMITS)
         self.clients.append(client)
         return client
 
