@@ -32,7 +32,11 @@ SYSTEM_TOOLS = {
     "haproxy": "haproxy",
     "kamailio": "kamailio",
     "redis-sentinel": "redis-sentinel",
+    "turnserver": "coturn",
+    "npm": "npm",
 }
+# npm packages the browser tests load (JsSIP and esbuild), pinned by package-lock.json.
+BROWSER_PACKAGES = ROOT / "tests" / "browser"
 
 
 def say(message: str) -> None:
@@ -74,6 +78,25 @@ def ensure_system_tools() -> None:
     )
 
 
+def ensure_browser_packages(project: Path = BROWSER_PACKAGES) -> None:
+    """`npm ci` once per package-lock.json: when node_modules already matches the lock,
+    nothing runs, so the tests work offline; otherwise npm takes its cache first."""
+    lock = project / "package-lock.json"
+    stamp = project / "node_modules" / ".installed"
+    wanted = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    say(f"installing the npm packages of {project} (npm ci)")
+    subprocess.run(
+        ["npm", "ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=project,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    stamp.parent.mkdir(exist_ok=True)  # a lock with no packages leaves none
+    stamp.write_text(wanted)
+
+
 def lint(ruff: Path, root: Path) -> int:
     """Both checks run, so one report shows every finding; the exit status is 1 if either failed."""
     checked = subprocess.run([str(ruff), "check"], cwd=root).returncode
@@ -87,7 +110,7 @@ def run_environment(environ: dict[str, str]) -> dict[str, str]:
     since SIP peers are half of the product. Anything set explicitly wins."""
     env = dict(environ)
     env.setdefault("VOIP_BANNER", "on")
-    embedded = not any(env.get(name) for name in ("REDIS_URL", "APNS_KEY_FILE", "VOIP_CONFIG"))
+    embedded = not any(env.get(name) for name in ("REDIS_URL", "APNS_KEY_FILE", "APNS_APPS", "VOIP_CONFIG"))
     if embedded and "SIP_ENABLED" not in env:
         env["SIP_ENABLED"] = "true"
         env.setdefault("SIP_PORT", "0")
@@ -107,6 +130,7 @@ def main() -> None:
     if command == "lint":
         raise SystemExit(lint(VENV / "bin" / "ruff", ROOT))
     ensure_system_tools()
+    ensure_browser_packages()
     os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])
 
 

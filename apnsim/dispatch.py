@@ -82,7 +82,7 @@ class Dispatcher:
         if fault is not None and fault.kind == FaultKind.REJECT:
             answer = self._answer_fault(fault)
         else:
-            answer = self._process(connection, stream, record.apns_id)
+            answer = self._process(connection, stream, record)
         self._send(connection, stream.stream_id, record, answer)
 
         if fault is not None and fault.kind == FaultKind.GOAWAY:
@@ -111,8 +111,9 @@ class Dispatcher:
         if connection.respond(stream_id, answer.status, headers, body):
             self._sim.log.answered(record, answer.status, answer.reason, answer.timestamp_ms, self._sim.clock())
 
-    def _process(self, connection: APNsConnection, stream: IncomingStream, apns_id: str) -> Answer:
+    def _process(self, connection: APNsConnection, stream: IncomingStream, record: RecordedRequest) -> Answer:
         sim = self._sim
+        apns_id = record.apns_id
         headers = stream.regular_headers
 
         route = validation.check_route(stream.pseudo(":method"), stream.pseudo(":path"))
@@ -133,6 +134,7 @@ class Dispatcher:
         verified = connection.info.auth.admit(jwt_text.strip(), sim.keyring, sim.clock(), sim.token_update_interval)
         if isinstance(verified, Reason):
             return Answer.of(verified)
+        record.key_id, record.team_id = verified.key.key_id, verified.key.team_id
         connection.allow_full_concurrency()
 
         checked = validation.check_headers(headers)

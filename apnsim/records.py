@@ -25,6 +25,9 @@ class RecordedRequest:
     apns_id: str
     """As echoed in the response: the client's, or the one the simulator generated."""
     fault: Fault | None = None
+    key_id: str | None = None
+    """The provider key that signed the request's token, once verified."""
+    team_id: str | None = None
     status: int | None = None
     reason: str | None = None
     timestamp_ms: int | None = None

@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--sip`, `--app-calls`, `--sockets`,
-`--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`): every figure printed next to its
+"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--fcm`, `--sip`, `--app-calls`,
+`--sockets`, `--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`, `--webhooks`): every figure printed next to its
 baseline from the same run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -70,8 +70,16 @@ def main() -> None:
         action="store_true",
         help="app-to-app calls over WebSocket: node CPU per call vs a bare echo (bench/app_calls.py)",
     )
+    parser.add_argument(
+        "--fcm", action="store_true", help="only FCM sends: our sender vs bare httpx on fcmsim (bench/fcm.py)"
+    )
     parser.add_argument("--sip", action="store_true", help="only the SIP gateway bench under sipp (bench/sip.py)")
     parser.add_argument("--ops", action="store_true", help="only the ops live feed bench (bench/ops.py)")
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="node CPU per call with call-event webhooks on and off (bench/webhooks.py)",
+    )
     parser.add_argument(
         "--wait", action="store_true", help="only what WAIT 1 costs call creation (bench/redis_wait.py)"
     )
@@ -148,10 +156,18 @@ def main() -> None:
         from bench import redis_wait
 
         return redis_wait.main()
+    if args.webhooks:
+        from bench import webhooks
+
+        return webhooks.main(quick=args.quick)
     if args.ops:
         from bench import ops
 
         return ops.main(quick=args.quick)
+    if args.fcm:
+        from bench import fcm
+
+        return fcm.main(quick=args.quick)
     if args.push:
         from bench import push
 

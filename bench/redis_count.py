@@ -23,7 +23,7 @@ latency pays, and docs/benchmarks.md reads the goal of at most 3 against them.
 Counting is off until `POST /bench/redis-round-trips?on=1` (which also resets the tally), so
 the throughput runs pay nothing for it; `GET` returns `{"on", "total", "kinds", "waits",
 "work"}`: writes by kind, waits by piece of work (or by kind, outside one), and how many of
-each piece of work finished.
+each piece of work began (counted at its first write, as its waits are).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class RoundTrips:
         self.on = False
         self.kinds: Counter[str] = Counter()  # writes, by kind
         self.waits: Counter[str] = Counter()  # by piece of work, or by kind outside one
-        self.work: Counter[str] = Counter()  # pieces of work finished
+        self.work: Counter[str] = Counter()  # pieces of work begun (their first write)
         # The step each connection's last write was, while its replies are read.
         self._steps: dict[int, int] = {}
 
@@ -120,6 +120,11 @@ class RoundTrips:
         if chain is None or chain.done:
             self.waits[kind] += 1
             return None
+        if chain.deepest == 0:
+            # A piece of work is counted at its first write, as its waits are at theirs: a
+            # window's edge that falls inside it (a claim tick begun before the window
+            # opened, or still waiting when it is read) splits work and waits alike.
+            self.work[chain.work] += 1
         step, deeper = chain.wrote()
         if deeper:
             self.waits[chain.work] += 1
@@ -138,8 +143,6 @@ class RoundTrips:
 
     def finished(self, chain: Chain) -> None:
         chain.done = True
-        if self.on:
-            self.work[chain.work] += 1
 
 
 def kind_of(packed: bytes) -> str:

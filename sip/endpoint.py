@@ -16,6 +16,11 @@ UAS side: the TU implements ``async def on_request(event)`` and answers with
 :meth:`SipEndpoint.send_response` / :meth:`SipEndpoint.reply`, whenever it
 likes.
 
+WebSocket (RFC 7118): the HTTP server owns the socket; it hands the endpoint
+each frame through a :class:`WebSocketFlow` from :meth:`SipEndpoint.open_websocket`,
+and the endpoint writes back through the flow's ``send``.  One frame is one SIP
+message, transport ``WS`` (or ``WSS``).
+
 UAC side: :meth:`SipEndpoint.send_request` returns a
 :class:`ClientTransaction`; awaiting it gives the final response (a
 synthesised 408 on timeout, 503 on transport failure).
@@ -66,11 +71,18 @@ from .transaction import (
 )
 from .useragent import AckTimeout, InviteCancelled, StrayResponse, UAEvent, UserAgentCore
 
-__all__ = ["ClientTransaction", "SipEndpoint", "TransactionUser"]
+__all__ = ["ClientTransaction", "SipEndpoint", "TransactionUser", "WebSocketFlow"]
 
 log = logging.getLogger("sip.endpoint")
 
 STREAM_TRANSPORTS = ("TCP", "TLS")
+WS_TRANSPORTS = ("WS", "WSS")
+# Connection-oriented: requests to a peer that reached us this way go back over its own
+# connection while it is open (a WebSocket client cannot be reached any other way).
+FLOW_TRANSPORTS = STREAM_TRANSPORTS + WS_TRANSPORTS
+# WebSocket close codes (RFC 6455 §7.4.1).
+WS_GOING_AWAY = 1001
+WS_POLICY = 1008
 DEFAULT_ALLOW = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
 
 
@@ -92,6 +104,10 @@ class TransactionUser:
 
     def on_server_timeout(self, event: TransactionTimeout) -> None:
         """Timer H: no ACK for our 3xx-6xx to INVITE."""
+
+    def on_flow_closed(self, transport: str, peer: Addr) -> None:
+        """A WebSocket flow ended: nothing reaches that peer any more (its Contact is
+        usually ``*.invalid``), so bindings and calls over it are the TU's to drop."""
 
 
 class ClientTransaction:
@@ -224,6 +240,60 @@ class _StreamConnection(asyncio.Protocol):
             self.endpoint._arrived(message, self.peer, self.name)
 
 
+class WebSocketFlow:
+    """One SIP-over-WebSocket connection (RFC 7118), held by the HTTP server.
+
+    The server calls :meth:`receive` with each frame's payload and :meth:`closed` when
+    the socket ends; the endpoint writes through ``send`` (one SIP message per call;
+    it must not block: the server queues it) and ends the socket through ``close``
+    (a WebSocket close code and reason).  ``peer`` is the key the flow is known by in
+    Vias, bindings and transactions: the client's address, or a made-up port when that
+    address is taken (clients behind one proxy, or a server that gives port 0).
+    """
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        transport: str,
+        peer: Addr,
+        send: Callable[[bytes], None],
+        close: Callable[[int, str], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self.name = transport
+        self.peer = peer
+        self._send = send
+        self._close = close
+        self._open = True
+        self.refused_in_a_row = 0
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+    def write(self, data: bytes) -> None:
+        if self._open:
+            self._send(data)
+
+    def receive(self, data: bytes | str) -> None:
+        """One frame, text or binary, holding one SIP message (RFC 7118 §5)."""
+        if self._open:
+            self.endpoint._ws_frame(self, data.encode("utf-8") if isinstance(data, str) else data)
+
+    def close(self, code: int, reason: str) -> None:
+        """End the socket from our side (the server then calls :meth:`closed`)."""
+        if self._open:
+            self._close(code, reason)
+            self.closed()
+
+    def closed(self) -> None:
+        """The socket ended: the flow is gone, and what waited on it fails now."""
+        if not self._open:
+            return
+        self._open = False
+        self.endpoint._flow_closed(self)
+
+
 class _DatagramProtocol(asyncio.DatagramProtocol):
     def __init__(self, endpoint: SipEndpoint) -> None:
         self.endpoint = endpoint
@@ -260,6 +330,7 @@ class SipEndpoint:
         max_datagram_size: int = MAX_DATAGRAM_SIZE,
         auto_cancel: bool = True,
         trusted: Callable[[str], bool] | None = None,
+        ws_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -274,6 +345,8 @@ class SipEndpoint:
         self.tls_port = tls_port
         self.max_datagram_size = max_datagram_size
         self.trusted = trusted
+        # The HTTP port WebSocket clients reach us on, for Via and Contact (None: not known).
+        self.ws_port = ws_port
         # Sees every message that reaches the transaction layer ("in") or leaves ("out"):
         # the application's metrics or tracing; the stack itself keeps only `stats`.
         self.on_message: Callable[[str, Request | Response], None] | None = None
@@ -282,7 +355,9 @@ class SipEndpoint:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._servers: list[asyncio.Server] = []
-        self._conns: dict[tuple[str, Addr], _StreamConnection] = {}
+        self._conns: dict[tuple[str, Addr], _StreamConnection | WebSocketFlow] = {}
+        self._next_flow_port = 65536  # made-up ports for WebSocket flows whose address is taken
+        self.websockets_open = 0
         self._connecting: dict[tuple[str, Addr], list[tuple[bytes, TransactionKey | None]]] = {}
         self._clients: dict[TransactionKey, ClientTransaction] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -348,7 +423,9 @@ class SipEndpoint:
         for task in list(self._tasks):
             task.cancel()
         for conn in list(self._conns.values()):
-            if conn.transport is not None:
+            if isinstance(conn, WebSocketFlow):
+                conn.close(WS_GOING_AWAY, "SIP endpoint closing")
+            elif conn.transport is not None:
                 conn.transport.close()
         await self._close_sockets()
         if self._tasks:
@@ -369,14 +446,44 @@ class SipEndpoint:
     def contact(self, transport: str = "UDP", user: str | None = None) -> NameAddr:
         """A Contact for this node on ``transport``."""
         t = transport.upper()
-        port = self.tls_port if t == "TLS" else self.port
         params: dict[str, str | None] = {} if t == "UDP" else {"transport": t.lower()}
-        return NameAddr(URI("sip", user=user, host=self.public_host, port=port, params=params))
+        return NameAddr(URI("sip", user=user, host=self.public_host, port=self._port_for(t), params=params))
+
+    def _port_for(self, transport: str) -> int | None:
+        if transport in WS_TRANSPORTS:
+            return self.ws_port
+        return self.tls_port if transport == "TLS" else self.port
+
+    def trusts(self, source: Addr, transport: str) -> bool:
+        """Is a request from ``source`` over ``transport`` from a trusted network?  Never
+        over a WebSocket: those are users' browsers, and a proxy in front of them, on a
+        trusted address, must not let them skip digest."""
+        return transport.upper() not in WS_TRANSPORTS and self._trusts(source)
 
     def connected(self, transport: str, peer: Addr) -> bool:
-        """Is a TCP or TLS connection with ``peer`` open, one it opened or we did?"""
+        """Is a TCP, TLS or WebSocket connection with ``peer`` open, one it opened or we did?"""
         conn = self._conns.get((transport.upper(), peer))
         return conn is not None and conn.open
+
+    def open_websocket(
+        self,
+        peer: Addr,
+        send: Callable[[bytes], None],
+        close: Callable[[int, str], None],
+        *,
+        secure: bool = False,
+    ) -> WebSocketFlow:
+        """A WebSocket the HTTP server accepted (subprotocol ``sip``) becomes a flow:
+        transport ``WSS`` when it came over TLS, else ``WS``."""
+        transport = "WSS" if secure else "WS"
+        if peer[1] == 0 or (transport, peer) in self._conns:
+            self._next_flow_port += 1
+            peer = (peer[0], self._next_flow_port)
+        flow = WebSocketFlow(self, transport, peer, send, close)
+        self._conns[(transport, peer)] = flow
+        self.websockets_open += 1
+        self.stats["ws_opened"] += 1
+        return flow
 
     def transactions_in_flight(self) -> int:
         """See :meth:`UserAgentCore.transactions_in_flight`."""
@@ -486,6 +593,12 @@ class SipEndpoint:
         if destination is not None:
             then(destination, t)
             return
+        if t in WS_TRANSPORTS:
+            # A WebSocket client is reached only over its own open flow (the TU passes
+            # it as the destination); its Contact host is usually `*.invalid`.
+            self.stats["send_errors"] += 1
+            failed()
+            return
         if _is_ip(host):
             then((host, port), t)
             return
@@ -512,9 +625,8 @@ class SipEndpoint:
     def _prepare(self, request: Request, transport: str) -> None:
         if "Via" not in request.headers:
             t = transport.upper()
-            port = self.tls_port if t == "TLS" else self.port
             request.headers.insert_first(
-                "Via", Via(t, self.public_host, port, {"branch": generate_branch(), "rport": None})
+                "Via", Via(t, self.public_host, self._port_for(t), {"branch": generate_branch(), "rport": None})
             )
         elif not request.top_via.is_rfc3261_branch:
             request.top_via.params["branch"] = generate_branch()
@@ -538,6 +650,46 @@ class SipEndpoint:
             return
         self._receive(message, source, "UDP", len(data))
 
+    def _ws_frame(self, flow: WebSocketFlow, data: bytes) -> None:
+        # Per flow, not per IP: browsers behind one proxy share its address.
+        key = f"{flow.peer[0]}:{flow.peer[1]}"
+        self.stats["received"] += 1
+        if self.rate_limiter is not None and not self.rate_limiter.allow(key, self.now()):
+            self.stats["dropped_rate_limited"] += 1
+            flow.refused_in_a_row += 1
+            if self.rate_limiter is not None and flow.refused_in_a_row > self.rate_limiter.burst:
+                flow.close(WS_POLICY, "too many SIP messages")
+            return
+        flow.refused_in_a_row = 0
+        if not data.strip(b"\r\n"):
+            self.stats["keepalives"] += 1
+            return
+        try:
+            message = parse_datagram(data, self.max_datagram_size)
+        except ParseError as err:
+            end = data.find(b"\r\n\r\n", 0, MAX_DATAGRAM_SIZE)
+            head = data[: end if end >= 0 else 8192].decode("utf-8", "replace")
+            if not self._unparseable(err, head, flow.peer, flow.name, flow):
+                # Nothing to answer (garbage, a broken response): the client is not
+                # speaking SIP, so the socket ends with the reason.
+                flow.close(WS_POLICY, f"not a SIP message: {err.reason}"[:120])
+            return
+        self._receive(message, flow.peer, flow.name)
+
+    def _flow_closed(self, flow: WebSocketFlow) -> None:
+        key = (flow.name, flow.peer)
+        if self._conns.get(key) is flow:
+            del self._conns[key]
+        self.websockets_open -= 1
+        self.stats["ws_closed"] += 1
+        # Requests waiting on this flow can never be answered: they fail now (503).
+        for tx_key, handle in list(self._clients.items()):
+            if handle.transport == flow.name and handle.destination == flow.peer:
+                self._process(self.core.transport_error(tx_key, self.now()))
+        self._reschedule()
+        if self.tu is not None:
+            self._tell_tu(self.tu.on_flow_closed, flow.name, flow.peer)
+
     def _arrived(self, message: Request | Response, source: Addr, transport: str) -> None:
         if self._allowed(source):
             self._receive(message, source, transport)
@@ -553,7 +705,7 @@ class SipEndpoint:
         if self.on_message is not None:
             self.on_message("in", message)
         self._process(
-            self.core.receive(message, source, transport, self.now(), trusted=self._trusts(source), size=size)
+            self.core.receive(message, source, transport, self.now(), trusted=self.trusts(source, transport), size=size)
         )
         self._reschedule()
 
@@ -566,9 +718,10 @@ class SipEndpoint:
         head: str | None,
         source: Addr,
         transport: str,
-        conn: _StreamConnection | None,
+        conn: _StreamConnection | WebSocketFlow | None,
         size: int | None = None,
-    ) -> None:
+    ) -> bool:
+        """Answer what could not be parsed, if it can be answered; False if it was dropped."""
         data = error_response(head, err.status, err.reason) if head else None
         if head and data is not None and size is not None and not self._trusts(source):
             if len(data) > AMPLIFICATION_LIMIT * size:
@@ -577,13 +730,14 @@ class SipEndpoint:
                 data = None
         if data is None:
             self.stats["dropped_unparseable"] += 1
-            return
+            return False
         self.stats["rejected_unparseable"] += 1
         # The source, not the Via: an unparsed Via must not steer our reply.
         if conn is not None:
             conn.write(data)
         elif self._udp is not None:
             self._udp.sendto(data, source)
+        return True
 
     # -- events
 
@@ -657,6 +811,13 @@ class SipEndpoint:
             return
         destination = event.destination
         conn = self._conns.get((transport, destination))
+        if transport in WS_TRANSPORTS:
+            # Never dialled: a WebSocket client is reached over its own flow or not at all.
+            if conn is not None and conn.open:
+                conn.write(data)
+            else:
+                self._send_failed(event.transaction)
+            return
         if conn is None and isinstance(event.message, Response):
             # §18.2.2: the request's connection is gone; open one to the
             # received address and the sent-by port.

@@ -27,6 +27,7 @@ import websockets
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from apnsim import APNsSimulator
+from fcmsim import FCMSimulator
 from tests import interop
 from tests.redis_cluster import LocalCluster
 from tests.redis_process import RedisProcess
@@ -63,6 +64,10 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
 
 SECRET = "test-secret-" + "x" * 32
 BUNDLE = "com.example.caller"
+# A node closes a connection idle for VOIP_HTTP_KEEP_ALIVE (5 s); httpx keeps one for 5 s
+# too. A request that reuses a connection just as the node closes it fails with ReadError,
+# so test clients let theirs go well before the node does.
+CLIENT_LIMITS = httpx.Limits(keepalive_expiry=1.0)
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +98,24 @@ async def apns(tmp_path: Path, running_nodes: list[RunningNode]) -> AsyncIterato
                 "apns_bundle_id": BUNDLE,
                 "apns_endpoint": sim.endpoint,
                 "apns_ca_file": str(sim.ca_file),
+            },
+        )
+        await stop_nodes(running_nodes)
+
+
+@pytest.fixture
+async def fcm(tmp_path: Path, running_nodes: list[RunningNode]) -> AsyncIterator[tuple[FCMSimulator, dict[str, str]]]:
+    """An FCM simulator on loopback, and the FCM_* settings that point a node at it: a
+    service-account key file it trusts. The nodes stop before it does (see `apns`)."""
+    async with FCMSimulator() as sim:
+        key_file = tmp_path / "fcm-service-account.json"
+        key_file.write_text(orjson.dumps(sim.create_service_account("test-project")).decode())
+        yield (
+            sim,
+            {
+                "fcm_credentials_file": str(key_file),
+                "fcm_project_id": "test-project",
+                "fcm_endpoint": sim.endpoint,
             },
         )
         await stop_nodes(running_nodes)
@@ -183,7 +206,7 @@ class RunningNode:
         return self.base_url.replace("http://", "ws://") + "/v1/ws"
 
     def http(self) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(base_url=self.base_url, timeout=10)
+        client = httpx.AsyncClient(base_url=self.base_url, timeout=10, limits=CLIENT_LIMITS)
         self.clients.append(client)
         return client
 
@@ -201,8 +224,9 @@ class RunningNode:
                 return entries
             await asyncio.sleep(0.02)
 
-    async def device(self, user: str, device: str, **connect: Any) -> DeviceClient:
-        token = self.auth.mint(user, "device")
+    async def device(self, user: str, device: str, *, name: str | None = None, **connect: Any) -> DeviceClient:
+        """`name`: the token's claim `name`, the display name the app's backend gives the user."""
+        token = self.auth.mint(user, "device", name=name)
         socket = await websockets.connect(
             f"{self.ws_url}?device_id={device}",
             additional_headers={"Authorization": f"Bearer {token}"},

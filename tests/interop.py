@@ -1,6 +1,6 @@
 """The `interop` marker: a test that starts a third-party program (sipp, baresip,
-Chromium, SIPVicious, Kamailio, HAProxy, an extra redis-server or redis-sentinel) or a node in a
-process of its own. `python3 dev.py test -m "not interop"` is then the fast lane, and the
+Chromium, npm, esbuild, SIPVicious, Kamailio, HAProxy, coturn, an extra redis-server or
+redis-sentinel) or a node in a process of its own. `python3 dev.py test -m "not interop"` is then the fast lane, and the
 whole suite stays what CI runs.
 
 The helpers that start such a program call `started()`, which fails a test that starts one

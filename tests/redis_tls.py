@@ -174,6 +174,8 @@ async def start_up_error(settings: Settings) -> str:
         await node.notifier.aclose()
         if node.apns_simulator is not None:
             await node.apns_simulator.stop()
+        if node.fcm_simulator is not None:
+            await node.fcm_simulator.stop()
         if node.status_pipe is not None:
             node.status_pipe.close()
         await node.connections.aclose()

@@ -398,6 +398,7 @@ async def test_device_routes_need_a_device_token(node: RunningNode) -> None:
             ("PUT", "/v1/devices/d0"),
             ("DELETE", "/v1/devices/d0"),
             ("GET", "/v1/devices"),
+            ("GET", "/v1/ice-servers"),
         ):
             response = await client.request(method, path, json={"voip_token": "cd" * 32}, headers=headers)
             assert response.status_code == status, (method, path, headers, response.text)
@@ -410,7 +411,7 @@ async def test_device_routes_need_a_device_token(node: RunningNode) -> None:
 
 async def test_unknown_routes_and_wrong_methods_are_json(node: RunningNode) -> None:
     client = node.http()
-    for path in ("/nope", "/v1/devices/a/b", "/v1/calls", "/v1/ws"):
+    for path in ("/nope", "/v1/devices/a/b", "/v1/calls/a/b", "/v1/ws"):
         response = await client.get(path, headers=auth_header(node))
         assert response.status_code == 404, path
         assert response.json()["error"] == "not_found"
@@ -419,6 +420,8 @@ async def test_unknown_routes_and_wrong_methods_are_json(node: RunningNode) -> N
         ("DELETE", "/v1/devices"),
         ("POST", "/v1/devices/d1"),
         ("PUT", f"/v1/calls/{A_UUID}/status"),
+        ("POST", "/v1/calls"),
+        ("GET", "/v1/calls/seen"),
     ):
         response = await client.request(method, path, headers=auth_header(node))
         assert response.status_code == 405, (method, path)

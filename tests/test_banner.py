@@ -46,6 +46,7 @@ def banner_node(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[tuple[s
             if k
             not in (
                 "APNS_KEY_FILE",
+                "APNS_APPS",
                 "APNS_ENDPOINT",
                 "VOIP_CONFIG",
                 "REDIS_URL",
@@ -82,6 +83,7 @@ def test_dev_run_on_embedded_defaults_turns_sip_and_the_banner_on() -> None:
     # Configured: nothing is switched on behind the operator's back.
     assert "SIP_ENABLED" not in run_environment({"REDIS_URL": "redis://r:6379"})
     assert "SIP_ENABLED" not in run_environment({"APNS_KEY_FILE": "/k.p8"})
+    assert "SIP_ENABLED" not in run_environment({"APNS_APPS": '{"com.example.a": {}}'})
     assert run_environment({"SIP_ENABLED": "false", "VOIP_BANNER": "off"}) == {
         "SIP_ENABLED": "false",
         "VOIP_BANNER": "off",
@@ -105,6 +107,7 @@ def test_the_banner_says_where_everything_is(banner_node: tuple[str, Path]) -> N
         "python3 dev.py token ops --role operator",
         "NO REAL PHONE RECEIVES ANYTHING",
         f"{base}/v1/ops/simulator/pushes",
+        f"{base.replace('http', 'ws', 1)}/v1/sip (subprotocol sip)",
     ):
         assert expected in block, (expected, block)
     # Every line but the banner's is a JSON log line.

@@ -62,8 +62,8 @@ async def test_invite_push_carries_the_call_and_its_deadline(pushing: tuple[Runn
     node, sim = pushing
     device = phone(sim)
     await register(node, "bob", "b-phone", voip_token=device.token)
-    caller = await node.device("alice", "a1")
-    started = await caller.request({"type": "call.start", "callee": "bob", "caller_name": "Alice A."})
+    caller = await node.device("alice", "a1", name="Alice A.")
+    started = await caller.request({"type": "call.start", "callee": "bob"})
     call_id = started["call_id"]
 
     [request] = await invites_for(sim, call_id)

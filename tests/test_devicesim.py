@@ -32,9 +32,16 @@ class World:
         self.phones: list[Phone] = []
 
     async def phone(
-        self, user: str, device: str, *, online: bool = True, app_open: bool = False, policy: Policy | None = None
+        self,
+        user: str,
+        device: str,
+        *,
+        online: bool = True,
+        app_open: bool = False,
+        policy: Policy | None = None,
+        name: str | None = None,
     ) -> Phone:
-        phone = Phone(self.backend, user, device, policy=policy, log=self.log)
+        phone = Phone(self.backend, user, device, policy=policy, log=self.log, name=name)
         self.phones.append(phone)
         await phone.install(online=online)
         if app_open:
@@ -197,9 +204,9 @@ async def test_a_phone_whose_socket_died_mid_call_hears_the_hang_up_by_push(worl
 
 
 async def test_woken_phone_rings_reports_ringing_and_auto_answers(world: World) -> None:
-    alice = await world.phone("alice", "a-phone", app_open=True)
+    alice = await world.phone("alice", "a-phone", app_open=True, name="Alice A.")
     bob = await world.phone("bob", "b-phone", policy=Policy.answer(after=0.2))
-    call_id = await alice.call("bob", caller_name="Alice A.")
+    call_id = await alice.call("bob")
 
     await bob.wait_for("callkit.connected", call_id=call_id)
     await alice.wait_for("callkit.connected", call_id=call_id)
@@ -298,6 +305,10 @@ async def test_demo_runs_the_readme_story() -> None:
         "GET status_url -> 200 state=cancelled end_call=true reason=remote_ended",
         "reportCall(endedAt:reason: .remoteEnded)",
         "reportCall(endedAt:reason: .answeredElsewhere)",
-        "done: 3 scenarios, no ghost call",
+        "FCM: data message call.cancelled",
+        "the cancellation displaced the stored invite (same collapse_key: the call id)",
+        "Carol's phone woke to the cancellation and showed nothing: no ghost call",
+        "online, Carol's phone asked status_url, rang and answered",
+        "done: 4 scenarios, no ghost call",
     ):
         assert line in text, f"{line!r} missing from:\n{text}"

@@ -52,7 +52,8 @@ async def test_every_script_touches_one_slot(redis_url: str, redis: Redis, prefi
     watcher = asyncio.create_task(monitor())
     await monitoring.wait()
     try:
-        stores = Stores.open(redis, prefix, retention=60)
+        # Webhooks on: the call scripts then touch the call's outbox too.
+        stores = Stores.open(redis, prefix, retention=60, webhooks_ttl=60)
         now = now_ms()
         await stores.limits.admit("c1", "bob", now=now, ring_deadline=now + 30000, max_ringing=3, per_minute=20)
         assert await stores.calls.create(
@@ -68,6 +69,10 @@ async def test_every_script_touches_one_slot(redis_url: str, redis: Redis, prefi
             announce=("chan", b"{}"),
         )
         await stores.calls.record_event("c1", user="bob", device="b1", entry={"event": "ringing"})
+        await stores.calls.record_event(
+            "c1", user="bob", device="b1", once_field="first_ringing_at", webhook="call.ringing"
+        )
+        await stores.calls.webhook_event("c1", "push.failed", {"push": {}}, now)
         await stores.calls.status_check("c1", user="bob", device="b1", node="n", via="bearer", at=now)
         await stores.calls.claim_due_timeouts(now_ms(), 1000, node="n", buckets=list(range(BUCKETS)))
         await stores.push_log.record_answer(
@@ -81,6 +86,11 @@ async def test_every_script_touches_one_slot(redis_url: str, redis: Redis, prefi
         await stores.devices.put("bob", "b1", {"voip_token": "t", "updated_at": now}, 10)
         await stores.devices.drop_voip_token("bob", "b1", "t", None)
         await stores.nonces.consume("nonce", 1, 30)
+        [(_, lease)] = await stores.webhooks.claim_due(now_ms(), 1000, list(range(BUCKETS)))
+        taken = await stores.webhooks.take("c1", "token", 1000)
+        assert taken is not None and len(taken.events) == 4  # created, ringing, push.failed, missed
+        assert await stores.webhooks.reschedule("c1", lease, lease + 1)
+        await stores.webhooks.settle("c1", "token", {"k:sent": 4}, lease + 1, None)
         await marker(keys=[f"{prefix}marker"])
         async with asyncio.timeout(10):
             await marked.wait()

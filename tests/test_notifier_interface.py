@@ -58,8 +58,8 @@ async def test_call_pushes_drive_another_platform_unchanged(node_factory: Any) -
     await register(node, "bob", "b-phone", voip_token=phone_token)
     await register(node, "bob", "b-pager", voip_token=stale_token)
     ipad = await node.device("bob", "b-ipad")  # connected, no token: told over its socket
-    caller = await node.device("alice", "a1")
-    started = await caller.request({"type": "call.start", "callee": "bob", "caller_name": "Alice"})
+    caller = await node.device("alice", "a1", name="Alice")  # the token's claim: the shown name
+    started = await caller.request({"type": "call.start", "callee": "bob"})
     call_id = started["call_id"]
 
     invites = {}

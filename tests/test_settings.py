@@ -3,6 +3,7 @@ no secret in any error, and the order defaults < VOIP_CONFIG file < environment.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,6 +60,9 @@ def failure(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
         ("VOIP_OPS_FEED", "perhaps"),
         ("APNS_BUNDLE_ID", "nodots"),
         ("APNS_ENDPOINT", "host-without-port"),
+        ("FCM_PROJECT_ID", "Has_Capitals"),
+        ("FCM_ENDPOINT", "fcm.googleapis.com"),
+        ("FCM_ENDPOINT", "https://fcm.googleapis.com/v1/projects"),
         ("SIP_ENABLED", "maybe"),
         ("SIP_PORT", "65536"),
         ("SIP_TRANSPORTS", '["SCTP"]'),
@@ -263,3 +267,148 @@ def test_redis_cluster_nodes_are_checked(monkeypatch: pytest.MonkeyPatch, env: d
 def test_redis_cluster_nodes_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_CLUSTER_NODES", "redis-a:6379, redis-b:6380")
     assert load_settings().redis_cluster_nodes == "redis-a:6379, redis-b:6380"
+
+
+def service_account_file(tmp_path: Path, **changes: object) -> Path:
+    from fcmsim import generate_service_account
+
+    key = {**generate_service_account("my-project", "https://oauth2.googleapis.com/token"), **changes}
+    path = tmp_path / "service-account.json"
+    path.write_text(json.dumps({k: v for k, v in key.items() if v is not None}))
+    return path
+
+
+def test_fcm_settings_are_checked_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    good = service_account_file(tmp_path)
+    monkeypatch.setenv("FCM_CREDENTIALS_FILE", str(good))
+    settings = load_settings()
+    assert settings.fcm_project_id == "my-project"  # the key's, when FCM_PROJECT_ID is not set
+    monkeypatch.setenv("FCM_PROJECT_ID", "other-project")
+    monkeypatch.setenv("FCM_ENDPOINT", "http://127.0.0.1:9999/")
+    settings = load_settings()
+    assert (settings.fcm_project_id, settings.fcm_endpoint) == ("other-project", "http://127.0.0.1:9999")
+    monkeypatch.delenv("FCM_PROJECT_ID")
+    monkeypatch.delenv("FCM_ENDPOINT")
+
+    not_json = tmp_path / "key.txt"
+    not_json.write_text("-----BEGIN PRIVATE KEY-----")
+    cases = {
+        str(tmp_path / "missing.json"): "FCM_CREDENTIALS_FILE: not a readable file",
+        str(not_json): "FCM_CREDENTIALS_FILE: not JSON",
+        str(service_account_file(tmp_path, type="authorized_user")): "FCM_CREDENTIALS_FILE: type is 'authorized_user'",
+        str(
+            service_account_file(tmp_path, private_key=None)
+        ): "FCM_CREDENTIALS_FILE: not a service-account key: no private_key",
+        str(
+            service_account_file(tmp_path, private_key="garbage")
+        ): "FCM_CREDENTIALS_FILE: its private_key does not load",
+        str(service_account_file(tmp_path, project_id=None)): "FCM_PROJECT_ID: needed, the key names no project_id",
+    }
+    for path, expected in cases.items():
+        message = failure(monkeypatch, FCM_CREDENTIALS_FILE=path)
+        assert message.startswith(expected), message
+        assert "PRIVATE KEY" not in message and "garbage" not in message
+
+
+def test_fcm_project_and_endpoint_only_with_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert failure(monkeypatch, FCM_PROJECT_ID="my-project").startswith(
+        "FCM_PROJECT_ID: only with FCM_CREDENTIALS_FILE"
+    )
+    monkeypatch.delenv("FCM_PROJECT_ID")
+    assert failure(monkeypatch, FCM_ENDPOINT="http://127.0.0.1:1").startswith("FCM_ENDPOINT: only with")
+
+
+# Several iOS apps (issue 14, item 6): APNS_APPS, a table keyed by bundle id.
+
+
+def _p8(path: Path) -> str:
+    from apnsim import generate_signing_key
+
+    path.write_text(generate_signing_key("TEAMAPPS01", "KEYAPPS001").private_pem)
+    return str(path)
+
+
+def test_apns_apps_from_the_environment_and_from_a_toml_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from voip.settings import apns_app_table, default_app
+
+    alpha, beta = _p8(tmp_path / "alpha.p8"), _p8(tmp_path / "beta.p8")
+    config = tmp_path / "voip.toml"
+    config.write_text(
+        f'[apns_apps."com.example.alpha"]\nkey_file = "{alpha}"\nkey_id = "KEYALPHA01"\nteam_id = "TEAMALPHA1"\n'
+    )
+    monkeypatch.setenv("VOIP_CONFIG", str(config))
+    from_file = load_settings()
+    assert list(apns_app_table(from_file)) == ["com.example.alpha"]
+    assert apns_app_table(from_file)["com.example.alpha"].key_id == "KEYALPHA01"
+    assert default_app(from_file) == "com.example.alpha"  # the only app serves devices that name none
+
+    both = {
+        name: {"key_file": path, "key_id": f"KEY{n}", "team_id": "TEAM1"}
+        for n, (name, path) in enumerate([("com.example.alpha", alpha), ("com.example.beta", beta)])
+    }
+    # The environment's table is merged into the file's, app by app: its entry for an app wins.
+    monkeypatch.setenv("APNS_APPS", json.dumps(both))
+    settings = load_settings()
+    assert sorted(apns_app_table(settings)) == ["com.example.alpha", "com.example.beta"]
+    assert apns_app_table(settings)["com.example.alpha"].key_id == "KEY0"
+    assert default_app(settings) is None  # two apps, neither is APNS_BUNDLE_ID
+
+    # The single-app settings are one more app, and APNS_BUNDLE_ID is then the default.
+    monkeypatch.delenv("VOIP_CONFIG")
+    monkeypatch.setenv("APNS_KEY_FILE", alpha)
+    monkeypatch.setenv("APNS_KEY_ID", "KEYSINGLE1")
+    monkeypatch.setenv("APNS_TEAM_ID", "TEAMSINGLE")
+    monkeypatch.setenv("APNS_APPS", json.dumps({"com.example.beta": both["com.example.beta"]}))
+    single = load_settings()
+    assert sorted(apns_app_table(single)) == ["com.example.beta", "com.example.caller"]
+    assert apns_app_table(single)["com.example.caller"].key_id == "KEYSINGLE1"
+    assert default_app(single) == "com.example.caller"
+
+
+@pytest.mark.parametrize(
+    ("apps", "says"),
+    [
+        (
+            {"com.example.alpha": {"key_id": "K1", "team_id": "T1"}},
+            "APNS_APPS (apns_apps): com.example.alpha: key_file",
+        ),
+        (
+            {"com.example.alpha": {"key_file": "KEY", "team_id": "T1"}},
+            "APNS_APPS (apns_apps): com.example.alpha: key_id",
+        ),
+        (
+            {"com.example.alpha": {"key_file": "KEY", "key_id": "K1"}},
+            "APNS_APPS (apns_apps): com.example.alpha: team_id",
+        ),
+        ({"com.example.alpha": {"key_file": "KEY", "key_id": "K 1", "team_id": "T1"}}, "com.example.alpha: key_id"),
+        ({"com.example.alpha": {"key_file": "KEY", "key_id": "K1", "team_id": "T1", "topic": "x"}}, "topic"),
+        ({"nodots": {"key_file": "KEY", "key_id": "K1", "team_id": "T1"}}, "APNS_APPS: not a bundle id: 'nodots'"),
+        ({"com.example.caller": {"key_file": "KEY", "key_id": "K1", "team_id": "T1"}}, "APNS_BUNDLE_ID's app"),
+        ({"com.example.alpha": {"key_file": "/nonexistent/k.p8", "key_id": "K1", "team_id": "T1"}}, "not a readable"),
+        ({"com.example.alpha": {"key_file": "NOTKEY", "key_id": "K1", "team_id": "T1"}}, "not a PEM P-256 private key"),
+        (["com.example.alpha"], "APNS_APPS (apns_apps): Input should be a valid dictionary"),
+    ],
+)
+def test_each_bad_app_is_one_line_naming_apns_apps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, apps: object, says: str
+) -> None:
+    key, not_key = _p8(tmp_path / "key.p8"), tmp_path / "notkey.p8"
+    not_key.write_text("-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWJ5dGVz\n-----END PRIVATE KEY-----\n")
+    raw = json.dumps(apps).replace('"KEY"', json.dumps(key)).replace('"NOTKEY"', json.dumps(str(not_key)))
+    env = {"APNS_APPS": raw}
+    if "APNS_BUNDLE_ID" in says:
+        env |= {"APNS_KEY_FILE": key, "APNS_KEY_ID": "K0", "APNS_TEAM_ID": "T0"}
+    message = failure(monkeypatch, **env)
+    assert message.startswith("APNS_APPS") and says in message, message
+    assert "c2VjcmV0" not in message and "PRIVATE KEY" not in message  # a key's bytes are never echoed
+
+
+def test_production_starts_with_apns_apps_instead_of_apns_key_file(
+    monkeypatch: pytest.MonkeyPatch, production: dict[str, str], tmp_path: Path
+) -> None:
+    monkeypatch.delenv("APNS_KEY_FILE")
+    key = _p8(tmp_path / "alpha.p8")
+    monkeypatch.setenv(
+        "APNS_APPS", json.dumps({"com.example.alpha": {"key_file": key, "key_id": "K1", "team_id": "T1"}})
+    )
+    assert load_settings().apns_apps["com.example.alpha"].key_file == key

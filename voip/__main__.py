@@ -73,7 +73,7 @@ def token(args: argparse.Namespace) -> None:
     from voip.auth import Authenticator
 
     settings = _settings()
-    print(Authenticator(settings.jwt_secret).mint(args.user, args.role, ttl=args.ttl))
+    print(Authenticator(settings.jwt_secret).mint(args.user, args.role, ttl=args.ttl, name=args.name))
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     minting.add_argument("user")
     minting.add_argument("--role", choices=["device", "operator"], default="device")
     minting.add_argument("--ttl", type=float, default=86400, help="seconds (default a day)")
+    minting.add_argument("--name", default=None, help="the claim `name`: the display name callees see")
     minting.set_defaults(func=token)
-    commands.add_parser("demo", help="simulated phones against a node and the bundled APNs simulator").set_defaults(
-        func=demo
-    )
+    commands.add_parser(
+        "demo", help="simulated phones against a node and the bundled APNs and FCM simulators"
+    ).set_defaults(func=demo)
     args = parser.parse_args(argv)
     args.func(args)
 

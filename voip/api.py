@@ -8,7 +8,7 @@ import uuid
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from voip import metrics
 from voip.auth import AuthError, Principal
-from voip.devices import ApnsEnvironment, DeviceRecord, Registration, register
+from voip.devices import ApnsEnvironment, DeviceRecord, Platform, Registration, register
 from voip.node import Node
 from voip.status import StatusAnswer, StatusRow
 from voip.stores import CallError
@@ -27,6 +27,10 @@ DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
 MAX_BODY = 16 * 1024
 
 HexToken = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2}){32,100}$")]
+# FCM registration tokens are opaque (about 150-180 characters today) of URL-safe base64
+# and ':'; the bounds leave room for Google to lengthen them.
+FcmToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:-]{20,1024}$")]
+IOS_ONLY = ("voip_token", "apns_environment", "bundle_id", "alert_token")
 
 
 class JSONResponse(Response):
@@ -44,10 +48,24 @@ class ApiError(HTTPException):
 
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    platform: Platform = Field("ios", description='"ios" (APNs: voip_token, alert_token) or "android" (FCM: fcm_token)')
     voip_token: HexToken | None = None
     apns_environment: ApnsEnvironment = "production"
     bundle_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,155}$")] | None = None
     alert_token: HexToken | None = None
+    fcm_token: FcmToken | None = Field(None, description="Android only: the FCM registration token")
+
+    @model_validator(mode="after")
+    def _one_platform(self) -> DeviceIn:
+        # A token of the other platform would be pushed to the wrong service: refused
+        # (422) rather than stored and failing at the first call.
+        if self.platform == "ios" and self.fcm_token is not None:
+            raise ValueError('fcm_token: only with platform "android"')
+        if self.platform == "android":
+            given = [name for name in IOS_ONLY if name in self.model_fields_set]
+            if given:
+                raise ValueError(f'{", ".join(given)}: iOS only; platform "android" registers fcm_token')
+        return self
 
 
 def node_of(request: Request) -> Node:
@@ -112,11 +130,25 @@ async def put_device(request: Request) -> Response:
     device_id = device_id_of(request)
     body: DeviceIn = await json_body(request, DeviceIn)
     node = node_of(request)
+    if body.platform == "ios" and node.apps is not None and not node.apps.serves(body.bundle_id):
+        # Pushes to it could only fail (no key for its topic): refused now, not at its first call.
+        if body.bundle_id is None:
+            message = "bundle_id: needed, this service serves several iOS apps"
+        else:
+            message = f"bundle_id: {body.bundle_id} is not an app this service has APNs credentials for"
+        raise ApiError(422, "unknown_app", message, bundle_id=body.bundle_id)
     now = int(time.time() * 1000)
     previous = await node.stores.devices.get(principal.user_id, device_id)
     record = register(
         DeviceRecord.from_stored(previous) if previous else None,
-        Registration(body.voip_token, body.apns_environment, body.bundle_id, body.alert_token),
+        Registration(
+            body.voip_token,
+            body.apns_environment,
+            body.bundle_id,
+            body.alert_token,
+            platform=body.platform,
+            fcm_token=body.fcm_token,
+        ),
         now,
     ).stored()
     dropped = await node.stores.devices.put(principal.user_id, device_id, record, node.settings.max_devices_per_user)
@@ -244,6 +276,18 @@ async def device(request: Request) -> Response:
     if request.method == "PUT":
         return await put_device(request)
     return await delete_device(request)
+
+
+async def ice_servers(request: Request) -> Response:
+    """The STUN and TURN servers for this user's media, with a TURN credential that
+    expires in `ttl` seconds. Computed here (one HMAC), no Redis: coturn checks the
+    credential on its own with the shared secret."""
+    principal = authenticate(request, "device")
+    ice = node_of(request).ice_servers
+    answer = ice.for_user(principal.user_id)
+    metrics.ICE_SERVERS.labels("turn" if ice.turn else "stun" if ice.stun else "none").inc()
+    # A credential: no cache between the app and this node may keep it or hand it on.
+    return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
 
 async def healthz(request: Request) -> Response:

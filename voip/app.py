@@ -13,11 +13,12 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from voip import api, home, metrics, metrics_route, openapi
+from voip import api, history_api, home, metrics, metrics_route, openapi
 from voip.node import Node, NodeParts
 from voip.ops.routes import routes as ops_routes
 from voip.redis_pool import UNAVAILABLE
 from voip.settings import Settings
+from voip.sipws import sip_socket
 from voip.ws import device_socket
 
 
@@ -96,11 +97,16 @@ def create_app(settings: Settings, parts: NodeParts = NodeParts()) -> Starlette:
     routes = [
         Route("/v1/devices", api.list_devices, methods=["GET"]),
         Route("/v1/devices/{device_id}", api.device, methods=["PUT", "DELETE"]),
+        Route("/v1/ice-servers", api.ice_servers, methods=["GET"]),
         Route("/v1/calls/{call_id}/status", api.CallStatus(), methods=["GET"], name="call_status"),
+        Route("/v1/calls", history_api.list_calls, methods=["GET"]),
+        Route("/v1/calls/seen", history_api.mark_seen, methods=["POST"]),
+        Route("/v1/me/availability", history_api.availability, methods=["GET", "PUT"]),
         Route("/", home.index, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", metrics_route.metrics, methods=["GET"]),
         WebSocketRoute(DEVICE_SOCKET, device_socket),  # listed; NodeApp serves it before routing
+        WebSocketRoute("/v1/sip", sip_socket),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
         *ops_routes(),
     ]

@@ -11,6 +11,8 @@ from typing import Literal
 
 import jwt
 
+from voip.display_names import MAX_RAW_DISPLAY_NAME
+
 Role = Literal["device", "operator"]
 ROLES: tuple[Role, ...] = ("device", "operator")
 ALGORITHM = "HS256"
@@ -24,6 +26,9 @@ class AuthError(Exception):
 class Principal:
     user_id: str
     role: Role
+    # The JWT claim `name`, set by the app's backend: the caller's display name, which a
+    # client cannot choose (VOIP_TRUST_CLIENT_NAMES).
+    name: str | None = None
 
 
 class Authenticator:
@@ -39,9 +44,11 @@ class Authenticator:
         # signature or the other way round.
         self._capability_key = hmac.new(secret.encode(), b"voip/status-capability", hashlib.sha256).digest()
 
-    def mint(self, user_id: str, role: Role = "device", ttl: float = 3600) -> str:
+    def mint(self, user_id: str, role: Role = "device", ttl: float = 3600, *, name: str | None = None) -> str:
         now = int(time.time())
-        claims = {"sub": user_id, "role": role, "iat": now, "exp": now + int(ttl)}
+        claims: dict[str, object] = {"sub": user_id, "role": role, "iat": now, "exp": now + int(ttl)}
+        if name is not None:
+            claims["name"] = name
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> Principal:
@@ -66,7 +73,10 @@ class Authenticator:
             raise AuthError("bad sub claim")
         if role not in ROLES:
             raise AuthError("bad role claim")
-        principal = Principal(user_id=user_id, role=role)
+        name = claims.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_RAW_DISPLAY_NAME):
+            raise AuthError("bad name claim")
+        principal = Principal(user_id=user_id, role=role, name=name or None)
         if len(self._verified) >= self.CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))  # the oldest entry
         self._verified[token] = (principal, float(claims["exp"]))

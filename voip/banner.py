@@ -40,15 +40,29 @@ def text(node: Node, base_url: str, private_redis: bool) -> str:
             f'                 "APNs simulator", or {base_url}/v1/ops/simulator/pushes',
         ]
     else:
+        apps = node.apps.configured if node.apps is not None else [node.settings.apns_bundle_id]
         lines.append(
             f"  Pushes         to APNs ({node.settings.apns_endpoint or 'Apple'}), topic "
-            f"{node.settings.apns_bundle_id}.voip"
+            + ", ".join(f"{bundle}.voip" for bundle in apps)
         )
+    if node.fcm_simulator is not None:
+        lines += [
+            f"  Android        to the bundled FCM simulator ({node.fcm_simulator.endpoint}), no FCM credentials;",
+            f"                 what it received: {node.fcm_simulator.endpoint}/sim/messages",
+        ]
+    elif node.settings.fcm_credentials_file:
+        endpoint = node.settings.fcm_endpoint or "Google"
+        lines.append(f"  Android        to FCM ({endpoint}), project {node.settings.fcm_project_id}")
+    else:
+        lines.append("  Android        off: no FCM_CREDENTIALS_FILE")
     if node.sip is not None:
         transports = "/".join(t.lower() for t in node.settings.sip_transports)
         domain = node.settings.sip_domain or node.settings.sip_host
         lines.append(
             f"  SIP            on: {transports} {node.settings.sip_host}:{node.sip.port}, users sip:<user>@{domain}"
+        )
+        lines.append(
+            f"  SIP WebSocket  {base_url.replace('http', 'ws', 1)}/v1/sip (subprotocol sip), for browser softphones"
         )
     else:
         lines.append("  SIP            off (SIP_ENABLED=true to turn it on)")

@@ -49,6 +49,9 @@ CANCELLATION_GRACE = 30.0
 # Seconds a hang-up push is retried and kept: a phone offline for longer has lost the
 # call's audio anyway, and asks the status when it reconnects.
 HANG_UP_LIFETIME = 30.0
+# Answers that make a push.failed webhook event. Not EXPIRED: a push whose call's deadline
+# passed before APNs took it has nothing left to do.
+PUSH_FAILURES = frozenset({Outcome.REJECTED, Outcome.TOKEN_INVALID, Outcome.FAILED})
 # Seconds a missed-call alert may spend on retries.
 MISSED_ALERT_RETRY_WINDOW = 60.0
 
@@ -92,8 +95,15 @@ class CallPushes:
         addresses = {device_id: self.notifier.address(record, PushKind.INVITE) for device_id, record in devices.items()}
         return {device_id: address for device_id, address in addresses.items() if address is not None}
 
-    def invite(self, call: CallRecord, addresses: dict[str, dict[str, Any]], caller_name: str) -> None:
-        """Send the invites now, in the background: nothing waits for the platform."""
+    def invite(
+        self,
+        call: CallRecord,
+        addresses: dict[str, dict[str, Any]],
+        caller_name: str,
+        custom: dict[str, Any] | None = None,
+    ) -> None:
+        """Send the invites now, in the background: nothing waits for the platform.
+        `custom`: the app's own data for the call, into each invite's payload."""
         caller = Caller(id=call.caller_user, display_name=caller_name)
         for device_id, address in addresses.items():
             push = Push(
@@ -103,6 +113,7 @@ class CallPushes:
                 deadline=call.ring_deadline / 1000,
                 caller=caller,
                 status_url=self.status_url(call, device_id),
+                custom=custom,
             )
             self._spawn(call.call_id, f"invite:{call.call_id}:{device_id}", self._invite(call, device_id, push))
 
@@ -253,17 +264,24 @@ class CallPushes:
         user_id = user_id or call.callee_user
         kind = push.kind.value
         result = await self.notifier.notify(push)
-        metrics.PUSHES.labels(kind, result.outcome.value, result.reason or "").inc()
-        metrics.PUSH_LATENCY.labels(kind).observe(result.latency_ms / 1000)
+        metrics.PUSHES.labels(result.platform, result.app, kind, result.outcome.value, result.reason or "").inc()
+        metrics.PUSH_LATENCY.labels(result.platform, result.app, kind).observe(result.latency_ms / 1000)
         entry: dict[str, Any] = {
             "at": self.clock.now_ms(),
             "event": "push",
             "kind": kind,
             "device": device_id,
             "node": self.node,
-            "apns_id": result.apns_id,
-            "environment": result.environment.value,
-            "push_type": result.push_type.value,
+        }
+        if result.platform == "ios":
+            entry["apns_id"] = result.apns_id
+            entry["environment"] = result.environment.value
+            entry["push_type"] = result.push_type.value
+        else:
+            # FCM: which service answered, and the name FCM gave the message.
+            entry["platform"] = result.platform
+            entry["message_id"] = result.message_id
+        entry |= {
             "outcome": result.outcome.value,
             "status": result.status,
             "reason": result.reason,
@@ -289,10 +307,26 @@ class CallPushes:
             status=result.status,
             reason=result.reason,
         )
+        if result.outcome in PUSH_FAILURES and self.calls.webhooks_ttl:
+            self.tasks.spawn(
+                self._push_failed(call, device_id, kind, result), f"push-failed:{call.call_id}:{device_id}"
+            )
         # Devices keep one token that can be dropped: the one VoIP pushes go to.
         if push.kind is not PushKind.MISSED_ALERT and (drop := result.drop_token) is not None:
             await self._drop_token(call, user_id, device_id, result, drop)
         return result, current, cancelled_at
+
+    async def _push_failed(self, call: CallRecord, device_id: str, kind: str, result: PushResult) -> None:
+        """The webhook event push.failed, into the call's outbox (retried while Redis is away)."""
+        extra = {"push": {"device": device_id, "kind": kind, "outcome": result.outcome.value, "reason": result.reason}}
+        at = self.clock.now_ms()
+        await retry_bounded(
+            lambda: self.calls.webhook_event(call.call_id, "push.failed", extra, at),
+            what="push.failed_event",
+            retry_on=TRANSIENT_REDIS_ERRORS,
+            within=BOOKKEEPING_WINDOW,
+            call_id=call.call_id,
+        )
 
     async def _record(
         self, call: CallRecord, user_id: str, device_id: str, kind: str, result: PushResult, entry: dict[str, Any]
@@ -327,7 +361,9 @@ class CallPushes:
         self, call: CallRecord, user_id: str, device_id: str, result: PushResult, drop: TokenDrop
     ) -> None:
         dropped = await self._bookkeep(
-            lambda: self.devices.drop_voip_token(user_id, device_id, result.device_token, drop.registered_before),
+            lambda: self.devices.drop_voip_token(
+                user_id, device_id, result.device_token, drop.registered_before, field=result.token_field
+            ),
             call.call_id,
             device_id,
             "token",
@@ -343,6 +379,7 @@ class CallPushes:
                         "node": self.node,
                         "dropped": dropped,
                         "reason": result.reason,
+                        **({"platform": result.platform} if result.platform != "ios" else {}),
                     }
                 ],
             ),

@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -22,10 +22,13 @@ from voip.call_pushes import TRANSIENT_REDIS_ERRORS, CallPushes
 from voip.calls import CALLER_REASON, FINAL_REASON, NOTICES, Action, CallState
 from voip.clock import Clock
 from voip.display_names import display_name
+from voip.history import Refusal
 from voip.log_throttle import RepeatedLog
 from voip.protocol import FrameType
-from voip.stores import CalleeLimits, CallError, CallRecord, CallStore, Transition
+from voip.stores import CalleeLimits, CalleeUnavailable, CallError, CallRecord, CallStore, Transition
 from voip.tasks import retry_bounded, stop_task
+from voip.webhooks.events import EventType
+from voip.webhooks.hook import CallHook, Decision
 
 log = structlog.get_logger(__name__)
 # Seconds a transition's frames are retried while Redis fails over; the status endpoint and
@@ -37,6 +40,21 @@ ANNOUNCE_RETRY_SECONDS = 5.0
 class Caller:
     user_id: str
     device_id: str
+
+
+class CallRejected(CallError):
+    """The call hook (voip/webhooks/hook.py) refused the call, or gave no answer under
+    VOIP_CALL_HOOK_FAILURE=closed. `reason`: what the app's backend said, if anything.
+    The call is recorded (failed, reason call_rejected); nothing rang, no push left."""
+
+    def __init__(self, call_id: str, reason: str | None) -> None:
+        super().__init__("call_rejected")
+        self.call_id = call_id
+        self.reason = reason
+
+
+# The webhook event's reason for a call the hook refused.
+REJECTED = "call_rejected"
 
 
 class OutboundCallees(Protocol):
@@ -75,6 +93,7 @@ class CallController:
         ring_timeout: float,
         max_ringing_per_callee: int = 3,
         calls_per_callee_per_minute: int = 20,
+        hook: CallHook | None = None,
     ) -> None:
         self.calls = calls
         self.limits = limits
@@ -85,6 +104,8 @@ class CallController:
         self.calls_per_callee_per_minute = calls_per_callee_per_minute
         self.pushes = pushes
         self.clock = clock
+        # VOIP_CALL_HOOK_URL: asked before anything rings.
+        self.hook = hook
         # Built from the controller, since it acts on calls through it (the SIP gateway).
         self.outbound: OutboundCallees = outbound(self) if outbound is not None else NoOutbound()
 
@@ -96,35 +117,58 @@ class CallController:
         *,
         sdp: str | None = None,
         caller_name: str | None = None,
+        custom: dict[str, Any] | None = None,
+        source: Literal["ws", "sip"] = "ws",
         on_started: Callable[[CallRecord], Awaitable[None]] | None = None,
     ) -> CallRecord:
         """`sdp` is the caller's offer, passed to the callee's devices in `call.incoming`.
+        `caller_name`: the name the caller may be shown by, already chosen by who may
+        choose it (the token's claim, a trusted client or SIP network); the call hook's
+        answer overrides it. `custom`: the app's own data, to `call.incoming` and the push.
         `on_started` gets the call once it exists (already missed if nobody can take it)
-        and before any frame about it is published: the caller's reply goes out first."""
+        and before any frame about it is published: the caller's reply goes out first.
+        Raises CallRejected when the call hook refuses the call."""
         if callee == caller.user_id:
             raise CallError("invalid_callee")
         call_id = call_id or str(uuid.uuid4())
         leg = self.outbound.leg_for(callee)
         created_at = self.clock.now_ms()
         ring_deadline = created_at + self.ring_timeout_ms
+        name = display_name(caller_name, caller.user_id)
         # Before anything rings or any push leaves: a flood of calls to one callee must
-        # not become a flood of pushes to their phone. Raises CallRefused.
-        devices, online = await self.limits.admit(
-            call_id,
-            callee,
-            now=created_at,
-            ring_deadline=ring_deadline,
-            max_ringing=self.max_ringing_per_callee,
-            per_minute=self.calls_per_callee_per_minute,
-            reach=leg is None,
-        )
+        # not become a flood of pushes to their phone. Raises CallRefused. The callee's
+        # availability is read in the same step (do-not-disturb, busy).
+        try:
+            devices, online = await self._admit(caller, callee, call_id, created_at, ring_deadline, reach=leg is None)
+        except CalleeUnavailable as exc:
+            return await self._turned_away(
+                caller, callee, call_id, Refusal(exc.reason), name, created_at, ring_deadline, on_started
+            )
+        if self.hook is not None:
+            # After the limits: a flood of calls to one callee is not a flood of requests
+            # to the app's backend either.
+            decision = await self.hook.decide(
+                call_id,
+                caller_user=caller.user_id,
+                caller_device=caller.device_id,
+                callee=callee,
+                source=source,
+                custom=custom,
+            )
+            if not decision.ring:
+                await self._record_rejected(caller, callee, call_id, created_at, ring_deadline, caller_name, decision)
+                raise CallRejected(call_id, decision.reason)
+            if decision.caller_name:
+                caller_name = decision.caller_name
+                name = display_name(caller_name, caller.user_id)
+            if decision.custom is not None:
+                custom = decision.custom
         pushes: dict[str, dict[str, Any]] = {}
         if leg is not None:
             targets = [leg]
         else:
             targets = sorted(set(devices) | online)
             pushes = self.pushes.addresses(devices)
-        name = display_name(caller_name, caller.user_id)
         incoming: dict[str, Any] = {
             "type": FrameType.CALL_INCOMING,
             "call_id": call_id,
@@ -135,6 +179,8 @@ class CallController:
         }
         if sdp is not None:
             incoming["sdp"] = sdp
+        if custom is not None:
+            incoming["custom"] = custom
         # The callee's devices are told from inside the script that creates the call:
         # no round trip between "the call exists" and "its devices know".
         announce = (self.bus.channel(callee), self.bus.envelope(incoming)) if targets and leg is None else None
@@ -186,8 +232,116 @@ class CallController:
         if pushes:
             # The pushes leave the moment the call exists, in the background: a phone
             # asleep is the common case, and nothing here waits for APNs.
-            self.pushes.invite(call, pushes, call.caller_name)
+            self.pushes.invite(call, pushes, call.caller_name, custom)
         return call
+
+    async def _admit(
+        self, caller: Caller, callee: str, call_id: str, created_at: int, ring_deadline: int, *, reach: bool
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """CalleeLimits.admit; a "busy" that names only calls no longer answered (their
+        end never reached the in-call set) forgets them and asks once more."""
+        for attempt in (1, 2):
+            try:
+                return await self.limits.admit(
+                    call_id,
+                    callee,
+                    now=created_at,
+                    ring_deadline=ring_deadline,
+                    max_ringing=self.max_ringing_per_callee,
+                    per_minute=self.calls_per_callee_per_minute,
+                    reach=reach,
+                    caller_user=caller.user_id,
+                )
+            except CalleeUnavailable as exc:
+                if attempt == 2 or exc.reason != Refusal.BUSY or await self._still_in_call(exc.in_call):
+                    raise
+                await self.limits.forget_in_call(callee, exc.in_call)
+        raise AssertionError("the second attempt returns or raises")
+
+    async def _still_in_call(self, call_ids: list[str]) -> bool:
+        calls = [await self.calls.get(call_id) for call_id in call_ids]
+        return any(call is not None and call.state is CallState.ANSWERED for call in calls)
+
+    async def _turned_away(
+        self,
+        caller: Caller,
+        callee: str,
+        call_id: str,
+        refusal: Refusal,
+        name: str,
+        created_at: int,
+        ring_deadline: int,
+        on_started: Callable[[CallRecord], Awaitable[None]] | None,
+    ) -> CallRecord:
+        """The callee's availability turned the call away: nothing rings and no push
+        leaves. The call is made and missed at once, so both parties' histories hold it
+        (with `reason` "dnd" or "busy"), and only the caller is told: `call.declined`."""
+        created = await self.calls.create(
+            call_id,
+            caller_user=caller.user_id,
+            caller_device=caller.device_id,
+            callee_user=callee,
+            ring_deadline=ring_deadline,
+            node=self.node,
+            targets=[],
+            created_at=created_at,
+            caller_name=name,
+            refused=refusal.value,
+        )
+        if not created:
+            raise CallError("call_exists")
+        metrics.calls_counter(CallState.RINGING.value, "").inc()
+        # Webhooks: call.missed with reason "dnd" or "busy", not "unanswered".
+        transition = await self.calls.transition(
+            call_id, Action.TIMEOUT, node=self.node, note={"why": refusal.value}, webhook_reason=refusal.value
+        )
+        call = transition.call
+        metrics.calls_counter(call.state.value, FINAL_REASON[call.state].value).inc()
+        metrics.CALLS_TURNED_AWAY.labels(refusal.value).inc()
+        log.info("call.turned_away", call_id=call_id, caller=caller.user_id, callee=callee, reason=refusal.value)
+        if on_started is not None:
+            await on_started(call)
+        frame = {
+            "type": FrameType.CALL_DECLINED,
+            "call_id": call_id,
+            "state": call.state.value,
+            "reason": refusal.value,
+            "ended_at": call.ended_at,
+        }
+        await self._tell([(caller.user_id, frame, [caller.device_id], ())])
+        return call
+
+    async def _record_rejected(
+        self,
+        caller: Caller,
+        callee: str,
+        call_id: str,
+        created_at: int,
+        ring_deadline: int,
+        caller_name: str | None,
+        decision: Decision,
+    ) -> None:
+        """A call the hook refused is kept like any other (the status endpoint, operators,
+        webhooks: call.created then call.failed, reason call_rejected), having rung nothing."""
+        created = await self.calls.create(
+            call_id,
+            caller_user=caller.user_id,
+            caller_device=caller.device_id,
+            callee_user=callee,
+            ring_deadline=ring_deadline,
+            node=self.node,
+            targets=[],
+            created_at=created_at,
+            caller_name=display_name(caller_name, caller.user_id),
+        )
+        if not created:
+            raise CallError("call_exists")
+        note: dict[str, Any] = {"why": REJECTED, "hook_answered": decision.answered}
+        if decision.reason:
+            note["reason"] = decision.reason
+        await self.calls.transition(call_id, Action.FAIL, node=self.node, note=note, webhook_reason=REJECTED)
+        metrics.calls_counter(CallState.FAILED.value, REJECTED).inc()
+        log.info("call.rejected", call_id=call_id, caller=caller.user_id, callee=callee, by_hook=decision.answered)
 
     async def ringing(self, user_id: str, device_id: str, call_id: str) -> CallRecord:
         call, first = await self.calls.record_event(
@@ -198,6 +352,7 @@ class CallController:
             require_state=CallState.RINGING,
             require_callee=True,
             once_field="first_ringing_at",
+            webhook=EventType.CALL_RINGING.value,
         )
         if first:  # the caller hears ringback once, however many devices ring
             await self.bus.publish(

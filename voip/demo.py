@@ -1,10 +1,11 @@
 """`python -m voip demo`: the README story, live, in one process.
 
 A private Redis (unless REDIS_URL is set), a node on embedded defaults pushing to the
-bundled APNs simulator, and simulated phones (voip.devicesim). Three scenarios, each
-narrated as it happens: an offline phone that wakes to the cancellation instead of the
-invite; an invite APNs delivers late, which the status check ends at once; a call
-answered on one of two devices.
+bundled APNs and FCM simulators, and simulated phones (voip.devicesim). Four scenarios,
+each narrated as it happens: an offline phone that wakes to the cancellation instead of
+the invite; an invite APNs delivers late, which the status check ends at once; a call
+answered on one of two devices; an Android phone, asleep through one call over FCM and
+answering the next.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from apnsim import Fault
+from fcmsim import Device as FCMDevice
 from voip import logs
 from voip.app import create_app
-from voip.devicesim import Backend, Event, EventLog, Phone, Policy
+from voip.devicesim import AndroidPhone, Backend, Event, EventLog, Phone, Policy
 from voip.node import Node
 from voip.redis_server import PrivateRedis
 from voip.settings import Settings, SettingsError, load_settings
@@ -45,6 +47,8 @@ class Narrator:
     def __init__(self, log: EventLog, write: Callable[[str], None]) -> None:
         self.log = log
         self.write = write
+        self.android: set[str] = set()
+        """Devices that are Android phones: their pushes come from FCM."""
         log.listen(self.on_event)
 
     def say(self, who: str, text: str) -> None:
@@ -55,7 +59,7 @@ class Narrator:
         self.write(f"== {title}")
 
     def on_event(self, event: Event) -> None:
-        text = describe(event)
+        text = describe_android(event) if event.device in self.android else describe(event)
         if text is not None:
             self.write(f"[{event.at:6.2f}s] {event.device:<11} {text}")
 
@@ -126,6 +130,34 @@ def describe(event: Event) -> str | None:
     return None
 
 
+def describe_android(event: Event) -> str | None:
+    """An Android phone's events: FCM data messages, a self-managed ConnectionService
+    call shown by a full-screen-intent notification (the simulator's CallKit model)."""
+    d, call = event.detail, short(event.call_id)
+    match event.kind:
+        case "registered":
+            state = "online" if d.get("online") else "offline"
+            return f"PUT /v1/devices: platform android, FCM token {d['token']}; phone is {state}"
+        case "network.offline":
+            return "goes offline (asleep): FCM will hold its messages, one per call"
+        case "push.received":
+            how = " (stored by FCM)" if d.get("stored") else ""
+            return f"FCM: data message {d['type']} for {call}{how}"
+        case "push.not_reported":
+            return f"shows nothing yet for {call} ({d['why']})"
+        case "callkit.reported":
+            return (
+                f"ConnectionService: addNewIncomingCall {call} from {d['caller']!r}, full-screen notification: it rings"
+            )
+        case "callkit.ended":
+            return f"ConnectionService: setDisconnected({d['reason']}) for {call}"
+        case "callkit.answer_action":
+            return f"ConnectionService: onAnswer, the user answers ({call})"
+        case "callkit.connected":
+            return f"ConnectionService: {call} active"
+    return describe(event)
+
+
 async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -150,13 +182,13 @@ def inbox(phone: Phone, call_id: str) -> list[str]:
 
 async def offline_phone(backend: Backend, log: EventLog, story: Narrator) -> tuple[Phone, Phone]:
     story.section("1. Bob's phone is asleep. Alice calls, then gives up.")
-    alice = Phone(backend, "alice", "alice-phone", log=log)
+    alice = Phone(backend, "alice", "alice-phone", log=log, name="Alice")
     await alice.install()
     await alice.open_app()
     bob = Phone(backend, "bob", "bob-phone", log=log)
     await bob.install(online=False)
 
-    call_id = await alice.call("bob", caller_name="Alice")
+    call_id = await alice.call("bob")
     await until(lambda: pending(bob) == "call.incoming", "APNs holds the invite")
     story.say("APNs", f"holds the invite for bob-phone (offline) until the ring deadline ({short(call_id)})")
     await asyncio.sleep(1.0)
@@ -181,7 +213,7 @@ async def late_invite(backend: Backend, alice: Phone, bob: Phone, story: Narrato
     story.section("2. An invite APNs delivers late: the status check ends it at once.")
     await bob.open_app()
     bob.lose_network()
-    call_id = await alice.call("bob", caller_name="Alice")
+    call_id = await alice.call("bob")
     await until(lambda: pending(bob) == "call.incoming", "APNs holds the invite")
     story.say("APNs", f"holds the invite for bob-phone ({short(call_id)})")
     await asyncio.sleep(1.0)
@@ -215,7 +247,7 @@ async def answered_elsewhere(backend: Backend, log: EventLog, alice: Phone, bob:
     bob.policy = Policy.answer(after=1.0)
     ipad = Phone(backend, "bob", "bob-ipad", log=log)
     await ipad.install()
-    call_id = await alice.call("bob", caller_name="Alice")
+    call_id = await alice.call("bob")
     await bob.wait_for("callkit.connected", call_id=call_id)
     await alice.wait_for("callkit.connected", call_id=call_id)
     ended = await ipad.wait_for("callkit.ended", call_id=call_id)
@@ -227,6 +259,43 @@ async def answered_elsewhere(backend: Backend, log: EventLog, alice: Phone, bob:
     remote = await bob.wait_for("callkit.ended", call_id=call_id)
     check(remote.detail["reason"] == "remoteEnded", f"bob-phone ended with {remote.detail['reason']}")
     return ipad
+
+
+def stored_by_fcm(device: FCMDevice) -> list[str]:
+    return [stored.message.data.get("type", "?") for stored in device.pending]
+
+
+async def android_phone(backend: Backend, log: EventLog, alice: Phone, story: Narrator) -> Phone:
+    story.section("4. Carol has an Android phone, asleep. Alice calls and gives up; then calls again.")
+    assert backend.fcm is not None
+    story.android.add("carol-pixel")
+    carol = AndroidPhone(backend, "carol", "carol-pixel", log=log, policy=Policy.answer(after=0.5))
+    await carol.install(online=False)
+    device = backend.fcm.device(carol.token)
+
+    call_id = await alice.call("carol", caller_name="Alice")
+    await until(lambda: stored_by_fcm(device) == ["call.incoming"], "FCM stores the invite")
+    story.say(
+        "FCM", f"stores the data message for carol-pixel (offline), its ttl the ring time left ({short(call_id)})"
+    )
+    await asyncio.sleep(0.5)
+    story.say("alice", "gives up")
+    await alice.hang_up(call_id)
+    await until(lambda: stored_by_fcm(device) == ["call.cancelled"], "FCM stores the cancellation")
+    story.say("FCM", "the cancellation displaced the stored invite (same collapse_key: the call id)")
+    await carol.wake()
+    await carol.wait_for("push.not_reported", call_id=call_id)
+    check(not carol.events("callkit.reported", call_id=call_id), "carol-pixel showed the cancelled call")
+    story.say("result", "Carol's phone woke to the cancellation and showed nothing: no ghost call")
+
+    again = await alice.call("carol", caller_name="Alice")
+    await carol.wait_for("callkit.connected", call_id=again)
+    await alice.wait_for("callkit.connected", call_id=again)
+    check(bool(carol.events("status.checked", call_id=again, state="ringing")), "carol-pixel rang without asking")
+    story.say("result", "online, Carol's phone asked status_url, rang and answered")
+    await alice.hang_up(again)
+    await carol.wait_for("callkit.ended", call_id=again)
+    return carol
 
 
 # ---- the node --------------------------------------------------------------------------
@@ -245,8 +314,12 @@ def demo_settings(redis_url: str, port: int) -> Settings:
         ring_timeout=RING_TIMEOUT,
         # The story needs the bundled simulator, whatever the environment configures.
         apns_key_file="",
+        apns_apps={},
         apns_endpoint="",
         apns_ca_file="",
+        fcm_credentials_file="",
+        fcm_project_id="",
+        fcm_endpoint="",
         sip_enabled=False,
         log_level="error",
     )
@@ -302,12 +375,15 @@ async def run_demo(redis_url: str, log: EventLog, story: Narrator) -> None:
             f"APNs: bundled simulator at {node.apns_simulator.endpoint} "
             f"({node.apns_simulator.environment}), topic {backend.voip_topic}",
         )
+        assert node.fcm_simulator is not None
+        story.say("demo", f"FCM: bundled simulator at {node.fcm_simulator.endpoint}, a throwaway service account")
         phones: list[Phone] = []
         try:
             alice, bob = await offline_phone(backend, log, story)
             phones += [alice, bob]
             await late_invite(backend, alice, bob, story)
             phones.append(await answered_elsewhere(backend, log, alice, bob, story))
+            phones.append(await android_phone(backend, log, alice, story))
             errors = log.find("app.error")
             check(not errors, f"a simulated app failed: {errors}")
         finally:
@@ -337,5 +413,5 @@ def main(write: Callable[[str], None] | None = None) -> int:
         if private is not None:
             private.stop()
     out("")
-    story.say("demo", "done: 3 scenarios, no ghost call")
+    story.say("demo", "done: 4 scenarios, no ghost call")
     return 0

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 ApnsEnvironment = Literal["sandbox", "production"]
+Platform = Literal["ios", "android"]
+"""Which push service reaches the device: APNs (PushKit) or Firebase Cloud Messaging."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,9 @@ class Registration:
     bundle_id: str | None
     alert_token: str | None = None
     sip: SipRegistration | None = None
+    platform: Platform = "ios"
+    fcm_token: str | None = None
+    """Android: the FCM registration token, kept as the app gave it (it is case-sensitive)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,8 @@ class DeviceRecord:
     token_registered_at: int
     sip: SipRegistration | None = None
     token_dropped_at: int | None = None  # set by voip/lua/drop_voip_token.lua
+    platform: Platform = "ios"  # records from before Android have none: iOS
+    fcm_token: str | None = None
 
     @classmethod
     def from_stored(cls, raw: Mapping[str, Any]) -> DeviceRecord:
@@ -58,10 +65,13 @@ class DeviceRecord:
             token_registered_at=raw["token_registered_at"],
             sip=SipRegistration(sip["contact"], sip["expires_at"], sip["team_id"]) if sip else None,
             token_dropped_at=raw.get("token_dropped_at"),
+            platform=raw.get("platform", "ios"),
+            fcm_token=raw.get("fcm_token"),
         )
 
     def stored(self) -> dict[str, Any]:
-        """The JSON object kept in Redis and shown by `GET /v1/devices`, keys in this order."""
+        """The JSON object kept in Redis and shown by `GET /v1/devices`, keys in this order
+        (an Android record adds `platform` and `fcm_token`)."""
         record: dict[str, Any] = {
             "voip_token": self.voip_token,
             "apns_environment": self.apns_environment,
@@ -71,6 +81,10 @@ class DeviceRecord:
             "updated_at": self.updated_at,
             "token_registered_at": self.token_registered_at,
         }
+        if self.platform == "android":
+            # iOS records stay as they were before Android: no platform means iOS.
+            record["platform"] = self.platform
+            record["fcm_token"] = self.fcm_token
         if self.sip is not None:
             record["sip"] = {
                 "contact": self.sip.contact,
@@ -83,10 +97,16 @@ class DeviceRecord:
 
 
 def register(previous: DeviceRecord | None, update: Registration, now: int) -> DeviceRecord:
-    """The record after `update`: tokens lower-case, the first registration kept, and
-    the token's registration time moved only when the token value changed."""
+    """The record after `update`: APNs tokens lower-case (FCM's are case-sensitive), the
+    first registration kept, and the token's registration time moved only when the token
+    value changed (the same rule for both platforms' token drops)."""
     voip_token = update.voip_token.lower() if update.voip_token else None
-    kept = previous is not None and previous.voip_token == voip_token
+    kept = (
+        previous is not None
+        and previous.platform == update.platform
+        and previous.voip_token == voip_token
+        and previous.fcm_token == update.fcm_token
+    )
     return DeviceRecord(
         voip_token=voip_token,
         apns_environment=update.apns_environment,
@@ -96,4 +116,6 @@ def register(previous: DeviceRecord | None, update: Registration, now: int) -> D
         updated_at=now,
         token_registered_at=previous.token_registered_at if previous and kept else now,
         sip=update.sip,
+        platform=update.platform,
+        fcm_token=update.fcm_token,
     )

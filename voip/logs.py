@@ -5,7 +5,7 @@ Every event passes `redact` last, whoever logged it: callers should never log a 
 but uvicorn prints request paths with their query strings, the websockets library prints
 handshake headers at debug, and one careless `exc_info` can carry a header. So query
 string values, JWTs, Authorization header values, digest responses, status capabilities,
-passwords and private keys are replaced before a line is written.
+passwords, TURN credentials and private keys are replaced before a line is written.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ SECRET_KEYS = frozenset(
         "provider_token",
         "ticket",
         "sip_accounts",
+        # Webhooks and the call hook (voip/webhooks/): a signature is a MAC of the secret.
+        "signature",
+        "voip_signature",
+        "credential",
     }
 )
 
@@ -70,11 +74,13 @@ _RULES: list[_Rule] = [
     (re.compile(r"\?([^\s\"'<>#?]*=[^\s\"'<>#]*)"), _query),
     # A password in a URL's user info: redis://:pw@host, https://user:pw@host.
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@"), rf"\1{REDACTED}@"),
+    # A Voip-Signature's MAC, however it is printed: "t=1767225600,v1=<64 hex>".
+    (re.compile(r"(?i)\b(v1=)[0-9a-f]{16,}"), rf"\1{REDACTED}"),
     # A status capability: "<expiry seconds>.<24 base64url characters>".
     (re.compile(r"\b\d{9,12}\.[A-Za-z0-9_-]{24}(?![A-Za-z0-9_-])"), REDACTED),
     (
         re.compile(
-            r"""(?i)(?<![a-z0-9])((?:\w*_)?(?:password|passwd|secret|ha1|access_token|ticket))(['"]?\s*[:=]\s*(?:b?['"])?)[^\s'"&,;}]+"""
+            r"""(?i)(?<![a-z0-9])((?:\w*_)?(?:password|passwd|secret|ha1|access_token|ticket|credential))(['"]?\s*[:=]\s*(?:b?['"])?)[^\s'"&,;}]+"""
         ),
         rf"\1\2{REDACTED}",
     ),
@@ -85,6 +91,7 @@ _RULES: list[_Rule] = [
 # cost a few substring tests instead of a pass per rule (~0.6 µs instead of ~5).
 _MARKERS = (
     "eyj",
+    "v1=",
     "?",
     "authori",
     "response",
@@ -97,6 +104,7 @@ _MARKERS = (
     "ha1",
     "access_token",
     "ticket",
+    "credential",
     "://",
 )
 _CAPABILITY = re.compile(r"\d{9,12}\.[A-Za-z0-9_-]{24}")

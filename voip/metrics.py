@@ -9,6 +9,11 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 disable_created_metrics()
 
 CALLS = Counter("voip_calls_total", "Calls that reached a state, by the reason given to devices", ["state", "reason"])
+CALLS_TURNED_AWAY = Counter(
+    "voip_calls_turned_away_total",
+    "New calls the callee's availability turned away before anything rang (reason: dnd, busy)",
+    ["reason"],
+)
 STATUS_CHECKS = Counter(
     "voip_status_checks_total",
     "Call-status requests by verdict; state unknown_call: the 404 for a call unknown or past retention",
@@ -28,7 +33,17 @@ def status_check_counter(state: str, end_call: bool) -> Any:
     return child
 
 
+# GET /v1/ice-servers (issue 13, part 3): "turn" when the answer carried a TURN credential.
+ICE_SERVERS = Counter(
+    "voip_ice_servers_total", "ICE server lists handed to devices, by what they held: turn, stun or none", ["servers"]
+)
 WS_CONNECTIONS = Gauge("voip_ws_connections", "Device WebSocket connections open on this node")
+SIP_WS_CONNECTIONS = Gauge("voip_sip_ws_connections", "SIP-over-WebSocket (/v1/sip) connections open on this node")
+SIP_WS_CLOSED = Counter(
+    "voip_sip_ws_closed_total",
+    "SIP-over-WebSocket connections refused or closed by the node, by reason",
+    ["reason"],
+)
 WS_ERRORS = Counter("voip_ws_errors_total", "Error frames sent to devices", ["code"])
 # Redis unavailable or busy (issue 9): requests answered 503, sockets closed 1013,
 # WebSocket requests answered `unavailable`.
@@ -45,13 +60,17 @@ DELIVERY_LOG_DROPPED = Counter(
     '"delivered" timeline entries never written: queue_full (Redis away too long), unwritten (retries ran out)',
     ["reason"],
 )
+# `app`: whose credentials sent the push, the iOS bundle id (one per configured app, or
+# per bundle registered under the bundled simulator) or the FCM project.
 PUSHES = Counter(
-    "voip_pushes_total", "Pushes sent to APNs by kind, outcome and APNs reason", ["kind", "outcome", "reason"]
+    "voip_pushes_total",
+    "Pushes by platform (ios: APNs, android: FCM), app (bundle id, FCM project), kind, outcome and reason",
+    ["platform", "app", "kind", "outcome", "reason"],
 )
 PUSH_LATENCY = Histogram(
     "voip_push_seconds",
-    "From handing a push to the sender to APNs's final answer",
-    ["kind"],
+    "From handing a push to the sender to the push service's final answer",
+    ["platform", "app", "kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SIP_MESSAGES = Counter(
@@ -92,3 +111,31 @@ def count_sip_message(direction: str, message: Any) -> None:
         if len(_SIP_CHILDREN) < _CHILDREN_KEPT:
             _SIP_CHILDREN[labels] = child
     child.inc()
+
+
+# Webhooks (docs/webhooks.md): every attempt to deliver an event, and the call hook.
+WEBHOOK_DELIVERIES = Counter(
+    "voip_webhook_deliveries_total",
+    "Webhook delivery attempts: delivered (2xx), failed (retried later), dropped (failing for 24 h)",
+    ["outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "voip_webhook_seconds",
+    "One webhook POST, sent to answered or failed",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WEBHOOK_FAILING = Gauge(
+    "voip_webhook_failing",
+    "1 while this node's last attempt to a webhook URL failed; `url` is the URL's hash (as on /ops)",
+    ["url"],
+)
+CALL_HOOK = Counter(
+    "voip_call_hook_total",
+    "Call-hook answers: ring, reject; failed_open / failed_closed: no usable answer, the policy applied",
+    ["outcome"],
+)
+CALL_HOOK_SECONDS = Histogram(
+    "voip_call_hook_seconds",
+    "The call hook's round trip",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

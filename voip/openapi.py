@@ -16,6 +16,8 @@ from starlette.responses import Response
 
 from voip.api import DeviceIn, JSONResponse
 from voip.calls import CallState, EndReason
+from voip.history import DEFAULT_LIMIT, MAX_LIMIT
+from voip.history_api import AvailabilityIn, SeenIn
 from voip.ops import models as ops
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -32,10 +34,16 @@ class Error(BaseModel):
     message: str
     detail: list[FieldError] | None = None
     retry_after: int | None = Field(None, description="With 503 `unavailable`: seconds to wait, as in `Retry-After`")
+    bundle_id: str | None = Field(
+        None, description="With 422 `unknown_app`: the bundle id refused (null: none given, and several apps served)"
+    )
 
 
 class Device(BaseModel):
     device_id: str
+    platform: Literal["ios", "android"] = Field(
+        "ios", description='Which push service reaches it: APNs or FCM; absent on iOS devices (then "ios")'
+    )
     voip_token: str | None
     apns_environment: Literal["sandbox", "production"]
     bundle_id: str | None
@@ -43,6 +51,9 @@ class Device(BaseModel):
     registered_at: int
     updated_at: int
     token_registered_at: int
+    fcm_token: str | None = Field(
+        None, description="Android only: the FCM registration token (null once FCM refused it)"
+    )
 
 
 class DeviceSaved(Device):
@@ -70,6 +81,68 @@ class UnknownCall(BaseModel):
     server_time: int
 
 
+class IceServer(BaseModel):
+    """One RTCIceServer (W3C WebRTC): pass it to the peer connection as it is."""
+
+    urls: list[str] = Field(description="stun:, stuns:, turn: or turns: URIs (RFC 7064, RFC 7065)")
+    username: str | None = Field(
+        None, description="TURN only: `<expiry, unix seconds>:<user id>` (coturn's REST-API credentials)"
+    )
+    credential: str | None = Field(
+        None, description="TURN only: base64 HMAC-SHA1 of `username` under the TURN server's shared secret"
+    )
+
+
+class IceServers(BaseModel):
+    ice_servers: list[IceServer] = Field(
+        description="STUN URIs in one entry without credentials, TURN URIs in another with them; "
+        "empty when the deployment runs neither (ICE then uses host candidates only)"
+    )
+    ttl: int = Field(description="Seconds the TURN credential stays valid (TURN_TTL): ask again before then")
+
+
+class HistoryCall(BaseModel):
+    call_id: str
+    direction: Literal["outgoing", "incoming"]
+    peer: str = Field(description="The other party: a user id, or a SIP address")
+    state: CallState
+    reason: str | None = Field(
+        description="Null while ringing or answered; once final, the reason words of the status endpoint in "
+        "this user's words (`remote_ended`, `unanswered`, `declined_elsewhere`, `failed`), or `dnd` / `busy` "
+        "for a call the callee's availability turned away"
+    )
+    started_at: int
+    answered_at: int | None
+    ended_at: int | None
+    duration_ms: int | None = Field(description="Answered to ended; 0 for a final call never answered; null while live")
+    answered_by_device: str | None = Field(description="The callee's device that answered")
+
+
+class HistoryPage(BaseModel):
+    calls: list[HistoryCall] = Field(description="Newest first (start time, then call id)")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null when there is no more. Calls made meanwhile "
+        "never move a cursor: no call repeats, none is skipped"
+    )
+    missed_unseen: int = Field(
+        description="Incoming calls nobody answered (state `missed` or `cancelled`) started after the "
+        "user's seen mark (`POST /v1/calls/seen`), among the newest 200 after it"
+    )
+
+
+class SeenMark(BaseModel):
+    up_to: int = Field(description="The user's seen mark now (never moves back; never past the server's now)")
+    missed_unseen: int
+
+
+class AvailabilityOut(BaseModel):
+    dnd: bool = Field(description="Do-not-disturb in force now (false once `until` has passed)")
+    until: int | None = Field(description="When do-not-disturb ends by itself (ms); null: when turned off")
+    when_busy: Literal["ring", "reject"] = Field(
+        description="`reject`: a call to a user in an answered call is turned away (`busy`, SIP 486)"
+    )
+
+
 class OpsLiveTicket(BaseModel):
     ticket: str = Field(description="Opens /v1/ops/live once: `?ticket=<ticket>`")
     expires_in: int = Field(description="Seconds it stays usable (VOIP_OPS_TICKET_TTL)")
@@ -92,6 +165,8 @@ class Readiness(BaseModel):
 
 MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (DeviceIn, "validation"),
+    (SeenIn, "validation"),
+    (AvailabilityIn, "validation"),
     *(
         (model, "serialization")
         for model in (
@@ -99,8 +174,12 @@ MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
             Device,
             DeviceSaved,
             DeviceList,
+            IceServers,
             CallStatus,
             UnknownCall,
+            HistoryPage,
+            SeenMark,
+            AvailabilityOut,
             Health,
             Readiness,
             ops.OpsCallPage,
@@ -109,6 +188,7 @@ MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
             ops.OpsSummary,
             OpsLiveTicket,
             ops.OpsSimulatorPushes,
+            ops.OpsSimulatorFCM,
         )
     ),
 ]
@@ -203,7 +283,12 @@ def _paths() -> dict[str, Any]:
                     "401": UNAUTHORIZED,
                     "403": FORBIDDEN_DEVICE,
                     "413": _error("Body over 16 KiB"),
-                    "422": INVALID,
+                    "422": _error(
+                        "`validation_error`: the body is invalid, `detail` names the fields. `unknown_app`: "
+                        "an iOS device whose `bundle_id` is not an app this service has APNs credentials for "
+                        "(APNS_APPS, APNS_BUNDLE_ID), or none given when it serves several; without credentials "
+                        "(the bundled simulator) every bundle is served"
+                    ),
                     "503": UNAVAILABLE,
                 },
             },
@@ -221,6 +306,23 @@ def _paths() -> dict[str, Any]:
                     "503": UNAVAILABLE,
                 },
             },
+        },
+        "/v1/ice-servers": {
+            "get": {
+                "tags": ["devices"],
+                "operationId": "iceServers",
+                "summary": "STUN and TURN servers for this user's media, with a fresh TURN credential",
+                "description": "Pass `ice_servers` to the peer connection as its `iceServers`. The TURN "
+                "credential expires `ttl` seconds after this answer: fetch the list before each "
+                "call (or when less than a call's length is left) and never store it. Touches no "
+                "Redis. Cache-Control: no-store.",
+                "security": BEARER,
+                "responses": {
+                    "200": _json("IceServers", "The ICE servers"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_DEVICE,
+                },
+            }
         },
         "/v1/calls/{call_id}/status": {
             "get": {
@@ -260,6 +362,103 @@ def _paths() -> dict[str, Any]:
                     "503": UNAVAILABLE,
                 },
             }
+        },
+        "/v1/calls": {
+            "get": {
+                "tags": ["calls"],
+                "operationId": "listCalls",
+                "summary": "The user's calls, placed and received, newest first (Recents)",
+                "description": "Each call as this user sees it, kept `VOIP_HISTORY_RETENTION` seconds "
+                "(30 days) from its last change, and the count of missed calls not yet seen.",
+                "security": BEARER,
+                "parameters": [
+                    _param(
+                        "cursor",
+                        "query",
+                        {"type": "string", "pattern": "^[0-9]{1,16}:[0-9a-f-]{36}$"},
+                        "`next_cursor` of the previous page",
+                    ),
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                        "Calls per page",
+                    ),
+                ],
+                "responses": {
+                    "200": _json("HistoryPage", "A page of the user's calls"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_DEVICE,
+                    "422": INVALID,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/v1/calls/seen": {
+            "post": {
+                "tags": ["calls"],
+                "operationId": "markCallsSeen",
+                "summary": "Mark the missed calls started up to a time as seen, on every device",
+                "description": "The user's other connected devices get a `calls.seen` frame with the "
+                "new mark and `missed_unseen`. The mark never moves back, and never past the server's now.",
+                "security": BEARER,
+                "parameters": [
+                    _param(
+                        "device_id",
+                        "query",
+                        {"type": "string", "pattern": DEVICE_ID_PATTERN},
+                        "The asking device: it gets no `calls.seen` frame",
+                    )
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": REF.format(model="SeenIn")}}},
+                },
+                "responses": {
+                    "200": _json("SeenMark", "The mark now"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_DEVICE,
+                    "413": _error("Body over 16 KiB"),
+                    "422": INVALID,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/v1/me/availability": {
+            "get": {
+                "tags": ["calls"],
+                "operationId": "getAvailability",
+                "summary": "The user's do-not-disturb and busy rule",
+                "security": BEARER,
+                "responses": {
+                    "200": _json("AvailabilityOut", "As it stands now"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_DEVICE,
+                    "503": UNAVAILABLE,
+                },
+            },
+            "put": {
+                "tags": ["calls"],
+                "operationId": "putAvailability",
+                "summary": "Set do-not-disturb and the busy rule",
+                "description": "Under do-not-disturb no device rings and no push is sent: the caller "
+                'gets `call.declined` with `reason: "dnd"` (SIP 480). With `when_busy: "reject"` '
+                'and an answered call in progress, `reason: "busy"` (SIP 486). Both are missed calls '
+                "in both parties' histories.",
+                "security": BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": REF.format(model="AvailabilityIn")}}},
+                },
+                "responses": {
+                    "200": _json("AvailabilityOut", "Saved; as it stands now"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_DEVICE,
+                    "413": _error("Body over 16 KiB"),
+                    "422": INVALID,
+                    "503": UNAVAILABLE,
+                },
+            },
         },
         "/v1/ops/calls": {
             "get": {
@@ -383,6 +582,32 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/ops/simulator/fcm": {
+            "get": {
+                "tags": ["ops"],
+                "operationId": "opsSimulatorFCM",
+                "summary": "What the bundled FCM simulator received (a node with no FCM credentials)",
+                "description": "With no FCM credentials (outside production) the node sends Android pushes to "
+                "its embedded FCM simulator and no real phone receives anything. Each message: its "
+                "android options, data (an invite's `status_url` included), the simulator's answer and "
+                "what became of it. Otherwise: `simulator: false` and no messages.",
+                "security": BEARER,
+                "parameters": [
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": 200},
+                        "Newest messages to return (default 50)",
+                    )
+                ],
+                "responses": {
+                    "200": _json("OpsSimulatorFCM", "The simulator's messages, newest first"),
+                    "401": UNAUTHORIZED,
+                    "403": FORBIDDEN_OPERATOR,
+                    "422": INVALID,
+                },
+            }
+        },
         "/v1/ops/live/ticket": {
             "post": {
                 "tags": ["ops"],
@@ -488,6 +713,22 @@ WEBSOCKETS = {
             "403": "not a device token",
         },
         "closes": {"1013": "Redis is unavailable: reconnect with backoff"},
+    },
+    "/v1/sip": {
+        "summary": "SIP over WebSocket (RFC 7118) for browser softphones: one SIP message per "
+        "frame, Via transport WS or WSS, served by the node's SIP stack (SIP_ENABLED)",
+        "auth": "none on the socket: every REGISTER and INVITE answers a SIP digest challenge",
+        "subprotocol": "sip",
+        "refusals": {
+            "400": "the subprotocol is not sip",
+            "404": "SIP is not enabled on this node",
+            "503": "the node drains, or holds SIP_WS_MAX_CONNECTIONS SIP sockets already",
+        },
+        "closes": {
+            "1008": "not a SIP message, too many messages, or too slow to read",
+            "1009": "a frame over VOIP_WS_MAX_FRAME_BYTES",
+            "1012": "the node drains: reconnect (to another node) and register again",
+        },
     },
     "/v1/ops/live": {
         "summary": "Every timeline entry of every call, from every node, as it happens",

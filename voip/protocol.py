@@ -7,9 +7,13 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 
 from voip.display_names import MAX_RAW_DISPLAY_NAME
+
+# `custom` in call.start (and in the call hook's answer): a JSON object, 1 KiB at most.
+MAX_CUSTOM_BYTES = 1024
 
 # User and device ids travel in Redis keys and channel names: keep them to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9._@+:-]{1,128}$"
@@ -37,6 +41,7 @@ class FrameType(StrEnum):
     CALL_STARTED = "call.started"
     PONG = "pong"
     ERROR = "error"
+    CALL_ERROR = "call.error"
     # Server -> client: call events
     CALL_INCOMING = "call.incoming"
     CALL_ANSWERED = "call.answered"
@@ -47,6 +52,7 @@ class FrameType(StrEnum):
     CALL_FAILED = "call.failed"
     CALL_ENDED = "call.ended"
     DEVICE_REREGISTER = "device.reregister"
+    CALLS_SEEN = "calls.seen"
     RECONNECT = "reconnect"
 
 
@@ -81,11 +87,20 @@ class CallStart(_Message):
     # Cleaned and cut by the controller (voip/display_names.py), whichever path it came by.
     caller_name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_RAW_DISPLAY_NAME)] | None = None
     sdp: Annotated[str, StringConstraints(max_length=32768)] | None = None  # the offer, for SIP callees
+    # The app's own data for the call: to call.incoming and the push, and to the call hook.
+    custom: dict[str, Any] | None = None
 
     @field_validator("call_id")
     @classmethod
     def _uuid(cls, value: str | None) -> str | None:
         return None if value is None else _CallMessage._uuid(value)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(orjson.dumps(value)) > MAX_CUSTOM_BYTES:
+            raise ValueError(f"must be {MAX_CUSTOM_BYTES} bytes of JSON or less")
+        return value
 
 
 class CallRinging(_CallMessage):
@@ -151,6 +166,20 @@ CALL_ERRORS = {
     "call_exists": "a call with this call_id exists already",
     "invalid_callee": "you cannot call yourself",
 }
+
+
+def call_error_frame(request_id: Any, call_id: str, message: str | None) -> dict[str, Any]:
+    """The reply to a `call.start` that the app's backend refused (the call hook)."""
+    frame: dict[str, Any] = {
+        "type": FrameType.CALL_ERROR,
+        "call_id": call_id,
+        "reason": "call_rejected",
+        "message": message or "the call was not allowed",
+    }
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame
+
 
 # Why a new call was refused (`code: "call_refused"`, `reason` one of these).
 CALL_REFUSALS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -10,7 +11,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,9 +19,23 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from voip.ice_servers import MIN_SECRET_BYTES, parse_uris
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_FILE = CONFIG_DIR / "default.toml"
 DEV_SECRET_FILE = Path(".voip") / "dev-secret"
+# An iOS bundle id (reverse DNS): APNS_BUNDLE_ID and the keys of APNS_APPS.
+BUNDLE_ID = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+class APNsApp(BaseModel):
+    """One iOS app's APNs token-auth key: an entry of APNS_APPS, keyed by its bundle id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_file: str = Field(min_length=1)
+    key_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$")
+    team_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$")
 
 
 def _env(*names: str) -> AliasChoices:
@@ -44,6 +59,9 @@ class Settings(BaseSettings):
     jwt_secret: str = Field("", validation_alias=_env("jwt_secret", "VOIP_JWT_SECRET"), repr=False)
     ring_timeout: float = Field(45, gt=0, le=600, validation_alias=_env("ring_timeout", "VOIP_RING_TIMEOUT"))
     call_retention: int = Field(86400, ge=60, validation_alias=_env("call_retention", "VOIP_CALL_RETENTION"))
+    history_retention: int = Field(
+        30 * 86400, ge=60, le=400 * 86400, validation_alias=_env("history_retention", "VOIP_HISTORY_RETENTION")
+    )
     max_devices_per_user: int = Field(
         10, ge=1, le=1000, validation_alias=_env("max_devices_per_user", "VOIP_MAX_DEVICES_PER_USER")
     )
@@ -65,6 +83,21 @@ class Settings(BaseSettings):
         "", pattern=r"^$|^[^:\s]+:\d{1,5}$", validation_alias=_env("apns_endpoint", "APNS_ENDPOINT")
     )
     apns_ca_file: str = Field("", validation_alias=_env("apns_ca_file", "APNS_CA_FILE"))
+    # Several iOS apps (issue 14, item 6; docs/push.md#several-apps): bundle id -> its key.
+    # APNS_KEY_FILE (with APNS_BUNDLE_ID) is one more app of the same table.
+    apns_apps: dict[str, APNsApp] = Field({}, max_length=256, validation_alias=_env("apns_apps", "APNS_APPS"))
+    # Android over FCM HTTP v1 (voip/push/fcm.py, docs/push.md#android-fcm)
+    fcm_credentials_file: str = Field("", validation_alias=_env("fcm_credentials_file", "FCM_CREDENTIALS_FILE"))
+    fcm_project_id: str = Field(
+        "",
+        pattern=r"^$|^[a-z][a-z0-9-]{4,28}[a-z0-9]$",
+        validation_alias=_env("fcm_project_id", "FCM_PROJECT_ID"),
+    )
+    fcm_endpoint: str = Field(
+        "",
+        pattern=r"^$|^https?://[^/\s:]+(:\d{1,5})?/?$",
+        validation_alias=_env("fcm_endpoint", "FCM_ENDPOINT"),
+    )
     # SIP gateway (voip/sipcalls, docs/sip-gateway.md)
     sip_enabled: bool = Field(False, validation_alias=_env("sip_enabled", "SIP_ENABLED"))
     sip_host: str = Field("127.0.0.1", validation_alias=_env("sip_host", "SIP_HOST"))
@@ -97,6 +130,10 @@ class Settings(BaseSettings):
     sip_tls_cert_file: str = Field("", validation_alias=_env("sip_tls_cert_file", "SIP_TLS_CERT_FILE"))
     sip_tls_key_file: str = Field("", validation_alias=_env("sip_tls_key_file", "SIP_TLS_KEY_FILE"))
     sip_tls_ca_file: str = Field("", validation_alias=_env("sip_tls_ca_file", "SIP_TLS_CA_FILE"))
+    # SIP over WebSocket (RFC 7118) at /v1/sip: sockets per node; beyond, 503.
+    sip_ws_max_connections: int = Field(
+        1000, ge=1, validation_alias=_env("sip_ws_max_connections", "SIP_WS_MAX_CONNECTIONS")
+    )
     # Limits on every channel (docs/operators.md#limits)
     max_ringing_per_callee: int = Field(
         3, ge=1, le=1000, validation_alias=_env("max_ringing_per_callee", "VOIP_MAX_RINGING_PER_CALLEE")
@@ -177,9 +214,26 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(
         100, ge=1, le=10000, validation_alias=_env("redis_wait_timeout_ms", "VOIP_REDIS_WAIT_TIMEOUT_MS")
     )
+    # ICE servers for apps' media (issue 13, part 3; GET /v1/ice-servers): stun:, stuns:,
+    # turn:, turns: URIs (RFC 7064, RFC 7065); TURN credentials in coturn's REST-API form.
+    turn_uris: list[str] = Field([], max_length=32, validation_alias=_env("turn_uris", "TURN_URIS"))
+    turn_secret: str = Field("", validation_alias=_env("turn_secret", "TURN_SECRET"), repr=False)
+    turn_ttl: int = Field(86400, ge=60, le=604800, validation_alias=_env("turn_ttl", "TURN_TTL"))
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", validation_alias=_env("log_level", "VOIP_LOG_LEVEL")
     )
+    # The app's own backend in the loop (docs/webhooks.md): names from tokens, the
+    # call-control hook, signed call-event webhooks.
+    trust_client_names: bool = Field(False, validation_alias=_env("trust_client_names", "VOIP_TRUST_CLIENT_NAMES"))
+    call_hook_url: str = Field("", validation_alias=_env("call_hook_url", "VOIP_CALL_HOOK_URL"), repr=False)
+    call_hook_timeout_ms: int = Field(
+        1000, ge=10, le=30000, validation_alias=_env("call_hook_timeout_ms", "VOIP_CALL_HOOK_TIMEOUT_MS")
+    )
+    call_hook_failure: Literal["open", "closed"] = Field(
+        "closed", validation_alias=_env("call_hook_failure", "VOIP_CALL_HOOK_FAILURE")
+    )
+    webhook_urls: str = Field("", validation_alias=_env("webhook_urls", "VOIP_WEBHOOK_URLS"), repr=False)
+    webhook_secret: str = Field("", validation_alias=_env("webhook_secret", "VOIP_WEBHOOK_SECRET"), repr=False)
 
     @model_validator(mode="after")
     def _production_needs_secrets(self) -> Settings:
@@ -190,6 +244,8 @@ class Settings(BaseSettings):
                 raise ValueError("APNS_KEY_ID, APNS_TEAM_ID: both are needed with APNS_KEY_FILE")
         if self.apns_ca_file and not Path(self.apns_ca_file).is_file():
             raise ValueError(f"APNS_CA_FILE: no such file: {self.apns_ca_file}")
+        _check_apns_apps(self)
+        _check_fcm(self)
         _check_sip_tls(self)
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
             raise ValueError("REDIS_SENTINELS, REDIS_SENTINEL_MASTER: both or neither")
@@ -209,9 +265,11 @@ class Settings(BaseSettings):
                 # WAIT needs the writes' own connection; a cluster spreads them over shards.
                 raise ValueError("VOIP_REDIS_WAIT_REPLICAS: not supported with REDIS_CLUSTER_NODES")
         _check_redis_tls(self)
+        _check_app_backend(self)
+        _check_turn(self)
         if self.environment == "production":
-            if not self.apns_key_file:
-                raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8)")
+            if not (self.apns_key_file or self.apns_apps):
+                raise ValueError("APNS_KEY_FILE: production needs an APNs auth key (.p8), or APNS_APPS")
             if not self.public_url:
                 raise ValueError("VOIP_PUBLIC_URL: production needs the URL apps reach this service at")
             if len(self.jwt_secret.encode()) < 32:
@@ -247,6 +305,29 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=files))
 
 
+def webhook_url_list(value: str) -> list[str]:
+    """VOIP_WEBHOOK_URLS: comma-separated http(s) URLs, blanks dropped."""
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
+def _http_url(name: str, url: str) -> None:
+    # The URL may carry a token of the app's: never echoed in the error.
+    if not re.match(r"^https?://[^/\s?#]+", url) or any(c.isspace() for c in url):
+        raise ValueError(f"{name}: not an http:// or https:// URL")
+
+
+def _check_app_backend(settings: Settings) -> None:
+    urls = webhook_url_list(settings.webhook_urls)
+    for url in urls:
+        _http_url("VOIP_WEBHOOK_URLS", url)
+    if settings.call_hook_url:
+        _http_url("VOIP_CALL_HOOK_URL", settings.call_hook_url)
+    if (urls or settings.call_hook_url) and len(settings.webhook_secret.encode()) < 16:
+        # The hook and the webhooks are signed with it: an unsigned request would be one
+        # anybody could forge.
+        raise ValueError("VOIP_WEBHOOK_SECRET: a secret of 16 bytes or more is needed with webhooks or a call hook")
+
+
 def sentinel_addresses(value: str) -> list[tuple[str, int]]:
     """`host:port,host:port,...` -> [(host, port)]; ValueError names the bad entry."""
     addresses: list[tuple[str, int]] = []
@@ -256,6 +337,80 @@ def sentinel_addresses(value: str) -> list[tuple[str, int]]:
             raise ValueError(f"not host:port: {entry!r}")
         addresses.append((host.removeprefix("[").removesuffix("]"), int(port)))
     return addresses
+
+
+def apns_app_table(settings: Settings) -> dict[str, APNsApp]:
+    """Every iOS app this node pushes to with credentials of its own, by bundle id:
+    APNS_KEY_FILE's (as APNS_BUNDLE_ID) and APNS_APPS's. Empty: no credentials, the bundled
+    simulator serves every bundle."""
+    table: dict[str, APNsApp] = {}
+    if settings.apns_key_file:
+        table[settings.apns_bundle_id] = APNsApp(
+            key_file=settings.apns_key_file, key_id=settings.apns_key_id, team_id=settings.apns_team_id
+        )
+    return table | settings.apns_apps
+
+
+def default_app(settings: Settings) -> str | None:
+    """The app of a device that registered no bundle id (and of the calls stored before
+    apps had one): APNS_BUNDLE_ID when this node serves it, else the only app, else none."""
+    table = apns_app_table(settings)
+    if not table or settings.apns_bundle_id in table:
+        return settings.apns_bundle_id
+    return next(iter(table)) if len(table) == 1 else None
+
+
+def _check_apns_apps(settings: Settings) -> None:
+    """Each app of APNS_APPS: a bundle id, a readable P-256 key, not APNS_KEY_FILE's app again."""
+    for bundle_id, app in settings.apns_apps.items():
+        if not BUNDLE_ID.match(bundle_id) or len(bundle_id) > 155:
+            raise ValueError(f"APNS_APPS: not a bundle id: {bundle_id!r}")
+        if settings.apns_key_file and bundle_id == settings.apns_bundle_id:
+            raise ValueError(f"APNS_APPS: {bundle_id} is APNS_BUNDLE_ID's app already (APNS_KEY_FILE); name it once")
+        path = Path(app.key_file)
+        if not (path.is_file() and os.access(path, os.R_OK)):
+            raise ValueError(f"APNS_APPS: {bundle_id}: key_file: not a readable file: {path}")
+        if not _is_p256_private_key(path.read_bytes()):
+            # Never the file's bytes: it is a secret.
+            raise ValueError(f"APNS_APPS: {bundle_id}: key_file: not a PEM P-256 private key (an APNs .p8): {path}")
+
+
+def _is_p256_private_key(pem: bytes) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+
+
+def _check_fcm(settings: Settings) -> None:
+    """The key file is a readable service-account key; the project comes from it unless
+    FCM_PROJECT_ID says otherwise; the other FCM settings only with a key."""
+    if not settings.fcm_credentials_file:
+        for env, value in (("FCM_PROJECT_ID", settings.fcm_project_id), ("FCM_ENDPOINT", settings.fcm_endpoint)):
+            if value:
+                raise ValueError(f"{env}: only with FCM_CREDENTIALS_FILE (without it: the bundled FCM simulator)")
+        return
+    from voip.push.fcm_auth import check_service_account  # google-auth only when FCM is configured
+
+    path = Path(settings.fcm_credentials_file)
+    if not (path.is_file() and os.access(path, os.R_OK)):
+        raise ValueError(f"FCM_CREDENTIALS_FILE: not a readable file: {path}")
+    try:
+        info = check_service_account(json.loads(path.read_text()))
+    except json.JSONDecodeError:
+        raise ValueError("FCM_CREDENTIALS_FILE: not JSON") from None
+    except ValueError as exc:
+        raise ValueError(f"FCM_CREDENTIALS_FILE: {exc}") from None
+    if not settings.fcm_project_id:
+        project = info.get("project_id")
+        if not isinstance(project, str) or not project:
+            raise ValueError("FCM_PROJECT_ID: needed, the key names no project_id")
+        settings.fcm_project_id = project
+    settings.fcm_endpoint = settings.fcm_endpoint.rstrip("/")
 
 
 SIP_TLS_SETTINGS = {
@@ -361,6 +516,21 @@ def _check_redis_tls(settings: Settings) -> None:
             ) from None
 
 
+def _check_turn(settings: Settings) -> None:
+    """Every ICE URI parses; TURN URIs and the shared secret come together."""
+    try:
+        uris = parse_uris(settings.turn_uris)
+    except ValueError as exc:
+        raise ValueError(f"TURN_URIS: {exc}") from None
+    turn = any(uri.is_turn for uri in uris)
+    if turn and not settings.turn_secret:
+        raise ValueError("TURN_SECRET: needed with a turn: or turns: URI in TURN_URIS (coturn's static-auth-secret)")
+    if settings.turn_secret and not turn:
+        raise ValueError("TURN_SECRET: set, but TURN_URIS has no turn: or turns: URI")
+    if settings.turn_secret and len(settings.turn_secret.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"TURN_SECRET: a secret of {MIN_SECRET_BYTES} bytes or more is needed")
+
+
 def _tls_reason(exc: OSError) -> str:
     reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
     return str(reason).removeprefix("[SSL] ").split(" (_ssl.c", 1)[0]
@@ -408,6 +578,9 @@ def _one_line(exc: ValidationError) -> str:
     alias = field.validation_alias
     assert isinstance(alias, AliasChoices)  # every setting is declared with _env()
     env_name = alias.choices[-1]
+    if name == "apns_apps" and len(error["loc"]) > 1:  # inside the table: which app, which field
+        where = ": ".join(str(part) for part in error["loc"][1:])
+        return f"{env_name} ({name}): {where}: {message}"
     shown = "" if not field.repr else f" (got {error.get('input')!r})"  # secrets are never echoed
     return f"{env_name} ({name}): {message}{shown}"
 

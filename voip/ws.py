@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from voip import metrics
 from voip.auth import AuthError, Principal
 from voip.calls import Action
-from voip.controller import CallController, Caller
+from voip.controller import CallController, Caller, CallRejected
 from voip.node import Node
 from voip.protocol import (
     CALL_ERRORS,
@@ -42,6 +42,7 @@ from voip.protocol import (
     ClientMessage,
     FrameType,
     Ping,
+    call_error_frame,
     client_message,
     error_frame,
 )
@@ -159,7 +160,7 @@ def _request_id(frame: Any) -> Any:
     return request_id if isinstance(request_id, (str, int)) else None
 
 
-async def _refuse(websocket: WebSocket, status: int, message: str) -> None:
+async def refuse(websocket: WebSocket, status: int, message: str) -> None:
     """Refuse before accepting: an HTTP response where the server can send one."""
     from starlette.responses import JSONResponse
 
@@ -176,19 +177,19 @@ async def device_socket(websocket: WebSocket) -> None:
     try:
         principal = _authenticate(websocket, node)
     except AuthError as exc:
-        await _refuse(websocket, 401, f"unauthorized: {exc}")
+        await refuse(websocket, 401, f"unauthorized: {exc}")
         return
     if principal.role != "device":
-        await _refuse(websocket, 403, "forbidden: device role required")
+        await refuse(websocket, 403, "forbidden: device role required")
         return
     device_id = websocket.query_params.get("device_id", "")
     if not DEVICE_ID.match(device_id):
-        await _refuse(websocket, 400, "bad_request: device_id query parameter missing or malformed")
+        await refuse(websocket, 400, "bad_request: device_id query parameter missing or malformed")
         return
     if node.draining:
-        await _refuse(websocket, 503, "draining: this node is shutting down; connect again")
+        await refuse(websocket, 503, "draining: this node is shutting down; connect again")
         return
-    connection = DeviceConnection(websocket, node, principal.user_id, device_id)
+    connection = DeviceConnection(websocket, node, principal.user_id, device_id, principal.name)
     # Each setup step registers its undo as it starts: whichever step fails, or however
     # the socket ends, nothing stays subscribed, present or counted.
     async with Undo() as undo:
@@ -232,12 +233,16 @@ class DeviceConnection:
         "outbox",
         "refused_in_a_row",
         "socket_id",
+        "token_name",
         "user_id",
         "websocket",
     )
 
-    def __init__(self, websocket: WebSocket, node: Node, user_id: str, device_id: str) -> None:
+    def __init__(
+        self, websocket: WebSocket, node: Node, user_id: str, device_id: str, token_name: str | None = None
+    ) -> None:
         self.websocket = websocket
+        self.token_name = token_name
         self.node = node
         self.controller: CallController = node.controller
         self.user_id = user_id
@@ -499,6 +504,8 @@ class DeviceConnection:
             return error_frame("invalid_message", f"{where}: {first['msg']}", request_id)
         try:
             return await self._dispatch(message)
+        except CallRejected as exc:
+            return call_error_frame(message.id, exc.call_id, exc.reason)
         except CallRefused as exc:
             frame = error_frame(exc.code, CALL_REFUSALS[exc.reason], message.id, getattr(message, "call_id", None))
             frame["reason"] = exc.reason
@@ -541,7 +548,8 @@ class DeviceConnection:
                 Caller(self.user_id, self.device_id),
                 message.callee,
                 message.call_id,
-                caller_name=message.caller_name,
+                caller_name=self.caller_name(message),
+                custom=message.custom,
                 sdp=message.sdp,
                 on_started=reply,
             )
@@ -552,6 +560,14 @@ class DeviceConnection:
             # (telling devices, placing a SIP leg) is logged; the call in Redis, its ring
             # timeout and the status endpoint still say where it stands.
             log.exception("ws.after_call_started_failed", user=self.user_id, device=self.device_id)
+
+    def caller_name(self, message: CallStart) -> str | None:
+        """Who the callee is told is calling: the token's `name` (the app's backend said
+        so); the client's own `caller_name` only with VOIP_TRUST_CLIENT_NAMES; else None,
+        and the callee sees the caller's user id. The call hook may still override it."""
+        if self.token_name:
+            return self.token_name
+        return message.caller_name if self.node.settings.trust_client_names else None
 
     async def _dispatch(self, message: ClientMessage) -> dict[str, Any] | None:
         ack = {"type": FrameType.ACK, "id": message.id}

@@ -70,6 +70,18 @@ enum Keychain {
     func handle(signal: Any, callID: UUID)
 }
 
+/// `GET /v1/ice-servers`: each entry is one RTCIceServer, as WebRTC takes it.
+struct IceServer: Decodable {
+    let urls: [String]
+    let username: String?       // TURN only: "<expiry, unix seconds>:<user id>"
+    let credential: String?     // TURN only
+}
+
+struct IceServerList: Decodable {
+    let ice_servers: [IceServer]
+    let ttl: Int                // seconds the TURN credential stays valid
+}
+
 /// Stands in for the app's media engine until it has one: no audio.
 final class SilentMedia: MediaEngine {
     func start(callID: UUID, audioSession: AVAudioSession) {}
@@ -500,6 +512,23 @@ final class CallService: NSObject {
         guard let (data, _) = try? await URLSession.shared.data(for: request),
               let status = try? JSONDecoder().decode(CallStatus.self, from: data), status.end_call else { return }
         end(callID, reason: CXCallEndedReason(serverReason: status.reason))
+    }
+
+    // MARK: Media servers
+
+    /// STUN and TURN for one call's media: ask when the call's peer connection is made
+    /// (placing a call, answering one) and again for an ICE restart, never from a cache.
+    /// coturn checks a TURN credential when the relay is allocated, so one fetched at
+    /// launch may have expired by the time of the call; a relay allocated in time lasts
+    /// the whole call. nil (no answer): the call tries without, on host candidates only.
+    func iceServers() async -> [IceServer]? {
+        var request = URLRequest(url: config.baseURL.appending(path: "v1/ice-servers"))
+        request.setValue("Bearer \(config.sessionToken)", forHTTPHeaderField: "Authorization")
+        guard let (data, response) = try? await URLSession.shared.data(for: request),
+              (response as? HTTPURLResponse)?.statusCode == 200,
+              let list = try? JSONDecoder().decode(IceServerList.self, from: data) else { return nil }
+        // WebRTC's iOS SDK: RTCIceServer(urlStrings: $0.urls, username: $0.username, credential: $0.credential)
+        return list.ice_servers
     }
 
     private func configureAudioSession() {

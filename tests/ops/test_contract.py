@@ -33,8 +33,12 @@ async def schemathesis_run(node: RunningNode, token: str, *extra: str) -> tuple[
         "10",
         "--seed",
         "1",
+        # One worker: CPython 3.11.7's ast.parse is not thread-safe (gh-106905, fixed in
+        # 3.11.8), and hypothesis parses schemathesis's source to describe its filters; with
+        # 8 threads over 19 operations every run met "AST constructor recursion depth
+        # mismatch" (16 operations happened to pass). About 20 s longer here.
         "--workers",
-        "8",
+        "1",
         "--generation-database",
         "none",
         "--no-color",
@@ -57,6 +61,7 @@ async def test_the_schema_is_valid_openapi_3_1(node: RunningNode) -> None:
     assert {
         "PUT /v1/devices/{device_id}",
         "GET /v1/calls/{call_id}/status",
+        "GET /v1/ice-servers",
         "GET /v1/ops/calls",
         "GET /v1/ops/calls/{call_id}",
         "GET /v1/ops/devices/{user}",

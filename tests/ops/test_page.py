@@ -128,6 +128,26 @@ async def test_a_call_rings_is_answered_and_ends_on_the_page(node: RunningNode, 
                 "environment": "sandbox",
                 "device": "b-ipad",
             },
+            # An Android phone's push, as FCM answered it, and its token dropped.
+            {
+                "at": now_ms(),
+                "event": "push",
+                "kind": "cancel",
+                "platform": "android",
+                "message_id": None,
+                "status": 404,
+                "reason": "UNREGISTERED",
+                "outcome": "token_invalid",
+                "device": "b-pixel",
+            },
+            {
+                "at": now_ms(),
+                "event": "token",
+                "device": "b-pixel",
+                "dropped": True,
+                "reason": "UNREGISTERED",
+                "platform": "android",
+            },
         ],
     )
     status = await node.http().get(
@@ -139,6 +159,10 @@ async def test_a_call_rings_is_answered_and_ends_on_the_page(node: RunningNode, 
     await expect(page.locator("#timeline .entry[data-event='sip_leg']")).to_contain_text('sip_leg: leg="out"')
     old = page.locator("#timeline .entry[data-event='push']", has_text="(old)")
     await expect(old).to_contain_text("VoIP push (old) → APNs 200 (sandbox, accepted)")
+    android = page.locator("#timeline .entry[data-event='push']", has_text="b-pixel")
+    await expect(android).to_contain_text("FCM data push (cancel) → FCM 404 UNREGISTERED (token_invalid)")
+    dropped = page.locator("#timeline .entry[data-event='token']")
+    await expect(dropped).to_contain_text("FCM token dropped after FCM said UNREGISTERED")
     bearer = page.locator("#timeline .entry[data-event='status_check']", has_text="via bearer")
     await expect(bearer).to_contain_text("status check via bearer: call was ended — told to end the call")
     await expect(bearer).not_to_have_class("late")

@@ -257,7 +257,8 @@ def _status_url(request: object) -> str:
 
 async def test_a_push_becomes_the_request_the_builders_make(notifier: APNsNotifier) -> None:
     # The notifier builds every request from a platform-neutral Push: byte for byte what the
-    # builders above make (the apns-id aside: only an invite's is chosen ahead, in its address).
+    # builders above make (the apns-id aside: only an invite's is chosen ahead, in its address),
+    # each to the device's own app: the invite's address keeps its bundle for the cancellation.
     now, deadline = 1_700_000_000.25, 1_700_000_030.5
     record = {
         "voip_token": "ab" * 32,
@@ -276,7 +277,7 @@ async def test_a_push_becomes_the_request_the_builders_make(notifier: APNsNotifi
         (
             Push(PushKind.INVITE, "c", invite_at, deadline, caller=bob, status_url=url),
             voip_invite(
-                bundle_id=BUNDLE_ID,
+                bundle_id="com.example.other",
                 device_token="ab" * 32,
                 environment="sandbox",
                 call_id="c",
@@ -290,7 +291,7 @@ async def test_a_push_becomes_the_request_the_builders_make(notifier: APNsNotifi
         (
             Push(PushKind.CANCEL, "c", invite_at, deadline, reason="unanswered"),
             call_cancellation(
-                bundle_id=BUNDLE_ID,
+                bundle_id="com.example.other",
                 device_token="ab" * 32,
                 environment="sandbox",
                 call_id="c",

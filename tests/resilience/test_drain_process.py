@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from apnsim import APNsSimulator, Fault
-from tests.conftest import BUNDLE, SECRET, RunningNode
+from tests.conftest import BUNDLE, CLIENT_LIMITS, SECRET, RunningNode
 from tests.ports import free_port
 from voip.auth import Authenticator
 from voip.stores import Stores
@@ -141,7 +141,7 @@ async def test_sigterm_drains_the_node_then_it_exits_0(
     processes.append(node)
     await node.ready()
     phone = sim.add_device(VOIP_TOPIC, online=False)
-    async with httpx.AsyncClient(base_url=node.base, timeout=5) as http:
+    async with httpx.AsyncClient(base_url=node.base, timeout=5, limits=CLIENT_LIMITS) as http:
         registered = await http.put(
             "/v1/devices/b-phone",
             json={"voip_token": phone.token, "apns_environment": "production"},

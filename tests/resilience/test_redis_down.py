@@ -23,7 +23,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from apnsim import APNsSimulator
-from tests.conftest import SECRET, RunningNode, make_settings, register, start_node
+from tests.conftest import CLIENT_LIMITS, SECRET, RunningNode, make_settings, register, start_node
 from tests.ops.conftest import place_call
 from tests.ops.test_live import watch
 from tests.ports import free_port
@@ -222,7 +222,7 @@ async def test_after_a_redis_restart_every_put_succeeds_once_readyz_is_green(
     # Fill the pool with connections that the restart will leave dead.
     warm = await put_devices(node.base_url, [f"warm-{i}" for i in range(100)])
     assert {r.status_code for r in warm} == {201}
-    async with httpx.AsyncClient(base_url=node.base_url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=node.base_url, timeout=10, limits=CLIENT_LIMITS) as http:
         unknown = await http.get(f"/v1/calls/{uuid.uuid4()}/status", headers=bearer("warm-0"))
         assert unknown.status_code == 404
 
@@ -243,7 +243,7 @@ async def test_a_stopped_redis_costs_a_bounded_503_not_a_hung_request(own_redis:
     command_timeout = 1.0
     node = await own_node(redis_pool_timeout=0.5, redis_command_timeout=command_timeout)
     await register(node, "bob", "b1")
-    async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=node.base_url, timeout=30, limits=CLIENT_LIMITS) as http:
         own_redis.pause()  # SIGSTOP: connections stay open, nothing answers
         try:
             started = time.monotonic()
@@ -279,7 +279,7 @@ async def test_a_redis_at_its_maxmemory_costs_503s_not_500s_and_nothing_after(
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", str(used // 2))
         try:
-            async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as http:
+            async with httpx.AsyncClient(base_url=node.base_url, timeout=30, limits=CLIENT_LIMITS) as http:
                 assert_unavailable(await http.put("/v1/devices/b2", json={}, headers=bearer("bob")))
                 assert_unavailable(
                     await http.get(f"/v1/calls/{call_id}/status", params={"device_id": "b1"}, headers=bearer("bob"))
@@ -288,7 +288,7 @@ async def test_a_redis_at_its_maxmemory_costs_503s_not_500s_and_nothing_after(
             assert (refused["type"], refused["code"]) == ("error", "unavailable"), refused
         finally:
             admin.config_set("maxmemory", "0")
-    async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=node.base_url, timeout=30, limits=CLIENT_LIMITS) as http:
         status = await http.get(f"/v1/calls/{call_id}/status", params={"device_id": "b1"}, headers=bearer("bob"))
         assert (status.status_code, status.json()["state"]) == (200, "ringing"), status.text
     answered = await phone.request({"type": "call.answer", "call_id": call_id})
@@ -367,7 +367,7 @@ async def test_redis_down_503_with_retry_after_ws_1013_and_one_log_line_per_inte
     process, base, log_path = spawn_node(tmp_path, own_redis.url, prefix, "down-node")
     ws_url = base.replace("http://", "ws://") + "/v1/ws"
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=CLIENT_LIMITS) as http:
             assert (await http.put("/v1/devices/b1", json={}, headers=bearer("bob"))).status_code == 201
             open_socket, code = await connect(ws_url, "alice")
             assert code == "hello"

@@ -19,7 +19,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import SECRET, make_settings, register, start_node, stop_nodes
+from tests.conftest import CLIENT_LIMITS, SECRET, make_settings, register, start_node, stop_nodes
 from tests.ports import free_port
 from tests.redis_process import RedisProcess
 from tests.redis_tls import Certificates, make_ca, make_certificates, tls_options
@@ -158,7 +158,7 @@ async def test_a_socket_timeout_in_the_url_bounds_the_pipe_on_a_paused_redis(
     try:
         await register(node, "bob", "b1")
         assert (await status(node, str(uuid.uuid4()), device_id="b1"))[0] == 404  # the pipe is connected
-        async with httpx.AsyncClient(base_url=node.base_url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=node.base_url, timeout=60, limits=CLIENT_LIMITS) as http:
             server.pause()  # SIGSTOP: the connection stays open, nothing answers
             try:
                 started = time.monotonic()

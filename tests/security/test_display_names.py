@@ -84,7 +84,9 @@ async def pushing_node(
     node_factory: object, apns: tuple[APNsSimulator, dict[str, str]]
 ) -> tuple[RunningNode, APNsSimulator]:
     sim, settings = apns
-    return await node_factory(**settings), sim  # type: ignore[operator]
+    # The client's own caller_name is shown only when trusted (tests/test_identity.py has
+    # the default); here it is, to check what cleaning does to it on its way.
+    return await node_factory(**settings, trust_client_names=True), sim  # type: ignore[operator]
 
 
 async def test_websocket_caller_name_reaches_call_incoming_and_the_push_cleaned(

@@ -3,9 +3,10 @@ its own process, SIP on), logging at info and at debug (where every library says
 everything), and is driven through every route and socket with credentials minted here:
 devices, the status endpoint by bearer and by capability, WebSockets by header and by
 `?access_token=` (accepted and refused), the operators' API and live feed (ticket, header,
-query), metrics, a SIP REGISTER and an INVITE from an untrusted source with digest (and
-that INVITE's credentials replayed), pushes through the APNs simulator. Then every line it
-wrote is searched for every one of those secrets."""
+query), TURN credentials, metrics, a SIP REGISTER and an INVITE from an untrusted source with digest
+(and that INVITE's credentials replayed), pushes through the APNs and FCM simulators. Then
+every line it wrote is searched for every one of those secrets (the FCM service account's
+private key and OAuth2 access token among them)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from apnsim import APNsSimulator
+from fcmsim import FCMSimulator
 from sip.digest import authorize, compute_ha1, parse_credentials
 from tests.conftest import SECRET
 from tests.ports import free_port
@@ -38,6 +40,7 @@ from voip import logs
 from voip.auth import Authenticator
 
 DOMAIN = "voip.test"
+TURN_SECRET = "turn-secret-" + secrets.token_urlsafe(16)
 VOIP_TOPIC = "com.example.caller.voip"
 
 
@@ -48,6 +51,8 @@ class LoggedNode:
     log_file: Path
     sim: APNsSimulator
     key_pem: str
+    fcm: FCMSimulator
+    fcm_key_pem: str
     password: str
     level: str
     secrets: dict[str, str] = field(default_factory=dict)  # what -> value
@@ -68,8 +73,10 @@ async def logged_node(
     prefix: str,
     tmp_path: Path,
     apns: tuple[APNsSimulator, dict[str, str]],
+    fcm: tuple[FCMSimulator, dict[str, str]],
 ) -> AsyncIterator[LoggedNode]:
     sim, apns_settings = apns
+    fcm_sim, fcm_settings = fcm
     port, sip_port = free_port(), free_port()
     password = "pw-" + secrets.token_urlsafe(12)
     env = {
@@ -86,7 +93,10 @@ async def logged_node(
         "SIP_ACCOUNTS": orjson.dumps({"carol": password}).decode(),
         # Loopback is not trusted: an INVITE must carry Proxy-Authorization (407 first).
         "SIP_TRUSTED_NETWORKS": '["198.51.100.0/24"]',
+        "TURN_URIS": '["stun:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=udp"]',
+        "TURN_SECRET": TURN_SECRET,
         **{name.upper(): value for name, value in apns_settings.items()},
+        **{name.upper(): value for name, value in fcm_settings.items()},
     }
     env.pop("VOIP_CONFIG", None)
     log_file = tmp_path / "node.log"
@@ -106,7 +116,8 @@ async def logged_node(
                     pass
                 await asyncio.sleep(0.1)
         key_pem = Path(apns_settings["apns_key_file"]).read_text()
-        yield LoggedNode(base, sip_port, log_file, sim, key_pem, password, request.param)
+        fcm_key_pem = orjson.loads(Path(fcm_settings["fcm_credentials_file"]).read_bytes())["private_key"]
+        yield LoggedNode(base, sip_port, log_file, sim, key_pem, fcm_sim, fcm_key_pem, password, request.param)
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait, 10)
@@ -144,9 +155,23 @@ async def drive_http_and_sockets(node: LoggedNode) -> None:
             json={"voip_token": phone.token, "apns_environment": "sandbox"},
         )
         assert put.status_code == 201, put.text
+        pixel = node.fcm.add_device()
+        android = await http.put(
+            "/v1/devices/b-pixel",
+            headers={"Authorization": f"Bearer {bob}"},
+            json={"platform": "android", "fcm_token": pixel.token},
+        )
+        assert android.status_code == 201, android.text
         assert (await http.get("/v1/devices", headers={"Authorization": f"Bearer {bob}"})).status_code == 200
         assert (await http.get("/v1/devices", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
         assert (await http.get("/v1/devices", params={"access_token": expired})).status_code == 401
+
+        # TURN credentials: minted per request from TURN_SECRET
+        ice = await http.get("/v1/ice-servers", headers={"Authorization": f"Bearer {bob}"})
+        assert ice.status_code == 200, ice.text
+        node.minted("TURN credential", ice.json()["ice_servers"][1]["credential"])
+        node.minted("TURN_SECRET", TURN_SECRET)
+        assert (await http.get("/v1/ice-servers", params={"access_token": bob_query})).status_code == 401
 
         # Device WebSockets: header, query, refusals of both kinds
         caller = await hello(f"{node.ws}/v1/ws?device_id=a-phone", {"Authorization": f"Bearer {alice}"})
@@ -175,6 +200,10 @@ async def drive_http_and_sockets(node: LoggedNode) -> None:
         invite = await node.sim.wait_for(
             lambda r: r.status == 200 and orjson.loads(r.body or b"{}").get("call_id") == call_id, timeout=10
         )
+        fcm_invite = await node.fcm.wait_for(lambda m: m.status == 200 and m.data.get("call_id") == call_id, 10)
+        node.minted("capability (from the FCM message)", httpx.URL(fcm_invite.data["status_url"]).params["cap"])
+        for number, token in enumerate(node.fcm.accounts.issued_tokens()):
+            node.minted(f"FCM access token {number}", token)
         status_url = orjson.loads(invite.body)["status_url"]
         node.minted("capability (from the push)", httpx.URL(status_url).params["cap"])
         node.minted("APNs provider token", (invite.header("authorization") or "").partition(" ")[2])
@@ -265,6 +294,8 @@ def scan(node: LoggedNode) -> list[str]:
     found = [f"{what}: {value[:12]}…" for what, value in node.secrets.items() if value and value in text]
     key_lines = [line for line in node.key_pem.splitlines() if not line.startswith("-----")]
     found += ["APNs private key" for line in key_lines if line in text]
+    fcm_key_lines = [line for line in node.fcm_key_pem.splitlines() if not line.startswith("-----")]
+    found += ["FCM service-account private key" for line in fcm_key_lines if line in text]
     if SECRET in text:
         found.append("VOIP_JWT_SECRET")
     return found
@@ -284,11 +315,12 @@ async def test_no_secret_reaches_any_log_line(logged_node: LoggedNode) -> None:
     assert any('"WebSocket /v1/ws?device_id=[redacted]&access_token=[redacted]" 401' in m for m in messages)
     assert any("/v1/ops/live?ticket=[redacted]" in m for m in messages)
     assert any(line.get("logger") == "aioapns" for line in lines)
+    assert any(line.get("event") == "fcm.access_token" for line in lines)  # google-auth's exchange happened
     if logged_node.level == "debug":  # websockets prints every handshake header
         assert any(m.lower().startswith("< authorization: ") for m in messages)
     assert any(line.get("event") == "sip.registered" for line in lines)
     assert any(line.get("event") == "sip.invite_challenged" for line in lines)
-    assert len(logged_node.secrets) >= 15
+    assert len(logged_node.secrets) >= 17
 
     assert scan(logged_node) == []
 
@@ -376,6 +408,9 @@ DIGEST = "0123456789abcdef0123456789abcdef"
         ('{"sip_trunk_password": "hunter2"}', "hunter2"),
         ("ha1=5f4dcc3b5aa765d61d8327deb882cf99", "5f4dcc3b5aa765d61d8327deb882cf99"),
         ("Error connecting to redis://:s3cr3t-pw@redis.internal:6379/0", "s3cr3t-pw"),
+        (f"Voip-Signature: t=1767225600,v1={'ab' * 32}", "ab" * 32),
+        ("webhook_secret='whsec-0123456789abcdef'", "whsec-0123456789abcdef"),
+        ("POST https://app.example.com/voip/events?key=app-token-123", "app-token-123"),
         (
             "key -----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49\n-----END PRIVATE KEY-----",
             "MIGTAgEAMBMGByqGSM49AgEGCCqGSM49",

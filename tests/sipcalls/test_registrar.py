@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from apnsim import APNsSimulator
+from tests.conftest import BUNDLE
 from tests.conftest import register as register_app_device
 from tests.ports import free_port
 from tests.sipcalls.conftest import (
@@ -157,6 +159,26 @@ async def test_push_parameters_make_a_device_record(sip_node: SipNodeFactory) ->
         assert gone.status == 200 and gone.headers.get("Contact") is None
     devices, online = await stores.devices.reachable("alice")
     assert not devices and not online
+
+
+async def test_push_parameters_for_an_app_without_apns_credentials_are_555(
+    sip_node: SipNodeFactory, apns: tuple[APNsSimulator, dict[str, str]]
+) -> None:
+    """With APNs credentials for one app only (issue 14, item 6), a phone that asks for pushes
+    to another app is refused (RFC 8599: 555), as PUT /v1/devices answers 422 unknown_app."""
+    node = await sip_node(**apns[1])
+    contact = (
+        f"<sip:alice@127.0.0.1:5999;pn-provider=apns;pn-prid={TOKEN}"
+        ';pn-param=ABCDE12345.com.example.other.voip>;+sip.instance="<urn:uuid:2>"'
+    )
+    async with sip_client() as client:
+        refused = await register(client, sip_port(node), "alice", "wonderland", contact)
+        assert (refused.status, refused.reason) == (555, "Push Notification Service Not Supported")
+        assert await node.node.stores.devices.registered("alice") == {}
+        served = contact.replace("com.example.other", BUNDLE)
+        assert (await register(client, sip_port(node), "alice", "wonderland", served)).status == 200
+        [record] = (await node.node.stores.devices.registered("alice")).values()
+        assert record["bundle_id"] == BUNDLE
 
 
 async def test_register_refusals(sip_node: SipNodeFactory) -> None:

@@ -1,4 +1,5 @@
-"""Simulated iPhones running the calling app, against a real node and the APNs simulator.
+"""Simulated iPhones and Android phones running the calling app, against a real node and
+the APNs and FCM simulators.
 
 A `Phone` registers a PushKit token, receives VoIP pushes from apnsim, reports calls to a
 model of CallKit, checks `status_url`, connects the WebSocket and answers, declines or
@@ -6,6 +7,7 @@ ignores. Everything it sees and does goes into an `EventLog`. The simulator's de
 are objects in memory, so phones run in the process that runs the simulator.
 """
 
+from voip.devicesim.android import AndroidPhone
 from voip.devicesim.backend import Backend
 from voip.devicesim.callkit import END_REASONS, CXCallEndedReason, ReportedCall, cx_reason
 from voip.devicesim.events import Event, EventLog
@@ -13,6 +15,7 @@ from voip.devicesim.phone import CallRefused, MustReport, Phone, Policy, StatusR
 
 __all__ = [
     "END_REASONS",
+    "AndroidPhone",
     "Backend",
     "CXCallEndedReason",
     "CallRefused",

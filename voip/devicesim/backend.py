@@ -1,10 +1,11 @@
-"""Where a simulated app reaches the service, and the APNs it receives pushes from."""
+"""Where a simulated app reaches the service, and the APNs (and FCM) it receives pushes from."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from apnsim import APNsSimulator
+from fcmsim import FCMSimulator
 from voip.auth import Authenticator
 from voip.node import Node
 from voip.push.payloads import voip_topic
@@ -18,6 +19,8 @@ class Backend:
     apns: APNsSimulator
     """Must be the simulator the node pushes to: deliveries are objects in its memory."""
     bundle_id: str
+    fcm: FCMSimulator | None = None
+    """The FCM simulator the node pushes to, for Android phones (`AndroidPhone`)."""
 
     @property
     def ws_url(self) -> str:
@@ -32,4 +35,6 @@ class Backend:
         """A started node that pushes to its embedded simulator (no APNS_KEY_FILE)."""
         if node.apns_simulator is None:
             raise ValueError("this node pushes to a real APNs; simulated phones need its bundled simulator")
-        return cls(base_url.rstrip("/"), node.auth, node.apns_simulator, node.settings.apns_bundle_id)
+        return cls(
+            base_url.rstrip("/"), node.auth, node.apns_simulator, node.settings.apns_bundle_id, node.fcm_simulator
+        )

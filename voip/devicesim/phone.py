@@ -71,6 +71,10 @@ def always_report(delivery: Delivery) -> bool:
 
 
 class Phone:
+    platform = "ios"
+    unreported_why = "mustReport is false"
+    """Why a push was not shown at once (the event log's words)."""
+
     def __init__(
         self,
         backend: Backend,
@@ -81,8 +85,12 @@ class Phone:
         log: EventLog | None = None,
         must_report: MustReport = always_report,
         status_retry: StatusRetry | None = None,
+        name: str | None = None,
     ) -> None:
         self.backend = backend
+        # The user's display name as the app's backend gives it: the token's claim `name`,
+        # what callees are shown (a client's own caller_name is not trusted by default).
+        self.name = name
         self.user = user
         self.device_id = device_id
         self.policy = policy or Policy.ignore()
@@ -113,7 +121,7 @@ class Phone:
         return self._socket is not None and not self._deaf
 
     def bearer(self) -> str:
-        return self.backend.auth.mint(self.user, "device")
+        return self.backend.auth.mint(self.user, "device", name=self.name)
 
     def events(self, kind: str | None = None, *, call_id: str | None = None, **detail: Any) -> list[Event]:
         return self.log.find(kind, device=self.device_id, call_id=call_id, **detail)
@@ -240,24 +248,31 @@ class Phone:
             self._on_push(delivery)
 
     def _on_push(self, delivery: Delivery) -> None:
-        payload = delivery.push.payload
+        self._dispatch_push(delivery.push.payload, delivery, stored=delivery.stored, late=delivery.late)
+
+    def _must_report(self, delivery: Delivery | None) -> bool:
+        """PushKit's rule, for a push PushKit delivered; `None`: a push from elsewhere (FCM)
+        that no such rule binds: the app asks status_url before it rings."""
+        return delivery is not None and self.must_report(delivery)
+
+    def _dispatch_push(self, payload: dict[str, Any], delivery: Delivery | None, *, stored: bool, late: bool) -> None:
         kind, call_id = payload.get("type"), payload.get("call_id")
-        self._record("push.received", call_id, type=kind, stored=delivery.stored, late=delivery.late)
+        self._record("push.received", call_id, type=kind, stored=stored, late=late)
         if kind == INCOMING and isinstance(call_id, str):
             self._on_invite(call_id, payload, delivery)
         elif kind in (CANCELLED, ENDED) and isinstance(call_id, str):
             # A hang-up push (`call.ended`) has the cancellation's shape and handling.
             self._on_cancellation(call_id, payload, delivery)
-        elif self.must_report(delivery):
+        elif self._must_report(delivery):
             self._report_placeholder(call_id, CXCallEndedReason.FAILED, why=f"unreadable push {kind!r}")
 
-    def _on_invite(self, call_id: str, payload: dict[str, Any], delivery: Delivery) -> None:
+    def _on_invite(self, call_id: str, payload: dict[str, Any], delivery: Delivery | None) -> None:
         known = self.calls.get(call_id)
         if known is not None:
             if known.active:
                 # The same UUID again: CallKit answers callUUIDAlreadyExists, nothing new rings.
                 self._record("callkit.duplicate", call_id, phase=known.phase)
-            elif self.must_report(delivery):
+            elif self._must_report(delivery):
                 self._report_placeholder(
                     call_id,
                     known.ended_reason or CXCallEndedReason.FAILED,
@@ -265,25 +280,25 @@ class Phone:
                 )
             return
         caller = payload.get("caller", {}).get("display_name") or payload.get("caller", {}).get("id", "?")
-        reported = self.must_report(delivery)
+        reported = self._must_report(delivery)
         if reported:
             self._report_incoming(call_id, caller, source="push")
             expires_at = payload.get("expires_at", 0) / 1000
             if expires_at > time.time():
                 self._spawn(self._ring_until(call_id, expires_at))
         else:
-            self._record("push.not_reported", call_id, why="mustReport is false")
+            self._record("push.not_reported", call_id, why=self.unreported_why)
         self._spawn(self._check_status(call_id, caller, payload, reported))
 
-    def _on_cancellation(self, call_id: str, payload: dict[str, Any], delivery: Delivery) -> None:
+    def _on_cancellation(self, call_id: str, payload: dict[str, Any], delivery: Delivery | None) -> None:
         call = self.calls.get(call_id)
         reason = cx_reason(payload.get("reason"))
         if call is not None and call.active:
             self._end(call_id, reason)
-        elif self.must_report(delivery):
+        elif self._must_report(delivery):
             self._report_placeholder(call_id, reason, why="cancellation for a call this phone never showed")
         else:
-            self._record("push.not_reported", call_id, why="mustReport is false")
+            self._record("push.not_reported", call_id, why=self.unreported_why)
 
     async def _ring_until(self, call_id: str, expires_at: float) -> None:
         """The push's `expires_at` ends a call still ringing here, whatever else failed:

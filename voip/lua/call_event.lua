@@ -2,7 +2,10 @@
 -- it relayed a signal), after checking that it is theirs. KEYS: call hash, timeline.
 -- ARGV: user, device, timeline entry (JSON, "" for none), required state ("" for any live
 --       state), field to set once ("" for none), now_ms, "1" if only the callee may,
---       operators' channel ("" for none), call id.
+--       operators' channel ("" for none), call id,
+--       webhooks: "" off, or JSON {"ttl": outbox seconds, "type": event type}: the event
+--       goes into the outbox (KEYS[3]) when the
+--       once-field was set now (the first device that rang: call.ringing).
 -- Returns {"ok", call JSON, 1 if the once-field was set now else 0} or {"err", code}:
 -- not_callee for the caller's devices where only the callee's may.
 local raw = redis.call('HGETALL', KEYS[1])
@@ -40,5 +43,12 @@ if ARGV[3] ~= '' then
   if ARGV[8] ~= '' then
     redis.call('PUBLISH', ARGV[8], '{"call_id":"' .. ARGV[9] .. '","entry":' .. ARGV[3] .. '}')
   end
+end
+if first == 1 and ARGV[10] and ARGV[10] ~= '' then
+  local spec = cjson.decode(ARGV[10])
+  call[ARGV[5]] = ARGV[6]
+  local seq = redis.call('HINCRBY', KEYS[1], 'webhook_seq', 1)
+  redis.call('RPUSH', KEYS[3], cjson.encode({seq = seq, type = spec.type, at = tonumber(ARGV[6]), call = call}))
+  redis.call('EXPIRE', KEYS[3], spec.ttl)
 end
 return {'ok', cjson.encode(call), first}

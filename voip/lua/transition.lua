@@ -1,8 +1,12 @@
 -- Move a call to its next state, atomically, if the actor may. KEYS: call hash, timeline,
--- the call's invite pushes (hash: device id -> address).
+-- the call's invite pushes (hash: device id -> address); the call's history record (optional).
 -- ARGV: moves (JSON {party: {from: to}}), user, device, now_ms, node, action,
 --       retention seconds (for a call that does not carry its own), note (JSON object
---       or ""), operators' channel ("" for none), call id, this attempt's id.
+--       or ""), operators' channel ("" for none), call id, this attempt's id,
+--       webhooks: "" off, or JSON {"ttl": outbox seconds, "reason"?: the event's reason}.
+-- Webhooks (docs/webhooks.md): KEYS[5] the call's outbox. The event `call.<new state>`
+-- goes into it in this same step (the store adds the call to the due index in the same
+-- round trip).
 -- The TTLs follow the call's own retention, set by the node that created it: a node with
 -- other settings must not shorten or stretch another node's call.
 -- The party is found here, from the call itself, so that a check and its move are one step.
@@ -83,6 +87,25 @@ else
   local ttl = 7 * 86400 + retention
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
+end
+-- Call history (KEYS[4], stores/history.py): the call as its parties' histories show it,
+-- in the same step as its state, kept the call's own history retention from this change.
+if KEYS[4] and tonumber(call.history_retention or 0) > 0 then
+  local record = {}
+  for _, name in ipairs({'state', 'caller_user', 'callee_user', 'created_at', 'answered_at',
+                         'answered_by_device', 'ended_at', 'refused'}) do
+    record[name] = call[name]
+  end
+  redis.call('SET', KEYS[4], cjson.encode(record), 'EX', call.history_retention)
+end
+if ARGV[12] and ARGV[12] ~= '' then
+  local spec = cjson.decode(ARGV[12])
+  local seq = redis.call('HINCRBY', KEYS[1], 'webhook_seq', 1)
+  call.webhook_seq = tostring(seq)
+  redis.call('RPUSH', KEYS[5], cjson.encode({
+    seq = seq, type = 'call.' .. target, at = tonumber(now), reason = spec.reason, call = call,
+  }))
+  redis.call('EXPIRE', KEYS[5], spec.ttl)
 end
 if previous == 'ringing' then
   return {'ok', previous, cjson.encode(call), redis.call('HKEYS', KEYS[3])}

@@ -54,10 +54,12 @@ class OpsCallDetail(BaseModel):
 
 class OpsDevice(BaseModel):
     device_id: str
+    platform: Literal["ios", "android"]
     apns_environment: str | None
     bundle_id: str | None
     voip_token_prefix: str | None = Field(description="First 8 hex digits of the VoIP token")
     has_alert_token: bool
+    fcm_token_prefix: str | None = Field(description="Android: the first 8 characters of the FCM token")
     registered_at: int | None
     updated_at: int | None
     token_registered_at: int | None
@@ -113,6 +115,22 @@ class RedisState(BaseModel):
     durability_warnings: list[str] = Field(description="What in Redis's settings could lose data")
 
 
+class WebhookFailure(BaseModel):
+    url: str = Field(description="Scheme, host and path: no query, no credentials")
+    url_key: str = Field(description="The URL's hash: the `url` label of voip_webhook_failing")
+    error: str = Field(description="The last attempt's error: timeout, HTTP 503, ConnectError...")
+    failing_since: int = Field(description="ms: the first failed attempt of the event it is stuck on")
+    last_attempt: int = Field(description="ms")
+    node: str = Field(description="The node that made the last attempt")
+
+
+class WebhooksState(BaseModel):
+    urls: int = Field(description="VOIP_WEBHOOK_URLS configured on this node (0: webhooks off here)")
+    failing: list[WebhookFailure] = Field(description="URLs whose last delivery attempt failed, from any node")
+    calls_filed: int = Field(description="Calls in the outbox's due index: events to send, or to look at again")
+    calls_due: int = Field(description="Of those, due now: a growing number means deliveries are behind")
+
+
 class OpsSummary(BaseModel):
     since: int
     until: int
@@ -126,6 +144,7 @@ class OpsSummary(BaseModel):
         " already ended: late pushes whose ghost call the verdict ended. Bearer checks are not counted"
     )
     redis: RedisState = Field(description="Redis durability and the deployment epoch (docs/deploy.md)")
+    webhooks: WebhooksState = Field(description="Call-event webhooks: failing URLs and the outbox (docs/webhooks.md)")
 
 
 class SimulatorPush(BaseModel):
@@ -152,3 +171,28 @@ class OpsSimulatorPushes(BaseModel):
     endpoint: str | None = Field(None, description="The simulator's address")
     received: int = Field(description="Pushes the simulator received since the node started")
     pushes: list[SimulatorPush] = Field(description="The newest first")
+
+
+class SimulatorFCMMessage(BaseModel):
+    index: int = Field(description="Order of arrival at the simulator")
+    received_at: int = Field(description="ms")
+    name: str | None = Field(description="The message's name once accepted (projects/<p>/messages/<id>)")
+    device_token_prefix: str | None = Field(description="First 8 characters of the FCM token")
+    android: dict[str, Any] = Field(description="android: priority, ttl, collapse_key")
+    data: dict[str, Any] = Field(description="The data message: for an invite, call_id, expires_at and status_url")
+    status: int | None = Field(description="The simulator's answer (200: accepted), null before it answered")
+    error: str | None = Field(description="FCM error code of a refusal (UNREGISTERED, INVALID_ARGUMENT, ...)")
+    delivery: Literal["delivered", "stored", "dropped", "refused", "unanswered", "unknown"] = Field(
+        description="What became of it: handed to the simulated phone (online), stored for an offline"
+        " one (one per collapse key), dropped (displaced, expired, not stored), or refused"
+    )
+    stored: bool | None = Field(None, description="Delivered: handed over when the phone came online")
+    cause: str | None = Field(None, description="Dropped: displaced, expired, not-stored or overflow")
+
+
+class OpsSimulatorFCM(BaseModel):
+    simulator: bool = Field(description="True when Android pushes go to the bundled FCM simulator")
+    note: str
+    endpoint: str | None = Field(None, description="The simulator's address")
+    received: int = Field(description="Messages the simulator received since the node started")
+    messages: list[SimulatorFCMMessage] = Field(description="The newest first")

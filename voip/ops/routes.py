@@ -14,6 +14,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/ops/devices/{user}", views.user_devices, methods=["GET"]),
         Route("/v1/ops/summary", views.summary, methods=["GET"]),
         Route("/v1/ops/simulator/pushes", simulator.simulator_pushes, methods=["GET"]),
+        Route("/v1/ops/simulator/fcm", simulator.fcm_messages, methods=["GET"]),
         Route("/v1/ops/live/ticket", access.live_ticket, methods=["POST"]),
         WebSocketRoute("/v1/ops/live", live.live),
         Route("/readyz", health.readyz, methods=["GET"]),

@@ -1,5 +1,5 @@
-"""What the embedded APNs simulator received: a development node with no APNs credentials
-pushes to it, and no real phone gets anything. Operators see each push, its payload (the
+"""What the embedded APNs and FCM simulators received: a development node with no APNs (or
+FCM) credentials pushes to them, and no real phone gets anything. Operators see each push, its payload (the
 `status_url` included, so the capability path can be tried by hand), the simulator's
 answer and what became of it."""
 
@@ -13,6 +13,7 @@ from starlette.responses import Response
 from apnsim import APNsSimulator
 from apnsim.devices import Device
 from apnsim.records import RecordedRequest
+from fcmsim import FCMSimulator, RecordedMessage
 from voip.api import JSONResponse, authenticate, node_of
 from voip.ops.access import OPERATOR
 from voip.ops.views import _int_param
@@ -22,6 +23,8 @@ DEFAULT_LIMIT = 50
 HEADERS_SHOWN = ("apns-topic", "apns-push-type", "apns-priority", "apns-expiration", "apns-collapse-id")
 NOT_SIMULATED = "APNs credentials are configured: pushes go to APNs, not to the bundled simulator"
 SIMULATED = "no APNs credentials: pushes go to the bundled APNs simulator; no real phone receives anything"
+FCM_NOT_SIMULATED = "FCM credentials are configured (or none, in production): no bundled FCM simulator"
+FCM_SIMULATED = "no FCM credentials: Android pushes go to the bundled FCM simulator; no real phone receives anything"
 
 
 def _fate(simulator: APNsSimulator, record: RecordedRequest) -> dict[str, Any]:
@@ -79,5 +82,41 @@ async def simulator_pushes(request: Request) -> Response:
             "endpoint": simulator.endpoint,
             "received": len(records),
             "pushes": newest,
+        }
+    )
+
+
+def fcm_view(simulator: FCMSimulator, record: RecordedMessage) -> dict[str, Any]:
+    token = record.token or ""
+    return {
+        "index": record.index,
+        "received_at": int(record.received_at * 1000),
+        "name": record.name,
+        "device_token_prefix": token[:8] or None,
+        "android": record.android,
+        "data": record.data,
+        "status": record.status,
+        "error": record.error,
+        **simulator.fate(record),
+    }
+
+
+async def fcm_messages(request: Request) -> Response:
+    authenticate(request, OPERATOR)
+    limit = _limit(request)
+    simulator = node_of(request).fcm_simulator
+    if simulator is None:
+        return JSONResponse(
+            {"simulator": False, "note": FCM_NOT_SIMULATED, "endpoint": None, "received": 0, "messages": []}
+        )
+    records = simulator.messages
+    newest = [fcm_view(simulator, r) for r in reversed(records[-limit:])]
+    return JSONResponse(
+        {
+            "simulator": True,
+            "note": FCM_SIMULATED,
+            "endpoint": simulator.endpoint,
+            "received": len(records),
+            "messages": newest,
         }
     )

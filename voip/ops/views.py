@@ -17,6 +17,7 @@ from voip.node import Node
 from voip.ops.access import OPERATOR
 from voip.ops.index import BadCursor, CallFilter, CallIndex, Position, call_view
 from voip.ops.summary import summarize
+from voip.settings import webhook_url_list
 
 MAX_LIMIT = 200
 MAX_TIME = 2**53 - 1
@@ -131,20 +132,23 @@ def _device_view(
     device_id: str, record: dict[str, Any], presence: bytes | None, last_push: bytes | None, now: int
 ) -> dict[str, Any]:
     token = record.get("voip_token")
+    fcm_token = record.get("fcm_token")
     since = record.get("token_registered_at")
     node, _, expires = presence.decode().rpartition("|") if presence else ("", "", "0")
     online = bool(presence) and expires.isascii() and expires.isdigit() and int(expires) > now
     return {
         "device_id": device_id,
+        "platform": record.get("platform", "ios"),
         "apns_environment": record.get("apns_environment"),
         "bundle_id": record.get("bundle_id"),
         # Enough to tell tokens apart in a support case; the token itself stays private.
         "voip_token_prefix": token[:8] if token else None,
         "has_alert_token": bool(record.get("alert_token")),
+        "fcm_token_prefix": fcm_token[:8] if fcm_token else None,
         "registered_at": record.get("registered_at"),
         "updated_at": record.get("updated_at"),
         "token_registered_at": since,
-        "token_age_ms": now - since if token and isinstance(since, int) else None,
+        "token_age_ms": now - since if (token or fcm_token) and isinstance(since, int) else None,
         "online": online,
         "connected_node": node if online else None,
         "last_push": readable_push(orjson.loads(last_push)) if last_push else None,
@@ -181,5 +185,19 @@ async def summary(request: Request) -> Response:
             "truncated": more is not None,
             **summarize(calls, timelines),
             "redis": node.epoch.summary(),
+            "webhooks": await _webhooks(node, now),
         }
     )
+
+
+async def _webhooks(node: Node, now: int) -> dict[str, Any]:
+    """Failing webhook URLs (what any node last saw) and the outbox's backlog."""
+    outbox = node.stores.webhooks
+    failures = await outbox.failures()
+    filed, due = await outbox.backlog(now)
+    return {
+        "urls": len(webhook_url_list(node.settings.webhook_urls)),
+        "failing": sorted(failures.values(), key=lambda f: f.get("failing_since", 0)),
+        "calls_filed": filed,
+        "calls_due": due,
+    }

@@ -1,6 +1,9 @@
-"""Push delivery for calls: the `Notifier` interface and its APNs implementation."""
+"""Push delivery for calls: the `Notifier` interface, its APNs and FCM implementations,
+the router between them by device platform, and the one between iOS apps by bundle id."""
 
 from voip.push.apns import APNsConfig, APNsNotifier, APNsSender
+from voip.push.apps import APNsApps
+from voip.push.fcm import FCMConfig, FCMNotifier
 from voip.push.interface import (
     Caller,
     Environment,
@@ -21,16 +24,21 @@ from voip.push.payloads import (
     missed_call_alert,
     voip_invite,
 )
+from voip.push.platforms import PlatformNotifiers
 
 __all__ = [
     "PAYLOAD_LIMITS",
+    "APNsApps",
     "APNsConfig",
     "APNsNotifier",
     "APNsSender",
     "Caller",
     "Environment",
+    "FCMConfig",
+    "FCMNotifier",
     "Notifier",
     "Outcome",
+    "PlatformNotifiers",
     "Push",
     "PushKind",
     "PushRequest",

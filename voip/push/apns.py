@@ -91,6 +91,11 @@ class APNsConfig:
         return APPLE_HOSTS[environment], APPLE_PORT
 
 
+def bundle_of(topic: str) -> str:
+    """The app a topic belongs to: `<bundle>.voip` for PushKit, `<bundle>` for alerts."""
+    return topic.removesuffix(".voip")
+
+
 class APNsSender:
     """One aioapns client, hence one connection pool, for one APNs environment."""
 
@@ -273,7 +278,13 @@ class APNsNotifier:
         if kind is PushKind.INVITE:
             # Chosen before the push leaves, so the call's record names the invite's
             # apns-id even if this node dies while APNs answers.
-            return {"token": device["voip_token"], "environment": environment, "apns_id": str(uuid.uuid4())}
+            # The bundle too, so its cancellation goes to the same app, with the same key.
+            return {
+                "token": device["voip_token"],
+                "environment": environment,
+                "apns_id": str(uuid.uuid4()),
+                "bundle_id": device.get("bundle_id"),
+            }
         return {"token": device["voip_token"], "environment": environment, "bundle_id": device.get("bundle_id")}
 
     def request(self, push: Push, *, now: float | None = None) -> PushRequest:
@@ -292,6 +303,7 @@ class APNsNotifier:
                     caller=push.caller,
                     ring_deadline=push.deadline,
                     status_url=push.status_url,
+                    custom=push.custom,
                     now=now,
                     apns_id=address.get("apns_id"),
                 )
@@ -353,6 +365,7 @@ class APNsNotifier:
                 attempts=attempts,
                 likely_cause=cause,
                 drop_token=drop_token,
+                app=bundle_of(request.topic),
             )
             if outcome != Outcome.ACCEPTED:
                 log.info(

@@ -76,6 +76,9 @@ class Push:
     """Invites: where the woken app asks what to do."""
     reason: str | None = None
     """Cancellations and hang-ups: the status endpoint's reason for this device."""
+    custom: dict[str, Any] | None = None
+    """Invites: the app's own data for the call (`call.start`'s or the call hook's
+    `custom`, a JSON object of 1 KiB or less), passed through as the payload's `custom`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,15 @@ class PushResult:
     likely_cause: str | None = None
     drop_token: TokenDrop | None = None
     """Set when the platform's answer says the token itself is no good."""
+    platform: str = "ios"
+    """Which service answered: "ios" (APNs; the fields above are its) or "android" (FCM:
+    `apns_id` is empty, `environment` and `push_type` are placeholders)."""
+    message_id: str | None = None
+    """FCM: the message's name (`projects/<p>/messages/<id>`) once accepted."""
+    token_field: str = "voip_token"
+    """The device record's field that holds `device_token` (`fcm_token` on Android)."""
+    app: str = ""
+    """Which app's credentials sent it (metrics' `app`): the iOS bundle id, the FCM project."""
 
 
 class Notifier(Protocol):

@@ -75,6 +75,7 @@ def voip_invite(
     caller: Caller,
     ring_deadline: float,
     status_url: str,
+    custom: dict[str, Any] | None = None,
     now: float | None = None,
     apns_id: str | None = None,
 ) -> PushRequest:
@@ -89,6 +90,8 @@ def voip_invite(
         "expires_at": _ms(ring_deadline),
         "status_url": status_url,
     }
+    if custom is not None:
+        payload["custom"] = custom
     return _voip_push(bundle_id, device_token, environment, call_id, payload, ring_deadline, apns_id)
 
 

@@ -45,6 +45,8 @@ class SipConfig:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
+    # SIP over WebSocket: the node's HTTP port (`/v1/sip`), for our Via and Contact there.
+    ws_port: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> SipConfig:
@@ -69,6 +71,7 @@ class SipConfig:
             "tls_cert_file": settings.sip_tls_cert_file,
             "tls_key_file": settings.sip_tls_key_file,
             "tls_ca_file": settings.sip_tls_ca_file,
+            "ws_port": settings.port,
             # Every node shares the JWT secret, so a digest nonce issued by one node is
             # accepted by the node that gets the retry.
             "digest_secret": hmac.new(settings.jwt_secret.encode(), b"sip-digest-nonces", hashlib.sha256).digest(),

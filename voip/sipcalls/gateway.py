@@ -5,15 +5,16 @@ See docs/sip-gateway.md."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from sip.dialog import DialogTable
-from sip.endpoint import STREAM_TRANSPORTS, SipEndpoint, TransactionUser
+from sip.endpoint import FLOW_TRANSPORTS, WS_TRANSPORTS, SipEndpoint, TransactionUser
 from sip.message import Request, Response, generate_tag, parse_name_addr, parse_uri
 from sip.ratelimit import TokenBucketLimiter
-from sip.transaction import RequestReceived, ResponseReceived
+from sip.transaction import Addr, RequestReceived, ResponseReceived
 from voip import metrics
 from voip.bus import Bus
 from voip.calls import Action, CallState
@@ -45,8 +46,11 @@ class SipGateway(TransactionUser):
         node_id: str,
         timeline: DeliveryLog,
         max_devices: int = 10,
+        serves_app: Callable[[str], bool] | None = None,
     ) -> None:
-        """`timeline`: the node's batched timeline writer, where the legs' notes go."""
+        """`timeline`: the node's batched timeline writer, where the legs' notes go.
+        `serves_app`: whether pushes can reach an iOS bundle id (RFC 8599 `pn-param`);
+        `None`: any."""
         self.config = config
         self.stores = stores
         self.controller = controller
@@ -64,6 +68,7 @@ class SipGateway(TransactionUser):
             # Strangers' requests are answered at their packet's source, once, until they
             # authenticate: no reflection, no amplification (docs/sip-gateway.md).
             trusted=config.is_trusted,
+            ws_port=config.ws_port,
         )
         self.endpoint.on_message = metrics.count_sip_message
         self.dialogs = DialogTable()
@@ -78,6 +83,7 @@ class SipGateway(TransactionUser):
             self.tasks,
             node_id=node_id,
             max_devices=max_devices,
+            serves_app=serves_app,
             on_frame=self._phone_frame,
             on_bound=self._phone_bound,
         )
@@ -191,6 +197,16 @@ class SipGateway(TransactionUser):
             if isinstance(leg, OutboundLeg) and leg.dialog is not None and leg.dialog.remote_tag != response.to.tag:
                 self.tasks.spawn(self._refuse_second_fork(leg.invite, response), f"second-fork:{leg.call_id}")
 
+    def on_flow_closed(self, transport: str, peer: Addr) -> None:
+        """A browser's WebSocket ended: its bindings go (nothing can reach its `*.invalid`
+        Contact), and its calls in progress end, as a hang-up by that device."""
+        if transport not in WS_TRANSPORTS:
+            return
+        self.tasks.spawn(self.registrar.flow_closed(transport, peer), f"flow-closed:{peer[0]}:{peer[1]}")
+        for leg in list(self.legs.values()):
+            if leg.flow == (peer, transport):
+                self.tasks.spawn(leg.flow_lost(), f"flow-lost:{leg.call_id}")
+
     async def _refuse_second_fork(self, invite: Request, response: Response) -> None:
         from sip.dialog import Dialog
 
@@ -206,7 +222,7 @@ class SipGateway(TransactionUser):
         if request.call_id in self.legs:
             self.endpoint.reply(event, 482, to_tag=generate_tag())
             return
-        trusted = self.config.is_trusted(event.source[0])
+        trusted = self.endpoint.trusts(event.source, event.transport)
         if trusted:
             # Trying at once: ringing an app can take a push and seconds.
             self.endpoint.reply(event, 100)
@@ -230,7 +246,7 @@ class SipGateway(TransactionUser):
         if not devices and not online:
             self.endpoint.reply(event, 404, to_tag=generate_tag())
             return
-        leg = InboundLeg(self.leg_context, event, caller=caller, callee=callee)
+        leg = InboundLeg(self.leg_context, event, caller=caller, callee=callee, trusted=trusted)
         self.legs[request.call_id] = leg
         await leg.start()
 
@@ -310,9 +326,10 @@ class SipGateway(TransactionUser):
             fork=True,
             route=[parse_name_addr(hop) for hop in binding.path],
         )
-        if binding.transport in STREAM_TRANSPORTS and not binding.path:
+        if binding.transport in FLOW_TRANSPORTS and not binding.path:
             # The connection the phone registered over (RFC 5626 §5.3's flow, without its
-            # keep-alives): used while it stays open, else the Contact is dialled.
+            # keep-alives): used while it stays open, else the Contact is dialled (never
+            # for a WebSocket: its binding ends with its socket).
             host, _, port = binding.source.rpartition(":")
             leg.flow = ((host, int(port)), binding.transport)
         self.legs[leg.sip_call_id] = leg

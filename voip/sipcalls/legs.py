@@ -27,7 +27,7 @@ import structlog
 
 from sip.dialog import Dialog, DialogState, DialogTable
 from sip.digest import DigestError, authorize
-from sip.endpoint import STREAM_TRANSPORTS, ClientTransaction, SipEndpoint
+from sip.endpoint import FLOW_TRANSPORTS, ClientTransaction, SipEndpoint
 from sip.message import (
     URI,
     CSeq,
@@ -43,7 +43,7 @@ from sip.message import (
 from sip.transaction import Addr, RequestReceived
 from voip.bus import Bus
 from voip.calls import Action
-from voip.controller import CallController, Caller
+from voip.controller import CallController, Caller, CallRejected
 from voip.delivery_log import DeliveryLog
 from voip.protocol import FrameType
 from voip.sipcalls.config import SipConfig
@@ -122,7 +122,7 @@ class Leg:
         self.device = device
         self.dialog: Dialog | None = None
         self.finished = False
-        # The peer's own TCP or TLS connection (its address, transport): requests to the
+        # The peer's own TCP, TLS or WebSocket connection (its address, transport): requests to the
         # peer go over it while it is open, as a phone behind NAT, or one whose TLS
         # certificate we could not verify, can only be reached that way.
         self.flow: tuple[Addr, str] | None = None
@@ -181,6 +181,26 @@ class Leg:
         self.ctx.dialogs.remove(dialog)
         self.note(sent="BYE", status=response.status)
 
+    async def flow_lost(self) -> None:
+        """The peer's WebSocket closed: it can hear nothing more, so its part of the call
+        ends as its own hang-up (a caller's cancel, a callee's hang-up once answered). A
+        fork still ringing is left to its INVITE, which has failed with a 503."""
+        if self.finished:
+            return
+        answered = self.dialog is not None and self.dialog.state is DialogState.CONFIRMED
+        if isinstance(self, OutboundLeg) and not answered:
+            return
+        self.note(flow="closed")
+        if isinstance(self, InboundLeg):
+            # Its INVITE transaction ends here: the 487 cannot go out, and failing to send
+            # ends the transaction rather than leaving it pending.
+            self.reject(487)
+        if self.dialog is not None:
+            self.dialog.terminate()
+            self.ctx.dialogs.remove(self.dialog)
+        await self.act(Action.HANGUP)
+        await self.finish()
+
     def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         return self.ctx.tasks.spawn(work, f"{self.direction}:{what}:{self.call_id}")
 
@@ -233,7 +253,9 @@ class Leg:
 class InboundLeg(Leg):
     direction = "inbound"
 
-    def __init__(self, context: LegContext, event: RequestReceived, *, caller: str, callee: str) -> None:
+    def __init__(
+        self, context: LegContext, event: RequestReceived, *, caller: str, callee: str, trusted: bool = False
+    ) -> None:
         super().__init__(
             context,
             sip_call_id=event.request.call_id,
@@ -244,13 +266,14 @@ class InboundLeg(Leg):
         self.event = event
         self.invite = event.request
         self.callee = callee
+        self.trusted = trusted
         self.to_tag = generate_tag()
         self.contact = our_contact(context.endpoint, event.transport, event.request.uri.scheme == "sips")
         self.answer_sdp = b""
         self.rang = False
         self.started = asyncio.Event()
         self.acked = asyncio.Event()
-        if event.transport in STREAM_TRANSPORTS:
+        if event.transport in FLOW_TRANSPORTS:
             self.flow = (event.source, event.transport)
 
     def session_sdp(self) -> bytes:
@@ -268,8 +291,15 @@ class InboundLeg(Leg):
                 self.callee,
                 self.call_id,
                 sdp=offer,
-                caller_name=self.invite.from_.display_name,
+                # A trusted network's PBX vouches for its callers' names; anyone else is
+                # shown as the user it authenticated as.
+                caller_name=self.invite.from_.display_name if self.trusted else None,
+                source="sip",
             )
+        except CallRejected:
+            self.reject(403)  # the app's backend refused the call (the call hook)
+            await self.finish()
+            return
         except CallRefused as exc:
             if exc.reason == "callee_busy":
                 self.reject(486)
@@ -295,7 +325,10 @@ class InboundLeg(Leg):
         elif kind == FrameType.CALL_ANSWERED:
             await self.answer(frame.get("sdp"))
         elif kind == FrameType.CALL_DECLINED:
-            self.end_with(486 if frame.get("busy") else 603)
+            # The callee's availability (voip/history.py Refusal): do-not-disturb is 480
+            # Temporarily Unavailable, busy 486 Busy Here; a device's decline is 603.
+            reason = frame.get("reason")
+            self.end_with(480 if reason == "dnd" else 486 if frame.get("busy") or reason == "busy" else 603)
         elif kind == FrameType.CALL_MISSED:
             self.end_with(480)
         elif kind == FrameType.CALL_FAILED:

@@ -25,9 +25,9 @@ import orjson
 import structlog
 
 from sip.digest import AuthResult, DigestServer, compute_ha1
-from sip.endpoint import SipEndpoint
+from sip.endpoint import WS_TRANSPORTS, SipEndpoint
 from sip.message import NameAddr, Request, generate_tag
-from sip.transaction import RequestReceived
+from sip.transaction import Addr, RequestReceived
 from voip.bus import Bus
 from voip.clock import now_ms
 from voip.devices import ApnsEnvironment, DeviceRecord, Registration, SipRegistration, register
@@ -109,6 +109,7 @@ class Registrar:
         max_devices: int,
         on_frame: FrameHandler,
         on_bound: BoundHandler,
+        serves_app: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
         self.endpoint = endpoint
@@ -118,6 +119,8 @@ class Registrar:
         self.bus = bus
         self.node_id = node_id
         self.max_devices = max_devices
+        # The iOS apps pushes can reach (APNS_APPS); None: any (the bundled simulator).
+        self.serves_app = serves_app
         self.on_frame = on_frame
         self.on_bound = on_bound
         self.digest = DigestServer(
@@ -132,6 +135,8 @@ class Registrar:
             tuple[str, str], tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.TimerHandle]
         ] = {}
         self.tasks = tasks
+        # WebSocket flow -> the (user, device) bindings registered over it: they end with it.
+        self._flows: dict[tuple[str, Addr], set[tuple[str, str]]] = {}
 
     # Credentials ------------------------------------------------------------------------
 
@@ -230,6 +235,13 @@ class Registrar:
                     event, 423, to_tag=generate_tag(), headers=[("Min-Expires", str(self.config.min_expires))]
                 )
                 return
+            push = push_target(contact) if expires and self.serves_app is not None else None
+            if push is not None and self.serves_app is not None and not self.serves_app(push.bundle_id):
+                # RFC 8599 §5: a push service the registrar cannot use. Like PUT /v1/devices'
+                # 422 unknown_app: a phone registered for an app with no key would never ring.
+                log.info("sip.register_unknown_app", user=user, bundle_id=push.bundle_id)
+                self.endpoint.reply(event, 555, "Push Notification Service Not Supported", to_tag=generate_tag())
+                return
         for contact in contacts:
             expires = min(_int(contact.params.get("expires"), default), self.config.max_expires)
             device_id = binding_device_id(user, contact)
@@ -275,6 +287,8 @@ class Registrar:
         if (push := push_target(contact)) is not None:
             await self._put_push_device(user, device_id, push, binding)
         await self._attach(user, device_id, expires)
+        if event.transport in WS_TRANSPORTS:
+            self._flows.setdefault((event.transport, event.source), set()).add((user, device_id))
         log.info("sip.registered", user=user, device=device_id, expires=expires, push=push is not None)
 
     async def _put_push_device(self, user: str, device_id: str, push: PushTarget, binding: Binding) -> None:
@@ -338,6 +352,21 @@ class Registrar:
         # for the REGISTER that follows the push (gateway.py, ringing.py).
         if not await self.push_capable(user, device_id):
             await self._detach(user, device_id)
+
+    async def flow_closed(self, transport: str, peer: Addr) -> None:
+        """A WebSocket ended: each binding still registered over it goes, as an expiry
+        would take it (a binding refreshed over a newer socket, or through another node,
+        stays). RFC 5626 §5.3: a flow that fails is not used again."""
+        source = f"{peer[0]}:{peer[1]}"
+        for user, device_id in self._flows.pop((transport, peer), set()):
+            binding = await self.binding(user, device_id)
+            if binding is None or binding.node != self.node_id or binding.source != source:
+                continue
+            await self.sip.delete_binding(user, device_id)
+            await self.presence.clear(user, device_id, self.node_id)
+            if not await self.push_capable(user, device_id):
+                await self._detach(user, device_id)
+            log.info("sip.flow_closed", user=user, device=device_id, transport=transport)
 
     async def push_capable(self, user: str, device_id: str) -> bool:
         device = await self.devices.get(user, device_id)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from voip.redis_pipe import StatusPipe
-from voip.stores.calls import CallError, CallRecord, CallRefused, CallStore, Transition
+from voip.stores.calls import CalleeUnavailable, CallError, CallRecord, CallRefused, CallStore, Transition
 from voip.stores.devices import DeviceStore
 from voip.stores.epoch import EpochStore
+from voip.stores.history import Availability, AvailabilityStore, HistoryStore
 from voip.stores.layout import KeyLayout
 from voip.stores.limits import CalleeLimits
 from voip.stores.nonces import NonceCounts
@@ -19,15 +20,20 @@ from voip.stores.presence import PresenceStore
 from voip.stores.push_log import PushLog
 from voip.stores.sip import SipStore
 from voip.stores.sockets import SocketStore
+from voip.stores.webhooks import WebhookOutbox
 
 __all__ = [
+    "Availability",
+    "AvailabilityStore",
     "CallError",
     "CallRecord",
     "CallRefused",
     "CallStore",
     "CalleeLimits",
+    "CalleeUnavailable",
     "DeviceStore",
     "EpochStore",
+    "HistoryStore",
     "KeyLayout",
     "NonceCounts",
     "OpsStore",
@@ -37,6 +43,7 @@ __all__ = [
     "SocketStore",
     "Stores",
     "Transition",
+    "WebhookOutbox",
 ]
 
 
@@ -55,6 +62,9 @@ class Stores:
     nonces: NonceCounts
     ops: OpsStore
     epoch: EpochStore
+    history: HistoryStore
+    availability: AvailabilityStore
+    webhooks: WebhookOutbox
 
     @classmethod
     def open(
@@ -67,6 +77,8 @@ class Stores:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
         status_pipe: StatusPipe | None = None,
+        history_retention: int = 30 * 86400,
+        webhooks_ttl: int = 0,
     ) -> Stores:
         keys = KeyLayout(prefix)
         ops_channel = keys.ops_channel if ops_feed else ""
@@ -81,14 +93,19 @@ class Stores:
                 wait_replicas=wait_replicas,
                 wait_timeout_ms=wait_timeout_ms,
                 status_pipe=status_pipe,
+                history_retention=history_retention,
+                webhooks_ttl=webhooks_ttl,
             ),
             devices=DeviceStore(redis, keys),
             push_log=PushLog(redis, keys, retention=retention, ops_channel=ops_channel, pipe=status_pipe),
             presence=PresenceStore(redis, keys),
             sockets=SocketStore(redis, keys, retention=retention),
-            limits=CalleeLimits(redis, keys),
+            limits=CalleeLimits(redis, keys, history_retention=history_retention),
             sip=SipStore(redis, keys),
             nonces=NonceCounts(redis, keys),
             ops=OpsStore(redis, keys),
             epoch=EpochStore(redis, keys),
+            history=HistoryStore(redis, keys, retention=history_retention),
+            availability=AvailabilityStore(redis, keys),
+            webhooks=WebhookOutbox(redis, keys, ttl=webhooks_ttl),
         )

@@ -7,6 +7,7 @@ that created it: every node applies those, never its own settings. Keys: layout.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,18 @@ class CallRefused(CallError):
         self.retry_after = retry_after
 
 
+class CalleeUnavailable(CallError):
+    """A new call the callee's availability turns away before anything rings: `reason`
+    "dnd" (do-not-disturb) or "busy" (when_busy "reject", in an answered call: `in_call`,
+    their ids as the callee's index holds them). Not told to the caller as an error: the
+    controller records the call as missed and tells the caller `call.declined`."""
+
+    def __init__(self, reason: str, in_call: list[str] | None = None) -> None:
+        super().__init__("callee_unavailable")
+        self.reason = reason
+        self.in_call = in_call or []
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     previous: CallState
@@ -108,10 +121,15 @@ class CallStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
         status_pipe: StatusPipe | None = None,
+        history_retention: int = 30 * 86400,
+        webhooks_ttl: int = 0,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self.retention = retention
+        # VOIP_HISTORY_RETENTION: kept with each call, like `retention`, so that every node
+        # keeps its history record as long as the node that created it said.
+        self.history_retention = history_retention
         # Every timeline entry is also published here, from inside the same script, so
         # operators see each change live at no extra round trip ("": the feed is off).
         self._ops_channel = ops_channel
@@ -126,6 +144,12 @@ class CallStore:
         self._call_event = load_script(redis, "call_event")
         self._status = load_script(redis, "status_check")
         self._claim = load_script(redis, "claim_timeouts")
+        self._webhook_event = load_script(redis, "webhook_event")
+        # VOIP_WEBHOOK_URLS set: seconds a call's webhook outbox is kept (0: no outbox).
+        # Each script that changes a call appends its event in the same step.
+        self.webhooks_ttl = webhooks_ttl
+        # Told the call id of each event this node filed: its delivery starts at once.
+        self.on_webhook: Callable[[str], None] | None = None
         # Where this node's round over the ring-deadline buckets goes on; nodes start apart.
         self._next_bucket = random.randrange(BUCKETS)
         # No call outlives this: unended, ring timeout (<= 600 s) + retention after its
@@ -134,6 +158,40 @@ class CallStore:
 
     def _call_keys(self, call_id: str) -> list[str]:
         return [self._keys.call(call_id), self._keys.timeline(call_id)]
+
+    def _webhook_spec(self, **extra: Any) -> bytes | str:
+        """The scripts' webhooks argument: "" when webhooks are off."""
+        return orjson.dumps({"ttl": self.webhooks_ttl, **extra}) if self.webhooks_ttl else ""
+
+    def _filed(self, call_id: str) -> None:
+        if self.on_webhook is not None:
+            self.on_webhook(call_id)
+
+    def _due(self, pipe: Any, call_id: str, at: int) -> None:
+        """Queue: the call is due for webhook delivery. Sent with the script that wrote the
+        event (batch()), in the same round trip: on one Redis right after it, on a cluster
+        at the same time on the index's shard (docs/webhooks.md#delivery)."""
+        pipe.zadd(self._keys.webhooks_due(call_id), {call_id: at})
+
+    async def webhook_event(self, call_id: str, kind: str, extra: dict[str, Any], at: int) -> bool:
+        """An event that changes no state (push.failed) into the call's outbox; False for
+        a call that is gone, or webhooks off."""
+        if not self.webhooks_ttl:
+            return False
+        written, *_ = await batch(
+            self._redis,
+            [
+                (
+                    self._webhook_event,
+                    [self._keys.call(call_id), self._keys.webhooks(call_id)],
+                    [kind, at, orjson.dumps(extra), self.webhooks_ttl],
+                )
+            ],
+            lambda pipe: self._due(pipe, call_id, at),
+        )
+        if written:
+            self._filed(call_id)
+        return bool(written)
 
     async def create(
         self,
@@ -149,9 +207,11 @@ class CallStore:
         pushes: dict[str, dict[str, Any]] | None = None,
         caller_name: str = "",
         announce: tuple[str, bytes] | None = None,
+        refused: str = "",
     ) -> bool:
         """Create the call if its id is free; `announce` is published (channel, message)
-        by the same script once the call exists."""
+        by the same script once the call exists. `refused`: "dnd" or "busy", a call the
+        callee's availability turned away (kept for its history's `reason`)."""
         attempt = random.getrandbits(64).to_bytes(8, "big").hex()
         fields = {
             "state": CallState.RINGING.value,
@@ -165,7 +225,10 @@ class CallStore:
             "retention": self.retention,
             # Tells a resent script (after a dropped connection) from a second call with this id.
             "attempt": attempt,
+            "history_retention": self.history_retention,
         }
+        if refused:
+            fields["refused"] = refused
         entry = {
             "at": created_at,
             "event": "created",
@@ -182,9 +245,15 @@ class CallStore:
         # A script on a cluster may publish only to its own slot's sharded channels: there
         # the callee's channel is told after the script, from the callee's shard.
         in_script = not clustered(self._redis)
+        webhooks = self._webhook_spec()
         script: Scripted = (
             self._create,
-            [*self._call_keys(call_id), self._keys.pushes(call_id)],
+            [
+                *self._call_keys(call_id),
+                self._keys.pushes(call_id),
+                self._keys.history_record(call_id),
+                *([self._keys.webhooks(call_id)] if webhooks else []),
+            ],
             [
                 orjson.dumps(fields),
                 orjson.dumps(entry),
@@ -194,16 +263,19 @@ class CallStore:
                 orjson.dumps(pushes_json),
                 *((channel, message) if in_script else ("", "")),
                 attempt,
+                webhooks,
             ],
         )
 
-        def index(pipe: Any) -> None:
+        def index(pipe: Any, due: bool = True) -> None:
             # NX: if the id is taken, the existing call's deadline must stay as it is.
             pipe.zadd(self._keys.ring_deadlines(call_id), {call_id: ring_deadline}, nx=True)
             # The index is in another slot than the call, so it cannot be in the script.
             index_key = self._keys.calls_index(call_id)
             pipe.zadd(index_key, {call_id: created_at}, nx=True)
             pipe.zremrangebyscore(index_key, "-inf", created_at - self._calls_horizon_ms)
+            if webhooks and due:
+                self._due(pipe, call_id, created_at)
             if self._wait_replicas:
                 # Same connection as the writes above, so WAIT covers exactly them. Best
                 # effort: past the timeout the call goes ahead, unreplicated.
@@ -211,20 +283,28 @@ class CallStore:
 
         if in_script:
             created, *_ = await batch(self._redis, [script], index)
+            if created and webhooks:
+                self._filed(call_id)
             return bool(created)
         # On a cluster, two waits: the script, then at once the callee's call.incoming and
         # the indexes (a write per shard). Not the index before the call exists: an
         # operator's listing that met it then would drop it as the entry of a gone call
         # (voip/ops/index.py); not call.incoming before: the callee would answer no call.
-        (created,) = await batch(self._redis, [script])
+        # The webhook due index goes with the script, at once on its own shard: an index
+        # entry whose event is not written yet is harmless, an event without one is not.
+        (created, *_) = await batch(
+            self._redis, [script], (lambda pipe: self._due(pipe, call_id, created_at)) if webhooks else None
+        )
         if created:
 
             def announce_and_index(pipe: Any) -> None:
                 if channel:
                     pipe.spublish(channel, message)
-                index(pipe)
+                index(pipe, due=False)
 
             await batch(self._redis, [], announce_and_index)
+            if webhooks:
+                self._filed(call_id)
         return bool(created)
 
     async def transition(
@@ -236,8 +316,10 @@ class CallStore:
         device: str = "",
         node: str,
         note: dict[str, Any] | None = None,
+        webhook_reason: str | None = None,
     ) -> Transition:
-        """Apply `action` atomically; raises CallError when the call or its state refuses."""
+        """Apply `action` atomically; raises CallError when the call or its state refuses.
+        `webhook_reason`: the webhook event's reason, when not the state's own."""
         if user:
             moves = {
                 party.value: {k.value: v.value for k, v in transitions_for(action, party).items()}
@@ -245,27 +327,40 @@ class CallStore:
             }
         else:
             moves = {Party.SYSTEM.value: {k.value: v.value for k, v in transitions_for(action, Party.SYSTEM).items()}}
-        status, detail, raw, *more = await self._transition(
-            keys=[*self._call_keys(call_id), self._keys.pushes(call_id)],
-            args=[
-                orjson.dumps(moves),
-                user,
-                device,
-                now_ms(),
-                node,
-                action.value,
-                self.retention,  # only for a call that does not carry its own
-                orjson.dumps(note) if note else "",
-                self._ops_channel,
-                call_id,
-                random.getrandbits(64).to_bytes(8, "big").hex(),
-            ],
-        )
+        at = now_ms()
+        webhooks = self._webhook_spec(**({"reason": webhook_reason} if webhook_reason else {}))
+        keys = [*self._call_keys(call_id), self._keys.pushes(call_id), self._keys.history_record(call_id)]
+        if webhooks:
+            keys.append(self._keys.webhooks(call_id))
+        args: list[Any] = [
+            orjson.dumps(moves),
+            user,
+            device,
+            at,
+            node,
+            action.value,
+            self.retention,  # only for a call that does not carry its own
+            orjson.dumps(note) if note else "",
+            self._ops_channel,
+            call_id,
+            random.getrandbits(64).to_bytes(8, "big").hex(),
+            webhooks,
+        ]
+        if webhooks:
+            # The due index in the same round trip; an entry for a refused move is harmless.
+            (reply, *_) = await batch(
+                self._redis, [(self._transition, keys, args)], lambda pipe: self._due(pipe, call_id, at)
+            )
+        else:
+            reply = await self._transition(keys=keys, args=args)
+        status, detail, raw, *more = reply
         call = CallRecord.from_hash(call_id, orjson.loads(raw)) if raw else None
         if status != b"ok":
             raise CallError(detail.decode(), call)
         assert call is not None
         previous = CallState(detail.decode())
+        if webhooks:
+            self._filed(call_id)
         try:
             if previous is CallState.RINGING:
                 # Only a ringing call can time out: its deadline goes when it leaves
@@ -275,16 +370,37 @@ class CallStore:
                 def unring(pipe: Any) -> None:
                     pipe.zrem(self._keys.ring_deadlines(call_id), call_id)
                     pipe.zrem(self._keys.ringing(call.callee_user), call_id)
+                    if call.state is CallState.ANSWERED:
+                        self._queue_in_call(pipe, call, add=True)
 
                 await batch(self._redis, [], unring)
+            elif previous is CallState.ANSWERED and call.state.is_final:
+                await batch(self._redis, [], lambda pipe: self._queue_in_call(pipe, call, add=False))
         except UNAVAILABLE:
             # The call has moved: its devices must hear of it, whatever became of these
-            # indexes (other slots, maybe on a shard failing over). Both mend themselves:
-            # the deadline fires into the call's state check and is forgotten, and the
-            # callee's ringing set drops calls past their deadline.
+            # indexes (other slots, maybe on a shard failing over). All mend themselves:
+            # the deadline fires into the call's state check and is forgotten, the
+            # callee's ringing set drops calls past their deadline, and a stale in-call
+            # entry is checked against its call before it turns a call away.
             log.warning("call.indexes_not_updated", call_id=call_id, exc_info=True)
         pushed = frozenset(device.decode() for device in more[0]) if more else None
         return Transition(previous=previous, call=call, pushed=pushed)
+
+    def _queue_in_call(self, pipe: Any, call: CallRecord, *, add: bool) -> None:
+        """Both parties' in-call sets (when_busy "reject", lua/admit_call.lua), after the
+        call's script: in other slots than the call. Not exact: an end that is not recorded
+        here (the node gone in between) is found out when it would turn a call away, since
+        the controller checks the calls it names first (CallController._still_in_call)."""
+        for user in (call.caller_user, call.callee_user):
+            key = self._keys.in_call(user)
+            if add:
+                # No call stays answered longer than its hash lives (a week + retention).
+                until = now_ms() + (7 * 86400 + max(call.retention, self.retention)) * 1000
+                pipe.zadd(key, {call.call_id: until})
+                pipe.pexpireat(key, until, gt=True)
+                pipe.pexpireat(key, until, nx=True)
+            else:
+                pipe.zrem(key, call.call_id)
 
     async def record_event(
         self,
@@ -296,26 +412,37 @@ class CallStore:
         require_state: CallState | None = None,
         require_callee: bool = False,
         once_field: str = "",
+        webhook: str = "",
     ) -> tuple[CallRecord, bool]:
         """Check the device is in the call, record `entry`; returns the call and whether
-        `once_field` was set by this event (so "the first device that rang" is decided once)."""
+        `once_field` was set by this event (so "the first device that rang" is decided once).
+        `webhook`: the event type that setting the once-field sends (call.ringing)."""
         at = now_ms()
-        result = await self._call_event(
-            keys=self._call_keys(call_id),
-            args=[
-                user,
-                device,
-                orjson.dumps({"at": at, **entry}) if entry else "",
-                require_state.value if require_state else "",
-                once_field,
-                at,
-                "1" if require_callee else "",
-                self._ops_channel,
-                call_id,
-            ],
-        )
+        spec = self._webhook_spec(type=webhook) if webhook and once_field else ""
+        keys = self._call_keys(call_id)
+        if spec:
+            keys.append(self._keys.webhooks(call_id))
+        args: list[Any] = [
+            user,
+            device,
+            orjson.dumps({"at": at, **entry}) if entry else "",
+            require_state.value if require_state else "",
+            once_field,
+            at,
+            "1" if require_callee else "",
+            self._ops_channel,
+            call_id,
+            spec,
+        ]
+        result = await self._call_event(keys=keys, args=args)
         if result[0] != b"ok":
             raise CallError(result[1].decode())
+        if spec and result[2]:
+            # Only the first device that rings files an event; the others' reports must not
+            # make the call due for nothing. The call is in the due index already (not over:
+            # looked at again every few minutes), so this is the fast path, not the record.
+            await batch(self._redis, [], lambda pipe: self._due(pipe, call_id, at))
+            self._filed(call_id)
         return CallRecord.from_hash(call_id, orjson.loads(result[1])), bool(result[2])
 
     async def status_check(

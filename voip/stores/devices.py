@@ -59,9 +59,13 @@ class DeviceStore:
             devices, presence = await pipe.execute()
         return {k.decode(): orjson.loads(v) for k, v in devices.items()}, online_devices(presence)
 
-    async def drop_voip_token(self, user_id: str, device_id: str, token: str, before_ms: int | None) -> bool:
+    async def drop_voip_token(
+        self, user_id: str, device_id: str, token: str, before_ms: int | None, *, field: str = "voip_token"
+    ) -> bool:
+        """Drop the token in `field` (`voip_token`, or an Android device's `fcm_token`) if it
+        is still `token` and was registered before `before_ms` (any age when None)."""
         dropped = await self._drop_token(
             keys=[self._keys.devices(user_id)],
-            args=[device_id, token, "" if before_ms is None else before_ms, now_ms()],
+            args=[device_id, token, "" if before_ms is None else before_ms, now_ms(), field],
         )
         return bool(dropped)

@@ -22,9 +22,19 @@ tag: the keys one script or MULTI touches share it, so each touches one slot
 | `{u:<user_id>}:sip_ha1` | hash: "<realm>\|<algorithm>" -> HA1 | user | stores/sip.py | none |
 | `{u:<user_id>}:sip_ringing` | hash: call_id -> JSON ringing call | user | stores/sip.py | the longest ring |
 | `{u:<user_id>}:sip_fork:<call_id>:<device_id>` | string: this phone was INVITEd | user | stores/sip.py | the ring |
+| `{c:<call_id>}:history` | string: JSON, the call as the parties' histories show it (state, parties, times, `refused`), written by the call scripts with each state | call | stores/calls.py (lua/), read by stores/history.py | VOIP_HISTORY_RETENTION of the node that created the call, from its last change |
+| `{u:<user_id>}:history` | zset: call_id by start (ms), the user's calls (placed and received), written before the call exists | user | stores/limits.py (lua/admit_call.lua: the callee's; the same round trip: the caller's) | VOIP_HISTORY_RETENTION; entries older are trimmed on each add |
+| `{u:<user_id>}:history_seen` | zset: one member, `seen`, scored by the latest `up_to` of `POST /v1/calls/seen` (ms) | user | stores/history.py | VOIP_HISTORY_RETENTION |
+| `{u:<user_id>}:availability` | hash: `dnd` (1/0), `until` (ms or empty), `when_busy` (ring/reject) | user | stores/history.py (AvailabilityStore), read by lua/admit_call.lua | none |
+| `{u:<user_id>}:in_call` | zset: call_id by the longest it may stay answered (ms): the user's answered calls | user | stores/calls.py (after the transition, from the call's own state) | the latest entry's |
 | `{rt:<n>}:ring_deadlines` | zset: call_id by ring deadline (ms), bucket n = crc32(call_id) % 16 | bucket | stores/calls.py | none (entries leave when the call stops ringing, or the timeout fires) |
 | `{rt:<n>}:lease` | string: the node working bucket n now | bucket | stores/calls.py | one tick (RingTimeouts' interval) |
 | `{ci:<n>}:calls` | zset: call_id by creation (ms), operators' index, bucket n as above | bucket | stores/calls.py, stores/ops.py | none (trimmed past the longest call's life on each creation) |
+| `{c:<call_id>}:webhooks` | list: the call's webhook events (JSON), appended by the script that changes the call | call | lua/ (create_call, transition, call_event, webhook_event) | 2 days from the last event (deliveries retry for up to 24 h) |
+| `{c:<call_id>}:webhook_sent` | hash: per webhook URL (its hash) how many events it has, its failures, next attempt | call | stores/webhooks.py | as the outbox |
+| `{c:<call_id>}:webhook_lock` | string: the node delivering this call's events now (one at a time: in order) | call | stores/webhooks.py | the delivery lease |
+| `{wd:<n>}:webhooks_due` | zset: call_id by when its events are due (ms), bucket n as above; a claimed call's score is its lease | bucket | lua/, stores/webhooks.py | none (a call leaves once final and every event delivered) |
+| `webhook_failures` | hash: webhook URL (its hash) -> JSON: failing since, last error, for /ops | itself | stores/webhooks.py | none (an entry goes on the URL's next success) |
 | `sip_nonce:<nonce>` | string: the highest digest nonce count accepted | itself | stores/nonces.py | SIP_NONCE_TTL |
 | `ops_ticket:<sha256>` | string: an operator's one-use live-feed ticket | itself | stores/ops.py | VOIP_OPS_TICKET_TTL |
 | `epoch` | string: the deployment epoch, written once | itself | stores/epoch.py | none |
@@ -262,6 +272,25 @@ class KeyLayout:
     def cancel_claims(self, call_id: str) -> str:
         return f"{self.prefix}{{c:{call_id}}}:cancel_claims"
 
+    def webhooks(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:webhooks"
+
+    def webhook_sent(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:webhook_sent"
+
+    def webhook_lock(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:webhook_lock"
+
+    def webhooks_due_bucket(self, bucket: int) -> str:
+        return f"{self.prefix}{{wd:{bucket}}}:webhooks_due"
+
+    def webhooks_due(self, call_id: str) -> str:
+        """The bucket of the webhook due index that holds this call."""
+        return self.webhooks_due_bucket(bucket_of(call_id))
+
+    def webhook_failures(self) -> str:
+        return f"{self.prefix}webhook_failures"
+
     def devices(self, user_id: str) -> str:
         return f"{self.prefix}{{u:{user_id}}}:devices"
 
@@ -291,6 +320,22 @@ class KeyLayout:
 
     def sip_fork(self, user_id: str, call_id: str, device_id: str) -> str:
         return f"{self.prefix}{{u:{user_id}}}:sip_fork:{call_id}:{device_id}"
+
+    # Call history and availability (issue 14, items 4 and 5): stores/history.py.
+    def history_record(self, call_id: str) -> str:
+        return f"{self.prefix}{{c:{call_id}}}:history"
+
+    def history(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:history"
+
+    def history_seen(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:history_seen"
+
+    def availability(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:availability"
+
+    def in_call(self, user_id: str) -> str:
+        return f"{self.prefix}{{u:{user_id}}}:in_call"
 
     def sip_nonce(self, nonce: str) -> str:
         return f"{self.prefix}sip_nonce:{nonce}"

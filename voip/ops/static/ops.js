@@ -190,12 +190,24 @@ function renderSummary(summary) {
   $("delay-figures").textContent = delay.count
     ? `p50 ${seconds(delay.p50)} · p95 ${seconds(delay.p95)}` : "";
   renderRedis(summary.redis);
+  renderWebhooks(summary.webhooks);
   $("late-checks").textContent = String(summary.late_pushes_caught.status_checks);
   const lateCalls = summary.late_pushes_caught.calls;
   $("late-calls").textContent = `${lateCalls} call${lateCalls === 1 ? "" : "s"}`;
   $("window").textContent = `last ${Math.round((summary.until - summary.since) / 60000)} min` +
     (summary.truncated ? ` (newest ${summary.calls})` : "");
   refreshSimulator();
+}
+
+function renderWebhooks(webhooks) {
+  $("webhooks-failing").textContent = webhooks.urls ? String(webhooks.failing.length) : "off";
+  $("webhooks-backlog").textContent = webhooks.urls
+    ? `· ${webhooks.calls_due} call${webhooks.calls_due === 1 ? "" : "s"} due of ${webhooks.calls_filed} filed` : "";
+  $("webhooks-failures").replaceChildren(...webhooks.failing.map((f) => {
+    const item = document.createElement("li");
+    item.textContent = `${f.url}: ${f.error} since ${new Date(f.failing_since).toISOString()}`;
+    return item;
+  }));
 }
 
 // ---- the bundled APNs simulator ----------------------------------------------------
@@ -454,17 +466,20 @@ function describe(e) {
       return `status check via ${e.via}: call was ${e.state}${told}${late}`;
     }
     case "push": {
-      const what = `${e.push_type === "alert" ? "alert" : "VoIP"} push${e.kind ? ` (${e.kind})` : ""}`;
+      const android = e.platform === "android";
+      const what = `${android ? "FCM data" : e.push_type === "alert" ? "alert" : "VoIP"} push${e.kind ? ` (${e.kind})` : ""}`;
       const answer = e.status != null ? `${e.status}${e.reason ? ` ${e.reason}` : ""}`
         : e.reason || "no answer";
       // "delivered": how an APNs 200 was recorded before it was called what it is.
       const outcome = e.outcome === "delivered" ? "accepted" : e.outcome;
       const extra = [e.environment, e.latency_ms != null && `${Math.round(e.latency_ms)} ms`, outcome,
         e.attempts > 1 && `${e.attempts} attempts`].filter(Boolean).join(", ");
-      return `${what} → APNs ${answer}${extra ? ` (${extra})` : ""}`;
+      return `${what} → ${android ? "FCM" : "APNs"} ${answer}${extra ? ` (${extra})` : ""}`;
     }
     case "token":
-      return `VoIP token ${e.dropped ? "dropped" : "kept"} after APNs said ${e.reason}`;
+      return e.platform === "android"
+        ? `FCM token ${e.dropped ? "dropped" : "kept"} after FCM said ${e.reason}`
+        : `VoIP token ${e.dropped ? "dropped" : "kept"} after APNs said ${e.reason}`;
     default: {
       const rest = Object.entries(e).filter(([k]) => !["at", "event", "node", "device"].includes(k));
       return `${e.event}: ${rest.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")}`;
