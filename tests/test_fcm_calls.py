@@ -96,7 +96,8 @@ async def test_android_invite_is_a_high_priority_data_message(pushing: Pushing) 
     node, sim = pushing
     device = sim.add_device()
     await register_android(node, "bob", "b-pixel", device.token)
-    caller = await node.device("alice", "a1", name="Alice A.")  # the token's claim: the shown name
+    # The shown name is the token's (issue 14, item 1), as in test_call_pushes.
+    caller = await node.device("alice", "a1", name="Alice A.")
     started = await caller.request({"type": "call.start", "callee": "bob"})
     call_id = started["call_id"]
 
@@ -125,7 +126,7 @@ async def test_android_invite_is_a_high_priority_data_message(pushing: Pushing) 
     assert entry["platform"] == "android" and entry["message_id"] == message.name
     assert entry["outcome"] == "accepted" and entry["status"] == 200 and entry["kind"] == "invite"
     assert "apns_id" not in entry
-    labels = {"platform": "android", "kind": "invite", "outcome": "accepted", "reason": ""}
+    labels = {"platform": "android", "app": "test-project", "kind": "invite", "outcome": "accepted", "reason": ""}
     assert (REGISTRY.get_sample_value("voip_pushes_total", labels) or 0) >= 1
 
 
