@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--fcm`, `--sip`,
-`--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`, `--webhooks`): every figure printed next to its
+"""`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--fcm`, `--sip`, `--app-calls`,
+`--sockets`, `--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`, `--webhooks`): every figure printed next to its
 baseline from the same run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -59,10 +59,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="about 30 s instead of about 3 min")
     parser.add_argument(
-        "--profile", action="store_true", help="py-spy the node under status load (with --sip, --push: under theirs)"
+        "--profile",
+        action="store_true",
+        help="py-spy the node under status load (with --sip, --push, --app-calls: under theirs)",
     )
     parser.add_argument("--speed", action="store_true", help="issue 12's table, every row in one run (bench/speed.py)")
     parser.add_argument("--push", action="store_true", help="only the APNs push bench (bench/push.py)")
+    parser.add_argument(
+        "--app-calls",
+        action="store_true",
+        help="app-to-app calls over WebSocket: node CPU per call vs a bare echo (bench/app_calls.py)",
+    )
     parser.add_argument(
         "--fcm", action="store_true", help="only FCM sends: our sender vs bare httpx on fcmsim (bench/fcm.py)"
     )
@@ -78,6 +85,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--chaos", action="store_true", help="the chaos run (bench/chaos.py); exits 1 if an invariant broke"
+    )
+    parser.add_argument(
+        "--sockets",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="N",
+        help="N idle device WebSockets in a storm: errors, node KiB per socket (bench/sockets.py; 10,000)",
     )
     parser.add_argument("--status", action="store_true", help="only the status endpoint vs bare (bench/status.py)")
     parser.add_argument(
@@ -116,6 +132,14 @@ def main() -> None:
         from bench import speed
 
         return speed.main(quick=args.quick)
+    if args.sockets is not None:
+        from bench import sockets
+
+        return sockets.main(sockets=args.sockets, quick=args.quick)
+    if args.app_calls:
+        from bench import app_calls
+
+        return app_calls.main(quick=args.quick, profile=args.profile)
     if args.status:
         return status.main(
             quick=args.quick, redis_url=args.redis_url, redis_cluster=args.redis_cluster, pinned=args.pinned

@@ -1,4 +1,5 @@
-"""One bench node in its own process: the real app, plus a bare route as the baseline.
+"""One bench node in its own process: the real app, plus a bare route and a bare WebSocket
+echo as baselines.
 
     python -m bench.server --cpu 1      (settings from BENCH_* environment variables)
 
@@ -9,25 +10,68 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import sys
 
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voip import api, heap, logs
 from voip.app import create_app
 from voip.http_limits import server_options
 from voip.settings import load_settings
+from voip.ws_protocol import LeanWebSocketProtocol
 
 BARE_PATH = "/bench/bare"
+ECHO_PATH = "/bench/echo"
 
 
 async def bare(request: Request) -> Response:
     # Same response class as the status endpoint, so the baseline differs only by the work.
     return api.JSONResponse({"status": "ok", "server_time": 0})
+
+
+async def echo(websocket: WebSocket) -> None:
+    """A text frame `<k> <payload>` comes back as k frames of the payload: the baseline of
+    bench/app_calls.py, the same frames in and out as a call, with no call behind them."""
+    await websocket.accept()
+    try:
+        while True:
+            count, _, payload = (await websocket.receive_text()).partition(" ")
+            for _ in range(int(count)):
+                await websocket.send_text(payload)
+    except WebSocketDisconnect:
+        return
+
+
+HEAP_PATH = "/bench/heap"
+
+
+def heap_route() -> Route:
+    """BENCH_TRACEMALLOC=<frames>: `GET /bench/heap?group=lineno|traceback` answers what was
+    allocated since the last call (tracemalloc snapshot diff, the top 40), for bench/sockets.py
+    --profile: what a node keeps per socket."""
+    import tracemalloc
+
+    tracemalloc.start(int(os.environ["BENCH_TRACEMALLOC"]))
+    last = [tracemalloc.take_snapshot()]
+
+    async def diff(request: Request) -> Response:
+        group = request.query_params.get("group", "lineno")
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        stats = snapshot.compare_to(last[0], "traceback" if group == "traceback" else "lineno")
+        last[0] = snapshot
+        lines = []
+        for stat in stats[:40]:
+            where = "\n    ".join(stat.traceback.format()[-12:]) if group == "traceback" else str(stat.traceback[0])
+            lines.append(f"{stat.size_diff / 1024:10.1f} KiB {stat.count_diff:8d} blocks  {where}")
+        return Response("\n".join(lines) + "\n", media_type="text/plain")
+
+    return Route(HEAP_PATH, diff, methods=["GET"])
 
 
 def main() -> None:
@@ -36,6 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu >= 0:
         os.sched_setaffinity(0, {args.cpu})
+    # Every socket is a descriptor: as many as the hard limit allows (bench/sockets.py).
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     settings = load_settings(
         # Empty with REDIS_SENTINELS in the environment (the chaos run, bench/chaos.py).
         redis_url=os.environ.get("BENCH_REDIS_URL", ""),
@@ -58,6 +105,9 @@ def main() -> None:
         RedisConnections.status_pipe = lambda self: None  # type: ignore[method-assign,assignment,return-value]
     app = create_app(settings)
     app.router.routes.append(Route(BARE_PATH, bare, methods=["GET"]))
+    app.router.routes.append(WebSocketRoute(ECHO_PATH, echo))
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        app.router.routes.append(heap_route())
     if os.environ.get("BENCH_COUNT_ROUND_TRIPS") == "1":  # bench/scale.py
         from bench.redis_count import RoundTrips, install
 
@@ -69,7 +119,7 @@ def main() -> None:
     # The same uvicorn options as `python -m voip run` (uvloop and httptools when installed).
     config = uvicorn.Config(
         app,
-        ws="websockets-sansio",
+        ws=LeanWebSocketProtocol,
         ws_max_size=settings.ws_max_frame_bytes,
         ws_ping_interval=20,
         ws_ping_timeout=20,

@@ -3,9 +3,8 @@
 Each row's figure is a ratio or a per-call cost against a baseline measured in the same
 run (docs/benchmarks.md#issue-12-one-table-python--m-bench---speed). A row is a
 `measure(plan) -> Measured` function: the push and status rows call into bench/push.py
-and bench/status.py; the SIP call, app-to-app call and idle-socket rows are placeholders
-(`measure_sip_call`, `measure_app_call`, `measure_idle_sockets`) to point at their bench
-functions, and until then print "not measured in this run" rather than a number.
+and bench/status.py, the SIP call row into bench/sip.py, the app-to-app call row into
+bench/app_calls.py, the idle-socket row into bench/sockets.py.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench import push, status
+from bench import app_calls, push, sip, sockets, status
 from bench.noise import Noise
 from bench.procs import Cluster, cpu_plan
 from bench.stats import ratio
@@ -30,10 +29,33 @@ class Plan:
     status_rounds: int
     status_seconds: float
     status_warmup: float
+    sip_rates: tuple[float, ...] = sip.QUICK_RATES  # the ladder of calls/s, up to the first failed call
+    app_calls: app_calls.Plan = app_calls.QUICK
+    sockets: int = sockets.QUICK_SOCKETS
 
 
-FULL = Plan(push_rounds=5, push_seconds=1.2, push_warmup=0.5, status_rounds=3, status_seconds=6, status_warmup=2)
-QUICK = Plan(push_rounds=2, push_seconds=0.7, push_warmup=0.2, status_rounds=1, status_seconds=3, status_warmup=1)
+FULL = Plan(
+    push_rounds=5,
+    push_seconds=1.2,
+    push_warmup=0.5,
+    status_rounds=3,
+    status_seconds=6,
+    status_warmup=2,
+    sip_rates=sip.RATES,
+    app_calls=app_calls.FULL,
+    sockets=sockets.SOCKETS,
+)
+QUICK = Plan(
+    push_rounds=2,
+    push_seconds=0.7,
+    push_warmup=0.2,
+    status_rounds=1,
+    status_seconds=3,
+    status_warmup=1,
+    sip_rates=sip.QUICK_RATES,
+    app_calls=app_calls.QUICK,
+    sockets=sockets.QUICK_SOCKETS,
+)
 
 PUSH_IN_FLIGHT = 100
 PUSH_GOAL = 0.9  # x the bare h2 client's pushes per CPU-second
@@ -46,7 +68,7 @@ class Measured:
     lines: tuple[str, ...] = ()  # the measurement's own report, printed before the table
 
 
-NOT_MEASURED = Measured("not measured in this run")
+NOT_MEASURED = Measured("not measured in this run")  # a row whose measurement could not run
 
 
 @dataclass(frozen=True)
@@ -62,19 +84,46 @@ class Row:
 
 
 async def measure_sip_call(plan: Plan) -> Measured:
-    """A full SIP call with a push under sipp: node CPU per call, zero failed calls at the
-    rate (bench/sip.py)."""
-    return NOT_MEASURED
+    """A full SIP call with a push under sipp (bench/sip.py, its ladder of rates up to the
+    first failed call, no memory run): node CPU per call over the rates sustained with no
+    failed call, against a sipp UAS's at the same rates in this run."""
+    result = await sip.run(rates=plan.sip_rates, memory=False)
+    return sip_verdict(result.rows, tuple(result.lines))
+
+
+def sip_verdict(rows: list[sip.RateRow], lines: tuple[str, ...] = ()) -> Measured:
+    verdict = sip.Verdict.of(rows)
+    if not verdict.node_ms:
+        return Measured(f"no rate sustained (ladder {', '.join(f'{r.node.rate:g}' for r in rows)})", False, lines)
+    node, uas = verdict.node_median, verdict.uas_median
+    value = (
+        f"{node:.2f} ms/call ({ratio(node, uas):.0f} x sipp UAS's {uas:.3f} ms), "
+        f"{verdict.best_rate:g} calls/s with no failed call"
+    )
+    return Measured(value, verdict.met, lines)
 
 
 async def measure_app_call(plan: Plan) -> Measured:
-    """An app-to-app call over WebSocket: node CPU per call."""
-    return NOT_MEASURED
+    """An app-to-app call over WebSocket (bench/app_calls.py): node CPU per call, against the
+    same node echoing a call's frames over bare WebSockets in the same run."""
+    result = await app_calls.run(plan.app_calls)
+    return app_call_verdict(result)
+
+
+def app_call_verdict(result: app_calls.Result) -> Measured:
+    value = f"{result.call_ms:.2f} ms/call ({ratio(result.call_ms, result.echo_ms):.1f} x a bare echo of its frames)"
+    return Measured(value, result.met, tuple(result.lines()))
 
 
 async def measure_idle_sockets(plan: Plan) -> Measured:
-    """Node memory per idle device WebSocket at 10,000 per node, opened in a storm."""
-    return NOT_MEASURED
+    """Node memory per idle device WebSocket at 10,000 per node (2,000 with --quick), opened
+    in a storm with no error, against the same node before the storm (bench/sockets.py)."""
+    return idle_sockets_verdict(await sockets.run(plan.sockets))
+
+
+def idle_sockets_verdict(storm: sockets.Storm) -> Measured:
+    value = f"{storm.kib_per_socket:.1f} KiB at {storm.connected:,} sockets, {storm.error_count} errors in the storm"
+    return Measured(value, storm.met, tuple(storm.lines()))
 
 
 async def measure_push(plan: Plan) -> Measured:

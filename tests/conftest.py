@@ -36,6 +36,7 @@ from voip.auth import Authenticator
 from voip.node import Node, NodeParts
 from voip.redis_server import PrivateRedis
 from voip.settings import Settings, load_settings
+from voip.ws_protocol import LeanWebSocketProtocol
 
 # In-process nodes log through structlog's development renderer. Its default, rich's
 # traceback with every frame's locals, takes a second or more of CPU per logged error
@@ -331,7 +332,7 @@ async def start_node(settings: Settings, parts: NodeParts = NodeParts()) -> Runn
     app = create_app(settings, parts)
     config = uvicorn.Config(
         app,
-        ws="websockets-sansio",
+        ws=LeanWebSocketProtocol,
         ws_max_size=settings.ws_max_frame_bytes,
         log_config=None,
         access_log=False,

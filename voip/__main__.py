@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> None:
     from voip.drain import DrainingServer
     from voip.http_limits import server_options
     from voip.redis_server import PrivateRedis
+    from voip.ws_protocol import LeanWebSocketProtocol
 
     settings = _settings()
     logs.configure(settings.log_level)
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
             app,
             host=settings.host,
             port=settings.port,
-            ws="websockets-sansio",
+            ws=LeanWebSocketProtocol,
             ws_max_size=settings.ws_max_frame_bytes,
             ws_ping_interval=20,
             ws_ping_timeout=20,

@@ -10,6 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from voip import api, history_api, home, metrics, metrics_route, openapi
 from voip.node import Node, NodeParts
@@ -51,6 +53,33 @@ async def _redis_unavailable(request: Request, exc: Exception) -> Response:
 _ERROR_NAMES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
+DEVICE_SOCKET = "/v1/ws"
+
+
+class NodeApp(Starlette):
+    """The app, with the device WebSocket served before the middleware and the router.
+
+    A socket's handler runs for the socket's whole life, and every layer it is called
+    through (the error and exception middleware, the router, the route, Starlette's
+    per-session exception wrapper) keeps its frame and closures alive as long: about
+    3.5 KiB per idle socket (docs/benchmarks.md, the idle-socket row). None of them acts on
+    a WebSocket that `device_socket` does not already answer itself (it refuses, closes
+    1013 when Redis is unavailable, and handles every frame's errors) but Redis being
+    unavailable past it, counted here as the exception middleware counted it; so the path
+    is matched here first, and everything else goes the usual way."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == DEVICE_SOCKET:
+            scope["app"] = self
+            websocket = WebSocket(scope, receive, send)
+            try:
+                await device_socket(websocket)
+            except UNAVAILABLE as exc:  # as the exception middleware did: counted, not raised
+                await _redis_unavailable(websocket, exc)  # type: ignore[arg-type]
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, parts: NodeParts = NodeParts()) -> Starlette:
     """The node is built and started when the server starts (`app.state.node` from then
     on), and stopped when it stops."""
@@ -76,12 +105,12 @@ def create_app(settings: Settings, parts: NodeParts = NodeParts()) -> Starlette:
         Route("/", home.index, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", metrics_route.metrics, methods=["GET"]),
-        WebSocketRoute("/v1/ws", device_socket),
+        WebSocketRoute(DEVICE_SOCKET, device_socket),  # listed; NodeApp serves it before routing
         WebSocketRoute("/v1/sip", sip_socket),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
         *ops_routes(),
     ]
-    app = Starlette(
+    app = NodeApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={

@@ -29,6 +29,7 @@ from voip.devicesim import AndroidPhone, Backend, Event, EventLog, Phone, Policy
 from voip.node import Node
 from voip.redis_server import PrivateRedis
 from voip.settings import Settings, SettingsError, load_settings
+from voip.ws_protocol import LeanWebSocketProtocol
 
 RING_TIMEOUT = 3.0  # seconds; short, so the late-delivery scenario need not wait long
 
@@ -334,7 +335,7 @@ async def running_node(redis_url: str) -> AsyncIterator[tuple[Node, str]]:
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            ws="websockets-sansio",
+            ws=LeanWebSocketProtocol,
             log_config=None,
             access_log=False,
             lifespan="on",

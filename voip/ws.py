@@ -1,6 +1,12 @@
 """`GET /v1/ws`: a device's WebSocket. Frames in are checked, then handed to the call
-controller; frames out come from the bus, through a queue, so one slow socket never
-holds up delivery to the others."""
+controller; frames out come from the bus, through an outbox, so one slow socket never
+holds up delivery to the others.
+
+An idle socket is most of what a node holds (docs/benchmarks.md, the idle-socket row), so
+a socket's state is lean: its outbox is a list, written by a task that runs only while
+there is something to write (the reader, the ASGI task itself, is the one task a socket
+always has, and it notices a close at once whatever the writer does); its undo steps are a
+list; the wait for its end is a future made only when a drain waits for it."""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import contextlib
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any, NamedTuple
 
 import orjson
@@ -74,7 +82,46 @@ class Close(NamedTuple):
     reason: str
 
 
+Outgoing = dict[str, Any] | Close
+
+
+class Undo:
+    """The undo steps of a socket's setup, run last first when it ends; what
+    contextlib.AsyncExitStack does for these steps, in a list (its deque and a closure per
+    callback cost about 2 KiB a socket). A step that raises does not stop the others; the
+    first error is raised once all have run."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[Callable[..., Awaitable[object]], tuple[Any, ...]]] = []
+
+    def push_async_callback(self, step: Callable[..., Awaitable[object]], *args: Any) -> None:
+        self._steps.append((step, args))
+
+    async def aclose(self) -> None:
+        first: BaseException | None = None
+        while self._steps:
+            step, args = self._steps.pop()
+            try:
+                await step(*args)
+            except BaseException as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    async def __aenter__(self) -> Undo:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
 class TokenBucket:
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, float(burst)
         self.tokens, self.stamp = float(burst), time.monotonic()
@@ -145,7 +192,7 @@ async def device_socket(websocket: WebSocket) -> None:
     connection = DeviceConnection(websocket, node, principal.user_id, device_id, principal.name)
     # Each setup step registers its undo as it starts: whichever step fails, or however
     # the socket ends, nothing stays subscribed, present or counted.
-    async with contextlib.AsyncExitStack() as undo:
+    async with Undo() as undo:
         try:
             await connection.open(undo)
         except UNAVAILABLE:
@@ -167,6 +214,30 @@ async def _try_again_later(websocket: WebSocket) -> None:
 
 
 class DeviceConnection:
+    __slots__ = (
+        "_close_after_reply",
+        "_ended",
+        "_ended_waiter",
+        "_endings_sent",
+        "_gone",
+        "_handling",
+        "_room",
+        "_serving",
+        "_writer",
+        "_writing_over",
+        "bucket",
+        "closing",
+        "controller",
+        "device_id",
+        "node",
+        "outbox",
+        "refused_in_a_row",
+        "socket_id",
+        "token_name",
+        "user_id",
+        "websocket",
+    )
+
     def __init__(
         self, websocket: WebSocket, node: Node, user_id: str, device_id: str, token_name: str | None = None
     ) -> None:
@@ -176,16 +247,44 @@ class DeviceConnection:
         self.controller: CallController = node.controller
         self.user_id = user_id
         self.device_id = device_id
-        self.outbox: asyncio.Queue[dict[str, Any] | Close] = asyncio.Queue(OUTBOX_LIMIT)
+        # Frames (and a Close) waiting to go out, in order; at most OUTBOX_LIMIT.
+        self.outbox: list[Outgoing] = []
+        self._writer: asyncio.Task[None] | None = None  # runs while the outbox has frames
+        # The writer met a Close, or a send failed, or the socket ended: nothing more is
+        # written, and what is queued stays queued (its endings count as unheard).
+        self._writing_over = False
+        # Accepted and served: only then may the writer run. Frames the bus delivers before
+        # (it is attached before the socket is accepted) wait in the outbox; a write before
+        # the accept would fail and end all writing, the hello included.
+        self._serving = False
+        self._room: asyncio.Future[None] | None = None  # send() waits here while the outbox is full
         self.bucket = TokenBucket(node.settings.ws_rate, node.settings.ws_burst)
         self.refused_in_a_row = 0
         self.closing: Close | None = None
         self._handling = False  # a client frame is being handled; its reply is not queued yet
         self._close_after_reply: Close | None = None
         self.socket_id = f"{device_id}|{uuid.uuid4().hex}"
-        self.ended = asyncio.Event()
-        self._endings_sent: dict[str, float] = {}  # call id -> when its ending frame went out
+        self._ended = False
+        self._ended_waiter: asyncio.Future[None] | None = None  # made when a drain waits for the end
+        self._endings_sent: dict[str, float] | None = None  # call id -> when its ending frame went out
         self._gone = False
+
+    def _put(self, item: Outgoing) -> bool:
+        """Queue `item` and see that the writer runs; False (nothing queued) when full."""
+        if len(self.outbox) >= OUTBOX_LIMIT:
+            return False
+        self.outbox.append(item)
+        self._wake_writer()
+        return True
+
+    def _replace_all(self, item: Outgoing) -> None:
+        """A socket this far behind: what it has queued goes, `item` takes its place."""
+        self.outbox[:] = [item]
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writer is None and self._serving and not self._writing_over:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def deliver(self, frame: dict[str, Any]) -> None:
         if self._gone:  # between the socket's end and the bus letting go of it
@@ -197,26 +296,18 @@ class DeviceConnection:
                 log.info("ws.evicted", user=self.user_id, device=self.device_id)
                 self._close_after_queued(CLOSE_TOO_MANY_SOCKETS, "too_many_sockets")
             return
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:  # a socket this far behind is dead; let it reconnect
+        if not self._put(frame):  # a socket this far behind is dead; let it reconnect
             log.warning("ws.outbox_full", user=self.user_id, device=self.device_id)
-            while not self.outbox.empty():
-                self.outbox.get_nowait()
-            self.outbox.put_nowait(Close(CLOSE_POLICY, "too slow"))
+            self._replace_all(Close(CLOSE_POLICY, "too slow"))
 
     def _close_after_queued(self, code: int, reason: str) -> None:
         """Close once the replies already queued are written, so that a device refused
         for flooding or for an oversize frame hears its last replies before the close."""
         self.closing = Close(code, reason)
-        try:
-            self.outbox.put_nowait(self.closing)
-        except asyncio.QueueFull:  # too far behind to wait for
-            while not self.outbox.empty():
-                self.outbox.get_nowait()
-            self.outbox.put_nowait(self.closing)
+        if not self._put(self.closing):  # too far behind to wait for
+            self._replace_all(self.closing)
 
-    async def open(self, undo: contextlib.AsyncExitStack) -> None:
+    async def open(self, undo: Undo) -> None:
         """Subscribe, mark present, count the socket: each undo is pushed before its step
         can fail half-way, and none of them raises."""
         node = self.node
@@ -232,36 +323,44 @@ class DeviceConnection:
 
     async def serve(self) -> None:
         metrics.WS_CONNECTIONS.inc()
-        writer = asyncio.create_task(self._write())
         self.node.sockets[self] = self._drained
+        self._serving = True
+        # The hello first, before anything the bus delivered ahead of the accept.
+        self.outbox.insert(0, {"type": FrameType.HELLO, "node": self.node.node_id, "device_id": self.device_id})
+        self._wake_writer()
         try:
-            await self.outbox.put({"type": FrameType.HELLO, "node": self.node.node_id, "device_id": self.device_id})
             if self.node.draining:  # accepted as the drain began: it may have missed this socket
                 self._reconnect_elsewhere()
             await self._read()
         finally:
             self.node.sockets.pop(self, None)
             metrics.WS_CONNECTIONS.dec()
-            if self.closing is not None:
+            writer = self._writer
+            if self.closing is not None and writer is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(writer), CLOSE_GRACE)
-            writer.cancel()
-            if self.closing is not None and not writer.done():
-                with contextlib.suppress(Exception):
-                    await self.websocket.close(code=self.closing.code, reason=self.closing.reason)
+            self._writing_over = True
+            writer = self._writer  # the one that ran out the grace, if any
+            if writer is not None:
+                writer.cancel()
+                if self.closing is not None:
+                    with contextlib.suppress(Exception):
+                        await self.websocket.close(code=self.closing.code, reason=self.closing.reason)
             self._gone = True
             self._unheard(self._endings_unread())
-            self.ended.set()
+            self._ended = True
+            if self._ended_waiter is not None and not self._ended_waiter.done():
+                self._ended_waiter.set_result(None)
 
     def _endings_unread(self) -> list[str]:
         """Calls whose ending frame this device may not have read: still queued, or sent
         within UNHEARD_WINDOW of the socket's end."""
         since = time.monotonic() - UNHEARD_WINDOW
-        calls = {call_id for call_id, at in self._endings_sent.items() if at >= since}
-        while not self.outbox.empty():
-            frame = self.outbox.get_nowait()
+        calls = {call_id for call_id, at in (self._endings_sent or {}).items() if at >= since}
+        for frame in self.outbox:
             if isinstance(frame, dict) and frame.get("type") in ENDINGS:
                 calls.add(frame["call_id"])
+        self.outbox.clear()
         return sorted(calls)
 
     def _unheard(self, call_ids: list[str]) -> None:
@@ -271,8 +370,7 @@ class DeviceConnection:
 
     def _reconnect_elsewhere(self) -> None:
         if self.closing is None:
-            with contextlib.suppress(asyncio.QueueFull):
-                self.outbox.put_nowait({"type": FrameType.RECONNECT, "reason": "draining"})
+            self._put({"type": FrameType.RECONNECT, "reason": "draining"})
             if self._handling:
                 # The frame in hand has acted (a decline may be what ended the drain's last
                 # transaction): its reply goes out before the close, or the device retries
@@ -284,41 +382,65 @@ class DeviceConnection:
     async def _drained(self) -> None:
         """The node drains: say so, close with 1012 after what is queued, wait for the end."""
         self._reconnect_elsewhere()
+        if self._ended:
+            return
+        if self._ended_waiter is None:
+            self._ended_waiter = asyncio.get_running_loop().create_future()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.ended.wait(), CLOSE_GRACE * 2)
+            await asyncio.wait_for(asyncio.shield(self._ended_waiter), CLOSE_GRACE * 2)
 
     async def send(self, frame: dict[str, Any]) -> None:
-        # Every frame goes through the outbox: one task writes to the socket.
+        # Every frame goes through the outbox: one task writes to the socket. A reply waits
+        # for room in a full outbox (the device's own flood slows its reads), unless nothing
+        # will be written any more.
         if frame["type"] == FrameType.ERROR:
             metrics.WS_ERRORS.labels(frame["code"]).inc()
-        await self.outbox.put(frame)
+        while not self._put(frame) and not self._writing_over:
+            if self._room is None:
+                self._room = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._room)
 
     async def _write(self) -> None:
-        while True:
-            frame = await self.outbox.get()
-            if isinstance(frame, Close):
-                with contextlib.suppress(Exception):
-                    await self.websocket.close(code=frame.code, reason=frame.reason)
-                return
-            if frame.get("type") in ENDINGS:
-                now = time.monotonic()
-                self._endings_sent = {c: at for c, at in self._endings_sent.items() if at >= now - UNHEARD_WINDOW}
-                self._endings_sent[frame["call_id"]] = now
-            try:
-                await self.websocket.send_text(orjson.dumps(frame).decode())
-            except Exception:
-                return
-            if "call_id" in frame and frame["type"] not in (FrameType.ACK, FrameType.ERROR, FrameType.CALL_SIGNAL):
-                self.node.deliveries.record(
-                    frame["call_id"],
-                    {
-                        "at": int(time.time() * 1000),
-                        "event": "delivered",
-                        "type": frame["type"],
-                        "device": self.device_id,
-                        "node": self.node.node_id,
-                    },
-                )
+        """Writes the outbox out, then ends; the next frame queued starts it again."""
+        try:
+            while self.outbox and not self._writing_over:
+                await self._write_one(self.outbox.pop(0))
+                if self._room is not None and len(self.outbox) < OUTBOX_LIMIT:
+                    self._room.set_result(None)
+                    self._room = None
+        finally:
+            self._writer = None
+            if self._writing_over and self._room is not None:
+                self._room.set_result(None)  # a send() waiting for room stops waiting
+                self._room = None
+
+    async def _write_one(self, frame: Outgoing) -> None:
+        if isinstance(frame, Close):
+            self._writing_over = True
+            with contextlib.suppress(Exception):
+                await self.websocket.close(code=frame.code, reason=frame.reason)
+            return
+        if frame.get("type") in ENDINGS:
+            now = time.monotonic()
+            sent = {c: at for c, at in (self._endings_sent or {}).items() if at >= now - UNHEARD_WINDOW}
+            sent[frame["call_id"]] = now
+            self._endings_sent = sent
+        try:
+            await self.websocket.send_text(orjson.dumps(frame).decode())
+        except Exception:
+            self._writing_over = True
+            return
+        if "call_id" in frame and frame["type"] not in (FrameType.ACK, FrameType.ERROR, FrameType.CALL_SIGNAL):
+            self.node.deliveries.record(
+                frame["call_id"],
+                {
+                    "at": int(time.time() * 1000),
+                    "event": "delivered",
+                    "type": frame["type"],
+                    "device": self.device_id,
+                    "node": self.node.node_id,
+                },
+            )
 
     async def _read(self) -> None:
         limit = self.node.settings.ws_max_frame_bytes
