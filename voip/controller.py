@@ -172,7 +172,7 @@ class CallController:
             # Nobody to ring: the call is missed now rather than after a silent ring timeout.
             # Told to the caller only after its reply, which names the call.
             transition = await self.calls.transition(
-                call_id, Action.TIMEOUT, node=self.node, note={"why": "no reachable device"}
+                call_id, Action.TIMEOUT, node=self.node, note={"why": "no reachable device"}, now=self.clock.now_ms()
             )
             if on_started is not None:
                 await on_started(transition.call)
@@ -198,6 +198,7 @@ class CallController:
             require_state=CallState.RINGING,
             require_callee=True,
             once_field="first_ringing_at",
+            now=self.clock.now_ms(),
         )
         if first:  # the caller hears ringback once, however many devices ring
             await self.bus.publish(
@@ -224,6 +225,7 @@ class CallController:
             device=device_id,
             node=self.node,
             note={"busy": True} if busy else None,
+            now=self.clock.now_ms(),
         )
         log.info(
             "call.transition",
@@ -239,7 +241,7 @@ class CallController:
         """An action that no device took (a ring timeout, a SIP leg that failed or never
         heard its ACK), under the same rules, events, pushes and metrics as a device's.
         `note` goes on the timeline entry. Raises CallError when the call refuses it."""
-        transition = await self.calls.transition(call_id, action, node=self.node, note=note)
+        transition = await self.calls.transition(call_id, action, node=self.node, note=note, now=self.clock.now_ms())
         log.info(
             "call.transition",
             call_id=call_id,
@@ -251,7 +253,7 @@ class CallController:
         return transition
 
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
-        call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id)
+        call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id, now=self.clock.now_ms())
         frame = {"type": FrameType.CALL_SIGNAL, "call_id": call_id, "from_device": device_id, "payload": payload}
         if user_id == call.caller_user:
             # Before an answer the caller's candidates go to every ringing device.

@@ -236,8 +236,10 @@ class CallStore:
         device: str = "",
         node: str,
         note: dict[str, Any] | None = None,
+        now: int | None = None,
     ) -> Transition:
-        """Apply `action` atomically; raises CallError when the call or its state refuses."""
+        """Apply `action` atomically; raises CallError when the call or its state refuses.
+        `now`: the caller's clock (ms), the one the call's deadline was set by."""
         if user:
             moves = {
                 party.value: {k.value: v.value for k, v in transitions_for(action, party).items()}
@@ -251,7 +253,7 @@ class CallStore:
                 orjson.dumps(moves),
                 user,
                 device,
-                now_ms(),
+                now_ms() if now is None else now,
                 node,
                 action.value,
                 self.retention,  # only for a call that does not carry its own
@@ -296,10 +298,11 @@ class CallStore:
         require_state: CallState | None = None,
         require_callee: bool = False,
         once_field: str = "",
+        now: int | None = None,
     ) -> tuple[CallRecord, bool]:
         """Check the device is in the call, record `entry`; returns the call and whether
         `once_field` was set by this event (so "the first device that rang" is decided once)."""
-        at = now_ms()
+        at = now_ms() if now is None else now
         result = await self._call_event(
             keys=self._call_keys(call_id),
             args=[
