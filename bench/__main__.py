@@ -1,5 +1,5 @@
 """`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--sip`,
-`--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`): every figure printed next to its
+`--sip-pair`, `--ops`, `--wait`, `--chaos`, `--ghosts`, `--scale`): every figure printed next to its
 baseline from the same run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -71,6 +71,12 @@ def main() -> None:
     parser.add_argument(
         "--chaos", action="store_true", help="the chaos run (bench/chaos.py); exits 1 if an invariant broke"
     )
+    parser.add_argument(
+        "--ghosts",
+        action="store_true",
+        help="issue 16's ghost-call experiment (bench/ghosts.py); exits 1 on a missed goal",
+    )
+    parser.add_argument("--calls", type=int, default=1000, help="--ghosts: calls per condition (default 1000)")
     parser.add_argument("--status", action="store_true", help="only the status endpoint vs bare (bench/status.py)")
     parser.add_argument(
         "--redis-cluster",
@@ -116,6 +122,10 @@ def main() -> None:
         from bench import scale
 
         return scale.main(quick=args.quick, redis_url=args.redis_url, redis_cluster=args.redis_cluster)
+    if args.ghosts:
+        from bench import ghosts
+
+        raise SystemExit(ghosts.main(calls=args.calls, seed=args.seed))
     if args.chaos:
         from bench import chaos
 

@@ -48,6 +48,7 @@ class World(Protocol):
     status: str  # "ok", "slow", "unreachable"
     http: httpx.AsyncClient
     rng: random.Random
+    frames_read: int
 
     def now(self) -> float: ...
 
@@ -79,6 +80,9 @@ class Shown:
     worst_rtt: float = 0.0
     acted: bool = False
     placeholder: bool = False
+    cut_off: bool = False
+    """The phone had no network while it showed the call (asleep at wake, half-open):
+    nothing could reach it, so its bound is `expires_at`."""
 
 
 class App:
@@ -114,7 +118,7 @@ class App:
                 reason=shown.reason,
                 bound=max(shown.worst_rtt, self.plan.rtt),
                 expires_at=shown.expires_at,
-                status_reachable=self.world.status != "unreachable",
+                status_reachable=self.world.status != "unreachable" and not shown.cut_off,
             )
             for shown in self.calls.values()
             if not shown.placeholder
@@ -132,6 +136,7 @@ class App:
 
     def _report(self, call_id: str, expires_at: float, status_url: str) -> Shown:
         shown = Shown(call_id, "ringing", self.world.now(), expires_at, status_url)
+        shown.cut_off = not self.has_network
         self.calls[call_id] = shown
         self.world.after(max(0.0, expires_at - self.world.now()), lambda: self._deadline(call_id))
         return shown
@@ -288,6 +293,9 @@ class App:
         """Half-open: the network is gone under the socket; the server still sees it open."""
         self.deaf = True
         self.net_down.add("half-open")
+        for shown in self.calls.values():
+            if shown.phase == "ringing":
+                shown.cut_off = True
 
     async def regain_network(self) -> None:
         self.net_down.discard("half-open")
@@ -331,9 +339,12 @@ class App:
         try:
             async for message in socket:
                 self.world.touch()
+                frame = orjson.loads(message)
+                if "id" not in frame:
+                    self.world.frames_read += 1
                 if self.deaf:
                     continue
-                self._on_frame(orjson.loads(message))
+                self._on_frame(frame)
         except websockets.ConnectionClosed:
             pass
         if socket is self.socket:

@@ -104,6 +104,8 @@ class Caller:
             async for message in socket:
                 self.world.touch()
                 frame = orjson.loads(message)
+                if "id" not in frame:
+                    self.world.frames_read += 1
                 future = self._replies.get(str(frame.get("id")))
                 if future is not None and not future.done():
                     future.set_result(frame)
@@ -164,6 +166,10 @@ class Experiment:
     declines: dict[str, str] = field(default_factory=dict)
     accepted_at: dict[str, float] = field(default_factory=dict)
     late_deliveries: int = 0
+    frames_sent: int = 0
+    stalls: dict[str, int] = field(default_factory=dict)
+    settles: int = 0
+    frames_read: int = 0
     cancellations: list[Cancellation] = field(default_factory=list)
     handed_invites: dict[str, dict[str, float]] = field(default_factory=dict)
     connected_at_start: dict[str, set[str]] = field(default_factory=dict)
@@ -267,7 +273,7 @@ class Experiment:
             step = round((when - self.now()) * 1000)
             if step > 0:
                 self.clock.advance(step)
-                await self._settle()
+                await asyncio.sleep(0)  # the ring-timeout loops wake first
             while self._heap and self._heap[0][0] <= self.now() + 0.0005:
                 _, _, work = heapq.heappop(self._heap)
                 await work()
@@ -277,17 +283,51 @@ class Experiment:
         """Until nothing real moves: every node's ring-timeout pass done (its loop asleep on
         the clock again), its pushes done, every frame published before now dispatched (a
         probe through the bus comes back to every node), no frame or push arriving."""
+        self.settles += 1
         for _ in range(200):
             mark = self.activity
             live = [n for n in self.nodes if not n.task.done()]
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self.clock.sleepers(len(live)), 2)
+            except TimeoutError:
+                self.stalls["timeouts-loop"] = self.stalls.get("timeouts-loop", 0) + 1
             for running in live:
                 await running.node.pushes.tasks.wait(10)
             await self._probe(live)
+            await self._frames_read()
             await asyncio.sleep(QUIET)
             if mark == self.activity and all(len(n.node.pushes.tasks) == 0 for n in live):
                 return
+
+    def _count_frames(self, bus: Any) -> None:
+        """Count every frame a node's bus hands to a device socket, so that settling waits
+        until the phones have read as many."""
+        attach, detach = bus.attach, bus.detach
+        wrapped: dict[Any, Any] = {}
+
+        def counted(deliver: Any) -> Any:
+            async def deliver_counted(frame: dict[str, Any]) -> None:
+                self.frames_sent += 1
+                await deliver(frame)
+
+            return wrapped.setdefault(deliver, deliver_counted)
+
+        async def attach_counted(user_id: str, device_id: str, deliver: Any) -> None:
+            await attach(user_id, device_id, deliver if user_id == PROBE else counted(deliver))
+
+        async def detach_counted(user_id: str, device_id: str, deliver: Any) -> None:
+            await detach(user_id, device_id, wrapped.pop(deliver, deliver))
+
+        bus.attach, bus.detach = attach_counted, detach_counted
+
+    async def _frames_read(self) -> None:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 0.2  # a frame to a socket cut under it never arrives
+        while self.frames_read < self.frames_sent and loop.time() < until:  # noqa: ASYNC110
+            await asyncio.sleep(0.0005)
+        if self.frames_read < self.frames_sent:
+            self.stalls["frames"] = self.stalls.get("frames", 0) + 1
+            self.frames_read = self.frames_sent
 
     async def _probe(self, live: list[Any]) -> None:
         self._probes += 1
@@ -313,6 +353,7 @@ class Experiment:
             self._probed[key] = max(self._probed.get(key, 0), int(frame.get("n", 0)))
 
         await running.node.bus.attach(PROBE, "probe", probed)
+        self._count_frames(running.node.bus)
         self.nodes.append(running)
 
     def _killer(self, which: int) -> Callable[[], Awaitable[None]]:
@@ -456,7 +497,8 @@ class Experiment:
             self.after(plan.hang_up_after, caller.give_up)
         # The ring timeout fires on a clock step: step onto it.
         self.after(RING_TIMEOUT + 0.3, self._noop)
-        self.after(RING_TIMEOUT + 5.5, self._noop)  # a killed node's lease (5 s) lapses
+        if self.condition == "node_killed":
+            self.after(RING_TIMEOUT + 5.5, self._noop)  # a killed node's lease (5 s) lapses
 
     async def _noop(self) -> None:
         return None
@@ -537,11 +579,10 @@ class Experiment:
 
 
 async def experiment(calls: int, seed: int, redis_url: str, conditions: Sequence[str] = CONDITIONS) -> list[Score]:
+    """Every condition at once, each on its own clock, nodes and key prefix: most of a
+    condition's wall time is waiting for its own I/O to settle."""
     plans = population(calls, seed)
-    scores: list[Score] = []
-    for condition in conditions:
-        scores.append(await Experiment(condition, plans, redis_url, seed).run())
-    return scores
+    return list(await asyncio.gather(*(Experiment(c, plans, redis_url, seed).run() for c in conditions)))
 
 
 def report(scores: Sequence[Score], *, misses: int = 20) -> list[str]:
