@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Mode = Literal["foreground", "background", "asleep", "no_network"]
-Fate = Literal["immediate", "late", "duplicate", "lossy"]
+Fate = Literal["immediate", "late", "delayed", "duplicate", "lossy"]
 Action = Literal["answer", "decline", "ignore"]
 
 RING_TIMEOUT = 45.0
@@ -31,8 +31,10 @@ class DevicePlan:
     net_after_wake: float
     fate: Fate
     """What APNs does with pushes to this token: hands them over at once; is late
-    (it cannot reach the phone for `apns_delay` s, keeping one push, the newest);
-    hands each over twice (again `apns_delay` s later); loses each one with p = 1/2."""
+    (it cannot reach the phone for `apns_delay` s, keeping one push, the newest: a later
+    push displaces it); holds each push in flight for a delay of its own, seconds to
+    hours, where no later push displaces it and order is not kept (`delayed`); hands
+    each over twice (again `apns_delay` s later); loses each one with p = 1/2."""
     apns_delay: float
     ignores_expiration: bool
     """APNs hands over a stored push although its apns-expiration passed (seen in the field)."""
@@ -59,7 +61,7 @@ class CallPlan:
     devices: tuple[DevicePlan, ...]
 
 
-def _offline_for(rng: random.Random) -> float:
+def offline_for(rng: random.Random) -> float:
     """Seconds a sleeping phone stays offline: seconds, minutes or hours."""
     scale = rng.random()
     if scale < 0.4:
@@ -71,16 +73,16 @@ def _offline_for(rng: random.Random) -> float:
 
 def _device(rng: random.Random, call: int, number: int) -> DevicePlan:
     mode: Mode = rng.choices(("foreground", "background", "asleep", "no_network"), (25, 35, 30, 10))[0]
-    fate: Fate = rng.choices(("immediate", "late", "duplicate", "lossy"), (70, 15, 10, 5))[0]
+    fate: Fate = rng.choices(("immediate", "late", "delayed", "duplicate", "lossy"), (60, 12, 13, 10, 5))[0]
     action: Action = rng.choices(("answer", "decline", "ignore"), (35, 15, 50))[0]
     asleep = mode in ("asleep", "no_network")
     return DevicePlan(
         device_id=f"c{call}-d{number}",
         mode=mode,
-        wake_after=_offline_for(rng) if asleep else 0.0,
+        wake_after=offline_for(rng) if asleep else 0.0,
         net_after_wake=rng.uniform(2, 30) if mode == "no_network" else 0.0,
         fate=fate,
-        apns_delay=_offline_for(rng) if fate in ("late", "duplicate") else 0.0,
+        apns_delay=offline_for(rng) if fate in ("late", "duplicate") else 0.0,
         ignores_expiration=rng.random() < 0.5,
         action=action,
         act_after=rng.uniform(1, 8),

@@ -82,6 +82,8 @@ class Score:
     cancellations_needed: int = 0
     cancellations_wasted: int = 0
     misses: list[Miss] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What the condition did (nodes killed, failovers), for the report."""
 
     @property
     def ok(self) -> bool:

@@ -37,15 +37,18 @@ from websockets.asyncio.client import ClientConnection
 
 from apnsim import APNsSimulator, Delivery, Device, Push
 from bench.ghost_phone import App
-from bench.ghost_population import RING_TIMEOUT, CallPlan, population
+from bench.ghost_population import RING_TIMEOUT, CallPlan, offline_for, population
 from bench.ghost_score import Cancellation, Ring, Score, Truth, score, table
 from voip.auth import Authenticator
 from voip.clock import ManualClock
 from voip.node import NodeParts
 
-CONDITIONS = ("baseline", "node_killed", "status_slow", "status_unreachable", "half_open")
+CONDITIONS = ("baseline", "node_killed", "redis_failover", "status_slow", "status_unreachable", "half_open")
 BUNDLE = "com.example.ghosts"
 KILL_EVERY = 17.0
+FAILOVER_EVERY = 150.0
+"""Simulated seconds between two Redis failovers (each costs real seconds: Sentinel's
+down-after, the promotion, the old master back as a replica)."""
 PROBE = "ghosts-probe"
 QUIET = 0.003
 """Real seconds with nothing moving before the clock may move on."""
@@ -55,6 +58,8 @@ def _quiet_logs() -> None:
     import logging
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    # A killed node's connections end in uvicorn's "Exception in ASGI application".
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
 
 
 class Caller:
@@ -154,6 +159,8 @@ class Experiment:
     plans: Sequence[CallPlan]
     redis_url: str
     seed: int
+    sentinel: Any = None
+    """tests.sentinel.SentinelRedis for redis_failover: the nodes follow its master."""
     clock: ManualClock = field(default_factory=ManualClock)
     status: str = "ok"
     activity: int = 0
@@ -167,6 +174,8 @@ class Experiment:
     accepted_at: dict[str, float] = field(default_factory=dict)
     late_deliveries: int = 0
     frames_sent: int = 0
+    failovers: list[float] = field(default_factory=list)
+    kills: int = 0
     stalls: dict[str, int] = field(default_factory=dict)
     settles: int = 0
     frames_read: int = 0
@@ -230,9 +239,11 @@ class Experiment:
             key = apns.create_key("TEAM000001", "KEY0000001")
             key_file = directory / "AuthKey.p8"
             key_file.write_text(key.private_pem)
+            redis: dict[str, Any] = self.sentinel.settings() if self.sentinel is not None else {}
             self.settings = make_settings(
                 self.redis_url,
                 self.prefix,
+                **redis,
                 apns_key_file=str(key_file),
                 apns_key_id=key.key_id,
                 apns_team_id=key.team_id,
@@ -256,13 +267,32 @@ class Experiment:
                             itertools.takewhile(lambda t: t < last, itertools.count(5, KILL_EVERY))
                         ):
                             self.at(float(when), self._killer(k % 2))
+                    if self.sentinel is not None:
+                        last = max(p.start_at for p in self.plans) + RING_TIMEOUT
+                        for when in itertools.takewhile(lambda t: t < last, itertools.count(30, FAILOVER_EVERY)):
+                            self.at(float(when), self._failover)
                     await self._loop()
                     truths = await self._truths()
                 finally:
                     await self._stop()
         rings: list[Ring] = [ring for app in self.apps.values() for ring in app.rings()]
         reachable = self._reachable(truths)
-        return score(self.condition, truths, rings, reachable, self.cancellations, self.late_deliveries)
+        result = score(self.condition, truths, rings, reachable, self.cancellations, self.late_deliveries)
+        result.notes = self._notes()
+        return result
+
+    def _notes(self) -> list[str]:
+        notes = []
+        if self.kills:
+            notes.append(f"{self.kills} nodes killed mid-ring")
+        if self.failovers:
+            notes.append(
+                f"{len(self.failovers)} Redis failovers, promoted after "
+                f"{min(self.failovers):.1f}-{max(self.failovers):.1f} s (real time)"
+            )
+        if self.refused:
+            notes.append(f"{len(self.refused)} calls refused at call.start: {sorted(set(self.refused.values()))}")
+        return notes
 
     def at(self, when: float, work: Callable[[], Awaitable[None]]) -> None:
         heapq.heappush(self._heap, (when, next(self._order), work))
@@ -360,9 +390,16 @@ class Experiment:
         async def kill() -> None:
             live = [n for n in self.nodes if not n.task.done()]
             await self._kill(live[which % len(live)])
+            self.kills += 1
             await self._start_node()
 
         return kill
+
+    async def _failover(self) -> None:
+        """The master SIGKILLed; the Sentinels promote its replica; the nodes follow. Real
+        seconds pass meanwhile, simulated time none: every call, push and status check in
+        flight meets the failover as it is."""
+        self.failovers.append(await asyncio.to_thread(self.sentinel.failover))
 
     async def _kill(self, running: Any) -> None:
         """As a crash: pushes in flight lost, no drain, sockets cut without a close frame."""
@@ -414,6 +451,14 @@ class Experiment:
     def _delivered(self, app: App, delivery: Delivery) -> None:
         self.touch()
         if app.plan.fate == "lossy" and app.rng.random() < 0.5:
+            return
+        if app.plan.fate == "delayed":
+            push = delivery.push
+
+            async def late() -> None:
+                self._hand(app, push)
+
+            self.after(offline_for(app.rng), late)
             return
         self._hand(app, delivery.push)
         if app.plan.fate == "duplicate":
@@ -582,11 +627,30 @@ async def experiment(calls: int, seed: int, redis_url: str, conditions: Sequence
     """Every condition at once, each on its own clock, nodes and key prefix: most of a
     condition's wall time is waiting for its own I/O to settle."""
     plans = population(calls, seed)
-    return list(await asyncio.gather(*(Experiment(c, plans, redis_url, seed).run() for c in conditions)))
+    sentinel = None
+    if "redis_failover" in conditions:
+        from tests.sentinel import SentinelRedis
+
+        sentinel = await asyncio.to_thread(SentinelRedis().start)
+    try:
+        return list(
+            await asyncio.gather(
+                *(
+                    Experiment(c, plans, redis_url, seed, sentinel=sentinel if c == "redis_failover" else None).run()
+                    for c in conditions
+                )
+            )
+        )
+    finally:
+        if sentinel is not None:
+            await asyncio.to_thread(sentinel.stop)
 
 
 def report(scores: Sequence[Score], *, misses: int = 20) -> list[str]:
     lines = table(scores)
+    for s in scores:
+        if s.notes:
+            lines.append(f"{s.condition}: " + "; ".join(s.notes))
     for s in scores:
         if s.misses:
             lines.append(f"{s.condition}: {len(s.misses)} misses")
