@@ -56,6 +56,8 @@ class Cancellation:
     call_id: str
     device_id: str
     needed: bool
+    knew_by: str = ""
+    """For a wasted one: how the device had learned the outcome (frame, verdict, user...)."""
 
 
 @dataclass(slots=True)
@@ -82,6 +84,7 @@ class Score:
     cancellations_needed: int = 0
     cancellations_wasted: int = 0
     misses: list[Miss] = field(default_factory=list)
+    wasted_by: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """What the condition did (nodes killed, failovers), for the report."""
 
@@ -184,6 +187,7 @@ def score(
             result.cancellations_needed += 1
         else:
             result.cancellations_wasted += 1
+            result.wasted_by[cancellation.knew_by] = result.wasted_by.get(cancellation.knew_by, 0) + 1
     return result
 
 

@@ -443,7 +443,9 @@ class Experiment:
             app = self.by_token.get(device.token)
             if app is not None and push.payload.get("type") == "call.cancelled":
                 call_id = str(push.payload.get("call_id"))
-                self.cancellations.append(Cancellation(call_id, app.device_id, not app.knows_outcome(call_id)))
+                shown = app.calls.get(call_id)
+                knew = shown.how if shown is not None and shown.phase == "ended" else ""
+                self.cancellations.append(Cancellation(call_id, app.device_id, not knew, knew))
             return accept(device, push)
 
         registry.accept = accepted  # type: ignore[method-assign]  # the experiment watches every push APNs takes
@@ -649,8 +651,14 @@ async def experiment(calls: int, seed: int, redis_url: str, conditions: Sequence
 def report(scores: Sequence[Score], *, misses: int = 20) -> list[str]:
     lines = table(scores)
     for s in scores:
-        if s.notes:
-            lines.append(f"{s.condition}: " + "; ".join(s.notes))
+        notes = list(s.notes)
+        if s.wasted_by:
+            notes.append(
+                "wasted cancellations, the device had learned by: "
+                + ", ".join(f"{how} {n}" for how, n in sorted(s.wasted_by.items(), key=lambda kv: -kv[1]))
+            )
+        if notes:
+            lines.append(f"{s.condition}: " + "; ".join(notes))
     for s in scores:
         if s.misses:
             lines.append(f"{s.condition}: {len(s.misses)} misses")
