@@ -91,6 +91,8 @@ class App:
         self.user = user
         self.plan = plan
         self.device_id = plan.device_id
+        self.call_id = ""
+        """The call this phone's user receives (one call per callee in the experiment)."""
         self.calls: dict[str, Shown] = {}
         self.socket: ClientConnection | None = None
         self.deaf = False

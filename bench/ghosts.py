@@ -176,12 +176,15 @@ class Experiment:
     frames_sent: int = 0
     failovers: list[float] = field(default_factory=list)
     kills: int = 0
+    pushes_cut: int = 0
     stalls: dict[str, int] = field(default_factory=dict)
     settles: int = 0
     frames_read: int = 0
     cancellations: list[Cancellation] = field(default_factory=list)
     handed_invites: dict[str, dict[str, float]] = field(default_factory=dict)
     connected_at_start: dict[str, set[str]] = field(default_factory=dict)
+    apns_up_at: dict[str, dict[str, float]] = field(default_factory=dict)
+    """call -> device -> when APNs's link to it was first up, from the call's start."""
     apns_off: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -263,9 +266,14 @@ class Experiment:
                         self.at(plan.start_at, self._starter(plan))
                     if self.condition == "node_killed":
                         last = max(p.start_at for p in self.plans) + RING_TIMEOUT
+                        starts = sorted(p.start_at for p in self.plans)
                         for k, when in enumerate(
                             itertools.takewhile(lambda t: t < last, itertools.count(5, KILL_EVERY))
                         ):
+                            if k % 2:
+                                # On a call's start, right after its call.start is answered:
+                                # the node dies with the call's invite pushes in flight.
+                                when = next((t for t in starts if t >= when), when)
                             self.at(float(when), self._killer(k % 2))
                     if self.sentinel is not None:
                         last = max(p.start_at for p in self.plans) + RING_TIMEOUT
@@ -284,7 +292,7 @@ class Experiment:
     def _notes(self) -> list[str]:
         notes = []
         if self.kills:
-            notes.append(f"{self.kills} nodes killed mid-ring")
+            notes.append(f"{self.kills} nodes killed mid-ring, {self.pushes_cut} pushes in flight with them")
         if self.failovers:
             notes.append(
                 f"{len(self.failovers)} Redis failovers, promoted after "
@@ -405,6 +413,7 @@ class Experiment:
         """As a crash: pushes in flight lost, no drain, sockets cut without a close frame."""
         node = running.node
         for task in list(node.pushes.tasks._running):
+            self.pushes_cut += 1
             task.cancel()
         await node.timeouts.stop()
         await node.presence.stop()
@@ -493,6 +502,7 @@ class Experiment:
         off.discard(reason)
         if off or device.online:
             return
+        self.apns_up_at.setdefault(app.call_id, {}).setdefault(app.device_id, self.now())
         pending = device.pending
         wall = (self.t0_ms / 1000) + self.now()
         if pending is not None and pending.expiration and wall > pending.expiration and not app.plan.ignores_expiration:
@@ -514,6 +524,7 @@ class Experiment:
         start = self.now()
         for device in plan.devices:
             app = App(self, plan.callee, device)
+            app.call_id = plan.call_id
             self.apps[device.device_id] = app
             apns_device = self.apns.add_device(f"{BUNDLE}.voip")
             self.by_token[apns_device.token] = app
@@ -527,6 +538,8 @@ class Experiment:
             if device.fate == "late":
                 self._apns(app, "late", False)
                 self.after(device.apns_delay, self._apns_back(app, "late"))
+            if not self.apns_off.get(device.device_id):
+                self.apns_up_at.setdefault(plan.call_id, {}).setdefault(device.device_id, start)
             if device.mode == "foreground":
                 await app.open_socket()
                 if self.condition == "half_open":
@@ -620,6 +633,11 @@ class Experiment:
             devices = set(self.connected_at_start.get(truth.call_id, set()))
             for device, when in self.handed_invites.get(truth.call_id, {}).items():
                 if when < truth.over_at:
+                    devices.add(device)
+            # A device APNs could reach while the call rang, and that loses or holds
+            # nothing: an invite from us would have rung it, whether or not we sent one.
+            for device, up in self.apns_up_at.get(truth.call_id, {}).items():
+                if up < truth.over_at and self.apps[device].plan.fate in ("immediate", "duplicate", "late"):
                     devices.add(device)
             reachable[truth.call_id] = devices
         return reachable
