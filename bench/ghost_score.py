@@ -90,7 +90,7 @@ class Score:
 
     @property
     def ok(self) -> bool:
-        return self.ghosts_over_goal == 0 and self.lost == 0 and self.wrong == 0
+        return self.ghosts_over_goal == 0 and self.lost == 0 and self.wrong == 0  # -1: the run failed
 
     def percentile(self, p: float) -> float:
         if not self.ghosts:
@@ -126,7 +126,9 @@ def score(
     by_call = {t.call_id: t for t in truths}
     rang_live: set[str] = set()
     for ring in rings:
-        truth = by_call[ring.call_id]
+        truth = by_call.get(ring.call_id)
+        if truth is None:  # refused, or gone from Redis: the experiment notes those calls
+            continue
         over = over_for(truth, ring.device_id)
         if over is None or ring.start < over:
             rang_live.add(ring.call_id)
