@@ -237,7 +237,11 @@ class App:
         shown = self.calls.get(call_id)
         if shown is None or shown.phase != "ringing":
             return
-        await self._request({"type": "call.ringing", "call_id": call_id})
+        reply = await self._request({"type": "call.ringing", "call_id": call_id})
+        if reply.get("type") == "error" and reply.get("end_call"):
+            # Refused: the call is over for this device; the refusal says why.
+            self._end(call_id, "frame", cx_reason(reply.get("reason")).value)
+            return
         if self.plan.action != "ignore" and not shown.acted:
             shown.acted = True
             self.world.after(self.plan.act_after, lambda: self._act(call_id))
@@ -256,6 +260,8 @@ class App:
         if reply.get("type") == "ack":
             shown.phase, shown.end, shown.how = "connected", self.world.now(), "answered"
             self.world.answered(call_id, self.device_id)
+        elif shown.phase == "ringing" and reply.get("end_call"):
+            self._end(call_id, "frame", cx_reason(reply.get("reason")).value)
         elif shown.phase == "ringing":
             self._end(call_id, "answer-failed", "failed")
 

@@ -153,6 +153,26 @@ async def test_a_calls_end_and_its_status_read_the_nodes_clock(node_factory) -> 
     assert call is not None and call.ended_at == clock.now_ms()
 
 
+async def test_a_refused_ringing_or_answer_carries_the_devices_verdict(node: RunningNode) -> None:
+    # A "ringing" status verdict that arrived late sends the app to its socket after the
+    # call ended: the refusal tells it to end the call, and why, without another round trip.
+    caller = await node.device("alice", "a1")
+    phone = await node.device("bob", "b1")
+    ipad = await node.device("bob", "b2")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.request({"type": "call.answer", "call_id": call_id})
+    refused = await ipad.request({"type": "call.answer", "call_id": call_id})
+    assert refused["type"] == "error"
+    assert (refused["end_call"], refused["reason"]) == (True, "answered_elsewhere")
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    refused = await ipad.request({"type": "call.ringing", "call_id": call_id})
+    assert (refused["code"], refused["state"], refused["end_call"]) == ("invalid_state", "ended", True)
+    assert refused["reason"] == "answered_elsewhere"
+    # The caller's own device is not told a callee's verdict.
+    wrong = await caller.request({"type": "call.ringing", "call_id": call_id})
+    assert wrong["type"] == "error" and "end_call" not in wrong
+
+
 async def test_call_to_a_user_with_no_device_is_missed_at_once(node: RunningNode) -> None:
     caller = await node.device("alice", "a1")
     started = await caller.request({"type": "call.start", "callee": "nobody"})
