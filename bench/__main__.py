@@ -108,7 +108,9 @@ def main() -> None:
     )
     parser.add_argument("--profile-raw", default="", help="--sip --profile: also keep py-spy's raw stacks in this file")
     parser.add_argument("--seconds", type=float, default=180.0, help="--chaos: how long the phones call (default 180)")
-    parser.add_argument("--seed", type=int, default=1, help="--chaos: what to break, in which order")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="--chaos: what to break, in which order; --ghosts: the population"
+    )
     args = parser.parse_args()
     if args.speed:
         from bench import speed
