@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--fcm`, `--sip`, `--app-calls`,
-`--sockets`, `--sip-pair`, `--ops`, `--wait`, `--chaos`, `--scale`, `--webhooks`): every figure printed next to its
-baseline from the same run (see docs/benchmarks.md)."""
+`--sockets`, `--sip-pair`, `--ops`, `--wait`, `--chaos`, `--ghosts`, `--scale`, `--webhooks`): every figure
+printed next to its baseline from the same run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,12 @@ def main() -> None:
         metavar="N",
         help="N idle device WebSockets in a storm: errors, node KiB per socket (bench/sockets.py; 10,000)",
     )
+    parser.add_argument(
+        "--ghosts",
+        action="store_true",
+        help="issue 16's ghost-call experiment (bench/ghosts.py); exits 1 on a missed goal",
+    )
+    parser.add_argument("--calls", type=int, default=1000, help="--ghosts: calls per condition (default 1000)")
     parser.add_argument("--status", action="store_true", help="only the status endpoint vs bare (bench/status.py)")
     parser.add_argument(
         "--redis-cluster",
@@ -126,7 +132,9 @@ def main() -> None:
     )
     parser.add_argument("--profile-raw", default="", help="--sip --profile: also keep py-spy's raw stacks in this file")
     parser.add_argument("--seconds", type=float, default=180.0, help="--chaos: how long the phones call (default 180)")
-    parser.add_argument("--seed", type=int, default=1, help="--chaos: what to break, in which order")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="--chaos: what to break, in which order; --ghosts: the population"
+    )
     args = parser.parse_args()
     if args.speed:
         from bench import speed
@@ -148,6 +156,10 @@ def main() -> None:
         from bench import scale
 
         return scale.main(quick=args.quick, redis_url=args.redis_url, redis_cluster=args.redis_cluster)
+    if args.ghosts:
+        from bench import ghosts
+
+        raise SystemExit(ghosts.main(calls=args.calls, seed=args.seed))
     if args.chaos:
         from bench import chaos
 

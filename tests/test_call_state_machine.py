@@ -80,6 +80,9 @@ def expected_verdict(state: CallState, who: str, passed: bool) -> Verdict:
         # who named no device (never told to end a call that is live for them).
         return Verdict(S.ANSWERED, False, None)
     caller_side = ASKERS[who][0] is Party.CALLER
+    if state is S.ENDED and who == "other":
+        # Answered on another of the callee's devices, then hung up: answered elsewhere.
+        return Verdict(state, True, EndReason.ANSWERED_ELSEWHERE)
     reason = {
         S.ENDED: EndReason.REMOTE_ENDED,
         S.CANCELLED: EndReason.REMOTE_ENDED,

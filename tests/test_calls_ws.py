@@ -133,6 +133,46 @@ async def test_ring_timeout_makes_a_missed_call(node_factory) -> None:
     assert await node.node.connections.client.zscore(node.node.stores.keys.ring_deadlines(call_id), call_id) is None
 
 
+async def test_a_calls_end_and_its_status_read_the_nodes_clock(node_factory) -> None:
+    # Deadlines are set by the node's Clock; the moment a call ends and the "now" of a
+    # status verdict must come from the same clock, or under a test's ManualClock (bench
+    # --ghosts runs hours of calls on one) a call ends before it began.
+    clock = ManualClock()
+    node = await node_factory(ring_timeout=45, parts=NodeParts(clock=clock))
+    caller = await node.device("alice", "a1")
+    await node.device("bob", "b1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    clock.advance(3_600_000)
+    status = await node.http().get(
+        f"/v1/calls/{call_id}/status", headers={"Authorization": f"Bearer {node.auth.mint('bob', 'device')}"}
+    )
+    assert status.json()["server_time"] == clock.now_ms()
+    assert status.json()["end_call"] is True and status.json()["reason"] == "unanswered"
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    call = await node.node.stores.calls.get(call_id)
+    assert call is not None and call.ended_at == clock.now_ms()
+
+
+async def test_a_refused_ringing_or_answer_carries_the_devices_verdict(node: RunningNode) -> None:
+    # A "ringing" status verdict that arrived late sends the app to its socket after the
+    # call ended: the refusal tells it to end the call, and why, without another round trip.
+    caller = await node.device("alice", "a1")
+    phone = await node.device("bob", "b1")
+    ipad = await node.device("bob", "b2")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    await phone.request({"type": "call.answer", "call_id": call_id})
+    refused = await ipad.request({"type": "call.answer", "call_id": call_id})
+    assert refused["type"] == "error"
+    assert (refused["end_call"], refused["reason"]) == (True, "answered_elsewhere")
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    refused = await ipad.request({"type": "call.ringing", "call_id": call_id})
+    assert (refused["code"], refused["state"], refused["end_call"]) == ("invalid_state", "ended", True)
+    assert refused["reason"] == "answered_elsewhere"
+    # The caller's own device is not told a callee's verdict.
+    wrong = await caller.request({"type": "call.ringing", "call_id": call_id})
+    assert wrong["type"] == "error" and "end_call" not in wrong
+
+
 async def test_call_to_a_user_with_no_device_is_missed_at_once(node: RunningNode) -> None:
     caller = await node.device("alice", "a1")
     started = await caller.request({"type": "call.start", "callee": "nobody"})

@@ -139,6 +139,10 @@ async def test_a_bearer_check_without_a_device_never_ends_a_call_live_for_that_u
     for user in ("alice", "bob"):
         _, body = await status(node, call_id, user=user)
         assert (body["state"], body["end_call"], body["reason"]) == ("ended", True, "remote_ended")
+    # A late invite to the device that did not answer: it was answered elsewhere, not ended
+    # by the other side (bench --ghosts found it told remote_ended).
+    _, on_ipad = await status(node, call_id, device_id="b2")
+    assert (on_ipad["state"], on_ipad["end_call"], on_ipad["reason"]) == ("ended", True, "answered_elsewhere")
     checks = [e for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "status_check"]
     assert [(c["party"], c.get("device")) for c in checks] == [
         ("caller", None),
@@ -148,6 +152,7 @@ async def test_a_bearer_check_without_a_device_never_ends_a_call_live_for_that_u
         ("callee", "b2"),
         ("caller", None),
         ("callee", None),
+        ("callee", "b2"),
     ]
 
 

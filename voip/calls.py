@@ -130,6 +130,16 @@ def verdict(
         if device_id is None or party is Party.CALLER or device_id == answered_by_device:
             return Verdict(state, False, None)
         return Verdict(state, True, EndReason.ANSWERED_ELSEWHERE)
+    if (
+        state is CallState.ENDED
+        and party is Party.CALLEE
+        and device_id is not None
+        and answered_by_device is not None
+        and device_id != answered_by_device
+    ):
+        # Answered on another device, then hung up: for this device the call was answered
+        # elsewhere (bench --ghosts found a late invite ended as remote_ended here).
+        return Verdict(state, True, EndReason.ANSWERED_ELSEWHERE)
     reasons = CALLER_REASON if party is Party.CALLER else FINAL_REASON
     return Verdict(state, True, reasons[state])
 

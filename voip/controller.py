@@ -218,7 +218,7 @@ class CallController:
             # Nobody to ring: the call is missed now rather than after a silent ring timeout.
             # Told to the caller only after its reply, which names the call.
             transition = await self.calls.transition(
-                call_id, Action.TIMEOUT, node=self.node, note={"why": "no reachable device"}
+                call_id, Action.TIMEOUT, node=self.node, note={"why": "no reachable device"}, now=self.clock.now_ms()
             )
             if on_started is not None:
                 await on_started(transition.call)
@@ -293,7 +293,12 @@ class CallController:
         metrics.calls_counter(CallState.RINGING.value, "").inc()
         # Webhooks: call.missed with reason "dnd" or "busy", not "unanswered".
         transition = await self.calls.transition(
-            call_id, Action.TIMEOUT, node=self.node, note={"why": refusal.value}, webhook_reason=refusal.value
+            call_id,
+            Action.TIMEOUT,
+            node=self.node,
+            note={"why": refusal.value},
+            webhook_reason=refusal.value,
+            now=self.clock.now_ms(),
         )
         call = transition.call
         metrics.calls_counter(call.state.value, FINAL_REASON[call.state].value).inc()
@@ -339,7 +344,9 @@ class CallController:
         note: dict[str, Any] = {"why": REJECTED, "hook_answered": decision.answered}
         if decision.reason:
             note["reason"] = decision.reason
-        await self.calls.transition(call_id, Action.FAIL, node=self.node, note=note, webhook_reason=REJECTED)
+        await self.calls.transition(
+            call_id, Action.FAIL, node=self.node, note=note, webhook_reason=REJECTED, now=self.clock.now_ms()
+        )
         metrics.calls_counter(CallState.FAILED.value, REJECTED).inc()
         log.info("call.rejected", call_id=call_id, caller=caller.user_id, callee=callee, by_hook=decision.answered)
 
@@ -353,6 +360,7 @@ class CallController:
             require_callee=True,
             once_field="first_ringing_at",
             webhook=EventType.CALL_RINGING.value,
+            now=self.clock.now_ms(),
         )
         if first:  # the caller hears ringback once, however many devices ring
             await self.bus.publish(
@@ -379,6 +387,7 @@ class CallController:
             device=device_id,
             node=self.node,
             note={"busy": True} if busy else None,
+            now=self.clock.now_ms(),
         )
         log.info(
             "call.transition",
@@ -394,7 +403,7 @@ class CallController:
         """An action that no device took (a ring timeout, a SIP leg that failed or never
         heard its ACK), under the same rules, events, pushes and metrics as a device's.
         `note` goes on the timeline entry. Raises CallError when the call refuses it."""
-        transition = await self.calls.transition(call_id, action, node=self.node, note=note)
+        transition = await self.calls.transition(call_id, action, node=self.node, note=note, now=self.clock.now_ms())
         log.info(
             "call.transition",
             call_id=call_id,
@@ -406,7 +415,7 @@ class CallController:
         return transition
 
     async def signal(self, user_id: str, device_id: str, call_id: str, payload: Any) -> None:
-        call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id)
+        call, _ = await self.calls.record_event(call_id, user=user_id, device=device_id, now=self.clock.now_ms())
         frame = {"type": FrameType.CALL_SIGNAL, "call_id": call_id, "from_device": device_id, "payload": payload}
         if user_id == call.caller_user:
             # Before an answer the caller's candidates go to every ringing device.

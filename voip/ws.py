@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voip import metrics
 from voip.auth import AuthError, Principal
-from voip.calls import Action
+from voip.calls import Action, Party, verdict
 from voip.controller import CallController, Caller, CallRejected
 from voip.node import Node
 from voip.protocol import (
@@ -50,6 +50,10 @@ from voip.redis_pool import UNAVAILABLE
 from voip.stores import CallError, CallRecord, CallRefused
 
 log = structlog.get_logger(__name__)
+
+# Refusals of a callee device's call.ringing or call.answer that mean the call is over
+# for that device: the call left ringing, or another device holds it.
+OVER_FOR_THIS_DEVICE = frozenset({"invalid_state", "not_in_call"})
 
 # Not "." or "..": HTTP clients fold those path segments away.
 DEVICE_ID = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$")
@@ -514,7 +518,10 @@ class DeviceConnection:
             return frame
         except CallError as exc:
             call_id = getattr(message, "call_id", None)
-            return error_frame(exc.code, CALL_ERRORS.get(exc.code, exc.code), message.id, call_id)
+            frame = error_frame(exc.code, CALL_ERRORS.get(exc.code, exc.code), message.id, call_id)
+            if call_id and exc.code in OVER_FOR_THIS_DEVICE and isinstance(message, CallRinging | CallAnswer):
+                await self._tell_verdict(frame, call_id)
+            return frame
         except UNAVAILABLE:
             self.node.redis_unavailable.failed(route="/v1/ws")
             metrics.REDIS_UNAVAILABLE.labels("ws").inc()
@@ -524,6 +531,26 @@ class DeviceConnection:
         except Exception:
             log.exception("ws.handler_failed", user=self.user_id, device=self.device_id)
             return error_frame("internal_error", "the request failed; try again", message.id)
+
+    async def _tell_verdict(self, frame: dict[str, Any], call_id: str) -> None:
+        """A callee device's `call.ringing` or `call.answer` refused because the call is
+        over for it: the refusal carries the status verdict (`state`, `end_call`,
+        `reason`), so that the app ends its CallKit call now, with the right reason, and
+        not after another status round trip. bench --ghosts: a "ringing" verdict that
+        arrived late (a slow status endpoint) sent the app to its socket after the call
+        had ended, and it rang on until a cancellation push or `expires_at`."""
+        call = await self.node.stores.calls.get(call_id)
+        if call is None or call.callee_user != self.user_id:
+            return
+        told = verdict(
+            call.state,
+            party=Party.CALLEE,
+            device_id=self.device_id,
+            answered_by_device=call.answered_by_device,
+            ring_deadline_ms=call.ring_deadline,
+            now_ms=self.controller.clock.now_ms(),
+        )
+        frame.update(state=told.state.value, end_call=told.end_call, reason=told.reason.value if told.reason else None)
 
     async def _start(self, message: CallStart) -> None:
         """`call.started` is queued before any event of the call can be: the caller

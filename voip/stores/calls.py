@@ -317,9 +317,11 @@ class CallStore:
         node: str,
         note: dict[str, Any] | None = None,
         webhook_reason: str | None = None,
+        now: int | None = None,
     ) -> Transition:
         """Apply `action` atomically; raises CallError when the call or its state refuses.
-        `webhook_reason`: the webhook event's reason, when not the state's own."""
+        `webhook_reason`: the webhook event's reason, when not the state's own. `now`: the
+        caller's clock (ms), the one the call's deadline was set by."""
         if user:
             moves = {
                 party.value: {k.value: v.value for k, v in transitions_for(action, party).items()}
@@ -327,7 +329,7 @@ class CallStore:
             }
         else:
             moves = {Party.SYSTEM.value: {k.value: v.value for k, v in transitions_for(action, Party.SYSTEM).items()}}
-        at = now_ms()
+        at = now_ms() if now is None else now
         webhooks = self._webhook_spec(**({"reason": webhook_reason} if webhook_reason else {}))
         keys = [*self._call_keys(call_id), self._keys.pushes(call_id), self._keys.history_record(call_id)]
         if webhooks:
@@ -413,11 +415,12 @@ class CallStore:
         require_callee: bool = False,
         once_field: str = "",
         webhook: str = "",
+        now: int | None = None,
     ) -> tuple[CallRecord, bool]:
         """Check the device is in the call, record `entry`; returns the call and whether
         `once_field` was set by this event (so "the first device that rang" is decided once).
         `webhook`: the event type that setting the once-field sends (call.ringing)."""
-        at = now_ms()
+        at = now_ms() if now is None else now
         spec = self._webhook_spec(type=webhook) if webhook and once_field else ""
         keys = self._call_keys(call_id)
         if spec:

@@ -1,0 +1,38 @@
+"""Issue 16's ghost-call experiment, its seeded 100-call form (bench/ghosts.py): real
+in-process nodes on the test Redis, the real push path to the APNs simulator, phones on
+simulated time. Asserts the goals: no ghost ring longer than one status round trip (plus
+the report) where the phone can reach the status endpoint, none past `expires_at` where
+it cannot; no lost call; no wrong outcome."""
+
+from __future__ import annotations
+
+from bench import ghost_score, ghosts
+from bench.ghost_population import population
+
+
+async def test_seeded_hundred_calls_meet_the_goals(redis_url: str) -> None:
+    scores = await ghosts.experiment(100, 1, redis_url, conditions=("baseline", "half_open"))
+    for score in scores:
+        assert score.calls == 100
+        assert score.ok, "\n".join(ghosts.report([score]))
+    baseline, half_open = scores
+    # The experiment exercised what it claims to: late pushes, cancellations, and the
+    # half-open sockets' rings that only `expires_at` or the network's return could end.
+    assert baseline.late_deliveries > 0 and baseline.cancellations_needed > 0
+    assert half_open.ghosts and max(half_open.ghosts) > 1.0
+
+
+def test_population_is_seeded() -> None:
+    assert population(20, 7) == population(20, 7)
+    assert population(20, 7) != population(20, 8)
+
+
+def test_judge_counts_a_ghost_past_its_round_trip_and_a_wrong_reason() -> None:
+    truth = ghost_score.Truth("c1", "cancelled", over_at=10.0)
+    rings = [
+        ghost_score.Ring("c1", "d1", 0.0, 10.2, "verdict", "remoteEnded", 0.3, 45.0, True),
+        ghost_score.Ring("c1", "d2", 0.0, 12.0, "push", "answeredElsewhere", 0.3, 45.0, True),
+    ]
+    score = ghost_score.score("t", [truth], rings, {"c1": {"d1"}}, [], 0)
+    assert len(score.ghosts) == 2 and score.ghosts_over_goal == 1 and score.wrong == 1 and score.lost == 0
+    assert not score.ok
