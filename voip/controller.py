@@ -276,20 +276,7 @@ class CallController:
         """The callee's availability turned the call away: nothing rings and no push
         leaves. The call is made and missed at once, so both parties' histories hold it
         (with `reason` "dnd" or "busy"), and only the caller is told: `call.declined`."""
-        created = await self.calls.create(
-            call_id,
-            caller_user=caller.user_id,
-            caller_device=caller.device_id,
-            callee_user=callee,
-            ring_deadline=ring_deadline,
-            node=self.node,
-            targets=[],
-            created_at=created_at,
-            caller_name=name,
-            refused=refusal.value,
-        )
-        if not created:
-            raise CallError("call_exists")
+        await self._create_unrung(call_id, caller, callee, created_at, ring_deadline, name, refused=refusal.value)
         metrics.calls_counter(CallState.RINGING.value, "").inc()
         # Webhooks: call.missed with reason "dnd" or "busy", not "unanswered".
         transition = await self.calls.transition(
@@ -316,6 +303,32 @@ class CallController:
         await self._tell([(caller.user_id, frame, [caller.device_id], ())])
         return call
 
+    async def _create_unrung(
+        self,
+        call_id: str,
+        caller: Caller,
+        callee: str,
+        created_at: int,
+        ring_deadline: int,
+        name: str,
+        refused: str = "",
+    ) -> None:
+        """A call that is recorded but rings no device (turned away, or refused by the hook)."""
+        created = await self.calls.create(
+            call_id,
+            caller_user=caller.user_id,
+            caller_device=caller.device_id,
+            callee_user=callee,
+            ring_deadline=ring_deadline,
+            node=self.node,
+            targets=[],
+            created_at=created_at,
+            caller_name=name,
+            refused=refused,
+        )
+        if not created:
+            raise CallError("call_exists")
+
     async def _record_rejected(
         self,
         caller: Caller,
@@ -328,19 +341,8 @@ class CallController:
     ) -> None:
         """A call the hook refused is kept like any other (the status endpoint, operators,
         webhooks: call.created then call.failed, reason call_rejected), having rung nothing."""
-        created = await self.calls.create(
-            call_id,
-            caller_user=caller.user_id,
-            caller_device=caller.device_id,
-            callee_user=callee,
-            ring_deadline=ring_deadline,
-            node=self.node,
-            targets=[],
-            created_at=created_at,
-            caller_name=display_name(caller_name, caller.user_id),
-        )
-        if not created:
-            raise CallError("call_exists")
+        name = display_name(caller_name, caller.user_id)
+        await self._create_unrung(call_id, caller, callee, created_at, ring_deadline, name)
         note: dict[str, Any] = {"why": REJECTED, "hook_answered": decision.answered}
         if decision.reason:
             note["reason"] = decision.reason
