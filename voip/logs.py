@@ -179,6 +179,8 @@ def configure(level: str = "info") -> None:
             *render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line (PrintLogger writes the line and its newline apart), so a
+        # stdlib record from another thread cannot land between them.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
