@@ -19,13 +19,13 @@ import Security
 import UIKit
 
 /// Where the service is, and who this install is. `sessionToken` is the bearer token
-/// from the app's login.
+/// from the app's login; the name callees see is its claim `name`, set by the app's
+/// backend, never sent by the app.
 struct ServiceConfig {
     let baseURL: URL             // https://voip.example.com (http:// needs an ATS exception)
     let deviceID: String
     var sessionToken: String
     var alertToken: String?      // the ordinary APNs token, for missed-call alerts
-    var displayName: String
 
     /// What the app stored: the service's URL from Info.plist (`VoIPServiceURL`), the rest
     /// from the Keychain, readable after the first unlock: a push may launch the app on a
@@ -36,8 +36,7 @@ struct ServiceConfig {
             baseURL: URL(string: url ?? "https://voip.example.com")!,
             deviceID: Keychain.string("voip.device-id") ?? Keychain.set("voip.device-id", UUID().uuidString.lowercased()),
             sessionToken: Keychain.string("voip.session-token") ?? "",
-            alertToken: nil,
-            displayName: Keychain.string("voip.display-name") ?? "")
+            alertToken: nil)
     }
 }
 
@@ -199,9 +198,8 @@ final class CallService: NSObject {
     }
 
     /// After the app's login: keep the session, register this device, connect.
-    func signedIn(sessionToken: String, displayName: String) {
+    func signedIn(sessionToken: String) {
         config.sessionToken = Keychain.set("voip.session-token", sessionToken)
-        config.displayName = Keychain.set("voip.display-name", displayName)
         Task { await register() }
         if inForeground { connect() }
     }
@@ -570,8 +568,7 @@ extension CallService: @preconcurrency CXProviderDelegate {
         configureAudioSession()
         Task {
             let reply = await request(["type": "call.start", "callee": action.handle.value,
-                                       "call_id": action.callUUID.uuidString.lowercased(),
-                                       "caller_name": config.displayName])
+                                       "call_id": action.callUUID.uuidString.lowercased()])
             if reply["type"] as? String == "call.started" {
                 provider.reportOutgoingCall(with: action.callUUID, startedConnectingAt: nil)
                 action.fulfill()
