@@ -222,6 +222,30 @@ async def test_410_keeps_a_token_registered_again_after_it(pushing: tuple[Runnin
     assert record is not None and record["voip_token"] == device.token
 
 
+async def test_a_device_whose_invite_was_refused_is_sent_no_cancellation(
+    pushing: tuple[RunningNode, APNsSimulator],
+) -> None:
+    # Bob's iPad's token is dead (410); his iPhone sleeps. Alice gives up: the iPhone
+    # needs a cancellation to displace the invite APNs holds, the iPad has nothing to
+    # displace and a push to its token would only be refused again.
+    node, sim = pushing
+    iphone, ipad = phone(sim), phone(sim)
+    await register(node, "bob", "b-iphone", voip_token=iphone.token)
+    await register(node, "bob", "b-ipad", voip_token=ipad.token)
+    sim.inject(Fault.unregistered(timestamp_ms=int(time.time() * 1000) + 1000), token=ipad.token)
+    caller = await node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+    entries = await pushes_on_timeline(node, call_id, 2)
+    assert {(e["device"], e["outcome"]) for e in entries} == {("b-iphone", "accepted"), ("b-ipad", "token_invalid")}
+    await caller.request({"type": "call.hangup", "call_id": call_id})
+    [cancellation] = await invites_for(sim, call_id, kind="call.cancelled")
+    assert cancellation.token == iphone.token
+    await node.node.pushes.wait(5)
+    kinds = [(e["kind"], e["device"]) for e in await node.node.stores.calls.timeline(call_id) if e["event"] == "push"]
+    assert sorted(kinds) == [("cancel", "b-iphone"), ("invite", "b-ipad"), ("invite", "b-iphone")]
+    assert [r.token for r in sim.requests if r.token == ipad.token] == [ipad.token]  # the invite alone
+
+
 async def test_bad_device_token_is_dropped_with_its_likely_cause(pushing: tuple[RunningNode, APNsSimulator]) -> None:
     node, sim = pushing
     await register(node, "bob", "b-phone", voip_token=uuid.uuid4().hex * 2)

@@ -52,6 +52,10 @@ HANG_UP_LIFETIME = 30.0
 # Answers that make a push.failed webhook event. Not EXPIRED: a push whose call's deadline
 # passed before APNs took it has nothing left to do.
 PUSH_FAILURES = frozenset({Outcome.REJECTED, Outcome.TOKEN_INVALID, Outcome.FAILED})
+# Answers that say the platform holds nothing for the device: a cancellation after such an
+# invite would be refused again, or sent to a token that no longer exists. Not FAILED: an
+# invite written and never answered may have reached the phone.
+REFUSED = frozenset({Outcome.REJECTED, Outcome.TOKEN_INVALID})
 # Seconds a missed-call alert may spend on retries.
 MISSED_ALERT_RETRY_WINDOW = 60.0
 
@@ -341,6 +345,7 @@ class CallPushes:
                 read_back_for=device_id if kind == "invite" else None,
                 last_push=(user_id, device_id, {**entry, "call_id": call.call_id}) if kind != "missed_alert" else None,
                 cancelled=(device_id, entry["at"]) if kind == "cancel" and result.outcome is Outcome.ACCEPTED else None,
+                refused=device_id if kind == "invite" and result.outcome in REFUSED else None,
             )
 
         current, cancelled_at = await self._bookkeep(append, call.call_id, device_id, kind)

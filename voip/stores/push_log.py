@@ -48,20 +48,37 @@ class PushLog:
         last_push: tuple[str, str, dict[str, Any]] | None = None,
         cancelled: tuple[str, int] | None = None,
         read_back_for: str | None = None,
+        refused: str | None = None,
     ) -> tuple[CallRecord | None, int | None]:
         """Put a push's answer on the timeline (published to operators too): with
         `last_push` (user, device, entry), keep it as that device's last push; with
         `cancelled` (device, at), record that APNs accepted a cancellation for it; with
         `read_back_for` (a device), return the call as it is now and when APNs accepted a
-        cancellation for that device (None, None without). Run again whole after a
+        cancellation for that device (None, None without); with `refused` (a device), take
+        it out of the call's invite pushes, as the platform holds nothing for it to cancel.
+        Run again whole after a
         transient failure: the last push first, as a second write of it changes nothing."""
         if last_push is not None:
             await self.record_last_push(*last_push)
         device, at = cancelled or ("", 0)
         reply = await self._run(
             self._record_push,
-            [self._keys.timeline(call_id), self._keys.call(call_id), self._keys.cancellations(call_id)],
-            [orjson.dumps(entry), self._ops_channel, call_id, device, at, self._retention, read_back_for or ""],
+            [
+                self._keys.timeline(call_id),
+                self._keys.call(call_id),
+                self._keys.cancellations(call_id),
+                self._keys.pushes(call_id),
+            ],
+            [
+                orjson.dumps(entry),
+                self._ops_channel,
+                call_id,
+                device,
+                at,
+                self._retention,
+                read_back_for or "",
+                refused or "",
+            ],
         )
         if read_back_for is None:
             return None, None
