@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,8 @@ import httpx
 import orjson
 
 from bench.noise import Noise
-from bench.procs import ROOT, cpu_plan, cpu_seconds
-from bench.rounds import Round, Send, closed_loop, interleaved
+from bench.procs import ROOT, cpu_plan, cpu_seconds, wait_or_kill
+from bench.rounds import Plan, Round, Send, closed_loop, interleaved
 from bench.stats import median, ratio
 from fcmsim import new_token
 from voip.push import Caller, FCMConfig, FCMNotifier, Outcome, Push, PushKind
@@ -43,14 +42,6 @@ from voip.push import Caller, FCMConfig, FCMNotifier, Outcome, Push, PushKind
 PROJECT = "bench-project"
 TOKENS = 64
 CONNECTIONS = 16
-
-
-@dataclass(frozen=True)
-class Plan:
-    rounds: int
-    seconds: float
-    warmup: float
-    concurrency: tuple[int, ...]
 
 
 FULL = Plan(rounds=3, seconds=5, warmup=1, concurrency=(1, 16))
@@ -85,11 +76,7 @@ class Simulator:
 
     def stop(self) -> None:
         self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        wait_or_kill(self.process)
 
 
 async def measure(sim: Simulator, plan: Plan) -> list[Round]:
@@ -140,7 +127,7 @@ async def measure(sim: Simulator, plan: Plan) -> list[Round]:
     clients = {"FCMNotifier.notify": ours, "bare httpx": theirs}
     try:
         # The warm-up opens every connection.
-        return await interleaved(clients, plan.concurrency, plan.rounds, plan.warmup, measured, alternate=True)
+        return await interleaved(clients, plan, measured, alternate=True)
     finally:
         await notifier.aclose()
         await bare.aclose()

@@ -51,8 +51,9 @@ from apnsim import client_ssl_context
 from bench import devices
 from bench.apns_sim import runq_seconds
 from bench.noise import Noise
-from bench.procs import ROOT, Cluster, NodeProcess, cpu_plan
+from bench.procs import ROOT, Cluster, NodeProcess, cpu_plan, wait_or_kill
 from bench.profile import Spy, spy_on
+from bench.rounds import Plan as BasePlan
 from bench.rounds import Round as BaseRound
 from bench.rounds import Send, closed_loop, interleaved
 from bench.setup_latency import _paced
@@ -73,11 +74,7 @@ TARGET_P50_MS = 5.0
 
 
 @dataclass(frozen=True)
-class Plan:
-    rounds: int
-    seconds: float
-    warmup: float
-    concurrency: tuple[int, ...]
+class Plan(BasePlan):
     rates: tuple[tuple[float, int], ...]  # (calls per second, calls)
 
 
@@ -124,11 +121,7 @@ class SimProcess:
         if self.process.poll() is None:
             assert self.process.stdin is not None
             self.process.stdin.close()  # EOF: GOAWAY and exit
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            wait_or_kill(self.process)
 
 
 # part 1: the bare client
@@ -318,7 +311,7 @@ async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
         )
 
     try:
-        rounds = await interleaved(clients, plan.concurrency, plan.rounds, plan.warmup, measured)
+        rounds = await interleaved(clients, plan, measured)
         connections = sim.ask("stats")["connections"]
         if connections != len(clients):
             print(f"# note: the simulator saw {connections} connections (one per client expected)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -17,6 +17,14 @@ R = TypeVar("R")
 
 Send = Callable[[int], Awaitable[bool]]
 """The i-th send of a round; True when it was accepted."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    seconds: float  # a round's
+    warmup: float  # seconds a client, at each concurrency
+    concurrency: tuple[int, ...]  # sends in flight
 
 
 @dataclass(frozen=True)
@@ -71,21 +79,19 @@ async def closed_loop(send: Send, concurrency: int, seconds: float) -> Loop:
 
 async def interleaved(
     clients: Mapping[str, Send],
-    concurrency: Sequence[int],
-    rounds: int,
-    warmup: float,
+    plan: Plan,
     measure: Callable[[str, Send, int], Awaitable[R]],
     *,
     alternate: bool = False,
 ) -> list[R]:
-    """Every client warmed up for `warmup` seconds, then `rounds` rounds of `measure(name,
-    send, concurrency)` a client, at each concurrency. `alternate`: every other round the
+    """At each of the plan's concurrencies, every client warmed up, then the plan's rounds
+    of `measure(name, send, concurrency)` a client. `alternate`: every other round the
     clients go in reverse order."""
     measured: list[R] = []
-    for in_flight in concurrency:
+    for in_flight in plan.concurrency:
         for send in clients.values():
-            await closed_loop(send, in_flight, warmup)
-        for index in range(rounds):
+            await closed_loop(send, in_flight, plan.warmup)
+        for index in range(plan.rounds):
             order = list(clients.items())
             if alternate and index % 2 == 1:
                 order.reverse()
