@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Page, async_playwright
+from playwright.async_api import BrowserContext, Page
 
 from tests import interop
+from tests.chromium import chromium, screenshot
 from tests.conftest import DeviceClient, RunningNode
 from tests.sipcalls.conftest import ACCOUNTS, DOMAIN
 
@@ -31,22 +32,12 @@ pytestmark = pytest.mark.interop
 HERE = Path(__file__).resolve().parent
 ESBUILD = HERE / "node_modules" / ".bin" / "esbuild"
 JSSIP = HERE / "node_modules" / "jssip" / "lib" / "JsSIP.js"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
+# Fake media devices; signalling only: no ICE candidates, so no media packets leave the page.
+MEDIA = [
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
-    # Signalling only: no ICE candidates, so no media packets leave the page.
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +73,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    interop.started("chromium")
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=ARGS, headless=True
-        )
+    async with chromium(tmp_path / "profile", args=MEDIA) as context:
         yield context
-        await context.close()
 
 
 @pytest.fixture
@@ -204,7 +190,7 @@ async def test_jssip_registers_then_takes_a_call_and_the_app_hangs_up(
     assert (await carol.until("ended"))["originator"] == "remote"
     timeline = await node.timeline(call_id, lambda t: any(e.get("received") == 200 for e in t))
     assert any(e.get("event") == "sip" and e.get("direction") == "fork" for e in timeline)
-    await _save(carol, "jssip-takes-a-call")
+    await screenshot(carol.page, "jssip-takes-a-call")
 
 
 async def test_jssip_calls_an_app_user_who_answers_then_jssip_hangs_up(carol: Softphone, alice: DeviceClient) -> None:
@@ -247,11 +233,6 @@ async def test_closing_the_page_unregisters_the_softphone(sip_ws_node: RunningNo
             break
         await asyncio.sleep(0.025)
     assert await node.node.sip.registrar.bindings("carol") == {}
-
-
-async def _save(phone: Softphone, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await phone.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 async def test_jssip_gives_up_when_the_last_challenge_is_not_md5(
