@@ -4,27 +4,16 @@ SIP gateway's tests. sipp missing is a failure, not a skip."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
-import pytest
-
 from tests import interop
-
-
-def sipp_binary() -> str:
-    interop.started("sipp")
-    path = shutil.which("sipp")
-    if path is None:
-        pytest.fail("sipp is not installed: run `apt-get install -y sip-tester` (CI installs it)")
-    return path
 
 
 async def run_sipp(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str]:
     """sipp's exit status, 0 only when every call of the scenario succeeded, and its output
     with the tails of the error and message logs it wrote in `cwd`."""
     process = await asyncio.create_subprocess_exec(
-        sipp_binary(),
+        interop.program("sipp", "sip-tester"),
         *args,
         "-i",
         "127.0.0.1",

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests import interop
 from tests.conftest import DeviceClient, RunningNode
 from tests.kamailio import Kamailio
 from tests.ports import free_port
@@ -26,7 +27,7 @@ from tests.sipcalls.conftest import (
     start_sipp,
 )
 from tests.sipcalls.test_baresip import CONFIG as BARESIP_CONFIG
-from tests.sipcalls.test_baresip import baresip_binary, baresip_sip_port
+from tests.sipcalls.test_baresip import baresip_sip_port
 from voip.sipcalls.legs import OutboundLeg
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -158,7 +159,7 @@ async def desk_phone(kamailio: Kamailio, directory: Path) -> AsyncIterator[DeskP
     (directory / "accounts").write_text(DESK_PHONE_ACCOUNT.format(kamailio=kamailio.port))
     with (directory / "baresip.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            baresip_binary(),
+            interop.program("baresip", "baresip"),
             "-f",
             str(directory),
             "-t",
