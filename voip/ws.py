@@ -186,7 +186,7 @@ async def receive_frame(websocket: WebSocket) -> str | bytes | None:
         if event["type"] == "websocket.disconnect":
             return None
         text = event.get("text")
-        frame = text if text is not None else event.get("bytes")
+        frame: str | bytes | None = text if text is not None else event.get("bytes")
         if frame is not None:
             return frame
 
