@@ -27,7 +27,8 @@ from apnsim.dispatch import Dispatcher
 from apnsim.faults import Fault, FaultBook, InjectedFault
 from apnsim.reasons import Reason
 from apnsim.records import Predicate, RecordedRequest, RequestLog
-from apnsim.tls import TLSMaterial, generate_tls_material, server_ssl_context
+from apnsim.tls import server_ssl_context
+from simtls import TLSMaterial, generate_tls_material
 
 UNAUTHENTICATED_STREAM_LIMIT = 1
 AUTHENTICATED_STREAM_LIMIT = 1000
@@ -83,7 +84,7 @@ class APNsSimulator:
     async def start(self) -> None:
         if self._server is not None:
             return
-        self._tls = generate_tls_material(self.directory)
+        self._tls = generate_tls_material(self.directory, issuer="apnsim")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._new_connection,

@@ -101,6 +101,14 @@ def main() -> None:
         help="issue 16's ghost-call experiment (bench/ghosts.py); exits 1 on a missed goal",
     )
     parser.add_argument("--calls", type=int, default=1000, help="--ghosts: calls per condition (default 1000)")
+    parser.add_argument(
+        "--condition",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="--ghosts: only this condition (repeatable; default every one: baseline, node_killed,"
+        " redis_failover, status_slow, status_unreachable, half_open)",
+    )
     parser.add_argument("--status", action="store_true", help="only the status endpoint vs bare (bench/status.py)")
     parser.add_argument(
         "--redis-cluster",
@@ -159,7 +167,7 @@ def main() -> None:
     if args.ghosts:
         from bench import ghosts
 
-        raise SystemExit(ghosts.main(calls=args.calls, seed=args.seed))
+        raise SystemExit(ghosts.main(calls=args.calls, seed=args.seed, conditions=args.condition or ghosts.CONDITIONS))
     if args.chaos:
         from bench import chaos
 

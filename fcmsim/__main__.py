@@ -1,5 +1,6 @@
-"""``python -m fcmsim --port 0 --key-file KEY.json``: run the simulator until killed;
-it writes a service-account key for it to ``--key-file`` and prints its endpoint."""
+"""``python -m fcmsim --port 0 --key-file KEY.json [--tls]``: run the simulator until
+killed; it writes a service-account key for it to ``--key-file`` and prints its endpoint
+(``FCM_ENDPOINT=...``) and, with ``--tls``, its CA (``FCM_CA_FILE=...``)."""
 
 from __future__ import annotations
 
@@ -20,17 +21,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--project", default=DEFAULT_PROJECT)
     parser.add_argument("--key-file", type=Path, help="write a trusted service-account key here (mode 0600)")
     parser.add_argument("--strict", action="store_true", help="answer INVALID_ARGUMENT for tokens no phone registered")
+    parser.add_argument("--tls", action="store_true", help="serve https, on a certificate from a CA of its own")
+    parser.add_argument(
+        "--dir", type=Path, help="with --tls: where the CA and server certificate are written (default: a temp dir)"
+    )
     return parser
 
 
 async def serve(args: argparse.Namespace) -> None:
-    simulator = FCMSimulator(host=args.host, port=args.port, strict_tokens=args.strict)
+    simulator = FCMSimulator(
+        host=args.host, port=args.port, strict_tokens=args.strict, tls=args.tls, directory=args.dir
+    )
     await simulator.start()
     if args.key_file is not None:
         key = simulator.create_service_account(args.project)
         args.key_file.touch(mode=0o600)
         args.key_file.write_text(json.dumps(key, indent=2))
     print(f"FCM_ENDPOINT={simulator.endpoint}", flush=True)
+    if args.tls:
+        print(f"FCM_CA_FILE={simulator.ca_file}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -40,7 +49,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    asyncio.run(serve(build_parser().parse_args(argv)))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dir is not None and not args.tls:
+        parser.error("--dir: only with --tls")
+    asyncio.run(serve(args))
     return 0
 
 

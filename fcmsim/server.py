@@ -1,9 +1,11 @@
 """FCMSimulator: Google's OAuth2 token endpoint and FCM HTTP v1's `messages:send` on
-loopback (HTTP/1.1), with simulated phones, faults, records, and a small HTTP API under
-`/sim/` for tests in other processes.
+loopback (HTTP/1.1, plain or over TLS), with simulated phones, faults, records, and a small
+HTTP API under `/sim/` for tests in other processes.
 
 ``async with FCMSimulator() as sim:`` starts it; ``sim.create_service_account()`` gives a
 key file's JSON whose `token_uri` points here, ``sim.endpoint`` the value for FCM_ENDPOINT.
+``FCMSimulator(tls=True)`` serves https, as Google does, with a certificate from a CA of its
+own: ``sim.ca_file`` is the value for FCM_CA_FILE.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Generator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
@@ -31,6 +36,7 @@ from fcmsim.errors import BAD_TOKEN_MESSAGE, ErrorCode, fcm_error, invalid_paylo
 from fcmsim.faults import Fault, FaultBook, InjectedFault
 from fcmsim.records import MessageLog, Predicate, RecordedMessage
 from fcmsim.validation import Message, check
+from simtls import TLSMaterial, generate_tls_material
 
 DEFAULT_PROJECT = "sim-project"
 MAX_BODY = 256 * 1024
@@ -58,9 +64,17 @@ class FCMSimulator:
         strict_tokens: bool = False,
         clock: Callable[[], float] | None = None,
         token_lifetime: float = 3599,
+        tls: bool = False,
+        directory: str | Path | None = None,
     ) -> None:
+        """`tls`: serve https, on a certificate for 127.0.0.1 and localhost signed by a CA
+        made at start, written into `directory` (a temporary one, removed at stop, if None)."""
         self.host = host
         self._requested_port = port
+        self.tls = tls
+        self._directory = Path(directory) if directory is not None else None
+        self._owned_directory: Path | None = None
+        self._tls: TLSMaterial | None = None
         self.strict_tokens = strict_tokens
         """Unknown tokens get 400 INVALID_ARGUMENT instead of becoming online phones."""
         self.clock: Callable[[], float] = clock or time.time
@@ -96,12 +110,18 @@ class FCMSimulator:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self.host, self._requested_port))
         self._port = listener.getsockname()[1]
+        if self.tls:
+            self._tls = generate_tls_material(self._material_directory(), issuer="fcmsim")
+        # With TLS, uvicorn's ALPN names HTTP/1.1 alone: a client that offers h2 as well
+        # (the FCM sender's httpx, as to Google) speaks HTTP/1.1 here.
         config = uvicorn.Config(
             self.app,
             log_config=None,
             access_log=False,
             lifespan="off",
             timeout_keep_alive=120,  # longer than a client keeps an idle connection
+            ssl_certfile=self._tls.cert_file if self._tls is not None else None,
+            ssl_keyfile=self._tls.key_file if self._tls is not None else None,
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[listener]), name="fcmsim")
@@ -116,6 +136,15 @@ class FCMSimulator:
             return
         server.should_exit = True
         await task
+        owned, self._owned_directory = self._owned_directory, None
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+
+    def _material_directory(self) -> Path:
+        if self._directory is not None:
+            return self._directory
+        self._owned_directory = Path(tempfile.mkdtemp(prefix="fcmsim-"))
+        return self._owned_directory
 
     async def __aenter__(self) -> FCMSimulator:
         await self.start()
@@ -134,8 +163,16 @@ class FCMSimulator:
 
     @property
     def endpoint(self) -> str:
-        """`http://host:port`, the value for FCM_ENDPOINT."""
-        return f"http://{self.host}:{self.port}"
+        """`http://host:port` (`https://` with `tls`), the value for FCM_ENDPOINT."""
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> str:
+        """PEM of the CA that signed the server certificate, the value for FCM_CA_FILE."""
+        if self._tls is None:
+            raise RuntimeError("the simulator is not serving TLS" if not self.tls else "the simulator is not running")
+        return str(self._tls.ca_file)
 
     @property
     def token_uri(self) -> str:

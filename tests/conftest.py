@@ -108,17 +108,29 @@ async def fcm(tmp_path: Path, running_nodes: list[RunningNode]) -> AsyncIterator
     """An FCM simulator on loopback, and the FCM_* settings that point a node at it: a
     service-account key file it trusts. The nodes stop before it does (see `apns`)."""
     async with FCMSimulator() as sim:
-        key_file = tmp_path / "fcm-service-account.json"
-        key_file.write_text(orjson.dumps(sim.create_service_account("test-project")).decode())
-        yield (
-            sim,
-            {
-                "fcm_credentials_file": str(key_file),
-                "fcm_project_id": "test-project",
-                "fcm_endpoint": sim.endpoint,
-            },
-        )
+        yield sim, fcm_settings(sim, tmp_path)
         await stop_nodes(running_nodes)
+
+
+@pytest.fixture
+async def fcm_tls(
+    tmp_path: Path, running_nodes: list[RunningNode]
+) -> AsyncIterator[tuple[FCMSimulator, dict[str, str]]]:
+    """`fcm` over TLS, as Google serves it: https for `messages:send` and the key's
+    `token_uri`, and FCM_CA_FILE the simulator's own CA."""
+    async with FCMSimulator(tls=True, directory=tmp_path / "fcm-tls") as sim:
+        yield sim, {**fcm_settings(sim, tmp_path), "fcm_ca_file": sim.ca_file}
+        await stop_nodes(running_nodes)
+
+
+def fcm_settings(sim: FCMSimulator, tmp_path: Path) -> dict[str, str]:
+    key_file = tmp_path / "fcm-service-account.json"
+    key_file.write_text(orjson.dumps(sim.create_service_account("test-project")).decode())
+    return {
+        "fcm_credentials_file": str(key_file),
+        "fcm_project_id": "test-project",
+        "fcm_endpoint": sim.endpoint,
+    }
 
 
 @pytest.fixture

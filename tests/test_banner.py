@@ -107,6 +107,7 @@ def test_the_banner_says_where_everything_is(banner_node: tuple[str, Path]) -> N
         "python3 dev.py token ops --role operator",
         "NO REAL PHONE RECEIVES ANYTHING",
         f"{base}/v1/ops/simulator/pushes",
+        f"{base}/v1/ops/simulator/fcm",
         f"{base.replace('http', 'ws', 1)}/v1/sip (subprotocol sip)",
     ):
         assert expected in block, (expected, block)

@@ -6,8 +6,13 @@ it cannot; no lost call; no wrong outcome."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from bench import ghost_score, ghosts
 from bench.ghost_population import population
+from tests.conftest import make_settings
 
 
 async def test_seeded_hundred_calls_meet_the_goals(redis_url: str) -> None:
@@ -36,3 +41,25 @@ def test_judge_counts_a_ghost_past_its_round_trip_and_a_wrong_reason() -> None:
     score = ghost_score.score("t", [truth], rings, {"c1": {"d1"}}, [], 0)
     assert len(score.ghosts) == 2 and score.ghosts_over_goal == 1 and score.wrong == 1 and score.lost == 0
     assert not score.ok
+
+
+def test_an_unknown_condition_is_refused_by_name() -> None:
+    with pytest.raises(SystemExit, match="unknown node_kiled; the conditions are baseline, node_killed"):
+        ghosts.main(calls=1, conditions=["node_kiled"])
+
+
+async def test_a_killed_node_leaves_nothing_running_in_the_process(redis_url: str, prefix: str) -> None:
+    """node_killed kills hundreds of nodes in one process: each must be gone as a killed
+    process is, or the survivors' work slows every later step."""
+    experiment = ghosts.Experiment("node_killed", population(1, 1), redis_url, 1)
+    experiment.settings = make_settings(redis_url, prefix)
+    before = asyncio.all_tasks()
+    await experiment._start_node()
+    [running] = experiment.nodes
+    alice = await running.device("alice", "a-phone")
+    assert len(asyncio.all_tasks() - before) > 3  # the node's loops, its bus reader, the socket
+    await experiment._kill(running)
+    await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert left == [], [t.get_name() for t in left]
+    await alice.socket.close()

@@ -1,19 +1,22 @@
 """Calls that ring Android phones, end to end: a real node and Redis, the FCM sender's
 real HTTP client (httpx, google-auth's token exchange) to the FCM simulator serving on
-loopback."""
+loopback, in plain HTTP and over TLS (FCM_CA_FILE)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from apnsim import APNsSimulator
 from fcmsim import ErrorCode, Fault, FCMSimulator, RecordedMessage, new_token
+from simtls import generate_tls_material
 from tests.conftest import BUNDLE, RunningNode, register
 from tests.test_call_pushes import socket_dies
 
@@ -289,6 +292,75 @@ async def test_a_user_with_an_iphone_and_an_android_phone(
     # Neither platform got the other's token.
     assert all(m.token == pixel.token for m in fcm_sim.messages)
     assert {r.token for r in apns_sim.requests if r.token} == {iphone.token}
+
+
+async def test_an_android_call_over_tls_trusts_fcm_ca_file(
+    node_factory: Any, fcm_tls: tuple[FCMSimulator, dict[str, str]]
+) -> None:
+    """As with Google: the access token and the message both over https, each server's
+    certificate checked against FCM_CA_FILE."""
+    sim, settings = fcm_tls
+    assert settings["fcm_endpoint"].startswith("https://") and settings["fcm_ca_file"] == sim.ca_file
+    node = await node_factory(**settings)
+    device = sim.add_device()
+    await register_android(node, "bob", "b-pixel", device.token)
+    caller = await node.device("alice", "a1")
+    call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+
+    [message] = await messages_for(sim, call_id)
+    [entry] = await push_entries(node, call_id, 1, kind="invite")
+    assert entry["outcome"] == "accepted" and entry["message_id"] == message.name and entry["platform"] == "android"
+    assert sim.token_requests == 1 and sim.accounts.issued == 1  # the token came over TLS too
+    assert [d.message.data["call_id"] for d in device.inbox] == [call_id]
+    ready = await node.http().get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["fcm"] == "ok"
+
+
+@pytest.mark.parametrize("trust", ["another CA", "the default CAs"])
+async def test_a_node_that_does_not_trust_fcms_certificate_still_rings_the_iphone(
+    trust: str,
+    node_factory: Any,
+    apns: tuple[APNsSimulator, dict[str, str]],
+    fcm_tls: tuple[FCMSimulator, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """FCM_CA_FILE names a CA that did not sign the simulator's certificate, or is unset
+    (the default CAs): the Android push fails at once, with a line that says why; the
+    call goes on for the user's iPhone, and the node with it."""
+    (apns_sim, apns_settings), (fcm_sim, fcm_settings) = apns, fcm_tls
+    ca_file = str(generate_tls_material(tmp_path / "other", issuer="other").ca_file) if trust == "another CA" else ""
+    node = await node_factory(**apns_settings, **{**fcm_settings, "fcm_ca_file": ca_file})
+    iphone = apns_sim.add_device(f"{BUNDLE}.voip")
+    pixel = fcm_sim.add_device()
+    await register(node, "bob", "b-iphone", voip_token=iphone.token)
+    await register_android(node, "bob", "b-pixel", pixel.token)
+    caller = await node.device("alice", "a1")
+    with capture_logs() as logs:
+        call_id = (await caller.request({"type": "call.start", "callee": "bob"}))["call_id"]
+        invites = {e["device"]: e for e in await push_entries(node, call_id, 2, kind="invite")}
+
+    assert invites["b-iphone"]["outcome"] == "accepted"
+    android = invites["b-pixel"]
+    assert android["outcome"] == "failed" and android["reason"] == "CertificateNotTrusted"
+    assert android["attempts"] == 0 and android["status"] is None
+    trusted = f"FCM_CA_FILE={ca_file}" if ca_file else "the default CAs: no FCM_CA_FILE"
+    refusal = (
+        f"the TLS certificate of the key's token_uri, {fcm_sim.token_uri}, is not trusted: "
+        f"unable to get local issuer certificate (trusting {trusted})"
+    )
+    assert android["likely_cause"] == f"no OAuth2 access token: {refusal}"
+    [line] = [entry for entry in logs if entry["event"] == "fcm.certificate_not_trusted"]
+    assert line["log_level"] == "warning" and line["cause"] == refusal
+    assert fcm_sim.token_requests == 0 and fcm_sim.messages == [] and pixel.inbox == []
+    ready = await node.http().get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["fcm"] == "failed: AccessTokenError"
+
+    # The call goes on: the iPhone answers it.
+    callee = await node.device("bob", "b-iphone")
+    assert (await callee.request({"type": "call.answer", "call_id": call_id}))["type"] == "ack"
+    await caller.expect("call.answered", call_id=call_id)
+    assert (await caller.request({"type": "call.hangup", "call_id": call_id}))["type"] == "ack"
+    await callee.expect("call.ended", call_id=call_id)
 
 
 async def test_fault_injection_over_the_simulators_http_api(fcm: tuple[FCMSimulator, dict[str, str]]) -> None:

@@ -316,6 +316,39 @@ def test_fcm_project_and_endpoint_only_with_a_key(monkeypatch: pytest.MonkeyPatc
     )
     monkeypatch.delenv("FCM_PROJECT_ID")
     assert failure(monkeypatch, FCM_ENDPOINT="http://127.0.0.1:1").startswith("FCM_ENDPOINT: only with")
+    monkeypatch.delenv("FCM_ENDPOINT")
+    assert failure(monkeypatch, FCM_CA_FILE="/etc/ssl/certs/ca-certificates.crt").startswith("FCM_CA_FILE: only with")
+
+
+def test_fcm_ca_file_is_a_readable_pem_checked_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from simtls import generate_tls_material
+
+    monkeypatch.setenv("FCM_CREDENTIALS_FILE", str(service_account_file(tmp_path)))
+    assert load_settings().fcm_ca_file == ""  # unset: the default CAs
+    material = generate_tls_material(tmp_path / "ca", issuer="fcm-test")
+    monkeypatch.setenv("FCM_CA_FILE", str(material.ca_file))
+    assert load_settings().fcm_ca_file == str(material.ca_file)
+
+    unreadable = tmp_path / "unreadable.pem"
+    unreadable.write_bytes(material.ca_file.read_bytes())
+    unreadable.chmod(0)
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate")
+    cases = {
+        str(tmp_path / "missing.pem"): f"FCM_CA_FILE: not a readable file: {tmp_path / 'missing.pem'}",
+        str(tmp_path): f"FCM_CA_FILE: not a readable file: {tmp_path}",
+        str(not_pem): "FCM_CA_FILE: not PEM certificates (NO_CERTIFICATE_OR_CRL_FOUND)",
+        # A key alone is not a CA, and its bytes are never echoed.
+        str(material.key_file): "FCM_CA_FILE: not PEM certificates (NO_CERTIFICATE_OR_CRL_FOUND)",
+    }
+    if os.access(unreadable, os.R_OK):  # root reads any file
+        unreadable.chmod(0o600)
+    else:
+        cases[str(unreadable)] = f"FCM_CA_FILE: not a readable file: {unreadable}"
+    for path, expected in cases.items():
+        message = failure(monkeypatch, FCM_CA_FILE=path)
+        assert message == expected, message
+        assert "PRIVATE KEY" not in message
 
 
 # Several iOS apps (issue 14, item 6): APNS_APPS, a table keyed by bundle id.

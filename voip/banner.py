@@ -48,7 +48,8 @@ def text(node: Node, base_url: str, private_redis: bool) -> str:
     if node.fcm_simulator is not None:
         lines += [
             f"  Android        to the bundled FCM simulator ({node.fcm_simulator.endpoint}), no FCM credentials;",
-            f"                 what it received: {node.fcm_simulator.endpoint}/sim/messages",
+            "                 what it received: /ops, section",
+            f'                 "FCM simulator", or {base_url}/v1/ops/simulator/fcm',
         ]
     elif node.settings.fcm_credentials_file:
         endpoint = node.settings.fcm_endpoint or "Google"

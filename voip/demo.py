@@ -320,6 +320,7 @@ def demo_settings(redis_url: str, port: int) -> Settings:
         fcm_credentials_file="",
         fcm_project_id="",
         fcm_endpoint="",
+        fcm_ca_file="",
         sip_enabled=False,
         log_level="error",
     )

@@ -24,6 +24,7 @@ INDEX = {
         "sip_websocket": {"href": "/v1/sip", "auth": "SIP digest on each REGISTER and INVITE (subprotocol sip)"},
         "ops_api": {"href": "/v1/ops/", "auth": "operator token"},
         "simulator_pushes": {"href": "/v1/ops/simulator/pushes", "auth": "operator token"},
+        "simulator_fcm": {"href": "/v1/ops/simulator/fcm", "auth": "operator token"},
         "metrics": {"href": "/metrics", "auth": "operator token"},
     },
     "tokens": "development: python3 dev.py token alice; python3 dev.py token ops --role operator",

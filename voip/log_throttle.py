@@ -23,15 +23,16 @@ class RepeatedLog:
         self._count = 0
         self._last = float("-inf")
 
-    def failed(self, **fields: Any) -> None:
+    def failed(self, *, traceback: bool = True, **fields: Any) -> None:
         """Count one occurrence; log it (with the count since the last line) if the last
-        line is `interval` seconds old. Call it inside `except` to keep the traceback."""
+        line is `interval` seconds old. Call it inside `except` to keep the traceback;
+        `traceback=False` where the fields already say all there is (a known refusal)."""
         self._count += 1
         now = time.monotonic()
         if now - self._last < self.interval:
             return
         self._last = now
-        self._log.warning(self.event, count=self._count, exc_info=True, **fields)
+        self._log.warning(self.event, count=self._count, exc_info=traceback, **fields)
         self._count = 0
 
     def ok(self) -> None:

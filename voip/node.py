@@ -415,6 +415,7 @@ def _fcm_config(settings: Settings) -> FCMConfig:
         project_id=settings.fcm_project_id,
         credentials=credentials,
         endpoint=settings.fcm_endpoint or GOOGLE_ENDPOINT,
+        ca_file=settings.fcm_ca_file or None,
     )
 
 

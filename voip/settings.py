@@ -98,6 +98,7 @@ class Settings(BaseSettings):
         pattern=r"^$|^https?://[^/\s:]+(:\d{1,5})?/?$",
         validation_alias=_env("fcm_endpoint", "FCM_ENDPOINT"),
     )
+    fcm_ca_file: str = Field("", validation_alias=_env("fcm_ca_file", "FCM_CA_FILE"))
     # SIP gateway (voip/sipcalls, docs/sip-gateway.md)
     sip_enabled: bool = Field(False, validation_alias=_env("sip_enabled", "SIP_ENABLED"))
     sip_host: str = Field("127.0.0.1", validation_alias=_env("sip_host", "SIP_HOST"))
@@ -388,9 +389,14 @@ def _is_p256_private_key(pem: bytes) -> bool:
 
 def _check_fcm(settings: Settings) -> None:
     """The key file is a readable service-account key; the project comes from it unless
-    FCM_PROJECT_ID says otherwise; the other FCM settings only with a key."""
+    FCM_PROJECT_ID says otherwise; the CA file holds PEM certificates; the other FCM
+    settings only with a key."""
     if not settings.fcm_credentials_file:
-        for env, value in (("FCM_PROJECT_ID", settings.fcm_project_id), ("FCM_ENDPOINT", settings.fcm_endpoint)):
+        for env, value in (
+            ("FCM_PROJECT_ID", settings.fcm_project_id),
+            ("FCM_ENDPOINT", settings.fcm_endpoint),
+            ("FCM_CA_FILE", settings.fcm_ca_file),
+        ):
             if value:
                 raise ValueError(f"{env}: only with FCM_CREDENTIALS_FILE (without it: the bundled FCM simulator)")
         return
@@ -411,6 +417,14 @@ def _check_fcm(settings: Settings) -> None:
             raise ValueError("FCM_PROJECT_ID: needed, the key names no project_id")
         settings.fcm_project_id = project
     settings.fcm_endpoint = settings.fcm_endpoint.rstrip("/")
+    if settings.fcm_ca_file:
+        ca_file = Path(settings.fcm_ca_file)
+        if not (ca_file.is_file() and os.access(ca_file, os.R_OK)):
+            raise ValueError(f"FCM_CA_FILE: not a readable file: {ca_file}")
+        try:
+            ssl.create_default_context(cafile=settings.fcm_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"FCM_CA_FILE: not PEM certificates ({_tls_reason(exc)})") from None
 
 
 SIP_TLS_SETTINGS = {

@@ -1,19 +1,29 @@
 """The FCM simulator on its own, over real HTTP: Google's token endpoint checks the
 signed assertion; messages:send answers as FCM does; phones store one message per
-collapse key while offline."""
+collapse key while offline; over TLS, a CA of its own, also from `python -m fcmsim`."""
 
 from __future__ import annotations
 
+import os
+import ssl
+import stat
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
+import orjson
 import pytest
 
 from fcmsim import GOOGLE_TOKEN_URI, FCMSimulator, generate_service_account, new_token
 from fcmsim.accounts import JWT_BEARER
+from voip.push import FCMConfig, FCMNotifier, Outcome, Push, PushKind
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 
@@ -152,3 +162,83 @@ async def test_an_offline_phone_keeps_one_message_per_collapse_key(sim: FCMSimul
     ]
     fates = [sim.fate(record)["delivery"] for record in sim.messages]
     assert fates == ["dropped", "delivered", "delivered", "delivered", "dropped", "dropped", "dropped"]
+
+
+async def test_over_tls_it_serves_https_on_a_ca_of_its_own() -> None:
+    async with FCMSimulator(tls=True) as tls_sim:
+        assert tls_sim.endpoint == f"https://127.0.0.1:{tls_sim.port}"
+        assert tls_sim.create_service_account()["token_uri"] == f"{tls_sim.endpoint}/token"
+        assert tls_sim.trust(generate_service_account("sim-project", GOOGLE_TOKEN_URI))["token_uri"].startswith(
+            "https:"
+        )
+        ca_file = Path(tls_sim.ca_file)
+        trusting = ssl.create_default_context(cafile=ca_file)
+        # A client that offers h2, as the FCM sender does to Google, is answered in HTTP/1.1.
+        async with httpx.AsyncClient(base_url=tls_sim.endpoint, verify=trusting, http2=True) as client:
+            listed = await client.get("/sim/messages")
+            assert listed.status_code == 200 and listed.http_version == "HTTP/1.1"
+        for host in ("localhost", "127.0.0.1"):  # the certificate names both
+            async with httpx.AsyncClient(verify=trusting) as client:
+                assert (await client.get(f"https://{host}:{tls_sim.port}/sim/messages")).status_code == 200
+        async with httpx.AsyncClient(base_url=tls_sim.endpoint) as stranger:  # the default CAs
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await stranger.get("/sim/messages")
+    assert not ca_file.parent.exists()  # its own temporary directory, gone with it
+
+
+async def test_plain_http_has_no_ca_file(sim: FCMSimulator) -> None:
+    assert sim.endpoint.startswith("http://") and sim.token_uri.startswith("http://")
+    with pytest.raises(RuntimeError, match="not serving TLS"):
+        _ = sim.ca_file
+
+
+async def test_python_m_fcmsim_tls_serves_a_token_and_a_push_over_tls(tmp_path: Path) -> None:
+    """The simulator in a process of its own, as a test in another process or an
+    operator's FCM_* settings would use it."""
+    key_file = tmp_path / "key.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fcmsim", "--tls", "--dir", str(tmp_path / "tls"), "--key-file", str(key_file)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert process.stdout is not None
+        printed = dict(process.stdout.readline().strip().split("=", 1) for _ in range(2))
+        endpoint, ca_file = printed["FCM_ENDPOINT"], printed["FCM_CA_FILE"]
+        assert endpoint.startswith("https://127.0.0.1:") and ca_file == str(tmp_path / "tls" / "fcmsim-ca.pem")
+        key = orjson.loads(key_file.read_bytes())
+        assert key["token_uri"] == f"{endpoint}/token" and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        notifier = FCMNotifier(FCMConfig(project_id="sim-project", credentials=key, endpoint=endpoint, ca_file=ca_file))
+        try:
+            async with httpx.AsyncClient(base_url=endpoint, verify=ssl.create_default_context(cafile=ca_file)) as api:
+                phone = (await api.post("/sim/devices", json={})).json()
+                push = Push(
+                    PushKind.CANCEL,
+                    "call-1",
+                    {"platform": "android", "token": phone["token"]},
+                    time.time() + 5,
+                    reason="x",
+                )
+                result = await notifier.notify(push)
+                assert result.outcome is Outcome.ACCEPTED and notifier.tokens.refreshes == 1
+                inbox = (await api.get(f"/sim/devices/{phone['token']}")).json()["inbox"]
+                assert [m["name"] for m in inbox] == [result.message_id]
+        finally:
+            await notifier.aclose()
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0
+
+
+def test_python_m_fcmsim_wants_tls_for_dir(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "fcmsim", "--dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=30,
+    )
+    assert refused.returncode == 2 and "--dir: only with --tls" in refused.stderr

@@ -1,17 +1,21 @@
-"""The FCM sender against the FCM simulator over loopback HTTP: its access tokens, its
-answers judged, and a request that is never sent twice."""
+"""The FCM sender against the FCM simulator over loopback HTTP, and over TLS as to
+Google: its access tokens, its answers judged, a request that is never sent twice, and a
+certificate it does not trust."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fcmsim import Fault, FCMSimulator, new_token
+from simtls import generate_tls_material
 from voip.push import Caller, FCMConfig, FCMNotifier, Outcome, PlatformNotifiers, Push, PushKind
+from voip.push.fcm import UNTRUSTED
 from voip.push.fcm_auth import AccessTokenError, AccessTokens
 from voip.push.fcm_errors import judge, parse_error
 
@@ -40,6 +44,18 @@ async def make_notifier(sim: FCMSimulator) -> AsyncIterator[MakeNotifier]:
     yield make
     for notifier in made:
         await notifier.aclose()
+
+
+@pytest.fixture
+async def tls_sim(tmp_path: Path) -> AsyncIterator[FCMSimulator]:
+    async with FCMSimulator(tls=True, directory=tmp_path / "fcmsim") as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def other_ca(tmp_path: Path) -> str:
+    """A CA that signed nothing the simulators serve."""
+    return str(generate_tls_material(tmp_path / "other", issuer="other").ca_file)
 
 
 def invite(token: str, ttl: float = 5.0) -> Push:
@@ -122,6 +138,80 @@ async def test_a_refused_message_is_not_a_bad_token(sim: FCMSimulator, make_noti
     result = await notifier.notify(oversized)
     assert result.outcome is Outcome.REJECTED and result.drop_token is None and result.attempts == 0
     assert sim.messages == []
+
+
+async def test_over_tls_the_token_and_the_push_trust_the_ca_file(tls_sim: FCMSimulator) -> None:
+    key = tls_sim.create_service_account()
+    assert key["token_uri"] == f"{tls_sim.endpoint}/token" and tls_sim.endpoint.startswith("https://127.0.0.1:")
+    notifier = FCMNotifier(
+        FCMConfig(project_id="sim-project", credentials=key, endpoint=tls_sim.endpoint, ca_file=tls_sim.ca_file)
+    )
+    try:
+        phone = tls_sim.add_device()
+        result = await notifier.notify(invite(phone.token))
+        assert result.outcome is Outcome.ACCEPTED and result.attempts == 1
+        assert tls_sim.token_requests == 1 and [d.name for d in phone.inbox] == [result.message_id]
+    finally:
+        await notifier.aclose()
+
+
+@pytest.mark.parametrize("trust", ["another CA", "the default CAs"])
+async def test_a_token_endpoint_not_trusted_fails_the_push_at_once(
+    tls_sim: FCMSimulator, other_ca: str, trust: str
+) -> None:
+    ca_file = other_ca if trust == "another CA" else None
+    key = tls_sim.create_service_account()
+    notifier = FCMNotifier(
+        FCMConfig(project_id="sim-project", credentials=key, endpoint=tls_sim.endpoint, ca_file=ca_file)
+    )
+    try:
+        phone = tls_sim.add_device()
+        result = await notifier.notify(invite(phone.token, ttl=30))
+        # No retry until the deadline: a certificate refused is a configuration error.
+        assert result.outcome is Outcome.FAILED and result.reason == UNTRUSTED and result.attempts == 0
+        assert result.likely_cause is not None
+        assert f"the TLS certificate of the key's token_uri, {tls_sim.token_uri}, is not trusted" in result.likely_cause
+        assert "unable to get local issuer certificate" in result.likely_cause
+        trusted = f"FCM_CA_FILE={other_ca}" if ca_file else "the default CAs: no FCM_CA_FILE"
+        assert trusted in result.likely_cause
+        with pytest.raises(AccessTokenError) as refused:
+            await notifier.connect()  # readiness says the same
+        assert refused.value.untrusted_certificate
+        assert tls_sim.token_requests == 0 and tls_sim.messages == [] and phone.inbox == []
+    finally:
+        await notifier.aclose()
+
+
+async def test_an_fcm_endpoint_not_trusted_fails_the_push_at_once(tls_sim: FCMSimulator, tmp_path: Path) -> None:
+    """The token endpoint is trusted, FCM is not: the refusal names FCM_ENDPOINT."""
+    async with FCMSimulator(tls=True, directory=tmp_path / "elsewhere") as elsewhere:
+        key = tls_sim.create_service_account()
+        notifier = FCMNotifier(
+            FCMConfig(project_id="sim-project", credentials=key, endpoint=elsewhere.endpoint, ca_file=tls_sim.ca_file)
+        )
+        try:
+            result = await notifier.notify(invite(elsewhere.add_device().token, ttl=30))
+            assert result.outcome is Outcome.FAILED and result.reason == UNTRUSTED and result.attempts == 0
+            assert result.likely_cause == (
+                f"the TLS certificate of FCM_ENDPOINT, {elsewhere.endpoint}, is not trusted: "
+                f"unable to get local issuer certificate (trusting FCM_CA_FILE={tls_sim.ca_file})"
+            )
+            assert tls_sim.token_requests == 1 and elsewhere.messages == []
+        finally:
+            await notifier.aclose()
+
+
+async def test_the_ca_file_outranks_requests_ca_bundle(
+    tls_sim: FCMSimulator, other_ca: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests lets REQUESTS_CA_BUNDLE replace a session's own `verify`; FCM_CA_FILE
+    still decides what the token endpoint is checked against."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", other_ca)
+    tokens = AccessTokens(tls_sim.create_service_account(), ca_file=tls_sim.ca_file)
+    try:
+        assert (await tokens.header()).startswith("Bearer ya29.sim-") and tls_sim.token_requests == 1
+    finally:
+        tokens.close()
 
 
 def fcm_error(status: int, code: str, message: str = "", field: str | None = None) -> dict[str, Any]:

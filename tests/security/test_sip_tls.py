@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from apnsim.tls import TLSMaterial, generate_tls_material
+from simtls import TLSMaterial, generate_tls_material
 from tests import interop
 from tests.conftest import DeviceClient, RunningNode
 from tests.ports import free_port
@@ -77,12 +77,12 @@ class Phone:
 
 @pytest.fixture
 def node_tls(tmp_path: Path) -> TLSMaterial:
-    return generate_tls_material(tmp_path / "node-tls", hostnames=("localhost", DOMAIN))
+    return generate_tls_material(tmp_path / "node-tls", hostnames=("localhost", DOMAIN), issuer="node")
 
 
 @pytest.fixture
 def phone_tls(tmp_path: Path) -> TLSMaterial:
-    return generate_tls_material(tmp_path / "phone-tls")
+    return generate_tls_material(tmp_path / "phone-tls", issuer="phone")
 
 
 @pytest.fixture

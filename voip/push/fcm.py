@@ -10,7 +10,8 @@ Answers (`voip/push/fcm_errors.py`): 200 accepted; 404 / `UNREGISTERED` and an
 `INVALID_ARGUMENT` about the token drop the token; 429 and 5xx are retried with backoff
 (or after `Retry-After`) while the deadline allows, never after; 401 fetches a new
 access token once. A request written whose answer never came is not sent again: FCM
-may have taken it, and a push is never sent twice.
+may have taken it, and a push is never sent twice. A TLS certificate not trusted, FCM's
+or the token endpoint's, fails the push at once: no retry mends a configuration error.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import httpx
 import orjson
 import structlog
 
+from voip.log_throttle import RepeatedLog
 from voip.push import payloads
 from voip.push.fcm_auth import REFRESH_MARGIN, AccessTokenError, AccessTokens
 from voip.push.fcm_errors import FCMError, judge, parse_error
+from voip.push.fcm_tls import httpx_verify, refused_certificate, trusted
 from voip.push.interface import Environment, Outcome, Push, PushKind, PushResult, PushType, TokenDrop
 
 log = structlog.get_logger(__name__)
@@ -39,18 +42,22 @@ parser takes the lower-case names too, and the Firebase Admin SDKs send "high"."
 DATA_LIMIT = 4096
 """FCM refuses a message whose data (keys and values) is over 4 KB."""
 PLATFORM = "android"
+UNTRUSTED = "CertificateNotTrusted"
 
 
 @dataclass(frozen=True, kw_only=True)
 class FCMConfig:
-    """Settings FCM_CREDENTIALS_FILE (read into `credentials`), FCM_PROJECT_ID and
-    FCM_ENDPOINT map onto these fields."""
+    """Settings FCM_CREDENTIALS_FILE (read into `credentials`), FCM_PROJECT_ID,
+    FCM_ENDPOINT and FCM_CA_FILE map onto these fields."""
 
     project_id: str
     credentials: dict[str, Any] = field(repr=False)
     """The service-account key's JSON."""
     endpoint: str = GOOGLE_ENDPOINT
     """`scheme://host[:port]`; HTTP/2 over https, HTTP/1.1 over plain http (a simulator)."""
+    ca_file: str | None = None
+    """PEM CAs that FCM's and the token endpoint's certificates are checked against; None:
+    httpx's and requests's default bundle."""
     max_connections: int = 64
     response_timeout: float = 5.0
     """An attempt left unanswered this long is given up (and not sent again)."""
@@ -85,7 +92,7 @@ class FCMNotifier:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = config
-        self.tokens = AccessTokens(config.credentials, refresh_margin=config.refresh_margin)
+        self.tokens = AccessTokens(config.credentials, refresh_margin=config.refresh_margin, ca_file=config.ca_file)
         endpoint = config.endpoint.rstrip("/")
         self.url = f"{endpoint}/v1/projects/{config.project_id}/messages:send"
         self.client = httpx.AsyncClient(
@@ -94,9 +101,11 @@ class FCMNotifier:
                 max_connections=config.max_connections, max_keepalive_connections=config.max_connections
             ),
             timeout=httpx.Timeout(config.response_timeout),
+            verify=httpx_verify(config.ca_file),
             transport=transport,
         )
         self._rng = rng or random.Random()
+        self._untrusted = RepeatedLog(log, "fcm.certificate_not_trusted")
 
     async def connect(self) -> None:
         """Readiness: an access token in hand (the first push then pays no exchange)."""
@@ -209,6 +218,10 @@ class FCMNotifier:
             except TimeoutError:
                 return finish(Outcome.EXPIRED, "the deadline passed while fetching an access token")
             except AccessTokenError as exc:
+                if exc.untrusted_certificate:
+                    reason, status = UNTRUSTED, None
+                    self._untrusted.failed(traceback=False, cause=str(exc))
+                    return finish(Outcome.FAILED, f"no OAuth2 access token: {exc}")
                 reason, status = "AccessTokenError", None
                 cause = f"no OAuth2 access token from the key's token_uri: {exc}"
                 retry_after = None
@@ -222,6 +235,14 @@ class FCMNotifier:
                         timeout=min(self.config.response_timeout, left),
                     )
                 except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                    if (refused := refused_certificate(exc)) is not None:
+                        reason, status = UNTRUSTED, None
+                        cause = (
+                            f"the TLS certificate of FCM_ENDPOINT, {self.config.endpoint}, is not trusted: "
+                            f"{refused} ({trusted(self.config.ca_file)})"
+                        )
+                        self._untrusted.failed(traceback=False, cause=cause)
+                        return finish(Outcome.FAILED, cause)
                     # Nothing was written: FCM never saw it, so going again sends it once.
                     reason, status = type(exc).__name__, None
                     cause = "could not connect to FCM"
@@ -235,6 +256,7 @@ class FCMNotifier:
                 else:
                     attempts += 1
                     status = response.status_code
+                    self._untrusted.ok()
                     error: FCMError | None = None
                     if status == 200:
                         reason = None

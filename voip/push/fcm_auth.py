@@ -6,7 +6,8 @@ google-auth does the exchange: it signs the JWT-bearer assertion (RS256, the key
 synchronous (its `requests` transport), so it runs in a thread, once per token lifetime,
 one refresh at a time however many pushes wait for it. google-auth puts Google's own
 token endpoint in the assertion's `aud` whatever `token_uri` says; the bundled simulator
-(fcmsim) accepts that, as Google does.
+(fcmsim) accepts that, as Google does. The token endpoint's certificate is checked against
+FCM_CA_FILE when it is set (`voip/push/fcm_tls.py`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 
 import structlog
 from google.auth.exceptions import GoogleAuthError
-from google.auth.transport.requests import Request
 from google.oauth2 import service_account
+
+from voip.push.fcm_tls import TokenRequest, refused_certificate, trusted
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +35,11 @@ REQUIRED_FIELDS = ("type", "client_email", "private_key", "token_uri")
 
 class AccessTokenError(Exception):
     """No access token: the token endpoint refused the key, or could not be reached."""
+
+    def __init__(self, message: str, *, untrusted_certificate: bool = False) -> None:
+        super().__init__(message)
+        self.untrusted_certificate = untrusted_certificate
+        """The token endpoint's TLS certificate was refused: no retry mends that."""
 
 
 def check_service_account(info: Any) -> dict[str, Any]:
@@ -61,15 +68,18 @@ class AccessTokens:
         *,
         refresh_margin: float = REFRESH_MARGIN,
         clock: Callable[[], float] = time.time,
+        ca_file: str | None = None,
     ) -> None:
         self._credentials = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
         self.token_uri: str = info["token_uri"]
+        self.ca_file = ca_file
+        """The CAs the token endpoint's certificate is checked against (None: requests's default)."""
         self.refresh_margin = refresh_margin
         self._clock = clock
         self._header: str | None = None
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
-        self._request: Request | None = None
+        self._request: TokenRequest | None = None
         self.refreshes = 0
         """Tokens fetched so far (tests and the bench read it)."""
 
@@ -105,10 +115,17 @@ class AccessTokens:
 
     def _refresh(self) -> None:
         if self._request is None:
-            self._request = Request()
+            self._request = TokenRequest(self.ca_file)
         try:
             self._credentials.refresh(self._request)
-        except GoogleAuthError as exc:
+        except (GoogleAuthError, OSError) as exc:
+            # OSError: requests's own, for a CA file gone since start.
+            if (reason := refused_certificate(exc)) is not None:
+                raise AccessTokenError(
+                    f"the TLS certificate of the key's token_uri, {self.token_uri}, is not trusted: "
+                    f"{reason} ({trusted(self.ca_file)})",
+                    untrusted_certificate=True,
+                ) from None
             # google-auth's message quotes the token endpoint's error, never the key.
             raise AccessTokenError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
         expiry = self._credentials.expiry

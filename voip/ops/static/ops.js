@@ -210,10 +210,11 @@ function renderWebhooks(webhooks) {
   }));
 }
 
-// ---- the bundled APNs simulator ----------------------------------------------------
+// ---- the bundled APNs and FCM simulators -------------------------------------------
 
 function refreshSimulator() {
   api("/v1/ops/simulator/pushes").then(renderSimulator).catch(() => {});
+  api("/v1/ops/simulator/fcm").then(renderFCMSimulator).catch(() => {});
 }
 
 function renderSimulator(sim) {
@@ -231,9 +232,6 @@ function renderSimulator(sim) {
 function simulatorRow(push) {
   const payload = push.payload && typeof push.payload === "object" ? push.payload : {};
   const answer = push.status == null ? "no answer yet" : `${push.status}${push.reason ? ` ${push.reason}` : ""}`;
-  let became = push.delivery;
-  if (push.delivery === "delivered") became = push.late ? "delivered late" : push.stored ? "delivered when online" : "delivered";
-  if (push.delivery === "dropped" && push.cause) became = `dropped (${push.cause})`;
   const row = document.createElement("tr");
   row.dataset.apnsId = push.apns_id;
   row.append(
@@ -242,10 +240,60 @@ function simulatorRow(push) {
     cell(payload.call_id ? String(payload.call_id).slice(0, 8) : "", "id", payload.call_id || ""),
     cell(push.device_token_prefix || "", "id"),
     cell(answer, "answer"),
-    cell(became, "became"),
+    cell(became(push), "became"),
     cell(payload.status_url ? String(payload.status_url) : "", "url", payload.status_url || ""),
   );
   return row;
+}
+
+function renderFCMSimulator(sim) {
+  // A node with FCM credentials (or none, in production) has no FCM simulator to show.
+  $("fcm-simulator").hidden = !sim.simulator;
+  if (!sim.simulator) return;
+  $("fcm-note").textContent = sim.note;
+  $("fcm-count").textContent = String(sim.received);
+  $("fcm-messages").tBodies[0].replaceChildren(...sim.messages.map(fcmRow));
+  $("fcm-messages").hidden = sim.messages.length === 0;
+  $("fcm-empty").hidden = sim.messages.length > 0;
+}
+
+function fcmRow(message) {
+  const data = message.data && typeof message.data === "object" ? message.data : {};
+  const android = message.android && typeof message.android === "object" ? message.android : {};
+  const callId = shown(data.call_id);
+  const collapseKey = shown(android.collapse_key);
+  const answer = message.status == null ? "no answer yet"
+    : `${message.status}${message.error ? ` ${message.error}` : ""}`;
+  const row = document.createElement("tr");
+  row.dataset.index = String(message.index);
+  row.append(
+    cell(clock(message.received_at, true)),
+    cell(shown(data.type), "type"),
+    cell(callId.slice(0, 8), "id", callId),
+    cell(message.device_token_prefix || "", "id"),
+    cell(answer, "answer"),
+    cell(became(message), "became"),
+    cell([shown(android.ttl), collapseKey.slice(0, 8)].filter(Boolean).join(" · "), "android",
+      [android.ttl != null && `ttl ${shown(android.ttl)}`, collapseKey && `collapse_key ${collapseKey}`]
+        .filter(Boolean).join(", ")),
+    cell(shown(data.status_url), "url", shown(data.status_url)),
+  );
+  return row;
+}
+
+// What became of a push or a message, in both simulators' words.
+function became(sent) {
+  if (sent.delivery === "delivered") {
+    return sent.late ? "delivered late" : sent.stored ? "delivered when online" : "delivered";
+  }
+  if (sent.delivery === "dropped" && sent.cause) return `dropped (${sent.cause})`;
+  return sent.delivery;
+}
+
+// A refused message holds whatever its sender wrote, not only strings.
+function shown(value) {
+  if (value == null) return "";
+  return typeof value === "string" ? value : JSON.stringify(value);
 }
 
 // Redis came back without its data (the deployment epoch was lost): calls, devices and
