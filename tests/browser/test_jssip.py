@@ -25,7 +25,7 @@ from playwright.async_api import BrowserContext, Page
 from tests import interop
 from tests.chromium import chromium, screenshot
 from tests.conftest import DeviceClient, RunningNode
-from tests.sipcalls.conftest import ACCOUNTS, DOMAIN
+from tests.sipcalls.conftest import ACCOUNTS, DOMAIN, until_unbound
 
 pytestmark = pytest.mark.interop
 
@@ -228,11 +228,7 @@ async def test_closing_the_page_unregisters_the_softphone(sip_ws_node: RunningNo
     assert node.node.sip is not None
     assert await node.node.sip.registrar.bindings("carol")
     await carol.page.close()  # no un-REGISTER: the socket just ends
-    for _ in range(200):
-        if not await node.node.sip.registrar.bindings("carol"):
-            break
-        await asyncio.sleep(0.025)
-    assert await node.node.sip.registrar.bindings("carol") == {}
+    await until_unbound(node, "carol")
 
 
 async def test_jssip_gives_up_when_the_last_challenge_is_not_md5(

@@ -49,6 +49,16 @@ def sip_port(node: RunningNode) -> int:
     return node.node.sip.port
 
 
+async def until_unbound(node: RunningNode, user: str) -> None:
+    """Until `user` has no binding left on the node: the flows they were registered over ended."""
+    assert node.node.sip is not None
+    for _ in range(200):
+        if not await node.node.sip.registrar.bindings(user):
+            return
+        await asyncio.sleep(0.025)
+    assert await node.node.sip.registrar.bindings(user) == {}
+
+
 def start_sipp(args: list[str], cwd: Path, timeout: float = 30) -> asyncio.Task[tuple[int, str]]:
     """sipp in the background, tracing its messages (`messages_log`)."""
     cwd.mkdir(parents=True, exist_ok=True)
