@@ -21,14 +21,11 @@ not accepted.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +33,8 @@ import httpx
 import orjson
 
 from bench.noise import Noise
-from bench.procs import ROOT, cpu_plan, cpu_seconds
+from bench.procs import ROOT, cpu_plan, cpu_seconds, wait_or_kill
+from bench.rounds import Plan, Round, Send, closed_loop, interleaved
 from bench.stats import median, ratio
 from fcmsim import new_token
 from voip.push import Caller, FCMConfig, FCMNotifier, Outcome, Push, PushKind
@@ -46,35 +44,8 @@ TOKENS = 64
 CONNECTIONS = 16
 
 
-@dataclass(frozen=True)
-class Plan:
-    rounds: int
-    seconds: float
-    warmup: float
-    concurrency: tuple[int, ...]
-
-
 FULL = Plan(rounds=3, seconds=5, warmup=1, concurrency=(1, 16))
 QUICK = Plan(rounds=1, seconds=3, warmup=0.5, concurrency=(16,))
-
-
-@dataclass(frozen=True)
-class Round:
-    client: str
-    concurrency: int
-    sends: int
-    failed: int
-    seconds: float
-    cpu: float
-    sim_cpu: float
-
-    @property
-    def per_second(self) -> float:
-        return self.sends / self.seconds
-
-    @property
-    def cpu_us(self) -> float:
-        return self.cpu / max(self.sends, 1) * 1e6
 
 
 class Simulator:
@@ -105,39 +76,7 @@ class Simulator:
 
     def stop(self) -> None:
         self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-async def _round(
-    name: str, send: Callable[[int], Awaitable[bool]], concurrency: int, seconds: float, sim: Simulator
-) -> Round:
-    ok = failed = 0
-    counter = iter(range(10**12))
-    stop = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal ok, failed
-        while time.perf_counter() < stop:
-            if await send(next(counter)):
-                ok += 1
-            else:
-                failed += 1
-
-    sim_cpu, cpu, began = sim.cpu(), time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Round(
-        name,
-        concurrency,
-        ok,
-        failed,
-        time.perf_counter() - began,
-        time.process_time() - cpu,
-        sim.cpu() - sim_cpu,
-    )
+        wait_or_kill(self.process)
 
 
 async def measure(sim: Simulator, plan: Plan) -> list[Round]:
@@ -180,20 +119,18 @@ async def measure(sim: Simulator, plan: Plan) -> list[Round]:
         response = await bare.post(url, content=bodies[i % TOKENS], headers=headers)
         return response.status_code == 200
 
+    async def measured(name: str, send: Send, concurrency: int) -> Round:
+        sim_cpu = sim.cpu()
+        loop = await closed_loop(send, concurrency, plan.seconds)
+        return Round(name, concurrency, loop.ok, loop.failed, loop.seconds, loop.cpu_s, sim.cpu() - sim_cpu)
+
     clients = {"FCMNotifier.notify": ours, "bare httpx": theirs}
-    rounds: list[Round] = []
     try:
-        for concurrency in plan.concurrency:
-            for name, send in clients.items():  # warm every connection up
-                await _round(name, send, concurrency, plan.warmup, sim)
-            for index in range(plan.rounds):
-                order = list(clients.items()) if index % 2 == 0 else list(reversed(clients.items()))
-                for name, send in order:
-                    rounds.append(await _round(name, send, concurrency, plan.seconds, sim))
+        # The warm-up opens every connection.
+        return await interleaved(clients, plan, measured, alternate=True)
     finally:
         await notifier.aclose()
         await bare.aclose()
-    return rounds
 
 
 def report(rounds: list[Round]) -> list[str]:
@@ -208,16 +145,16 @@ def report(rounds: list[Round]) -> list[str]:
             if r.concurrency == concurrency:
                 by_client.setdefault(r.client, []).append(r)
         for name, mine in by_client.items():
-            sim_us = median([r.sim_cpu / max(r.sends, 1) * 1e6 for r in mine])
+            sim_us = median([r.sim_us_per_send for r in mine])
             lines.append(
-                f"| {name} | {concurrency} | {median([r.per_second for r in mine]):.0f} | "
-                f"{median([r.cpu_us for r in mine]):.0f} | {sim_us:.0f} | {sum(r.failed for r in mine)} |"
+                f"| {name} | {concurrency} | {median([r.rate for r in mine]):.0f} | "
+                f"{median([r.cpu_us_per_send for r in mine]):.0f} | {sim_us:.0f} | {sum(r.failed for r in mine)} |"
             )
         ours, bare = by_client["FCMNotifier.notify"], by_client["bare httpx"]
         lines.append(
             f"| ratio ours/bare | {concurrency} | "
-            f"{ratio(median([r.per_second for r in ours]), median([r.per_second for r in bare])):.2f} x | "
-            f"{ratio(median([r.cpu_us for r in ours]), median([r.cpu_us for r in bare])):.2f} x | | |"
+            f"{ratio(median([r.rate for r in ours]), median([r.rate for r in bare])):.2f} x | "
+            f"{ratio(median([r.cpu_us_per_send for r in ours]), median([r.cpu_us_per_send for r in bare])):.2f} x | | |"
         )
     return lines
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import secrets
 import subprocess
@@ -52,8 +51,11 @@ from apnsim import client_ssl_context
 from bench import devices
 from bench.apns_sim import runq_seconds
 from bench.noise import Noise
-from bench.procs import ROOT, Cluster, NodeProcess, cpu_plan
+from bench.procs import ROOT, Cluster, NodeProcess, cpu_plan, wait_or_kill
 from bench.profile import Spy, spy_on
+from bench.rounds import Plan as BasePlan
+from bench.rounds import Round as BaseRound
+from bench.rounds import Send, closed_loop, interleaved
 from bench.setup_latency import _paced
 from bench.stats import median, percentile, ratio
 from voip.auth import Authenticator
@@ -72,11 +74,7 @@ TARGET_P50_MS = 5.0
 
 
 @dataclass(frozen=True)
-class Plan:
-    rounds: int
-    seconds: float
-    warmup: float
-    concurrency: tuple[int, ...]
+class Plan(BasePlan):
     rates: tuple[tuple[float, int], ...]  # (calls per second, calls)
 
 
@@ -123,11 +121,7 @@ class SimProcess:
         if self.process.poll() is None:
             assert self.process.stdin is not None
             self.process.stdin.close()  # EOF: GOAWAY and exit
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            wait_or_kill(self.process)
 
 
 # part 1: the bare client
@@ -221,29 +215,10 @@ class BareH2(asyncio.Protocol):
 CLIENTS = ("bare h2", "bare h2, lean", "APNsNotifier.send")
 
 
-@dataclass
-class Round:
-    client: str
-    concurrency: int
-    pushes: int
-    failed: int
-    seconds: float
-    client_cpu_s: float
-    sim_cpu_s: float
-    client_runq_s: float
+@dataclass(frozen=True)
+class Round(BaseRound):
+    client_runq_s: float  # runnable but waiting for a CPU
     sim_runq_s: float
-
-    @property
-    def rate(self) -> float:
-        return self.pushes / self.seconds
-
-    @property
-    def client_us_per_push(self) -> float:
-        return self.client_cpu_s / max(1, self.pushes) * 1e6
-
-    @property
-    def sim_us_per_push(self) -> float:
-        return self.sim_cpu_s / max(1, self.pushes) * 1e6
 
 
 def _requests(auth: Authenticator) -> list[PushRequest]:
@@ -266,27 +241,6 @@ def _requests(auth: Authenticator) -> list[PushRequest]:
             )
         )
     return out
-
-
-async def _closed_loop(
-    send: Callable[[int], Awaitable[bool]], concurrency: int, seconds: float
-) -> tuple[int, int, float, float]:
-    """`concurrency` sends in flight until `seconds` are up: (ok, failed, wall s, CPU s)."""
-    counter = itertools.count()
-    ok = failed = 0
-    stop = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal ok, failed
-        while time.perf_counter() < stop:
-            if await send(next(counter)):
-                ok += 1
-            else:
-                failed += 1
-
-    cpu, began = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return ok, failed, time.perf_counter() - began, time.process_time() - cpu
 
 
 async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
@@ -338,30 +292,26 @@ async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
     for send in clients.values():  # authenticate every connection: the stream limit goes 1 -> 1000
         if not await send(0):
             raise RuntimeError(f"the simulator refused the first push: {sim.ask('receipts')[:1]}")
-    rounds: list[Round] = []
+
+    async def measured(name: str, send: Send, concurrency: int) -> Round:
+        sim.ask("clear")
+        before, runq = sim.ask("stats"), runq_seconds()
+        loop = await closed_loop(send, concurrency, plan.seconds)
+        after = sim.ask("stats")
+        return Round(
+            name,
+            concurrency,
+            loop.ok,
+            loop.failed,
+            loop.seconds,
+            loop.cpu_s,
+            after["cpu_s"] - before["cpu_s"],
+            runq_seconds() - runq,
+            after["runq_s"] - before["runq_s"],
+        )
+
     try:
-        for concurrency in plan.concurrency:
-            for send in clients.values():
-                await _closed_loop(send, concurrency, plan.warmup)
-            for _ in range(plan.rounds):
-                for name, send in clients.items():  # interleaved: both see the same machine
-                    sim.ask("clear")
-                    before, runq = sim.ask("stats"), runq_seconds()
-                    ok, failed, wall, cpu = await _closed_loop(send, concurrency, plan.seconds)
-                    after = sim.ask("stats")
-                    rounds.append(
-                        Round(
-                            name,
-                            concurrency,
-                            ok,
-                            failed,
-                            wall,
-                            cpu,
-                            after["cpu_s"] - before["cpu_s"],
-                            runq_seconds() - runq,
-                            after["runq_s"] - before["runq_s"],
-                        )
-                    )
+        rounds = await interleaved(clients, plan, measured)
         connections = sim.ask("stats")["connections"]
         if connections != len(clients):
             print(f"# note: the simulator saw {connections} connections (one per client expected)")
@@ -376,7 +326,7 @@ async def throughput(sim: SimProcess, plan: Plan) -> list[Round]:
 def summary(rounds: list[Round], client: str, concurrency: int) -> tuple[Round, float]:
     """A client's median round by pushes/s, and its median CPU per push (us) over the rounds."""
     mine = [r for r in rounds if r.client == client and r.concurrency == concurrency]
-    return sorted(mine, key=lambda r: r.rate)[len(mine) // 2], median([r.client_us_per_push for r in mine])
+    return sorted(mine, key=lambda r: r.rate)[len(mine) // 2], median([r.cpu_us_per_send for r in mine])
 
 
 def throughput_report(rounds: list[Round], plan: Plan) -> list[str]:
@@ -394,14 +344,14 @@ def throughput_report(rounds: list[Round], plan: Plan) -> list[str]:
         for name in CLIENTS:
             mine = [r for r in rounds if r.client == name and r.concurrency == concurrency]
             mid, cpu = summary(rounds, name, concurrency)
-            sim_cpu = median([r.sim_us_per_push for r in mine])
+            sim_cpu = median([r.sim_us_per_send for r in mine])
             if baseline is None:
                 baseline = mid
                 base_cpu = cpu
             lines.append(
                 f"{name:<19}{concurrency:>10}{mid.rate:>9.0f}{ratio(mid.rate, baseline.rate):>7.2f}"
                 f"{cpu:>11.0f}{ratio(cpu, base_cpu):>7.2f}{sim_cpu:>9.0f}"
-                f"{mid.client_cpu_s / mid.seconds:>8.0%}{mid.sim_cpu_s / mid.seconds:>6.0%}"
+                f"{mid.cpu_s / mid.seconds:>8.0%}{mid.sim_cpu_s / mid.seconds:>6.0%}"
                 f"{mid.client_runq_s / mid.seconds:>8.0%}{mid.sim_runq_s / mid.seconds:>6.0%}"
                 f"{sum(r.failed for r in mine):>7}   " + " ".join(f"{r.rate:.0f}" for r in mine)
             )

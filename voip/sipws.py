@@ -18,12 +18,12 @@ import contextlib
 from typing import NamedTuple
 
 import structlog
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from sip.endpoint import WebSocketFlow
 from voip import metrics
 from voip.node import Node
-from voip.ws import refuse
+from voip.ws import receive_frame, refuse
 
 log = structlog.get_logger(__name__)
 
@@ -127,17 +127,7 @@ class SipSocket:
 
     async def _read(self) -> None:
         limit = self.node.settings.ws_max_frame_bytes
-        while self.closing is None:
-            try:
-                event = await self.websocket.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return
-            if event["type"] == "websocket.disconnect":
-                return
-            text = event.get("text")
-            frame = text if text is not None else event.get("bytes")
-            if frame is None:
-                continue
+        while self.closing is None and (frame := await receive_frame(self.websocket)) is not None:
             if len(frame) > limit:  # the server's own cap normally closes first
                 self.flow.close(CLOSE_TOO_BIG, "frame too large")
                 return

@@ -152,7 +152,7 @@ def _authenticate(websocket: WebSocket, node: Node) -> Principal:
 
 def _request_id(frame: Any) -> Any:
     """The id a reply echoes: a frame's `id` if it is a string or an integer. `frame` is
-    a parsed frame or a text frame (None for a binary one)."""
+    a parsed frame or a frame as received (a binary one has none)."""
     if isinstance(frame, str):
         try:
             frame = orjson.loads(frame)
@@ -174,6 +174,21 @@ async def refuse(websocket: WebSocket, status: int, message: str) -> None:
         await websocket.send_denial_response(JSONResponse(body, status_code=status))
     else:
         await websocket.close(code=CLOSE_POLICY, reason=message)
+
+
+async def receive_frame(websocket: WebSocket) -> str | bytes | None:
+    """An accepted socket's next frame, text or binary; None once the socket has ended."""
+    while True:
+        try:
+            event = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if event["type"] == "websocket.disconnect":
+            return None
+        text = event.get("text")
+        frame: str | bytes | None = text if text is not None else event.get("bytes")
+        if frame is not None:
+            return frame
 
 
 async def device_socket(websocket: WebSocket) -> None:
@@ -448,17 +463,7 @@ class DeviceConnection:
 
     async def _read(self) -> None:
         limit = self.node.settings.ws_max_frame_bytes
-        while True:
-            try:
-                event = await self.websocket.receive()
-            except (WebSocketDisconnect, RuntimeError):
-                return
-            if event["type"] == "websocket.disconnect":
-                return
-            data = event.get("text")
-            frame = data if data is not None else event.get("bytes")
-            if frame is None:
-                continue
+        while (frame := await receive_frame(self.websocket)) is not None:
             if len(frame) > limit:  # the server's own cap normally closes first
                 self._close_after_queued(CLOSE_TOO_BIG, "frame too large")
                 return
@@ -469,15 +474,15 @@ class DeviceConnection:
                     self._close_after_queued(CLOSE_POLICY, "too many frames")
                     return
                 # The id says which request to retry; parsing is bounded by the close above.
-                await self.send(error_frame("rate_limited", "too many frames; slow down", _request_id(data)))
+                await self.send(error_frame("rate_limited", "too many frames; slow down", _request_id(frame)))
                 continue
             self.refused_in_a_row = 0
-            if data is None:
+            if isinstance(frame, bytes):
                 await self.send(error_frame("bad_frame", "binary frames are not accepted"))
                 continue
             self._handling = True
             try:
-                reply = await self._handle(data)
+                reply = await self._handle(frame)
             finally:
                 self._handling = False
             if reply is not None:

@@ -20,33 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Page, async_playwright
+from playwright.async_api import BrowserContext, Page
 
 from tests import interop
+from tests.chromium import chromium, screenshot
 from tests.conftest import DeviceClient, RunningNode
-from tests.sipcalls.conftest import ACCOUNTS, DOMAIN
+from tests.sipcalls.conftest import ACCOUNTS, DOMAIN, until_unbound
 
 pytestmark = pytest.mark.interop
 
 HERE = Path(__file__).resolve().parent
 ESBUILD = HERE / "node_modules" / ".bin" / "esbuild"
 JSSIP = HERE / "node_modules" / "jssip" / "lib" / "JsSIP.js"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
+# Fake media devices; signalling only: no ICE candidates, so no media packets leave the page.
+MEDIA = [
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
-    # Signalling only: no ICE candidates, so no media packets leave the page.
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +73,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    interop.started("chromium")
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=ARGS, headless=True
-        )
+    async with chromium(tmp_path / "profile", args=MEDIA) as context:
         yield context
-        await context.close()
 
 
 @pytest.fixture
@@ -128,7 +114,8 @@ class Softphone:
         await self.page.evaluate("window.events.length = 0")
 
 
-async def softphone(browser: BrowserContext, site: str, node: RunningNode, user: str) -> Softphone:
+async def open_softphone(browser: BrowserContext, site: str, node: RunningNode, user: str) -> Softphone:
+    """A page whose JsSIP starts registering `user` at the node's `/v1/sip`."""
     page = await browser.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(str(e)))
@@ -138,9 +125,21 @@ async def softphone(browser: BrowserContext, site: str, node: RunningNode, user:
         "([url, uri, password]) => window.start(url, uri, password)",
         [ws_url, f"sip:{user}@{DOMAIN}", ACCOUNTS[user]],
     )
-    phone = Softphone(page, problems)
+    return Softphone(page, problems)
+
+
+@pytest.fixture
+async def carol(sip_ws_node: RunningNode, browser: BrowserContext, site: str) -> Softphone:
+    """carol's softphone, registered."""
+    phone = await open_softphone(browser, site, sip_ws_node, "carol")
     await phone.until("registered")
     return phone
+
+
+@pytest.fixture
+async def alice(sip_ws_node: RunningNode, carol: Softphone) -> DeviceClient:
+    """alice's app, connected once carol's softphone is registered."""
+    return await sip_ws_node.device("alice", "a-phone")
 
 
 async def app_calls_softphone(alice: DeviceClient, carol: Softphone) -> str:
@@ -163,15 +162,22 @@ async def softphone_calls_app(alice: DeviceClient, carol: Softphone) -> dict[str
     return incoming
 
 
+async def app_answers_softphone(alice: DeviceClient, carol: Softphone) -> str:
+    """The softphone calls the app user, who answers: the call's id once JsSIP sent its ACK."""
+    incoming = await softphone_calls_app(alice, carol)
+    answer = await carol.page.evaluate("offer => window.appAnswer(offer)", incoming["sdp"])
+    await alice.request({"type": "call.answer", "call_id": incoming["call_id"], "sdp": answer})
+    await carol.until("confirmed", originator="local")  # its own ACK
+    return str(incoming["call_id"])
+
+
 async def test_jssip_registers_then_takes_a_call_and_the_app_hangs_up(
-    sip_ws_node: RunningNode, browser: BrowserContext, site: str
+    sip_ws_node: RunningNode, carol: Softphone, alice: DeviceClient
 ) -> None:
     node = sip_ws_node
     assert node.node.sip is not None
-    carol = await softphone(browser, site, node, "carol")
     (binding,) = (await node.node.sip.registrar.bindings("carol")).values()
     assert binding.transport == "WS" and binding.contact.endswith(".invalid;transport=ws")
-    alice = await node.device("alice", "a-phone")
 
     call_id = await app_calls_softphone(alice, carol)
     await carol.page.evaluate("window.answer()")
@@ -184,48 +190,23 @@ async def test_jssip_registers_then_takes_a_call_and_the_app_hangs_up(
     assert (await carol.until("ended"))["originator"] == "remote"
     timeline = await node.timeline(call_id, lambda t: any(e.get("received") == 200 for e in t))
     assert any(e.get("event") == "sip" and e.get("direction") == "fork" for e in timeline)
-    await _save(carol, "jssip-takes-a-call")
+    await screenshot(carol.page, "jssip-takes-a-call")
 
 
-async def test_jssip_calls_an_app_user_who_answers_then_jssip_hangs_up(
-    sip_ws_node: RunningNode, browser: BrowserContext, site: str
-) -> None:
-    node = sip_ws_node
-    carol = await softphone(browser, site, node, "carol")
-    alice = await node.device("alice", "a-phone")
-
-    incoming = await softphone_calls_app(alice, carol)
-    answer = await carol.page.evaluate("offer => window.appAnswer(offer)", incoming["sdp"])
-    await alice.request({"type": "call.answer", "call_id": incoming["call_id"], "sdp": answer})
-    await carol.until("confirmed", originator="local")  # its own ACK
-
+async def test_jssip_calls_an_app_user_who_answers_then_jssip_hangs_up(carol: Softphone, alice: DeviceClient) -> None:
+    call_id = await app_answers_softphone(alice, carol)
     await carol.page.evaluate("window.hangUp()")
-    await alice.expect("call.ended", call_id=incoming["call_id"])
+    await alice.expect("call.ended", call_id=call_id)
     assert (await carol.until("ended"))["originator"] == "local"
 
 
-async def test_jssip_calls_and_the_app_user_hangs_up(
-    sip_ws_node: RunningNode, browser: BrowserContext, site: str
-) -> None:
-    node = sip_ws_node
-    carol = await softphone(browser, site, node, "carol")
-    alice = await node.device("alice", "a-phone")
-
-    incoming = await softphone_calls_app(alice, carol)
-    answer = await carol.page.evaluate("offer => window.appAnswer(offer)", incoming["sdp"])
-    await alice.request({"type": "call.answer", "call_id": incoming["call_id"], "sdp": answer})
-    await carol.until("confirmed")
-    await alice.request({"type": "call.hangup", "call_id": incoming["call_id"]})
+async def test_jssip_calls_and_the_app_user_hangs_up(carol: Softphone, alice: DeviceClient) -> None:
+    call_id = await app_answers_softphone(alice, carol)
+    await alice.request({"type": "call.hangup", "call_id": call_id})
     assert (await carol.until("ended"))["originator"] == "remote"
 
 
-async def test_jssip_cancels_while_the_app_user_rings(
-    sip_ws_node: RunningNode, browser: BrowserContext, site: str
-) -> None:
-    node = sip_ws_node
-    carol = await softphone(browser, site, node, "carol")
-    alice = await node.device("alice", "a-phone")
-
+async def test_jssip_cancels_while_the_app_user_rings(carol: Softphone, alice: DeviceClient) -> None:
     incoming = await softphone_calls_app(alice, carol)
     await carol.page.evaluate("window.hangUp()")  # before an answer: a CANCEL
     await alice.expect("call.cancelled", call_id=incoming["call_id"])
@@ -234,13 +215,7 @@ async def test_jssip_cancels_while_the_app_user_rings(
     assert await carol.count("confirmed") == 0
 
 
-async def test_the_app_user_cancels_while_jssip_rings(
-    sip_ws_node: RunningNode, browser: BrowserContext, site: str
-) -> None:
-    node = sip_ws_node
-    carol = await softphone(browser, site, node, "carol")
-    alice = await node.device("alice", "a-phone")
-
+async def test_the_app_user_cancels_while_jssip_rings(carol: Softphone, alice: DeviceClient) -> None:
     call_id = await app_calls_softphone(alice, carol)
     await alice.request({"type": "call.hangup", "call_id": call_id})
     failed = await carol.until("failed")
@@ -248,24 +223,12 @@ async def test_the_app_user_cancels_while_jssip_rings(
     assert await carol.count("confirmed") == 0
 
 
-async def test_closing_the_page_unregisters_the_softphone(
-    sip_ws_node: RunningNode, browser: BrowserContext, site: str
-) -> None:
+async def test_closing_the_page_unregisters_the_softphone(sip_ws_node: RunningNode, carol: Softphone) -> None:
     node = sip_ws_node
     assert node.node.sip is not None
-    carol = await softphone(browser, site, node, "carol")
     assert await node.node.sip.registrar.bindings("carol")
     await carol.page.close()  # no un-REGISTER: the socket just ends
-    for _ in range(200):
-        if not await node.node.sip.registrar.bindings("carol"):
-            break
-        await asyncio.sleep(0.025)
-    assert await node.node.sip.registrar.bindings("carol") == {}
-
-
-async def _save(phone: Softphone, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await phone.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    await until_unbound(node, "carol")
 
 
 async def test_jssip_gives_up_when_the_last_challenge_is_not_md5(
@@ -280,13 +243,7 @@ async def test_jssip_gives_up_when_the_last_challenge_is_not_md5(
         sip_accounts=ACCOUNTS,
         sip_digest_algorithms=["MD5", "SHA-256"],
     )
-    page = await browser.new_page()
-    await page.goto(site)
-    ws_url = node.base_url.replace("http://", "ws://") + "/v1/sip"
-    await page.evaluate(
-        "([url, uri, password]) => window.start(url, uri, password)",
-        [ws_url, f"sip:carol@{DOMAIN}", ACCOUNTS["carol"]],
-    )
-    failed = await Softphone(page, []).until("registrationFailed")
+    carol = await open_softphone(browser, site, node, "carol")
+    failed = await carol.until("registrationFailed")
     assert failed["cause"] == "Authentication Error"
     assert node.node.sip is not None and await node.node.sip.registrar.bindings("carol") == {}

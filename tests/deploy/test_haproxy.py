@@ -8,7 +8,6 @@ import asyncio
 import csv
 import io
 import os
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -76,9 +75,7 @@ async def nodes(node_factory: Any) -> list[RunningNode]:
 
 @pytest.fixture
 async def balancer(nodes: list[RunningNode], tmp_path: Path) -> AsyncIterator[Balancer]:
-    interop.started("haproxy")
-    binary = shutil.which("haproxy")
-    assert binary, "haproxy is not installed (python3 dev.py test installs Debian's haproxy)"
+    binary = interop.program("haproxy", "haproxy")
     port = free_port()
     env = {
         **os.environ,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests import interop
 from tests.conftest import DeviceClient, RunningNode
 from tests.kamailio import Kamailio
 from tests.ports import free_port
@@ -26,7 +27,7 @@ from tests.sipcalls.conftest import (
     start_sipp,
 )
 from tests.sipcalls.test_baresip import CONFIG as BARESIP_CONFIG
-from tests.sipcalls.test_baresip import baresip_binary, baresip_sip_port
+from tests.sipcalls.test_baresip import baresip_sip_port
 from voip.sipcalls.legs import OutboundLeg
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -55,6 +56,15 @@ def confirmed(nodes: list[RunningNode], call_id: str) -> bool:
     )
 
 
+async def until_confirmed(kamailio: Kamailio, nodes: list[RunningNode], call_id: str) -> None:
+    """Until the peer's ACK, through Kamailio, confirmed the dialog on its node."""
+    for _ in range(100):
+        if confirmed(nodes, call_id):
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"no ACK reached the node:\n{kamailio.log()}")
+
+
 async def sip_nodes_of(nodes: list[RunningNode], call_id: str) -> set[str]:
     for node in nodes:  # each node writes its own SIP notes, in batches
         await node.node.deliveries.flush()
@@ -62,15 +72,30 @@ async def sip_nodes_of(nodes: list[RunningNode], call_id: str) -> set[str]:
     return {e["node"] for e in timeline if e["event"] == "sip"}
 
 
+async def peer_calls_alice(
+    kamailio: Kamailio, node: RunningNode, scenario: str, directory: Path
+) -> tuple[DeviceClient, asyncio.Task[tuple[int, str]], dict[str, Any]]:
+    """alice's app on `node`; sipp calls her through Kamailio with `scenario`, run in
+    `directory`: her app, sipp, and her call.incoming."""
+    alice = await node.device("alice", "alice-phone")
+    sipp = start_sipp(uac(kamailio, str(SCENARIOS / scenario)), directory)
+    return alice, sipp, await alice.expect("call.incoming", timeout=10)
+
+
+async def alice_answers_peer(
+    kamailio: Kamailio, node: RunningNode, scenario: str, directory: Path
+) -> tuple[DeviceClient, asyncio.Task[tuple[int, str]], str]:
+    """`peer_calls_alice`, and her app answers: her app, sipp, and the call's id."""
+    alice, sipp, incoming = await peer_calls_alice(kamailio, node, scenario, directory)
+    await alice.request({"type": "call.answer", "call_id": incoming["call_id"], "sdp": APP_SDP})
+    return alice, sipp, incoming["call_id"]
+
+
 async def test_a_peer_call_stays_on_one_node_and_its_bye_follows_record_route(
     cluster: tuple[Kamailio, list[RunningNode]], tmp_path: Path
 ) -> None:
     kamailio, nodes = cluster
-    alice = await nodes[1].device("alice", "alice-phone")
-    sipp = start_sipp(uac(kamailio, str(SCENARIOS / "peer_calls_app_answers.xml")), tmp_path / "sipp")
-    incoming = await alice.expect("call.incoming", timeout=10)
-    call_id = incoming["call_id"]
-    await alice.request({"type": "call.answer", "call_id": call_id, "sdp": APP_SDP})
+    alice, sipp, call_id = await alice_answers_peer(kamailio, nodes[1], "peer_calls_app_answers.xml", tmp_path / "sipp")
     ended = await alice.expect("call.ended", timeout=10, call_id=call_id)
     assert ended["reason"] == "remote_ended"
     await finished(sipp)
@@ -86,17 +111,10 @@ async def test_the_app_hangs_up_and_the_bye_goes_back_through_kamailio(
     cluster: tuple[Kamailio, list[RunningNode]], tmp_path: Path
 ) -> None:
     kamailio, nodes = cluster
-    alice = await nodes[0].device("alice", "alice-phone")
-    sipp = start_sipp(uac(kamailio, str(SCENARIOS / "peer_calls_app_hangs_up.xml")), tmp_path / "sipp")
-    incoming = await alice.expect("call.incoming", timeout=10)
-    call_id = incoming["call_id"]
-    await alice.request({"type": "call.answer", "call_id": call_id, "sdp": APP_SDP})
-    for _ in range(100):  # until the peer's ACK, through Kamailio, confirmed the dialog on its node
-        if confirmed(nodes, call_id):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail(f"no ACK reached the node:\n{kamailio.log()}")
+    alice, sipp, call_id = await alice_answers_peer(
+        kamailio, nodes[0], "peer_calls_app_hangs_up.xml", tmp_path / "sipp"
+    )
+    await until_confirmed(kamailio, nodes, call_id)
     assert (await alice.request({"type": "call.hangup", "call_id": call_id}))["state"] == "ended"
     await finished(sipp)
     timeline = await nodes[0].timeline(call_id, lambda t: any(e.get("sent") == "BYE" for e in t))
@@ -109,9 +127,7 @@ async def test_the_peer_cancels_and_the_cancel_follows_its_invite(
     cluster: tuple[Kamailio, list[RunningNode]], tmp_path: Path
 ) -> None:
     kamailio, nodes = cluster
-    alice = await nodes[0].device("alice", "alice-phone")
-    sipp = start_sipp(uac(kamailio, str(SCENARIOS / "peer_cancels.xml")), tmp_path / "sipp")
-    incoming = await alice.expect("call.incoming", timeout=10)
+    alice, sipp, incoming = await peer_calls_alice(kamailio, nodes[0], "peer_cancels.xml", tmp_path / "sipp")
     await alice.request({"type": "call.ringing", "call_id": incoming["call_id"]})
     cancelled = await alice.expect("call.cancelled", timeout=10, call_id=incoming["call_id"])
     assert cancelled["reason"] == "remote_ended"
@@ -143,7 +159,7 @@ async def desk_phone(kamailio: Kamailio, directory: Path) -> AsyncIterator[DeskP
     (directory / "accounts").write_text(DESK_PHONE_ACCOUNT.format(kamailio=kamailio.port))
     with (directory / "baresip.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            baresip_binary(),
+            interop.program("baresip", "baresip"),
             "-f",
             str(directory),
             "-t",
@@ -195,9 +211,12 @@ async def registered_through(kamailio: Kamailio, nodes: list[RunningNode], phone
 
 
 async def answered_by_phone(
-    kamailio: Kamailio, nodes: list[RunningNode], holder: RunningNode, device_id: str
-) -> tuple[DeviceClient, str]:
-    """Bob, on the node without the binding, calls alice; her phone answers through Kamailio."""
+    kamailio: Kamailio, nodes: list[RunningNode], phone: DeskPhone
+) -> tuple[RunningNode, DeviceClient, str]:
+    """Once the phone registered through Kamailio, bob, on the node without its binding,
+    calls alice; her phone answers through Kamailio. The node with the binding, bob's app,
+    the call's id."""
+    holder, device_id = await registered_through(kamailio, nodes, phone)
     other = next(n for n in nodes if n is not holder)
     bob = await other.device("bob", "bob-phone")
     call_id = (await bob.request({"type": "call.start", "callee": "alice"}))["call_id"]
@@ -212,7 +231,7 @@ async def answered_by_phone(
     assert isinstance(leg, OutboundLeg)
     ftag = leg.invite.from_.params["tag"]
     assert [str(hop.uri) for hop in leg.dialog.route_set] == [f"sip:127.0.0.1:{kamailio.port};lr=on;ftag={ftag}"]
-    return bob, call_id
+    return holder, bob, call_id
 
 
 async def sent_bye(node: RunningNode, call_id: str) -> dict[str, Any]:
@@ -229,8 +248,7 @@ async def test_an_app_calls_a_desk_phone_through_kamailio_and_hangs_up(
 ) -> None:
     kamailio, nodes = cluster
     async with desk_phone(kamailio, tmp_path) as phone:
-        holder, device_id = await registered_through(kamailio, nodes, phone)
-        bob, call_id = await answered_by_phone(kamailio, nodes, holder, device_id)
+        holder, bob, call_id = await answered_by_phone(kamailio, nodes, phone)
         assert (await bob.request({"type": "call.hangup", "call_id": call_id}))["state"] == "ended"
         assert (await sent_bye(holder, call_id))["status"] == 200  # baresip took it, through Kamailio
 
@@ -240,8 +258,7 @@ async def test_a_desk_phone_hangs_up_and_its_bye_comes_through_kamailio(
 ) -> None:
     kamailio, nodes = cluster
     async with desk_phone(kamailio, tmp_path) as phone:
-        holder, device_id = await registered_through(kamailio, nodes, phone)
-        bob, call_id = await answered_by_phone(kamailio, nodes, holder, device_id)
+        holder, bob, call_id = await answered_by_phone(kamailio, nodes, phone)
         await hang_up(phone)
         ended = await bob.expect("call.ended", timeout=10, call_id=call_id)
         assert ended["reason"] == "remote_ended"
@@ -290,12 +307,7 @@ async def test_a_node_killed_mid_run_new_calls_reach_the_survivor_and_its_calls_
     alice = phones[holder]
     await alice.expect("call.incoming", call_id=kept_call)
     await alice.request({"type": "call.answer", "call_id": kept_call, "sdp": APP_SDP})
-    for _ in range(100):
-        if confirmed([survivor], kept_call):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail(f"no ACK reached the node:\n{kamailio.log()}")
+    await until_confirmed(kamailio, [survivor], kept_call)
 
     await dead.stop()  # its SIP socket closes without a word to Kamailio
     loop = asyncio.get_running_loop()

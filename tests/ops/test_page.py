@@ -9,43 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Locator, Page, async_playwright, expect
+from playwright.async_api import BrowserContext, Locator, Page, expect
 
 from fcmsim import FCMSimulator, new_token
-from tests import interop
+from tests.chromium import chromium, screenshot
 from tests.conftest import RunningNode, register
 from tests.ops.conftest import place_call
 from voip.clock import now_ms
 
 pytestmark = pytest.mark.interop
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    interop.started("chromium")
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            args=ARGS,
-            headless=True,
-            viewport={"width": 1400, "height": 900},
-        )
+    async with chromium(tmp_path / "profile", viewport={"width": 1400, "height": 900}) as context:
         yield context
-        await context.close()
 
 
 async def signed_in(context: BrowserContext, node: RunningNode) -> tuple[Page, list[str]]:
@@ -180,8 +158,7 @@ async def test_a_call_rings_is_answered_and_ends_on_the_page(node: RunningNode, 
     await expect(page.locator(f"#live-calls tr[data-call-id='{ringing}'] .state")).to_have_text("ringing")
     await expect(page.locator("#chart-outcomes text", has_text="ringing")).to_have_count(1)
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / "ops.png"), full_page=True)
+    await screenshot(page, "ops", full_page=True)
     assert problems == []
 
 

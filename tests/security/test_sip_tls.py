@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -55,14 +54,6 @@ PHONE_ACCOUNT = (
     "<sip:alice@voip.test;transport=tls>;auth_pass={password};"
     'outbound="sip:127.0.0.1:{tls_port};transport=tls";regint=300;answermode=auto\n'
 )
-
-
-def baresip_binary() -> str:
-    interop.started("baresip")
-    path = shutil.which("baresip")
-    if path is None:
-        pytest.fail("baresip is not installed: run `apt-get install -y baresip`")
-    return path
 
 
 def free_port_pair() -> int:
@@ -126,7 +117,7 @@ async def baresip(
     (directory / "accounts").write_text(PHONE_ACCOUNT.format(tls_port=tls_port(node), password=password))
     args = [a for command in commands for a in ("-e", command)]
     process = await asyncio.create_subprocess_exec(
-        baresip_binary(),
+        interop.program("baresip", "baresip"),
         "-f",
         str(directory),
         "-t",

@@ -9,7 +9,6 @@ UAC.  sipp's exit status is 0 only when no call failed.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,44 +19,13 @@ from sip.dialog import Dialog, DialogState
 from sip.endpoint import SipEndpoint, TransactionUser
 from sip.message import URI, NameAddr
 from sip.transaction import RequestReceived, TimerConfig
-from tests import interop
 from tests.ports import free_port
 from tests.sip.demo_tu import DemoTU, invite_request
+from tests.sipp import run_sipp
 
 pytestmark = pytest.mark.interop
 
 SCENARIOS = Path(__file__).parent / "scenarios"
-
-
-def sipp_binary() -> str:
-    interop.started("sipp")
-    path = shutil.which("sipp")
-    if path is None:
-        pytest.fail("sipp is not installed: run `apt-get install -y sip-tester` (CI installs it)")
-    return path
-
-
-async def run_sipp(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sipp_binary(),
-        *args,
-        "-i",
-        "127.0.0.1",
-        "-nostdin",
-        "-timeout",
-        str(int(timeout)),
-        "-timeout_error",
-        "-trace_err",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=cwd,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout + 15)
-    text = out.decode(errors="replace")
-    for log in cwd.glob("*_errors.log"):
-        text += f"\n--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
-    assert process.returncode is not None
-    return process.returncode, text
 
 
 def summary(output: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import shutil
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests import interop
 from tests.conftest import RunningNode
+from tests.sipp import run_sipp
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 DOMAIN = "voip.test"
@@ -50,47 +49,20 @@ def sip_port(node: RunningNode) -> int:
     return node.node.sip.port
 
 
-def sipp_binary() -> str:
-    interop.started("sipp")
-    path = shutil.which("sipp")
-    if path is None:
-        pytest.fail("sipp is not installed: run `apt-get install -y sip-tester`")
-    return path
-
-
-async def run_sipp(args: list[str], cwd: Path, timeout: float = 30) -> tuple[int, str]:
-    """sipp's exit status is 0 only when every call of the scenario succeeded."""
-    process = await asyncio.create_subprocess_exec(
-        sipp_binary(),
-        *args,
-        "-i",
-        "127.0.0.1",
-        "-nostdin",
-        "-timeout",
-        str(int(timeout)),
-        "-timeout_error",
-        "-trace_err",
-        "-trace_msg",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=cwd,
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout + 15)
-    except BaseException:
-        process.kill()
-        await process.wait()
-        raise
-    text = out.decode(errors="replace")
-    for log in sorted(cwd.glob("*_errors.log")) + sorted(cwd.glob("*_messages.log")):
-        text += f"\n--- {log.name}\n{log.read_text(errors='replace')[-6000:]}"
-    assert process.returncode is not None
-    return process.returncode, text
+async def until_unbound(node: RunningNode, user: str) -> None:
+    """Until `user` has no binding left on the node: the flows they were registered over ended."""
+    assert node.node.sip is not None
+    for _ in range(200):
+        if not await node.node.sip.registrar.bindings(user):
+            return
+        await asyncio.sleep(0.025)
+    assert await node.node.sip.registrar.bindings(user) == {}
 
 
 def start_sipp(args: list[str], cwd: Path, timeout: float = 30) -> asyncio.Task[tuple[int, str]]:
+    """sipp in the background, tracing its messages (`messages_log`)."""
     cwd.mkdir(parents=True, exist_ok=True)
-    return asyncio.create_task(run_sipp(args, cwd, timeout))
+    return asyncio.create_task(run_sipp([*args, "-trace_msg"], cwd, timeout))
 
 
 async def finished(sipp: asyncio.Task[tuple[int, str]], timeout: float = 45) -> str:

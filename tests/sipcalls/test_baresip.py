@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,6 @@ module_app		account.so
 module_app		menu.so
 """
 ACCOUNT = '<sip:alice@voip.test>;auth_pass=wonderland;outbound="sip:127.0.0.1:{node_port}";regint=300;answermode=auto\n'
-
-
-def baresip_binary() -> str:
-    interop.started("baresip")
-    path = shutil.which("baresip")
-    if path is None:
-        pytest.fail("baresip is not installed: run `apt-get install -y baresip`")
-    return path
 
 
 def baresip_sip_port() -> int:
@@ -106,7 +97,7 @@ async def start_baresip(directory: Path, phone_port: int, node_port: int, *comma
     (directory / "config").write_text(CONFIG.format(port=phone_port))
     (directory / "accounts").write_text(ACCOUNT.format(node_port=node_port))
     return await asyncio.create_subprocess_exec(
-        baresip_binary(),
+        interop.program("baresip", "baresip"),
         *("-f", str(directory), "-t", "60"),
         *(a for command in commands for a in ("-e", command)),
         stdin=asyncio.subprocess.DEVNULL,

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from sip.digest import authorize
 from sip.message import Request, Response, Via, build_response, generate_branch, parse_datagram
 from tests.conftest import RunningNode
-from tests.sipcalls.conftest import ACCOUNTS, APP_SDP, DOMAIN, SipNodeFactory
+from tests.sipcalls.conftest import ACCOUNTS, APP_SDP, DOMAIN, SipNodeFactory, until_unbound
 from tests.sipcalls.uac import build
 
 pytestmark = pytest.mark.on_cluster_too
@@ -147,11 +147,7 @@ async def test_register_with_digest_then_an_app_call_rings_over_the_socket(sip_n
         assert isinstance(bye, Request) and bye.method == "BYE"
         await carol.send(build_response(bye, 200))
     # The socket is gone: so is the binding registered over it.
-    for _ in range(100):
-        if not await node.node.sip.registrar.bindings("carol"):
-            break
-        await asyncio.sleep(0.02)
-    assert await node.node.sip.registrar.bindings("carol") == {}
+    await until_unbound(node, "carol")
 
 
 async def test_a_register_without_credentials_is_challenged_and_a_wrong_password_refused(
@@ -314,11 +310,7 @@ async def test_a_draining_node_closes_sip_sockets_1012_and_refuses_new_ones(sip_
     with pytest.raises(InvalidStatus) as refused:
         await websockets.connect(sip_url(node), subprotocols=["sip"])  # type: ignore[list-item]
     assert refused.value.response.status_code == 503
-    for _ in range(100):
-        if not await node.node.sip.registrar.bindings("carol"):
-            break
-        await asyncio.sleep(0.02)
-    assert await node.node.sip.registrar.bindings("carol") == {}
+    await until_unbound(node, "carol")
     assert node.node.sip.endpoint.websockets_open == 0
 
 

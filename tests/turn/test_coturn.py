@@ -63,9 +63,7 @@ def _answers(port: int) -> bool:
 
 @asynccontextmanager
 async def running_coturn(tmp_path: Path, *options: str, secrets: tuple[str, ...] = (SECRET,)) -> AsyncIterator[Coturn]:
-    interop.started("turnserver")
-    binary = shutil.which("turnserver")
-    assert binary, "turnserver is not installed (python3 dev.py test installs Debian's coturn)"
+    binary = interop.program("turnserver", "coturn")
     port, relay = free_port(), free_port()
     running = Coturn(port, range(relay, relay + RELAY_PORTS), tmp_path / "turn.log")
     command = [
