@@ -6,14 +6,17 @@ RuntimeError (a 500)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+import redis
 import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, register, start_node
 from voip.redis_conn import ClusterConnection, RedisConnections
+from voip.redis_server import PrivateRedis
 
 
 async def test_a_write_on_a_connection_closed_under_it_is_a_dropped_connection(redis_url: str) -> None:
@@ -58,3 +61,20 @@ async def test_the_cluster_client_builds_every_node_connection_as_a_cluster_conn
     assert cluster.nodes_manager.connection_kwargs is cluster.connection_kwargs  # type: ignore[attr-defined]
     assert [node.connection_class for node in cluster.startup_nodes] == [ClusterConnection] * 2  # type: ignore[attr-defined]
     await connections.aclose()
+
+
+async def test_a_stopped_node_leaves_no_connection_open_on_redis(tmp_path: Any) -> None:
+    """Closing the node's client closes its pool: a node stopped inside a process that
+    goes on (tests, the ghost bench's killed nodes) must not hold its connections until
+    Redis refuses everyone with "max number of clients reached"."""
+    with PrivateRedis() as server:
+        probe = redis.Redis(unix_socket_path=str(server.socket))
+        running = await start_node(make_settings(server.url, "conn-test:"))
+        alice = await running.device("alice", "a-phone")
+        await register(running, "bob", "b-phone")
+        await alice.request({"type": "call.start", "callee": "bob"})
+        assert len(probe.client_list()) > 2
+        await alice.socket.close()
+        await running.stop()
+        assert [c["cmd"] for c in probe.client_list()] == ["client|list"]
+        probe.close()

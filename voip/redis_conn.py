@@ -130,7 +130,8 @@ class RedisConnections:
         if settings.redis_tls:
             options.update(url_tls_options(settings))  # the URL's ssl_* win over these
         pool = redis_pool.QuickCheckout.from_url(settings.redis_url, **options)
-        return cls(Redis(connection_pool=pool), None, settings)
+        # from_pool: the client owns its pool, so closing the client closes its connections.
+        return cls(Redis.from_pool(pool), None, settings)
 
     async def master_address(self) -> Address:
         """Where the status pipe connects now: the Sentinels' current master, or REDIS_URL."""

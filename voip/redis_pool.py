@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.exceptions
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -86,8 +86,3 @@ class QuickCheckout(BlockingConnectionPool):
             await self.release(connection)
             raise
         return connection
-
-
-def connect(settings: Settings) -> Redis:
-    """The node's client: one bounded, blocking pool, made once."""
-    return Redis(connection_pool=QuickCheckout.from_url(settings.redis_url, **pool_options(settings)))
