@@ -112,6 +112,10 @@ async def test_one_call_with_its_whole_timeline(node: RunningNode) -> None:
     await bob.request({"type": "call.ringing", "call_id": call_id})
     await bob.request({"type": "call.answer", "call_id": call_id})
     await alice.request({"type": "call.hangup", "call_id": call_id})
+    # The timeline is whole once Bob has the ending and the node's delivery log (which
+    # writes "delivered" entries in batches) has written it: else two reads may differ.
+    await bob.expect("call.ended", call_id=call_id)
+    await node.node.deliveries.flush()
 
     response = await ops_get(node, f"/v1/ops/calls/{call_id.upper()}")
     assert response.status_code == 200, response.text
