@@ -205,16 +205,24 @@ class App:
 
     async def _get_status(self, call_id: str, status_url: str) -> tuple[dict[str, Any] | None, float]:
         if status_url:
-            path = status_url.split("/v1/", 1)[1]
-            url, headers = f"{self.world.base_url()}/v1/{path}", {}
+            path, headers = "/v1/" + status_url.split("/v1/", 1)[1], {}
         else:
-            url = f"{self.world.base_url()}/v1/calls/{call_id}/status?device_id={self.device_id}"
+            path = f"/v1/calls/{call_id}/status?device_id={self.device_id}"
             headers = {"Authorization": f"Bearer {self.world.bearer(self.user)}"}
-        try:
-            response = await self.world.http.get(url, headers=headers)
-            body = response.json()
-        except (httpx.HTTPError, ValueError):
-            return None, 0.0
+        # As config/haproxy/haproxy.cfg's balancer does (`retry-on conn-failure
+        # empty-response`, `option redispatch`): a node killed under the request, and
+        # the GET goes once more, to a node that is up.
+        body: Any = None
+        for attempt in range(2):
+            try:
+                response = await self.world.http.get(f"{self.world.base_url()}{path}", headers=headers)
+                body = response.json()
+                break
+            except httpx.TransportError:
+                if attempt:
+                    return None, 0.0
+            except (httpx.HTTPError, ValueError):
+                return None, 0.0
         if not isinstance(body, dict) or "end_call" not in body:
             retry = body.get("retry_after") if isinstance(body, dict) else None
             return None, float(retry) if isinstance(retry, int | float) else 0.0
