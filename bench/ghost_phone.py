@@ -83,6 +83,9 @@ class Shown:
     cut_off: bool = False
     """The phone had no network while it showed the call (asleep at wake, half-open):
     nothing could reach it, so its bound is `expires_at`."""
+    socket_lost: float | None = None
+    """When the service cut the phone's socket (a node killed) while the call rang: an
+    ending while it reconnects reaches it only at its `hello`."""
 
 
 class App:
@@ -121,6 +124,7 @@ class App:
                 bound=max(shown.worst_rtt, self.plan.rtt),
                 expires_at=shown.expires_at,
                 status_reachable=self.world.status != "unreachable" and not shown.cut_off,
+                socket_lost=shown.socket_lost,
             )
             for shown in self.calls.values()
             if not shown.placeholder
@@ -367,6 +371,9 @@ class App:
             self.socket = None
             self.world.touch()
             if not self._closing and not self.deaf:
+                for shown in self.calls.values():
+                    if shown.phase == "ringing":
+                        shown.socket_lost = self.world.now()
                 self.world.after(self.plan.reconnect_after, self._reconnect)
 
     def _on_frame(self, frame: dict[str, Any]) -> None:

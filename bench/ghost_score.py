@@ -49,6 +49,8 @@ class Ring:
     """The goal for this ring: its phone's status round trip plus the report."""
     expires_at: float
     status_reachable: bool
+    socket_lost: float | None = None
+    """When the service cut the phone's socket while this call rang (a node killed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +149,7 @@ def score(
                         ring.call_id,
                         ring.device_id,
                         "ghost",
-                        f"rang {ghost:.3f} s after the call was over ({ring.how})",
+                        f"rang {ghost:.3f} s after the call was over ({ring.how}){_why(ring, over)}",
                     )
                 )
             elif not ring.status_reachable and end > ring.expires_at + SLACK:
@@ -164,7 +166,7 @@ def score(
                         ring.call_id,
                         ring.device_id,
                         "wrong",
-                        f"rang on {ghost:.3f} s after {truth.answered_by} answered",
+                        f"rang on {ghost:.3f} s after {truth.answered_by} answered{_why(ring, over)}",
                     )
                 )
         if ring.how in ("verdict", "push", "frame"):
@@ -191,6 +193,15 @@ def score(
             result.cancellations_wasted += 1
             result.wasted_by[cancellation.knew_by] = result.wasted_by.get(cancellation.knew_by, 0) + 1
     return result
+
+
+def _why(ring: Ring, over: float) -> str:
+    if ring.socket_lost is not None and ring.socket_lost <= over:
+        return (
+            f": its socket was cut {over - ring.socket_lost:.3f} s before the call was over (a node"
+            " killed); the service still counted it connected, so no push; it learned at its reconnect"
+        )
+    return ""
 
 
 HEADER = (

@@ -43,6 +43,17 @@ def test_judge_counts_a_ghost_past_its_round_trip_and_a_wrong_reason() -> None:
     assert not score.ok
 
 
+def test_judge_says_when_a_ring_outlasted_its_goal_because_a_kill_cut_its_socket() -> None:
+    truth = ghost_score.Truth("c1", "cancelled", over_at=10.0)
+    cut = ghost_score.Ring("c1", "d1", 0.0, 11.4, "verdict", "remoteEnded", 0.3, 45.0, True, socket_lost=9.0)
+    after = ghost_score.Ring("c1", "d2", 0.0, 11.4, "verdict", "remoteEnded", 0.3, 45.0, True, socket_lost=10.5)
+    score = ghost_score.score("t", [truth], [cut, after], {"c1": {"d1"}}, [], 0)
+    assert score.ghosts_over_goal == 2
+    first, second = (m.line() for m in score.misses)
+    assert "its socket was cut 1.000 s before the call was over (a node killed)" in first
+    assert "socket" not in second  # cut after the end: not why it rang on
+
+
 def test_an_unknown_condition_is_refused_by_name() -> None:
     with pytest.raises(SystemExit, match="unknown node_kiled; the conditions are baseline, node_killed"):
         ghosts.main(calls=1, conditions=["node_kiled"])
