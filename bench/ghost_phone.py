@@ -48,7 +48,6 @@ class World(Protocol):
     status: str  # "ok", "slow", "unreachable"
     http: httpx.AsyncClient
     rng: random.Random
-    frames_read: int
 
     def now(self) -> float: ...
 
@@ -61,6 +60,10 @@ class World(Protocol):
     def bearer(self, user: str) -> str: ...
 
     def touch(self) -> None: ...
+
+    def frame_read(self, device_id: str) -> None: ...
+
+    def socket_ended(self, device_id: str) -> None: ...
 
     def answered(self, call_id: str, device_id: str) -> None: ...
 
@@ -361,12 +364,13 @@ class App:
                 self.world.touch()
                 frame = orjson.loads(message)
                 if "id" not in frame:
-                    self.world.frames_read += 1
+                    self.world.frame_read(self.device_id)
                 if self.deaf:
                     continue
                 self._on_frame(frame)
         except websockets.ConnectionClosed:
             pass
+        self.world.socket_ended(self.device_id)
         if socket is self.socket:
             self.socket = None
             self.world.touch()

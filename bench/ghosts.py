@@ -68,6 +68,7 @@ class Caller:
     def __init__(self, world: Experiment, plan: CallPlan) -> None:
         self.world = world
         self.plan = plan
+        self.device_id = f"{plan.caller}-phone"
         self.socket: ClientConnection | None = None
         self.answered = False
         self.over = False
@@ -76,7 +77,7 @@ class Caller:
         self.reader: asyncio.Task[None] | None = None
 
     async def connect(self) -> bool:
-        url = self.world.base_url().replace("http", "ws", 1) + f"/v1/ws?device_id={self.plan.caller}-phone"
+        url = self.world.base_url().replace("http", "ws", 1) + f"/v1/ws?device_id={self.device_id}"
         try:
             socket = await websockets.connect(
                 url, additional_headers={"Authorization": f"Bearer {self.world.bearer(self.plan.caller)}"}
@@ -110,7 +111,7 @@ class Caller:
                 self.world.touch()
                 frame = orjson.loads(message)
                 if "id" not in frame:
-                    self.world.frames_read += 1
+                    self.world.frame_read(self.device_id)
                 future = self._replies.get(str(frame.get("id")))
                 if future is not None and not future.done():
                     future.set_result(frame)
@@ -119,6 +120,7 @@ class Caller:
                     self.world.after(self.plan.talk, self.hang_up)
                 elif frame.get("type") in ("call.declined", "call.missed", "call.failed", "call.ended"):
                     self.over = True
+        self.world.socket_ended(self.device_id)
         if socket is self.socket:
             self.socket = None
             self.world.touch()
@@ -173,14 +175,16 @@ class Experiment:
     declines: dict[str, str] = field(default_factory=dict)
     accepted_at: dict[str, float] = field(default_factory=dict)
     late_deliveries: int = 0
-    frames_sent: int = 0
+    frames_sent: dict[str, int] = field(default_factory=dict)
+    """Per device: frames its node's bus handed to its socket."""
     failovers: list[float] = field(default_factory=list)
     kills: int = 0
     vanished: list[str] = field(default_factory=list)
     pushes_cut: int = 0
     stalls: dict[str, int] = field(default_factory=dict)
     settles: int = 0
-    frames_read: int = 0
+    frames_read: dict[str, int] = field(default_factory=dict)
+    """Per device: frames its phone read, or gave up for lost when its socket ended."""
     cancellations: list[Cancellation] = field(default_factory=list)
     handed_invites: dict[str, dict[str, float]] = field(default_factory=dict)
     connected_at_start: dict[str, set[str]] = field(default_factory=dict)
@@ -201,6 +205,8 @@ class Experiment:
         self._tokens: dict[str, str] = {}
         self._probes = 0
         self._probed: dict[int, int] = {}
+        self._unread = 0
+        """Frames sent and neither read nor given up for lost, over every device."""
 
     # ---- World -------------------------------------------------------------------
 
@@ -346,29 +352,50 @@ class Experiment:
         attach, detach = bus.attach, bus.detach
         wrapped: dict[Any, Any] = {}
 
-        def counted(deliver: Any) -> Any:
+        def counted(device_id: str, deliver: Any) -> Any:
             async def deliver_counted(frame: dict[str, Any]) -> None:
-                self.frames_sent += 1
+                sent = self.frames_sent.get(device_id, 0)
+                self.frames_sent[device_id] = sent + 1
+                if self.frames_read.get(device_id, 0) <= sent:
+                    self._unread += 1
                 await deliver(frame)
 
             return wrapped.setdefault(deliver, deliver_counted)
 
         async def attach_counted(user_id: str, device_id: str, deliver: Any) -> None:
-            await attach(user_id, device_id, deliver if user_id == PROBE else counted(deliver))
+            await attach(user_id, device_id, deliver if user_id == PROBE else counted(device_id, deliver))
 
         async def detach_counted(user_id: str, device_id: str, deliver: Any) -> None:
             await detach(user_id, device_id, wrapped.pop(deliver, deliver))
 
         bus.attach, bus.detach = attach_counted, detach_counted
 
+    def frame_read(self, device_id: str) -> None:
+        read = self.frames_read.get(device_id, 0)
+        self.frames_read[device_id] = read + 1
+        if read < self.frames_sent.get(device_id, 0):
+            self._unread -= 1
+
+    def socket_ended(self, device_id: str) -> None:
+        """A phone's socket ended: what was sent to it and not read never will be."""
+        read, sent = self.frames_read.get(device_id, 0), self.frames_sent.get(device_id, 0)
+        if read < sent:
+            self.frames_read[device_id] = sent
+            self._unread -= sent - read
+
     async def _frames_read(self) -> None:
+        """Until every phone has read what was sent to it. Counted per device, so that a
+        frame lost with a cut socket (given up when the phone's socket ends) holds up no
+        one, and a busy machine never moves the clock past a frame still on its way: the
+        limit only catches a frame sent to a socket in the instant it was cut."""
         loop = asyncio.get_running_loop()
-        until = loop.time() + 0.2  # a frame to a socket cut under it never arrives
-        while self.frames_read < self.frames_sent and loop.time() < until:  # noqa: ASYNC110
+        until = loop.time() + 2
+        while self._unread > 0 and loop.time() < until:  # noqa: ASYNC110
             await asyncio.sleep(0.0005)
-        if self.frames_read < self.frames_sent:
+        if self._unread > 0:
             self.stalls["frames"] = self.stalls.get("frames", 0) + 1
-            self.frames_read = self.frames_sent
+            for device in self.frames_sent:
+                self.socket_ended(device)
 
     async def _probe(self, live: list[Any]) -> None:
         self._probes += 1
