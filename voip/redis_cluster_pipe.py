@@ -194,6 +194,14 @@ class ClusterPipe:
                 # may take the one-command ASKING allowance on this connection.
                 ok, reply = self._write(link, _ASKING), self._write(link, packed)
                 return (await asyncio.gather(self._wait(ok), self._wait(reply)))[1]
+            except TimeoutError:
+                # No reply in time: not sent again (it may have run), and the connection
+                # given up, as redis-py's cluster client does: the next command dials again.
+                if node is not None and (gone := self._links.get(node)) is not None:
+                    self._links.pop(node)
+                    if gone.transport is not None:
+                        gone.transport.close()
+                raise
             except ConnectionError:  # refused, dropped, or no primary known for the slot
                 loop = asyncio.get_running_loop()
                 deadline = deadline or loop.time() + self._timeout

@@ -228,8 +228,21 @@ class RedisPipe:
         expiry = future.get_loop().call_later(self._timeout, _expire, future)
         try:
             return await future
+        except TimeoutError:
+            self._give_up(protocol)
+            raise
         finally:
             expiry.cancel()
+
+    def _give_up(self, protocol: _Protocol) -> None:
+        """A connection that let a reply wait the whole timeout is closed, as redis-py closes
+        its connection on a timeout: the next command connects again (behind Sentinel, to
+        the master named now), rather than wait on a socket that may never answer (a host
+        gone without a reset). Commands still waiting on it fail as on a dropped connection."""
+        if self._protocol is protocol:
+            self._protocol = None
+        if protocol.transport is not None:
+            protocol.transport.close()
 
     async def evalsha(self, sha: str, script: bytes | str, keys: list[str], args: list[Any]) -> Any:
         packed = command("EVALSHA", sha, len(keys), *keys, *args)
@@ -263,13 +276,14 @@ class RedisPipe:
         that drops before every reply came (Redis restarted, the socket cut) is made again
         and the whole batch sent once more, so a command may run twice, and every command
         sent here must be one that may (the call scripts tell a resend of their own attempt
-        apart: tests/resilience/test_resent_commands.py); no reply in time is not retried,
-        as the commands may have run. Behind Sentinel a reply of READONLY (a master demoted
-        under us) counts as a dropped connection, as redis-py's Sentinel connection has it.
-        An EVALSHA that met NOSCRIPT (a script cache emptied by a restart or a failover) did
-        not run: its script is loaded and it runs again, after the rest, as batch() does
-        through redis-py. A blocking command (WAIT) must not come here: it would hold up
-        every other request's command on the shared connection."""
+        apart: tests/resilience/test_resent_commands.py). No reply in time is not retried,
+        as the commands may have run; the connection is given up (`_give_up`). Behind
+        Sentinel a reply of READONLY (a master demoted under us) counts as a dropped
+        connection, as redis-py's Sentinel connection has it. An EVALSHA that met NOSCRIPT
+        (a script cache emptied by a restart or a failover) did not run: its script is
+        loaded and it runs again, after the rest, as batch() does through redis-py. A
+        blocking command (WAIT) must not come here: it would hold up every other request's
+        command on the shared connection."""
         if not commands:
             return []
         for attempts_left in (1, 0):
@@ -304,12 +318,14 @@ class RedisPipe:
             await last
         except hiredis.ReplyError:
             pass
-        except BaseException:
+        except BaseException as exc:
             for future in futures:
                 if future.done():
                     _read_back(future)  # retrieved: no "exception never retrieved" later
                 else:  # its reply, if it comes, is read and dropped
                     future.cancel()
+            if isinstance(exc, TimeoutError):
+                self._give_up(protocol)
             raise
         finally:
             if expiry is not None:

@@ -7,6 +7,7 @@ A reply lost to a dropped connection: tests/resilience/test_resent_commands.py."
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -16,7 +17,7 @@ from redis.exceptions import OutOfMemoryError
 
 from tests.redis_process import RedisProcess
 from voip.calls import Action, CallState
-from voip.redis_pipe import RedisPipe
+from voip.redis_pipe import RedisPipe, command
 from voip.redis_pool import UNAVAILABLE
 from voip.stores import CallStore, Stores
 
@@ -141,3 +142,75 @@ async def test_a_pipe_that_waits_on_a_stopped_redis_lets_other_commands_time_out
         server.resume()
     assert all(isinstance(outcome, UNAVAILABLE) for outcome in outcomes), outcomes
     assert elapsed < 3 * COMMAND_TIMEOUT, elapsed
+
+
+class Stall:
+    """A TCP proxy to a Redis; `stall()` makes the connections open at that moment pass no
+    more replies while staying open, as a connection to a host gone without a reset does."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._open: list[asyncio.Event] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def stall(self) -> None:
+        for stalled in self._open:
+            stalled.set()
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        stalled = asyncio.Event()
+        self._open.append(stalled)
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                redis_w.write(data)
+                await redis_w.drain()
+
+        async def downstream() -> None:
+            while data := await redis_r.read(65536):
+                if not stalled.is_set():
+                    client_w.write(data)
+                    await client_w.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)  # the client gone, or Redis
+        for task in tasks:
+            task.cancel()
+        client_w.close()
+        redis_w.close()
+
+
+async def test_a_connection_that_stops_answering_is_given_up_after_one_timeout(
+    redis_process: Callable[..., RedisProcess], prefix: str
+) -> None:
+    # As redis-py closes a connection that timed out: the next command goes on a new one
+    # (behind Sentinel: to the master named then), not on a socket that never answers.
+    server = redis_process()
+    proxy = Stall(server.port)
+    pipe = RedisPipe(f"redis://127.0.0.1:{await proxy.start()}", timeout=COMMAND_TIMEOUT)
+    key = f"{prefix}counted"
+    script = "return redis.call('INCR', KEYS[1])"
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    try:
+        assert await pipe.execute([(command("EVALSHA", sha, 1, key), script)]) == [1]
+        proxy.stall()
+        with pytest.raises(TimeoutError):
+            await pipe.execute([(command("EVALSHA", sha, 1, key), script)])
+        # It ran, its reply lost, and was not sent again: the next one is the third.
+        assert await pipe.execute([(command("EVALSHA", sha, 1, key), script)]) == [3]
+        proxy.stall()
+        with pytest.raises(TimeoutError):  # the status endpoint's evalsha alike
+            await pipe.evalsha(sha, script, [key], [])
+        assert await pipe.evalsha(sha, script, [key], []) == 5
+    finally:
+        pipe.close()
+        await proxy.aclose()

@@ -64,8 +64,8 @@ from typing import Any, Literal, cast
 
 from redis._parsers.response_callbacks import get_response_callbacks
 from redis.asyncio import Redis
-from redis.client import CaseInsensitiveDict
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.client import CaseInsensitiveDict
 from redis.commands.core import AsyncCoreCommands, AsyncScript
 from redis.exceptions import (
     AskError,
