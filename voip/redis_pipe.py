@@ -52,7 +52,7 @@ def reply_error(error: hiredis.ReplyError) -> Exception:
     """The exception redis-py raises for this error reply (ReadOnlyError, OutOfMemoryError,
     BusyLoadingError, NoScriptError, ResponseError...): callers tell Redis being
     unavailable (voip/redis_pool.py: UNAVAILABLE) from a refusal by the same classes."""
-    return BaseParser.parse_error(str(error))  # type: ignore[no-any-return]  # redis-py's, untyped
+    return BaseParser.parse_error(str(error))  # type: ignore[no-untyped-call,no-any-return]  # redis-py's, untyped
 
 
 def command(*parts: bytes | str | int | float) -> bytes:

@@ -20,8 +20,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from voip import redis_pool
 from voip.calls import Action, CallState
-from voip.settings import load_settings
 from voip.redis_pipe import RedisPipe
+from voip.settings import load_settings
 from voip.stores import CallError, CallStore, KeyLayout, Stores
 
 

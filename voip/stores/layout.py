@@ -65,7 +65,6 @@ from typing import Any, Literal, cast
 from redis._parsers.response_callbacks import get_response_callbacks
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.client import CaseInsensitiveDict
 from redis.commands.core import AsyncCoreCommands, AsyncScript
 from redis.exceptions import (
     AskError,
@@ -113,13 +112,13 @@ async def batch(
         return await on_shards(cast(RedisCluster, redis), scripts, queued.commands)
     if pipe is not None:
         return await on_pipe(pipe, scripts, queue)
-    async with redis.pipeline(transaction=False) as pipe:
+    async with redis.pipeline(transaction=False) as pipeline:
         for script, keys, args in scripts:
-            # A bare EVALSHA: passed as `client=pipe`, redis-py sends SCRIPT EXISTS first.
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # A bare EVALSHA: passed as `client=pipeline`, redis-py sends SCRIPT EXISTS first.
+            pipeline.evalsha(script.sha, len(keys), *keys, *args)
         if queue is not None:
-            queue(pipe)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+            queue(pipeline)
+        replies: list[Any] = await pipeline.execute(raise_on_error=False)
     for index, (script, keys, args) in enumerate(scripts):
         # A Redis that lost its script cache (restarted, failed over) answered NOSCRIPT;
         # the rest ran: run that script again through redis-py, which loads it.
@@ -137,7 +136,7 @@ Command = tuple[tuple[Any, ...], dict[str, Any]]
 
 # How redis-py reads each command's reply in the shapes the stores take (an HGETALL's as a
 # dict, an HSETNX's as a bool): its rules for RESP2, the protocol the lean pipe speaks.
-_RESP2_REPLIES = CaseInsensitiveDict(get_response_callbacks(user_protocol=2, legacy_responses=True))
+_RESP2_REPLIES = {name.upper(): read for name, read in get_response_callbacks(2, legacy_responses=True).items()}
 
 
 def packed_script(script: AsyncScript, keys: list[str], args: list[Any]) -> Packed:
