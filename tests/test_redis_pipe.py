@@ -8,7 +8,7 @@ import hashlib
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
 from redis.exceptions import ResponseError
 
 from voip.redis_pipe import RedisPipe, command
@@ -141,3 +141,8 @@ async def test_batch_over_the_pipe_reads_replies_as_redis_py_does(redis_url: str
         assert lean[2] == {b"a": b"1", b"b": b"2"} and lean[3] == {}
     finally:
         pipe.close()
+
+
+def test_commands_are_written_as_redis_py_writes_them() -> None:
+    parts = ("EVALSHA", SHA, 2, "k", "ключ", b'{"a":1}', 12345678901234, -3, 0.1, 1e20, "")
+    assert command(*parts) == b"".join(Connection().pack_command(*parts))

@@ -98,7 +98,7 @@ class Stores:
                 history_retention=history_retention,
                 webhooks_ttl=webhooks_ttl,
             ),
-            devices=DeviceStore(redis, keys),
+            devices=DeviceStore(redis, keys, pipe=lean),
             push_log=PushLog(redis, keys, retention=retention, ops_channel=ops_channel, pipe=status_pipe),
             presence=PresenceStore(redis, keys),
             sockets=SocketStore(redis, keys, retention=retention),
