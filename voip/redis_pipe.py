@@ -232,10 +232,12 @@ class RedisPipe:
             expiry.cancel()
 
     def _give_up(self, protocol: _Protocol) -> None:
-        """A connection that let a reply wait the whole timeout is closed, as redis-py closes
-        its connection on a timeout: the next command connects again (behind Sentinel, to
-        the master named now), rather than wait on a socket that may never answer (a host
-        gone without a reset). Commands still waiting on it fail as on a dropped connection."""
+        """Close `protocol`, if still open, so that the next command connects again (behind
+        Sentinel, to the master named then); not a newer connection another request made
+        meanwhile. For a demoted master, and for a connection that let a reply wait the whole
+        timeout, as redis-py closes its connection on a timeout: not a socket that may never
+        answer (a host gone without a reset). Commands still waiting on it fail as on a
+        dropped connection."""
         if self._protocol is protocol:
             self._protocol = None
         if protocol.transport is not None:
@@ -260,7 +262,7 @@ class RedisPipe:
                 if message.startswith("NOSCRIPT"):
                     await self._send(protocol, command("SCRIPT", "LOAD", script))
                 else:  # a master demoted to replica while we held its connection
-                    self.close()
+                    self._give_up(protocol)
         raise AssertionError("unreachable")
 
     async def execute(self, commands: list[Packed]) -> list[Any]:
@@ -292,7 +294,7 @@ class RedisPipe:
                     raise
                 continue
             if attempts_left and self._master_only and any(_demoted(reply) for reply in replies):
-                self.close()
+                self._give_up(protocol)
                 continue
             break
         for index, ((packed, script), reply) in enumerate(zip(commands, replies, strict=True)):
