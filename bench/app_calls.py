@@ -330,6 +330,20 @@ async def run(plan: Plan, *, profile: bool = False) -> Result:
         os.sched_setaffinity(0, affinity)
 
 
+def pair_lines(per_call: dict[str, list[float]]) -> list[str]:
+    """Each checkout's node CPU per call over the rounds, and its ratio to the first's,
+    taken round by round (the rounds are what saw the same machine)."""
+    first_label, first = next(iter(per_call.items()))
+    lines = []
+    for label, costs in per_call.items():
+        ratios = [mine / theirs for mine, theirs in zip(costs, first, strict=True)]
+        lines.append(
+            f"{label}: median {median(costs):.3f} ms per call ({min(costs):.3f}-{max(costs):.3f});"
+            f" x {first_label}: median {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        )
+    return lines
+
+
 async def run_pair(roots: list[tuple[str, Path]], plan: Plan) -> list[str]:
     """Nodes of several checkouts on one Redis and one CPU, their call windows back to back
     and interleaved (each round in another order), so the machine's moods fall on all
@@ -355,14 +369,7 @@ async def run_pair(roots: list[tuple[str, Path]], plan: Plan) -> list[str]:
                     cells.append(f"{label} {window.ms_per_unit:.3f} ms ({window.rate:.0f} calls/s)")
                 lines.append(f"round {round_ + 1}: " + "; ".join(cells))
                 print(lines[-1], flush=True)
-            first = per_call[rigs[0][0]]
-            for label, costs in per_call.items():
-                ratios = [mine / theirs for mine, theirs in zip(costs, first, strict=True)]
-                lines.append(
-                    f"{label}: median {median(costs):.3f} ms per call ({min(costs):.3f}-{max(costs):.3f});"
-                    f" x {rigs[0][0]}: median {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-                )
-            return lines
+            return [*lines, *pair_lines(per_call)]
     finally:
         os.sched_setaffinity(0, affinity)
 
