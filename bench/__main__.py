@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--profile]` (and `--speed`, `--status`, `--push`, `--fcm`, `--sip`, `--app-calls`,
-`--sockets`, `--sip-pair`, `--ops`, `--wait`, `--chaos`, `--ghosts`, `--scale`, `--webhooks`): every figure
-printed next to its baseline from the same run (see docs/benchmarks.md)."""
+`--sockets`, `--sip-pair`, `--app-calls-pair`, `--ops`, `--wait`, `--chaos`, `--ghosts`, `--scale`,
+`--webhooks`): every figure printed next to its baseline from the same run (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -134,7 +134,13 @@ def main() -> None:
         default=[],
         help="this node and other checkouts' side by side under sipp (bench/sip_pair.py)",
     )
-    parser.add_argument("--rounds", type=int, default=6, help="--sip-pair: rounds (default 6)")
+    parser.add_argument(
+        "--app-calls-pair",
+        nargs="+",
+        metavar="OTHER",
+        help="this node and other checkouts', app-to-app calls in interleaved windows (bench/app_calls.py)",
+    )
+    parser.add_argument("--rounds", type=int, default=6, help="--sip-pair, --app-calls-pair: rounds (default 6)")
     parser.add_argument(
         "--rates", default="", help="--sip: these calls/s (comma-separated) instead of the ladder; --sip-pair: its rate"
     )
@@ -152,6 +158,10 @@ def main() -> None:
         from bench import sockets
 
         return sockets.main(sockets=args.sockets, quick=args.quick)
+    if args.app_calls_pair:
+        from bench import app_calls
+
+        return app_calls.main_pair(args.app_calls_pair, rounds=args.rounds, quick=args.quick)
     if args.app_calls:
         from bench import app_calls
 

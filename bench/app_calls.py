@@ -2,6 +2,9 @@
 the same frames over bare WebSockets, in one run.
 
     python -m bench --app-calls [--quick] [--profile]     (about 40 s; --quick about 15 s)
+    python -m bench --app-calls-pair OTHER [OTHER ...] [--rounds 6]
+        this checkout's node and other checkouts' (`git archive main | tar -x -C /tmp/main`),
+        their windows of calls interleaved on the same CPU: node CPU per call as a ratio
 
 1. Calls: PAIRS caller/callee device pairs (asyncio clients in this process), each in a
    closed loop of whole calls: `call.start` -> `call.started`; the callee hears
@@ -29,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,7 +41,7 @@ from websockets.asyncio.client import ClientConnection
 
 from bench import devices
 from bench.noise import Noise
-from bench.procs import Cluster, NodeProcess, cpu_plan, cpu_seconds
+from bench.procs import ROOT, Cluster, NodeProcess, cpu_plan, cpu_seconds
 from bench.profile import NOT_INSTALLED, spy_on
 from bench.server import ECHO_PATH
 from bench.stats import median, ratio
@@ -324,6 +328,69 @@ async def run(plan: Plan, *, profile: bool = False) -> Result:
             return Result(windows, rig.exchange, rig.idle_per_s * 1000, lines)
     finally:
         os.sched_setaffinity(0, affinity)
+
+
+def pair_lines(per_call: dict[str, list[float]]) -> list[str]:
+    """Each checkout's node CPU per call over the rounds, and its ratio to the first's,
+    taken round by round (the rounds are what saw the same machine)."""
+    first_label, first = next(iter(per_call.items()))
+    lines = []
+    for label, costs in per_call.items():
+        ratios = [mine / theirs for mine, theirs in zip(costs, first, strict=True)]
+        lines.append(
+            f"{label}: median {median(costs):.3f} ms per call ({min(costs):.3f}-{max(costs):.3f});"
+            f" x {first_label}: median {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        )
+    return lines
+
+
+async def run_pair(roots: list[tuple[str, Path]], plan: Plan) -> list[str]:
+    """Nodes of several checkouts on one Redis and one CPU, their call windows back to back
+    and interleaved (each round in another order), so the machine's moods fall on all
+    alike: node CPU per call of each, and its ratio to the first's, round by round."""
+    server_cpu, load_cpu = cpu_plan()
+    affinity = os.sched_getaffinity(0)
+    if load_cpu >= 0:
+        os.sched_setaffinity(0, {load_cpu})
+    try:
+        with Cluster(server_cpu) as cluster:
+            rigs = [(label, Rig(cluster, cluster.start_node(label, env=NODE_ENV, root=root))) for label, root in roots]
+            for _, rig in rigs:
+                await rig.idle()
+                await rig.calls(Plan(rounds=1, seconds=1.0, warmup=0.5))  # warm: imports, caches, scripts
+            per_call: dict[str, list[float]] = {label: [] for label, _ in rigs}
+            lines = [f"## node CPU per app-to-app call, {len(rigs)} checkouts, {plan.seconds:g} s windows"]
+            for round_ in range(plan.rounds):
+                order = rigs if round_ % 2 == 0 else rigs[::-1]
+                cells = []
+                for label, rig in order:
+                    window = await rig.calls(plan)
+                    per_call[label].append(window.ms_per_unit)
+                    cells.append(f"{label} {window.ms_per_unit:.3f} ms ({window.rate:.0f} calls/s)")
+                lines.append(f"round {round_ + 1}: " + "; ".join(cells))
+                print(lines[-1], flush=True)
+            return [*lines, *pair_lines(per_call)]
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+def main_pair(others: list[str], *, rounds: int = 6, quick: bool = False) -> None:
+    """`python -m bench --app-calls-pair OTHER [OTHER ...]`: this checkout's node first."""
+    from bench.__main__ import _run, machine
+
+    roots = [("this", ROOT)]
+    for i, other in enumerate(others):
+        root = Path(other).resolve()
+        if not (root / "bench" / "server.py").exists():
+            raise SystemExit(f"{other}: not a checkout of this project (no bench/server.py)")
+        roots.append((f"{root.name}#{i + 1}", root))
+    began, noise = time.monotonic(), Noise()
+    print(f"# app-to-app call pair bench: {machine()}", flush=True)
+    plan = Plan(rounds=rounds, seconds=2.0 if quick else 3.0, warmup=0.5)
+    lines = _run(run_pair(roots, plan))
+    print("\n".join(line for line in lines if not line.startswith("round")))
+    print(noise.report())
+    print(f"# done in {time.monotonic() - began:.0f}s")
 
 
 def main(*, quick: bool = False, profile: bool = False) -> None:

@@ -3,8 +3,9 @@
 **Writes.** One write of a request to Redis whose replies the node then waits for: one
 `send_packed_command` of redis-py (a single command, or a whole pipeline, which redis-py
 packs into one write; on a cluster, one per shard a batch touches) or one `RedisPipe._send`
-or `ClusterPipe._write` (the status endpoint's own connection, on one Redis or a cluster;
-an ASK's ASKING counts apart). Health-check PINGs go through the same call, so they count
+or `RedisPipe._send_many` (the node's lean connection on one Redis: the status endpoint's
+script, and the call path's scripts and pipelines) or `ClusterPipe._write` (its own on a
+cluster; an ASK's ASKING counts apart). Health-check PINGs go through the same call, so they count
 too. Subscriber connections only read once subscribed; what they read is not a write.
 Each write is tallied under its kind: the names of the commands it carried, an EVALSHA by
 its script's file name (`EVALSHA:create_call`), a pipeline as `A+B+C`, a batch of timeline
@@ -177,6 +178,7 @@ def install(round_trips: RoundTrips) -> Route:
     send_packed = AbstractConnection.send_packed_command
     read_response = AbstractConnection.read_response
     pipe_send = RedisPipe._send
+    pipe_send_many = RedisPipe._send_many
     cluster_write = ClusterPipe._write
 
     async def counted_send_packed(
@@ -199,6 +201,13 @@ def install(round_trips: RoundTrips) -> Route:
             counted[0].got(counted[1])
         return reply
 
+    async def counted_pipe_send_many(self: RedisPipe, protocol: Any, commands: list[bytes]) -> list[Any]:
+        counted = round_trips.count(b"".join(commands))
+        replies = await pipe_send_many(self, protocol, commands)
+        if counted is not None:
+            counted[0].got(counted[1])
+        return replies
+
     def counted_cluster_write(self: ClusterPipe, link: Any, command: bytes) -> Any:
         counted = round_trips.count(command)
         future = cluster_write(self, link, command)
@@ -210,6 +219,7 @@ def install(round_trips: RoundTrips) -> Route:
     AbstractConnection.send_packed_command = counted_send_packed  # type: ignore[method-assign]
     AbstractConnection.read_response = counted_read_response  # type: ignore[method-assign]
     RedisPipe._send = counted_pipe_send  # type: ignore[method-assign]
+    RedisPipe._send_many = counted_pipe_send_many  # type: ignore[method-assign]
     ClusterPipe._write = counted_cluster_write  # type: ignore[method-assign]
     for owner, name, work in WORK:
         setattr(owner, name, _traced(round_trips, work, getattr(owner, name)))

@@ -154,3 +154,11 @@ def test_the_socket_bench_raises_its_open_files_limit_only_up_to_the_hard_limit(
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= min(wanted, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_app_call_pair_reads_each_checkout_against_the_first_round_by_round() -> None:
+    lines = app_calls.pair_lines({"this": [1.0, 2.0, 1.0], "main": [1.5, 3.2, 2.0]})
+    assert lines == [
+        "this: median 1.000 ms per call (1.000-2.000); x this: median 1.00 (1.00-1.00)",
+        "main: median 2.000 ms per call (1.500-3.200); x this: median 1.60 (1.50-2.00)",
+    ]

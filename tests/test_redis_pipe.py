@@ -1,15 +1,18 @@
-"""The status endpoint's own Redis connection: pipelining, NOSCRIPT, a dropped socket."""
+"""The node's lean Redis connection (the status endpoint's script, the call path's scripts and
+pipelines): pipelining, NOSCRIPT, a dropped socket, replies as redis-py gives them."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from typing import Any
 
-import hiredis
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Connection, Redis
+from redis.exceptions import ResponseError
 
-from voip.redis_pipe import RedisPipe
+from voip.redis_pipe import RedisPipe, command
+from voip.stores.layout import KeyLayout, batch, load_script
 
 SCRIPT = "return {KEYS[1], ARGV[1]}"
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
@@ -38,7 +41,7 @@ async def test_errors_reach_the_caller_and_the_connection_goes_on(redis_url: str
     pipe = RedisPipe(redis_url)
     try:
         bad = "return redis.call('NOPE')"
-        with pytest.raises(hiredis.ReplyError):
+        with pytest.raises(ResponseError):
             await pipe.evalsha(hashlib.sha1(bad.encode()).hexdigest(), bad, [], [])
         assert await pipe.evalsha(SHA, SCRIPT, ["c"], ["3"]) == [b"c", b"3"]
     finally:
@@ -72,3 +75,74 @@ def test_works_on_uvloop_as_served_by_uvicorn(redis_url: str) -> None:
             pipe.close()
 
     assert uvloop.run(main()) == [b"u", b"v"]
+
+
+async def test_a_batch_gets_every_reply_in_order_and_an_error_in_its_place(redis_url: str, prefix: str) -> None:
+    pipe = RedisPipe(redis_url)
+    bad = "return redis.call('NOPE')"
+    try:
+        replies = await pipe.execute(
+            [
+                (command("SET", f"{prefix}b", "1"), None),
+                (command("EVALSHA", hashlib.sha1(bad.encode()).hexdigest(), 0), bad),
+                (command("INCR", f"{prefix}b"), None),
+                (command("EVALSHA", SHA, 1, "k", "v"), SCRIPT),
+            ]
+        )
+        assert replies[0] == b"OK"
+        assert isinstance(replies[1], ResponseError)  # redis-py's class, as its pipeline gives
+        assert replies[2:] == [2, [b"k", b"v"]]
+    finally:
+        pipe.close()
+
+
+async def test_a_batch_whose_script_was_flushed_runs_it_after_the_rest(
+    redis_url: str, redis: Redis, prefix: str
+) -> None:
+    # As batch() through redis-py: the commands after it ran; the script, loaded, runs then.
+    script = "return redis.call('RPUSH', KEYS[1], ARGV[1])"
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    pipe = RedisPipe(redis_url)
+    try:
+        await redis.script_flush()
+        key = f"{prefix}order"
+        replies = await pipe.execute(
+            [(command("EVALSHA", sha, 1, key, "script"), script), (command("RPUSH", key, "after"), None)]
+        )
+        assert replies == [2, 1]
+        assert await redis.lrange(key, 0, -1) == [b"after", b"script"]
+    finally:
+        pipe.close()
+
+
+async def test_batch_over_the_pipe_reads_replies_as_redis_py_does(redis_url: str, redis: Redis, prefix: str) -> None:
+    script = load_script(redis, "last_push")
+    keys = KeyLayout(prefix)
+
+    def queue(pipe: Any) -> None:
+        pipe.hset(f"{prefix}h", mapping={"a": "1", "b": "2"})
+        pipe.hgetall(f"{prefix}h")
+        pipe.hgetall(f"{prefix}none")
+        pipe.hsetnx(f"{prefix}h", "a", "x")
+        pipe.zadd(f"{prefix}z", {"m": 5}, nx=True)
+        pipe.zremrangebyscore(f"{prefix}z", "-inf", 1)
+        pipe.pexpireat(f"{prefix}z", 2**41, gt=True)
+        pipe.pexpireat(f"{prefix}z", 2**41, nx=True)
+        pipe.expire(f"{prefix}h", 60)
+        pipe.get(f"{prefix}missing")
+        pipe.spublish(f"{prefix}channel", b"frame")
+
+    pipe = RedisPipe(redis_url)
+    try:
+        scripts = [(script, [keys.last_push("u")], ["d", b'{"at": 1}'])]
+        lean = await batch(redis, scripts, queue, pipe=pipe)
+        await redis.delete(f"{prefix}h", f"{prefix}z", keys.last_push("u"))
+        assert lean == await batch(redis, scripts, queue)
+        assert lean[2] == {b"a": b"1", b"b": b"2"} and lean[3] == {}
+    finally:
+        pipe.close()
+
+
+def test_commands_are_written_as_redis_py_writes_them() -> None:
+    parts = ("EVALSHA", SHA, 2, "k", "ключ", b'{"a":1}', 12345678901234, -3, 0.1, 1e20, "")
+    assert command(*parts) == b"".join(Connection().pack_command(*parts))

@@ -30,6 +30,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
 from voip.log_throttle import RepeatedLog
+from voip.redis_pipe import RedisPipe, command
 from voip.shards import ShardedPubSub
 from voip.stores.layout import KeyLayout, clustered
 from voip.tasks import stop_task
@@ -46,8 +47,10 @@ Recovered = Callable[[list[str], int], Awaitable[None]]
 
 
 class Bus:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, *, pipe: RedisPipe | None = None) -> None:
         self._redis = redis
+        # Publishes go over the node's lean pipe on one Redis or Sentinel (redis-py when None).
+        self._pipe = pipe
         self._prefix = prefix
         self._keys = KeyLayout(prefix)
         self._pubsub: ShardedPubSub | PubSub = (
@@ -86,7 +89,17 @@ class Bus:
         only: Iterable[str] | None = None,
         exclude: Iterable[str] = (),
     ) -> None:
-        await self._redis.spublish(self.channel(user_id), self.envelope(frame, only=only, exclude=exclude))
+        channel, envelope = self.channel(user_id), self.envelope(frame, only=only, exclude=exclude)
+        if self._pipe is not None:
+            await self._spublish([command("SPUBLISH", channel, envelope)])
+            return
+        await self._redis.spublish(channel, envelope)
+
+    async def _spublish(self, commands: list[bytes]) -> None:
+        assert self._pipe is not None
+        for reply in await self._pipe.execute([(one, None) for one in commands]):
+            if isinstance(reply, Exception):
+                raise reply
 
     async def publish_many(self, frames: list[Addressed]) -> None:
         """Several frames, to any users, in one round trip: one pipeline of SPUBLISH. On a
@@ -98,6 +111,14 @@ class Bus:
         if clustered(self._redis):
             await asyncio.gather(
                 *(self.publish(user_id, frame, only=only, exclude=exclude) for user_id, frame, only, exclude in frames)
+            )
+            return
+        if self._pipe is not None:
+            await self._spublish(
+                [
+                    command("SPUBLISH", self.channel(user_id), self.envelope(frame, only=only, exclude=exclude))
+                    for user_id, frame, only, exclude in frames
+                ]
             )
             return
         async with self._redis.pipeline(transaction=False) as pipe:

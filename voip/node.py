@@ -32,7 +32,7 @@ from voip.presence import Presence
 from voip.push import APNsApps, APNsConfig, APNsNotifier, FCMConfig, FCMNotifier, Notifier, PlatformNotifiers
 from voip.push.fcm import GOOGLE_ENDPOINT
 from voip.redis_conn import RedisConnections
-from voip.redis_pipe import StatusPipe
+from voip.redis_pipe import RedisPipe, StatusPipe
 from voip.settings import Settings, apns_app_table, default_app, webhook_url_list
 from voip.sipcalls import SipConfig, SipGateway
 from voip.stores import Stores
@@ -178,7 +178,13 @@ class Node:
             if settings.call_hook_url
             else None
         )
-        bus = Bus(connections.client, settings.redis_prefix)
+        # The bus publishes over the lean pipe on one Redis or Sentinel; on a cluster each
+        # channel is on its own shard, and redis-py's cluster client finds it.
+        bus = Bus(
+            connections.client,
+            settings.redis_prefix,
+            pipe=status_pipe if isinstance(status_pipe, RedisPipe) else None,
+        )
         checks: dict[str, ReadinessCheck] = {"redis": connections.client.ping}
         apns_simulator: APNsSimulator | None = None
         fcm_simulator: FCMSimulator | None = None

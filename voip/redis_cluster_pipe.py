@@ -36,7 +36,7 @@ import hiredis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import OutOfMemoryError
 
-from voip.redis_pipe import _command, _expire, _Protocol
+from voip.redis_pipe import _expire, _Protocol, command, reply_error
 
 Node = tuple[str, int]  # host, port
 
@@ -48,8 +48,8 @@ MAX_REDIRECTS = 5
 # the first, and the longest.
 PAUSE_FIRST, PAUSE_LONGEST = 0.05, 0.5
 TRY_AGAIN_PAUSE = 0.02
-_ASKING = _command("ASKING")
-_CLUSTER_SLOTS = _command("CLUSTER", "SLOTS")
+_ASKING = command("ASKING")
+_CLUSTER_SLOTS = command("CLUSTER", "SLOTS")
 
 
 # -- the pure part: the slot map, the cluster's answers --------------------------------
@@ -162,7 +162,7 @@ class ClusterPipe:
             raise ValueError("no cluster node to start from")
         self._startup = list(nodes)
         self._auth = (
-            None if not password else _command("AUTH", username, password) if username else _command("AUTH", password)
+            None if not password else command("AUTH", username, password) if username else command("AUTH", password)
         )
         # Seconds for a connection, a reply, and for a request to get through a failover.
         self._timeout = timeout
@@ -175,7 +175,7 @@ class ClusterPipe:
         self._dialing: dict[Node, asyncio.Lock] = {}
 
     async def evalsha(self, sha: str, script: bytes | str, keys: list[str], args: list[Any]) -> Any:
-        command = _command("EVALSHA", sha, len(keys), *keys, *args)
+        packed = command("EVALSHA", sha, len(keys), *keys, *args)
         slot = key_slot(keys[0].encode())
         redirected_to: Node | None = None  # a MOVED or ASK answer's node, for the next try
         asking = False
@@ -189,11 +189,19 @@ class ClusterPipe:
                     raise ConnectionError(f"no primary known for slot {slot}")
                 link = await self._link(node)
                 if not asking:
-                    return await self._wait(self._write(link, command))
+                    return await self._wait(self._write(link, packed))
                 # Written back to back, with no await between: no other request's command
                 # may take the one-command ASKING allowance on this connection.
-                ok, reply = self._write(link, _ASKING), self._write(link, command)
+                ok, reply = self._write(link, _ASKING), self._write(link, packed)
                 return (await asyncio.gather(self._wait(ok), self._wait(reply)))[1]
+            except TimeoutError:
+                # No reply in time: not sent again (it may have run), and the connection
+                # given up, as redis-py's cluster client does: the next command dials again.
+                if node is not None and (gone := self._links.get(node)) is not None:
+                    self._links.pop(node)
+                    if gone.transport is not None:
+                        gone.transport.close()
+                raise
             except ConnectionError:  # refused, dropped, or no primary known for the slot
                 loop = asyncio.get_running_loop()
                 deadline = deadline or loop.time() + self._timeout
@@ -212,7 +220,7 @@ class ClusterPipe:
                     raise OutOfMemoryError(str(exc)) from None
                 decision = decide(str(exc), node)
                 if decision.step is Step.FAIL:
-                    raise
+                    raise reply_error(exc) from None
                 redirects += decision.step is not Step.TRY_AGAIN
                 if decision.step is Step.UNAVAILABLE or redirects > MAX_REDIRECTS:
                     raise ConnectionError(f"Redis Cluster: {exc}") from exc
@@ -224,7 +232,7 @@ class ClusterPipe:
                 elif decision.step is Step.ASK:
                     redirected_to, asking = decision.node, True
                 elif decision.step is Step.LOAD_SCRIPT:
-                    await self._wait(self._write(link, _command("SCRIPT", "LOAD", script)))
+                    await self._wait(self._write(link, command("SCRIPT", "LOAD", script)))
                 else:  # TRY_AGAIN, until the deadline
                     loop = asyncio.get_running_loop()
                     deadline = deadline or loop.time() + self._timeout

@@ -1,10 +1,14 @@
-"""A lean, pipelined Redis connection for the one command on the hottest path.
+"""A lean, pipelined Redis connection for the commands on the hottest paths.
 
 The call-status endpoint makes one EVALSHA per request. Through redis-py that costs
 about 220 µs of CPU (command building, retry and timeout wrappers, pool checkout); the
 same command written straight to a socket and parsed by hiredis costs about 60 µs
-(docs/benchmarks.md). Everything else in the service uses redis-py; this covers only
-what the status endpoint needs: EVALSHA, with SCRIPT LOAD on NOSCRIPT.
+(docs/benchmarks.md). `evalsha` is what the status endpoint and a push's bookkeeping
+need: EVALSHA, with SCRIPT LOAD on NOSCRIPT. `execute` is what a call's scripts and
+pipelines need (voip/stores/calls.py, limits.py, voip/bus.py): any commands at once, their
+replies in order, as redis-py's pipeline with the node's retry would give them
+(voip/redis_pool.py): an error reply is redis-py's exception, in its place; a dropped
+connection means one reconnect and the whole batch sent again; a timeout is not retried.
 
 Requests from concurrent handlers share one connection and go out back to back;
 Redis answers in order, so each reply resolves the oldest waiting future.
@@ -32,20 +36,29 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 
 # How to reach Redis: {"host", "port"} or {"path"}, optional "password", "username", "db".
 Address = dict[str, Any]
+# A command as written (`command()`) and, for an EVALSHA, its script's source: loaded on
+# NOSCRIPT (None: any other command).
+Packed = tuple[bytes, bytes | str | None]
 
 
-def _command(*parts: bytes | str | int) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part if isinstance(part, bytes) else str(part).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+def reply_error(error: hiredis.ReplyError) -> Exception:
+    """The exception redis-py raises for this error reply (ReadOnlyError, OutOfMemoryError,
+    BusyLoadingError, NoScriptError, ResponseError...): callers tell Redis being
+    unavailable (voip/redis_pool.py: UNAVAILABLE) from a refusal by the same classes."""
+    return BaseParser.parse_error(str(error))  # type: ignore[no-untyped-call,no-any-return]  # redis-py's, untyped
+
+
+def command(*parts: bytes | str | int | float) -> bytes:
+    """A command in Redis's protocol, by hiredis (numbers written as redis-py writes them;
+    a third of the CPU of doing it here)."""
+    return cast(bytes, hiredis.pack_command(parts))  # type: ignore[arg-type]  # hiredis stubs it for a 1-tuple
 
 
 class _Protocol(asyncio.Protocol):
@@ -113,6 +126,19 @@ def _expire(future: asyncio.Future[Any]) -> None:
         future.set_exception(TimeoutError("no reply from Redis in time"))
 
 
+def _expire_all(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        _expire(future)
+
+
+def _read_back(future: asyncio.Future[Any]) -> Any:
+    """A resolved future's reply; an error reply as its exception, returned, not raised."""
+    if future.cancelled():
+        return asyncio.CancelledError()
+    error = future.exception()
+    return error if error is not None else future.result()
+
+
 class RedisPipe:
     def __init__(
         self,
@@ -171,16 +197,20 @@ class RedisPipe:
             if options.get("password"):
                 user = options.get("username")
                 auth = ("AUTH", user, options["password"]) if user else ("AUTH", options["password"])
-                setup.append(_command(*auth))
+                setup.append(command(*auth))
             if options.get("db"):
-                setup.append(_command("SELECT", options["db"]))
+                setup.append(command("SELECT", options["db"]))
             try:
-                for command in setup:
-                    await self._send(protocol, command)
+                for setup_command in setup:
+                    await self._send(protocol, setup_command)
                 if self._master_only:
-                    role = await self._send(protocol, _command("ROLE"))
+                    role = await self._send(protocol, command("ROLE"))
                     if role[0] != b"master":  # the Sentinels' answer is already stale
                         raise ConnectionError("Redis at the master's address is a replica")
+            except hiredis.ReplyError as exc:  # a wrong password, a database that is not there
+                if protocol.transport is not None:
+                    protocol.transport.close()
+                raise ConnectionError(f"Redis refused the connection: {exc}") from None
             except BaseException:
                 if protocol.transport is not None:
                     protocol.transport.close()
@@ -195,16 +225,31 @@ class RedisPipe:
         expiry = future.get_loop().call_later(self._timeout, _expire, future)
         try:
             return await future
+        except TimeoutError:
+            self._give_up(protocol)
+            raise
         finally:
             expiry.cancel()
 
+    def _give_up(self, protocol: _Protocol) -> None:
+        """Close `protocol`, if still open, so that the next command connects again (behind
+        Sentinel, to the master named then); not a newer connection another request made
+        meanwhile. For a demoted master, and for a connection that let a reply wait the whole
+        timeout, as redis-py closes its connection on a timeout: not a socket that may never
+        answer (a host gone without a reset). Commands still waiting on it fail as on a
+        dropped connection."""
+        if self._protocol is protocol:
+            self._protocol = None
+        if protocol.transport is not None:
+            protocol.transport.close()
+
     async def evalsha(self, sha: str, script: bytes | str, keys: list[str], args: list[Any]) -> Any:
-        command = _command("EVALSHA", sha, len(keys), *keys, *args)
+        packed = command("EVALSHA", sha, len(keys), *keys, *args)
         # Each attempt can repair one thing: a lost connection, a demoted master, a cold script cache.
         for attempts_left in (2, 1, 0):
             try:
                 protocol = await self._connection()
-                return await self._send(protocol, command)
+                return await self._send(protocol, packed)
             except ConnectionError:
                 if not attempts_left:  # Redis restarted, failed over, or the socket dropped
                     raise
@@ -213,17 +258,87 @@ class RedisPipe:
                 if message.startswith("OOM"):
                     raise OutOfMemoryError(message) from None
                 if not attempts_left or not message.startswith(("NOSCRIPT", "READONLY")):
-                    raise
+                    raise reply_error(exc) from None
                 if message.startswith("NOSCRIPT"):
-                    await self._send(protocol, _command("SCRIPT", "LOAD", script))
+                    await self._send(protocol, command("SCRIPT", "LOAD", script))
                 else:  # a master demoted to replica while we held its connection
-                    self.close()
+                    self._give_up(protocol)
         raise AssertionError("unreachable")
+
+    async def execute(self, commands: list[Packed]) -> list[Any]:
+        """`commands` written at once, back to back; their replies in order, an error reply
+        as redis-py's exception in its place (what redis-py's pipeline gives with
+        raise_on_error=False). Raises ConnectionError or TimeoutError when Redis is not
+        there to answer.
+
+        As redis-py's pipeline with the node's retry (voip/redis_pool.py): a connection
+        that drops before every reply came (Redis restarted, the socket cut) is made again
+        and the whole batch sent once more, so a command may run twice, and every command
+        sent here must be one that may (the call scripts tell a resend of their own attempt
+        apart: tests/resilience/test_resent_commands.py). No reply in time is not retried,
+        as the commands may have run; the connection is given up (`_give_up`). Behind
+        Sentinel a reply of READONLY (a master demoted under us) counts as a dropped
+        connection, as redis-py's Sentinel connection has it. An EVALSHA that met NOSCRIPT
+        (a script cache emptied by a restart or a failover) did not run: its script is
+        loaded and it runs again, after the rest, as batch() does through redis-py. A
+        blocking command (WAIT) must not come here: it would hold up every other request's
+        command on the shared connection."""
+        if not commands:
+            return []
+        for attempts_left in (1, 0):
+            try:
+                protocol = await self._connection()
+                replies = await self._send_many(protocol, [packed for packed, _ in commands])
+            except ConnectionError:
+                if not attempts_left:
+                    raise
+                continue
+            if attempts_left and self._master_only and any(_demoted(reply) for reply in replies):
+                self._give_up(protocol)
+                continue
+            break
+        for index, ((packed, script), reply) in enumerate(zip(commands, replies, strict=True)):
+            if not isinstance(reply, hiredis.ReplyError):
+                continue
+            if script is not None and str(reply).startswith("NOSCRIPT"):
+                _, replies[index] = await self.execute([(command("SCRIPT", "LOAD", script), None), (packed, None)])
+            else:
+                replies[index] = reply_error(reply)
+        return replies
+
+    async def _send_many(self, protocol: _Protocol, commands: list[bytes]) -> list[Any]:
+        """The replies to `commands`, in order, an error reply in its place; raises
+        ConnectionError (the connection lost) or TimeoutError (no reply in time)."""
+        futures = [protocol.send(one) for one in commands]
+        # Redis answers in order: once the last reply is in, every reply is.
+        last = futures[-1]
+        expiry = None if self._timeout is None else last.get_loop().call_later(self._timeout, _expire_all, futures)
+        try:
+            await last
+        except hiredis.ReplyError:
+            pass
+        except BaseException as exc:
+            for future in futures:
+                if future.done():
+                    _read_back(future)  # retrieved: no "exception never retrieved" later
+                else:  # its reply, if it comes, is read and dropped
+                    future.cancel()
+            if isinstance(exc, TimeoutError):
+                self._give_up(protocol)
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+        return [_read_back(future) for future in futures]
 
     def close(self) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+
+
+def _demoted(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("READONLY")
 
 
 class StatusPipe(Protocol):

@@ -1,7 +1,10 @@
 """A command whose reply is lost is sent again by redis-py (one reconnect and resend on a
-dropped connection, voip/redis_pool.py; the cluster client does the same after a failover).
-The resend must not turn a success into a refusal: a call created by the first send is the
-caller's own call, not a taken id (seen as `call_exists` in the cluster fault test)."""
+dropped connection, voip/redis_pool.py; the cluster client does the same after a failover),
+and by the node's lean pipe, which carries the call path on one Redis (voip/redis_pipe.py:
+the same one resend, of the whole batch). The resend must not turn a success into a
+refusal: a call created by the first send is the caller's own call, not a taken id (seen as
+`call_exists` in the cluster fault test); nor may it do a transition, or write its webhook
+event or history record, twice. Each test runs on both connections."""
 
 from __future__ import annotations
 
@@ -11,13 +14,15 @@ import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from voip import redis_pool
 from voip.calls import Action, CallState
+from voip.redis_pipe import RedisPipe
 from voip.settings import load_settings
-from voip.stores import CallError, CallStore, Stores
+from voip.stores import CallError, CallStore, KeyLayout, Stores
 
 
 class ReplyDropper:
@@ -75,8 +80,12 @@ class ReplyDropper:
                 await writer.wait_closed()
 
 
-@pytest.fixture
-async def dropper(redis_url: str) -> AsyncIterator[tuple[ReplyDropper, Redis]]:
+@pytest.fixture(params=["redis-py", "pipe"])
+async def dropper(
+    redis_url: str, prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[ReplyDropper, Stores]]:
+    """The proxy, and the node's stores through it: over redis-py's pool alone, or with the
+    lean pipe (the call path's scripts and pipelines on it, as a node on one Redis has it)."""
     if urlsplit(redis_url).path.strip("/") not in ("", "0") and not redis_url.startswith("unix"):
         pytest.fail("the proxy speaks to database 0 only")
     proxy = ReplyDropper(redis_url, b"EVALSHA")
@@ -86,9 +95,23 @@ async def dropper(redis_url: str) -> AsyncIterator[tuple[ReplyDropper, Redis]]:
     client = Redis(
         connection_pool=BlockingConnectionPool.from_url(settings.redis_url, **redis_pool.pool_options(settings))
     )
-    yield proxy, client
+    pipe = RedisPipe(settings.redis_url, timeout=settings.redis_command_timeout) if request.param == "pipe" else None
+    yield proxy, Stores.open(client, prefix, retention=600, status_pipe=pipe, webhooks_ttl=3600)
+    if pipe is not None:
+        pipe.close()
     await client.aclose()
     await proxy.aclose()
+
+
+async def webhook_events(redis: Redis, prefix: str, call_id: str) -> list[str]:
+    keys = KeyLayout(prefix)
+    return [orjson.loads(event)["type"] for event in await redis.lrange(keys.webhooks(call_id), 0, -1)]
+
+
+async def history_state(redis: Redis, prefix: str, call_id: str) -> str:
+    record = await redis.get(KeyLayout(prefix).history_record(call_id))
+    assert record is not None
+    return str(orjson.loads(record)["state"])
 
 
 async def create(calls: CallStore, call_id: str, caller: str = "alice", device: str = "a1") -> bool:
@@ -105,10 +128,10 @@ async def create(calls: CallStore, call_id: str, caller: str = "alice", device: 
 
 
 async def test_a_create_whose_reply_was_lost_is_the_callers_own_call(
-    dropper: tuple[ReplyDropper, Redis], redis: Redis, prefix: str
+    dropper: tuple[ReplyDropper, Stores], redis: Redis, prefix: str
 ) -> None:
-    proxy, client = dropper
-    calls = Stores.open(client, prefix, retention=600).calls
+    proxy, stores = dropper
+    calls = stores.calls
     # The script is loaded first: a NOSCRIPT answer would mean the script never ran.
     assert await create(calls, str(uuid.uuid4()))
     call_id = str(uuid.uuid4())
@@ -122,13 +145,15 @@ async def test_a_create_whose_reply_was_lost_is_the_callers_own_call(
     assert not await create(calls, call_id, caller="mallory", device="m1")
     timeline = await calls.timeline(call_id)
     assert [e["event"] for e in timeline] == ["created"]
+    assert await webhook_events(redis, prefix, call_id) == ["call.created"]
+    assert await history_state(redis, prefix, call_id) == "ringing"
 
 
 async def test_a_transition_whose_reply_was_lost_is_done_once_and_acknowledged(
-    dropper: tuple[ReplyDropper, Redis], prefix: str
+    dropper: tuple[ReplyDropper, Stores], redis: Redis, prefix: str
 ) -> None:
-    proxy, client = dropper
-    calls = Stores.open(client, prefix, retention=600).calls
+    proxy, stores = dropper
+    calls = stores.calls
 
     async def ringing() -> str:
         call_id = str(uuid.uuid4())
@@ -144,6 +169,9 @@ async def test_a_transition_whose_reply_was_lost_is_done_once_and_acknowledged(
     assert (transition.previous, transition.call.state) == (CallState.RINGING, CallState.ANSWERED)
     states = [e for e in await calls.timeline(call_id) if e["event"] == "state"]
     assert len(states) == 1
+    # Its webhook event and history record written once, by the first send.
+    assert await webhook_events(redis, prefix, call_id) == ["call.created", "call.answered"]
+    assert await history_state(redis, prefix, call_id) == "answered"
     # Another device's answer is still refused: the resend rule is for the same attempt only.
     with pytest.raises(CallError) as refused:
         await calls.transition(call_id, Action.ANSWER, user="bob", device="b2", node="n")

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import structlog
+from redis.exceptions import ReadOnlyError
 
 from tests.conftest import RunningNode, make_settings, start_node
 from tests.ports import free_port
 from tests.resilience.test_redis_down import put_devices
 from tests.sentinel import SentinelRedis, _Server
 from voip import logs
-from voip.redis_pipe import RedisPipe
+from voip.redis_pipe import Packed, RedisPipe, command
 from voip.settings import SettingsError, load_settings
 
 pytestmark = pytest.mark.interop
@@ -310,6 +311,47 @@ async def test_the_status_pipe_refuses_a_replica_named_as_master(two_masters: li
         sha = hashlib.sha1(script.encode()).hexdigest()
         assert await pipe.evalsha(sha, script, ["k"], ["v"]) == b"OK"  # connected, NOSCRIPT, loaded
         assert answers == []
+    finally:
+        pipe.close()
+
+
+async def test_a_call_batch_on_the_pipe_leaves_a_master_demoted_under_it(two_masters: list[Any]) -> None:
+    # The call path's batches behind Sentinel (RedisPipe.execute): READONLY from a demoted
+    # master is a dropped connection, as redis-py's Sentinel connection takes it: the whole
+    # batch goes again, to the master the Sentinels name now.
+    old, new = two_masters
+    asked: list[int] = []
+
+    async def locate() -> dict[str, Any]:
+        port = old.port if not asked else new.port
+        asked.append(port)
+        return {"host": "127.0.0.1", "port": port}
+
+    script = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])"
+    sha = hashlib.sha1(script.encode()).hexdigest()
+
+    def writes(value: str) -> list[Packed]:
+        return [(command("EVALSHA", sha, 1, "k", value), script), (command("RPUSH", "written", value), None)]
+
+    pipe = RedisPipe(locate=locate, master_only=True)
+    try:
+        assert await pipe.execute(writes("before")) == [b"before", 1]
+        await asyncio.to_thread(old.client.execute_command, "REPLICAOF", "127.0.0.1", str(new.port))
+        assert await pipe.execute(writes("after")) == [b"after", 1]
+        assert asked == [old.port, new.port]
+        assert await asyncio.to_thread(new.client.lrange, "written", 0, -1) == [b"after"]
+    finally:
+        pipe.close()
+
+
+async def test_a_pipe_to_a_replica_named_by_its_url_gets_read_only_as_redis_py_does(two_masters: list[Any]) -> None:
+    # No Sentinel to ask for another: READONLY is redis-py's ReadOnlyError (a 503), in place.
+    replica, master = two_masters
+    await asyncio.to_thread(replica.client.execute_command, "REPLICAOF", "127.0.0.1", str(master.port))
+    pipe = RedisPipe(f"redis://127.0.0.1:{replica.port}")
+    try:
+        (refused,) = await pipe.execute([(command("SET", "k", "v"), None)])
+        assert isinstance(refused, ReadOnlyError)
     finally:
         pipe.close()
 

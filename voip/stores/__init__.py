@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from voip.redis_pipe import StatusPipe
+from voip.redis_pipe import RedisPipe, StatusPipe
 from voip.stores.calls import CalleeUnavailable, CallError, CallRecord, CallRefused, CallStore, Transition
 from voip.stores.devices import DeviceStore
 from voip.stores.epoch import EpochStore
@@ -82,6 +82,8 @@ class Stores:
     ) -> Stores:
         keys = KeyLayout(prefix)
         ops_channel = keys.ops_channel if ops_feed else ""
+        # The call path's pipelines over the lean pipe on one Redis or Sentinel, not on a cluster.
+        lean = status_pipe if isinstance(status_pipe, RedisPipe) else None
         return cls(
             keys=keys,
             ops_channel=ops_channel,
@@ -96,11 +98,11 @@ class Stores:
                 history_retention=history_retention,
                 webhooks_ttl=webhooks_ttl,
             ),
-            devices=DeviceStore(redis, keys),
+            devices=DeviceStore(redis, keys, pipe=lean),
             push_log=PushLog(redis, keys, retention=retention, ops_channel=ops_channel, pipe=status_pipe),
             presence=PresenceStore(redis, keys),
             sockets=SocketStore(redis, keys, retention=retention),
-            limits=CalleeLimits(redis, keys, history_retention=history_retention),
+            limits=CalleeLimits(redis, keys, history_retention=history_retention, pipe=lean),
             sip=SipStore(redis, keys),
             nonces=NonceCounts(redis, keys),
             ops=OpsStore(redis, keys),

@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 import structlog
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from voip.calls import Action, CallState, Party, transitions_for
 from voip.clock import now_ms
-from voip.redis_pipe import StatusPipe
+from voip.redis_pipe import RedisPipe, StatusPipe
 from voip.redis_pool import UNAVAILABLE
-from voip.stores.layout import BUCKETS, KeyLayout, Scripted, batch, clustered, load_script
+from voip.stores.layout import BUCKETS, KeyLayout, Scripted, batch, clustered, load_script, on_pipe
 from voip.stores.presence import online_devices
 
 log = structlog.get_logger(__name__)
@@ -139,6 +140,10 @@ class CallStore:
         self._wait_timeout_ms = wait_timeout_ms
         # The hottest command's own connection (redis_pipe.py); redis-py when None.
         self._status_pipe = status_pipe
+        # The call path's scripts and pipelines go over it too on one Redis or Sentinel
+        # (docs/benchmarks.md#issue-12-the-call-paths-redis-over-the-lean-pipe); on a
+        # cluster its single scripts do, its pipelines go through redis-py (on_shards).
+        self._pipe = status_pipe if isinstance(status_pipe, RedisPipe) else None
         self._create = load_script(redis, "create_call")
         self._transition = load_script(redis, "transition")
         self._call_event = load_script(redis, "call_event")
@@ -155,6 +160,24 @@ class CallStore:
         # No call outlives this: unended, ring timeout (<= 600 s) + retention after its
         # creation; ended, retention after its end.
         self._calls_horizon_ms = (2 * retention + 600) * 1000
+
+    async def _script(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """One script, over the node's lean pipe where it has one."""
+        if self._pipe is not None:
+            (reply,) = await on_pipe(self._pipe, [(script, keys, args)])
+            return reply
+        if self._status_pipe is not None:  # a cluster's
+            source = script.script
+            assert isinstance(source, (bytes, str))
+            return await self._status_pipe.evalsha(script.sha, source, keys, args)
+        return await script(keys=keys, args=args)
+
+    async def _batch(
+        self, scripts: list[Scripted], queue: Callable[[Any], object] | None = None, *, lean: bool = True
+    ) -> list[Any]:
+        """batch(), over the node's lean pipe where it has one (`lean`: a batch that holds
+        WAIT may not: it would hold up every other command on the pipe's one connection)."""
+        return await batch(self._redis, scripts, queue, pipe=self._pipe if lean else None)
 
     def _call_keys(self, call_id: str) -> list[str]:
         return [self._keys.call(call_id), self._keys.timeline(call_id)]
@@ -178,8 +201,7 @@ class CallStore:
         a call that is gone, or webhooks off."""
         if not self.webhooks_ttl:
             return False
-        written, *_ = await batch(
-            self._redis,
+        written, *_ = await self._batch(
             [
                 (
                     self._webhook_event,
@@ -282,7 +304,7 @@ class CallStore:
                 pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
 
         if in_script:
-            created, *_ = await batch(self._redis, [script], index)
+            created, *_ = await self._batch([script], index, lean=not self._wait_replicas)
             if created and webhooks:
                 self._filed(call_id)
             return bool(created)
@@ -292,8 +314,8 @@ class CallStore:
         # (voip/ops/index.py); not call.incoming before: the callee would answer no call.
         # The webhook due index goes with the script, at once on its own shard: an index
         # entry whose event is not written yet is harmless, an event without one is not.
-        (created, *_) = await batch(
-            self._redis, [script], (lambda pipe: self._due(pipe, call_id, created_at)) if webhooks else None
+        (created, *_) = await self._batch(
+            [script], (lambda pipe: self._due(pipe, call_id, created_at)) if webhooks else None
         )
         if created:
 
@@ -302,7 +324,7 @@ class CallStore:
                     pipe.spublish(channel, message)
                 index(pipe, due=False)
 
-            await batch(self._redis, [], announce_and_index)
+            await self._batch([], announce_and_index)
             if webhooks:
                 self._filed(call_id)
         return bool(created)
@@ -350,11 +372,9 @@ class CallStore:
         ]
         if webhooks:
             # The due index in the same round trip; an entry for a refused move is harmless.
-            (reply, *_) = await batch(
-                self._redis, [(self._transition, keys, args)], lambda pipe: self._due(pipe, call_id, at)
-            )
+            (reply, *_) = await self._batch([(self._transition, keys, args)], lambda pipe: self._due(pipe, call_id, at))
         else:
-            reply = await self._transition(keys=keys, args=args)
+            reply = await self._script(self._transition, keys, args)
         status, detail, raw, *more = reply
         call = CallRecord.from_hash(call_id, orjson.loads(raw)) if raw else None
         if status != b"ok":
@@ -375,9 +395,9 @@ class CallStore:
                     if call.state is CallState.ANSWERED:
                         self._queue_in_call(pipe, call, add=True)
 
-                await batch(self._redis, [], unring)
+                await self._batch([], unring)
             elif previous is CallState.ANSWERED and call.state.is_final:
-                await batch(self._redis, [], lambda pipe: self._queue_in_call(pipe, call, add=False))
+                await self._batch([], lambda pipe: self._queue_in_call(pipe, call, add=False))
         except UNAVAILABLE:
             # The call has moved: its devices must hear of it, whatever became of these
             # indexes (other slots, maybe on a shard failing over). All mend themselves:
@@ -437,14 +457,14 @@ class CallStore:
             call_id,
             spec,
         ]
-        result = await self._call_event(keys=keys, args=args)
+        result = await self._script(self._call_event, keys, args)
         if result[0] != b"ok":
             raise CallError(result[1].decode())
         if spec and result[2]:
             # Only the first device that rings files an event; the others' reports must not
             # make the call due for nothing. The call is in the due index already (not over:
             # looked at again every few minutes), so this is the fast path, not the record.
-            await batch(self._redis, [], lambda pipe: self._due(pipe, call_id, at))
+            await self._batch([], lambda pipe: self._due(pipe, call_id, at))
             self._filed(call_id)
         return CallRecord.from_hash(call_id, orjson.loads(result[1])), bool(result[2])
 
@@ -495,7 +515,7 @@ class CallStore:
             for call_id, call_entries in by_call.items():
                 queue_timeline(pipe, self._keys.timeline(call_id), self._ops_channel, call_id, call_entries)
 
-        await batch(self._redis, [], write)
+        await self._batch([], write)
 
     async def claim_due_timeouts(
         self,
@@ -516,8 +536,7 @@ class CallStore:
             start = self._next_bucket
             self._next_bucket = (start + BUCKETS_PER_TICK) % BUCKETS
             buckets = [(start + i) % BUCKETS for i in range(BUCKETS_PER_TICK)]
-        replies = await batch(
-            self._redis,
+        replies = await self._batch(
             [
                 (
                     self._claim,
@@ -545,7 +564,7 @@ class CallStore:
                 for key, ids in by_bucket.items():
                     pipe.zadd(key, dict.fromkeys(ids, now), xx=True, lt=True)
 
-            await batch(self._redis, [], lower)
+            await self._batch([], lower)
 
     async def ending_context(
         self, call: CallRecord
@@ -558,7 +577,7 @@ class CallStore:
             pipe.hgetall(self._keys.presence(call.callee_user))
             pipe.hgetall(self._keys.devices(call.callee_user))
 
-        pushes, presence, devices = await batch(self._redis, [], read)
+        pushes, presence, devices = await self._batch([], read)
         return (
             {k.decode(): orjson.loads(v) for k, v in pushes.items()},
             online_devices(presence),
@@ -577,7 +596,7 @@ class CallStore:
                 pipe.hsetnx(key, device, node)
             pipe.expire(key, self.retention)
 
-        *won, _ = await batch(self._redis, [], claim)
+        *won, _ = await self._batch([], claim)
         return [device for device, first in zip(devices, won, strict=True) if first]
 
     async def cancellation_context(self, call_id: str) -> tuple[CallRecord | None, dict[str, dict[str, Any]], set[str]]:

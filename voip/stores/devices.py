@@ -8,14 +8,16 @@ import orjson
 from redis.asyncio import Redis
 
 from voip.clock import now_ms
-from voip.stores.layout import KeyLayout, load_script
+from voip.redis_pipe import RedisPipe
+from voip.stores.layout import KeyLayout, load_script, on_pipe
 from voip.stores.presence import online_devices
 
 
 class DeviceStore:
-    def __init__(self, redis: Redis, keys: KeyLayout) -> None:
+    def __init__(self, redis: Redis, keys: KeyLayout, *, pipe: RedisPipe | None = None) -> None:
         self._redis = redis
         self._keys = keys
+        self._pipe = pipe  # the node's lean pipe on one Redis or Sentinel; redis-py when None
         self._drop_token = load_script(redis, "drop_voip_token")
 
     async def put(self, user_id: str, device_id: str, record: dict[str, Any], cap: int) -> list[str]:
@@ -53,10 +55,17 @@ class DeviceStore:
 
     async def reachable(self, user_id: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """The user's registered devices and the ids of devices connected right now."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+
+        def read(pipe: Any) -> None:
             pipe.hgetall(self._keys.devices(user_id))
             pipe.hgetall(self._keys.presence(user_id))
-            devices, presence = await pipe.execute()
+
+        if self._pipe is not None:  # a SIP call's first read (voip/sipcalls/gateway.py)
+            devices, presence = await on_pipe(self._pipe, [], read)
+        else:
+            async with self._redis.pipeline(transaction=False) as pipeline:
+                read(pipeline)
+                devices, presence = await pipeline.execute()
         return {k.decode(): orjson.loads(v) for k, v in devices.items()}, online_devices(presence)
 
     async def drop_voip_token(

@@ -62,6 +62,7 @@ from functools import partial
 from importlib import resources
 from typing import Any, Literal, cast
 
+from redis._parsers.response_callbacks import get_response_callbacks
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.commands.core import AsyncCoreCommands, AsyncScript
@@ -76,6 +77,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from voip.redis_pipe import Packed, RedisPipe, command
+
 # A script to run: (script, keys, args).
 Scripted = tuple[AsyncScript, list[str], list[Any]]
 
@@ -88,10 +91,17 @@ def clustered(redis: Redis) -> bool:
     return isinstance(redis, RedisCluster)
 
 
-async def batch(redis: Redis, scripts: list[Scripted], queue: Callable[[Any], object] | None = None) -> list[Any]:
+async def batch(
+    redis: Redis,
+    scripts: list[Scripted],
+    queue: Callable[[Any], object] | None = None,
+    *,
+    pipe: RedisPipe | None = None,
+) -> list[Any]:
     """The scripts' replies, then those of the commands `queue` puts on a pipeline, in that
-    order. On one Redis: one pipeline, one round trip, the scripts as bare EVALSHAs. On a
-    cluster: one pipelined write per shard touched, holding that shard's scripts then its
+    order. On one Redis: one pipeline, one round trip, the scripts as bare EVALSHAs; over
+    the node's lean pipe (`pipe`, voip/redis_pipe.py) when given, else through redis-py. On
+    a cluster: one pipelined write per shard touched, holding that shard's scripts then its
     commands in the order given, the shards at once (on_shards()): one wait. A command
     therefore runs after the scripts and commands before it on its own slot; nothing is
     ordered across shards (CallStore.create publishes call.incoming after its script)."""
@@ -100,13 +110,15 @@ async def batch(redis: Redis, scripts: list[Scripted], queue: Callable[[Any], ob
         if queue is not None:
             queue(queued)
         return await on_shards(cast(RedisCluster, redis), scripts, queued.commands)
-    async with redis.pipeline(transaction=False) as pipe:
+    if pipe is not None:
+        return await on_pipe(pipe, scripts, queue)
+    async with redis.pipeline(transaction=False) as pipeline:
         for script, keys, args in scripts:
-            # A bare EVALSHA: passed as `client=pipe`, redis-py sends SCRIPT EXISTS first.
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # A bare EVALSHA: passed as `client=pipeline`, redis-py sends SCRIPT EXISTS first.
+            pipeline.evalsha(script.sha, len(keys), *keys, *args)
         if queue is not None:
-            queue(pipe)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+            queue(pipeline)
+        replies: list[Any] = await pipeline.execute(raise_on_error=False)
     for index, (script, keys, args) in enumerate(scripts):
         # A Redis that lost its script cache (restarted, failed over) answered NOSCRIPT;
         # the rest ran: run that script again through redis-py, which loads it.
@@ -120,6 +132,39 @@ async def batch(redis: Redis, scripts: list[Scripted], queue: Callable[[Any], ob
 
 # A command queued for a cluster: its words and redis-py's options for its reply.
 Command = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+# How redis-py reads each command's reply in the shapes the stores take (an HGETALL's as a
+# dict, an HSETNX's as a bool): its rules for RESP2, the protocol the lean pipe speaks.
+_RESP2_REPLIES = {name.upper(): read for name, read in get_response_callbacks(2, legacy_responses=True).items()}
+
+
+def packed_script(script: AsyncScript, keys: list[str], args: list[Any]) -> Packed:
+    """A script as the lean pipe runs it: a bare EVALSHA, and its source for NOSCRIPT."""
+    source = script.script
+    assert isinstance(source, (bytes, str))
+    return command("EVALSHA", script.sha, len(keys), *keys, *args), source
+
+
+async def on_pipe(pipe: RedisPipe, scripts: list[Scripted], queue: Callable[[Any], object] | None = None) -> list[Any]:
+    """batch() on one Redis over the lean pipe: the same commands in the same order, in one
+    write, and the same replies: each command's reply read by redis-py's own rule for it
+    (an HGETALL's pairs as a dict, an HSETNX's as a bool), the first error raised."""
+    queued = Queued()
+    if queue is not None:
+        queue(queued)
+    commands = [packed_script(*scripted) for scripted in scripts]
+    commands += [(command(*words), None) for words, _ in queued.commands]
+    replies = await pipe.execute(commands)
+    for index, (words, options) in enumerate(queued.commands, start=len(scripts)):
+        reply, read = replies[index], _RESP2_REPLIES.get(str(words[0]).upper())
+        if read is not None and not isinstance(reply, Exception):
+            options.pop("keys", None)  # only for redis-py's client-side cache, as in its parse_response
+            replies[index] = read(reply, **options)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 class Queued(AsyncCoreCommands):

@@ -8,15 +8,19 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from voip.redis_pipe import RedisPipe
 from voip.stores.calls import CalleeUnavailable, CallRefused
 from voip.stores.layout import KeyLayout, batch, load_script
 from voip.stores.presence import online_devices
 
 
 class CalleeLimits:
-    def __init__(self, redis: Redis, keys: KeyLayout, *, history_retention: int = 30 * 86400) -> None:
+    def __init__(
+        self, redis: Redis, keys: KeyLayout, *, history_retention: int = 30 * 86400, pipe: RedisPipe | None = None
+    ) -> None:
         self._redis = redis
         self._keys = keys
+        self._pipe = pipe  # the node's lean pipe on one Redis or Sentinel; redis-py when None
         self._admit = load_script(redis, "admit_call")
         # VOIP_HISTORY_RETENTION, ms: how far back the users' history indexes reach.
         self._history_ms = history_retention * 1000
@@ -65,6 +69,7 @@ class CalleeLimits:
             self._redis,
             [(self._admit, keys, [call_id, now, ring_deadline, max_ringing, per_minute, self._history_ms])],
             read,
+            pipe=self._pipe,
         )
         if reason in (b"dnd", b"busy"):
             raise CalleeUnavailable(reason.decode(), [c.decode() for c in in_call])

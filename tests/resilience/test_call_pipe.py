@@ -1,0 +1,218 @@
+"""The call path over the node's lean pipe (voip/redis_pipe.py) when Redis restarts, stops
+answering or runs out of memory, on a redis-server of the test's own: the outcomes are the
+ones redis-py's pool gives (a refusal the node answers 503 or `unavailable`, never a
+transition done twice), and the pipe serves again once Redis does.
+A reply lost to a dropped connection: tests/resilience/test_resent_commands.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError
+
+from tests.redis_process import RedisProcess
+from voip.calls import Action, CallState
+from voip.redis_pipe import RedisPipe, command
+from voip.redis_pool import UNAVAILABLE
+from voip.stores import CallStore, Stores
+
+pytestmark = pytest.mark.interop
+
+COMMAND_TIMEOUT = 0.5
+
+
+@pytest.fixture
+async def lean(
+    redis_process: Callable[..., RedisProcess], prefix: str
+) -> AsyncIterator[tuple[RedisProcess, RedisPipe, Stores]]:
+    server = redis_process()
+    client = aioredis.Redis.from_url(server.url)
+    pipe = RedisPipe(server.url, timeout=COMMAND_TIMEOUT)
+    yield server, pipe, Stores.open(client, prefix, retention=600, status_pipe=pipe, webhooks_ttl=3600)
+    pipe.close()
+    await client.aclose()
+
+
+async def ringing(calls: CallStore) -> str:
+    call_id = str(uuid.uuid4())
+    created = await calls.create(
+        call_id,
+        caller_user="alice",
+        caller_device="a1",
+        callee_user="bob",
+        ring_deadline=2**41,
+        node="n",
+        targets=["b1"],
+        created_at=1,
+    )
+    assert created
+    return call_id
+
+
+async def states(calls: CallStore, call_id: str) -> list[str]:
+    return [entry["to"] for entry in await calls.timeline(call_id) if entry["event"] == "state"]
+
+
+async def test_after_a_redis_restart_the_pipe_connects_again_and_loads_its_scripts(
+    lean: tuple[RedisProcess, RedisPipe, Stores],
+) -> None:
+    server, _, stores = lean
+    await stores.calls.transition(await ringing(stores.calls), Action.ANSWER, user="bob", device="b1", node="n")
+    server.kill()
+    with pytest.raises(UNAVAILABLE):  # refused: the node answers 503, as through redis-py
+        await ringing(stores.calls)
+    server.start()  # empty, its script cache too
+    # The create's batch and the transition's single script: each meets NOSCRIPT once.
+    call_id = await ringing(stores.calls)
+    answered = await stores.calls.transition(call_id, Action.ANSWER, user="bob", device="b1", node="n")
+    assert (answered.previous, answered.call.state) == (CallState.RINGING, CallState.ANSWERED)
+    assert await states(stores.calls, call_id) == ["answered"]
+
+
+async def test_a_redis_that_stops_answering_costs_a_timeout_and_no_resend(
+    lean: tuple[RedisProcess, RedisPipe, Stores],
+) -> None:
+    server, _, stores = lean
+    # The script loaded first: a NOSCRIPT answer would mean it never ran.
+    await stores.calls.transition(await ringing(stores.calls), Action.ANSWER, user="bob", device="b1", node="n")
+    call_id = await ringing(stores.calls)
+    server.pause()  # SIGSTOP: the connection stays open, nothing answers
+    try:
+        with pytest.raises(UNAVAILABLE):
+            await stores.calls.transition(call_id, Action.ANSWER, user="bob", device="b1", node="n")
+    finally:
+        server.resume()
+    # Sent once, run once Redis woke: done, and not twice. Its reply, come late, is not
+    # taken for the next command's, which goes on the same connection.
+    hangup = await stores.calls.transition(call_id, Action.HANGUP, user="bob", device="b1", node="n")
+    assert (hangup.previous, hangup.call.state) == (CallState.ANSWERED, CallState.ENDED)
+    assert await states(stores.calls, call_id) == ["answered", "ended"]
+
+
+async def test_a_redis_at_its_maxmemory_refuses_a_call_with_nothing_written(
+    lean: tuple[RedisProcess, RedisPipe, Stores], prefix: str
+) -> None:
+    server, _, stores = lean
+    call_id = await ringing(stores.calls)  # the scripts loaded, the connection made
+    with server.client() as admin:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", str(int(admin.info("memory")["used_memory"]) // 2))
+        try:
+            refused = str(uuid.uuid4())
+            with pytest.raises(OutOfMemoryError):  # in UNAVAILABLE: 503, `unavailable`
+                await stores.calls.create(
+                    refused,
+                    caller_user="alice",
+                    caller_device="a1",
+                    callee_user="bob",
+                    ring_deadline=2**41,
+                    node="n",
+                    targets=["b1"],
+                    created_at=1,
+                )
+            with pytest.raises(OutOfMemoryError):
+                await stores.calls.transition(call_id, Action.ANSWER, user="bob", device="b1", node="n")
+            assert admin.keys(f"{prefix}*{refused}*") == []
+        finally:
+            admin.config_set("maxmemory", "0")
+    answered = await stores.calls.transition(call_id, Action.ANSWER, user="bob", device="b1", node="n")
+    assert answered.call.state is CallState.ANSWERED
+    assert await states(stores.calls, call_id) == ["answered"]
+
+
+async def test_a_pipe_that_waits_on_a_stopped_redis_lets_other_commands_time_out_alike(
+    lean: tuple[RedisProcess, RedisPipe, Stores],
+) -> None:
+    # Every command in flight on the shared connection gets its own timeout, not a wait
+    # behind another's: a stopped Redis costs each request one command timeout.
+    server, _, stores = lean
+    await ringing(stores.calls)
+    server.pause()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcomes = await asyncio.gather(*(ringing(stores.calls) for _ in range(20)), return_exceptions=True)
+        elapsed = loop.time() - started
+    finally:
+        server.resume()
+    assert all(isinstance(outcome, UNAVAILABLE) for outcome in outcomes), outcomes
+    # One command timeout, two for a command that was resent on a new connection after
+    # another's timeout closed the first: not one after another (20 of them).
+    assert elapsed < 5 * COMMAND_TIMEOUT, elapsed
+
+
+class Stall:
+    """A TCP proxy to a Redis; `stall()` makes the connections open at that moment pass no
+    more replies while staying open, as a connection to a host gone without a reset does."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._open: list[asyncio.Event] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def stall(self) -> None:
+        for stalled in self._open:
+            stalled.set()
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        stalled = asyncio.Event()
+        self._open.append(stalled)
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                redis_w.write(data)
+                await redis_w.drain()
+
+        async def downstream() -> None:
+            while data := await redis_r.read(65536):
+                if not stalled.is_set():
+                    client_w.write(data)
+                    await client_w.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)  # the client gone, or Redis
+        for task in tasks:
+            task.cancel()
+        client_w.close()
+        redis_w.close()
+
+
+async def test_a_connection_that_stops_answering_is_given_up_after_one_timeout(
+    redis_process: Callable[..., RedisProcess], prefix: str
+) -> None:
+    # As redis-py closes a connection that timed out: the next command goes on a new one
+    # (behind Sentinel: to the master named then), not on a socket that never answers.
+    server = redis_process()
+    proxy = Stall(server.port)
+    pipe = RedisPipe(f"redis://127.0.0.1:{await proxy.start()}", timeout=COMMAND_TIMEOUT)
+    key = f"{prefix}counted"
+    script = "return redis.call('INCR', KEYS[1])"
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    try:
+        assert await pipe.execute([(command("EVALSHA", sha, 1, key), script)]) == [1]
+        proxy.stall()
+        with pytest.raises(TimeoutError):
+            await pipe.execute([(command("EVALSHA", sha, 1, key), script)])
+        # It ran, its reply lost, and was not sent again: the next one is the third.
+        assert await pipe.execute([(command("EVALSHA", sha, 1, key), script)]) == [3]
+        proxy.stall()
+        with pytest.raises(TimeoutError):  # the status endpoint's evalsha alike
+            await pipe.evalsha(sha, script, [key], [])
+        assert await pipe.evalsha(sha, script, [key], []) == 5
+    finally:
+        pipe.close()
+        await proxy.aclose()
