@@ -25,6 +25,14 @@ pytestmark = pytest.mark.interop
 
 COMMAND_TIMEOUT = 0.5
 
+# Runs for ARGV[1] seconds of Redis's clock: Redis answers nothing meanwhile.
+BUSY = """
+local start = redis.call('TIME')
+local finish = start[1] * 1000000 + start[2] + ARGV[1] * 1000000
+repeat local now = redis.call('TIME') until now[1] * 1000000 + now[2] >= finish
+return 1
+"""
+
 
 @pytest.fixture
 async def lean(
@@ -216,3 +224,39 @@ async def test_a_connection_that_stops_answering_is_given_up_after_one_timeout(
     finally:
         pipe.close()
         await proxy.aclose()
+
+
+async def _gone(redis: aioredis.Redis, client_id: int) -> None:
+    """Until Redis has read to the end of this client's socket and freed it."""
+    while await redis.execute_command("CLIENT", "LIST", "ID", client_id):
+        await asyncio.sleep(0.01)
+
+
+async def test_another_requests_timeout_does_not_make_a_command_run_twice(
+    redis_process: Callable[..., RedisProcess], prefix: str
+) -> None:
+    """A reply that waits the whole timeout gives the connection up; other requests' commands
+    written on it before it may still run (Redis reads them from its socket once free): they
+    must not be sent again, as redis-py, where each request has its own connection, does
+    not. Over TCP, as a node reaches Redis."""
+    server = redis_process()
+    client = aioredis.Redis.from_url(server.url)
+    pipe = RedisPipe(server.url, timeout=COMMAND_TIMEOUT)
+    counter = f"{prefix}counter"
+    try:
+        (first_id,) = await pipe.execute([(command("CLIENT", "ID"), None)])
+        slow = asyncio.create_task(pipe.execute([(command("EVAL", BUSY, 0, 0.8), None)]))
+        # Not a synchronisation: this request's own deadline must come after the slow one's.
+        await asyncio.sleep(0.2)
+        other = asyncio.create_task(pipe.execute([(command("INCR", counter), None)]))
+        with pytest.raises(TimeoutError):
+            await slow
+        try:
+            await other
+        except (TimeoutError, ConnectionError):
+            pass  # no reply in time is the caller's 503; running twice is not
+        await _gone(client, first_id)
+        assert await client.get(counter) == b"1"
+    finally:
+        pipe.close()
+        await client.aclose()
