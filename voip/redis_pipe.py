@@ -103,6 +103,19 @@ class _Protocol(asyncio.Protocol):
             else:
                 future.set_result(reply)
 
+    def time_out(self) -> None:
+        """Close the connection after a reply waited the whole timeout. The commands already
+        written fail as that one does, with TimeoutError: Redis may yet read and run them
+        (it reads a closed TCP socket to its end), so they must not be sent again. Those
+        not written yet fail as on a lost connection: they may be."""
+        transport, self.transport = self.transport, None
+        written = len(self.waiting) - len(self._outgoing)
+        for _ in range(written):
+            _expire(self.waiting.popleft())
+        self.connection_lost(None)
+        if transport is not None:
+            transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._outgoing = []
@@ -226,21 +239,24 @@ class RedisPipe:
         try:
             return await future
         except TimeoutError:
-            self._give_up(protocol)
+            self._give_up(protocol, timed_out=True)
             raise
         finally:
             expiry.cancel()
 
-    def _give_up(self, protocol: _Protocol) -> None:
+    def _give_up(self, protocol: _Protocol, *, timed_out: bool = False) -> None:
         """Close `protocol`, if still open, so that the next command connects again (behind
         Sentinel, to the master named then); not a newer connection another request made
         meanwhile. For a demoted master, and for a connection that let a reply wait the whole
         timeout, as redis-py closes its connection on a timeout: not a socket that may never
         answer (a host gone without a reset). Commands still waiting on it fail as on a
-        dropped connection."""
+        dropped connection; after a timeout, those already written fail with TimeoutError
+        (`_Protocol.time_out`): not sent again."""
         if self._protocol is protocol:
             self._protocol = None
-        if protocol.transport is not None:
+        if timed_out:
+            protocol.time_out()
+        elif protocol.transport is not None:
             protocol.transport.close()
 
     async def evalsha(self, sha: str, script: bytes | str, keys: list[str], args: list[Any]) -> Any:
@@ -324,7 +340,7 @@ class RedisPipe:
                 else:  # its reply, if it comes, is read and dropped
                     future.cancel()
             if isinstance(exc, TimeoutError):
-                self._give_up(protocol)
+                self._give_up(protocol, timed_out=True)
             raise
         finally:
             if expiry is not None:

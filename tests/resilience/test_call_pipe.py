@@ -227,8 +227,9 @@ async def test_a_connection_that_stops_answering_is_given_up_after_one_timeout(
 
 
 async def _gone(redis: aioredis.Redis, client_id: int) -> None:
-    """Until Redis has read to the end of this client's socket and freed it."""
-    while await redis.execute_command("CLIENT", "LIST", "ID", client_id):
+    """Until Redis has read to the end of this client's socket and freed it (Redis tells no
+    one of a client freed: asked until it is gone)."""
+    while await redis.execute_command("CLIENT", "LIST", "ID", client_id):  # noqa: ASYNC110
         await asyncio.sleep(0.01)
 
 
