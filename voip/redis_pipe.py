@@ -292,7 +292,8 @@ class RedisPipe:
         and the whole batch sent once more, so a command may run twice, and every command
         sent here must be one that may (the call scripts tell a resend of their own attempt
         apart: tests/resilience/test_resent_commands.py). No reply in time is not retried,
-        as the commands may have run; the connection is given up (`_give_up`). Behind
+        as the commands may have run; the connection is given up (`_give_up`), and the
+        other requests' commands already written on it fail with TimeoutError too. Behind
         Sentinel a reply of READONLY (a master demoted under us) counts as a dropped
         connection, as redis-py's Sentinel connection has it. An EVALSHA that met NOSCRIPT
         (a script cache emptied by a restart or a failover) did not run: its script is

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
 from tests.redis_process import RedisProcess
+from voip.bus import Bus
 from voip.calls import Action, CallState
 from voip.redis_pipe import RedisPipe, command
 from voip.redis_pool import UNAVAILABLE
@@ -259,5 +260,42 @@ async def test_another_requests_timeout_does_not_make_a_command_run_twice(
         await _gone(client, first_id)
         assert await client.get(counter) == b"1"
     finally:
+        pipe.close()
+        await client.aclose()
+
+
+async def test_a_frame_published_while_another_reply_times_out_reaches_a_device_once(
+    redis_process: Callable[..., RedisProcess], prefix: str
+) -> None:
+    """The call path's case of the above: a frame for a user's devices (the bus's SPUBLISH on
+    the lean pipe) written behind a command whose reply times out is published once."""
+    server = redis_process()
+    client = aioredis.Redis.from_url(server.url)
+    pipe = RedisPipe(server.url, timeout=COMMAND_TIMEOUT)
+    bus = Bus(client, prefix, pipe=pipe)
+    listener = client.pubsub()
+    try:
+        await listener.ssubscribe(bus.channel("bob"))
+        confirmed = await listener.get_message(timeout=5)
+        assert confirmed is not None and confirmed["type"] == "ssubscribe", confirmed
+        (first_id,) = await pipe.execute([(command("CLIENT", "ID"), None)])
+        slow = asyncio.create_task(pipe.execute([(command("EVAL", BUSY, 0, 0.8), None)]))
+        # Not a synchronisation: this request's own deadline must come after the slow one's.
+        await asyncio.sleep(0.2)
+        frame = asyncio.create_task(bus.publish("bob", {"type": "call.incoming"}))
+        with pytest.raises(TimeoutError):
+            await slow
+        try:
+            await frame
+        except (TimeoutError, ConnectionError):
+            pass  # the caller's 503
+        await _gone(client, first_id)
+        await client.spublish(bus.channel("bob"), b"end")
+        heard: list[bytes] = []
+        while (message := await listener.get_message(timeout=5)) is not None and message["data"] != b"end":
+            heard.append(message["data"])
+        assert len(heard) <= 1, heard
+    finally:
+        await listener.aclose()
         pipe.close()
         await client.aclose()
