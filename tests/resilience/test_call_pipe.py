@@ -7,7 +7,9 @@ A reply lost to a dropped connection: tests/resilience/test_resent_commands.py."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -299,3 +301,34 @@ async def test_a_frame_published_while_another_reply_times_out_reaches_a_device_
         await listener.aclose()
         pipe.close()
         await client.aclose()
+
+
+async def test_requests_that_find_redis_unreachable_each_wait_one_connect_timeout() -> None:
+    """A Redis whose host takes connections but never completes them (a listen queue full, a
+    host gone without a reset): the requests waiting for the pipe's connection share the
+    one attempt in flight, as redis-py's pool connects for each at once, and each gets its
+    503 in about one connect timeout, not one after another (the tenth after ten)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = [socket.socket() for _ in range(3)]  # the listen queue, full: none accepted
+        try:
+            for waiting in queued:
+                waiting.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    waiting.connect(("127.0.0.1", port))
+            pipe = RedisPipe(f"redis://127.0.0.1:{port}", timeout=COMMAND_TIMEOUT)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            outcomes = await asyncio.gather(
+                *(pipe.execute([(command("PING"), None)]) for _ in range(10)), return_exceptions=True
+            )
+            elapsed = loop.time() - started
+            pipe.close()
+        finally:
+            for waiting in queued:
+                waiting.close()
+    assert all(isinstance(outcome, UNAVAILABLE) for outcome in outcomes), outcomes
+    # One connect timeout, two for a request whose resend met a second attempt.
+    assert elapsed < 4 * COMMAND_TIMEOUT, elapsed
