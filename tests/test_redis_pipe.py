@@ -175,3 +175,25 @@ async def test_a_cancelled_request_leaves_the_next_its_own_reply(redis_url: str,
                 await task
     finally:
         pipe.close()
+
+
+async def test_a_pipe_closed_while_it_connects_leaves_no_connection_open(redis_url: str, redis: Redis) -> None:
+    """The node stops while a request waits for the pipe's connection (behind Sentinel, the
+    master being looked up): the request fails, and no connection outlives the pipe."""
+    assert redis_url.startswith("unix://")
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def locate() -> dict[str, Any]:
+        asked.set()
+        await answer.wait()
+        return {"path": redis_url.removeprefix("unix://")}
+
+    before = len(await redis.client_list())
+    pipe = RedisPipe(locate=locate, timeout=5)
+    waiting = asyncio.create_task(pipe.execute([(command("PING"), None)]))
+    await asked.wait()
+    pipe.close()
+    answer.set()
+    with pytest.raises(ConnectionError):
+        await waiting
+    assert len(await redis.client_list()) == before
