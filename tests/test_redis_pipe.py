@@ -146,3 +146,54 @@ async def test_batch_over_the_pipe_reads_replies_as_redis_py_does(redis_url: str
 def test_commands_are_written_as_redis_py_writes_them() -> None:
     parts = ("EVALSHA", SHA, 2, "k", "ключ", b'{"a":1}', 12345678901234, -3, 0.1, 1e20, "")
     assert command(*parts) == b"".join(Connection().pack_command(*parts))
+
+
+# Runs for ARGV[1] seconds of Redis's clock: Redis answers nothing meanwhile.
+BUSY = """
+local start = redis.call('TIME')
+local finish = start[1] * 1000000 + start[2] + ARGV[1] * 1000000
+repeat local now = redis.call('TIME') until now[1] * 1000000 + now[2] >= finish
+return 1
+"""
+
+
+async def test_a_cancelled_request_leaves_the_next_its_own_reply(redis_url: str, prefix: str) -> None:
+    """A handler cancelled while its command is out (its WebSocket closed): its reply, when it
+    comes, is read and dropped, and the next command gets its own."""
+    pipe = RedisPipe(redis_url, timeout=5)
+    try:
+        await pipe.execute([(command("PING"), None)])
+        slow = asyncio.create_task(pipe.execute([(command("EVAL", BUSY, 0, 0.2), None), (command("ECHO", "a"), None)]))
+        single = asyncio.create_task(pipe.evalsha(SHA, SCRIPT, ["k"], ["cancelled"]))
+        await asyncio.sleep(0)  # both written in this turn
+        slow.cancel()
+        single.cancel()
+        assert await pipe.execute([(command("ECHO", "mine"), None)]) == [b"mine"]
+        assert await pipe.evalsha(SHA, SCRIPT, ["k"], ["mine"]) == [b"k", b"mine"]
+        for task in (slow, single):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    finally:
+        pipe.close()
+
+
+async def test_a_pipe_closed_while_it_connects_leaves_no_connection_open(redis_url: str, redis: Redis) -> None:
+    """The node stops while a request waits for the pipe's connection (behind Sentinel, the
+    master being looked up): the request fails, and no connection outlives the pipe."""
+    assert redis_url.startswith("unix://")
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def locate() -> dict[str, Any]:
+        asked.set()
+        await answer.wait()
+        return {"path": redis_url.removeprefix("unix://")}
+
+    before = len(await redis.client_list())
+    pipe = RedisPipe(locate=locate, timeout=5)
+    waiting = asyncio.create_task(pipe.execute([(command("PING"), None)]))
+    await asked.wait()
+    pipe.close()
+    answer.set()
+    with pytest.raises(ConnectionError):
+        await waiting
+    assert len(await redis.client_list()) == before

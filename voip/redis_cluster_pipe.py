@@ -184,10 +184,11 @@ class ClusterPipe:
         while True:
             generation = self._generation
             node = redirected_to or self.slots.owners[slot]
+            sent_on: _Protocol | None = None  # the connection this try's command went out on
             try:
                 if node is None:
                     raise ConnectionError(f"no primary known for slot {slot}")
-                link = await self._link(node)
+                link = sent_on = await self._link(node)
                 if not asking:
                     return await self._wait(self._write(link, packed))
                 # Written back to back, with no await between: no other request's command
@@ -197,10 +198,11 @@ class ClusterPipe:
             except TimeoutError:
                 # No reply in time: not sent again (it may have run), and the connection
                 # given up, as redis-py's cluster client does: the next command dials again.
-                if node is not None and (gone := self._links.get(node)) is not None:
-                    self._links.pop(node)
-                    if gone.transport is not None:
-                        gone.transport.close()
+                # The commands of other requests written on it fail as this one does.
+                if sent_on is not None:
+                    if node is not None and self._links.get(node) is sent_on:
+                        self._links.pop(node)
+                    sent_on.time_out()
                 raise
             except ConnectionError:  # refused, dropped, or no primary known for the slot
                 loop = asyncio.get_running_loop()

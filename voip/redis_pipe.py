@@ -103,6 +103,19 @@ class _Protocol(asyncio.Protocol):
             else:
                 future.set_result(reply)
 
+    def time_out(self) -> None:
+        """Close the connection after a reply waited the whole timeout. The commands already
+        written fail as that one does, with TimeoutError: Redis may yet read and run them
+        (it reads a closed TCP socket to its end), so they must not be sent again. Those
+        not written yet fail as on a lost connection: they may be."""
+        transport, self.transport = self.transport, None
+        written = len(self.waiting) - len(self._outgoing)
+        for _ in range(written):
+            _expire(self.waiting.popleft())
+        self.connection_lost(None)
+        if transport is not None:
+            transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._outgoing = []
@@ -129,6 +142,12 @@ def _expire(future: asyncio.Future[Any]) -> None:
 def _expire_all(futures: list[asyncio.Future[Any]]) -> None:
     for future in futures:
         _expire(future)
+
+
+def _retrieved(attempt: asyncio.Future[Any]) -> None:
+    """A connection attempt's failure, marked as seen: its waiters may all have gone."""
+    if not attempt.cancelled():
+        attempt.exception()
 
 
 def _read_back(future: asyncio.Future[Any]) -> Any:
@@ -164,59 +183,73 @@ class RedisPipe:
         self._timeout: float | None = self._options.get("socket_timeout", timeout)
         self._connect_timeout: float | None = self._options.get("socket_connect_timeout", timeout)
         self._protocol: _Protocol | None = None
-        self._connecting = asyncio.Lock()
+        self._dialing: asyncio.Future[_Protocol] | None = None
+        self._closed = False
 
     async def _connection(self) -> _Protocol:
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
             return protocol
-        async with self._connecting:
-            if self._protocol is not None and self._protocol.transport is not None:
-                return self._protocol
-            loop = asyncio.get_running_loop()
-            try:
-                async with asyncio.timeout(self._connect_timeout):
-                    options = await self._locate() if self._locate is not None else self._options
-                    if "path" in options:
-                        _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
-                    else:
-                        _, protocol = await loop.create_connection(
-                            _Protocol,
-                            options.get("host", "127.0.0.1"),
-                            options.get("port", 6379),
-                            ssl=self._tls,
-                            server_hostname=self._server_hostname,
-                        )
-            except TimeoutError:  # an OSError too, but no reason worth a message
-                raise TimeoutError(f"no connection to Redis in {self._connect_timeout} s") from None
-            except RedisConnectionError as exc:  # no Sentinel knows a master right now
-                raise ConnectionError(f"no Redis master: {exc}") from None
-            except OSError as exc:  # refused, the socket file gone with its server, TLS refused
-                raise ConnectionError(f"Redis unreachable: {exc.strerror or exc}") from exc
-            setup: list[bytes] = []
-            if options.get("password"):
-                user = options.get("username")
-                auth = ("AUTH", user, options["password"]) if user else ("AUTH", options["password"])
-                setup.append(command(*auth))
-            if options.get("db"):
-                setup.append(command("SELECT", options["db"]))
-            try:
-                for setup_command in setup:
-                    await self._send(protocol, setup_command)
-                if self._master_only:
-                    role = await self._send(protocol, command("ROLE"))
-                    if role[0] != b"master":  # the Sentinels' answer is already stale
-                        raise ConnectionError("Redis at the master's address is a replica")
-            except hiredis.ReplyError as exc:  # a wrong password, a database that is not there
-                if protocol.transport is not None:
-                    protocol.transport.close()
-                raise ConnectionError(f"Redis refused the connection: {exc}") from None
-            except BaseException:
-                if protocol.transport is not None:
-                    protocol.transport.close()
-                raise
-            self._protocol = protocol
-            return protocol
+        if self._closed:
+            raise ConnectionError("Redis pipe closed")
+        # One attempt at a time, shared by every request that finds no connection: each
+        # waits one connect timeout at most, as each would on its own redis-py connection,
+        # not its turn behind the others' attempts. Shielded: a request cancelled while
+        # waiting does not cancel the attempt the others wait on.
+        if self._dialing is None or self._dialing.done():
+            self._dialing = asyncio.ensure_future(self._dial())
+            self._dialing.add_done_callback(_retrieved)
+        return await asyncio.shield(self._dialing)
+
+    async def _dial(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                options = await self._locate() if self._locate is not None else self._options
+                if "path" in options:
+                    _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
+                else:
+                    _, protocol = await loop.create_connection(
+                        _Protocol,
+                        options.get("host", "127.0.0.1"),
+                        options.get("port", 6379),
+                        ssl=self._tls,
+                        server_hostname=self._server_hostname,
+                    )
+        except TimeoutError:  # an OSError too, but no reason worth a message
+            raise TimeoutError(f"no connection to Redis in {self._connect_timeout} s") from None
+        except RedisConnectionError as exc:  # no Sentinel knows a master right now
+            raise ConnectionError(f"no Redis master: {exc}") from None
+        except OSError as exc:  # refused, the socket file gone with its server, TLS refused
+            raise ConnectionError(f"Redis unreachable: {exc.strerror or exc}") from exc
+        setup: list[bytes] = []
+        if options.get("password"):
+            user = options.get("username")
+            auth = ("AUTH", user, options["password"]) if user else ("AUTH", options["password"])
+            setup.append(command(*auth))
+        if options.get("db"):
+            setup.append(command("SELECT", options["db"]))
+        try:
+            for setup_command in setup:
+                await self._send(protocol, setup_command)
+            if self._master_only:
+                role = await self._send(protocol, command("ROLE"))
+                if role[0] != b"master":  # the Sentinels' answer is already stale
+                    raise ConnectionError("Redis at the master's address is a replica")
+        except hiredis.ReplyError as exc:  # a wrong password, a database that is not there
+            if protocol.transport is not None:
+                protocol.transport.close()
+            raise ConnectionError(f"Redis refused the connection: {exc}") from None
+        except BaseException:
+            if protocol.transport is not None:
+                protocol.transport.close()
+            raise
+        if self._closed:
+            if protocol.transport is not None:
+                protocol.transport.close()
+            raise ConnectionError("Redis pipe closed")
+        self._protocol = protocol
+        return protocol
 
     async def _send(self, protocol: _Protocol, command: bytes) -> Any:
         future = protocol.send(command)
@@ -226,21 +259,24 @@ class RedisPipe:
         try:
             return await future
         except TimeoutError:
-            self._give_up(protocol)
+            self._give_up(protocol, timed_out=True)
             raise
         finally:
             expiry.cancel()
 
-    def _give_up(self, protocol: _Protocol) -> None:
+    def _give_up(self, protocol: _Protocol, *, timed_out: bool = False) -> None:
         """Close `protocol`, if still open, so that the next command connects again (behind
         Sentinel, to the master named then); not a newer connection another request made
         meanwhile. For a demoted master, and for a connection that let a reply wait the whole
         timeout, as redis-py closes its connection on a timeout: not a socket that may never
         answer (a host gone without a reset). Commands still waiting on it fail as on a
-        dropped connection."""
+        dropped connection; after a timeout, those already written fail with TimeoutError
+        (`_Protocol.time_out`): not sent again."""
         if self._protocol is protocol:
             self._protocol = None
-        if protocol.transport is not None:
+        if timed_out:
+            protocol.time_out()
+        elif protocol.transport is not None:
             protocol.transport.close()
 
     async def evalsha(self, sha: str, script: bytes | str, keys: list[str], args: list[Any]) -> Any:
@@ -276,7 +312,8 @@ class RedisPipe:
         and the whole batch sent once more, so a command may run twice, and every command
         sent here must be one that may (the call scripts tell a resend of their own attempt
         apart: tests/resilience/test_resent_commands.py). No reply in time is not retried,
-        as the commands may have run; the connection is given up (`_give_up`). Behind
+        as the commands may have run; the connection is given up (`_give_up`), and the
+        other requests' commands already written on it fail with TimeoutError too. Behind
         Sentinel a reply of READONLY (a master demoted under us) counts as a dropped
         connection, as redis-py's Sentinel connection has it. An EVALSHA that met NOSCRIPT
         (a script cache emptied by a restart or a failover) did not run: its script is
@@ -324,7 +361,7 @@ class RedisPipe:
                 else:  # its reply, if it comes, is read and dropped
                     future.cancel()
             if isinstance(exc, TimeoutError):
-                self._give_up(protocol)
+                self._give_up(protocol, timed_out=True)
             raise
         finally:
             if expiry is not None:
@@ -332,6 +369,9 @@ class RedisPipe:
         return [_read_back(future) for future in futures]
 
     def close(self) -> None:
+        # For good: a request still running as the node stops gets no new connection, and
+        # an attempt under way closes its connection when it ends.
+        self._closed = True
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()

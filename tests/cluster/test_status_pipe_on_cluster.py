@@ -271,3 +271,48 @@ async def test_the_pipe_reaches_a_cluster_over_tls_with_a_password(
                 await refused.evalsha(sha, script, ["{c:1}:call"], ["x"])
         finally:
             refused.close()
+
+
+# Runs for ARGV[1] seconds of Redis's clock: Redis answers nothing meanwhile.
+BUSY = """
+local start = redis.call('TIME')
+local finish = start[1] * 1000000 + start[2] + ARGV[1] * 1000000
+repeat local now = redis.call('TIME') until now[1] * 1000000 + now[2] >= finish
+return 1
+"""
+COUNT = "return redis.call('INCR', KEYS[1])"
+
+
+async def test_another_requests_timeout_does_not_make_a_script_run_twice(
+    redis_process: Callable[..., RedisProcess], tmp_path: Path
+) -> None:
+    """A reply that waits the whole timeout gives the node's connection up; another request's
+    script written on it before may still run (Redis reads it once free): it must not be
+    sent again, as in voip/redis_pipe.py."""
+    server = redis_process(
+        *("--cluster-enabled", "yes", "--cluster-port", str(free_port())),
+        *("--cluster-config-file", str(tmp_path / "nodes.conf")),
+    )
+    serve_every_slot(server.url)
+    pipe = ClusterPipe([("127.0.0.1", server.port)], timeout=0.5)
+    client = redis.asyncio.Redis.from_url(server.url)
+    try:
+        await pipe.evalsha(hashlib.sha1(COUNT.encode()).hexdigest(), COUNT, ["{c}:warm"], [])
+        await pipe.evalsha(hashlib.sha1(BUSY.encode()).hexdigest(), BUSY, ["{c}:busy"], [0])
+        (first_id,) = [c["id"] for c in await client.client_list() if c.get("cmd") == "evalsha"]
+        slow = asyncio.create_task(pipe.evalsha(hashlib.sha1(BUSY.encode()).hexdigest(), BUSY, ["{c}:busy"], [0.8]))
+        # Not a synchronisation: this request's own deadline must come after the slow one's.
+        await asyncio.sleep(0.2)
+        other = asyncio.create_task(pipe.evalsha(hashlib.sha1(COUNT.encode()).hexdigest(), COUNT, ["{c}:n"], []))
+        with pytest.raises(TimeoutError):
+            await slow
+        try:
+            await other
+        except (TimeoutError, ConnectionError):
+            pass  # the caller's 503
+        while await client.execute_command("CLIENT", "LIST", "ID", first_id):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # Redis tells no one of a client freed
+        assert await client.get("{c}:n") == b"1"
+    finally:
+        pipe.close()
+        await client.aclose()

@@ -7,7 +7,9 @@ A reply lost to a dropped connection: tests/resilience/test_resent_commands.py."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -16,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
 from tests.redis_process import RedisProcess
+from voip.bus import Bus
 from voip.calls import Action, CallState
 from voip.redis_pipe import RedisPipe, command
 from voip.redis_pool import UNAVAILABLE
@@ -24,6 +27,14 @@ from voip.stores import CallStore, Stores
 pytestmark = pytest.mark.interop
 
 COMMAND_TIMEOUT = 0.5
+
+# Runs for ARGV[1] seconds of Redis's clock: Redis answers nothing meanwhile.
+BUSY = """
+local start = redis.call('TIME')
+local finish = start[1] * 1000000 + start[2] + ARGV[1] * 1000000
+repeat local now = redis.call('TIME') until now[1] * 1000000 + now[2] >= finish
+return 1
+"""
 
 
 @pytest.fixture
@@ -141,8 +152,8 @@ async def test_a_pipe_that_waits_on_a_stopped_redis_lets_other_commands_time_out
     finally:
         server.resume()
     assert all(isinstance(outcome, UNAVAILABLE) for outcome in outcomes), outcomes
-    # One command timeout, two for a command that was resent on a new connection after
-    # another's timeout closed the first: not one after another (20 of them).
+    # About one command timeout (a command written on a connection whose reply timed out
+    # fails with it, not sent again): not one after another (20 of them).
     assert elapsed < 5 * COMMAND_TIMEOUT, elapsed
 
 
@@ -216,3 +227,108 @@ async def test_a_connection_that_stops_answering_is_given_up_after_one_timeout(
     finally:
         pipe.close()
         await proxy.aclose()
+
+
+async def _gone(redis: aioredis.Redis, client_id: int) -> None:
+    """Until Redis has read to the end of this client's socket and freed it (Redis tells no
+    one of a client freed: asked until it is gone)."""
+    while await redis.execute_command("CLIENT", "LIST", "ID", client_id):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
+async def test_another_requests_timeout_does_not_make_a_command_run_twice(
+    redis_process: Callable[..., RedisProcess], prefix: str
+) -> None:
+    """A reply that waits the whole timeout gives the connection up; other requests' commands
+    written on it before it may still run (Redis reads them from its socket once free): they
+    must not be sent again, as redis-py, where each request has its own connection, does
+    not. Over TCP, as a node reaches Redis."""
+    server = redis_process()
+    client = aioredis.Redis.from_url(server.url)
+    pipe = RedisPipe(server.url, timeout=COMMAND_TIMEOUT)
+    counter = f"{prefix}counter"
+    try:
+        (first_id,) = await pipe.execute([(command("CLIENT", "ID"), None)])
+        slow = asyncio.create_task(pipe.execute([(command("EVAL", BUSY, 0, 0.8), None)]))
+        # Not a synchronisation: this request's own deadline must come after the slow one's.
+        await asyncio.sleep(0.2)
+        other = asyncio.create_task(pipe.execute([(command("INCR", counter), None)]))
+        with pytest.raises(TimeoutError):
+            await slow
+        try:
+            await other
+        except (TimeoutError, ConnectionError):
+            pass  # no reply in time is the caller's 503; running twice is not
+        await _gone(client, first_id)
+        assert await client.get(counter) == b"1"
+    finally:
+        pipe.close()
+        await client.aclose()
+
+
+async def test_a_frame_published_while_another_reply_times_out_reaches_a_device_once(
+    redis_process: Callable[..., RedisProcess], prefix: str
+) -> None:
+    """The call path's case of the above: a frame for a user's devices (the bus's SPUBLISH on
+    the lean pipe) written behind a command whose reply times out is published once."""
+    server = redis_process()
+    client = aioredis.Redis.from_url(server.url)
+    pipe = RedisPipe(server.url, timeout=COMMAND_TIMEOUT)
+    bus = Bus(client, prefix, pipe=pipe)
+    listener = client.pubsub()
+    try:
+        await listener.ssubscribe(bus.channel("bob"))
+        confirmed = await listener.get_message(timeout=5)
+        assert confirmed is not None and confirmed["type"] == "ssubscribe", confirmed
+        (first_id,) = await pipe.execute([(command("CLIENT", "ID"), None)])
+        slow = asyncio.create_task(pipe.execute([(command("EVAL", BUSY, 0, 0.8), None)]))
+        # Not a synchronisation: this request's own deadline must come after the slow one's.
+        await asyncio.sleep(0.2)
+        frame = asyncio.create_task(bus.publish("bob", {"type": "call.incoming"}))
+        with pytest.raises(TimeoutError):
+            await slow
+        try:
+            await frame
+        except (TimeoutError, ConnectionError):
+            pass  # the caller's 503
+        await _gone(client, first_id)
+        await client.spublish(bus.channel("bob"), b"end")
+        heard: list[bytes] = []
+        while (message := await listener.get_message(timeout=5)) is not None and message["data"] != b"end":
+            heard.append(message["data"])
+        assert len(heard) <= 1, heard
+    finally:
+        await listener.aclose()
+        pipe.close()
+        await client.aclose()
+
+
+async def test_requests_that_find_redis_unreachable_each_wait_one_connect_timeout() -> None:
+    """A Redis whose host takes connections but never completes them (a listen queue full, a
+    host gone without a reset): the requests waiting for the pipe's connection share the
+    one attempt in flight, as redis-py's pool connects for each at once, and each gets its
+    503 in about one connect timeout, not one after another (the tenth after ten)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = [socket.socket() for _ in range(3)]  # the listen queue, full: none accepted
+        try:
+            for waiting in queued:
+                waiting.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    waiting.connect(("127.0.0.1", port))
+            pipe = RedisPipe(f"redis://127.0.0.1:{port}", timeout=COMMAND_TIMEOUT)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            outcomes = await asyncio.gather(
+                *(pipe.execute([(command("PING"), None)]) for _ in range(10)), return_exceptions=True
+            )
+            elapsed = loop.time() - started
+            pipe.close()
+        finally:
+            for waiting in queued:
+                waiting.close()
+    assert all(isinstance(outcome, UNAVAILABLE) for outcome in outcomes), outcomes
+    # One connect timeout, two for a request whose resend met a second attempt.
+    assert elapsed < 4 * COMMAND_TIMEOUT, elapsed
