@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,6 +178,40 @@ async def test_a_cancelled_request_leaves_the_next_its_own_reply(redis_url: str,
         pipe.close()
 
 
+async def test_a_pipe_closed_while_the_master_is_looked_up_never_connects(tmp_path: Path) -> None:
+    """Closed while Sentinel is asked for the master, the pipe opens no connection to the
+    address it then learns: a connection made only to be closed costs the server a client."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    path = str(tmp_path / "redis.sock")
+    server = await asyncio.start_unix_server(accept, path)
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def locate() -> dict[str, Any]:
+        asked.set()
+        await answer.wait()
+        return {"path": path}
+
+    try:
+        pipe = RedisPipe(locate=locate, timeout=5)
+        waiting = asyncio.create_task(pipe.execute([(command("PING"), None)]))
+        await asked.wait()
+        pipe.close()
+        answer.set()
+        with pytest.raises(ConnectionError, match="Redis pipe closed"):
+            await waiting
+        await asyncio.sleep(0.05)  # a connection made would have been accepted by now
+        assert accepted == []
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_pipe_closed_while_it_connects_leaves_no_connection_open(redis_url: str, redis: Redis) -> None:
     """The node stops while a request waits for the pipe's connection (behind Sentinel, the
     master being looked up): the request fails, and no connection outlives the pipe."""
@@ -188,12 +223,14 @@ async def test_a_pipe_closed_while_it_connects_leaves_no_connection_open(redis_u
         await answer.wait()
         return {"path": redis_url.removeprefix("unix://")}
 
-    before = len(await redis.client_list())
+    before = {client["id"] for client in await redis.client_list()}
     pipe = RedisPipe(locate=locate, timeout=5)
     waiting = asyncio.create_task(pipe.execute([(command("PING"), None)]))
     await asked.wait()
     pipe.close()
     answer.set()
-    with pytest.raises(ConnectionError):
+    with pytest.raises(ConnectionError, match="pipe closed"):
         await waiting
-    assert len(await redis.client_list()) == before
+    # Closed before the master was known, the pipe never connects: a connection opened and
+    # closed at once could still be in Redis's list as it reads the close.
+    assert {client["id"] for client in await redis.client_list()} <= before

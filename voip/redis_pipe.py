@@ -158,6 +158,13 @@ def _read_back(future: asyncio.Future[Any]) -> Any:
     return error if error is not None else future.result()
 
 
+class PipeClosed(ConnectionError):
+    """The pipe was closed (the node stops): no connection is made for it any more."""
+
+    def __init__(self) -> None:
+        super().__init__("Redis pipe closed")
+
+
 class RedisPipe:
     def __init__(
         self,
@@ -191,7 +198,7 @@ class RedisPipe:
         if protocol is not None and protocol.transport is not None:
             return protocol
         if self._closed:
-            raise ConnectionError("Redis pipe closed")
+            raise PipeClosed
         # One attempt at a time, shared by every request that finds no connection: each
         # waits one connect timeout at most, as each would on its own redis-py connection,
         # not its turn behind the others' attempts. Shielded: a request cancelled while
@@ -206,6 +213,8 @@ class RedisPipe:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 options = await self._locate() if self._locate is not None else self._options
+                if self._closed:  # closed while the master was looked up: no connection to open
+                    raise PipeClosed
                 if "path" in options:
                     _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
                 else:
@@ -216,6 +225,8 @@ class RedisPipe:
                         ssl=self._tls,
                         server_hostname=self._server_hostname,
                     )
+        except PipeClosed:
+            raise
         except TimeoutError:  # an OSError too, but no reason worth a message
             raise TimeoutError(f"no connection to Redis in {self._connect_timeout} s") from None
         except RedisConnectionError as exc:  # no Sentinel knows a master right now
@@ -247,7 +258,7 @@ class RedisPipe:
         if self._closed:
             if protocol.transport is not None:
                 protocol.transport.close()
-            raise ConnectionError("Redis pipe closed")
+            raise PipeClosed
         self._protocol = protocol
         return protocol
 
